@@ -1,0 +1,70 @@
+# sensorhub: `make help` lists the targets. Two commands are enough: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SENSORHUB := $(BIN)/sensorhub
+PY_STAMP := $(VENV)/.installed
+JS_STAMP := node_modules/.installed
+DB_FILE := db/db.sqlite3
+
+.DEFAULT_GOAL := help
+.PHONY: help install clean db data broker client prod debug run test lint simulate bench
+
+help: ## List the targets
+	@echo "sensorhub: make <target>"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  \033[1m%-9s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(PY_STAMP) $(JS_STAMP) ## Set up .venv/ (Python packages) and node_modules/ (browser libraries)
+
+$(PY_STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "sensorhub needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+$(JS_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 18 or newer (sudo apt-get install nodejs npm)"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	$(BIN)/python -m sensorhub.web.vendor
+	@touch $@
+
+clean: ## Remove the SQLite database (all recorded data!)
+	rm -f $(DB_FILE) $(DB_FILE)-wal $(DB_FILE)-shm
+
+db: $(PY_STAMP) ## Create the SQLite database (idempotent)
+	$(SENSORHUB) db init
+
+data: db ## Insert dummy devices and readings
+	$(SENSORHUB) db seed
+
+broker: $(PY_STAMP) ## Run the Mosquitto broker with mqtt/mosquitto.conf
+	$(SENSORHUB) broker
+
+client: db ## Run the ingest client (MQTT -> database, LED pipe -> MQTT)
+	$(SENSORHUB) client
+
+prod: db install ## Run the web server with gunicorn on all addresses, port 8000
+	$(SENSORHUB) web
+
+debug: db install ## Run Flask's debug web server on localhost:5000
+	$(SENSORHUB) web --debug
+
+run: install ## Run everything (broker, client, web) with 3 demo devices; Ctrl-C stops all
+	$(SENSORHUB) db init
+	$(SENSORHUB) run --demo $${DEMO:-3}
+
+simulate: $(PY_STAMP) ## Run virtual ESP32s (DEVICES=3 INTERVAL=2)
+	$(SENSORHUB) simulate --devices $${DEVICES:-3} --interval $${INTERVAL:-2}
+
+lint: $(PY_STAMP) ## Check style (ruff) and types (mypy)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+test: install lint ## Run every test (unit, integration, browser) and a quick benchmark smoke run
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install ## Measure throughput, loss and latency (prints a table and a JSON line)
+	$(BIN)/python -m bench $(BENCH_ARGS)

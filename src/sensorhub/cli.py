@@ -1,0 +1,128 @@
+"""The `sensorhub` command: run, broker, client, web, db, simulate."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from sensorhub.config import SETTINGS, Settings
+from sensorhub.errors import SensorhubError
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one CLI flag per row of the settings table."""
+    for spec in reversed(SETTINGS):
+        command = click.option(
+            spec.flag, spec.name, default=None, metavar="VALUE",
+            help=f"{spec.help} [env {spec.env}; default {spec.default or '(empty)'}]",
+        )(command)
+    return command
+
+
+def configure_logging(settings: Settings) -> None:
+    """Send log records to stderr at the configured level (only the CLI configures handlers)."""
+    logging.basicConfig(level=settings.log_level_number, format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@_settings_options
+@click.version_option(package_name="sensorhub")
+@click.pass_context
+def cli(ctx: click.Context, /, **overrides: str | None) -> None:
+    """sensorhub: the server side of a network of ESP32 sensor boards.
+
+    Every setting comes from its SENSORHUB_* environment variable or the flag of the same name.
+    """
+    settings = Settings.load(overrides=overrides)
+    configure_logging(settings)
+    ctx.obj = settings
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@cli.command()
+@pass_settings
+def broker(settings: Settings) -> None:
+    """Run the Mosquitto broker with the project's configuration (foreground)."""
+    from sensorhub.broker import Broker
+
+    with Broker(settings) as running:
+        click.echo(f"broker running (config {running.config_path}); Ctrl-C stops it", err=True)
+        try:
+            status = running.wait()
+        except KeyboardInterrupt:
+            status = 0
+    sys.exit(status)
+
+
+@cli.group()
+def db() -> None:
+    """Create, fill or reset the database."""
+
+
+@db.command("init")
+@pass_settings
+def db_init(settings: Settings) -> None:
+    """Create the database and its schema (idempotent)."""
+    from sensorhub.db.engine import init_db, make_engine
+
+    engine = make_engine(settings.database_url, create_dir=True)
+    init_db(engine)
+    click.echo(f"database ready: {settings.database_url}")
+
+
+@db.command("seed")
+@click.option("--devices", type=click.IntRange(1, 1000), default=4, show_default=True)
+@pass_settings
+def db_seed(settings: Settings, devices: int) -> None:
+    """Add plausible dummy devices and readings."""
+    from sensorhub.db.engine import check_schema, make_engine
+    from sensorhub.db.seed import seed
+
+    engine = make_engine(settings.database_url)
+    check_schema(engine)
+    added = seed(engine, devices=devices)
+    click.echo(f"added {added} demo devices with a day of readings")
+
+
+@db.command("reset")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_settings
+def db_reset(settings: Settings, yes: bool) -> None:
+    """Delete every device and reading, then recreate an empty schema."""
+    from sensorhub.db.engine import init_db, make_engine
+    from sensorhub.db.models import Base
+
+    if not yes:
+        click.confirm(f"Delete ALL devices and readings in {settings.database_url}?", abort=True)
+    engine = make_engine(settings.database_url, create_dir=True)
+    with engine.begin() as conn:
+        Base.metadata.drop_all(conn)
+    init_db(engine)
+    click.echo("database reset")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning sensorhub errors into one line and exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="sensorhub", standalone_mode=False)
+    except SensorhubError as err:
+        click.echo(f"sensorhub: error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Database layer: models, engines with their pragmas and triggers, and queries."""

@@ -1,0 +1,151 @@
+"""Typed SQLAlchemy 2.x models: devices and their LED, push-button and photoresistor readings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sensorhub.protocol import Kind
+
+#: How every timestamp is stored: UTC, fixed width, so text order is time order and the sqlite3 shell
+#: shows readable values. The triggers in engine.py rely on this exact shape.
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+TIMESTAMP_GLOB = (
+    "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9] [0-2][0-9]:[0-5][0-9]:[0-5][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]"
+)
+MAC_GLOB = ":".join(["[0-9A-F][0-9A-F]"] * 6)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """The stored form of an aware datetime."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An aware UTC datetime from its stored form."""
+    return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware datetime kept as fixed-width UTC text."""
+
+    impl = String(26)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> str | None:
+        """Store an aware datetime as UTC text."""
+        return None if value is None else format_timestamp(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Read UTC text back as an aware datetime."""
+        return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _timestamp_check(column: str) -> CheckConstraint:
+    return CheckConstraint(f"{column} GLOB '{TIMESTAMP_GLOB}'", name=f"{column}_format")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of all models."""
+
+
+class Device(Base):
+    """An ESP32 board, known by its MAC address, with the name and session the server gave it.
+
+    `name` is what people see and may be changed from the web UI at any time; `session_name` is the name
+    the device was given with its current session and uses in its payloads. They differ only between a
+    rename and the device's next join, when the server hands it the new name.
+    """
+
+    __tablename__ = "device"
+    __table_args__ = (
+        CheckConstraint(
+            "length(name) BETWEEN 1 AND 29 AND instr(name, ';') = 0 AND name NOT GLOB '*[^ -~]*' "
+            "AND name = trim(name)",
+            name="name_format",
+        ),
+        CheckConstraint(
+            "length(session_name) BETWEEN 1 AND 29 AND instr(session_name, ';') = 0 "
+            "AND session_name NOT GLOB '*[^ -~]*' AND session_name = trim(session_name)",
+            name="session_name_format",
+        ),
+        CheckConstraint(f"mac GLOB '{MAC_GLOB}'", name="mac_format"),
+        CheckConstraint(
+            "length(session_id) BETWEEN 1 AND 17 AND session_id NOT GLOB '*[^!-~]*' "
+            "AND instr(session_id, ';') = 0",
+            name="session_id_format",
+        ),
+        CheckConstraint("online IN (0, 1)", name="online_boolean"),
+        _timestamp_check("joined_at"),
+        _timestamp_check("last_seen"),
+        CheckConstraint("joined_at <= last_seen", name="seen_after_joined"),
+        Index("ix_device_last_seen", "last_seen", "id"),
+        Index("ix_device_online", "online"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(29), unique=True)
+    session_name: Mapped[str] = mapped_column(String(29), unique=True)
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    online: Mapped[bool] = mapped_column(default=False)
+    session_id: Mapped[str] = mapped_column(String(17))
+    joined_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    def __repr__(self) -> str:
+        return f"Device(id={self.id!r}, name={self.name!r}, mac={self.mac!r}, online={self.online!r})"
+
+
+class _Reading:
+    """Columns shared by the three reading tables."""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("device.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    value: Mapped[int] = mapped_column(Integer)
+
+
+class LedReading(_Reading, Base):
+    """The LED switched on (1) or off (0)."""
+
+    __tablename__ = "led_reading"
+    __table_args__ = (
+        CheckConstraint("typeof(value) = 'integer' AND value IN (0, 1)", name="led_value"),
+        _timestamp_check("at"),
+        Index("ix_led_reading_device_at", "device_id", "at"),
+    )
+
+
+class ButtonReading(_Reading, Base):
+    """The push-button pressed (1) or released (0)."""
+
+    __tablename__ = "button_reading"
+    __table_args__ = (
+        CheckConstraint("typeof(value) = 'integer' AND value IN (0, 1)", name="button_value"),
+        _timestamp_check("at"),
+        Index("ix_button_reading_device_at", "device_id", "at"),
+    )
+
+
+class LightReading(_Reading, Base):
+    """Light on the photoresistor, 0 (dark) to 100 (bright) percent."""
+
+    __tablename__ = "light_reading"
+    __table_args__ = (
+        CheckConstraint("typeof(value) = 'integer' AND value BETWEEN 0 AND 100", name="light_value"),
+        _timestamp_check("at"),
+        Index("ix_light_reading_device_at", "device_id", "at"),
+    )
+
+
+READING_MODELS: dict[Kind, type[LedReading] | type[ButtonReading] | type[LightReading]] = {
+    Kind.LED: LedReading,
+    Kind.BUTTON: ButtonReading,
+    Kind.LIGHT: LightReading,
+}

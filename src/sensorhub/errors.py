@@ -1,0 +1,31 @@
+"""Exceptions: one base class, one subclass per kind of failure a user can act on."""
+
+from __future__ import annotations
+
+
+class SensorhubError(Exception):
+    """Base class; the CLI prints the message as one line and exits with status 2."""
+
+
+class ConfigError(SensorhubError):
+    """A setting has an invalid value."""
+
+
+class DatabaseError(SensorhubError):
+    """The database cannot be created, opened or written."""
+
+
+class BrokerError(SensorhubError):
+    """Mosquitto is missing, or cannot start (busy port, unreadable configuration...)."""
+
+
+class PipeError(SensorhubError):
+    """The LED command pipe cannot be created or used."""
+
+
+class ClientNotRunning(PipeError):
+    """No ingest client is reading the LED command pipe."""
+
+
+class PayloadError(SensorhubError, ValueError):
+    """An MQTT payload does not follow the protocol."""

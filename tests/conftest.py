@@ -1,0 +1,51 @@
+"""Fixtures that start real services (Mosquitto, SQLite files, FIFOs) on free ports and clean up after."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from sensorhub.broker import Broker
+from sensorhub.config import Settings
+from sensorhub.db.engine import init_db, make_engine
+from tests.support import free_port
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings pointing at a temporary database, FIFO and log, with free ports."""
+    return Settings().replace(
+        database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        mqtt_port=free_port(),
+        mqtt_ws_port=free_port(),
+        web_port=free_port(),
+        fifo=str(tmp_path / "led.fifo"),
+        broker_log=str(tmp_path / "mosquitto.log"),
+        broker_max_connections=-1,
+        keepalive=2,
+        log_level="DEBUG",
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    """A fresh database with sensorhub's schema."""
+    engine = make_engine(settings.database_url, create_dir=True)
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def broker(settings: Settings) -> Iterator[Broker]:
+    """A real Mosquitto with the project's configuration, on free ports."""
+    if shutil.which("mosquitto", path="/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin") is None:
+        pytest.fail("mosquitto is not installed (sudo apt-get install mosquitto); .ci/run installs it")
+    running = Broker(settings)
+    running.start()
+    yield running
+    running.stop()

@@ -1,0 +1,180 @@
+"""Mosquitto with the project's configuration: starts, accepts TCP and WebSockets clients, clear errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from sensorhub import broker as broker_module
+from sensorhub.broker import BASE_CONFIG, Broker, render_config
+from sensorhub.config import Settings
+from sensorhub.errors import BrokerError
+from tests.support import free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def connect(port: int, transport: str = "tcp", client_id: str = "") -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, transport=transport,
+                         protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", port, keepalive=5)
+    client.loop_start()
+    wait_for(client.is_connected, 5, what=f"a {transport} connection on port {port}")
+    return client
+
+
+def test_base_config_has_the_specifications_settings() -> None:
+    lines = {line.strip() for line in BASE_CONFIG.read_text().splitlines() if line and not line.startswith("#")}
+    for expected in ("log_dest file mqtt/mosquitto.log", "log_dest stderr", "log_timestamp true",
+                     "connection_messages true", "max_keepalive 12", "max_packet_size 200",
+                     "persistence false", "listener 1883", "listener 9001", "protocol websockets",
+                     "allow_anonymous true", "max_connections 20"):
+        assert expected in lines
+
+
+def test_render_config_overrides_ports_log_and_limit(tmp_path: Path) -> None:
+    settings = Settings().replace(mqtt_port=2883, mqtt_ws_port=3001, broker_max_connections=-1)
+    text = render_config(settings, tmp_path / "b.log")
+    assert "listener 2883" in text and "listener 3001" in text
+    assert "listener 1883" not in text and "listener 9001" not in text
+    assert text.count("max_connections -1") == 2
+    assert f"log_dest file {tmp_path / 'b.log'}" in text
+    assert "max_packet_size 200" in text
+
+
+def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings: Settings) -> None:
+    received: list[bytes] = []
+    ws = connect(settings.mqtt_ws_port, transport="websockets")
+    ws.on_message = lambda _c, _u, msg: received.append(msg.payload)
+    ws.subscribe("state/join", qos=2)
+    time.sleep(0.2)
+    pub = shutil.which("mosquitto_pub")
+    assert pub, "mosquitto-clients is not installed"
+    subprocess.run([pub, "-p", str(settings.mqtt_port), "-t", "state/join", "-q", "2", "-m",
+                    "61:EC:ED:3B:25:B1"], check=True, timeout=10)
+    wait_for(lambda: received, 5, what="the message over WebSockets")
+    assert received == [b"61:EC:ED:3B:25:B1"]
+    ws.loop_stop()
+    ws.disconnect()
+    log = Path(settings.broker_log).read_text()
+    assert "New client connected" in log
+
+
+def test_mosquitto_sub_connects(broker: Broker, settings: Settings) -> None:
+    sub = shutil.which("mosquitto_sub")
+    assert sub, "mosquitto-clients is not installed"
+    result = subprocess.run([sub, "-p", str(settings.mqtt_port), "-t", "#", "-W", "1"],
+                            capture_output=True, text=True, timeout=10, check=False)
+    assert "Timed out" in result.stderr  # connected, then waited 1 s for nothing: not "Connection refused"
+
+
+def test_packet_size_limit_is_enforced(broker: Broker, settings: Settings) -> None:
+    received: list[bytes] = []
+    sub = connect(settings.mqtt_port)
+    sub.on_message = lambda _c, _u, msg: received.append(msg.payload)
+    sub.subscribe("photoresistor/status")
+    time.sleep(0.2)
+    oversize = connect(settings.mqtt_port)
+    oversize.publish("photoresistor/status", b"x" * 300)
+    wait_for(lambda: "disconnected due to oversize packet" in Path(settings.broker_log).read_text(), 5)
+    small = connect(settings.mqtt_port)
+    small.publish("photoresistor/status", b"small")
+    wait_for(lambda: received, 5)
+    assert received == [b"small"]
+    for client in (sub, oversize, small):
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_connection_limit(settings: Settings) -> None:
+    limited = settings.replace(broker_max_connections=2)
+    with Broker(limited):
+        first, second = connect(limited.mqtt_port), connect(limited.mqtt_port)
+        third = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        third.connect("127.0.0.1", limited.mqtt_port, keepalive=5)
+        third.loop_start()
+        time.sleep(1)
+        assert not third.is_connected()
+        for client in (first, second, third):
+            client.loop_stop()
+            client.disconnect()
+
+
+def test_missing_mosquitto_says_how_to_install(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.setattr(broker_module, "_SEARCH_PATH", str(tmp_path))
+    with pytest.raises(BrokerError, match=r"not installed.*apt-get install mosquitto"):
+        Broker(settings).start()
+
+
+def test_busy_port_names_the_port_and_the_setting(settings: Settings) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", settings.mqtt_port))
+        squatter.listen()
+        with pytest.raises(BrokerError, match=f"port {settings.mqtt_port} .*SENSORHUB_MQTT_PORT"):
+            Broker(settings).start()
+    with socket.socket() as squatter:
+        squatter.bind(("0.0.0.0", settings.mqtt_ws_port))
+        squatter.listen()
+        with pytest.raises(BrokerError, match=f"port {settings.mqtt_ws_port} .*SENSORHUB_MQTT_WS_PORT"):
+            Broker(settings).start()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root makes mosquitto drop privileges")
+def test_as_root_the_log_file_is_handed_to_the_mosquitto_user(settings: Settings, tmp_path: Path) -> None:
+    log = tmp_path / "root-owned" / "mosquitto.log"
+    log.parent.mkdir()
+    log.write_text("")
+    os.chmod(tmp_path, 0o755)
+    with Broker(settings.replace(broker_log=str(log))):
+        client = connect(settings.mqtt_port)
+        client.loop_stop()
+        client.disconnect()
+    assert "mosquitto version" in log.read_text()
+
+
+def test_cli_broker_runs_in_the_foreground_and_stops_on_sigint(tmp_path: Path) -> None:
+    port, ws_port = free_port(), free_port()
+    env = {**os.environ, "SENSORHUB_MQTT_PORT": str(port), "SENSORHUB_MQTT_WS_PORT": str(ws_port),
+           "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log")}
+    process = subprocess.Popen([sys.executable, "-m", "sensorhub", "broker"], env=env,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        client = wait_for(lambda: _try_connect(port), 10, what="the broker started by the CLI")
+        client.loop_stop()
+        client.disconnect()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 0
+    finally:
+        process.kill()
+        process.wait()
+    assert not _try_connect(port), "mosquitto outlived `sensorhub broker`"
+
+
+def test_cli_reports_a_busy_port_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("0.0.0.0", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        env = {**os.environ, "SENSORHUB_MQTT_PORT": str(port), "SENSORHUB_MQTT_WS_PORT": str(free_port()),
+               "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log")}
+        result = subprocess.run([sys.executable, "-m", "sensorhub", "broker"], env=env, capture_output=True,
+                                text=True, timeout=20, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"sensorhub: error: port {port} (MQTT)")
+
+
+def _try_connect(port: int) -> mqtt.Client | None:
+    try:
+        return connect(port)
+    except (OSError, AssertionError):
+        return None

@@ -1,0 +1,101 @@
+"""The settings table: defaults, environment variables, CLI flags and errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sensorhub.config import SETTINGS, Settings, settings_table_markdown
+from sensorhub.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+REQUIRED = {
+    "SENSORHUB_DATABASE_URL": "sqlite:///db/db.sqlite3",
+    "SENSORHUB_MQTT_HOST": "127.0.0.1",
+    "SENSORHUB_MQTT_PORT": "1883",
+    "SENSORHUB_MQTT_WS_PORT": "9001",
+    "SENSORHUB_WEB_HOST": "0.0.0.0",
+    "SENSORHUB_WEB_PORT": "8000",
+    "SENSORHUB_FIFO": "/tmp/IOC_ERKEN_PRANDO",
+    "SENSORHUB_BROKER_MAX_CONNECTIONS": "20",
+    "SENSORHUB_LOG_LEVEL": "INFO",
+}
+
+
+def test_required_settings_and_defaults() -> None:
+    table = {spec.env: spec.default for spec in SETTINGS}
+    for env, default in REQUIRED.items():
+        assert table[env] == default
+    loaded = Settings.load(environ={})
+    assert loaded.mqtt_port == 1883 and loaded.web_port == 8000 and loaded.broker_max_connections == 20
+    assert loaded == Settings()
+
+
+def test_environment_overrides_default_and_flag_overrides_environment() -> None:
+    env = {"SENSORHUB_MQTT_PORT": "1884", "SENSORHUB_LOG_LEVEL": "debug"}
+    assert Settings.load(environ=env).mqtt_port == 1884
+    assert Settings.load(environ=env).log_level == "DEBUG"
+    assert Settings.load(environ=env, overrides={"mqtt_port": "1999"}).mqtt_port == 1999
+    assert Settings.load(environ=env, overrides={"mqtt_port": None}).mqtt_port == 1884
+    assert Settings.load(environ={"SENSORHUB_BROKER_MAX_CONNECTIONS": "-1"}).broker_max_connections == -1
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        ("SENSORHUB_MQTT_PORT", "abc", "not a whole number"),
+        ("SENSORHUB_MQTT_PORT", "70000", "between 1 and 65535"),
+        ("SENSORHUB_WEB_PORT", "0", "between 1 and 65535"),
+        ("SENSORHUB_BROKER_MAX_CONNECTIONS", "0", "-1 for no limit"),
+        ("SENSORHUB_LOG_LEVEL", "LOUD", "one of DEBUG"),
+        ("SENSORHUB_DATABASE_URL", "postgresql://x/y", "only SQLite"),
+        ("SENSORHUB_DATABASE_URL", "not a url", "not a SQLAlchemy database URL"),
+        ("SENSORHUB_KEEPALIVE", "12", "between 1 and 11"),
+        ("SENSORHUB_MQTT_HOST", "bad host!", "not a host name"),
+    ],
+)
+def test_invalid_values_name_the_variable(env: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(environ={env: value})
+    assert env in str(caught.value) and message in str(caught.value)
+
+
+def test_invalid_flag_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--web-port='x'"):
+        Settings.load(environ={}, overrides={"web_port": "x"})
+
+
+def test_invalid_setting_stops_the_cli_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sensorhub", "db", "init"],
+        env={"SENSORHUB_MQTT_PORT": "nope", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sensorhub: error: SENSORHUB_MQTT_PORT='nope' is invalid: not a whole number"
+    ]
+
+
+def test_cli_help_lists_every_setting() -> None:
+    result = subprocess.run([sys.executable, "-m", "sensorhub", "--help"], capture_output=True, text=True,
+                            check=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    for spec in SETTINGS:
+        assert spec.flag in result.stdout and spec.env in result.stdout
+
+
+def test_readme_settings_table_is_generated_from_the_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert settings_table_markdown() in readme, (
+        "README's settings table is out of date: paste the output of "
+        "`python -c 'from sensorhub.config import settings_table_markdown as t; print(t())'`"
+    )
+
+
+def test_environ_round_trips() -> None:
+    settings = Settings().replace(mqtt_port=1999, fifo="/tmp/x")
+    assert Settings.load(environ=settings.environ()) == settings

@@ -1,0 +1,166 @@
+"""The database refuses bad rows by itself: CHECK constraints and triggers, also from the sqlite3 shell."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from sensorhub.config import Settings
+from sensorhub.db.engine import check_schema, init_db, make_engine, sqlite_path
+from sensorhub.db.models import Device, LightReading, format_timestamp
+from sensorhub.db.seed import seed
+from sensorhub.errors import DatabaseError
+
+
+def add_device(engine: Engine, name: str = "capteur01", mac: str = "61:EC:ED:3B:25:B1",
+               joined: datetime | None = None) -> int:
+    joined = joined or datetime.now(UTC) - timedelta(minutes=5)
+    with Session(engine) as session, session.begin():
+        device = Device(name=name, session_name=name, mac=mac, online=True, session_id="1743946777.603371",
+                        joined_at=joined, last_seen=joined)
+        session.add(device)
+        session.flush()
+        return device.id
+
+
+def sqlite_shell(engine: Engine, sql: str) -> subprocess.CompletedProcess[str]:
+    path = sqlite_path(str(engine.url))
+    assert path is not None
+    sqlite3_program = shutil.which("sqlite3")
+    if sqlite3_program is None:
+        pytest.fail("the sqlite3 shell is not installed (sudo apt-get install sqlite3); .ci/run installs it")
+    return subprocess.run([sqlite3_program, str(path), sql], capture_output=True, text=True, check=False)
+
+
+def now_text(delta: timedelta = timedelta()) -> str:
+    return format_timestamp(datetime.now(UTC) + delta)
+
+
+def test_init_is_idempotent_and_sets_pragmas(engine: Engine) -> None:
+    init_db(engine)
+    check_schema(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 5000
+
+
+def test_good_rows_are_accepted(engine: Engine) -> None:
+    device = add_device(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(LightReading), [{"device_id": device, "at": datetime.now(UTC), "value": 58}])
+    with Session(engine) as session:
+        assert session.scalars(select(LightReading.value)).all() == [58]
+
+
+@pytest.mark.parametrize(
+    ("sql", "error"),
+    [
+        ("INSERT INTO light_reading (device_id, at, value) VALUES (1, '{past_minute}', 101)", "light_value"),
+        ("INSERT INTO light_reading (device_id, at, value) VALUES (1, '{past_minute}', -1)", "light_value"),
+        ("INSERT INTO light_reading (device_id, at, value) VALUES (1, '{past_minute}', 50.5)", "light_value"),
+        ("INSERT INTO led_reading (device_id, at, value) VALUES (1, '{past_minute}', 2)", "led_value"),
+        ("INSERT INTO button_reading (device_id, at, value) VALUES (1, '{past_minute}', 'x')", "button_value"),
+        ("INSERT INTO light_reading (device_id, at, value) VALUES (1, '2001-01-01 00:00:00.000000', 5)",
+         "after the device joined"),
+        ("INSERT INTO light_reading (device_id, at, value) VALUES (1, '{future}', 5)", "in the future"),
+        ("INSERT INTO light_reading (device_id, at, value) VALUES (99, '{past_minute}', 5)", "unknown device"),
+        ("INSERT INTO light_reading (device_id, at, value) VALUES (1, 'yesterday', 5)", "in the future|at_format"),
+        ("UPDATE device SET mac = 'zz' WHERE id = 1", "mac_format"),
+        ("UPDATE device SET mac = '61:ec:ed:3b:25:b1' WHERE id = 1", "mac_format"),
+        ("UPDATE device SET name = 'a;b' WHERE id = 1", "name_format"),
+        ("UPDATE device SET name = '' WHERE id = 1", "name_format"),
+        ("UPDATE device SET name = 'caf\u00e9' WHERE id = 1", "name_format"),
+        ("UPDATE device SET name = '{long_name}' WHERE id = 1", "name_format"),
+        ("UPDATE device SET session_id = '1;2' WHERE id = 1", "session_id_format"),
+        ("UPDATE device SET session_id = '123456789012345678' WHERE id = 1", "session_id_format"),
+        ("UPDATE device SET joined_at = '{past_minute}' WHERE id = 1", "joined_at cannot change"),
+        ("UPDATE device SET last_seen = '2001-01-01 00:00:00.000000' WHERE id = 1", "seen_after_joined"),
+        ("UPDATE device SET last_seen = '{future}' WHERE id = 1", "in the future"),
+        ("UPDATE device SET online = 2 WHERE id = 1", "online_boolean"),
+        ("UPDATE device SET session_name = 'other' WHERE id = 1", "current name"),
+        ("UPDATE light_reading SET at = '{past_minute}' WHERE id = 1", "cannot change"),
+    ],
+)
+def test_sqlite_shell_refuses_bad_rows(engine: Engine, sql: str, error: str) -> None:
+    device = add_device(engine, joined=datetime.now(UTC) - timedelta(hours=1))
+    with engine.begin() as conn:
+        conn.execute(insert(LightReading), [{"device_id": device, "at": datetime.now(UTC), "value": 1}])
+    statement = sql.format(past_minute=now_text(-timedelta(minutes=1)), future=now_text(timedelta(minutes=5)),
+                           long_name="x" * 30)
+    result = sqlite_shell(engine, statement)
+    assert result.returncode != 0, f"sqlite3 accepted: {statement}"
+    assert re.search(error, result.stderr), result.stderr
+
+
+def test_reading_before_join_is_refused_through_sqlalchemy(engine: Engine) -> None:
+    joined = datetime.now(UTC) - timedelta(minutes=1)
+    device = add_device(engine, joined=joined)
+    with pytest.raises(IntegrityError, match="after the device joined"), engine.begin() as conn:
+        conn.execute(insert(LightReading), [{"device_id": device, "at": joined, "value": 5}])
+
+
+def test_name_cannot_take_another_devices_session_name(engine: Engine) -> None:
+    first = add_device(engine, name="capteur01", mac="00:00:00:00:00:01")
+    add_device(engine, name="capteur02", mac="00:00:00:00:00:02")
+    with Session(engine) as session, session.begin():
+        session.execute(update(Device).where(Device.id == first).values(name="salle-B"))
+    # capteur01 is still the session name of device 1 until its next join
+    with pytest.raises(IntegrityError, match="another device's session"), engine.begin() as conn:
+        conn.execute(text("UPDATE device SET name = 'capteur01' WHERE id = 2"))
+    with pytest.raises(IntegrityError, match=r"session|UNIQUE"), engine.begin() as conn:
+        conn.execute(text("UPDATE device SET name = 'capteur02' WHERE id = 1"))
+
+
+def test_timestamps_come_back_as_aware_utc(engine: Engine) -> None:
+    joined = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    add_device(engine, joined=joined)
+    with Session(engine) as session:
+        device = session.scalars(select(Device)).one()
+    assert device.joined_at == joined and device.joined_at.tzinfo is not None
+    raw = sqlite_shell(engine, "SELECT joined_at FROM device").stdout.strip()
+    assert raw == "2026-01-02 03:04:05.123456"
+
+
+def test_read_only_engine_refuses_writes(settings: Settings, engine: Engine) -> None:
+    reader = make_engine(settings.database_url, read_only=True)
+    with pytest.raises(Exception, match=r"readonly|read-only|query_only"), reader.begin() as conn:
+        conn.execute(text("DELETE FROM device"))
+    reader.dispose()
+
+
+def test_missing_database_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseError, match="make db"):
+        make_engine(f"sqlite:///{tmp_path / 'nothing.sqlite3'}")
+
+
+def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(DatabaseError, match="cannot create the database directory"):
+        make_engine(f"sqlite:///{blocker / 'sub' / 'db.sqlite3'}", create_dir=True)
+
+
+def test_schema_check_names_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite3"
+    sqlite3.connect(path).close()
+    with pytest.raises(DatabaseError, match="make db"):
+        check_schema(make_engine(f"sqlite:///{path}"))
+
+
+def test_seed_adds_plausible_devices(engine: Engine) -> None:
+    assert seed(engine, devices=3) == 3
+    assert seed(engine, devices=2) == 2
+    with Session(engine) as session:
+        names = session.scalars(select(Device.name).order_by(Device.id)).all()
+        assert names == ["demo01", "demo02", "demo03", "demo04", "demo05"]
+        assert session.scalar(select(LightReading.id).limit(1)) is not None
