@@ -28,4 +28,8 @@ class ClientNotRunning(PipeError):
 
 
 class PayloadError(SensorhubError, ValueError):
-    """An MQTT payload does not follow the protocol."""
+    """An MQTT payload or pipe command does not follow the protocol; `reason` is a short counter key."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -1,0 +1,1 @@
+"""The ingest client: MQTT in, database and LED commands out."""
