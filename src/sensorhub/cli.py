@@ -64,6 +64,15 @@ def broker(settings: Settings) -> None:
     sys.exit(status)
 
 
+@cli.command()
+@pass_settings
+def client(settings: Settings) -> None:
+    """Run the ingest client: records readings, assigns names and sessions, relays LED commands."""
+    from sensorhub.ingest.service import run_client
+
+    run_client(settings)
+
+
 @cli.group()
 def db() -> None:
     """Create, fill or reset the database."""

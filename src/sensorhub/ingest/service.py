@@ -1,0 +1,166 @@
+"""The ingest client: paho callbacks parse and enqueue; the writer stores; the pipe brings LED commands."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any, cast
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from sensorhub.config import Settings
+from sensorhub.db.engine import check_schema, make_engine
+from sensorhub.errors import PayloadError
+from sensorhub.ingest.drops import Drops
+from sensorhub.ingest.ledpipe import Command, PipeReader
+from sensorhub.ingest.writer import COMMAND, JOIN, LEAVE, READING, SWEEP, Writer
+from sensorhub.protocol import SERVER_SUBSCRIPTIONS, Reading, Topic, parse_server_message
+
+logger = logging.getLogger(__name__)
+
+#: Fixed, so that the broker keeps our session (subscriptions and undelivered QoS 1/2 messages) while
+#: the client restarts.
+CLIENT_ID = "sensorhub-ingest"
+#: How long the broker keeps that session after we disconnect.
+SESSION_EXPIRY = 24 * 3600
+
+
+class IngestClient:
+    """The long-running server-side MQTT client, usable in-process (tests) or through `run_client`."""
+
+    def __init__(self, settings: Settings, client_id: str = CLIENT_ID) -> None:
+        self.settings = settings
+        self.drops = Drops()
+        self.engine = make_engine(settings.database_url)
+        check_schema(self.engine)
+        self.mqtt = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                                manual_ack=True)
+        self.mqtt.max_inflight_messages_set(1000)
+        self.mqtt.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.mqtt.on_connect = self._on_connect
+        self.mqtt.on_connect_fail = self._on_connect_fail
+        self.mqtt.on_disconnect = self._on_disconnect
+        self.mqtt.on_subscribe = self._on_subscribe
+        self.mqtt.on_message = self._on_message
+        self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
+                             presence_timeout=3 * settings.keepalive)
+        self.pipe = PipeReader(settings.fifo, self._on_command, self._on_pipe_error)
+        self.ready = threading.Event()
+        self._stopping = False
+        self._unreachable_logged = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self, wait_ready: float | None = None) -> None:
+        """Open the pipe, start the writer, connect (retrying until the broker answers)."""
+        self.pipe.start()
+        self.writer.start()
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = SESSION_EXPIRY
+        self.mqtt.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=self.settings.keepalive,
+                                clean_start=False, properties=properties)
+        self.mqtt.loop_start()
+        if wait_ready is not None and not self.ready.wait(wait_ready):
+            raise TimeoutError(f"the ingest client did not get ready within {wait_ready} s")
+
+    def stop(self) -> None:
+        """Stop cleanly: no new commands, flush and acknowledge everything received, then disconnect."""
+        self._stopping = True
+        self.pipe.stop()
+        # Stop reading from the broker first: what it has not delivered stays queued in our session.
+        # Acknowledgements are then written directly by paho from the writer thread.
+        self.mqtt.loop_stop()
+        self.writer.stop()
+        self.mqtt.disconnect()
+        self.engine.dispose()
+        logger.info("ingest client stopped; stored %s; discarded %s", self.writer.stats.stored,
+                    self.drops.snapshot() or "nothing")
+
+    # -- paho callbacks: parse and enqueue, nothing more ---------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode,
+                    _properties: Properties | None) -> None:
+        if reason.is_failure:
+            logger.error("the broker refused the connection: %s", reason)
+            return
+        self._unreachable_logged = False
+        client.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in SERVER_SUBSCRIPTIONS])
+        logger.info("connected to the broker at %s:%d (session present: %s)", self.settings.mqtt_host,
+                    self.settings.mqtt_port, flags.session_present)
+        if not flags.session_present:
+            # The broker restarted or forgot us: Wills may have fired while nobody listened.
+            self.writer.submit((SWEEP, None, time.time_ns() // 1000, 0, 0))
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        if not self._unreachable_logged:
+            logger.warning("cannot reach the broker at %s:%d; retrying (is it running? `make broker`)",
+                           self.settings.mqtt_host, self.settings.mqtt_port)
+            self._unreachable_logged = True
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags,
+                       reason: ReasonCode, _properties: Properties | None) -> None:
+        if not self._stopping:
+            logger.warning("lost the broker connection (%s); reconnecting", reason)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[ReasonCode],
+                      _properties: Properties | None) -> None:
+        refused = [str(reason) for reason in reasons if reason.is_failure]
+        if refused:
+            logger.error("the broker refused subscriptions: %s", ", ".join(refused))
+            return
+        if not self.ready.is_set():
+            self.ready.set()
+            logger.info("ingest client ready: subscribed on %s:%d, reading pipe %s", self.settings.mqtt_host,
+                        self.settings.mqtt_port, self.settings.fifo)
+
+    def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        received = time.time_ns() // 1000
+        topic = message.topic
+        try:
+            parsed = parse_server_message(topic, cast(bytes, message.payload))
+        except PayloadError as err:
+            self.drops.add(err.reason, f"{topic}: {err}")
+            if message.qos:
+                client.ack(message.mid, message.qos)
+            return
+        code = READING if type(parsed) is Reading else JOIN if topic == Topic.JOIN else LEAVE
+        self.writer.submit((code, parsed, received, message.mid, message.qos))
+
+    # -- the pipe -----------------------------------------------------------------------------------
+
+    def _on_command(self, command: Command) -> None:
+        self.writer.submit((COMMAND, command, time.time_ns() // 1000, 0, 0))
+
+    def _on_pipe_error(self, err: PayloadError) -> None:
+        self.drops.add(err.reason, f"pipe: {err}")
+
+    def _publish(self, topic: str, payload: bytes, qos: int) -> None:
+        self.mqtt.publish(topic, payload, qos)
+
+
+def run_client(settings: Settings) -> None:
+    """Run the ingest client until SIGINT or SIGTERM, then stop cleanly."""
+    client = IngestClient(settings)
+    done = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s; stopping", signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    client.start()
+    try:
+        while not done.wait(60):
+            dropped = client.drops.snapshot()
+            logger.info("stored so far %s; discarded %s", client.writer.stats.stored, dropped or "nothing")
+    finally:
+        client.stop()
