@@ -1,0 +1,388 @@
+"""The ingest client against a real Mosquitto, a real SQLite file and a real FIFO."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import Engine, text
+
+from sensorhub.broker import Broker
+from sensorhub.config import Settings
+from sensorhub.db.engine import sqlite_path
+from sensorhub.errors import ClientNotRunning
+from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
+from sensorhub.ingest.service import IngestClient
+from sensorhub.protocol import Topic
+from tests.devices import RawDevice
+from tests.support import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ingest(settings: Settings, engine: Engine, broker: Broker) -> Iterator[IngestClient]:
+    """The ingest client, in-process, ready."""
+    client = IngestClient(settings)
+    client.start(wait_ready=10)
+    yield client
+    client.stop()
+
+
+def row(engine: Engine, name: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT * FROM device WHERE name = :n OR session_name = :n"), {"n": name})
+        mapping = found.mappings().first()
+        return dict(mapping) if mapping else None
+
+
+def count(engine: Engine, table: str, name: str | None = None) -> int:
+    sql = f"SELECT count(*) FROM {table}"
+    if name is not None:
+        sql += " WHERE device_id = (SELECT id FROM device WHERE name = :n OR session_name = :n)"
+    with engine.connect() as conn:
+        return int(conn.execute(text(sql), {"n": name}).scalar_one())
+
+
+def values(engine: Engine, table: str, name: str) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(
+            f"SELECT value FROM {table} WHERE device_id = (SELECT id FROM device WHERE session_name = :n) ORDER BY id"
+        ), {"n": name}).scalars())
+
+
+def online(engine: Engine, name: str) -> bool:
+    found = row(engine, name)
+    return bool(found and found["online"])
+
+
+def test_join_assigns_a_name_and_session_then_records_readings(
+        ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    device = RawDevice(settings.mqtt_port, "61:ec:ed:3b:25:b1")
+    name, session = device.request_session()
+    assert name == "capteur01" and len(session) <= 17 and ";" not in session
+    first = row(engine, name)
+    assert first is not None and first["mac"] == "61:EC:ED:3B:25:B1" and not first["online"]
+    device.start_session()
+    wait_for(lambda: online(engine, name), 5, what="online after the name;session join")
+    device.reading(Topic.PHOTORESISTOR_STATUS, 58)
+    device.reading(Topic.BUTTON_STATUS, 1)
+    device.reading(Topic.LED_STATUS, 1, qos=1)
+    wait_for(lambda: count(engine, "light_reading", name) and count(engine, "led_reading", name), 5)
+    assert values(engine, "light_reading", name) == [58]
+    assert values(engine, "button_reading", name) == [1]
+    assert values(engine, "led_reading", name) == [1]
+    seen = row(engine, name)
+    assert seen is not None and seen["last_seen"] > first["last_seen"] >= first["joined_at"]
+    # a second MAC join: same name, a new session, offline until the name;session join
+    again, new_session = device.request_session()
+    assert again == name and new_session != session
+    later = row(engine, name)
+    assert later is not None and later["session_id"] == new_session and not later["online"]
+    assert later["joined_at"] == first["joined_at"]
+    device.close()
+
+
+def test_default_names_count_up_and_are_never_reused(
+        ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    names = [RawDevice(settings.mqtt_port, f"02:00:00:00:00:0{i}").request_session()[0] for i in range(1, 4)]
+    assert names == ["capteur01", "capteur02", "capteur03"]
+    send_command(settings.fifo, RenameRequest(3, "atelier"))
+    wait_for(lambda: row(engine, "atelier"), 5)
+    fourth = RawDevice(settings.mqtt_port, "02:00:00:00:00:04")
+    assert fourth.request_session()[0] == "capteur04"
+
+
+def test_out_of_band_readings_and_stale_leaves_are_discarded(
+        ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:10")
+    name, old_session = device.join()
+    wait_for(lambda: online(engine, name), 5)
+    device.request_session()
+    device.start_session()
+    wait_for(lambda: online(engine, name), 5)
+    device.reading(Topic.PHOTORESISTOR_STATUS, 10, session=old_session)
+    device.reading(Topic.LED_STATUS, 1, session=old_session)
+    device.publish(Topic.LEAVE, f"{name};{old_session}", qos=2)  # e.g. a late Will of the old connection
+    device.reading(Topic.PHOTORESISTOR_STATUS, 77)
+    device.reading(Topic.PHOTORESISTOR_STATUS, 5, name="nobody")
+    wait_for(lambda: count(engine, "light_reading", name), 5)
+    time.sleep(0.3)
+    assert values(engine, "light_reading", name) == [77]
+    assert count(engine, "led_reading") == 0
+    assert online(engine, name), "a stale leave knocked the device offline"
+    drops = ingest.drops.snapshot()
+    assert drops["out-of-band"] == 3 and drops["unknown-device"] == 1
+    device.close()
+
+
+def test_crashed_device_goes_offline_through_its_will(
+        ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:20")
+    name, _ = device.join()
+    wait_for(lambda: online(engine, name), 5)
+    device.crash()
+    wait_for(lambda: not online(engine, name), 10, what="the Will to mark the device offline")
+
+
+def test_explicit_leave_marks_offline(ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:21")
+    name, _ = device.join()
+    wait_for(lambda: online(engine, name), 5)
+    device.leave()
+    wait_for(lambda: not online(engine, name), 5)
+
+
+def test_mqtt_311_device_with_qos0_joins(ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:31", protocol=mqtt.MQTTv311, join_qos=0)
+    name, _ = device.join()
+    wait_for(lambda: online(engine, name), 5)
+    device.reading(Topic.PHOTORESISTOR_STATUS, 42)
+    wait_for(lambda: values(engine, "light_reading", name) == [42], 5)
+    device.close()
+
+
+def test_led_command_through_the_fifo_reaches_the_device_and_its_status_is_stored(
+        ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:40")
+    other = RawDevice(settings.mqtt_port, "02:00:00:00:00:41")
+    name, session = device.join()
+    other.join()
+    wait_for(lambda: online(engine, name) and online(engine, other.name), 5)
+    found = row(engine, name)
+    assert found is not None
+    send_command(settings.fifo, LedRequest(found["id"], session, True))
+    wait_for(lambda: device.commands, 5, what="led/command at the device")
+    assert device.commands == [f"{name};{session};1".encode()]
+    assert other.commands == [f"{name};{session};1".encode()]  # everyone subscribes; the name tells who
+    device.reading(Topic.LED_STATUS, 1)
+    wait_for(lambda: values(engine, "led_reading", name) == [1], 5)
+    # a command for a session that is over, or for an offline device, is not relayed
+    send_command(settings.fifo, LedRequest(found["id"], "1.000000", False))
+    device.leave()
+    wait_for(lambda: not online(engine, name), 5)
+    send_command(settings.fifo, LedRequest(found["id"], session, False))
+    time.sleep(0.5)
+    assert other.commands == [f"{name};{session};1".encode()]
+    assert ingest.drops.snapshot()["pipe-offline"] == 2
+    other.close()
+
+
+def test_rename_takes_effect_at_the_next_join_without_breaking_the_session(
+        ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:50")
+    name, _session = device.join()
+    wait_for(lambda: online(engine, name), 5)
+    found = row(engine, name)
+    assert found is not None
+    send_command(settings.fifo, RenameRequest(found["id"], "salle B"))
+    wait_for(lambda: row(engine, "salle B"), 5)
+    renamed = row(engine, "salle B")
+    assert renamed is not None and renamed["session_name"] == name and renamed["online"]
+    device.reading(Topic.PHOTORESISTOR_STATUS, 33)  # still publishes under its session name
+    wait_for(lambda: count(engine, "light_reading", "salle B") == 1, 5)
+    assert device.request_session()[0] == "salle B"
+    device.start_session()
+    wait_for(lambda: online(engine, "salle B"), 5)
+    final = row(engine, "salle B")
+    assert final is not None and final["session_name"] == "salle B"
+    device.close()
+
+
+def test_rename_to_a_taken_name_is_refused(ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    first = RawDevice(settings.mqtt_port, "02:00:00:00:00:60")
+    second = RawDevice(settings.mqtt_port, "02:00:00:00:00:61")
+    first.request_session()
+    second.request_session()
+    send_command(settings.fifo, RenameRequest(2, "capteur01"))
+    wait_for(lambda: ingest.drops.snapshot().get("pipe-name-taken"), 5)
+    found = row(engine, "capteur02")
+    assert found is not None and found["name"] == "capteur02"
+
+
+def test_garbage_flood_leaves_the_client_running_and_correct(
+        ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    rng = random.Random(1234)
+    flood = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    flood.max_queued_messages_set(0)
+    flood.max_inflight_messages_set(1000)
+    flood.connect("127.0.0.1", settings.mqtt_port)
+    flood.loop_start()
+    wait_for(flood.is_connected, 5)
+    pieces = [b"capteur01", b"1743946777.603371", b"101", b"-1", b"1", b"0", b"", b";", b"\xff\xfe", b"\x00",
+              "é".encode(), b"61:EC:ED:3B:25:B1", b"zz:zz", b" ", b"9" * 40]
+    topics = [str(t) for t in (Topic.JOIN, Topic.LEAVE, Topic.LED_STATUS, Topic.BUTTON_STATUS,
+                               Topic.PHOTORESISTOR_STATUS)]
+    sent = 0
+    for _ in range(5000):
+        if rng.random() < 0.5:
+            payload = rng.randbytes(rng.randint(0, 150))
+        else:
+            payload = b";".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+        if payload.count(b":") == 5 and len(payload) == 17:
+            continue  # a well-formed MAC would (rightly) create a device
+        flood.publish(rng.choice(topics), payload, qos=rng.choice([0, 1, 2]))
+        sent += 1
+    wait_for(lambda: sum(ingest.drops.snapshot().values()) >= sent * 0.9, 30, what="the flood to be counted")
+    flood.loop_stop()
+    flood.disconnect()
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:70")
+    name, _ = device.join()
+    wait_for(lambda: online(engine, name), 5)
+    device.reading(Topic.PHOTORESISTOR_STATUS, 64)
+    wait_for(lambda: values(engine, "light_reading", name) == [64], 5)
+    assert count(engine, "device") == 1, "garbage created devices"
+    device.close()
+
+
+def test_restart_resumes_sessions_from_the_database(settings: Settings, engine: Engine, broker: Broker) -> None:
+    client = IngestClient(settings)
+    client.start(wait_ready=10)
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:80")
+    name, _ = device.join()
+    wait_for(lambda: online(engine, name), 5)
+    client.stop()
+    device.reading(Topic.LED_STATUS, 1, qos=1)  # published while the client is down: queued by the broker
+    restarted = IngestClient(settings)
+    restarted.start(wait_ready=10)
+    try:
+        device.reading(Topic.PHOTORESISTOR_STATUS, 12)
+        wait_for(lambda: values(engine, "light_reading", name) == [12], 5)
+        wait_for(lambda: values(engine, "led_reading", name) == [1], 5, what="the reading sent while down")
+        assert online(engine, name)
+        device.reading(Topic.PHOTORESISTOR_STATUS, 13, name="stranger")
+        wait_for(lambda: restarted.drops.snapshot().get("unknown-device"), 5)
+    finally:
+        restarted.stop()
+        device.close()
+
+
+def test_devices_not_heard_after_a_broker_restart_go_offline(settings: Settings, engine: Engine) -> None:
+    first_broker = Broker(settings)
+    first_broker.start()
+    client = IngestClient(settings)
+    client.start(wait_ready=10)
+    try:
+        silent = RawDevice(settings.mqtt_port, "02:00:00:00:00:90")
+        talker = RawDevice(settings.mqtt_port, "02:00:00:00:00:91")
+        silent.join()
+        talker.join()
+        wait_for(lambda: online(engine, silent.name) and online(engine, talker.name), 5)
+        silent.crash()
+        talker.crash()
+        first_broker.stop()  # no Will can be delivered: the broker itself is gone
+        second_broker = Broker(settings)
+        second_broker.start()
+        try:
+            talker.start_session(keepalive=2)  # comes back and keeps publishing in its session
+            started = time.monotonic()
+            while time.monotonic() - started < 3 * settings.keepalive + 2:
+                talker.reading(Topic.PHOTORESISTOR_STATUS, 50)
+                time.sleep(0.5)
+            wait_for(lambda: not online(engine, silent.name), 5, what="the silent device to be marked offline")
+            assert online(engine, talker.name), "a device that keeps publishing was marked offline"
+            talker.close()
+        finally:
+            second_broker.stop()
+    finally:
+        client.stop()
+        first_broker.stop()
+
+
+def start_client_process(settings: Settings, log: Path, ready_before: int = 0) -> subprocess.Popen[bytes]:
+    """Run `sensorhub client` as a process, its log appended to `log`; return once it is ready."""
+    env = {**os.environ, **settings.environ()}
+    with log.open("ab") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "sensorhub", "client"], env=env, stderr=handle)
+    wait_for(lambda: log.read_text().count("ingest client ready") > ready_before or process.poll() is not None, 15,
+             what="the ingest client to be ready")
+    assert process.poll() is None, log.read_text()[-2000:]
+    return process
+
+
+def test_sigkill_while_a_device_publishes_qos1_loses_nothing(
+        settings: Settings, engine: Engine, broker: Broker, tmp_path: Path) -> None:
+    log = tmp_path / "client.log"
+    process = start_client_process(settings, log)
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:A0")
+    name, _ = device.join()
+    wait_for(lambda: online(engine, name), 5)
+    half = 1500
+    path = sqlite_path(settings.database_url)
+    assert path is not None
+    # A slow disk: another connection holds the write lock, so the client receives but cannot commit.
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        infos = [device.reading(Topic.LED_STATUS, number % 2, qos=1) for number in range(half)]
+        for info in infos:
+            info.wait_for_publish(30)
+        time.sleep(0.5)  # delivered to the client, waiting in its queue
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    infos = [device.reading(Topic.LED_STATUS, number % 2, qos=1) for number in range(half)]  # while it is down
+    for info in infos:
+        info.wait_for_publish(30)
+    before = log.read_text().count("ingest client ready")
+    process = start_client_process(settings, log, before)
+    try:
+        wait_for(lambda: count(engine, "led_reading", name) >= 2 * half, 30,
+                 what=f"all {2 * half} QoS 1 readings (have {count(engine, 'led_reading', name)})")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+        device.close()
+    assert process.returncode == 0
+
+
+def test_sigterm_flushes_and_closes_the_pipe(settings: Settings, engine: Engine, broker: Broker,
+                                             tmp_path: Path) -> None:
+    log = tmp_path / "client.log"
+    process = start_client_process(settings, log)
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:B0")
+    name, _ = device.join()
+    wait_for(lambda: online(engine, name), 5)
+    for number in range(500):
+        device.reading(Topic.PHOTORESISTOR_STATUS, number % 101)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(15) == 0
+    assert count(engine, "light_reading", name) == 500
+    with pytest.raises(ClientNotRunning):
+        send_command(settings.fifo, LedRequest(1, "1", True))
+    assert "ingest client stopped" in log.read_text()
+    device.close()
+
+
+def test_client_started_before_the_broker_waits_for_it(settings: Settings, engine: Engine) -> None:
+    client = IngestClient(settings)
+    client.start()
+    try:
+        time.sleep(1.5)
+        assert not client.ready.is_set()
+        with Broker(settings):
+            assert client.ready.wait(15), "the client did not connect once the broker came up"
+    finally:
+        client.stop()
+
+
+def test_missing_database_is_one_clear_line(settings: Settings, tmp_path: Path) -> None:
+    env = {**os.environ, **settings.environ(), "SENSORHUB_DATABASE_URL": f"sqlite:///{tmp_path / 'none.sqlite3'}"}
+    result = subprocess.run([sys.executable, "-m", "sensorhub", "client"], env=env, capture_output=True, text=True,
+                            timeout=20, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("sensorhub: error: no database at")

@@ -1,0 +1,165 @@
+"""The LED command pipe: its text format, a writer that never blocks, a reader that never waits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sensorhub.errors import ClientNotRunning, PayloadError, PipeError
+from sensorhub.ingest.ledpipe import (
+    MAX_COMMAND,
+    Command,
+    LedRequest,
+    PipeReader,
+    RenameRequest,
+    ensure_fifo,
+    format_command,
+    parse_command,
+    send_command,
+)
+from sensorhub.protocol import MAX_NAME, name_problem
+from tests.support import wait_for
+
+
+def test_format_is_one_documented_json_line() -> None:
+    assert format_command(LedRequest(3, "1743946777.603371", True)) == (
+        b'{"cmd":"led","device":3,"session":"1743946777.603371","on":true}\n')
+    assert format_command(RenameRequest(3, "salle B")) == b'{"cmd":"rename","device":3,"name":"salle B"}\n'
+
+
+@given(st.integers(1, 2**53), st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E,
+                                                   exclude_characters=";"), min_size=1, max_size=17),
+       st.booleans(), st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=MAX_NAME))
+def test_round_trip_and_size(device: int, session: str, on: bool, name: str) -> None:
+    led = LedRequest(device, session, on)
+    assert parse_command(format_command(led)) == led
+    assert len(format_command(led)) < MAX_COMMAND
+    if name_problem(name) is None:
+        rename = RenameRequest(device, name)
+        assert parse_command(format_command(rename)) == rename
+
+
+@pytest.mark.parametrize("line", [
+    b"not json", b"[1]", b'{"cmd":"led"}', b'{"cmd":"led","device":0,"session":"1","on":true}',
+    b'{"cmd":"led","device":true,"session":"1","on":true}', b'{"cmd":"led","device":1,"session":"1","on":1}',
+    b'{"cmd":"led","device":1,"session":"a;b","on":true}', b'{"cmd":"rename","device":1,"name":"a;b"}',
+    b'{"cmd":"rename","device":1,"name":""}', b'{"cmd":"explode","device":1}',
+    b'{"cmd":"led","device":1,"session":"1","on":true,"extra":1}', b"\xff\xfe",
+])
+def test_bad_lines_are_refused(line: bytes) -> None:
+    with pytest.raises(PayloadError):
+        parse_command(line)
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_parse_or_raise_payload_error(line: bytes) -> None:
+    with contextlib.suppress(PayloadError):
+        parse_command(line)
+
+
+def test_sender_reports_a_missing_pipe_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ClientNotRunning, match="not running"):
+        send_command(tmp_path / "nothing", LedRequest(1, "1", True))
+
+
+def test_sender_reports_a_pipe_without_reader_at_once(tmp_path: Path) -> None:
+    fifo = ensure_fifo(tmp_path / "fifo")
+    started = time.monotonic()
+    with pytest.raises(ClientNotRunning, match="nobody reads"):
+        send_command(fifo, LedRequest(1, "1", True))
+    assert time.monotonic() - started < 1.0  # sanity bound: it must not wait for a reader
+
+
+def test_sender_refuses_a_regular_file(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("")
+    with pytest.raises(PipeError, match="not a named pipe"):
+        send_command(path, LedRequest(1, "1", True))
+    with pytest.raises(PipeError, match="not a named pipe"):
+        ensure_fifo(path)
+
+
+def test_reader_starts_without_a_writer_and_gets_every_command(tmp_path: Path) -> None:
+    received: list[Command] = []
+    errors: list[PayloadError] = []
+    reader = PipeReader(tmp_path / "fifo", received.append, errors.append)
+    started = time.monotonic()
+    reader.start()  # must not wait for a writer
+    assert time.monotonic() - started < 1.0
+    try:
+        send_command(tmp_path / "fifo", LedRequest(7, "1743946777.603371", False))
+        wait_for(lambda: received, 5)
+        assert received == [LedRequest(7, "1743946777.603371", False)]
+        # garbage between good commands is reported and skipped
+        fd = os.open(tmp_path / "fifo", os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, b"garbage\n" + b"x" * 2000 + b"\n")
+        os.close(fd)
+        send_command(tmp_path / "fifo", RenameRequest(7, "salle B"))
+        wait_for(lambda: len(received) == 2, 5)
+        assert received[1] == RenameRequest(7, "salle B")
+        assert len(errors) == 2
+    finally:
+        reader.stop()
+    with pytest.raises(ClientNotRunning):
+        send_command(tmp_path / "fifo", LedRequest(1, "1", True))
+
+
+def test_concurrent_writers_never_interleave(tmp_path: Path) -> None:
+    received: list[Command] = []
+    errors: list[PayloadError] = []
+    reader = PipeReader(tmp_path / "fifo", received.append, errors.append)
+    reader.start()
+    per_thread, threads = 300, 8
+
+    def write(worker: int) -> None:
+        for number in range(per_thread):
+            while True:
+                try:
+                    name = f"worker{worker}-{number:04d}" + "x" * 10
+                    send_command(tmp_path / "fifo", RenameRequest(worker + 1, name))
+                    break
+                except PipeError as err:  # a full pipe is reported, never blocks: try again
+                    assert "full" in str(err)
+                    time.sleep(0.001)
+
+    try:
+        workers = [threading.Thread(target=write, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        wait_for(lambda: len(received) == per_thread * threads, 10)
+    finally:
+        reader.stop()
+    assert errors == []
+    for worker in range(threads):
+        names = [c.name for c in received if isinstance(c, RenameRequest) and c.device_id == worker + 1]
+        assert names == [f"worker{worker}-{n:04d}" + "x" * 10 for n in range(per_thread)]
+
+
+def test_reader_reopens_after_end_of_file(tmp_path: Path) -> None:
+    received: list[Command] = []
+    reader = PipeReader(tmp_path / "fifo", received.append)
+    reader.start()
+    try:
+        os.close(reader._keep_fd)  # lose our own writer: the next writer's close brings end-of-file
+        reader._keep_fd = -1
+        send_command(tmp_path / "fifo", LedRequest(1, "1", True))
+        wait_for(lambda: received, 5)
+        wait_for(lambda: reader._keep_fd >= 0, 5, what="the pipe reopened")
+        send_command(tmp_path / "fifo", LedRequest(2, "1", True))
+        wait_for(lambda: len(received) == 2, 5)
+    finally:
+        reader.stop()
+
+
+def test_unusable_pipe_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PipeError, match="cannot create the pipe"):
+        ensure_fifo(tmp_path / "missing-dir" / "fifo")

@@ -1,0 +1,179 @@
+"""The payload parser: the specification's examples, exhaustive rejections, and properties (hypothesis)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from sensorhub.errors import PayloadError
+from sensorhub.protocol import (
+    MAX_NAME,
+    MAX_SESSION,
+    QOS,
+    SERVER_SUBSCRIPTIONS,
+    Kind,
+    MacJoin,
+    Reading,
+    SessionRef,
+    Topic,
+    format_led_command,
+    format_name_assign,
+    format_reading,
+    format_session_ref,
+    name_problem,
+    new_session_id,
+    parse_join,
+    parse_led_command,
+    parse_name_assign,
+    parse_reading,
+    parse_server_message,
+    parse_session_ref,
+)
+
+PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+names = st.text(PRINTABLE, min_size=1, max_size=MAX_NAME).filter(lambda n: name_problem(n) is None)
+sessions = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=";"),
+                   min_size=1, max_size=MAX_SESSION)
+macs = st.lists(st.integers(0, 255), min_size=6, max_size=6).map(lambda o: ":".join(f"{x:02X}" for x in o))
+topics = st.sampled_from([str(t) for t in Topic] + ["other/topic", ""])
+
+
+def test_specification_examples() -> None:
+    assert parse_join(b"61:EC:ED:3B:25:B1") == MacJoin("61:EC:ED:3B:25:B1")
+    assert parse_join(b"capteur02;1743946777.603371") == SessionRef("capteur02", "1743946777.603371")
+    assert parse_session_ref(b"capteur01;1743946777.603371") == SessionRef("capteur01", "1743946777.603371")
+    assert parse_reading(Kind.LED, b"capteur02;1743946777.603371;0") == Reading(
+        Kind.LED, "capteur02", "1743946777.603371", 0)
+    assert parse_reading(Kind.BUTTON, b"optimus;1743946777.603371;1").value == 1
+    assert parse_reading(Kind.LIGHT, b"capteur01;1743946777.603371;58").value == 58
+    assert parse_led_command(b"capteur01;1743946777.603371;1").on is True
+    assert parse_name_assign(b"61:EC:ED:3B:25:B1;capteur01;1743946777.603371").name == "capteur01"
+    assert format_name_assign("61:EC:ED:3B:25:B1", "capteur01", "1743946777.603371") == (
+        b"61:EC:ED:3B:25:B1;capteur01;1743946777.603371")
+    assert format_led_command("capteur01", "1743946777.603371", True) == b"capteur01;1743946777.603371;1"
+
+
+def test_qos_table_and_subscriptions_never_downgrade() -> None:
+    assert QOS[Topic.LED_COMMAND] == 1 and QOS[Topic.LED_STATUS] == 1
+    assert QOS[Topic.BUTTON_STATUS] == 0 and QOS[Topic.PHOTORESISTOR_STATUS] == 0
+    assert QOS[Topic.JOIN] == QOS[Topic.LEAVE] == QOS[Topic.NAME_ASSIGN] == 2
+    subscribed = dict(SERVER_SUBSCRIPTIONS)
+    assert set(subscribed) == {"state/join", "state/leave", "led/status", "button/status", "photoresistor/status"}
+    assert all(subscribed[topic] >= QOS[Topic(topic)] for topic in subscribed)
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("photoresistor/status", b"capteur01;1.5;58" + b"\xff", "not-ascii"),
+        ("photoresistor/status", "caf\u00e9;1.5;58".encode(), "not-ascii"),
+        ("photoresistor/status", b"capteur01;1.5;5\n", "not-ascii"),
+        ("photoresistor/status", b"capteur01;1.5", "field-count"),
+        ("photoresistor/status", b"capteur01;1.5;5;6", "field-count"),
+        ("photoresistor/status", b"capteur01;;58", "empty-field"),
+        ("photoresistor/status", b";1.5;58", "empty-field"),
+        ("photoresistor/status", b"capteur01;1.5;101", "bad-value"),
+        ("photoresistor/status", b"capteur01;1.5;-1", "bad-value"),
+        ("photoresistor/status", b"capteur01;1.5;5.5", "bad-value"),
+        ("photoresistor/status", b"capteur01;1.5;1000", "bad-value"),
+        ("led/status", b"capteur01;1.5;2", "bad-value"),
+        ("button/status", b"capteur01;1.5;on", "bad-value"),
+        ("button/status", b"x" * 30 + b";1.5;1", "bad-name"),
+        ("button/status", b" padded;1.5;1", "bad-name"),
+        ("button/status", b"capteur01;123456789012345678;1", "bad-session"),
+        ("button/status", b"capteur01;1 5;1", "bad-session"),
+        ("state/join", b"61:EC:ED:3B:25", "bad-mac"),
+        ("state/join", b"zz:EC:ED:3B:25:B1", "bad-mac"),
+        ("state/join", b"", "bad-mac"),
+        ("state/join", b"capteur01;1.5;extra", "field-count"),
+        ("state/leave", b"61:EC:ED:3B:25:B1", "field-count"),
+        ("state/leave", b"a" * 65, "oversize"),
+        ("state/nameAssign", b"61:EC:ED:3B:25:B1;a;1", "topic"),
+    ],
+)
+def test_rejections_say_why(topic: str, payload: bytes, reason: str) -> None:
+    with pytest.raises(PayloadError) as caught:
+        parse_server_message(topic, payload)
+    assert caught.value.reason == reason
+    assert str(caught.value)
+
+
+def test_mac_is_case_insensitive() -> None:
+    assert parse_join(b"61:ec:ed:3b:25:b1") == MacJoin("61:EC:ED:3B:25:B1")
+
+
+@given(names, sessions, st.integers(0, 100))
+def test_readings_round_trip(name: str, session: str, value: int) -> None:
+    payload = format_reading(name, session, value)
+    assert parse_server_message("photoresistor/status", payload) == Reading(Kind.LIGHT, name, session, value)
+    binary = value % 2
+    assert parse_server_message("led/status", format_reading(name, session, binary)).value == binary
+
+
+@given(names, sessions)
+def test_session_refs_round_trip(name: str, session: str) -> None:
+    payload = format_session_ref(name, session)
+    assert parse_server_message("state/join", payload) == SessionRef(name, session)
+    assert parse_server_message("state/leave", payload) == SessionRef(name, session)
+
+
+@given(macs, names, sessions)
+def test_name_assign_round_trip(mac: str, name: str, session: str) -> None:
+    assert len(format_name_assign(mac, name, session)) <= 200  # fits the broker's max_packet_size
+    assign = parse_name_assign(format_name_assign(mac, name, session))
+    assert (assign.mac, assign.name, assign.session) == (mac, name, session)
+
+
+@given(topics, st.binary(max_size=120))
+def test_any_bytes_parse_or_raise_payload_error(topic: str, payload: bytes) -> None:
+    try:
+        parsed = parse_server_message(topic, payload)
+    except PayloadError as err:
+        assert err.reason
+        return
+    # whatever is accepted is well-formed
+    if isinstance(parsed, Reading):
+        assert name_problem(parsed.name) is None and ";" not in parsed.session
+        assert 0 <= parsed.value <= (100 if parsed.kind is Kind.LIGHT else 1)
+    elif isinstance(parsed, SessionRef):
+        assert name_problem(parsed.name) is None and 0 < len(parsed.session) <= MAX_SESSION
+    else:
+        assert len(parsed.mac) == 17 and parsed.mac == parsed.mac.upper()
+
+
+@given(topics, st.text(max_size=80))
+def test_any_text_parse_or_raise_payload_error(topic: str, text: str) -> None:
+    with contextlib.suppress(PayloadError):
+        parse_server_message(topic, text.encode("utf-8", "surrogatepass"))
+
+
+@given(st.text(max_size=40))
+def test_name_problem_matches_the_rule(name: str) -> None:
+    ok = (1 <= len(name) <= MAX_NAME and all(0x20 <= ord(c) <= 0x7E for c in name) and ";" not in name
+          and name == name.strip())
+    assert (name_problem(name) is None) == ok
+
+
+def test_session_id_has_the_specification_form() -> None:
+    session = new_session_id(None, 1743946777.603371)
+    assert session == "1743946777.603371"
+    assert len(session) <= MAX_SESSION and ";" not in session
+
+
+@given(st.floats(0, 9_999_999_999), st.floats(0, 9_999_999_999))
+def test_session_id_never_repeats_even_when_the_clock_goes_back(first: float, now: float) -> None:
+    previous = new_session_id(None, first)
+    following = new_session_id(previous, now)
+    assert following != previous
+    assert len(following) <= MAX_SESSION
+    assert int(following.replace(".", "")) > int(previous.replace(".", ""))  # exact microseconds
+
+
+@given(st.text(max_size=20), st.floats(0, 9_999_999_999))
+def test_session_id_tolerates_foreign_previous_ids(previous: str, now: float) -> None:
+    assume(";" not in previous)
+    session = new_session_id(previous, now)
+    assert session != previous and len(session) <= MAX_SESSION
