@@ -41,6 +41,12 @@ JOIN, LEAVE, READING, COMMAND, SWEEP = range(5)
 Item = tuple[int, Any, int, int, int]
 STOP: None = None
 
+#: Bound of the queue between paho and the writer: memory stays bounded under a flood (a queued reading
+#: takes about 350 bytes), and a full queue makes paho stop reading, which pushes back on the broker.
+QUEUE_MAX = 100_000
+#: Largest transaction.
+BATCH_MAX = 20_000
+
 Publish = Callable[[str, bytes, int], object]
 Ack = Callable[[int, int], object]
 
@@ -97,7 +103,7 @@ class Writer:
     """Owns the database connection; everything that changes the database goes through `submit`."""
 
     def __init__(self, engine: Engine, publish: Publish, ack: Ack, drops: Drops, *,
-                 presence_timeout: float = 15.0, queue_max: int = 200_000, batch_max: int = 20_000) -> None:
+                 presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX) -> None:
         self.engine = engine
         self.publish = publish
         self.ack = ack

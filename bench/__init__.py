@@ -1,0 +1,1 @@
+"""Benchmarks of sensorhub: `make bench` (python -m bench). They print figures; they are not tests."""

@@ -1,0 +1,80 @@
+"""Load generator: several processes, each publishing readings for its share of the devices at a set rate."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from sensorhub.protocol import Topic
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one publisher process sends."""
+
+    port: int
+    devices: tuple[tuple[str, str], ...]  # (session name, session id)
+    per_device: int
+    rate: float  # messages per second for this process (0: as fast as possible)
+    qos: int
+    topic: str = Topic.PHOTORESISTOR_STATUS
+
+
+def _publish(share: Share, results: mp.Queue[tuple[int, float, float]]) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(2000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", share.port, keepalive=30)
+    client.loop_start()
+    while not client.is_connected():
+        time.sleep(0.01)
+    prefixes = [f"{name};{session};".encode() for name, session in share.devices]
+    values = [str(v).encode() for v in range(101)]
+    start = time.perf_counter()
+    sent = 0
+    chunk = max(1, int(share.rate / 200)) if share.rate else 500
+    for number in range(share.per_device):
+        value = values[number % 101]
+        for prefix in prefixes:
+            client.publish(share.topic, prefix + value, share.qos)
+            sent += 1
+            if sent % chunk == 0:
+                if share.rate:
+                    ahead = start + sent / share.rate - time.perf_counter()
+                    if ahead > 0:
+                        time.sleep(ahead)
+                elif share.qos:
+                    while len(client._out_messages) > 20_000:
+                        time.sleep(0.001)
+    published = time.perf_counter()
+    if share.qos:
+        while client._out_messages:
+            time.sleep(0.01)
+    acknowledged = time.perf_counter()
+    client.disconnect()
+    client.loop_stop()
+    results.put((sent, published - start, acknowledged - start))
+
+
+def publish(shares: list[Share]) -> tuple[int, float, float]:
+    """Run one process per share; return (messages sent, seconds to publish, seconds until all acknowledged)."""
+    context = mp.get_context("spawn")
+    results: mp.Queue[tuple[int, float, float]] = context.Queue()
+    processes = [context.Process(target=_publish, args=(share, results)) for share in shares]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=3600) for _ in processes]
+    for process in processes:
+        process.join()
+    return sum(o[0] for o in outcomes), max(o[1] for o in outcomes), max(o[2] for o in outcomes)
+
+
+def split(port: int, devices: list[tuple[str, str]], per_device: int, rate: float, qos: int,
+          processes: int) -> list[Share]:
+    """Share the devices between `processes` publishers."""
+    groups = [tuple(devices[i::processes]) for i in range(processes)]
+    return [Share(port, group, per_device, rate * len(group) / len(devices), qos) for group in groups if group]

@@ -1,0 +1,286 @@
+"""The figures of the performance issue, each measured on the real stack."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.loadgen import publish, split
+from bench.stack import Stack
+from sensorhub.protocol import Topic, format_reading
+from sensorhub.simulator import Fleet
+
+
+@dataclass
+class Figure:
+    """One line of the results table."""
+
+    key: str
+    label: str
+    value: str
+    target: str
+    ok: bool | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario is: the real figures, or a few seconds' smoke run."""
+
+    devices: int = 100
+    sustained_rate: int = 10_000
+    sustained_seconds: float = 60
+    burst: int = 100_000
+    latency_rate: int = 5_000
+    latency_seconds: float = 20
+    fleet: int = 2_000
+    fleet_seconds: float = 30
+    web_devices: int = 1_000
+    web_readings: int = 5_000_000
+    web_requests: int = 200
+    flood: int = 150_000
+    browser_events: int = 200
+    publishers: int = 4
+
+
+FULL = Sizes()
+QUICK = Sizes(devices=10, sustained_rate=1_000, sustained_seconds=2, burst=2_000, latency_rate=500,
+              latency_seconds=2, fleet=30, fleet_seconds=3, web_devices=20, web_readings=20_000, web_requests=20,
+              flood=5_000, browser_events=10, publishers=2)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value below which `fraction` of the values lie (nearest rank)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+def wait_stable(read: Callable[[], int], expected: int, timeout: float, quiet: float = 3.0) -> tuple[int, float]:
+    """Poll until `read()` reaches `expected` or stops growing for `quiet` seconds; return (value, when)."""
+    deadline = time.monotonic() + timeout
+    last, last_change = read(), time.monotonic()
+    while last < expected and time.monotonic() < deadline and time.monotonic() - last_change < quiet:
+        time.sleep(0.05)
+        now = read()
+        if now != last:
+            last, last_change = now, time.monotonic()
+    return last, last_change if last < expected else time.monotonic()
+
+
+def total(stack: Stack, table: str = "light_reading") -> int:
+    """Rows in a reading table."""
+    assert stack.db is not None
+    return int(stack.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+class Load:
+    """The load devices: joined through the real protocol by the simulator, then driven by the load generator."""
+
+    def __init__(self, stack: Stack, count: int, seed: int = 7) -> None:
+        self.fleet = Fleet(stack.settings, count=count, interval=86_400, button_every=None, seed=seed)
+        self.fleet.start()
+        self.fleet.wait_joined(60)
+        self.sessions = [(device.name, device.session) for device in self.fleet.devices]
+
+    def own_sent(self) -> dict[str, int]:
+        """Light readings the simulated devices published themselves."""
+        return {d.name: d.sent.get(Topic.PHOTORESISTOR_STATUS, 0) for d in self.fleet.devices}
+
+    def stop(self) -> None:
+        """Let the devices leave."""
+        self.fleet.stop()
+
+
+def sustained(stack: Stack, load: Load, sizes: Sizes, qos: int) -> Figure:
+    """Readings from `devices` devices at (a bit above) the target rate for a while: throughput, loss, duplicates."""
+    offered = sizes.sustained_rate * 1.1  # offer more than the target: the figure is what got stored
+    per_device = int(offered * sizes.sustained_seconds / len(load.sessions))
+    before, own_before = stack.counts(), load.own_sent()
+    start = time.monotonic()
+    sent, published, _acked = publish(split(stack.settings.mqtt_port, load.sessions, per_device, offered, qos,
+                                            sizes.publishers))
+    stored, done = wait_stable(lambda: total(stack) - sum(before.values()), sent + _own_delta(load, own_before),
+                               timeout=120)
+    after, own_after = stack.counts(), load.own_sent()
+    lost = duplicated = 0
+    for name, _session in load.sessions:
+        expected = before.get(name, 0) + per_device + own_after[name] - own_before[name]
+        got = after.get(name, 0)
+        lost += max(0, expected - got)
+        duplicated += max(0, got - expected)
+    rate = stored / (done - start)
+    target = sizes.sustained_rate
+    ok = rate >= target and lost == 0 and (duplicated == 0 or qos == 1)
+    return Figure(
+        f"sustained_qos{qos}",
+        f"sustained readings, {len(load.sessions)} devices, {sizes.sustained_seconds:g} s, QoS {qos}",
+        f"{rate:,.0f}/s stored (offered {sent / published:,.0f}/s), {lost} lost, {duplicated} duplicated",
+        f">= {target:,}/s, 0 lost" + (", 0 duplicated" if qos == 0 else ""), ok,
+        {"stored_per_s": round(rate), "offered_per_s": round(sent / published), "sent": sent, "lost": lost,
+         "duplicated": duplicated, "lag_s": round(done - start - published, 2)},
+    )
+
+
+def _own_delta(load: Load, before: dict[str, int]) -> int:
+    return sum(load.own_sent().values()) - sum(before.values())
+
+
+def burst(stack: Stack, load: Load, sizes: Sizes) -> Figure:
+    """As many QoS 1 readings as fast as possible: are they all stored, and how fast."""
+    per_device = sizes.burst // len(load.sessions)
+    before = total(stack)
+    start = time.monotonic()
+    sent, published, acked = publish(split(stack.settings.mqtt_port, load.sessions, per_device, 0, 1,
+                                           sizes.publishers))
+    stored, done = wait_stable(lambda: total(stack) - before, sent, timeout=300)
+    lost = max(0, sent - stored)
+    return Figure(
+        "burst_qos1", f"burst of {sent:,} QoS 1 readings, as fast as possible",
+        f"{stored:,} stored ({lost} lost) in {done - start:.1f} s = {stored / (done - start):,.0f}/s "
+        f"(published in {published:.1f} s)",
+        "all stored", lost == 0,
+        {"sent": sent, "stored": stored, "seconds": round(done - start, 2), "published_s": round(published, 2),
+         "acknowledged_s": round(acked, 2)},
+    )
+
+
+def latency(stack: Stack, load: Load, sizes: Sizes) -> Figure:
+    """Publish -> committed latency of a probe device while the others publish at the set rate."""
+    probe_name, probe_session = load.sessions[0]
+    others = load.sessions[1:]
+    probe_id = stack.device_id(probe_name)
+    db = sqlite3.connect(f"file:{stack.dir / 'db.sqlite3'}?mode=ro", uri=True, check_same_thread=False)
+    query = "SELECT count(*) FROM light_reading WHERE device_id = ?"
+    base = int(db.execute(query, (probe_id,)).fetchone()[0])
+    per_device = int(sizes.latency_rate * sizes.latency_seconds / len(others))
+    background = threading.Thread(target=publish, args=(split(stack.settings.mqtt_port, others, per_device,
+                                                              sizes.latency_rate, 0, sizes.publishers),))
+    published: list[float] = []
+    committed: list[float] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        seen = base
+        while not stop.is_set():
+            now_count = int(db.execute(query, (probe_id,)).fetchone()[0])
+            moment = time.perf_counter()
+            committed.extend([moment] * (now_count - seen))
+            seen = now_count
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", stack.settings.mqtt_port)
+    client.loop_start()
+    background.start()
+    time.sleep(1.0)  # let the load settle
+    watcher.start()
+    probes = int(sizes.latency_seconds * 50)
+    for number in range(probes):
+        published.append(time.perf_counter())
+        client.publish(Topic.PHOTORESISTOR_STATUS, format_reading(probe_name, probe_session, number % 101), 0)
+        time.sleep(0.02)
+    deadline = time.monotonic() + 10
+    while len(committed) < probes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    watcher.join()
+    background.join()
+    client.disconnect()
+    client.loop_stop()
+    db.close()
+    delays = [(c - p) * 1000 for p, c in zip(published, committed, strict=False)]
+    p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)
+    return Figure(
+        "latency_p99_ms", f"publish -> committed, at {sizes.latency_rate:,}/s", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+        f"({len(delays)} probes, {probes - len(delays)} missing)", "p99 <= 150 ms",
+        p99 <= 150 and len(delays) == probes,
+        {"p50_ms": round(p50, 1), "p99_ms": round(p99, 1), "max_ms": round(max(delays, default=0), 1),
+         "probes": probes, "measured": len(delays)},
+    )
+
+
+def many_devices(stack: Stack, sizes: Sizes) -> Figure:
+    """Thousands of simulated devices at once, one reading per second each: join time, then loss."""
+    before = stack.counts()
+    start = time.monotonic()
+    fleet = Fleet(stack.settings, count=sizes.fleet, interval=1.0, button_every=None, seed=11,
+                  name_timeout=60)
+    fleet.start(timeout=30)
+    joined_in = float("nan")
+    try:
+        fleet.wait_joined(120)
+        joined_in = time.monotonic() - start
+        time.sleep(sizes.fleet_seconds)
+    finally:
+        fleet.stop(timeout=120)
+    sent = {d.name: d.sent.get(Topic.PHOTORESISTOR_STATUS, 0) for d in fleet.devices}
+    expected_total = sum(sent.values())
+    wait_stable(lambda: sum(stack.counts().get(name, 0) - before.get(name, 0) for name in sent), expected_total,
+                timeout=60)
+    after = stack.counts()
+    lost = sum(max(0, n - (after.get(name, 0) - before.get(name, 0))) for name, n in sent.items())
+    return Figure(
+        "devices_2000", f"{sizes.fleet:,} simultaneous virtual devices, 1 reading/s each",
+        f"all joined in {joined_in:.1f} s, {expected_total:,} readings, {lost} lost",
+        "all joined within 30 s, nothing lost", joined_in <= 30 and lost == 0,
+        {"devices": sizes.fleet, "joined_s": round(joined_in, 1), "readings": expected_total, "lost": lost},
+    )
+
+
+def memory(stack: Stack, load: Load, sizes: Sizes) -> Figure:
+    """Client memory while a flood waits behind a database that cannot be written (another writer holds it)."""
+    from sensorhub.ingest.writer import QUEUE_MAX
+
+    process = stack.client_process()
+    baseline = process.memory_info().rss
+    blocker = sqlite3.connect(stack.dir / "db.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    peak = baseline
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                peak = max(peak, process.memory_info().rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    before = total(stack)
+    per_device = sizes.flood // len(load.sessions)
+    try:
+        sent, _published, _ = publish(split(stack.settings.mqtt_port, load.sessions, per_device, 0, 0,
+                                            sizes.publishers))
+        time.sleep(2)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    stored, _ = wait_stable(lambda: total(stack) - before, sent, timeout=120)
+    stop.set()
+    sampler.join()
+    grown = (peak - baseline) / 2**20
+    return Figure(
+        "client_memory", f"ingest client memory, {sent:,} readings queued behind a locked database",
+        f"{baseline / 2**20:.0f} MiB -> peak {peak / 2**20:.0f} MiB (+{grown:.0f} MiB); {stored:,} stored afterwards",
+        f"bounded: queue of {QUEUE_MAX:,} messages", stored == sent,
+        {"baseline_mib": round(baseline / 2**20), "peak_mib": round(peak / 2**20), "queue_max": QUEUE_MAX,
+         "sent": sent, "stored": stored},
+    )
+
+
+def spread(values: list[float]) -> str:
+    """A short summary of timings."""
+    return f"p50 {statistics.median(values):.1f} ms, p99 {percentile(values, 0.99):.1f} ms"

@@ -1,0 +1,88 @@
+"""The real stack for a benchmark: broker, ingest client and web server on free ports, a temporary database."""
+
+from __future__ import annotations
+
+import io
+import resource
+import socket
+import sqlite3
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+from sensorhub.config import Settings
+from sensorhub.supervisor import Supervisor
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def raise_open_files() -> None:
+    """Thousands of devices need thousands of sockets, in mosquitto and in the simulator."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Stack:
+    """Everything `sensorhub run` starts, with its logs in a file; a read connection for counting."""
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="sensorhub-bench-") if workdir is None else None
+        self.dir = Path(self._tmp.name) if self._tmp else workdir or Path(".")
+        self.settings = Settings().replace(
+            database_url=f"sqlite:///{self.dir / 'db.sqlite3'}",
+            mqtt_port=free_port(), mqtt_ws_port=free_port(), web_port=free_port(), web_host="127.0.0.1",
+            fifo=str(self.dir / "led.fifo"), broker_log=str(self.dir / "mosquitto.log"),
+            broker_max_connections=-1, log_level="INFO",
+        )
+        self.log_path = self.dir / "stack.log"
+        self._log: io.TextIOWrapper | None = None
+        self.supervisor: Supervisor | None = None
+        self.db: sqlite3.Connection | None = None
+
+    def __enter__(self) -> Stack:
+        raise_open_files()
+        self._log = self.log_path.open("w")
+        self.supervisor = Supervisor(self.settings, out=self._log)
+        self.supervisor.preflight()
+        self.supervisor.start()
+        self.db = sqlite3.connect(f"file:{self.dir / 'db.sqlite3'}?mode=ro", uri=True, check_same_thread=False)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self.db is not None:
+            self.db.close()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        if self._log is not None:
+            self._log.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def client_process(self) -> psutil.Process:
+        """The ingest client's process."""
+        assert self.supervisor is not None
+        process = self.supervisor.components[1].process
+        assert process is not None
+        return psutil.Process(process.pid)
+
+    def counts(self, table: str = "light_reading") -> dict[str, int]:
+        """Readings per device (by session name) in `table`."""
+        assert self.db is not None
+        rows = self.db.execute(
+            f"SELECT d.session_name, (SELECT count(*) FROM {table} r WHERE r.device_id = d.id) FROM device d"
+        ).fetchall()
+        return {name: int(count) for name, count in rows}
+
+    def device_id(self, session_name: str) -> int:
+        """A device's id."""
+        assert self.db is not None
+        return int(self.db.execute("SELECT id FROM device WHERE session_name = ?", (session_name,)).fetchone()[0])

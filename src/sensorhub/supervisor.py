@@ -1,0 +1,268 @@
+"""`sensorhub run`: start broker, ingest client and web server in order, each once the previous is ready.
+
+Each component runs as a child process whose log lines are printed with its name in front. If a component
+dies, the supervisor says which and why (its exit status and last log line) and restarts it, at most
+MAX_RESTARTS times in RESTART_WINDOW seconds; after that it stops everything and exits with status 1.
+Ctrl-C or SIGTERM stops the components in reverse order (devices, web, client, broker), each cleanly:
+the client flushes pending readings before it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from sensorhub.broker import INSTALL_HINT, busy_port_message, find_mosquitto, port_in_use
+from sensorhub.config import Settings
+from sensorhub.db.engine import init_db, make_engine
+from sensorhub.errors import BrokerError, ConfigError, SensorhubError
+from sensorhub.ingest.ledpipe import ensure_fifo
+
+logger = logging.getLogger(__name__)
+
+MAX_RESTARTS = 3
+RESTART_WINDOW = 60.0
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Children get SIGTERM if the supervisor itself is killed, so nothing is left running."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    os.setpgid(0, 0)  # Ctrl-C in the terminal reaches the supervisor only; it stops children in order
+
+
+@dataclass
+class Component:
+    """One child process: how to start it, how to know it is ready, how to stop it."""
+
+    name: str
+    argv: list[str]
+    ready: re.Pattern[str]
+    stop_signal: int = signal.SIGTERM
+    process: subprocess.Popen[str] | None = None
+    last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    ready_event: threading.Event = field(default_factory=threading.Event)
+    restarts: deque[float] = field(default_factory=deque)
+
+
+class Supervisor:
+    """Starts, watches and stops the components."""
+
+    def __init__(self, settings: Settings, demo: int = 0, out: IO[str] | None = None) -> None:
+        self.settings = settings
+        self.demo = demo
+        self.out = out or sys.stdout
+        self._print_lock = threading.Lock()
+        self._stop = threading.Event()
+        python = [sys.executable, "-m", "sensorhub"]
+        self.components = [
+            Component("broker", [*python, "broker"], re.compile(r"broker ready")),
+            Component("client", [*python, "client"], re.compile(r"ingest client ready")),
+            Component("web", [*python, "web"], re.compile(r"web server ready")),
+        ]
+        if demo:
+            self.components.append(Component(
+                "devices", [*python, "simulate", "--devices", str(demo), "--interval", "2"],
+                re.compile(r"joined|ready"), stop_signal=signal.SIGINT,
+            ))
+
+    # -- output ----------------------------------------------------------------------------------
+
+    def say(self, text: str, name: str = "run") -> None:
+        """Print one line with the component's name in front."""
+        with self._print_lock:
+            print(f"{name:>7} | {text}", file=self.out, flush=True)
+
+    def _pump(self, component: Component, stream: IO[str]) -> None:
+        for line in stream:
+            line = line.rstrip("\n")
+            component.last_lines.append(line)
+            self.say(line, component.name)
+            if component.ready.search(line):
+                component.ready_event.set()
+
+    # -- checks before anything starts -----------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Fail early, with one line saying what to do, on what would make a component fail later."""
+        try:
+            find_mosquitto()
+        except BrokerError:
+            if not _offer_to_install_mosquitto(self.say):
+                raise
+        for port, setting, what in (
+            (self.settings.mqtt_port, "SENSORHUB_MQTT_PORT", "MQTT"),
+            (self.settings.mqtt_ws_port, "SENSORHUB_MQTT_WS_PORT", "MQTT over WebSockets"),
+            (self.settings.web_port, "SENSORHUB_WEB_PORT", "web server"),
+        ):
+            if port_in_use(port):
+                raise BrokerError(busy_port_message(port, setting, what))
+        ports = [self.settings.mqtt_port, self.settings.mqtt_ws_port, self.settings.web_port]
+        if len(set(ports)) != len(ports):
+            raise ConfigError(f"the MQTT, WebSockets and web ports must differ (got {ports})")
+        engine = make_engine(self.settings.database_url, create_dir=True)
+        try:
+            init_db(engine)
+        finally:
+            engine.dispose()
+        ensure_fifo(self.settings.fifo)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def _spawn(self, component: Component) -> None:
+        component.ready_event.clear()
+        env = {**os.environ, **self.settings.environ(), "PYTHONUNBUFFERED": "1"}
+        if self.settings.log_level_number > logging.INFO:
+            env["SENSORHUB_LOG_LEVEL"] = "INFO"  # readiness is read from the components' INFO lines
+        component.process = subprocess.Popen(
+            component.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1, preexec_fn=_die_with_parent,
+        )
+        assert component.process.stdout is not None
+        threading.Thread(target=self._pump, args=(component, component.process.stdout),
+                         name=f"log-{component.name}", daemon=True).start()
+
+    def _start(self, component: Component) -> None:
+        self._spawn(component)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not component.ready_event.wait(0.05):
+            assert component.process is not None
+            if component.process.poll() is not None:
+                raise SensorhubError(self._death(component))
+            if self._stop.is_set():
+                return
+            if time.monotonic() > deadline:
+                raise SensorhubError(f"{component.name} did not become ready within {READY_TIMEOUT:.0f} s")
+
+    def _death(self, component: Component) -> str:
+        assert component.process is not None
+        time.sleep(0.1)  # let the log pump print the last lines
+        last = next((line for line in reversed(component.last_lines) if line.strip()), "no output")
+        return f"{component.name} exited with status {component.process.returncode}: {last}"
+
+    def start(self) -> None:
+        """Start every component in order, each once the previous one is ready."""
+        for component in self.components:
+            self.say(f"starting {component.name}")
+            self._start(component)
+            if self._stop.is_set():
+                return
+        self.say(f"everything is running: open {self.url()} (Ctrl-C stops everything)")
+
+    def url(self) -> str:
+        """Where to point a browser."""
+        host = self.settings.web_host
+        if host in ("0.0.0.0", "::"):
+            host = _lan_address()
+        return f"http://{host}:{self.settings.web_port}/capteurs"
+
+    def watch(self) -> int:
+        """Restart components that die; return an exit status once stopped."""
+        while not self._stop.wait(0.2):
+            for component in self.components:
+                assert component.process is not None
+                if component.process.poll() is None:
+                    continue
+                reason = self._death(component)
+                now = time.monotonic()
+                while component.restarts and now - component.restarts[0] > RESTART_WINDOW:
+                    component.restarts.popleft()
+                if len(component.restarts) >= MAX_RESTARTS:
+                    self.say(f"{reason}; it died {MAX_RESTARTS + 1} times in {RESTART_WINDOW:.0f} s, "
+                             "stopping everything")
+                    self.stop()
+                    return 1
+                component.restarts.append(now)
+                self.say(f"{reason}; restarting it")
+                try:
+                    self._start(component)
+                except SensorhubError as err:
+                    self.say(f"could not restart {component.name}: {err}")
+        return 0
+
+    def request_stop(self) -> None:
+        """Ask `watch` to return (from a signal handler)."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop the components in reverse order, each with its own clean-stop signal."""
+        self._stop.set()
+        for component in reversed(self.components):
+            process = component.process
+            if process is None or process.poll() is not None:
+                continue
+            self.say(f"stopping {component.name}")
+            process.send_signal(component.stop_signal)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.say(f"{component.name} did not stop within {STOP_TIMEOUT:.0f} s; killing it")
+                process.kill()
+                process.wait()
+        self.say("stopped")
+
+
+def _offer_to_install_mosquitto(say: Callable[[str], None]) -> bool:
+    """On Debian, as root, at a terminal: offer to install mosquitto. True if it is installed now."""
+    if os.geteuid() != 0 or not Path("/etc/debian_version").exists() or not sys.stdin.isatty():
+        return False
+    answer = input("mosquitto is not installed. Install it now with apt-get? [y/N] ").strip().lower()
+    if answer not in ("y", "yes", "o", "oui"):
+        return False
+    apt = shutil.which("apt-get") or "apt-get"
+    for command in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "mosquitto"]):
+        if subprocess.run(command, check=False).returncode != 0:
+            raise BrokerError(f"installing mosquitto failed: {INSTALL_HINT}")
+    say("mosquitto installed")
+    return True
+
+
+def _lan_address() -> str:
+    """This machine's address on the local network, as devices and other computers see it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def run_all(settings: Settings, demo: int = 0) -> int:
+    """Run everything until Ctrl-C or SIGTERM; return the exit status."""
+    supervisor = Supervisor(settings, demo=demo)
+    supervisor.preflight()
+
+    def _signal(signum: int, _frame: FrameType | None) -> None:
+        supervisor.say(f"received {signal.Signals(signum).name}")
+        supervisor.request_stop()
+
+    signal.signal(signal.SIGTERM, _signal)
+    signal.signal(signal.SIGINT, _signal)
+    try:
+        supervisor.start()
+        status = supervisor.watch()
+    except SensorhubError:
+        supervisor.stop()
+        raise
+    supervisor.stop()
+    return status
