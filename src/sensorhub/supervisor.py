@@ -168,12 +168,14 @@ class Supervisor:
             if self._stop.is_set():
                 return
         self.say(f"everything is running: open {self.url()} (Ctrl-C stops everything)")
+        if self.settings.web_host in ("0.0.0.0", "::"):
+            self.say(f"from other computers on the network: {self.url(_lan_address())}; ESP32s connect to "
+                     f"{_lan_address()} port {self.settings.mqtt_port}")
 
-    def url(self) -> str:
-        """Where to point a browser."""
-        host = self.settings.web_host
-        if host in ("0.0.0.0", "::"):
-            host = _lan_address()
+    def url(self, host: str | None = None) -> str:
+        """Where to point a browser on this machine (or at `host`)."""
+        if host is None:
+            host = "localhost" if self.settings.web_host in ("0.0.0.0", "::") else self.settings.web_host
         return f"http://{host}:{self.settings.web_port}/capteurs"
 
     def watch(self) -> int:
@@ -219,6 +221,11 @@ class Supervisor:
                 self.say(f"{component.name} did not stop within {STOP_TIMEOUT:.0f} s; killing it")
                 process.kill()
                 process.wait()
+        for component in self.components:
+            # Each component leads its own process group: whatever it started and left behind goes too.
+            if component.process is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(component.process.pid, signal.SIGKILL)
         self.say("stopped")
 
 
