@@ -1,0 +1,81 @@
+"""aiomqtt's client with two races fixed, which show once hundreds of clients share one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from types import TracebackType
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from aiomqtt.types import PahoSocket
+
+
+class DeviceClient(aiomqtt.Client):
+    """An aiomqtt 2.5 client that never registers a closed socket and always says DISCONNECT when leaving.
+
+    1. aiomqtt registers a socket's reader and writer with the loop *later* (`call_soon_threadsafe`, since paho
+       may call it from the connecting thread). If the socket closes in between, the loop is handed a closed file
+       descriptor (EBADF), or worse one that the next socket of another device already reuses. Here the late
+       registration first checks that paho still holds that very socket.
+    2. paho 2.2 refreshes its "last message out" time only when it pings, and while DISCONNECT waits to be
+       written its keepalive check closes the socket without it: the broker then publishes the Will of a device
+       that left cleanly. Here the keepalive task stops before disconnecting.
+    """
+
+    def _fail(self, exc: Exception) -> None:
+        if not self._disconnected.done():
+            self._disconnected.set_exception(exc)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: PahoSocket) -> None:
+        def on_readable() -> None:
+            try:
+                client.loop_read()
+            except Exception as exc:  # a broken connection: aiomqtt reports it as a disconnection
+                self._fail(exc)
+
+        def register() -> None:
+            current = client.socket()
+            if current is not None and current is sock:
+                self._loop.add_reader(current.fileno(), on_readable)
+                self._misc_task = self._loop.create_task(self._misc_loop())
+
+        self._loop.call_soon_threadsafe(register)
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: PahoSocket) -> None:
+        def on_writable() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:
+                self._fail(exc)
+
+        def register() -> None:
+            current = client.socket()
+            if current is not None and current is sock:
+                self._loop.add_writer(current.fileno(), on_writable)
+
+        self._loop.call_soon_threadsafe(register)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Disconnect (DISCONNECT, then close), with paho's keepalive check out of the way."""
+        task = self._misc_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await super().__aexit__(exc_type, exc, tb)
+
+    def drop(self) -> None:
+        """Close the TCP connection without DISCONNECT: to the broker, an unexpected loss (it publishes the Will)."""
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            # shutdown, not close: the reader then sees the end of the stream and aiomqtt notes the disconnection.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def discard(self) -> None:
+        """Release the socket of a connection that failed before CONNACK (aiomqtt leaves it open)."""
+        self._client.disconnect()
