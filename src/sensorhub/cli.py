@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,8 @@ def broker(settings: Settings) -> None:
     """Run the Mosquitto broker with the project's configuration (foreground)."""
     from sensorhub.broker import Broker
 
+    # SIGTERM (from `sensorhub run`, systemd, kill) stops mosquitto too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with Broker(settings) as running:
         click.echo(f"broker running (config {running.config_path}); Ctrl-C stops it", err=True)
         try:
@@ -71,6 +74,42 @@ def client(settings: Settings) -> None:
     from sensorhub.ingest.service import run_client
 
     run_client(settings)
+
+
+@cli.command()
+@click.option("--devices", "-n", type=click.IntRange(1, 100_000), default=3, show_default=True)
+@click.option("--interval", "-i", type=click.FloatRange(0.001, 3600), default=2.0, show_default=True,
+              help="Seconds between light readings.")
+@click.option("--mqtt-version", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True)
+@click.option("--seed", type=int, default=None, help="Random seed (MAC addresses are stable per seed).")
+@pass_settings
+def simulate(settings: Settings, devices: int, interval: float, mqtt_version: str, seed: int | None) -> None:
+    """Run virtual ESP32s that speak the device side of the protocol."""
+    from sensorhub.simulator import run_simulator
+
+    run_simulator(settings, devices=devices, interval=interval, mqtt_version=mqtt_version, seed=seed)
+
+
+@cli.command()
+@click.option("--debug", is_flag=True, help="Flask's debug server on localhost:5000 instead of gunicorn.")
+@click.option("--workers", type=click.IntRange(1, 32), default=None, help="gunicorn worker processes.")
+@pass_settings
+def web(settings: Settings, debug: bool, workers: int | None) -> None:
+    """Run the web server (gunicorn on SENSORHUB_WEB_HOST:SENSORHUB_WEB_PORT)."""
+    from sensorhub.web.serve import serve
+
+    serve(settings, debug=debug, workers=workers)
+
+
+@cli.command()
+@click.option("--demo", type=click.IntRange(0, 1000), default=0, metavar="N",
+              help="Also start N virtual devices.")
+@pass_settings
+def run(settings: Settings, demo: int) -> None:
+    """Run everything: broker, ingest client and web server, in order; Ctrl-C stops all."""
+    from sensorhub.supervisor import run_all
+
+    sys.exit(run_all(settings, demo=demo))
 
 
 @cli.group()

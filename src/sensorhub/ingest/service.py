@@ -43,7 +43,8 @@ class IngestClient:
         check_schema(self.engine)
         self.mqtt = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                                 manual_ack=True)
-        self.mqtt.max_inflight_messages_set(1000)
+        # paho's default of 20 QoS 1/2 messages in flight stays: it is also mosquitto's Receive Maximum, and
+        # mosquitto silently drops what a client sends beyond it.
         self.mqtt.reconnect_delay_set(min_delay=1, max_delay=10)
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_connect_fail = self._on_connect_fail

@@ -1,0 +1,243 @@
+"""Read queries of the web server: device lists, last values, history pages and counts.
+
+Every "last N values of a device" goes through the (device_id, at) index of its reading table, one
+`ORDER BY at DESC LIMIT N` per device (a correlated subquery), never a window over the whole table:
+the cost stays proportional to the devices shown, whatever the number of readings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, ScalarSelect, func, or_, select, tuple_
+
+from sensorhub.db.models import READING_MODELS, ButtonReading, Device, LedReading, LightReading
+from sensorhub.protocol import Kind
+
+#: How many values per kind the pages and the API show.
+HISTORY_LENGTH = 10
+#: Devices per /historique page.
+PAGE_SIZE = 50
+
+ReadingModel = type[LedReading] | type[ButtonReading] | type[LightReading]
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """One recorded reading: when (aware UTC) and what."""
+
+    at: datetime
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """A device with the latest value of each kind (None where nothing was recorded)."""
+
+    id: int
+    name: str
+    session_name: str
+    mac: str
+    online: bool
+    session_id: str
+    joined_at: datetime
+    last_seen: datetime
+    led: int | None = None
+    button: int | None = None
+    light: int | None = None
+
+    def latest(self, kind: Kind) -> int | None:
+        """The latest value of `kind`."""
+        return {Kind.LED: self.led, Kind.BUTTON: self.button, Kind.LIGHT: self.light}[kind]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceHistory:
+    """A device and its last values of each kind, newest first."""
+
+    device: DeviceRow
+    history: dict[Kind, list[Value]] = field(default_factory=dict)
+
+
+_CURSOR_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6})Z~(\d{1,18})")
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Keyset position in the (last_seen DESC, id DESC) order: the last device of a page."""
+
+    last_seen: datetime
+    id: int
+
+    def encode(self) -> str:
+        """The cursor as URL-safe text."""
+        return f"{self.last_seen.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')}Z~{self.id}"
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Parse the text of `encode`; raise ValueError if it is not one."""
+        match = _CURSOR_RE.fullmatch(text)
+        if match is None:
+            raise ValueError(f"not a page cursor: {text[:40]!r}")
+        moment = datetime.strptime(match[1], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+        return cls(moment, int(match[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of /historique and the cursor of the next one (None on the last page)."""
+
+    devices: list[DeviceHistory]
+    next: Cursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """How many devices, online devices and readings of each kind the database holds."""
+
+    devices: int
+    online: int
+    readings: dict[Kind, int]
+
+
+def _latest(model: ReadingModel) -> ScalarSelect[int]:
+    return (
+        select(model.value)
+        .where(model.device_id == Device.id)
+        .order_by(model.at.desc(), model.id.desc())
+        .limit(1)
+        .correlate(Device)
+        .scalar_subquery()
+    )
+
+
+def _device_select() -> Any:
+    return select(
+        Device.id, Device.name, Device.session_name, Device.mac, Device.online, Device.session_id,
+        Device.joined_at, Device.last_seen,
+        _latest(LedReading).label("led"), _latest(ButtonReading).label("button"),
+        _latest(LightReading).label("light"),
+    )
+
+
+def _row(row: Any) -> DeviceRow:
+    return DeviceRow(
+        id=row.id, name=row.name, session_name=row.session_name, mac=row.mac, online=bool(row.online),
+        session_id=row.session_id, joined_at=row.joined_at, last_seen=row.last_seen,
+        led=row.led, button=row.button, light=row.light,
+    )
+
+
+def _matches(query: str) -> ColumnElement[bool]:
+    return or_(Device.name.icontains(query, autoescape=True), Device.mac.icontains(query, autoescape=True))
+
+
+_NEWEST_FIRST = (Device.last_seen.desc(), Device.id.desc())
+
+
+def list_devices(conn: Connection, *, online: bool | None = None, query: str = "") -> list[DeviceRow]:
+    """Devices, most recently seen first, with their latest values; optionally only (not) online ones."""
+    stmt = _device_select().order_by(*_NEWEST_FIRST)
+    if online is not None:
+        stmt = stmt.where(Device.online == online)
+    if query:
+        stmt = stmt.where(_matches(query))
+    return [_row(row) for row in conn.execute(stmt)]
+
+
+def get_device(conn: Connection, device_id: int) -> DeviceRow | None:
+    """One device with its latest values, or None."""
+    row = conn.execute(_device_select().where(Device.id == device_id)).one_or_none()
+    return None if row is None else _row(row)
+
+
+def online_device_by_session(conn: Connection, session_name: str, session_id: str) -> DeviceRow | None:
+    """The online device using `session_name` in session `session_id`, or None (not committed yet, or gone)."""
+    stmt = _device_select().where(
+        Device.session_name == session_name, Device.session_id == session_id, Device.online.is_(True)
+    )
+    row = conn.execute(stmt).one_or_none()
+    return None if row is None else _row(row)
+
+
+def histories(
+    conn: Connection, device_ids: Sequence[int], limit: int = HISTORY_LENGTH
+) -> dict[int, dict[Kind, list[Value]]]:
+    """The last `limit` values of each kind for each device, newest first (one indexed query per kind)."""
+    result: dict[int, dict[Kind, list[Value]]] = {i: {kind: [] for kind in Kind} for i in device_ids}
+    if not device_ids:
+        return result
+    for kind, model in READING_MODELS.items():
+        newest = (
+            select(model.id)
+            .where(model.device_id == Device.id)
+            .order_by(model.at.desc(), model.id.desc())
+            .limit(limit)
+            .correlate(Device)
+        )
+        stmt = (
+            select(Device.id, model.at, model.value)
+            .join(model, model.id.in_(newest))
+            .where(Device.id.in_(list(device_ids)))
+            .order_by(Device.id, model.at.desc(), model.id.desc())
+        )
+        for device_id, at, value in conn.execute(stmt):
+            result[device_id][kind].append(Value(at, value))
+    return result
+
+
+def device_history(conn: Connection, device_id: int, limit: int = HISTORY_LENGTH) -> DeviceHistory | None:
+    """One device with its last values of each kind, or None."""
+    device = get_device(conn, device_id)
+    if device is None:
+        return None
+    return DeviceHistory(device, histories(conn, [device.id], limit)[device.id])
+
+
+def with_histories(conn: Connection, devices: Sequence[DeviceRow], limit: int = HISTORY_LENGTH) -> list[DeviceHistory]:
+    """Attach to each device its last values of each kind."""
+    found = histories(conn, [d.id for d in devices], limit)
+    return [DeviceHistory(d, found[d.id]) for d in devices]
+
+
+def history_page(
+    conn: Connection, *, before: Cursor | None = None, query: str = "", size: int = PAGE_SIZE
+) -> Page:
+    """A page of devices in (last_seen DESC, id DESC) order after `before`, with their histories."""
+    stmt = _device_select().order_by(*_NEWEST_FIRST).limit(size + 1)
+    if before is not None:
+        stmt = stmt.where(tuple_(Device.last_seen, Device.id) < tuple_(before.last_seen, before.id))
+    if query:
+        stmt = stmt.where(_matches(query))
+    rows = [_row(row) for row in conn.execute(stmt)]
+    more = len(rows) > size
+    rows = rows[:size]
+    cursor = Cursor(rows[-1].last_seen, rows[-1].id) if more else None
+    return Page(with_histories(conn, rows), cursor)
+
+
+def stats(conn: Connection) -> Stats:
+    """Counts of devices, online devices and readings per kind."""
+    devices, online = conn.execute(
+        select(func.count(), func.coalesce(func.sum(Device.online), 0))
+    ).one()
+    readings = {kind: int(conn.execute(select(func.count()).select_from(model)).scalar_one())
+                for kind, model in READING_MODELS.items()}
+    return Stats(int(devices), int(online), readings)
+
+
+def name_taken(conn: Connection, name: str, device_id: int) -> bool:
+    """Whether another device than `device_id` uses `name` as its name or its session name."""
+    stmt = select(Device.id).where(
+        or_(Device.name == name, Device.session_name == name), Device.id != device_id
+    ).limit(1)
+    return conn.execute(stmt).first() is not None
+
+
+def device_name(conn: Connection, device_id: int) -> str | None:
+    """The current display name of a device, or None if it does not exist."""
+    return conn.execute(select(Device.name).where(Device.id == device_id)).scalar_one_or_none()

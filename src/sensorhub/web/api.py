@@ -1,0 +1,186 @@
+"""The JSON API: devices, their history and counts; LED and rename commands relayed through the pipe."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from sensorhub.db import queries
+from sensorhub.errors import ClientNotRunning, PipeError
+from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
+from sensorhub.protocol import MAX_NAME, Kind, name_problem
+from sensorhub.web.present import device_history_json, device_json
+from sensorhub.web.state import web_state
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+#: How long a rename waits for the ingest client to record the new name before answering 202.
+RENAME_WAIT = 2.0
+_RENAME_POLL = 0.05
+
+_NAME_PROBLEMS = {
+    "a name cannot be empty": "le nom ne peut pas être vide",
+    f"a name has at most {MAX_NAME} characters": f"le nom a au plus {MAX_NAME} caractères",
+    "a name is made of printable ASCII characters": (
+        "le nom ne peut contenir que des caractères ASCII imprimables (sans accents)"
+    ),
+    "a name cannot contain ';'": "le nom ne peut pas contenir de « ; »",
+    "a name cannot start or end with a space": "le nom ne peut ni commencer ni finir par une espace",
+}
+CLIENT_NOT_RUNNING = "le client d'ingestion ne tourne pas : commande non transmise (lancez `make client`)"
+
+Answer = tuple[Response, int]
+
+
+class ApiError(Exception):
+    """A request the API refuses: `status` and a French message for `{"error": …}`."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@bp.errorhandler(ApiError)
+def _api_error(err: ApiError) -> Answer:
+    return jsonify(error=err.message), err.status
+
+
+def _json_object(fields: set[str]) -> dict[str, Any]:
+    """The request's JSON object, which must have exactly `fields`."""
+    if not request.is_json:
+        raise ApiError("envoyez un objet JSON avec l'en-tête Content-Type: application/json")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError("le corps de la requête n'est pas du JSON valide")
+    if not isinstance(body, dict):
+        raise ApiError("le corps de la requête doit être un objet JSON")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise ApiError(f"champ inconnu : {unknown[0][:30]!r}")
+    missing = sorted(fields - set(body))
+    if missing:
+        raise ApiError(f"champ manquant : {missing[0]!r}")
+    return body
+
+
+def _online_flag() -> bool | None:
+    text = request.args.get("online")
+    if text is None:
+        return None
+    if text.lower() in ("1", "true", "oui"):
+        return True
+    if text.lower() in ("0", "false", "non"):
+        return False
+    raise ApiError("le paramètre online vaut 1 ou 0")
+
+
+def _unknown(device_id: int) -> ApiError:
+    return ApiError(f"aucun appareil n'a l'identifiant {device_id}", 404)
+
+
+def _relay(command: LedRequest | RenameRequest) -> None:
+    try:
+        send_command(web_state().settings.fifo, command)
+    except ClientNotRunning as err:
+        logger.warning("command not relayed: %s", err)
+        raise ApiError(CLIENT_NOT_RUNNING, 503) from err
+    except PipeError as err:
+        logger.warning("command not relayed: %s", err)
+        raise ApiError(f"commande non transmise au client d'ingestion : {err}", 503) from err
+
+
+@bp.get("/devices")
+def devices() -> Response:
+    """Every device (or `?online=1|0`, `?q=` on name or MAC) with its latest values, most recently seen first."""
+    online = _online_flag()
+    query = request.args.get("q", "").strip()[:64]
+    with web_state().database.connect() as conn:
+        rows = queries.list_devices(conn, online=online, query=query)
+    return jsonify([device_json(row) for row in rows])
+
+
+@bp.get("/devices/<int:device_id>")
+def device(device_id: int) -> Response:
+    """One device with `history`: its last 10 values of each kind, newest first."""
+    with web_state().database.connect() as conn:
+        found = queries.device_history(conn, device_id)
+    if found is None:
+        raise _unknown(device_id)
+    return jsonify(device_history_json(found))
+
+
+@bp.get("/stats")
+def stats() -> Response:
+    """How many devices, online devices and readings of each kind."""
+    with web_state().database.connect() as conn:
+        counts = queries.stats(conn)
+    return jsonify(
+        devices=counts.devices, online=counts.online,
+        readings={kind.value: counts.readings[kind] for kind in Kind},
+    )
+
+
+@bp.post("/devices/<int:device_id>/led")
+def led(device_id: int) -> Answer:
+    """Relay `{"on": true|false}` to an online device through the ingest client; 202 once in the pipe."""
+    on = _json_object({"on"})["on"]
+    if not isinstance(on, bool):
+        raise ApiError("le champ 'on' vaut true ou false")
+    with web_state().database.connect() as conn:
+        found = queries.get_device(conn, device_id)
+    if found is None:
+        raise _unknown(device_id)
+    if not found.online:
+        raise ApiError(f"l'appareil « {found.name} » est hors ligne", 409)
+    _relay(LedRequest(found.id, found.session_id, on))
+    logger.info("LED %s relayed to device %d (session %s)", "on" if on else "off", found.id, found.session_id)
+    return jsonify(status="relayed"), 202
+
+
+@bp.post("/devices/<int:device_id>/name")
+def rename(device_id: int) -> Answer:
+    """Rename a device: 200 with the device once the ingest client recorded it, 202 if still pending."""
+    name = _json_object({"name"})["name"]
+    if not isinstance(name, str):
+        raise ApiError("le champ 'name' est une chaîne de caractères")
+    problem = name_problem(name)
+    if problem is not None:
+        raise ApiError(_NAME_PROBLEMS.get(problem, problem))
+    database = web_state().database
+    with database.connect() as conn:
+        current = queries.device_name(conn, device_id)
+        if current is None:
+            raise _unknown(device_id)
+        taken = current != name and queries.name_taken(conn, name, device_id)
+    if taken:
+        raise ApiError(f"le nom « {name} » est déjà utilisé par un autre appareil", 409)
+    if current != name:
+        _relay(RenameRequest(device_id, name))
+        logger.info("rename of device %d to %r relayed", device_id, name)
+        if not _wait_for_name(device_id, name):
+            return jsonify(status="pending"), 202
+    with database.connect() as conn:
+        found = queries.get_device(conn, device_id)
+    if found is None:  # deleted meanwhile (db reset)
+        raise _unknown(device_id)
+    return jsonify(device_json(found)), 200
+
+
+def _wait_for_name(device_id: int, name: str) -> bool:
+    """Poll (read-only) until the device is called `name`; False after the wait."""
+    wait = float(current_app.config.get("SENSORHUB_RENAME_WAIT", RENAME_WAIT))
+    deadline = time.monotonic() + wait
+    database = web_state().database
+    while True:
+        with database.connect() as conn:
+            if queries.device_name(conn, device_id) == name:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_RENAME_POLL)

@@ -1,0 +1,102 @@
+"""The HTML pages (Accueil, Capteurs, Historique) and the card fragments /capteurs fetches."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from flask import Blueprint, abort, render_template, request
+
+from sensorhub.db import queries
+from sensorhub.protocol import MAX_NAME, QOS, Topic
+from sensorhub.web import vendor
+from sensorhub.web.state import web_state
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("pages", __name__)
+
+MAX_QUERY = 64
+
+
+def _page_host() -> str:
+    """The host name the browser used to reach this page (the broker runs on the same machine)."""
+    return urlsplit(request.host_url).hostname or "127.0.0.1"
+
+
+@bp.get("/")
+@bp.get("/accueil")
+def accueil() -> str:
+    """What the system does and how to connect an ESP32 (works without a database)."""
+    settings = web_state().settings
+    return render_template(
+        "accueil.html", page="accueil", broker_host=_page_host(), mqtt_port=settings.mqtt_port,
+        mqtt_ws_port=settings.mqtt_ws_port, qos=QOS, Topic=Topic, max_name=MAX_NAME,
+    )
+
+
+def _online_cards() -> list[queries.DeviceHistory]:
+    """Online devices in name order (the page inserts newcomers at their place in that order)."""
+    with web_state().database.connect() as conn:
+        devices = sorted(queries.list_devices(conn, online=True), key=lambda d: (d.name.lower(), d.id))
+        return queries.with_histories(conn, devices)
+
+
+@bp.get("/capteurs")
+def capteurs() -> str:
+    """The devices online now; the page's script keeps it live through MQTT over WebSockets."""
+    settings = web_state().settings
+    return render_template(
+        "capteurs.html", page="capteurs", cards=_online_cards(), mqtt_ws_port=settings.mqtt_ws_port,
+        keepalive=settings.keepalive, vendor_missing=vendor.missing(), max_name=MAX_NAME,
+    )
+
+
+@bp.get("/historique")
+def historique() -> str:
+    """Every device, most recently seen first, with its last 10 values of each kind; keyset-paginated."""
+    query = request.args.get("q", "").strip()[:MAX_QUERY]
+    before_text = request.args.get("avant", "")
+    before = None
+    if before_text:
+        try:
+            before = queries.Cursor.decode(before_text)
+        except ValueError:
+            abort(400)
+    with web_state().database.connect() as conn:
+        page = queries.history_page(conn, before=before, query=query)
+    return render_template(
+        "historique.html", page="historique", result=page, query=query, first_page=before is None,
+        max_name=MAX_NAME,
+    )
+
+
+@bp.get("/sensor/online")
+def online_fragment() -> str:
+    """The cards of every online device (the /capteurs script reconciles its page with them)."""
+    return render_template("_sensor_cards.html", cards=_online_cards(), max_name=MAX_NAME)
+
+
+@bp.get("/sensor/<int:device_id>")
+def sensor_fragment(device_id: int) -> str:
+    """The card of one device, online or not (its `data-online` says which)."""
+    with web_state().database.connect() as conn:
+        found = queries.device_history(conn, device_id)
+    if found is None:
+        abort(404)
+    return render_template("_sensor_card.html", card=found, max_name=MAX_NAME)
+
+
+@bp.get("/sensor/by-session")
+def sensor_by_session() -> str:
+    """The card of the device online as `name` in `session`; 404 until the ingest client has recorded the join."""
+    name = request.args.get("name", "")
+    session = request.args.get("session", "")
+    if not name or not session:
+        abort(400)
+    with web_state().database.connect() as conn:
+        device = queries.online_device_by_session(conn, name, session)
+        if device is None:
+            abort(404)
+        found = queries.with_histories(conn, [device])[0]
+    return render_template("_sensor_card.html", card=found, max_name=MAX_NAME)

@@ -1,0 +1,96 @@
+"""How values look on the pages (French labels, UTC text) and in the JSON API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask
+
+from sensorhub.db.queries import DeviceHistory, DeviceRow, Value
+from sensorhub.protocol import Kind
+
+KIND_TITLES = {Kind.LED: "LED", Kind.BUTTON: "Bouton poussoir", Kind.LIGHT: "Photorésistance"}
+
+
+def utc_text(moment: datetime) -> str:
+    """`2025-04-06 13:39:37 UTC`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def utc_text_ms(moment: datetime) -> str:
+    """`2025-04-06 13:39:37.603 UTC` (readings can be less than a second apart)."""
+    text = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return f"{text[:-3]} UTC"
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 in UTC with its offset, as the API gives every timestamp."""
+    return moment.astimezone(UTC).isoformat()
+
+
+def led_label(value: int | None) -> str:
+    """allumée / éteinte / inconnue."""
+    return "inconnue" if value is None else ("allumée" if value else "éteinte")
+
+
+def button_label(value: int | None) -> str:
+    """appuyé / relâché (a button nobody pressed yet is released)."""
+    return "appuyé" if value else "relâché"
+
+
+def light_label(value: int | None) -> str:
+    """`58 %`, or a dash when nothing was measured yet."""
+    return "—" if value is None else f"{value} %"
+
+
+def value_label(kind: Kind, value: int | None) -> str:
+    """The label of a value of `kind`."""
+    if kind is Kind.LED:
+        return led_label(value)
+    if kind is Kind.BUTTON:
+        return button_label(value)
+    return light_label(value)
+
+
+def device_json(device: DeviceRow) -> dict[str, Any]:
+    """A device as the API gives it."""
+    return {
+        "id": device.id,
+        "name": device.name,
+        "session_name": device.session_name,
+        "mac": device.mac,
+        "online": device.online,
+        "session_id": device.session_id,
+        "joined_at": iso(device.joined_at),
+        "last_seen": iso(device.last_seen),
+        "led": device.led,
+        "button": device.button,
+        "light": device.light,
+    }
+
+
+def values_json(values: list[Value]) -> list[dict[str, Any]]:
+    """Readings as `{"at": ISO-8601, "value": n}`, in the given order."""
+    return [{"at": iso(v.at), "value": v.value} for v in values]
+
+
+def device_history_json(found: DeviceHistory) -> dict[str, Any]:
+    """A device with `history`: the last values of each kind, newest first."""
+    body = device_json(found.device)
+    body["history"] = {kind.value: values_json(found.history.get(kind, [])) for kind in Kind}
+    return body
+
+
+def chart_points(values: list[Value]) -> list[dict[str, Any]]:
+    """Light readings oldest first, for the chart's initial data."""
+    return values_json(list(reversed(values)))
+
+
+def register_filters(app: Flask) -> None:
+    """Make the helpers above available in the templates."""
+    app.jinja_env.filters.update(
+        utc=utc_text, utc_ms=utc_text_ms, iso=iso, led_label=led_label, button_label=button_label,
+        light_label=light_label, chart_points=chart_points,
+    )
+    app.jinja_env.globals.update(Kind=Kind, KIND_TITLES=KIND_TITLES, value_label=value_label)

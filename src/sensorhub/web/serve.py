@@ -1,0 +1,148 @@
+"""Run the web app: gunicorn in production, Flask's debug server for development."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+from flask import Flask
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
+
+from sensorhub.config import Settings
+from sensorhub.db.engine import sqlite_path
+from sensorhub.errors import SensorhubError
+from sensorhub.web import create_app, vendor
+
+logger = logging.getLogger(__name__)
+
+DEBUG_HOST = "127.0.0.1"
+DEBUG_PORT = 5000
+DEFAULT_WORKERS = 2
+THREADS = 4
+
+
+class WebServerError(SensorhubError):
+    """The web server cannot listen (busy port, forbidden address...)."""
+
+
+def check_can_listen(host: str, port: int, label: str = "SENSORHUB_WEB_PORT",
+                     remedy: str = "choose another port with SENSORHUB_WEB_PORT") -> None:
+    """Raise WebServerError with one clear line unless `host`:`port` is free to listen on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise WebServerError(
+                    f"port {port} ({label}) is already in use: stop the other program or {remedy}"
+                ) from None
+            if err.errno == errno.EACCES:
+                raise WebServerError(
+                    f"port {port} ({label}) needs administrator rights: choose a port above 1023"
+                ) from None
+            raise WebServerError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
+def _warn_about_setup(settings: Settings) -> None:
+    path = sqlite_path(settings.database_url)
+    if path is not None and not path.exists():
+        logger.warning("no database at %s yet: pages say so until `make db` creates it", path)
+    missing = vendor.missing()
+    if missing:
+        logger.warning("browser libraries missing (%s): run `make install`; /capteurs cannot be live",
+                       ", ".join(missing))
+
+
+class _StderrAccessLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger, with the access log on stderr beside everything else."""
+
+    def setup(self, cfg: Any) -> None:
+        """Set up as gunicorn does, then move the access log handler to stderr."""
+        super().setup(cfg)
+        if cfg.accesslog is not None:
+            self._set_handler(self.access_log, cfg.accesslog, logging.Formatter(self.access_fmt), stream=sys.stderr)
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    """gunicorn running our app object, configured from code rather than files or argv."""
+
+    def __init__(self, app: Flask, options: dict[str, Any]) -> None:
+        self._app = app
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        """Apply our options (gunicorn reads no configuration file nor command line)."""
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        """The WSGI app."""
+        return self._app
+
+
+def gunicorn_options(settings: Settings, workers: int) -> dict[str, Any]:
+    """gunicorn's settings for `settings`."""
+    host = settings.web_host
+    bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    url = _url(host, settings.web_port)
+
+    def when_ready(_server: Any) -> None:
+        logger.info("web server ready on %s (listening on %s:%d, %d workers)", url, host, settings.web_port,
+                    workers)
+
+    return {
+        "bind": [f"{bind_host}:{settings.web_port}"],
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": THREADS,
+        # One app object, built before the fork: every worker signs CSRF tokens with the same key.
+        "preload_app": True,
+        "accesslog": "-",
+        "errorlog": "-",
+        "logger_class": _StderrAccessLogger,
+        "loglevel": settings.log_level.lower(),
+        "graceful_timeout": 5,
+        "timeout": 30,
+        "proc_name": "sensorhub-web",
+        # gunicorn's control socket lives in ~/.gunicorn: several servers (tests, a second instance) would share it.
+        "control_socket_disable": True,
+        "when_ready": when_ready,
+    }
+
+
+def serve(settings: Settings, debug: bool = False, workers: int | None = None) -> None:
+    """Serve the app: gunicorn on web_host:web_port, or with `debug` Flask's server on localhost:5000."""
+    if debug:
+        _serve_debug(settings)
+        return
+    check_can_listen(settings.web_host, settings.web_port)
+    _warn_about_setup(settings)
+    app = create_app(settings)
+    _Gunicorn(app, gunicorn_options(settings, workers or DEFAULT_WORKERS)).run()
+
+
+def _serve_debug(settings: Settings) -> None:
+    # With the reloader, a watching parent starts the serving child again at each code change.
+    child = os.environ.get("WERKZEUG_RUN_MAIN") == "true"
+    if not child:
+        check_can_listen(DEBUG_HOST, DEBUG_PORT, "Flask debug server", "stop it (the debug server always uses 5000)")
+        _warn_about_setup(settings)
+    app = create_app(settings)
+    if child:
+        logger.info("web server ready on %s (Flask debug server)", _url(DEBUG_HOST, DEBUG_PORT))
+    app.run(host=DEBUG_HOST, port=DEBUG_PORT, debug=True, use_reloader=True)

@@ -1,0 +1,26 @@
+"""What every request of the web app shares: the settings and the read-only database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from sensorhub.config import Settings
+from sensorhub.web.database import ReadOnlyDatabase
+
+EXTENSION = "sensorhub"
+
+
+@dataclass(frozen=True)
+class WebState:
+    """The settings the app was built with and its lazily opened database."""
+
+    settings: Settings
+    database: ReadOnlyDatabase
+
+
+def web_state() -> WebState:
+    """The state of the current app."""
+    state: WebState = current_app.extensions[EXTENSION]
+    return state

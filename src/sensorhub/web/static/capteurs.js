@@ -1,0 +1,386 @@
+// /capteurs: the devices online now, kept live through MQTT over WebSockets (subscribe only).
+//
+// No critical-section race: the page subscribes first, then fetches the server's list of online devices and
+// reconciles. Joins and leaves seen meanwhile are remembered by "session_name;session" (a session id is never
+// reused), so a device that left during the fetch is not put back and one that joined is kept.
+// Messages carry the device's session_name (its name when the session started); cards show its current name.
+import {initFilter, initLayoutToggle, initRename, postJSON, showName, sleep} from './common.js';
+
+const TOPICS = {
+  'state/join': {qos: 2},
+  'state/leave': {qos: 2},
+  'led/status': {qos: 1},
+  'button/status': {qos: 0},
+  'photoresistor/status': {qos: 0},
+};
+const CHART_POINTS = 10;
+const LED_CONFIRM_MS = 5000;
+const RECONCILE_AGAIN_MS = 3000;
+const EVENT_MEMORY_MS = 10 * 60 * 1000;
+
+const container = document.querySelector('[data-live]');
+const liveStatus = document.querySelector('[data-live-status]');
+const banner = document.querySelector('[data-broker-banner]');
+const emptyState = document.querySelector('[data-empty-state]');
+
+let clock = 0; // orders MQTT events, card confirmations and reconciliations
+const events = new Map(); // "session_name;session" -> {type: 'join' | 'leave', at: clock, time: ms}
+const charts = new WeakMap();
+const ledTimers = new WeakMap();
+let applyFilter = () => {};
+let reconcileGeneration = 0;
+
+const tick = () => ++clock;
+const eventKey = (name, session) => `${name};${session}`;
+
+function remember(type, name, session) {
+  const now = Date.now();
+  events.set(eventKey(name, session), {type, at: tick(), time: now});
+  if (events.size > 200) {
+    for (const [key, event] of events) if (now - event.time > EVENT_MEMORY_MS) events.delete(key);
+  }
+}
+
+const hasLeft = (name, session) => events.get(eventKey(name, session))?.type === 'leave';
+
+function newerThan(card, since) {
+  const event = events.get(eventKey(card.dataset.sessionName, card.dataset.session));
+  return (event?.type === 'join' && event.at > since) || Number(card.dataset.confirmed || 0) > since;
+}
+
+const allCards = () => [...container.querySelectorAll(':scope > [data-card]')];
+const cardById = (id) => allCards().find((card) => card.dataset.id === String(id)) || null;
+const cardBySessionName = (name) => allCards().find((card) => card.dataset.sessionName === name) || null;
+
+// Server-rendered, escaped card fragments; a <template> keeps them inert until placed.
+function parseCards(html) {
+  const template = document.createElement('template');
+  template.innerHTML = html;
+  return [...template.content.querySelectorAll('[data-card]')];
+}
+
+// The browser's own time zone, in the page's language.
+function timeLabel(date) {
+  return date.toLocaleTimeString('fr-FR', {hour: '2-digit', minute: '2-digit', second: '2-digit'});
+}
+
+function setupChart(card) {
+  const canvas = card.querySelector('[data-chart]');
+  if (!canvas || !window.Chart) return;
+  let points = [];
+  try {
+    points = JSON.parse(card.dataset.light || '[]');
+  } catch (err) {
+    points = [];
+  }
+  const chart = new window.Chart(canvas, {
+    type: 'line',
+    data: {
+      labels: points.map((point) => timeLabel(new Date(point.at))),
+      datasets: [{
+        label: 'Lumière (%)',
+        data: points.map((point) => point.value),
+        borderColor: '#0f766e',
+        backgroundColor: 'rgba(15, 118, 110, 0.12)',
+        fill: true,
+        tension: 0.3,
+        pointRadius: 3,
+      }],
+    },
+    options: {
+      animation: false,
+      responsive: true,
+      maintainAspectRatio: false,
+      scales: {
+        y: {min: 0, max: 100, ticks: {stepSize: 25, callback: (value) => `${value} %`}},
+        x: {ticks: {maxRotation: 0, autoSkip: true, maxTicksLimit: 4}},
+      },
+      plugins: {
+        legend: {display: false},
+        tooltip: {callbacks: {label: (context) => `${context.parsed.y} %`}},
+      },
+    },
+  });
+  charts.set(card, chart);
+}
+
+function dropCard(card) {
+  const chart = charts.get(card);
+  if (chart) chart.destroy();
+  charts.delete(card);
+  clearTimeout(ledTimers.get(card));
+  card.remove();
+}
+
+function afterChange() {
+  applyFilter();
+  if (emptyState) emptyState.hidden = allCards().length > 0;
+}
+
+// Put a fetched card on the page unless its device is offline or its session already ended.
+function placeCard(card, replace) {
+  if (card.dataset.online !== '1' || hasLeft(card.dataset.sessionName, card.dataset.session)) return;
+  const current = cardById(card.dataset.id);
+  if (current && !replace && current.dataset.session === card.dataset.session) {
+    showName(current, card.dataset.name);
+    current.dataset.confirmed = String(tick());
+    return;
+  }
+  const clash = cardBySessionName(card.dataset.sessionName);
+  if (clash && clash !== current) dropCard(clash); // a name freed by a rename and taken again
+  card.dataset.confirmed = String(tick());
+  if (current) {
+    const chart = charts.get(current);
+    if (chart) chart.destroy();
+    current.replaceWith(card);
+  } else {
+    card.classList.add('is-new');
+    const key = (card.dataset.name || '').toLowerCase();
+    const next = allCards().find((other) => (other.dataset.name || '').toLowerCase() > key);
+    container.insertBefore(card, next || null);
+  }
+  setupChart(card);
+  afterChange();
+}
+
+async function reconcile() {
+  const generation = ++reconcileGeneration;
+  const since = clock;
+  let fresh;
+  try {
+    const response = await fetch('/sensor/online', {headers: {Accept: 'text/html'}});
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    fresh = parseCards(await response.text());
+  } catch (err) {
+    if (generation === reconcileGeneration) {
+      showBanner(`Liste des capteurs indisponible (${err.message}) : nouvel essai dans quelques secondes.`);
+      setTimeout(() => generation === reconcileGeneration && reconcile(), RECONCILE_AGAIN_MS);
+    }
+    return;
+  }
+  if (generation !== reconcileGeneration) return;
+  if (liveStatus.dataset.state === 'live') hideBanner();
+  const freshIds = new Set(fresh.map((card) => card.dataset.id));
+  for (const card of fresh) {
+    const current = cardById(card.dataset.id);
+    if (current && newerThan(current, since)) continue; // what MQTT told us meanwhile is newer
+    placeCard(card, Boolean(current) && current.dataset.session !== card.dataset.session);
+  }
+  for (const card of allCards()) {
+    if (!freshIds.has(card.dataset.id) && !newerThan(card, since)) dropCard(card);
+  }
+  afterChange();
+}
+
+// The ingest client records a join at the same time as we hear of it: retry until it has.
+async function fetchJoined(name, session) {
+  const url = `/sensor/by-session?name=${encodeURIComponent(name)}&session=${encodeURIComponent(session)}`;
+  let delay = 50;
+  for (let attempt = 0; attempt < 10; attempt += 1) {
+    await sleep(delay);
+    delay = Math.min(delay * 2, 2000);
+    if (hasLeft(name, session)) return;
+    const shown = cardBySessionName(name);
+    if (shown && shown.dataset.session === session) return;
+    try {
+      const response = await fetch(url, {headers: {Accept: 'text/html'}});
+      if (response.ok) {
+        const [card] = parseCards(await response.text());
+        if (card) placeCard(card, true);
+        return;
+      }
+    } catch (err) {
+      // the web server restarts or the network hiccups: try again
+    }
+  }
+}
+
+function onJoin(text) {
+  if (!text.includes(';')) {
+    // A bare MAC address: that device starts a new session, its current one is over.
+    const mac = text.toUpperCase();
+    for (const card of allCards()) if (card.dataset.mac === mac) card.classList.add('is-renewing');
+    return;
+  }
+  const [name, session] = text.split(';');
+  if (!name || !session) return;
+  remember('join', name, session);
+  const card = cardBySessionName(name);
+  if (card) {
+    card.dataset.session = session;
+    card.classList.remove('is-renewing');
+    return;
+  }
+  fetchJoined(name, session);
+}
+
+function onLeave(text) {
+  const [name, session] = text.split(';');
+  if (!name || !session) return;
+  remember('leave', name, session);
+  const card = cardBySessionName(name);
+  if (card && card.dataset.session === session) {
+    dropCard(card);
+    afterChange();
+  }
+}
+
+function setPending(card, pending) {
+  const toggle = card.querySelector('[data-led-toggle]');
+  toggle.disabled = pending;
+  card.querySelector('[data-pending]').hidden = !pending;
+  if (pending) {
+    card.dataset.ledPending = '1';
+  } else {
+    delete card.dataset.ledPending;
+    clearTimeout(ledTimers.get(card));
+  }
+}
+
+function showCardError(card, message) {
+  const box = card.querySelector('[data-card-error]');
+  box.textContent = message || '';
+  box.hidden = !message;
+}
+
+function revertToggle(card) {
+  card.querySelector('[data-led-toggle]').checked = card.querySelector('[data-led-state]').dataset.value === '1';
+}
+
+function setLed(card, on) {
+  const state = card.querySelector('[data-led-state]');
+  state.dataset.value = on ? '1' : '0';
+  state.textContent = on ? 'allumée' : 'éteinte';
+  setPending(card, false);
+  card.querySelector('[data-led-toggle]').checked = on;
+}
+
+function setButton(card, pressed) {
+  const state = card.querySelector('[data-button-state]');
+  state.dataset.value = pressed ? '1' : '0';
+  state.textContent = pressed ? 'appuyé' : 'relâché';
+}
+
+function addLight(card, value) {
+  card.querySelector('[data-light-value]').textContent = `${value} %`;
+  const chart = charts.get(card);
+  if (!chart) return;
+  chart.data.labels.push(timeLabel(new Date()));
+  chart.data.datasets[0].data.push(value);
+  while (chart.data.labels.length > CHART_POINTS) {
+    chart.data.labels.shift();
+    chart.data.datasets[0].data.shift();
+  }
+  chart.update('none');
+}
+
+function onReading(topic, text) {
+  const parts = text.split(';');
+  if (parts.length !== 3) return;
+  const [name, session, raw] = parts;
+  const card = cardBySessionName(name);
+  if (!card || card.dataset.session !== session) return; // unknown, or out of band
+  const value = Number(raw);
+  if (!/^\d{1,3}$/.test(raw)) return;
+  if (topic === 'led/status') setLed(card, value === 1);
+  else if (topic === 'button/status') setButton(card, value === 1);
+  else if (topic === 'photoresistor/status' && value <= 100) addLight(card, value);
+}
+
+function onMessage(topic, payload) {
+  const text = new TextDecoder().decode(payload);
+  if (topic === 'state/join') onJoin(text);
+  else if (topic === 'state/leave') onLeave(text);
+  else onReading(topic, text);
+}
+
+async function onToggle(event) {
+  const toggle = event.target.closest('[data-led-toggle]');
+  if (!toggle) return;
+  const card = toggle.closest('[data-card]');
+  showCardError(card, '');
+  setPending(card, true);
+  const {status, body} = await postJSON(`/api/devices/${card.dataset.id}/led`, {on: toggle.checked});
+  if (!card.isConnected || !card.dataset.ledPending) return; // gone, or the device already answered
+  if (status === 202) {
+    ledTimers.set(card, setTimeout(() => {
+      if (!card.dataset.ledPending) return;
+      setPending(card, false);
+      revertToggle(card);
+      showCardError(card, "l'appareil n'a pas confirmé le changement de sa LED");
+    }, LED_CONFIRM_MS));
+    return;
+  }
+  setPending(card, false);
+  revertToggle(card);
+  showCardError(card, body.error || `erreur HTTP ${status}`);
+}
+
+function showBanner(text) {
+  banner.textContent = text;
+  banner.hidden = false;
+}
+
+function hideBanner() {
+  banner.hidden = true;
+}
+
+function setLiveStatus(state, text) {
+  liveStatus.dataset.state = state;
+  liveStatus.textContent = text;
+}
+
+function connect() {
+  if (!window.mqtt) {
+    setLiveStatus('lost', 'Hors ligne');
+    showBanner('Bibliothèque MQTT.js absente : lancez « make install » sur le serveur, puis rechargez la page.');
+    return;
+  }
+  const scheme = window.location.protocol === 'https:' ? 'wss' : 'ws';
+  const url = `${scheme}://${window.location.hostname}:${container.dataset.wsPort}`;
+  const client = window.mqtt.connect(url, {
+    protocolVersion: 5,
+    clean: true,
+    keepalive: Number(container.dataset.keepalive) || 5,
+    reconnectPeriod: 2000,
+    connectTimeout: 5000,
+    resubscribe: false,
+    clientId: `sensorhub-web-${Math.random().toString(16).slice(2, 10)}`,
+  });
+  let everConnected = false;
+  const lost = () => {
+    setLiveStatus('lost', 'Connexion au broker perdue');
+    showBanner(everConnected
+      ? `Connexion au broker MQTT perdue (${url}) : reconnexion en cours, les données affichées ne sont plus à jour.`
+      : `Impossible de joindre le broker MQTT (${url}) : nouvel essai toutes les 2 secondes.`);
+  };
+  client.on('connect', () => {
+    client.subscribe(TOPICS, (err) => {
+      if (err) {
+        lost();
+        return;
+      }
+      everConnected = true;
+      setLiveStatus('live', 'En direct');
+      hideBanner();
+      reconcile();
+      // A join or leave the ingest client had not committed when the list was read shows up here.
+      setTimeout(reconcile, RECONCILE_AGAIN_MS);
+    });
+  });
+  client.on('close', lost);
+  client.on('offline', lost);
+  client.on('error', (err) => console.warn('MQTT:', err.message));
+  client.on('message', onMessage);
+}
+
+initLayoutToggle();
+applyFilter = initFilter(container);
+initRename(container, () => applyFilter());
+container.addEventListener('change', onToggle);
+for (const card of allCards()) {
+  card.dataset.confirmed = String(tick());
+  setupChart(card);
+}
+afterChange();
+connect();

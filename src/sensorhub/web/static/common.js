@@ -1,0 +1,198 @@
+// Shared by /capteurs and /historique: CSRF-protected POSTs, the layout toggle, the filter bar and renaming.
+// Device data only ever reaches the page as server-escaped HTML or through textContent / dataset.
+
+const LAYOUT_KEY = 'sensorhub.layout';
+const MAX_NAME = 29;
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export function csrfToken() {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  return meta ? meta.content : '';
+}
+
+// POST a JSON body; always resolves to {status, body} (status 0 when the server cannot be reached).
+export async function postJSON(url, payload) {
+  let response;
+  try {
+    response = await fetch(url, {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: {'Content-Type': 'application/json', Accept: 'application/json', 'X-CSRFToken': csrfToken()},
+      body: JSON.stringify(payload),
+    });
+  } catch (err) {
+    return {status: 0, body: {error: 'le serveur web ne répond pas'}};
+  }
+  let body;
+  try {
+    body = await response.json();
+  } catch (err) {
+    body = {error: `réponse inattendue du serveur web (HTTP ${response.status})`};
+  }
+  return {status: response.status, body};
+}
+
+function readLayout() {
+  try {
+    return localStorage.getItem(LAYOUT_KEY) === 'list' ? 'list' : 'grid';
+  } catch (err) {
+    return 'grid';
+  }
+}
+
+function storeLayout(layout) {
+  try {
+    localStorage.setItem(LAYOUT_KEY, layout);
+  } catch (err) {
+    // private browsing: the choice lasts until the page is left
+  }
+}
+
+// "Changer d'agencement": grid <-> list, remembered in localStorage for every page.
+export function initLayoutToggle() {
+  const containers = document.querySelectorAll('[data-cards]');
+  const buttons = document.querySelectorAll('[data-layout-toggle]');
+  let layout = readLayout();
+  const apply = () => {
+    for (const container of containers) {
+      container.classList.toggle('layout-grid', layout === 'grid');
+      container.classList.toggle('layout-list', layout === 'list');
+      container.dataset.layout = layout;
+    }
+    for (const button of buttons) {
+      button.setAttribute('aria-pressed', String(layout === 'list'));
+      button.title = layout === 'grid' ? 'Afficher en liste' : 'Afficher en grille';
+    }
+  };
+  apply();
+  for (const button of buttons) {
+    button.addEventListener('click', () => {
+      layout = layout === 'grid' ? 'list' : 'grid';
+      storeLayout(layout);
+      apply();
+    });
+  }
+}
+
+function cardMatches(card, text) {
+  if (!text) return true;
+  const name = (card.dataset.name || '').toLowerCase();
+  const mac = (card.dataset.mac || '').toLowerCase();
+  return name.includes(text) || mac.includes(text);
+}
+
+// The filter bar hides, as one types, the cards whose name and MAC do not contain the text.
+export function initFilter(container) {
+  const input = document.querySelector('[data-filter]');
+  const count = document.querySelector('[data-filter-count]');
+  const noMatch = document.querySelector('[data-no-match]');
+  const apply = () => {
+    const text = input ? input.value.trim().toLowerCase() : '';
+    const cards = container.querySelectorAll(':scope > [data-card]');
+    let shown = 0;
+    for (const card of cards) {
+      const visible = cardMatches(card, text);
+      card.hidden = !visible;
+      if (visible) shown += 1;
+    }
+    if (count) count.textContent = text ? `${shown} sur ${cards.length} affiché${shown > 1 ? 's' : ''}` : '';
+    if (noMatch) noMatch.hidden = !(text && cards.length > 0 && shown === 0);
+  };
+  if (input) input.addEventListener('input', apply);
+  apply();
+  return apply;
+}
+
+// The same rules as the server (protocol.name_problem), to answer at once.
+export function nameProblem(name) {
+  if (!name) return 'le nom ne peut pas être vide';
+  if (name.length > MAX_NAME) return `le nom a au plus ${MAX_NAME} caractères`;
+  if (/[^\x20-\x7e]/.test(name)) return 'le nom ne peut contenir que des caractères ASCII imprimables (sans accents)';
+  if (name.includes(';')) return 'le nom ne peut pas contenir de « ; »';
+  if (name !== name.trim()) return 'le nom ne peut ni commencer ni finir par une espace';
+  return null;
+}
+
+function setStatus(form, text, isError = false) {
+  const status = form.querySelector('.rename-status');
+  status.textContent = text;
+  status.classList.toggle('is-error', isError);
+}
+
+export function showName(card, name) {
+  card.dataset.name = name;
+  for (const el of card.querySelectorAll('[data-device-name]')) el.textContent = name;
+  const open = card.querySelector('[data-rename-open]');
+  if (open) open.setAttribute('aria-label', `Renommer ${name}`);
+  const toggle = card.querySelector('[data-led-toggle]');
+  if (toggle) toggle.setAttribute('aria-label', `Allumer ou éteindre la LED de ${name}`);
+}
+
+async function waitForName(card, form, name) {
+  for (let attempt = 0; attempt < 10; attempt += 1) {
+    await sleep(1000);
+    try {
+      const response = await fetch(`/api/devices/${card.dataset.id}`, {headers: {Accept: 'application/json'}});
+      if (response.ok) {
+        const device = await response.json();
+        if (device.name === name) {
+          showName(card, name);
+          form.hidden = true;
+          return;
+        }
+      }
+    } catch (err) {
+      // keep trying
+    }
+  }
+  setStatus(form, "Le client d'ingestion n'a pas encore enregistré le nouveau nom ; rechargez la page plus tard.", true);
+}
+
+// "Renommer" on a card opens its form; the POST answers 200 (renamed), 202 (pending) or an error.
+export function initRename(container, onRenamed = () => {}) {
+  container.addEventListener('click', (event) => {
+    const card = event.target.closest('[data-card]');
+    if (!card) return;
+    const form = card.querySelector('[data-rename-form]');
+    if (event.target.closest('[data-rename-open]')) {
+      form.hidden = !form.hidden;
+      if (!form.hidden) {
+        form.elements.name.value = card.dataset.name;
+        setStatus(form, '');
+        form.elements.name.focus();
+        form.elements.name.select();
+      }
+    } else if (event.target.closest('[data-rename-cancel]')) {
+      form.hidden = true;
+    }
+  });
+  container.addEventListener('submit', async (event) => {
+    const form = event.target.closest('[data-rename-form]');
+    if (!form) return;
+    event.preventDefault();
+    const card = form.closest('[data-card]');
+    const name = form.elements.name.value;
+    const problem = nameProblem(name);
+    if (problem) {
+      setStatus(form, problem, true);
+      return;
+    }
+    const submit = form.querySelector('button[type="submit"]');
+    submit.disabled = true;
+    setStatus(form, 'Envoi…');
+    const {status, body} = await postJSON(`/api/devices/${card.dataset.id}/name`, {name});
+    submit.disabled = false;
+    if (status === 200) {
+      showName(card, body.name);
+      setStatus(form, '');
+      form.hidden = true;
+      onRenamed(card);
+    } else if (status === 202) {
+      setStatus(form, "Demande transmise : le nom s'affichera dès que le client d'ingestion l'aura enregistré.");
+      waitForName(card, form, name).then(() => onRenamed(card));
+    } else {
+      setStatus(form, body.error || `erreur HTTP ${status}`, true);
+    }
+  });
+}

@@ -1,0 +1,451 @@
+"""End to end: Debian's headless Chromium against the real stack (Mosquitto, ingest client, gunicorn) and
+virtual devices."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_playwright
+
+from sensorhub.broker import Broker
+from sensorhub.config import Settings
+from sensorhub.simulator import Fleet
+from tests.stack import ROOT, Component, ingest_client, web_server, web_url
+from tests.support import wait_for
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 375, "height": 812}
+_seeds = itertools.count(101)
+
+
+@dataclass
+class Stack:
+    """The running components of one test."""
+
+    settings: Settings
+    client: Component
+    web: Component
+
+    def url(self, path: str) -> str:
+        """Absolute URL of `path` on the web server."""
+        return web_url(self.settings, path)
+
+    def api(self, path: str) -> Any:
+        """GET a JSON API path."""
+        with urllib.request.urlopen(self.url(path), timeout=5) as response:
+            return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: sudo apt-get install chromium (.ci/run installs it)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def stack(settings: Settings, broker: Broker, engine: Any) -> Iterator[Stack]:
+    with ingest_client(settings) as client, web_server(settings, workers=2) as web:
+        yield Stack(settings, client, web)
+
+
+@pytest.fixture
+def fleets(stack: Stack) -> Iterator[Callable[..., Fleet]]:
+    """Start fleets of virtual devices; they all leave (gracefully) before the stack stops."""
+    started: list[Fleet] = []
+
+    def start(count: int = 1, interval: float = 0.5, wait: bool = True) -> Fleet:
+        fleet = Fleet(stack.settings, count, interval, mqtt_version="5", seed=next(_seeds), button_every=None)
+        fleet.start()
+        started.append(fleet)
+        if wait:
+            fleet.wait_joined(10)
+        return fleet
+
+    yield start
+    for fleet in started:
+        fleet.stop()
+
+
+def new_page(browser: Browser, viewport: dict[str, int] | None = None) -> tuple[Page, list[str]]:
+    context = browser.new_context(viewport=viewport or DESKTOP)  # type: ignore[arg-type]
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("console", lambda message: errors.append(message.text) if "Content Security Policy" in message.text
+            else None)
+    return page, errors
+
+
+@pytest.fixture
+def page(browser: Browser, stack: Stack) -> Iterator[Page]:
+    """A desktop page, closed before the stack stops (gunicorn would wait for its keep-alive connections)."""
+    opened, errors = new_page(browser)
+    yield opened
+    opened.context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def open_capteurs(page: Page, stack: Stack) -> None:
+    page.goto(stack.url("/capteurs"))
+    expect(page.locator('[data-live-status][data-state="live"]')).to_be_visible(timeout=10_000)
+
+
+def card(page: Page, session_name: str) -> Locator:
+    return page.locator(f'[data-card][data-session-name="{session_name}"]')
+
+
+def name_of(fleet: Fleet, i: int) -> str:
+    name = fleet.devices[i].name
+    assert name is not None
+    return name
+
+
+def recorded(stack: Stack, session_name: str) -> bool:
+    """Whether the ingest client has the device online in the database."""
+    return any(d["session_name"] == session_name and d["online"] for d in stack.api("/api/devices"))
+
+
+def watch_button(page: Page, session_name: str) -> float:
+    """Record in the page when the card's button first shows 'appuyé'; return the page's clock now (ms)."""
+    return float(page.evaluate(
+        """(name) => {
+            const card = [...document.querySelectorAll('[data-card]')].find((c) => c.dataset.sessionName === name);
+            const state = card.querySelector('[data-button-state]');
+            window.__pressedAt = null;
+            new MutationObserver(() => {
+                if (state.textContent === 'appuyé' && window.__pressedAt === null) {
+                    window.__pressedAt = performance.now();
+                }
+            }).observe(state, {childList: true, characterData: true, subtree: true});
+            return performance.now();
+        }""",
+        session_name,
+    ))
+
+
+def pressed_latency(page: Page, since: float) -> float:
+    page.wait_for_function("window.__pressedAt !== null", timeout=3_000)
+    return float(page.evaluate("window.__pressedAt")) - since
+
+
+# -- live /capteurs ----------------------------------------------------------------------------------------------
+
+
+def test_a_device_that_joins_after_the_page_loaded_appears(page: Page, stack: Stack,
+                                                           fleets: Callable[..., Fleet]) -> None:
+    open_capteurs(page, stack)
+    expect(page.get_by_text("Aucun capteur connecté pour le moment")).to_be_visible()
+    page.evaluate("window.__sameDocument = true")
+    fleet = fleets(1, interval=0.3)
+    shown = card(page, name_of(fleet, 0))
+    expect(shown).to_be_visible(timeout=5_000)
+    expect(shown.locator("[data-device-name]")).to_have_text(name_of(fleet, 0))
+    expect(page.get_by_text("Aucun capteur connecté pour le moment")).to_be_hidden()
+    # Light readings keep coming into the chart, never more than 10 points.
+    page.wait_for_function(
+        """(name) => {
+            const card = [...document.querySelectorAll('[data-card]')].find((c) => c.dataset.sessionName === name);
+            const chart = card && window.Chart.getChart(card.querySelector('canvas'));
+            return chart && chart.data.datasets[0].data.length >= 3;
+        }""", arg=name_of(fleet, 0), timeout=5_000)
+    expect(shown.locator("[data-light-value]")).to_have_text(f"{fleet.devices[0].light} %", timeout=3_000)
+    assert page.evaluate("window.__sameDocument") is True  # no reload
+
+
+def test_a_button_press_shows_within_a_second(page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
+    fleet = fleets(1, interval=1.0)
+    wait_for(lambda: recorded(stack, name_of(fleet, 0)), 5, what="the join to be recorded")
+    open_capteurs(page, stack)
+    expect(card(page, name_of(fleet, 0))).to_be_visible()
+    since = watch_button(page, name_of(fleet, 0))
+    fleet.press_button(0)
+    assert pressed_latency(page, since) < 1000
+    expect(card(page, name_of(fleet, 0)).locator("[data-button-state]")).to_have_text("relâché")
+
+
+def test_the_led_toggle_switches_the_device_and_every_browser_follows(
+        browser: Browser, page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
+    fleet = fleets(1, interval=1.0)
+    wait_for(lambda: recorded(stack, name_of(fleet, 0)), 5, what="the join to be recorded")
+    other, other_errors = new_page(browser)
+    try:
+        open_capteurs(page, stack)
+        open_capteurs(other, stack)
+        mine, theirs = card(page, name_of(fleet, 0)), card(other, name_of(fleet, 0))
+        expect(theirs.locator("[data-led-state]")).to_have_text("inconnue")
+        mine.locator("[data-led-toggle]").click()
+        wait_for(lambda: fleet.devices[0].led, 5, what="the simulated LED to switch on")
+        expect(theirs.locator("[data-led-state]")).to_have_text("allumée", timeout=3_000)
+        expect(theirs.locator("[data-led-toggle]")).to_be_checked()
+        expect(mine.locator("[data-led-state]")).to_have_text("allumée")
+        expect(mine.locator("[data-pending]")).to_be_hidden()
+        expect(mine.locator("[data-led-toggle]")).to_be_enabled()
+        # And back, from the other browser.
+        theirs.locator("[data-led-toggle]").click()
+        wait_for(lambda: not fleet.devices[0].led, 5, what="the simulated LED to switch off")
+        expect(mine.locator("[data-led-state]")).to_have_text("éteinte", timeout=3_000)
+        expect(mine.locator("[data-led-toggle]")).not_to_be_checked()
+        expect(mine.locator("[data-card-error]")).to_be_hidden()
+    finally:
+        other.context.close()
+    assert other_errors == []
+
+
+def test_devices_that_leave_or_crash_disappear(page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
+    fleet = fleets(3, interval=1.0)
+    names = [name_of(fleet, i) for i in range(3)]
+    wait_for(lambda: all(recorded(stack, n) for n in names), 5, what="the joins to be recorded")
+    open_capteurs(page, stack)
+    for name in names:
+        expect(card(page, name)).to_be_visible()
+    fleet.leave(0)
+    expect(card(page, names[0])).to_have_count(0, timeout=5_000)
+    fleet.crash(1)  # no DISCONNECT: the broker publishes the device's Will on state/leave
+    expect(card(page, names[1])).to_have_count(0, timeout=5_000)
+    expect(card(page, names[2])).to_be_visible()
+
+
+def test_a_failed_led_command_is_shown_on_the_card(page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
+    fleet = fleets(1, interval=1.0)
+    wait_for(lambda: recorded(stack, name_of(fleet, 0)), 5, what="the join to be recorded")
+    open_capteurs(page, stack)
+    shown = card(page, name_of(fleet, 0))
+    expect(shown).to_be_visible()
+    stack.client.stop()
+    shown.locator("[data-led-toggle]").click()
+    error = shown.locator("[data-card-error]")
+    expect(error).to_be_visible(timeout=3_000)
+    expect(error).to_contain_text("le client d'ingestion ne tourne pas")
+    expect(shown.locator("[data-led-toggle]")).not_to_be_checked()  # reverted: the UI does not pretend
+    expect(shown.locator("[data-led-toggle]")).to_be_enabled()
+    expect(shown.locator("[data-led-state]")).to_have_text("inconnue")
+    assert fleet.devices[0].led is False
+
+
+def test_joins_and_leaves_before_the_page_subscribed_are_reconciled(
+        page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
+    """Events between the server rendering the page and MQTT.js subscribing (the seed's critical section)."""
+    first = fleets(2, interval=1.0)
+    names = [name_of(first, 0), name_of(first, 1)]
+    wait_for(lambda: all(recorded(stack, n) for n in names), 5, what="the joins to be recorded")
+    later: list[Fleet] = []
+
+    def hold_mqtt_library(route: Route) -> None:
+        # The page is rendered (with both devices) but cannot subscribe yet: one leaves, another joins.
+        first.leave(0)
+        later.append(fleets(1, interval=1.0))
+        joined = name_of(later[0], 0)
+        wait_for(lambda: recorded(stack, joined) and not recorded(stack, names[0]), 5, what="the changes")
+        route.continue_()
+
+    page.route("**/static/vendor/mqtt.min.js", hold_mqtt_library)
+    page.goto(stack.url("/capteurs"))
+    expect(page.locator('[data-live-status][data-state="live"]')).to_be_visible(timeout=15_000)
+    expect(card(page, name_of(later[0], 0))).to_be_visible(timeout=5_000)
+    expect(card(page, names[0])).to_have_count(0, timeout=5_000)
+    expect(card(page, names[1])).to_be_visible()
+
+
+def test_joins_and_leaves_during_the_reconciliation_fetch_are_kept(
+        page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
+    """The list of online devices is read, then a device leaves and another joins before it arrives."""
+    first = fleets(1, interval=1.0)
+    leaving = name_of(first, 0)
+    wait_for(lambda: recorded(stack, leaving), 5, what="the join to be recorded")
+    later: list[Fleet] = []
+
+    def stale_list(route: Route) -> None:
+        if later:
+            route.continue_()
+            return
+        snapshot = route.fetch()  # the server's list now, before the events below
+        first.leave(0)
+        later.append(fleets(1, interval=1.0))
+        joined = name_of(later[0], 0)
+        wait_for(lambda: recorded(stack, joined) and not recorded(stack, leaving), 5, what="the changes")
+        time.sleep(0.5)  # the page hears both events over MQTT meanwhile
+        route.fulfill(response=snapshot)
+
+    page.route("**/sensor/online", stale_list)
+    page.goto(stack.url("/capteurs"))
+    deadline = time.monotonic() + 15
+    while not later:  # route handlers run while the test waits inside Playwright
+        assert time.monotonic() < deadline, "the page never fetched /sensor/online"
+        page.wait_for_timeout(50)
+    joined = name_of(later[0], 0)
+    expect(card(page, joined)).to_be_visible()
+    expect(card(page, leaving)).to_have_count(0)
+    time.sleep(3.5)  # the second reconciliation (3 s after connecting) agrees
+    expect(card(page, joined)).to_be_visible()
+    expect(card(page, leaving)).to_have_count(0)
+
+
+def test_a_device_joining_right_after_navigation_is_shown(page: Page, stack: Stack,
+                                                          fleets: Callable[..., Fleet]) -> None:
+    page.goto(stack.url("/capteurs"), wait_until="commit")
+    fleet = fleets(1, interval=1.0, wait=False)
+    fleet.wait_joined(10)
+    expect(card(page, name_of(fleet, 0))).to_be_visible(timeout=8_000)
+    expect(page.locator('[data-live-status][data-state="live"]')).to_be_visible()
+
+
+def test_losing_the_broker_shows_a_banner_and_reconnects(page: Page, stack: Stack, broker: Broker,
+                                                         fleets: Callable[..., Fleet]) -> None:
+    open_capteurs(page, stack)
+    banner = page.locator("[data-broker-banner]")
+    expect(banner).to_be_hidden()
+    broker.stop()
+    expect(banner).to_be_visible(timeout=10_000)
+    expect(banner).to_contain_text("Connexion au broker MQTT perdue")
+    expect(page.locator('[data-live-status][data-state="lost"]')).to_be_visible()
+    broker.start()
+    expect(page.locator('[data-live-status][data-state="live"]')).to_be_visible(timeout=10_000)
+    expect(banner).to_be_hidden()
+    fleet = fleets(1, interval=1.0)  # subscribed again: a new device shows up
+    expect(card(page, name_of(fleet, 0))).to_be_visible(timeout=5_000)
+
+
+def test_renaming_from_the_page_keeps_the_live_session(page: Page, stack: Stack,
+                                                       fleets: Callable[..., Fleet]) -> None:
+    fleet = fleets(1, interval=1.0)
+    session_name = name_of(fleet, 0)
+    wait_for(lambda: recorded(stack, session_name), 5, what="the join to be recorded")
+    open_capteurs(page, stack)
+    shown = card(page, session_name)
+    shown.get_by_role("button", name=f"Renommer {session_name}").click()
+    field = shown.locator("input[name=name]")
+    field.fill("salle;B")
+    shown.get_by_role("button", name="Enregistrer").click()
+    expect(shown.locator(".rename-status")).to_contain_text("« ; »")
+    field.fill("salle B")
+    shown.get_by_role("button", name="Enregistrer").click()
+    expect(shown.locator("[data-device-name]")).to_have_text("salle B", timeout=5_000)
+    expect(shown.locator("[data-rename-form]")).to_be_hidden()
+    # The device still publishes as its session name: its card keeps following it.
+    since = watch_button(page, session_name)
+    fleet.press_button(0)
+    assert pressed_latency(page, since) < 1000
+    assert fleet.devices[0].name == session_name
+    page.goto(stack.url("/historique"))
+    expect(page.locator("[data-card] [data-device-name]")).to_have_text("salle B")
+
+
+# -- /historique, layout, small screens --------------------------------------------------------------------------
+
+
+def test_historique_shows_the_recorded_values(page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
+    fleet = fleets(1, interval=0.2)
+    fleet.press_button(0)
+    device_id = next(d["id"] for d in stack.api("/api/devices") if d["session_name"] == name_of(fleet, 0))
+    wait_for(lambda: len(stack.api(f"/api/devices/{device_id}")["history"]["light"]) >= 5, 5, what="readings")
+    page.goto(stack.url("/historique"))
+    recorded_light = {v["at"]: v["value"] for v in stack.api(f"/api/devices/{device_id}")["history"]["light"]}
+    shown = page.locator(f"#appareil-{device_id}")
+    expect(shown.locator("[data-device-name]")).to_have_text(name_of(fleet, 0))
+    items = shown.locator('[data-kind="light"] li')
+    assert items.count() >= 5
+    moments = []
+    for i in range(items.count()):
+        at = items.nth(i).locator("time").get_attribute("datetime")
+        assert at is not None
+        moments.append(at)
+        assert items.nth(i).locator("time").inner_text() == f"{at[:10]} {at[11:23]} UTC"
+        assert items.nth(i).locator(".value").inner_text() == f"{recorded_light[at]} %"
+    assert moments == sorted(moments, reverse=True)  # newest first
+    expect(shown.locator('[data-kind="button"] .value')).to_have_text(["relâché", "appuyé"])
+    expect(shown.locator('[data-kind="led"]')).to_contain_text("Aucune valeur enregistrée")
+
+
+def test_the_layout_toggle_switches_and_is_remembered(page: Page, stack: Stack,
+                                                      fleets: Callable[..., Fleet]) -> None:
+    fleets(2, interval=1.0)
+    open_capteurs(page, stack)
+    cards = page.locator("[data-cards]")
+    expect(cards).to_have_class("cards layout-grid")
+    toggle = page.get_by_role("button", name="Changer d'agencement")
+    toggle.click()
+    expect(cards).to_have_class("cards layout-list")
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    page.reload()
+    expect(page.locator("[data-cards]")).to_have_class("cards layout-list")
+    page.goto(stack.url("/historique"))
+    expect(page.locator("[data-cards]")).to_have_class("cards layout-list")
+    page.get_by_role("button", name="Changer d'agencement").click()
+    expect(page.locator("[data-cards]")).to_have_class("cards layout-grid")
+    page.goto(stack.url("/capteurs"))
+    expect(page.locator("[data-cards]")).to_have_class("cards layout-grid")
+
+
+def test_the_filter_bar_hides_other_cards(page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
+    fleet = fleets(3, interval=1.0)
+    wait_for(lambda: all(recorded(stack, name_of(fleet, i)) for i in range(3)), 5, what="the joins")
+    open_capteurs(page, stack)
+    wanted = fleet.devices[1]
+    page.locator("[data-filter]").fill(wanted.mac[-5:].lower())
+    expect(page.locator("[data-card]:visible")).to_have_count(1)
+    expect(card(page, name_of(fleet, 1))).to_be_visible()
+    expect(page.locator("[data-filter-count]")).to_have_text("1 sur 3 affiché")
+
+
+def no_horizontal_scroll(page: Page) -> None:
+    width = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert width[0] <= width[1] == PHONE["width"], width
+
+
+def test_a_375px_phone_needs_no_horizontal_scrolling(browser: Browser, stack: Stack,
+                                                     fleets: Callable[..., Fleet]) -> None:
+    fleet = fleets(3, interval=0.5)
+    wait_for(lambda: all(recorded(stack, name_of(fleet, i)) for i in range(3)), 5, what="the joins")
+    phone, errors = new_page(browser, PHONE)
+    try:
+        open_capteurs(phone, stack)
+        expect(phone.locator("[data-card]")).to_have_count(3)
+        no_horizontal_scroll(phone)
+        phone.get_by_role("button", name="Changer d'agencement").click()
+        no_horizontal_scroll(phone)
+        phone.get_by_role("button", name="Changer d'agencement").click()
+        time.sleep(3)  # a few light readings in the charts
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        phone.screenshot(path=str(SCREENSHOTS / "capteurs-mobile.png"), full_page=True)
+        for path in ("/historique", "/accueil"):
+            phone.goto(stack.url(path))
+            no_horizontal_scroll(phone)
+    finally:
+        phone.context.close()
+    assert errors == []
+
+
+def test_screenshots_for_the_readme(page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
+    fleet = fleets(3, interval=0.5)
+    wait_for(lambda: all(recorded(stack, name_of(fleet, i)) for i in range(3)), 5, what="the joins")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    open_capteurs(page, stack)
+    first = card(page, name_of(fleet, 0))
+    first.locator("[data-led-toggle]").click()
+    expect(first.locator("[data-led-state]")).to_have_text("allumée", timeout=5_000)
+    time.sleep(5)  # ten light readings per chart
+    page.screenshot(path=str(SCREENSHOTS / "capteurs.png"), full_page=True)
+    page.goto(stack.url("/historique"))
+    page.screenshot(path=str(SCREENSHOTS / "historique.png"), full_page=True)
+    page.goto(stack.url("/accueil"))
+    page.screenshot(path=str(SCREENSHOTS / "accueil.png"), full_page=True)
+    for name in ("capteurs.png", "historique.png", "accueil.png"):
+        assert (SCREENSHOTS / name).stat().st_size > 10_000, name
