@@ -13,7 +13,7 @@ DB_FILE := db/db.sqlite3
 
 help: ## List the targets
 	@echo "sensorhub: make <target>"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  \033[1m%-9s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(PY_STAMP) $(JS_STAMP) ## Set up .venv/ (Python packages) and node_modules/ (browser libraries)
 
@@ -27,6 +27,8 @@ $(PY_STAMP): pyproject.toml requirements.lock
 
 $(JS_STAMP): package.json package-lock.json
 	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 18 or newer (sudo apt-get install nodejs npm)"; exit 1; }
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 18 ? 1 : 0)' || \
+	  { echo "sensorhub needs Node.js 18 or newer to install its browser libraries; node is $$(node --version)"; exit 1; }
 	npm ci --no-audit --no-fund --loglevel=error
 	$(BIN)/python -m sensorhub.web.vendor
 	@touch $@
@@ -52,8 +54,7 @@ prod: db install ## Run the web server with gunicorn on all addresses, port 8000
 debug: db install ## Run Flask's debug web server on localhost:5000
 	$(SENSORHUB) web --debug
 
-run: install ## Run everything (broker, client, web) with 3 demo devices; Ctrl-C stops all
-	$(SENSORHUB) db init
+run: install ## Run everything (broker, client, web) with DEMO=3 virtual devices; Ctrl-C stops all
 	$(SENSORHUB) run --demo $${DEMO:-3}
 
 simulate: $(PY_STAMP) ## Run virtual ESP32s (DEVICES=3 INTERVAL=2)
