@@ -69,6 +69,11 @@ class RawDevice:
         self._subscribe(Topic.LED_COMMAND, 1)
         self.client.publish(Topic.JOIN, format_session_ref(self.name, self.session), qos=self.join_qos)
 
+    def reconnect(self, keepalive: int = 5) -> None:
+        """Connect again with the Will of the current session, without any join (a lax firmware)."""
+        self.close()
+        self.client = self._connect(will=format_session_ref(self.name, self.session), keepalive=keepalive)
+
     def join(self) -> tuple[str, str]:
         """The whole join sequence."""
         self.request_session()

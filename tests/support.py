@@ -9,6 +9,11 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+#: Debian's Chromium (never a downloaded browser), with the flags that keep it off the network.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now (on IPv4 and IPv6)."""

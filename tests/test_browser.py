@@ -19,13 +19,10 @@ from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.simulator import Fleet
 from tests.stack import ROOT, Component, ingest_client, web_server, web_url
-from tests.support import wait_for
+from tests.support import CHROMIUM, CHROMIUM_ARGS, wait_for
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 812}

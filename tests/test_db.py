@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -164,3 +166,26 @@ def test_seed_adds_plausible_devices(engine: Engine) -> None:
         names = session.scalars(select(Device.name).order_by(Device.id)).all()
         assert names == ["demo01", "demo02", "demo03", "demo04", "demo05"]
         assert session.scalar(select(LightReading.id).limit(1)) is not None
+
+
+def _cli(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.environ()}
+    return subprocess.run([sys.executable, "-m", "sensorhub", "db", *args], env=env, input=stdin,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_db_commands_init_seed_and_reset(settings: Settings) -> None:
+    assert _cli(settings, "init").returncode == 0
+    assert _cli(settings, "seed", "--devices", "2").returncode == 0
+    engine = make_engine(settings.database_url)
+    with Session(engine) as session:
+        assert len(session.scalars(select(Device.id)).all()) == 2
+    refused = _cli(settings, "reset", stdin="n\n")
+    assert refused.returncode == 1 and "Delete ALL devices" in refused.stdout
+    with Session(engine) as session:
+        assert len(session.scalars(select(Device.id)).all()) == 2, "reset without confirmation deleted data"
+    assert _cli(settings, "reset", "--yes").returncode == 0
+    with Session(engine) as session:
+        assert session.scalars(select(Device.id)).all() == []
+    check_schema(engine)
+    engine.dispose()

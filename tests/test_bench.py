@@ -1,0 +1,39 @@
+"""A smoke run of the benchmark (`python -m bench --quick`) so that it cannot rot. Nothing here is timed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = {"sustained_qos0", "sustained_qos1", "burst_qos1", "latency_p99_ms", "devices_2000", "web_p99_ms",
+           "client_memory", "browser_p99_ms"}
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_bench_measures_every_figure() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("sensorhub benchmark (quick smoke run) on ")
+    assert "cores" in lines[0] and "mosquitto" in lines[0]
+    assert lines[1].split()[:3] == ["figure", "measured", "target"]
+    report = json.loads(lines[-1])
+    assert report["quick"] is True and report["machine"]["cores"] >= 1
+    figures = report["figures"]
+    assert set(figures) == FIGURES
+    for key, figure in figures.items():
+        assert not figure["value"].startswith("FAILED"), f"{key}: {figure['value']}"
+    # correctness, not speed: nothing may be lost even in a smoke run
+    for key in ("sustained_qos0", "sustained_qos1", "devices_2000"):
+        assert figures[key]["lost"] == 0, figures[key]
+    assert figures["sustained_qos0"]["duplicated"] == 0
+    assert figures["burst_qos1"]["stored"] == figures["burst_qos1"]["sent"]
+    assert figures["client_memory"]["stored"] == figures["client_memory"]["sent"]
+    assert figures["web_p99_ms"]["full_scans"] == []
