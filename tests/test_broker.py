@@ -18,6 +18,7 @@ from sensorhub import broker as broker_module
 from sensorhub.broker import BASE_CONFIG, Broker, render_config
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
+from sensorhub.ports import PortError
 from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -120,12 +121,12 @@ def test_busy_port_names_the_port_and_the_setting(settings: Settings) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", settings.mqtt_port))
         squatter.listen()
-        with pytest.raises(BrokerError, match=f"port {settings.mqtt_port} .*SENSORHUB_MQTT_PORT"):
+        with pytest.raises(PortError, match=f"port {settings.mqtt_port} .*SENSORHUB_MQTT_PORT"):
             Broker(settings).start()
     with socket.socket() as squatter:
         squatter.bind(("0.0.0.0", settings.mqtt_ws_port))
         squatter.listen()
-        with pytest.raises(BrokerError, match=f"port {settings.mqtt_ws_port} .*SENSORHUB_MQTT_WS_PORT"):
+        with pytest.raises(PortError, match=f"port {settings.mqtt_ws_port} .*SENSORHUB_MQTT_WS_PORT"):
             Broker(settings).start()
 
 

@@ -25,9 +25,10 @@ from sqlalchemy.orm import Session
 
 from sensorhub.config import Settings
 from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
+from sensorhub.ports import PortError, ensure_free
 from sensorhub.protocol import Topic
 from sensorhub.web import create_app
-from sensorhub.web.serve import WebServerError, check_can_listen, gunicorn_options
+from sensorhub.web.serve import gunicorn_options
 from sensorhub.web.state import web_state
 from tests.stack import ROOT
 
@@ -669,15 +670,16 @@ def test_busy_port_gives_one_clear_line(settings: Settings) -> None:
     with socket.socket() as sock:
         sock.bind(("0.0.0.0", settings.web_port))
         sock.listen()
-        with pytest.raises(WebServerError, match=rf"port {settings.web_port} \(SENSORHUB_WEB_PORT\) is already"):
-            check_can_listen("0.0.0.0", settings.web_port)
+        busy = rf"port {settings.web_port} \(web server\) is already.*SENSORHUB_WEB_PORT"
+        with pytest.raises(PortError, match=busy):
+            ensure_free(settings.web_port, "SENSORHUB_WEB_PORT", "web server", host="0.0.0.0")
         env = {**os.environ, **settings.environ()}
         result = subprocess.run([sys.executable, "-m", "sensorhub", "web"], env=env, capture_output=True,
                                 text=True, timeout=30, check=False)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error" in line]
-    assert errors == [f"sensorhub: error: port {settings.web_port} (SENSORHUB_WEB_PORT) is already in use: "
-                      "stop the other program or choose another port with SENSORHUB_WEB_PORT"]
+    assert errors == [f"sensorhub: error: port {settings.web_port} (web server) is already in use: "
+                      "free it or choose another port with SENSORHUB_WEB_PORT"]
 
 
 def test_gunicorn_configuration(settings: Settings) -> None:

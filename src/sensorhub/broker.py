@@ -8,7 +8,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,6 +16,7 @@ from typing import IO
 
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
+from sensorhub.ports import ensure_free
 
 logger = logging.getLogger(__name__)
 
@@ -34,35 +34,6 @@ def find_mosquitto() -> str:
     if path is None:
         raise BrokerError(f"mosquitto is not installed: {INSTALL_HINT}")
     return path
-
-
-def port_in_use(port: int, host: str = "") -> bool:
-    """Whether another program already listens on `port` (on any address when host is empty)."""
-    families = [(socket.AF_INET, host or "0.0.0.0")]
-    if socket.has_ipv6 and not host:
-        families.append((socket.AF_INET6, "::"))
-    for family, address in families:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((address, port))
-            except OSError as err:
-                if err.errno == 98:  # EADDRINUSE
-                    return True
-                if family == socket.AF_INET6:
-                    continue  # no IPv6 on this machine: nothing can be listening there
-                raise
-    return False
-
-
-def busy_port_message(port: int, setting: str, what: str) -> str:
-    """One line saying which port is taken and which setting moves it."""
-    hint = ""
-    if port == 1883:
-        hint = " (another MQTT broker? a system one stops with `sudo systemctl stop mosquitto`)"
-    return f"port {port} ({what}) is already in use{hint}: free it or choose another port with {setting}"
 
 
 def render_config(settings: Settings, log_file: Path, base: str | None = None) -> str:
@@ -139,12 +110,8 @@ class Broker:
     def start(self, timeout: float = 10.0) -> None:
         """Start mosquitto and return once both ports accept connections."""
         program = find_mosquitto()
-        for port, setting, what in (
-            (self.settings.mqtt_port, "SENSORHUB_MQTT_PORT", "MQTT"),
-            (self.settings.mqtt_ws_port, "SENSORHUB_MQTT_WS_PORT", "MQTT over WebSockets"),
-        ):
-            if port_in_use(port):
-                raise BrokerError(busy_port_message(port, setting, what))
+        ensure_free(self.settings.mqtt_port, "SENSORHUB_MQTT_PORT", "MQTT")
+        ensure_free(self.settings.mqtt_ws_port, "SENSORHUB_MQTT_WS_PORT", "MQTT over WebSockets")
         self.config_path, cwd = self._config()
         log = Path(self.settings.broker_log)
         offset = log.stat().st_size

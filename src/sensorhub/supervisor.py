@@ -28,11 +28,12 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from sensorhub.broker import INSTALL_HINT, busy_port_message, find_mosquitto, port_in_use
+from sensorhub.broker import INSTALL_HINT, find_mosquitto
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
 from sensorhub.errors import BrokerError, ConfigError, SensorhubError
 from sensorhub.ingest.ledpipe import ensure_fifo
+from sensorhub.ports import ensure_free
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,7 @@ class Supervisor:
             (self.settings.mqtt_ws_port, "SENSORHUB_MQTT_WS_PORT", "MQTT over WebSockets"),
             (self.settings.web_port, "SENSORHUB_WEB_PORT", "web server"),
         ):
-            if port_in_use(port):
-                raise BrokerError(busy_port_message(port, setting, what))
+            ensure_free(port, setting, what)
         ports = [self.settings.mqtt_port, self.settings.mqtt_ws_port, self.settings.web_port]
         if len(set(ports)) != len(ports):
             raise ConfigError(f"the MQTT, WebSockets and web ports must differ (got {ports})")

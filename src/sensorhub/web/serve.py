@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import socket
 import sys
 from typing import Any
 
@@ -15,7 +13,7 @@ from gunicorn.app.base import BaseApplication
 
 from sensorhub.config import Settings
 from sensorhub.db.engine import sqlite_path
-from sensorhub.errors import SensorhubError
+from sensorhub.ports import ensure_free
 from sensorhub.web import create_app, vendor
 
 logger = logging.getLogger(__name__)
@@ -24,30 +22,6 @@ DEBUG_HOST = "127.0.0.1"
 DEBUG_PORT = 5000
 DEFAULT_WORKERS = 2
 THREADS = 4
-
-
-class WebServerError(SensorhubError):
-    """The web server cannot listen (busy port, forbidden address...)."""
-
-
-def check_can_listen(host: str, port: int, label: str = "SENSORHUB_WEB_PORT",
-                     remedy: str = "choose another port with SENSORHUB_WEB_PORT") -> None:
-    """Raise WebServerError with one clear line unless `host`:`port` is free to listen on."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host.strip("[]"), port))
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise WebServerError(
-                    f"port {port} ({label}) is already in use: stop the other program or {remedy}"
-                ) from None
-            if err.errno == errno.EACCES:
-                raise WebServerError(
-                    f"port {port} ({label}) needs administrator rights: choose a port above 1023"
-                ) from None
-            raise WebServerError(f"cannot listen on {host}:{port}: {err.strerror}") from None
 
 
 def _url(host: str, port: int) -> str:
@@ -130,7 +104,7 @@ def serve(settings: Settings, debug: bool = False, workers: int | None = None) -
     if debug:
         _serve_debug(settings)
         return
-    check_can_listen(settings.web_host, settings.web_port)
+    ensure_free(settings.web_port, "SENSORHUB_WEB_PORT", "web server", host=settings.web_host)
     _warn_about_setup(settings)
     app = create_app(settings)
     _Gunicorn(app, gunicorn_options(settings, workers or DEFAULT_WORKERS)).run()
@@ -140,7 +114,8 @@ def _serve_debug(settings: Settings) -> None:
     # With the reloader, a watching parent starts the serving child again at each code change.
     child = os.environ.get("WERKZEUG_RUN_MAIN") == "true"
     if not child:
-        check_can_listen(DEBUG_HOST, DEBUG_PORT, "Flask debug server", "stop it (the debug server always uses 5000)")
+        ensure_free(DEBUG_PORT, "SENSORHUB_WEB_PORT", "Flask debug server", host=DEBUG_HOST,
+                    remedy="stop the other program (the debug server always uses port 5000)")
         _warn_about_setup(settings)
     app = create_app(settings)
     if child:

@@ -1,0 +1,48 @@
+"""One check used by every component before it listens: is the port free, and if not, what to do."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from sensorhub.errors import SensorhubError
+
+
+class PortError(SensorhubError):
+    """A port cannot be listened on (taken, privileged, or a bad address)."""
+
+
+def _hint(port: int) -> str:
+    if port == 1883:
+        return " (another MQTT broker? a system one stops with `sudo systemctl stop mosquitto`)"
+    return ""
+
+
+def ensure_free(port: int, setting: str, what: str, host: str = "", remedy: str | None = None) -> None:
+    """Raise PortError, in one line naming the port and the setting that moves it, unless `port` is free.
+
+    With no `host`, the port must be free on every IPv4 and IPv6 address, as the broker listens on all.
+    """
+    remedy = remedy or f"free it or choose another port with {setting}"
+    if host:
+        targets = [(socket.AF_INET6 if ":" in host else socket.AF_INET, host.strip("[]"))]
+    else:
+        targets = [(socket.AF_INET, "0.0.0.0")]
+        if socket.has_ipv6:
+            targets.append((socket.AF_INET6, "::"))
+    for family, address in targets:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise PortError(f"port {port} ({what}) is already in use{_hint(port)}: {remedy}") from None
+                if err.errno == errno.EACCES:
+                    raise PortError(f"port {port} ({what}) needs administrator rights: choose a port above 1023 "
+                                    f"with {setting}") from None
+                if family == socket.AF_INET6 and not host and err.errno == errno.EADDRNOTAVAIL:
+                    continue  # no IPv6 on this machine: nothing can be listening there
+                raise PortError(f"cannot listen on {address}:{port} ({what}): {err.strerror}") from None
