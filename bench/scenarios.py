@@ -224,18 +224,23 @@ def many_devices(stack: Stack, sizes: Sizes) -> Figure:
         joined_in = time.monotonic() - start
         time.sleep(sizes.fleet_seconds)
     finally:
+        stopping = time.monotonic()
         fleet.stop(timeout=120)
+        stopped_in = time.monotonic() - stopping
     sent = {d.name: d.sent.get(Topic.PHOTORESISTOR_STATUS, 0) for d in fleet.devices}
     expected_total = sum(sent.values())
+    settling = time.monotonic()
     wait_stable(lambda: sum(stack.counts().get(name, 0) - before.get(name, 0) for name in sent), expected_total,
                 timeout=60)
+    settled_in = time.monotonic() - settling
     after = stack.counts()
     lost = sum(max(0, n - (after.get(name, 0) - before.get(name, 0))) for name, n in sent.items())
     return Figure(
         "devices_2000", f"{sizes.fleet:,} simultaneous virtual devices, 1 reading/s each",
         f"all joined in {joined_in:.1f} s, {expected_total:,} readings, {lost} lost",
         "all joined within 30 s, nothing lost", joined_in <= 30 and lost == 0,
-        {"devices": sizes.fleet, "joined_s": round(joined_in, 1), "readings": expected_total, "lost": lost},
+        {"devices": sizes.fleet, "joined_s": round(joined_in, 1), "readings": expected_total, "lost": lost,
+         "left_s": round(stopped_in, 1), "settled_s": round(settled_in, 1)},
     )
 
 
@@ -268,7 +273,7 @@ def memory(stack: Stack, load: Load, sizes: Sizes) -> Figure:
     finally:
         blocker.rollback()
         blocker.close()
-    stored, _ = wait_stable(lambda: total(stack) - before, sent, timeout=120)
+    stored, _ = wait_stable(lambda: total(stack) - before, sent, timeout=120, quiet=15)
     stop.set()
     sampler.join()
     grown = (peak - baseline) / 2**20

@@ -241,7 +241,9 @@ class Writer:
                              _reason(err), delay)
                 self._load_quietly()
                 time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                # Each attempt already waits up to the busy timeout (5 s) for a lock: keep the pause short so
+                # that writing resumes as soon as the database can be written again.
+                delay = min(delay * 2, 2.0)
                 continue
             self._after_commit(done, len(batch))
             return

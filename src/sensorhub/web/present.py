@@ -24,6 +24,20 @@ def utc_text_ms(moment: datetime) -> str:
     return f"{text[:-3]} UTC"
 
 
+def utc_pair(moment: datetime) -> tuple[str, str]:
+    """ISO-8601 and `2025-04-06 13:39:37.603 UTC` from one formatting (/historique shows thousands)."""
+    text = moment.astimezone(UTC).isoformat(timespec="microseconds")
+    return text, f"{text[:10]} {text[11:23]} UTC"
+
+
+#: The label of every possible value of each kind, looked up rather than computed for each value shown.
+VALUE_LABELS: dict[Kind, list[str]] = {
+    Kind.LED: ["éteinte", "allumée"],
+    Kind.BUTTON: ["relâché", "appuyé"],
+    Kind.LIGHT: [f"{percent} %" for percent in range(101)],
+}
+
+
 def iso(moment: datetime) -> str:
     """ISO-8601 in UTC with its offset, as the API gives every timestamp."""
     return moment.astimezone(UTC).isoformat()
@@ -90,7 +104,8 @@ def chart_points(values: list[Value]) -> list[dict[str, Any]]:
 def register_filters(app: Flask) -> None:
     """Make the helpers above available in the templates."""
     app.jinja_env.filters.update(
-        utc=utc_text, utc_ms=utc_text_ms, iso=iso, led_label=led_label, button_label=button_label,
+        utc=utc_text, utc_ms=utc_text_ms, utc_pair=utc_pair, iso=iso, led_label=led_label, button_label=button_label,
         light_label=light_label, chart_points=chart_points,
     )
-    app.jinja_env.globals.update(Kind=Kind, KIND_TITLES=KIND_TITLES, value_label=value_label)
+    app.jinja_env.globals.update(Kind=Kind, KIND_TITLES=KIND_TITLES, value_label=value_label,
+                                 VALUE_LABELS=VALUE_LABELS)
