@@ -187,7 +187,7 @@ def test_the_led_toggle_switches_the_device_and_every_browser_follows(
         open_capteurs(page, stack)
         open_capteurs(other, stack)
         mine, theirs = card(page, name_of(fleet, 0)), card(other, name_of(fleet, 0))
-        expect(theirs.locator("[data-led-state]")).to_have_text("inconnue")
+        expect(theirs.locator("[data-led-state]")).to_have_text("éteinte")  # reported when its session started
         mine.locator("[data-led-toggle]").click()
         wait_for(lambda: fleet.devices[0].led, 5, what="the simulated LED to switch on")
         expect(theirs.locator("[data-led-state]")).to_have_text("allumée", timeout=3_000)
@@ -233,7 +233,7 @@ def test_a_failed_led_command_is_shown_on_the_card(page: Page, stack: Stack, fle
     expect(error).to_contain_text("le client d'ingestion ne tourne pas")
     expect(shown.locator("[data-led-toggle]")).not_to_be_checked()  # reverted: the UI does not pretend
     expect(shown.locator("[data-led-toggle]")).to_be_enabled()
-    expect(shown.locator("[data-led-state]")).to_have_text("inconnue")
+    expect(shown.locator("[data-led-state]")).to_have_text("éteinte")
     assert fleet.devices[0].led is False
 
 
@@ -349,9 +349,10 @@ def test_renaming_from_the_page_keeps_the_live_session(page: Page, stack: Stack,
 
 
 def test_historique_shows_the_recorded_values(page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
-    fleet = fleets(1, interval=0.2)
+    fleet = fleets(2, interval=0.2)
     fleet.press_button(0)
     device_id = next(d["id"] for d in stack.api("/api/devices") if d["session_name"] == name_of(fleet, 0))
+    quiet_id = next(d["id"] for d in stack.api("/api/devices") if d["session_name"] == name_of(fleet, 1))
     wait_for(lambda: len(stack.api(f"/api/devices/{device_id}")["history"]["light"]) >= 5, 5, what="readings")
     page.goto(stack.url("/historique"))
     recorded_light = {v["at"]: v["value"] for v in stack.api(f"/api/devices/{device_id}")["history"]["light"]}
@@ -368,7 +369,9 @@ def test_historique_shows_the_recorded_values(page: Page, stack: Stack, fleets: 
         assert items.nth(i).locator(".value").inner_text() == f"{recorded_light[at]} %"
     assert moments == sorted(moments, reverse=True)  # newest first
     expect(shown.locator('[data-kind="button"] .value')).to_have_text(["relâché", "appuyé"])
-    expect(shown.locator('[data-kind="led"]')).to_contain_text("Aucune valeur enregistrée")
+    expect(shown.locator('[data-kind="led"] .value')).to_have_text(["éteinte"])
+    # a device whose button nobody pressed says so
+    expect(page.locator(f'#appareil-{quiet_id} [data-kind="button"]')).to_contain_text("Aucune valeur enregistrée")
 
 
 def test_the_layout_toggle_switches_and_is_remembered(page: Page, stack: Stack,

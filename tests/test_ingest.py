@@ -391,3 +391,25 @@ def test_missing_database_is_one_clear_line(settings: Settings, tmp_path: Path) 
                             timeout=20, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("sensorhub: error: no database at")
+
+
+def test_fifo_command_reaches_the_right_simulated_device_and_its_status_is_stored(
+        ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    from sensorhub.simulator import Fleet
+
+    fleet = Fleet(settings, count=2, interval=60, button_every=None, seed=99)
+    fleet.start()
+    try:
+        fleet.wait_joined(10)
+        target, bystander = fleet.devices
+        wait_for(lambda: online(engine, target.name) and online(engine, bystander.name), 5)
+        found = row(engine, target.name)
+        assert found is not None
+        send_command(settings.fifo, LedRequest(found["id"], target.session, True))
+        wait_for(lambda: target.led, 5, what="the simulated LED to switch on")
+        wait_for(lambda: values(engine, "led_reading", target.name) == [0, 1], 5,
+                 what="the initial report and the confirmation stored")
+        assert bystander.led is False and bystander.commands_received == 0
+        assert values(engine, "led_reading", bystander.name) == [0]
+    finally:
+        fleet.stop()

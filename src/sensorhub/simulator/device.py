@@ -343,6 +343,8 @@ class VirtualDevice:
             try:
                 await client.subscribe(str(Topic.LED_COMMAND), qos=QOS[Topic.LED_COMMAND])
                 await self._publish(client, Topic.JOIN, ref, self._join_qos)
+                # Like a firmware that reports its state on start: the web UI knows the LED from the first moment.
+                await self._publish(client, Topic.LED_STATUS, self._reading(int(self.led)), QOS[Topic.LED_STATUS])
                 self.joined, self._client, self._session_started = True, client, time.monotonic()
                 self.sessions += 1
                 logger.info("device %d joined: %s -> %s (session %s)", self.index, self.mac, self.name, self.session)

@@ -40,7 +40,7 @@ VALUE_LABELS: dict[Kind, list[str]] = {
 
 def iso(moment: datetime) -> str:
     """ISO-8601 in UTC with its offset, as the API gives every timestamp."""
-    return moment.astimezone(UTC).isoformat()
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def led_label(value: int | None) -> str:
