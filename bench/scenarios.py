@@ -235,11 +235,13 @@ def many_devices(stack: Stack, sizes: Sizes) -> Figure:
     settled_in = time.monotonic() - settling
     after = stack.counts()
     lost = sum(max(0, n - (after.get(name, 0) - before.get(name, 0))) for name, n in sent.items())
+    duplicated = sum(max(0, (after.get(name, 0) - before.get(name, 0)) - n) for name, n in sent.items())
     return Figure(
         "devices_2000", f"{sizes.fleet:,} simultaneous virtual devices, 1 reading/s each",
-        f"all joined in {joined_in:.1f} s, {expected_total:,} readings, {lost} lost",
+        f"all joined in {joined_in:.1f} s, {expected_total:,} readings, {lost} lost, {duplicated} duplicated",
         "all joined within 30 s, nothing lost", joined_in <= 30 and lost == 0,
         {"devices": sizes.fleet, "joined_s": round(joined_in, 1), "readings": expected_total, "lost": lost,
+         "duplicated": duplicated,
          "left_s": round(stopped_in, 1), "settled_s": round(settled_in, 1)},
     )
 

@@ -456,8 +456,16 @@ class VirtualDevice:
     async def _publish(self, client: aiomqtt.Client, topic: Topic, payload: bytes, qos: int) -> None:
         if self._silenced:
             raise DeviceNotReady(f"device {self.label} has left")
-        await client.publish(str(topic), payload, qos=qos)
+        # Counted as soon as paho has it (the coroutine's first step, before any await): a publish that is
+        # cancelled while waiting for its confirmation has still been sent, and the benchmarks count on it.
         self.sent[str(topic)] += 1
+        try:
+            await client.publish(str(topic), payload, qos=qos)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self.sent[str(topic)] -= 1
+            raise
 
     def _session_client(self) -> aiomqtt.Client:
         client = self._client
