@@ -67,6 +67,8 @@ def test_run_demo_comes_up_flows_and_stops_cleanly(settings: Settings, tmp_path:
             return sum(1 for d in devices if d["online"] and d["light"] is not None) == 3
 
         wait_for(three_online_with_light, 30, what="3 demo devices online with light readings")
+        stats = api(settings, "/api/stats")
+        assert isinstance(stats, dict) and stats["devices"] == 3 and stats["online"] == 3
         # a component that dies is named and restarted
         client = next(c for c in children if "client" in " ".join(c.cmdline()))
         client.send_signal(signal.SIGKILL)

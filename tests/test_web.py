@@ -444,11 +444,13 @@ def test_api_unknown_device_and_routes_answer_json(client: FlaskClient) -> None:
 def test_api_stats(client: FlaskClient, engine: Engine) -> None:
     first = add_device(engine, "capteur01", 1)
     add_device(engine, "capteur02", 2, online=False)
+    add_device(engine, "capteur03", 3)
+    add_device(engine, "capteur04", 4)
     start = datetime.now(UTC) - timedelta(hours=1)
     add_readings(engine, LightReading, first, [1, 2, 3], start)
     add_readings(engine, ButtonReading, first, [1], start)
     assert client.get("/api/stats").get_json() == {
-        "devices": 2, "online": 1, "readings": {"led": 0, "button": 1, "light": 3}}
+        "devices": 4, "online": 3, "readings": {"led": 0, "button": 1, "light": 3}}
 
 
 # -- CSRF and bad requests ---------------------------------------------------------------------------------------
