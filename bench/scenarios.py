@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -286,8 +285,3 @@ def memory(stack: Stack, load: Load, sizes: Sizes) -> Figure:
         {"baseline_mib": round(baseline / 2**20), "peak_mib": round(peak / 2**20), "queue_max": QUEUE_MAX,
          "sent": sent, "stored": stored},
     )
-
-
-def spread(values: list[float]) -> str:
-    """A short summary of timings."""
-    return f"p50 {statistics.median(values):.1f} ms, p99 {percentile(values, 0.99):.1f} ms"

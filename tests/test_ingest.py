@@ -26,6 +26,7 @@ from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
 from sensorhub.ingest.service import IngestClient
 from sensorhub.protocol import Topic
 from tests.devices import RawDevice
+from tests.stack import CLIENT_READY, Component, ingest_client
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -305,27 +306,16 @@ def test_devices_not_heard_after_a_broker_restart_go_offline(settings: Settings,
         first_broker.stop()
 
 
-def start_client_process(settings: Settings, log: Path, ready_before: int = 0) -> subprocess.Popen[bytes]:
-    """Run `sensorhub client` as a process, its log appended to `log`; return once it is ready."""
-    env = {**os.environ, **settings.environ()}
-    with log.open("ab") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "sensorhub", "client"], env=env, stderr=handle)
-    wait_for(lambda: log.read_text().count("ingest client ready") > ready_before or process.poll() is not None, 15,
-             what="the ingest client to be ready")
-    assert process.poll() is None, log.read_text()[-2000:]
-    return process
-
-
-def test_sigkill_while_a_device_publishes_qos1_loses_nothing(
-        settings: Settings, engine: Engine, broker: Broker, tmp_path: Path) -> None:
-    log = tmp_path / "client.log"
-    process = start_client_process(settings, log)
+def test_sigkill_while_a_device_publishes_qos1_loses_nothing(settings: Settings, engine: Engine,
+                                                            broker: Broker) -> None:
+    first = Component("client", ["client"], settings, CLIENT_READY)
+    first.start()
     device = RawDevice(settings.mqtt_port, "02:00:00:00:00:A0")
     name, _ = device.join()
     wait_for(lambda: online(engine, name), 5)
     half = 1500
     path = sqlite_path(settings.database_url)
-    assert path is not None
+    assert path is not None and first.process is not None
     # A slow disk: another connection holds the write lock, so the client receives but cannot commit.
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
@@ -334,42 +324,36 @@ def test_sigkill_while_a_device_publishes_qos1_loses_nothing(
         for info in infos:
             info.wait_for_publish(30)
         time.sleep(0.5)  # delivered to the client, waiting in its queue
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        first.process.send_signal(signal.SIGKILL)
+        first.stop()
     finally:
         blocker.rollback()
         blocker.close()
     infos = [device.reading(Topic.LED_STATUS, number % 2, qos=1) for number in range(half)]  # while it is down
     for info in infos:
         info.wait_for_publish(30)
-    before = log.read_text().count("ingest client ready")
-    process = start_client_process(settings, log, before)
     try:
-        wait_for(lambda: count(engine, "led_reading", name) >= 2 * half, 30,
-                 what=f"all {2 * half} QoS 1 readings (have {count(engine, 'led_reading', name)})")
+        with ingest_client(settings) as restarted:
+            wait_for(lambda: count(engine, "led_reading", name) >= 2 * half, 30,
+                     what=f"all {2 * half} QoS 1 readings (have {count(engine, 'led_reading', name)})")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(15)
         device.close()
-    assert process.returncode == 0
+    assert restarted.process is not None and restarted.process.returncode == 0
 
 
-def test_sigterm_flushes_and_closes_the_pipe(settings: Settings, engine: Engine, broker: Broker,
-                                             tmp_path: Path) -> None:
-    log = tmp_path / "client.log"
-    process = start_client_process(settings, log)
-    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:B0")
-    name, _ = device.join()
-    wait_for(lambda: online(engine, name), 5)
-    for number in range(500):
-        device.reading(Topic.PHOTORESISTOR_STATUS, number % 101)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(15) == 0
+def test_sigterm_flushes_and_closes_the_pipe(settings: Settings, engine: Engine, broker: Broker) -> None:
+    with ingest_client(settings) as client:
+        device = RawDevice(settings.mqtt_port, "02:00:00:00:00:B0")
+        name, _ = device.join()
+        wait_for(lambda: online(engine, name), 5)
+        for number in range(500):
+            device.reading(Topic.PHOTORESISTOR_STATUS, number % 101)
+        time.sleep(0.5)
+        assert client.stop(15) == 0  # SIGTERM
     assert count(engine, "light_reading", name) == 500
     with pytest.raises(ClientNotRunning):
         send_command(settings.fifo, LedRequest(1, "1", True))
-    assert "ingest client stopped" in log.read_text()
+    assert "ingest client stopped" in client.output()
     device.close()
 
 

@@ -18,15 +18,9 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def utc_text_ms(moment: datetime) -> str:
-    """`2025-04-06 13:39:37.603 UTC` (readings can be less than a second apart)."""
-    text = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return f"{text[:-3]} UTC"
-
-
 def utc_pair(moment: datetime) -> tuple[str, str]:
     """ISO-8601 and `2025-04-06 13:39:37.603 UTC` from one formatting (/historique shows thousands)."""
-    text = moment.astimezone(UTC).isoformat(timespec="microseconds")
+    text = iso(moment)
     return text, f"{text[:10]} {text[11:23]} UTC"
 
 
@@ -45,26 +39,17 @@ def iso(moment: datetime) -> str:
 
 def led_label(value: int | None) -> str:
     """allumée / éteinte / inconnue."""
-    return "inconnue" if value is None else ("allumée" if value else "éteinte")
+    return "inconnue" if value is None else VALUE_LABELS[Kind.LED][value]
 
 
 def button_label(value: int | None) -> str:
     """appuyé / relâché (a button nobody pressed yet is released)."""
-    return "appuyé" if value else "relâché"
+    return VALUE_LABELS[Kind.BUTTON][value or 0]
 
 
 def light_label(value: int | None) -> str:
     """`58 %`, or a dash when nothing was measured yet."""
-    return "—" if value is None else f"{value} %"
-
-
-def value_label(kind: Kind, value: int | None) -> str:
-    """The label of a value of `kind`."""
-    if kind is Kind.LED:
-        return led_label(value)
-    if kind is Kind.BUTTON:
-        return button_label(value)
-    return light_label(value)
+    return "—" if value is None else VALUE_LABELS[Kind.LIGHT][value]
 
 
 def device_json(device: DeviceRow) -> dict[str, Any]:
@@ -104,8 +89,7 @@ def chart_points(values: list[Value]) -> list[dict[str, Any]]:
 def register_filters(app: Flask) -> None:
     """Make the helpers above available in the templates."""
     app.jinja_env.filters.update(
-        utc=utc_text, utc_ms=utc_text_ms, utc_pair=utc_pair, iso=iso, led_label=led_label, button_label=button_label,
+        utc=utc_text, utc_pair=utc_pair, iso=iso, led_label=led_label, button_label=button_label,
         light_label=light_label, chart_points=chart_points,
     )
-    app.jinja_env.globals.update(Kind=Kind, KIND_TITLES=KIND_TITLES, value_label=value_label,
-                                 VALUE_LABELS=VALUE_LABELS)
+    app.jinja_env.globals.update(Kind=Kind, KIND_TITLES=KIND_TITLES, VALUE_LABELS=VALUE_LABELS)
