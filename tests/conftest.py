@@ -24,6 +24,7 @@ def settings(tmp_path: Path) -> Settings:
         mqtt_ws_port=free_port(),
         web_port=free_port(),
         fifo=str(tmp_path / "led.fifo"),
+        state_dir=str(tmp_path / "var"),
         broker_log=str(tmp_path / "mosquitto.log"),
         broker_max_connections=-1,
         keepalive=2,

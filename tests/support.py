@@ -5,7 +5,10 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from sensorhub.config import Settings
+from sensorhub.credentials import CLIENT_USER, client_password
 
 T = TypeVar("T")
 
@@ -13,6 +16,11 @@ T = TypeVar("T")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
+
+
+def log_in_as_server(client: Any, settings: Settings) -> None:
+    """Give a paho client the ingest client's broker user: only it may publish nameAssign and led/command."""
+    client.username_pw_set(CLIENT_USER, client_password(settings))
 
 
 def free_port() -> int:

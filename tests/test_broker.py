@@ -19,14 +19,17 @@ from sensorhub.broker import BASE_CONFIG, Broker, render_config
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
 from sensorhub.ports import PortError
-from tests.support import free_port, wait_for
+from tests.support import free_port, log_in_as_server, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def connect(port: int, transport: str = "tcp", client_id: str = "") -> mqtt.Client:
+def connect(port: int, transport: str = "tcp", client_id: str = "", login: Settings | None = None) -> mqtt.Client:
+    """A connected client: anonymous (a board), or the ingest client's broker user with `login`."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, transport=transport,
                          protocol=mqtt.MQTTv5)
+    if login is not None:
+        log_in_as_server(client, login)
     client.connect("127.0.0.1", port, keepalive=5)
     client.loop_start()
     wait_for(client.is_connected, 5, what=f"a {transport} connection on port {port}")
@@ -80,7 +83,7 @@ def test_mosquitto_sub_connects(broker: Broker, settings: Settings) -> None:
 
 def test_packet_size_limit_is_enforced(broker: Broker, settings: Settings) -> None:
     received: list[bytes] = []
-    sub = connect(settings.mqtt_port)
+    sub = connect(settings.mqtt_port, login=settings)
     sub.on_message = lambda _c, _u, msg: received.append(msg.payload)
     sub.subscribe("photoresistor/status")
     time.sleep(0.2)

@@ -93,7 +93,7 @@ class PipeClient:
     """Plays the ingest client's part of the FIFO: a thread reads the lines; it may also apply renames."""
 
     def __init__(self, path: str, engine: Engine | None = None) -> None:
-        os.mkfifo(path)
+        os.mkfifo(path, 0o600)
         self.engine = engine
         self.lines: queue.Queue[bytes] = queue.Queue()
         self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -694,4 +694,11 @@ def test_gunicorn_configuration(settings: Settings) -> None:
 
 def test_secret_key_comes_from_the_settings(settings: Settings) -> None:
     assert create_app(settings.replace(secret_key="s3cret")).secret_key == "s3cret"
-    assert create_app(settings).secret_key != create_app(settings).secret_key
+    # Without one, a key is generated once in the state directory, private, and kept across restarts.
+    generated = create_app(settings).secret_key
+    assert isinstance(generated, str) and len(generated) >= 40
+    assert create_app(settings).secret_key == generated
+    key_file = Path(settings.state_dir) / "web.secret"
+    assert key_file.read_text().strip() == generated and key_file.stat().st_mode & 0o777 == 0o600
+    other = settings.replace(state_dir=str(Path(settings.state_dir).parent / "other-var"))
+    assert create_app(other).secret_key != generated
