@@ -12,10 +12,10 @@ from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from sqlalchemy.exc import SQLAlchemyError
 
+from sensorhub import accounts
 from sensorhub.config import Settings
 from sensorhub.db.engine import sqlite_path
 from sensorhub.ports import ensure_free
-from sensorhub import accounts
 from sensorhub.tls import check_tls_files
 from sensorhub.web import create_app, vendor
 from sensorhub.web.database import ReadOnlyDatabase
