@@ -12,24 +12,13 @@ from sqlalchemy import Engine
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
-from tests.support import free_port
+from tests.support import settings_for
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings pointing at a temporary database, FIFO and log, with free ports."""
-    return Settings().replace(
-        database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        mqtt_port=free_port(),
-        mqtt_ws_port=free_port(),
-        web_port=free_port(),
-        fifo=str(tmp_path / "led.fifo"),
-        state_dir=str(tmp_path / "var"),
-        broker_log=str(tmp_path / "mosquitto.log"),
-        broker_max_connections=-1,
-        keepalive=2,
-        log_level="DEBUG",
-    )
+    return settings_for(tmp_path)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sensorhub.config import Settings
@@ -16,6 +17,24 @@ T = TypeVar("T")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
+
+
+def settings_for(directory: Path) -> Settings:
+    """Settings pointing at a temporary database, state directory, FIFO and log in `directory`, on free ports."""
+    return Settings().replace(
+        database_url=f"sqlite:///{directory / 'db.sqlite3'}",
+        mqtt_port=free_port(),
+        mqtt_ws_port=free_port(),
+        web_port=free_port(),
+        fifo=str(directory / "led.fifo"),
+        state_dir=str(directory / "var"),
+        broker_log=str(directory / "mosquitto.log"),
+        broker_max_connections=-1,
+        keepalive=2,
+        log_level="DEBUG",
+        mqtt_tls_port=free_port(),
+        mqtt_wss_port=free_port(),
+    )
 
 
 def log_in_as_server(client: Any, settings: Settings) -> None:

@@ -55,6 +55,22 @@ def test_render_config_overrides_ports_log_and_limit(tmp_path: Path) -> None:
     assert "max_packet_size 200" in text
 
 
+def test_render_config_gives_the_tls_twins_the_same_rules_and_can_close_anonymous_access(tmp_path: Path) -> None:
+    cert, key, passwd = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "passwd"
+    settings = Settings().replace(mqtt_tls_port=8884, mqtt_wss_port=9444, device_password="long enough")
+    text = render_config(settings, tmp_path / "b.log", passwd=passwd, tls=(cert, key))
+    blocks = {block.split("\n", 1)[0]: block for block in text.split("\nlistener ")[1:]}
+    assert set(blocks) == {"1883", "9001", "8884", "9444"}
+    for plain, secure in (("1883", "8884"), ("9001", "9444")):
+        rules = [line for line in blocks[plain].splitlines()[1:] if line and not line.startswith("#")]
+        assert all(rule in blocks[secure] for rule in rules)
+        assert f"certfile {cert}" in blocks[secure] and f"keyfile {key}" in blocks[secure]
+    assert "allow_anonymous false" in blocks["1883"] and "allow_anonymous false" in blocks["8884"]
+    assert "allow_anonymous true" in blocks["9001"]  # browsers stay anonymous, and read-only
+    assert f"password_file {passwd}" in blocks["1883"]
+    assert f"acl_file {BASE_CONFIG.parent / 'acl.browsers'}" in blocks["9444"]
+
+
 def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings: Settings) -> None:
     received: list[bytes] = []
     ws = connect(settings.mqtt_ws_port, transport="websockets")

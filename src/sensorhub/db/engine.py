@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,11 @@ def make_engine(url: str, *, read_only: bool = False, create_dir: bool = False) 
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise DatabaseError(f"cannot create the database directory {path.parent}: {err}") from err
+            try:
+                # Readable by its owner only (SQLite gives its -wal and -shm files the same mode).
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            except OSError as err:
+                raise DatabaseError(f"cannot create the database {path}: {err.strerror}") from err
         elif not path.exists():
             raise DatabaseError(f"no database at {path}: create it with `make db` (sensorhub db init)")
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})

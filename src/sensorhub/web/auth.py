@@ -34,7 +34,7 @@ bp = Blueprint("auth", __name__)
 THROTTLE_LIMIT = 5
 THROTTLE_WINDOW = 60.0
 #: Reachable without a login even when the site is private.
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.logout", "static"})
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.login_post", "auth.logout", "static"})
 LOGIN_REQUIRED = "connectez-vous pour piloter les appareils (/login)"
 
 F = TypeVar("F", bound=Callable[..., Any])
