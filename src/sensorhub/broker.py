@@ -106,12 +106,14 @@ def _user_line(paths: list[Path]) -> str | None:
     """`user root` when mosquitto, started as root, could not reach its files as the mosquitto user."""
     if os.geteuid() != 0:
         return None
-    if mosquitto_account() is None:
+    account = mosquitto_account()
+    if account is None:
         return "user root"  # no such user to drop to: stay root rather than fail
     for path in paths:
         parent = path.resolve().parent
         for directory in (parent, *parent.parents):
-            if not os.stat(directory).st_mode & 0o001:
+            info = os.stat(directory)
+            if not (info.st_mode & 0o001 or (info.st_uid == account.pw_uid and info.st_mode & 0o100)):
                 logger.warning("%s is not searchable by the mosquitto user; the broker keeps root", directory)
                 return "user root"
     return None
