@@ -51,17 +51,11 @@ def check_password(password: str) -> str:
     return password
 
 
-def ensure_table(engine: Engine) -> None:
-    """Create the accounts table in a database made before accounts existed."""
-    WebUser.metadata.create_all(engine, tables=[WebUser.metadata.tables[WebUser.__tablename__]])
-
-
 def add(engine: Engine, name: str, password: str) -> None:
     """Create an account; AccountError if the name is taken."""
     check_name(name)
     digest = generate_password_hash(check_password(password), method="scrypt")
     now = datetime.now(UTC)
-    ensure_table(engine)
     try:
         with engine.begin() as conn:
             conn.execute(insert(WebUser).values(name=name, password_hash=digest, created_at=now, changed_at=now))
@@ -73,7 +67,6 @@ def add(engine: Engine, name: str, password: str) -> None:
 def set_password(engine: Engine, name: str, password: str) -> None:
     """Change an account's password (its open sessions end); AccountError if it does not exist."""
     digest = generate_password_hash(check_password(password), method="scrypt")
-    ensure_table(engine)
     with engine.begin() as conn:
         done = conn.execute(update(WebUser).where(WebUser.name == name)
                             .values(password_hash=digest, changed_at=datetime.now(UTC))).rowcount
@@ -83,7 +76,6 @@ def set_password(engine: Engine, name: str, password: str) -> None:
 
 def remove(engine: Engine, name: str) -> None:
     """Delete an account (its open sessions end); AccountError if it does not exist."""
-    ensure_table(engine)
     with engine.begin() as conn:
         done = conn.execute(delete(WebUser).where(WebUser.name == name)).rowcount
     if not done:
@@ -92,7 +84,6 @@ def remove(engine: Engine, name: str) -> None:
 
 def list_accounts(engine: Engine) -> list[Account]:
     """Every account, by name."""
-    ensure_table(engine)
     with engine.connect() as conn:
         rows = conn.execute(select(WebUser.name, WebUser.created_at, WebUser.changed_at).order_by(WebUser.name))
         return [Account(*row) for row in rows]

@@ -31,6 +31,8 @@ def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def configure_logging(settings: Settings) -> None:
     """Send log records to stderr at the configured level (only the CLI configures handlers)."""
     logging.basicConfig(level=settings.log_level_number, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    # Alembic announces each of its plugins at INFO; its "Running upgrade" lines stay.
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, settings.log_level_number))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -142,22 +144,42 @@ def db_seed(settings: Settings, devices: int) -> None:
     click.echo(f"added {added} demo devices with a day of readings")
 
 
+@db.command("upgrade")
+@pass_settings
+def db_upgrade(settings: Settings) -> None:
+    """Bring the database's schema to this version of sensorhub (migrations; keeps every row)."""
+    from sensorhub.db.schema import upgrade
+
+    before, after = upgrade(settings.database_url)
+    click.echo(f"database at schema {after}" + (f" (was {before or 'empty'})" if before != after else ""))
+
+
 @db.command("reset")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_settings
 def db_reset(settings: Settings, yes: bool) -> None:
-    """Delete every device and reading, then recreate an empty schema."""
+    """Delete every device and reading, then recreate an empty schema (web accounts are kept)."""
+    from sqlalchemy import MetaData, insert, select
+
     from sensorhub.db.engine import init_db, make_engine
-    from sensorhub.db.models import Base
+    from sensorhub.db.models import WebUser
+    from sensorhub.db.schema import check_schema
 
     if not yes:
         click.confirm(f"Delete ALL devices and readings in {settings.database_url}?", abort=True)
-    engine = make_engine(settings.database_url, create_dir=True)
+    check_schema(settings.database_url)  # never drop the tables of something that is not ours
+    engine = make_engine(settings.database_url)
     with engine.begin() as conn:
         # Web accounts are kept: they are configuration, not recorded data.
-        Base.metadata.drop_all(conn, tables=[t for t in Base.metadata.sorted_tables if t.name != "web_user"])
+        accounts = [dict(row) for row in conn.execute(select(WebUser.__table__)).mappings()]
+        tables = MetaData()
+        tables.reflect(conn)
+        tables.drop_all(conn)
     init_db(engine)
-    click.echo("database reset (web accounts kept)")
+    if accounts:
+        with engine.begin() as conn:
+            conn.execute(insert(WebUser), accounts)
+    click.echo(f"database reset ({len(accounts)} web account(s) kept)")
 
 
 @cli.group()
@@ -166,11 +188,11 @@ def user() -> None:
 
 
 def _accounts_engine(settings: Settings) -> Any:
-    from sensorhub.db.engine import check_schema, make_engine
+    from sensorhub.db.engine import make_engine
+    from sensorhub.db.schema import check_schema
 
-    engine = make_engine(settings.database_url)
-    check_schema(engine)
-    return engine
+    check_schema(settings.database_url)
+    return make_engine(settings.database_url)
 
 
 def _new_password(name: str) -> str:
