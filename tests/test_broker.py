@@ -40,7 +40,8 @@ def test_base_config_has_the_specifications_settings() -> None:
     lines = {line.strip() for line in BASE_CONFIG.read_text().splitlines() if line and not line.startswith("#")}
     for expected in ("log_dest file mqtt/mosquitto.log", "log_dest stderr", "log_timestamp true",
                      "connection_messages true", "max_keepalive 12", "max_packet_size 200",
-                     "persistence false", "listener 1883", "listener 9001", "protocol websockets",
+                     "persistence true", "persistence_location var/mosquitto/", "listener 1883", "listener 9001",
+                     "protocol websockets",
                      "allow_anonymous true", "max_connections 20"):
         assert expected in lines
 

@@ -87,6 +87,8 @@ def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | N
         return f"acl_file {PROJECT_ROOT / match[1]}"
     if line.startswith("password_file") and passwd is not None:
         return f"password_file {passwd}"
+    if line.startswith("persistence_location") and passwd is not None:
+        return f"persistence_location {passwd.parent}/"
     return line
 
 

@@ -97,10 +97,15 @@ def simulate(settings: Settings, devices: int, interval: float, mqtt_version: st
 @click.option("--workers", type=click.IntRange(1, 32), default=None, help="gunicorn worker processes.")
 @pass_settings
 def web(settings: Settings, debug: bool, workers: int | None) -> None:
-    """Run the web server (gunicorn on SENSORHUB_WEB_HOST:SENSORHUB_WEB_PORT)."""
-    from sensorhub.web.serve import serve
+    """Run the web server (gunicorn on SENSORHUB_WEB_HOST:SENSORHUB_WEB_PORT, restarted if it dies)."""
+    if debug:
+        from sensorhub.web.serve import serve
 
-    serve(settings, debug=debug, workers=workers)
+        serve(settings, debug=True)
+        return
+    from sensorhub.webserver import run_web
+
+    sys.exit(run_web(settings, workers))
 
 
 @cli.command()

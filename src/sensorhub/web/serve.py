@@ -93,8 +93,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return self._app
 
 
-def gunicorn_options(settings: Settings, workers: int) -> dict[str, Any]:
-    """gunicorn's settings for `settings`."""
+def gunicorn_options(settings: Settings, workers: int, fd: int | None = None) -> dict[str, Any]:
+    """gunicorn's settings for `settings`; with `fd`, it serves on that already listening socket."""
     host = settings.web_host
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     url = _url(host, settings.web_port, settings.tls)
@@ -104,7 +104,7 @@ def gunicorn_options(settings: Settings, workers: int) -> dict[str, Any]:
                     workers)
 
     options: dict[str, Any] = {
-        "bind": [f"{bind_host}:{settings.web_port}"],
+        "bind": [f"fd://{fd}" if fd is not None else f"{bind_host}:{settings.web_port}"],
         "workers": workers,
         "worker_class": "gthread",
         "threads": THREADS,
@@ -126,17 +126,19 @@ def gunicorn_options(settings: Settings, workers: int) -> dict[str, Any]:
     return options
 
 
-def serve(settings: Settings, debug: bool = False, workers: int | None = None) -> None:
-    """Serve the app: gunicorn on web_host:web_port, or with `debug` Flask's server on localhost:5000."""
+def serve(settings: Settings, debug: bool = False, workers: int | None = None, fd: int | None = None) -> None:
+    """Serve the app: gunicorn on web_host:web_port (or the listening socket `fd`, see sensorhub.webserver), or with
+    `debug` Flask's server on localhost:5000."""
     if debug:
         _serve_debug(settings)
         return
-    ensure_free(settings.web_port, "SENSORHUB_WEB_PORT", "web server", host=settings.web_host)
+    if fd is None:
+        ensure_free(settings.web_port, "SENSORHUB_WEB_PORT", "web server", host=settings.web_host)
     if settings.tls:
         check_tls_files(settings)
     _warn_about_setup(settings)
     app = create_app(settings)
-    _Gunicorn(app, gunicorn_options(settings, workers or DEFAULT_WORKERS)).run()
+    _Gunicorn(app, gunicorn_options(settings, workers or DEFAULT_WORKERS, fd)).run()
 
 
 def _serve_debug(settings: Settings) -> None:
