@@ -191,6 +191,22 @@ class WebUser(Base):
     changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class Quarantine(Base):
+    """A valid message the database refused, kept with the reason rather than dropped once acknowledged."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (
+        _timestamp_check("received_at"),
+        Index("ix_quarantine_received_at", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    topic: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(String(512))
+
+
 READING_MODELS: dict[Kind, type[LedReading] | type[ButtonReading] | type[LightReading]] = {
     Kind.LED: LedReading,
     Kind.BUTTON: ButtonReading,
