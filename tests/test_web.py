@@ -430,6 +430,30 @@ def test_api_device_detail_has_the_last_ten_values_newest_first(client: FlaskCli
     assert [datetime.fromisoformat(v["at"]) for v in history["light"]] == moments[:2:-1]
 
 
+def test_api_index_lists_the_api_routes_with_their_docstrings(app: Flask, client: FlaskClient) -> None:
+    from sensorhub.web import api
+
+    for path in ("/api", "/api/"):
+        response = client.get(path)
+        assert response.status_code == 200 and response.mimetype == "application/json", path
+        body = response.get_json()
+        assert body["documentation"] == "docs/api.md"
+        listed = [(r["method"], r["path"]) for r in body["routes"]]
+        assert listed == [("GET", "/api"), ("GET", "/api/devices"), ("GET", "/api/devices/<device_id>"),
+                          ("GET", "/api/stats"), ("POST", "/api/devices/<device_id>/led"),
+                          ("POST", "/api/devices/<device_id>/name")]
+    described = {r["path"]: r["description"] for r in body["routes"] if r["method"] == "GET"}
+    assert api.devices.__doc__ is not None and described["/api/devices"] == api.devices.__doc__
+    assert all(r["description"] for r in body["routes"])
+    assert not any(r["path"].startswith(("/static", "/sensor", "/accueil")) for r in body["routes"])
+
+
+def test_the_footer_and_accueil_link_the_api_index(client: FlaskClient) -> None:
+    html = client.get("/accueil").get_data(as_text=True)
+    assert '<a href="/api">API JSON</a>' in html
+    assert '<a href="/api">/api</a>' in html and "docs/api.md" in html
+
+
 def test_api_unknown_device_and_routes_answer_json(client: FlaskClient) -> None:
     response = client.get("/api/devices/42")
     assert response.status_code == 404 and "42" in response.get_json()["error"]
