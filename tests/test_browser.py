@@ -433,6 +433,62 @@ def test_a_375px_phone_needs_no_horizontal_scrolling(browser: Browser, stack: St
     assert errors == []
 
 
+@pytest.fixture
+def site(settings: Settings, engine: Any) -> Iterator[Callable[[str], str]]:
+    """The web server alone (enough for /accueil): a function giving a path's URL."""
+    with web_server(settings, workers=1):
+        yield lambda path: web_url(settings, path)
+
+
+#: For every element of the channels table: its right edge beyond the box's, and its text nodes that take more
+#: than one line (a word broken in two: channel names and example parts must not).
+CHANNELS_LAYOUT = """() => {
+    const box = document.querySelector('.table-wrap');
+    const right = box.getBoundingClientRect().right;
+    // Column headings hidden in a 1 px clipped box (for screen readers) are not seen.
+    const seen = (el) => !el.closest('thead') || el.closest('thead').getBoundingClientRect().width > 1;
+    const beyond = [...box.querySelectorAll('*')]
+        .filter((el) => seen(el) && el.getBoundingClientRect().right > right + 0.5)
+        .map((el) => `${el.tagName.toLowerCase()} ${el.textContent.trim().slice(0, 30)}`);
+    const broken = [];
+    for (const code of box.querySelectorAll('code')) {
+        const walker = document.createTreeWalker(code, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            const range = document.createRange();
+            range.selectNodeContents(node);
+            const lines = new Set([...range.getClientRects()].map((rect) => Math.round(rect.top)));
+            if (lines.size > 1) broken.push(node.textContent);
+        }
+    }
+    return {beyond, broken, scrollable: getComputedStyle(box).overflowX !== 'visible'
+        && box.scrollWidth > box.clientWidth};
+}"""
+
+
+@pytest.mark.parametrize("width", [PHONE["width"], 800, DESKTOP["width"]])
+def test_the_channels_table_fits_its_box_or_scrolls_and_breaks_no_word(browser: Browser, site: Callable[[str], str],
+                                                                      width: int) -> None:
+    page, errors = new_page(browser, {"width": width, "height": 800})
+    try:
+        page.goto(site("/accueil"))
+        expect(page.locator(".channels tbody tr")).to_have_count(7)
+        layout = page.evaluate(CHANNELS_LAYOUT)
+        assert layout["broken"] == [], f"words broken across lines at {width} px"
+        assert layout["scrollable"] or layout["beyond"] == [], f"cut off, not scrollable, at {width} px: {layout}"
+        if width == PHONE["width"]:
+            # On a phone nothing has to be scrolled to: each channel is a card, the example under its label.
+            assert not layout["scrollable"] and layout["beyond"] == [], layout
+            row = page.locator(".channels tbody tr").filter(has_text="state/nameAssign")
+            example = row.locator('td[data-label="Exemple"]')
+            expect(example).to_contain_text("61:EC:ED:3B:25:B1;capteur01;1743946777.603371")
+            label = example.evaluate("(td) => getComputedStyle(td, '::before').content")
+            assert label == '"Exemple"'
+            no_horizontal_scroll(page)
+    finally:
+        page.context.close()
+    assert errors == []
+
+
 def test_screenshots_for_the_readme(page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
     fleet = fleets(3, interval=0.5)
     wait_for(lambda: all(recorded(stack, name_of(fleet, i)) for i in range(3)), 5, what="the joins")

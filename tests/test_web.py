@@ -195,7 +195,7 @@ def test_accueil_explains_how_to_connect_a_device(client: FlaskClient, settings:
     assert f"<code>{settings.mqtt_port}</code>" in html
     assert f"<code>{settings.mqtt_ws_port}</code>" in html
     for topic in Topic:
-        assert f"<code>{topic}</code>" in html
+        assert f'<code class="topic">{topic}</code>' in html
     for words in ("Broker Mosquitto", "Client d'ingestion", "Base SQLite", "Serveur web Flask", "keepalive",
                   "nom;session;0-100", "Keepalive"):
         assert words in html or words.lower() in html.lower()
