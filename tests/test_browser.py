@@ -374,22 +374,35 @@ def test_historique_shows_the_recorded_values(page: Page, stack: Stack, fleets: 
     expect(page.locator(f'#appareil-{quiet_id} [data-kind="button"]')).to_contain_text("Aucune valeur enregistrée")
 
 
+def expect_toggle_offers(page: Page, target: str) -> None:
+    """The layout button's label and icon name `target`; aria-pressed says whether the list is shown."""
+    toggle = page.locator("[data-layout-toggle]")
+    expect(toggle).to_have_text("Afficher en liste" if target == "list" else "Afficher en grille")
+    expect(toggle.locator(f'[data-layout-icon="{target}"]')).to_be_visible()
+    expect(toggle.locator("[data-layout-icon]:visible")).to_have_count(1)
+    expect(toggle).to_have_attribute("aria-pressed", "false" if target == "list" else "true")
+
+
 def test_the_layout_toggle_switches_and_is_remembered(page: Page, stack: Stack,
                                                       fleets: Callable[..., Fleet]) -> None:
     fleets(2, interval=1.0)
     open_capteurs(page, stack)
     cards = page.locator("[data-cards]")
     expect(cards).to_have_class("cards layout-grid")
-    toggle = page.get_by_role("button", name="Changer d'agencement")
+    toggle = page.get_by_role("button", name="Afficher en liste")  # the layout it switches to
+    expect_toggle_offers(page, "list")
     toggle.click()
     expect(cards).to_have_class("cards layout-list")
-    expect(toggle).to_have_attribute("aria-pressed", "true")
+    expect_toggle_offers(page, "grid")
     page.reload()
     expect(page.locator("[data-cards]")).to_have_class("cards layout-list")
+    expect_toggle_offers(page, "grid")
     page.goto(stack.url("/historique"))
     expect(page.locator("[data-cards]")).to_have_class("cards layout-list")
-    page.get_by_role("button", name="Changer d'agencement").click()
+    expect_toggle_offers(page, "grid")
+    page.get_by_role("button", name="Afficher en grille").click()
     expect(page.locator("[data-cards]")).to_have_class("cards layout-grid")
+    expect_toggle_offers(page, "list")
     page.goto(stack.url("/capteurs"))
     expect(page.locator("[data-cards]")).to_have_class("cards layout-grid")
 
@@ -402,7 +415,15 @@ def test_the_filter_bar_hides_other_cards(page: Page, stack: Stack, fleets: Call
     page.locator("[data-filter]").fill(wanted.mac[-5:].lower())
     expect(page.locator("[data-card]:visible")).to_have_count(1)
     expect(card(page, name_of(fleet, 1))).to_be_visible()
-    expect(page.locator("[data-filter-count]")).to_have_text("1 sur 3 affiché")
+    count = page.locator("[data-filter-count]")
+    expect(count).to_have_text("1 appareil affiché sur 3")
+    page.locator("[data-filter]").fill("aucun-appareil-ne-porte-ce-nom")
+    expect(count).to_have_text("0 appareil affiché sur 3")
+    expect(page.get_by_text("Aucun capteur ne correspond au filtre.")).to_be_visible()
+    page.locator("[data-filter]").fill("capteur")
+    expect(count).to_have_text("3 appareils affichés sur 3")
+    page.locator("[data-filter]").fill("")
+    expect(count).to_be_hidden()
 
 
 def no_horizontal_scroll(page: Page) -> None:
@@ -419,9 +440,9 @@ def test_a_375px_phone_needs_no_horizontal_scrolling(browser: Browser, stack: St
         open_capteurs(phone, stack)
         expect(phone.locator("[data-card]")).to_have_count(3)
         no_horizontal_scroll(phone)
-        phone.get_by_role("button", name="Changer d'agencement").click()
+        phone.locator("[data-layout-toggle]").click()
         no_horizontal_scroll(phone)
-        phone.get_by_role("button", name="Changer d'agencement").click()
+        phone.locator("[data-layout-toggle]").click()
         time.sleep(3)  # a few light readings in the charts
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         phone.screenshot(path=str(SCREENSHOTS / "capteurs-mobile.png"), full_page=True)

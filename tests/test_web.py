@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import select
+import shutil
 import subprocess
 import sys
 import threading
@@ -232,6 +233,33 @@ def test_static_files_are_served(client: FlaskClient) -> None:
         response = client.get(f"/static/{name}")
         assert response.status_code == 200, name
         response.close()
+
+
+def run_js(tmp_path: Path, module: str, script: str) -> Any:
+    """Import a static ES module in Node and print `script`'s value as JSON."""
+    if shutil.which("node") is None:
+        pytest.fail("node is missing: sudo apt-get install nodejs (make install needs it too)")
+    copy = tmp_path / f"{module}.mjs"  # .mjs: Node loads it as the ES module it is, without a warning
+    copy.write_text((STATIC / f"{module}.js").read_text())
+    program = f"import * as m from {json.dumps(copy.as_uri())};\nconsole.log(JSON.stringify({script}));"
+    ran = subprocess.run(["node", "--input-type=module", "-e", program], capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0 and ran.stderr == "", ran.stderr
+    return json.loads(ran.stdout)
+
+
+def test_the_filter_count_speaks_french(tmp_path: Path) -> None:
+    labels = run_js(tmp_path, "common", "[0, 1, 2, 3].map((n) => m.countLabel(n, 3)).concat(m.countLabel(1, 1))")
+    assert labels == ["0 appareil affiché sur 3", "1 appareil affiché sur 3", "2 appareils affichés sur 3",
+                      "3 appareils affichés sur 3", "1 appareil affiché sur 1"]
+
+
+def test_the_layout_toggle_names_the_layout_it_switches_to(client: FlaskClient) -> None:
+    html = client.get("/capteurs").get_data(as_text=True)
+    toggle = re.search(r"<button[^>]*data-layout-toggle.*?</button>", html, flags=re.S)
+    assert toggle is not None
+    assert 'aria-pressed="false"' in toggle[0] and "Afficher en liste" in toggle[0]  # the grid is the default
+    assert re.search(r'data-layout-icon="grid"[^>]*\shidden[\s>]', toggle[0])
+    assert not re.search(r'data-layout-icon="list"[^>]*\shidden[\s>]', toggle[0])
 
 
 def test_capteurs_shows_online_devices_with_their_state(client: FlaskClient, engine: Engine,
