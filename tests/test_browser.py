@@ -18,14 +18,13 @@ from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_play
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.simulator import Fleet
-from tests.stack import ROOT, Component, ingest_client, web_server, web_url
+from tests import screenshots
+from tests.screenshots import DESKTOP, PHONE
+from tests.stack import Component, ingest_client, web_server, web_url
 from tests.support import CHROMIUM, CHROMIUM_ARGS, wait_for
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 375, "height": 812}
 _seeds = itertools.count(101)
 
 
@@ -443,9 +442,6 @@ def test_a_375px_phone_needs_no_horizontal_scrolling(browser: Browser, stack: St
         phone.locator("[data-layout-toggle]").click()
         no_horizontal_scroll(phone)
         phone.locator("[data-layout-toggle]").click()
-        time.sleep(3)  # a few light readings in the charts
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        phone.screenshot(path=str(SCREENSHOTS / "capteurs-mobile.png"), full_page=True)
         for path in ("/historique", "/accueil"):
             phone.goto(stack.url(path))
             no_horizontal_scroll(phone)
@@ -510,19 +506,17 @@ def test_the_channels_table_fits_its_box_or_scrolls_and_breaks_no_word(browser: 
     assert errors == []
 
 
-def test_screenshots_for_the_readme(page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
-    fleet = fleets(3, interval=0.5)
-    wait_for(lambda: all(recorded(stack, name_of(fleet, i)) for i in range(3)), 5, what="the joins")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    open_capteurs(page, stack)
-    first = card(page, name_of(fleet, 0))
-    first.locator("[data-led-toggle]").click()
-    expect(first.locator("[data-led-state]")).to_have_text("allumée", timeout=5_000)
-    time.sleep(5)  # ten light readings per chart
-    page.screenshot(path=str(SCREENSHOTS / "capteurs.png"), full_page=True)
-    page.goto(stack.url("/historique"))
-    page.screenshot(path=str(SCREENSHOTS / "historique.png"), full_page=True)
-    page.goto(stack.url("/accueil"))
-    page.screenshot(path=str(SCREENSHOTS / "accueil.png"), full_page=True)
-    for name in ("capteurs.png", "historique.png", "accueil.png"):
-        assert (SCREENSHOTS / name).stat().st_size > 10_000, name
+def test_the_screenshot_scenario_checks_every_page(browser: Browser, stack: Stack, fleets: Callable[..., Fleet],
+                                                   tmp_path: Path) -> None:
+    """What `make screenshots` does, into a temporary directory: never into docs/screenshots."""
+    fleet = fleets(screenshots.DEVICES, interval=0.5)
+    wait_for(lambda: all(recorded(stack, name_of(fleet, i)) for i in range(screenshots.DEVICES)), 5,
+             what="the joins")
+    taken = screenshots.take(browser, stack.url, fleet, tmp_path / "shots")
+    assert [path.name for path in taken] == list(screenshots.SHOTS)
+    for path in taken:
+        assert path.parent == tmp_path / "shots"
+        width, height = screenshots.png_size(path)
+        assert width == screenshots.SHOTS[path.name]["width"], path.name
+        assert height >= screenshots.SHOTS[path.name]["height"] // 2, path.name  # full pages, not a strip
+        assert path.stat().st_size > 10_000, path.name  # not a blank page

@@ -16,23 +16,11 @@ from sensorhub.config import Settings
 from sensorhub.web import create_app
 from sensorhub.web.api import routes
 from tests.stack import ROOT, web_server, web_url
+from tests.support import tracked_files
 from tests.test_web import add_device
 
 #: Built in two pieces so that this file does not match itself.
 OUTSIDE = "../" + "shared/"
-_SKIPPED_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-                 ".hypothesis", "build", "dist"}
-
-
-def tracked_files() -> list[Path]:
-    """The files git tracks (or, outside a git checkout, every file but caches and installed packages)."""
-    try:
-        listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return [p for p in ROOT.rglob("*") if p.is_file() and not _SKIPPED_DIRS & set(p.relative_to(ROOT).parts)]
-    return [ROOT / name for name in listed.decode().split("\0") if name]
-
-
 def markdown_files() -> list[Path]:
     """README.md and docs/*.md."""
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -53,7 +41,7 @@ def anchors(path: Path) -> set[str]:
 
 def test_no_tracked_file_points_outside_the_repository() -> None:
     offenders = []
-    for path in tracked_files():
+    for path in tracked_files(ROOT):
         try:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, FileNotFoundError):
