@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
+from sensorhub.ports import PortError, ensure_free
 from sensorhub.simulator import Fleet
 from tests.stack import ROOT, ingest_client, web_server, web_url
 from tests.support import CHROMIUM, CHROMIUM_ARGS, free_port
@@ -94,16 +95,27 @@ def take(browser: Browser, url: Callable[[str], str], fleet: Fleet, out: Path) -
     return [out / name for name in SHOTS]
 
 
+def _port(default: int) -> int:
+    """`default` if it is free (the pictures then show the usual ports), else any free port."""
+    try:
+        ensure_free(default, "", "")
+    except PortError:
+        return free_port()
+    return default
+
+
 def main(argv: list[str]) -> int:
-    """Start a broker, ingest client, web server and 3 virtual devices on free ports, take the screenshots."""
+    """Start a broker, ingest client, web server and 3 virtual devices (default ports if free), take the screenshots."""
     out = Path(argv[0]).resolve() if argv else DEFAULT_DIR
     with tempfile.TemporaryDirectory(prefix="sensorhub-screenshots-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)  # so that a broker started as root can drop to the mosquitto user and still log
-        settings = Settings().replace(
-            database_url=f"sqlite:///{work / 'db.sqlite3'}", mqtt_port=free_port(), mqtt_ws_port=free_port(),
-            web_port=free_port(), web_host="127.0.0.1", fifo=str(work / "led.fifo"),
-            broker_log=str(work / "mosquitto.log"), log_level="INFO",  # the readiness lines are INFO
+        defaults = Settings()
+        settings = defaults.replace(
+            database_url=f"sqlite:///{work / 'db.sqlite3'}", mqtt_port=_port(defaults.mqtt_port),
+            mqtt_ws_port=_port(defaults.mqtt_ws_port), web_port=_port(defaults.web_port), web_host="127.0.0.1",
+            fifo=str(work / "led.fifo"), broker_log=str(work / "mosquitto.log"),
+            log_level="INFO",  # the readiness lines are INFO
         )
         engine = make_engine(settings.database_url, create_dir=True)
         init_db(engine)
