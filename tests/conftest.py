@@ -12,7 +12,18 @@ from sqlalchemy import Engine
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
-from tests.support import settings_for
+from tests.stack import ROOT
+from tests.support import digests, settings_for, tracked_files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracked_docs_untouched() -> Iterator[None]:
+    """No test may change a tracked file under docs/ (screenshots go to tmp_path; `make screenshots` updates them)."""
+    before = digests(tracked_files(ROOT, "docs"))
+    yield
+    after = digests(list(before))
+    changed = sorted(str(path.relative_to(ROOT)) for path in before if after.get(path) != before[path])
+    assert changed == [], f"tests changed tracked files (write to tmp_path instead): {changed}"
 
 
 @pytest.fixture

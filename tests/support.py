@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,3 +68,23 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+_SKIPPED_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+                 ".hypothesis", "build", "dist"}
+
+
+def tracked_files(root: Path, under: str = "") -> list[Path]:
+    """The files git tracks below `root / under` (outside a git checkout: every file but caches and packages)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--", under or "."], cwd=root, capture_output=True,
+                                check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return [p for p in (root / under).rglob("*")
+                if p.is_file() and not _SKIPPED_DIRS & set(p.relative_to(root).parts)]
+    return [root / name for name in listed.decode().split("\0") if name]
+
+
+def digests(paths: list[Path]) -> dict[Path, str]:
+    """SHA-256 of each file that exists."""
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in paths if path.is_file()}

@@ -1,12 +1,16 @@
-"""The JSON API: devices, their history and counts; LED and rename commands relayed through the pipe."""
+"""The JSON API: devices, their history and counts; LED and rename commands relayed through the pipe.
+
+Every route is described in docs/api.md (tests/test_docs.py fails when one is missing) and listed by GET /api.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from sensorhub.db import queries
 from sensorhub.errors import ClientNotRunning, PipeError
@@ -94,6 +98,36 @@ def _relay(command: LedRequest | RenameRequest) -> None:
     except PipeError as err:
         logger.warning("command not relayed: %s", err)
         raise ApiError(f"commande non transmise au client d'ingestion : {err}", 503) from err
+
+
+_PLACEHOLDER = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
+_IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})
+DOCUMENTATION = "docs/api.md"
+
+
+def doc_path(rule: str) -> str:
+    """A route as the documentation writes it: `/api/devices/<int:device_id>` -> `/api/devices/<device_id>`."""
+    return _PLACEHOLDER.sub(r"<\1>", rule)
+
+
+def routes(app: Flask, blueprint: str | None = None) -> list[dict[str, str]]:
+    """Every route of `app` (or of one blueprint) but static files: method, path and its view's docstring line."""
+    listed = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or (blueprint is not None and rule.endpoint.split(".")[0] != blueprint):
+            continue
+        view = app.view_functions[rule.endpoint]
+        description = (view.__doc__ or "").strip().splitlines()
+        for method in sorted((rule.methods or set()) - _IMPLICIT_METHODS):
+            listed.append({"method": method, "path": doc_path(rule.rule),
+                           "description": description[0] if description else ""})
+    return listed
+
+
+@bp.get("", strict_slashes=False)
+def index() -> Response:
+    """This list of the API's routes, with where they are documented."""
+    return jsonify(name="sensorhub", documentation=DOCUMENTATION, routes=routes(current_app, bp.name))
 
 
 @bp.get("/devices")

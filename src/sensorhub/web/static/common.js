@@ -2,6 +2,8 @@
 // Device data only ever reaches the page as server-escaped HTML or through textContent / dataset.
 
 const LAYOUT_KEY = 'sensorhub.layout';
+// What the layout button says: the layout a click switches to.
+const SWITCH_LABELS = {list: 'Afficher en liste', grid: 'Afficher en grille'};
 const MAX_NAME = 29;
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -49,7 +51,8 @@ function storeLayout(layout) {
   }
 }
 
-// "Changer d'agencement": grid <-> list, remembered in localStorage for every page.
+// The layout button: grid <-> list, remembered in localStorage for every page. Its label and icon name the
+// layout it switches to; aria-pressed is true while the list is shown.
 export function initLayoutToggle() {
   const containers = document.querySelectorAll('[data-cards]');
   const buttons = document.querySelectorAll('[data-layout-toggle]');
@@ -60,9 +63,15 @@ export function initLayoutToggle() {
       container.classList.toggle('layout-list', layout === 'list');
       container.dataset.layout = layout;
     }
+    const target = layout === 'grid' ? 'list' : 'grid';
     for (const button of buttons) {
       button.setAttribute('aria-pressed', String(layout === 'list'));
-      button.title = layout === 'grid' ? 'Afficher en liste' : 'Afficher en grille';
+      const label = button.querySelector('[data-layout-label]');
+      if (label) label.textContent = SWITCH_LABELS[target];
+      // An <svg> has no `hidden` property: set the attribute.
+      for (const icon of button.querySelectorAll('[data-layout-icon]')) {
+        icon.toggleAttribute('hidden', icon.dataset.layoutIcon !== target);
+      }
     }
   };
   apply();
@@ -73,6 +82,12 @@ export function initLayoutToggle() {
       apply();
     });
   }
+}
+
+// "2 appareils affichés sur 3"; French keeps the singular for 0 and 1 ("0 appareil affiché sur 3").
+export function countLabel(shown, total) {
+  const plural = shown >= 2 ? 's' : '';
+  return `${shown} appareil${plural} affiché${plural} sur ${total}`;
 }
 
 function cardMatches(card, text) {
@@ -96,7 +111,7 @@ export function initFilter(container) {
       card.hidden = !visible;
       if (visible) shown += 1;
     }
-    if (count) count.textContent = text ? `${shown} sur ${cards.length} affiché${shown > 1 ? 's' : ''}` : '';
+    if (count) count.textContent = text ? countLabel(shown, cards.length) : '';
     if (noMatch) noMatch.hidden = !(text && cards.length > 0 && shown === 0);
   };
   if (input) input.addEventListener('input', apply);
