@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from alembic.migration import MigrationContext
 
 from sensorhub.config import Settings
 from sensorhub.db.engine import make_engine
-from sensorhub.db.models import Base
+from sensorhub.db.models import Base, to_micros
 from sensorhub.db.schema import BASELINE, State, check_schema, head, look, revisions, upgrade
 from sensorhub.errors import DatabaseError
 
@@ -61,6 +62,7 @@ def test_a_release_1_database_upgrades_in_place_keeping_every_row(tmp_path: Path
     assert dump(path) == before
     check_schema(url(path))
     assert upgrade(url(path)) == (head(), head())  # idempotent
+    _check_history_tables(path)
     with sqlite3.connect(path) as conn:  # the rules of the first release still hold
         with pytest.raises(sqlite3.IntegrityError, match="light_value"):
             conn.execute("INSERT INTO light_reading (device_id, at, value) "
@@ -129,3 +131,30 @@ def test_an_empty_file_is_not_grown_by_the_client(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match=r"is empty: create its schema with `make db`"):
         check_schema(url(path))
     assert path.stat().st_size == 0
+
+
+def _check_history_tables(path: Path) -> None:
+    """Migration 0004 filled the roll-ups from every reading and logged each device's current session."""
+    from tests.test_rollups import brute_force
+
+    with sqlite3.connect(path) as conn:
+        events = []
+        for kind in ("led", "button", "light"):
+            for device, at, value in conn.execute(f"SELECT device_id, at, value FROM {kind}_reading"):
+                moment = datetime.strptime(at, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+                events.append((device, kind, to_micros(moment), value))
+        for device, ended in conn.execute("SELECT device_id, ended_at FROM device_session WHERE ended_at IS NOT NULL"):
+            moment = datetime.strptime(ended, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+            events += [(device, "led", to_micros(moment), None), (device, "button", to_micros(moment), None)]
+        stored = {}
+        for size, table in (("1m", "rollup_minute"), ("1h", "rollup_hour")):
+            for row in conn.execute(f"SELECT device_id, kind, start, count, low, high, total, on_us FROM {table}"):
+                stored[(size, row[0], row[1], row[2])] = tuple(row[3:])
+        sessions = conn.execute("SELECT device_id, session_id, started_at, online_at, ended_at FROM device_session "
+                                "ORDER BY device_id").fetchall()
+        devices = conn.execute("SELECT id, session_id, online, last_seen FROM device ORDER BY id").fetchall()
+    assert stored and stored == brute_force(events)
+    assert [(d, s) for d, s, *_ in sessions] == [(d, s) for d, s, *_ in devices]
+    for (_, _, _started, online_at, ended_at), (_, _, online, last_seen) in zip(sessions, devices, strict=True):
+        assert (online_at is not None) == bool(online)
+        assert ended_at == (None if online else last_seen)

@@ -6,7 +6,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, TypeDecorator
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -207,8 +216,71 @@ class Quarantine(Base):
     reason: Mapped[str] = mapped_column(String(512))
 
 
+class _Rollup:
+    """Columns shared by the roll-up tables: one row per device, kind and bucket (its start, UTC text).
+
+    `count`, `low`, `high` and `total` summarise the readings whose time falls in the bucket (`low` and `high`
+    are NULL when none did); `on_us` is the time the LED was on or the button pressed within the bucket, in
+    microseconds, counted from each reading to the next one of the same session.
+    """
+
+    device_id: Mapped[int] = mapped_column(ForeignKey("device.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(6))
+    start: Mapped[datetime] = mapped_column(UtcDateTime())
+    count: Mapped[int] = mapped_column(Integer)
+    low: Mapped[int | None] = mapped_column(Integer)
+    high: Mapped[int | None] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    on_us: Mapped[int] = mapped_column(BigInteger)
+
+
+def _rollup_args(table: str) -> tuple[Any, ...]:
+    return (
+        PrimaryKeyConstraint("device_id", "kind", "start", name=f"pk_{table}"),
+        CheckConstraint("kind IN ('led', 'button', 'light')", name=f"{table}_kind"),
+        CheckConstraint("count >= 0 AND total >= 0 AND on_us >= 0", name=f"{table}_counts"),
+        _timestamp_check("start"),
+        {"sqlite_with_rowid": False},
+    )
+
+
+class RollupMinute(_Rollup, Base):
+    """Readings summarised per device, kind and minute (kept up to date by the ingest client)."""
+
+    __tablename__ = "rollup_minute"
+    __table_args__ = _rollup_args("rollup_minute")
+
+
+class RollupHour(_Rollup, Base):
+    """Readings summarised per device, kind and hour (kept up to date by the ingest client)."""
+
+    __tablename__ = "rollup_hour"
+    __table_args__ = _rollup_args("rollup_hour")
+
+
+class DeviceSession(Base):
+    """One session of a device: when the server named it, when it came online, when it left (NULL: not yet)."""
+
+    __tablename__ = "device_session"
+    __table_args__ = (
+        _timestamp_check("started_at"),
+        CheckConstraint(f"online_at IS NULL OR online_at GLOB '{TIMESTAMP_GLOB}'", name="online_at_format"),
+        CheckConstraint(f"ended_at IS NULL OR ended_at GLOB '{TIMESTAMP_GLOB}'", name="ended_at_format"),
+        Index("ix_device_session_device_started", "device_id", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("device.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(String(17))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    online_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
 READING_MODELS: dict[Kind, type[LedReading] | type[ButtonReading] | type[LightReading]] = {
     Kind.LED: LedReading,
     Kind.BUTTON: ButtonReading,
     Kind.LIGHT: LightReading,
 }
+
+ROLLUP_MODELS: dict[str, type[RollupMinute] | type[RollupHour]] = {"1m": RollupMinute, "1h": RollupHour}

@@ -1,0 +1,121 @@
+"""Roll-up tables on disk: the upsert the writer runs in its transaction, and a bulk rebuild from the readings.
+
+The upsert is plain `INSERT … ON CONFLICT … DO UPDATE`, which SQLite and PostgreSQL both accept. The rebuild
+(migration 0004, `sensorhub db seed`, the benchmark's builder) aggregates counts in SQL and computes the LED
+and button on-time with the same pure code as the writer (`sensorhub.ingest.rollups`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+from sqlalchemy import Connection, text
+
+from sensorhub.ingest.rollups import STATEFUL, Bucket, Key, Last, Row, roll
+
+logger = logging.getLogger(__name__)
+
+TABLES = {"1m": "rollup_minute", "1h": "rollup_hour"}
+KINDS = ("led", "button", "light")
+
+_UPSERT = {
+    size: text(
+        f"INSERT INTO {table} AS r (device_id, kind, start, count, low, high, total, on_us) "
+        "VALUES (:device_id, :kind, :start, :count, :low, :high, :total, :on_us) "
+        "ON CONFLICT (device_id, kind, start) DO UPDATE SET "
+        "count = r.count + excluded.count, "
+        "low = CASE WHEN r.low IS NULL OR excluded.low < r.low THEN excluded.low ELSE r.low END, "
+        "high = CASE WHEN r.high IS NULL OR excluded.high > r.high THEN excluded.high ELSE r.high END, "
+        "total = r.total + excluded.total, "
+        "on_us = r.on_us + excluded.on_us"
+    )
+    for size, table in TABLES.items()
+}
+
+
+def upsert(conn: Connection, buckets: Mapping[str, Mapping[Key, Bucket]]) -> int:
+    """Add bucket changes to the roll-up tables; return how many rows were written."""
+    written = 0
+    for size, changes in buckets.items():
+        if not changes:
+            continue
+        conn.execute(_UPSERT[size], [
+            {"device_id": key[0], "kind": key[1], "start": key[2], "count": b.count, "low": b.low, "high": b.high,
+             "total": b.total, "on_us": b.on_us}
+            for key, b in changes.items()
+        ])
+        written += len(changes)
+    return written
+
+
+def _where_devices(device_ids: Sequence[int] | None, column: str = "device_id") -> str:
+    if device_ids is None:
+        return ""
+    return f" WHERE {column} IN ({', '.join(str(int(i)) for i in device_ids) or 'NULL'})"
+
+
+def rebuild(conn: Connection, device_ids: Sequence[int] | None = None, chunk: int = 50_000) -> None:
+    """Recompute the roll-ups of `device_ids` (None: every device) from their readings (not committed)."""
+    where = _where_devices(device_ids)
+    for table in TABLES.values():
+        conn.execute(text(f"DELETE FROM {table}{where}"))
+    for kind in KINDS:
+        conn.execute(text(
+            f"INSERT INTO rollup_minute (device_id, kind, start, count, low, high, total, on_us) "
+            f"SELECT device_id, '{kind}', substr(at, 1, 17) || '00.000000', count(*), min(value), max(value), "
+            f"sum(value), 0 FROM {kind}_reading{where} GROUP BY device_id, substr(at, 1, 17)"
+        ))
+    # Time on: the LED and button readings of each device in order, through the writer's arithmetic; the
+    # end of every recorded session stops the count as a leave does.
+    ends: dict[int, list[tuple[int, str]]] = {}
+    for device_id, ended in conn.execute(text(
+            f"SELECT device_id, ended_at FROM device_session WHERE ended_at IS NOT NULL"
+            f"{where.replace(' WHERE ', ' AND ')} ORDER BY device_id, ended_at")):
+        ends.setdefault(int(device_id), []).append((int(device_id), str(ended)))
+    devices = [int(row[0]) for row in conn.execute(text(f"SELECT id FROM device{_where_devices(device_ids, 'id')}"))]
+    for device_id in devices:
+        for kind in STATEFUL:
+            states: dict[tuple[int, str], Last] = {}
+            pending = list(ends.get(device_id, ()))
+            for rows, more in _chunks(conn, kind, device_id, chunk):
+                upto = rows[-1][1]
+                now = [end for end in pending if end[1] <= upto or not more]
+                pending = pending[len(now):]
+                rolled = roll({kind: rows}, states, now)
+                # Counts are already in the table (SQL above): keep only the on-time.
+                on_time = {key: Bucket(on_us=bucket.on_us) for key, bucket in rolled.buckets["1m"].items()
+                           if bucket.on_us}
+                upsert(conn, {"1m": on_time})
+                states = rolled.states
+    conn.execute(text(
+        "INSERT INTO rollup_hour (device_id, kind, start, count, low, high, total, on_us) "
+        "SELECT device_id, kind, substr(start, 1, 14) || '00:00.000000', sum(count), min(low), max(high), "
+        f"sum(total), sum(on_us) FROM rollup_minute{where} GROUP BY device_id, kind, substr(start, 1, 14)"
+    ))
+    logger.info("roll-ups rebuilt for %s", "every device" if device_ids is None else f"{len(device_ids)} device(s)")
+
+
+def _chunks(conn: Connection, kind: str, device_id: int, size: int) -> Iterator[tuple[list[Row], bool]]:
+    """One device's readings of one kind in time order, `size` at a time, each with whether more follow."""
+    after: tuple[str, int] = ("", 0)
+    while True:
+        found = conn.execute(text(
+            f"SELECT at, id, value FROM {kind}_reading WHERE device_id = :device AND (at > :at OR "
+            f"(at = :at AND id > :id)) ORDER BY at, id LIMIT :size"),
+            {"device": device_id, "at": after[0], "id": after[1], "size": size + 1}).all()
+        if not found:
+            return
+        more = len(found) > size
+        found = found[:size]
+        yield [(device_id, str(r[0]), int(r[2])) for r in found], more
+        if not more:
+            return
+        after = (str(found[-1][0]), int(found[-1][1]))
+
+
+def flatten(buckets: Mapping[str, Mapping[Key, Bucket]]) -> Iterable[tuple[str, Key, Bucket]]:
+    """Every (size, key, bucket) of a change set (tests)."""
+    for size, changes in buckets.items():
+        for key, bucket in changes.items():
+            yield size, key, bucket
