@@ -45,6 +45,13 @@ def _keepalive(value: str) -> int:
     return seconds
 
 
+def _days(value: str) -> int:
+    days = _int(value)
+    if not 0 <= days <= 100_000:
+        raise ValueError("a number of days between 0 (keep everything) and 100000")
+    return days
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -158,6 +165,15 @@ class Settings:
     tls_key: str = setting("", "PEM private key of SENSORHUB_TLS_CERT.", _optional_path)
     mqtt_tls_port: int = setting("8883", "Broker MQTT over TLS port (with SENSORHUB_TLS_CERT).", _port)
     mqtt_wss_port: int = setting("9443", "Broker secure WebSockets port (with SENSORHUB_TLS_CERT).", _port)
+    retention_days: int = setting(
+        "0",
+        "Days of raw readings kept; older ones are deleted by the ingest client, a little at a time "
+        "(0 = keep everything). The roll-ups keep their summary.",
+        _days,
+    )
+    rollup_retention_days: int = setting(
+        "0", "Days of 1-minute and 1-hour roll-ups kept (0 = keep everything).", _days
+    )
 
     @classmethod
     def load(

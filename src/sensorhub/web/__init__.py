@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib import import_module
 from typing import Any
 
 from flask import Flask, Response
@@ -44,6 +45,8 @@ def _security_headers(response: Response) -> Response:
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for `settings` (default: Settings.load()); the database is opened on first use."""
     from sensorhub.web import api, auth, pages
+
+    import_module("sensorhub.web.series")  # adds the readings and CSV routes to the API blueprint
 
     settings = settings if settings is not None else Settings.load()
     app = Flask(__name__)

@@ -12,12 +12,12 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from sensorhub.db import queries
+from sensorhub.db import history, queries
 from sensorhub.errors import ClientNotRunning, PipeError
 from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
 from sensorhub.protocol import MAX_NAME, Kind, name_problem
 from sensorhub.web.auth import control_required, visitor
-from sensorhub.web.present import device_history_json, device_json
+from sensorhub.web.present import device_history_json, device_json, iso
 from sensorhub.web.state import web_state
 
 logger = logging.getLogger(__name__)
@@ -45,14 +45,17 @@ Answer = tuple[Response, int]
 class ApiError(Exception):
     """A request the API refuses: `status` and a French message for `{"error": …}`."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, parameter: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.parameter = parameter
 
 
 @bp.errorhandler(ApiError)
 def _api_error(err: ApiError) -> Answer:
+    if err.parameter is not None:
+        return jsonify(error=err.message, parameter=err.parameter), err.status
     return jsonify(error=err.message), err.status
 
 
@@ -153,12 +156,16 @@ def device(device_id: int) -> Response:
 
 @bp.get("/stats")
 def stats() -> Response:
-    """How many devices, online devices and readings of each kind."""
-    with web_state().database.connect() as conn:
+    """How many devices, online devices and readings of each kind; the database's size and oldest reading."""
+    database = web_state().database
+    with database.connect() as conn:
         counts = queries.stats(conn)
+        size = history.database_bytes(database.engine(), conn)
+        first = history.oldest(conn)
     return jsonify(
         devices=counts.devices, online=counts.online,
         readings={kind.value: counts.readings[kind] for kind in Kind},
+        db_bytes=size, oldest=None if first is None else iso(first),
     )
 
 

@@ -1,0 +1,220 @@
+"""Read queries over time: a device's readings in a range (raw or from the roll-ups), CSV export rows, sessions,
+the oldest reading and the database's size.
+
+Every query is an index range scan: readings through `(device_id, at)`, roll-ups through their primary key
+`(device_id, kind, start)`, sessions through `(device_id, started_at)`. Times are compared as the stored
+fixed-width UTC text, so they are passed as text and read back as text where speed matters (the CSV export).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, String, func, select, type_coerce
+
+from sensorhub.db.engine import sqlite_path
+from sensorhub.db.models import READING_MODELS, ROLLUP_MODELS, Device, DeviceSession, format_timestamp, parse_timestamp
+from sensorhub.ingest.rollups import bucket_start
+from sensorhub.protocol import Kind
+
+#: `bucket=auto` picks the finest bucket that gives at most this many points.
+AUTO_POINTS = 1000
+#: Most raw points one JSON answer holds (the CSV has no limit).
+RAW_LIMIT = 100_000
+BUCKETS = ("raw", "1m", "1h")
+
+
+class TooManyPoints(Exception):
+    """More raw readings in the range than one JSON answer holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawPoint:
+    """One reading."""
+
+    at: datetime
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class BucketPoint:
+    """One roll-up bucket: its start, how many readings, their min / mean / max, and the time on (µs)."""
+
+    at: datetime
+    count: int
+    low: int | None
+    high: int | None
+    total: int
+    on_us: int
+
+    @property
+    def avg(self) -> float | None:
+        """The mean of the bucket's readings, or None if there were none."""
+        return None if self.count == 0 else self.total / self.count
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """A device's readings of one kind over a range, raw or bucketed; `before` is the last reading before it."""
+
+    device_id: int
+    kind: Kind
+    start: datetime
+    end: datetime
+    bucket: str
+    points: list[RawPoint] | list[BucketPoint]
+    before: RawPoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """One session of a device."""
+
+    session_id: str
+    started_at: datetime
+    online_at: datetime | None
+    ended_at: datetime | None
+
+
+def _count_upto(conn: Connection, stmt: object, limit: int) -> int:
+    inner = stmt.limit(limit + 1).subquery()  # type: ignore[attr-defined]
+    return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
+
+
+def _raw_where(kind: Kind, device_id: int, start: str, end: str) -> tuple[type, object]:
+    model = READING_MODELS[kind]
+    at = type_coerce(model.at, String)
+    return model, select(model.id).where(model.device_id == device_id, at >= start, at < end)
+
+
+def _bucket_select(size: str, kind: Kind, device_id: int, start: str, end: str) -> object:
+    model = ROLLUP_MODELS[size]
+    at = type_coerce(model.start, String)
+    return select(model.start, model.count, model.low, model.high, model.total, model.on_us).where(
+        model.device_id == device_id, model.kind == kind.value, at >= bucket_start(start, size), at < end)
+
+
+def choose_bucket(conn: Connection, device_id: int, kind: Kind, start: datetime, end: datetime,
+                  limit: int = AUTO_POINTS) -> str:
+    """The finest bucket that gives at most `limit` points (`1h` when even that gives more)."""
+    low, high = format_timestamp(start), format_timestamp(end)
+    _model, raw = _raw_where(kind, device_id, low, high)
+    if _count_upto(conn, raw, limit) <= limit:
+        return "raw"
+    if _count_upto(conn, _bucket_select("1m", kind, device_id, low, high), limit) <= limit:
+        return "1m"
+    return "1h"
+
+
+def series(conn: Connection, device_id: int, kind: Kind, start: datetime, end: datetime, bucket: str) -> Series:
+    """A device's readings of `kind` from `start` (included) to `end` (excluded); `bucket` is raw, 1m, 1h or auto.
+
+    Raises TooManyPoints when raw readings exceed RAW_LIMIT.
+    """
+    if bucket == "auto":
+        bucket = choose_bucket(conn, device_id, kind, start, end)
+    low, high = format_timestamp(start), format_timestamp(end)
+    before = last_before(conn, device_id, kind, start)
+    if bucket == "raw":
+        model = READING_MODELS[kind]
+        at = type_coerce(model.at, String)
+        stmt = (select(at, model.value).where(model.device_id == device_id, at >= low, at < high)
+                .order_by(model.at, model.id).limit(RAW_LIMIT + 1))
+        raw = [RawPoint(parse_timestamp(row[0]), int(row[1])) for row in conn.execute(stmt)]
+        if len(raw) > RAW_LIMIT:
+            raise TooManyPoints(f"more than {RAW_LIMIT} readings")
+        return Series(device_id, kind, start, end, "raw", raw, before)
+    rows = conn.execute(_bucket_select(bucket, kind, device_id, low, high).order_by("start"))  # type: ignore[attr-defined]
+    points = [BucketPoint(row[0], int(row[1]), row[2], row[3], int(row[4]), int(row[5])) for row in rows]
+    return Series(device_id, kind, start, end, bucket, points, before)
+
+
+def last_before(conn: Connection, device_id: int, kind: Kind, moment: datetime) -> RawPoint | None:
+    """The last reading of `kind` strictly before `moment` (where a step chart starts), or None."""
+    model = READING_MODELS[kind]
+    at = type_coerce(model.at, String)
+    row = conn.execute(select(at, model.value).where(model.device_id == device_id, at < format_timestamp(moment))
+                       .order_by(model.at.desc(), model.id.desc()).limit(1)).first()
+    return None if row is None else RawPoint(parse_timestamp(row[0]), int(row[1]))
+
+
+def iso_text(stored: str) -> str:
+    """ISO 8601 (UTC, with its offset) of a stored time text, without building a datetime."""
+    return f"{stored[:10]}T{stored[11:]}+00:00"
+
+
+#: One CSV row: at (stored text), device id, kind, value.
+ExportRow = tuple[str, int, str, int]
+
+
+def export_rows(conn: Connection, start: datetime, end: datetime, kinds: Sequence[Kind] = tuple(Kind),
+                device_ids: Sequence[int] | None = None) -> Iterator[ExportRow]:
+    """Raw readings in [start, end), device by device (id order), each device's kinds merged in time order.
+
+    Lazy: one indexed range scan per device and kind, read as it is consumed (constant memory).
+    """
+    low, high = format_timestamp(start), format_timestamp(end)
+    if device_ids is None:
+        device_ids = [int(i) for i in conn.execute(select(Device.id).order_by(Device.id)).scalars()]
+    streaming = conn.execution_options(yield_per=2000)
+    for device_id in device_ids:
+        streams = []
+        for kind in kinds:
+            model = READING_MODELS[kind]
+            at = type_coerce(model.at, String)
+            stmt = (select(at, model.value).where(model.device_id == device_id, at >= low, at < high)
+                    .order_by(model.at, model.id))
+            streams.append(_tagged(streaming.execute(stmt), device_id, kind.value))
+        yield from (heapq.merge(*streams, key=lambda row: row[0]) if len(streams) > 1 else streams[0])
+
+
+def _tagged(rows: Iterable[Any], device_id: int, kind: str) -> Iterator[ExportRow]:
+    for at, value in rows:
+        yield at, device_id, kind, value
+
+
+def device_names(conn: Connection, device_ids: Sequence[int] | None = None) -> dict[int, str]:
+    """Device id -> name."""
+    stmt = select(Device.id, Device.name)
+    if device_ids is not None:
+        stmt = stmt.where(Device.id.in_(list(device_ids)))
+    return {int(row[0]): str(row[1]) for row in conn.execute(stmt)}
+
+
+def sessions(conn: Connection, device_id: int, limit: int = 20) -> list[SessionRow]:
+    """The device's last `limit` sessions, newest first."""
+    stmt = (select(DeviceSession.session_id, DeviceSession.started_at, DeviceSession.online_at,
+                   DeviceSession.ended_at)
+            .where(DeviceSession.device_id == device_id)
+            .order_by(DeviceSession.started_at.desc(), DeviceSession.id.desc()).limit(limit))
+    return [SessionRow(*row) for row in conn.execute(stmt)]
+
+
+def oldest(conn: Connection) -> datetime | None:
+    """The time of the oldest raw reading of any kind (one index look-up per device and kind), or None."""
+    found: list[str] = []
+    for model in READING_MODELS.values():
+        first = (select(type_coerce(model.at, String)).where(model.device_id == Device.id).order_by(model.at)
+                 .limit(1).correlate(Device).scalar_subquery())
+        value = conn.execute(select(func.min(first))).scalar()
+        if value is not None:
+            found.append(str(value))
+    return parse_timestamp(min(found)) if found else None
+
+
+def database_bytes(engine: Engine, conn: Connection) -> int:
+    """Bytes the database takes on disk (the file and its write-ahead log), or its page count times page size."""
+    path = sqlite_path(engine.url.render_as_string(hide_password=False))
+    if path is not None and path.exists():
+        total = path.stat().st_size
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists():
+            total += wal.stat().st_size
+        return total
+    pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+    size = conn.exec_driver_sql("PRAGMA page_size").scalar()
+    return int(pages or 0) * int(size or 0)

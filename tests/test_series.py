@@ -1,0 +1,186 @@
+"""Readings over time through the web app: ranges, buckets, CSV exports, errors, stats (Flask's test client on a
+real SQLite database whose roll-ups are built as the migration builds them)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, update
+
+from sensorhub import accounts
+from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
+from sensorhub.db.rollups import rebuild
+from tests.test_web import add_device, add_readings, app, client  # noqa: F401  (fixtures)
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+START = NOW - timedelta(hours=3)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@pytest.fixture
+def fleet(engine: Engine) -> dict[str, Any]:
+    """Two devices: light every 7 s for 3 hours, LED and button now and then; roll-ups rebuilt."""
+    joined = START - timedelta(minutes=5)
+    one = add_device(engine, "salle, 1", 1, joined=joined, last_seen=NOW)
+    two = add_device(engine, "capteur02", 2, joined=joined, last_seen=NOW)
+    light = [(n * 13) % 101 for n in range(3 * 3600 // 7)]
+    moments = add_readings(engine, LightReading, one, light, START, timedelta(seconds=7))
+    add_readings(engine, LightReading, two, [50, 60], START, timedelta(minutes=30))
+    led = add_readings(engine, LedReading, one, [1, 0, 1, 0], START, timedelta(minutes=40))
+    add_readings(engine, ButtonReading, one, [1, 0], START + timedelta(minutes=10), timedelta(seconds=2))
+    with engine.begin() as conn:
+        rebuild(conn)
+    return {"one": one, "two": two, "light": list(zip(moments, light, strict=True)), "led": led}
+
+
+def test_raw_readings_come_back_exactly(client: FlaskClient, fleet: dict[str, Any]) -> None:
+    start, end = START + timedelta(minutes=10), START + timedelta(minutes=20)
+    answer = client.get(f"/api/devices/{fleet['one']}/readings", query_string={
+        "from": iso(start), "to": iso(end), "bucket": "raw"})
+    assert answer.status_code == 200, answer.json
+    body = answer.json
+    assert body is not None
+    expected = [{"at": iso(at), "value": value} for at, value in fleet["light"] if start <= at < end]
+    before_at, before_value = [(at, value) for at, value in fleet["light"] if at < start][-1]
+    assert body == {"device": fleet["one"], "kind": "light", "from": iso(start), "to": iso(end), "bucket": "raw",
+                    "points": expected, "previous": {"at": iso(before_at), "value": before_value}}
+
+
+def test_buckets_hold_count_min_avg_max_computed_here(client: FlaskClient, fleet: dict[str, Any]) -> None:
+    groups: dict[datetime, list[int]] = defaultdict(list)
+    for at, value in fleet["light"]:
+        groups[at.replace(second=0, microsecond=0)].append(value)
+    start, end = START, NOW
+    body = client.get(f"/api/devices/{fleet['one']}/readings",
+                      query_string={"from": iso(start), "to": iso(end), "bucket": "1m"}).json
+    assert body is not None and body["bucket"] == "1m"
+    expected = [{"at": iso(minute), "count": len(v), "min": min(v), "avg": round(sum(v) / len(v), 3), "max": max(v)}
+                for minute, v in sorted(groups.items())]
+    assert body["points"] == expected
+    hours: dict[datetime, list[int]] = defaultdict(list)
+    for at, value in fleet["light"]:
+        hours[at.replace(minute=0, second=0, microsecond=0)].append(value)
+    body = client.get(f"/api/devices/{fleet['one']}/readings",
+                      query_string={"from": iso(start), "to": iso(end), "bucket": "1h"}).json
+    assert body is not None
+    assert [(p["at"], p["count"], p["min"], p["max"]) for p in body["points"]] == [
+        (iso(h), len(v), min(v), max(v)) for h, v in sorted(hours.items())]
+
+
+def test_led_buckets_count_the_time_on(client: FlaskClient, fleet: dict[str, Any]) -> None:
+    on, off, on_again, off_again = fleet["led"]
+    body = client.get(f"/api/devices/{fleet['one']}/readings",
+                      query_string={"kind": "led", "from": iso(START), "to": iso(NOW), "bucket": "1h"}).json
+    assert body is not None
+    total_on = sum(point["on_seconds"] for point in body["points"])
+    assert total_on == pytest.approx(((off - on) + (off_again - on_again)).total_seconds())
+    assert sum(point["count"] for point in body["points"]) == 4
+
+
+def test_auto_picks_the_finest_bucket_under_1000_points(client: FlaskClient, fleet: dict[str, Any]) -> None:
+    def bucket(span: timedelta) -> str:
+        body = client.get(f"/api/devices/{fleet['one']}/readings",
+                          query_string={"from": iso(NOW - span), "to": iso(NOW)}).json
+        assert body is not None
+        assert len(body["points"]) <= 1000
+        return str(body["bucket"])
+
+    assert bucket(timedelta(minutes=30)) == "raw"  # 257 readings
+    assert bucket(timedelta(hours=3)) == "1m"  # 1,542 readings, 180 minutes
+    body = client.get(f"/api/devices/{fleet['one']}/readings").json  # the last 24 h by default
+    assert body is not None and body["kind"] == "light" and body["bucket"] == "1m"
+    assert datetime.fromisoformat(body["to"]) - datetime.fromisoformat(body["from"]) == timedelta(hours=24)
+
+
+def test_any_offset_is_accepted_and_utc_comes_back(client: FlaskClient, fleet: dict[str, Any]) -> None:
+    start = START + timedelta(minutes=1)
+    paris = start.astimezone(UTC).replace(tzinfo=None).isoformat() + "+00:00"
+    local = (start + timedelta(hours=1)).replace(tzinfo=None).isoformat() + "+01:00"
+    for text in (paris, local, start.strftime("%Y-%m-%dT%H:%M:%SZ"), local.replace("+", " ")):
+        body = client.get(f"/api/devices/{fleet['one']}/readings?bucket=raw&from={text}").json
+        assert body is not None and body["from"] == iso(start), text
+
+
+@pytest.mark.parametrize(("query", "parameter"), [
+    ("kind=temperature", "kind"), ("bucket=5m", "bucket"), ("from=hier", "from"), ("to=2026-13-01", "to"),
+    ("from=2026-11-29T10:00:00Z&to=2026-11-29T09:00:00Z", "from"), ("from=0001-01-01T00:00:00Z", "from"),
+])
+def test_a_bad_parameter_is_a_400_naming_it(client: FlaskClient, fleet: dict[str, Any], query: str,
+                                            parameter: str) -> None:
+    for path in (f"/api/devices/{fleet['one']}/readings", f"/api/devices/{fleet['one']}/readings.csv",
+                 "/api/export.csv"):
+        answer = client.get(f"{path}?{query}")
+        assert answer.status_code == 400, (path, query)
+        assert answer.json is not None and answer.json["parameter"] == parameter
+        assert parameter in answer.json["error"]
+    answer = client.get("/api/export.csv?device=abc")
+    assert answer.status_code == 400 and answer.json is not None and answer.json["parameter"] == "device"
+
+
+def test_unknown_devices_are_404(client: FlaskClient, fleet: dict[str, Any]) -> None:
+    for path in ("/api/devices/99/readings", "/api/devices/99/readings.csv", "/api/export.csv?device=99"):
+        answer = client.get(path)
+        assert answer.status_code == 404 and answer.json == {"error": "aucun appareil n'a l'identifiant 99"}
+
+
+def rows_of(answer: Any) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(answer.get_data(as_text=True))))
+
+
+def test_the_device_csv_holds_the_raw_rows(client: FlaskClient, fleet: dict[str, Any]) -> None:
+    start, end = START, START + timedelta(hours=1)
+    answer = client.get(f"/api/devices/{fleet['one']}/readings.csv",
+                        query_string={"from": iso(start), "to": iso(end)})
+    assert answer.status_code == 200
+    assert answer.mimetype == "text/csv"
+    assert answer.headers["Content-Disposition"].startswith('attachment; filename="sensorhub-appareil1-light-')
+    assert answer.get_data(as_text=True).startswith("at,device_id,device_name,kind,value\r\n")
+    assert rows_of(answer) == [{"at": iso(at), "device_id": str(fleet["one"]), "device_name": "salle, 1",
+                                "kind": "light", "value": str(value)}
+                               for at, value in fleet["light"] if start <= at < end]
+
+
+def test_the_fleet_export_holds_every_kind_device_by_device(client: FlaskClient, fleet: dict[str, Any],
+                                                           engine: Engine) -> None:
+    answer = client.get("/api/export.csv", query_string={"from": iso(START), "to": iso(NOW + timedelta(hours=1))})
+    rows = rows_of(answer)
+    assert answer.headers["Content-Disposition"].startswith('attachment; filename="sensorhub-')
+    assert len(rows) == len(fleet["light"]) + 2 + 4 + 2
+    assert [r["device_id"] for r in rows] == sorted(r["device_id"] for r in rows)
+    ones = [r for r in rows if r["device_id"] == str(fleet["one"])]
+    assert [r["at"] for r in ones] == sorted(r["at"] for r in ones)
+    assert {r["kind"] for r in ones} == {"light", "led", "button"}
+    only = rows_of(client.get("/api/export.csv", query_string={
+        "from": iso(START), "to": iso(NOW), "kind": "led", "device": fleet["one"]}))
+    assert [(r["at"], r["value"]) for r in only] == [(iso(at), str(v)) for at, v in zip(fleet["led"], [1, 0, 1, 0],
+                                                                                         strict=True)]
+
+
+def test_stats_give_the_database_size_and_the_oldest_reading(client: FlaskClient, fleet: dict[str, Any],
+                                                             settings: Any) -> None:
+    body = client.get("/api/stats").json
+    assert body is not None
+    assert body["oldest"] == iso(fleet["light"][0][0])
+    path = settings.database_url.removeprefix("sqlite:///")
+    import os
+
+    assert body["db_bytes"] >= os.stat(path).st_size > 0
+
+
+def test_anonymous_visitors_read_the_series_once_accounts_exist(client: FlaskClient, fleet: dict[str, Any],
+                                                                engine: Engine) -> None:
+    accounts.add(engine, "alice", "correct horse battery")
+    with engine.begin() as conn:
+        conn.execute(update(Device).values(online=False))
+    assert client.get(f"/api/devices/{fleet['one']}/readings").status_code == 200
+    answer = client.get(f"/api/devices/{fleet['one']}/readings.csv")
+    assert answer.status_code == 200 and "mac" not in answer.get_data(as_text=True).splitlines()[0]
