@@ -14,9 +14,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, update
 
 from sensorhub import accounts
+from sensorhub.config import Settings
 from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
 from sensorhub.db.rollups import rebuild
-from tests.test_web import add_device, add_readings, app, client  # noqa: F401  (fixtures)
+from sensorhub.web import create_app
+from tests.test_web import add_device, add_readings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 START = NOW - timedelta(hours=3)
@@ -24,6 +26,13 @@ START = NOW - timedelta(hours=3)
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@pytest.fixture
+def client(settings: Settings, engine: Engine) -> FlaskClient:
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    return app.test_client()
 
 
 @pytest.fixture
