@@ -6,6 +6,8 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -159,6 +161,20 @@ def db_upgrade(settings: Settings) -> None:
     click.echo(f"database at schema {after}" + (f" (was {before or 'empty'})" if before != after else ""))
 
 
+@db.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@pass_settings
+def db_backup(settings: Settings, file: Path, force: bool) -> None:
+    """Copy the database to FILE, consistently, even while the ingest client writes (SQLite's online backup)."""
+    from sensorhub.db.backup import backup
+    from sensorhub.db.schema import check_schema
+
+    check_schema(settings.database_url)
+    result = backup(settings.database_url, file, overwrite=force)
+    click.echo(f"backup written to {result.path} ({result.size:,} bytes in {result.seconds:.1f} s, integrity ok)")
+
+
 @db.command("reset")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_settings
@@ -185,6 +201,63 @@ def db_reset(settings: Settings, yes: bool) -> None:
         with engine.begin() as conn:
             conn.execute(insert(WebUser), accounts)
     click.echo(f"database reset ({len(accounts)} web account(s) kept)")
+
+
+def _moment(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 date and time (2026-11-29T08:00:00+01:00)",
+                                 param_hint=option) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@cli.command()
+@click.option("--from", "start_text", metavar="TIME", help="ISO 8601, any offset (no offset: UTC) [default: 24 h "
+              "before --to].")
+@click.option("--to", "end_text", metavar="TIME", help="ISO 8601, excluded [default: now].")
+@click.option("--device", type=click.IntRange(1), default=None, help="Only this device id.")
+@click.option("--kind", type=click.Choice(["light", "led", "button"]), default=None, help="Only this kind.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to FILE [default: standard output].")
+@pass_settings
+def export(settings: Settings, start_text: str | None, end_text: str | None, device: int | None, kind: str | None,
+           output: Path | None) -> None:
+    """Export raw readings as CSV (at,device_id,device_name,kind,value), as GET /api/export.csv does."""
+    from sensorhub.db import history
+    from sensorhub.db.engine import make_engine
+    from sensorhub.db.schema import check_schema
+    from sensorhub.protocol import Kind
+
+    end = _moment(end_text, "--to") or datetime.now(UTC)
+    start = _moment(start_text, "--from") or end - timedelta(hours=24)
+    if start >= end:
+        raise click.BadParameter("must come before --to", param_hint="--from")
+    check_schema(settings.database_url)
+    engine = make_engine(settings.database_url, read_only=True)
+    kinds = list(Kind) if kind is None else [Kind(kind)]
+    rows = 0
+    try:
+        with engine.connect() as conn:
+            if device is not None and device not in history.device_names(conn, [device]):
+                raise click.BadParameter(f"no device has the id {device}", param_hint="--device")
+            names = history.device_names(conn, None if device is None else [device])
+            chunks = history.csv_chunks(history.export_rows(conn, start, end, kinds, None if device is None
+                                                            else [device]), names)
+            out = sys.stdout if output is None else output.open("w", newline="", encoding="utf-8")
+            try:
+                for chunk in chunks:
+                    out.write(chunk)
+                    rows += chunk.count("\n")
+            finally:
+                if output is not None:
+                    out.close()
+    finally:
+        engine.dispose()
+    if output is not None:
+        click.echo(f"{rows - 1:,} readings written to {output}", err=True)
 
 
 @cli.group()

@@ -142,11 +142,6 @@ def last_before(conn: Connection, device_id: int, kind: Kind, moment: datetime) 
     return None if row is None else RawPoint(parse_timestamp(row[0]), int(row[1]))
 
 
-def iso_text(stored: str) -> str:
-    """ISO 8601 (UTC, with its offset) of a stored time text, without building a datetime."""
-    return f"{stored[:10]}T{stored[11:]}+00:00"
-
-
 #: One CSV row: at (stored text), device id, kind, value.
 ExportRow = tuple[str, int, str, int]
 
@@ -175,6 +170,31 @@ def export_rows(conn: Connection, start: datetime, end: datetime, kinds: Sequenc
 def _tagged(rows: Iterable[Any], device_id: int, kind: str) -> Iterator[ExportRow]:
     for at, value in rows:
         yield at, device_id, kind, value
+
+
+CSV_HEADER = "at,device_id,device_name,kind,value\r\n"
+#: CSV lines per chunk of the streamed text.
+CSV_CHUNK = 2000
+
+
+def csv_chunks(rows: Iterator[ExportRow], names: dict[int, str]) -> Iterator[str]:
+    """CSV text (RFC 4180, CRLF, times in ISO 8601 UTC) of export rows, header first, CSV_CHUNK lines a chunk."""
+    quoted = {device_id: _csv_field(name) for device_id, name in names.items()}
+    yield CSV_HEADER
+    chunk: list[str] = []
+    for at, device_id, kind, value in rows:
+        chunk.append(f"{at[:10]}T{at[11:]}+00:00,{device_id},{quoted.get(device_id, '')},{kind},{value}\r\n")
+        if len(chunk) >= CSV_CHUNK:
+            yield "".join(chunk)
+            chunk = []
+    if chunk:
+        yield "".join(chunk)
+
+
+def _csv_field(text: str) -> str:
+    if any(c in text for c in ',"\r\n') or text != text.strip():
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def device_names(conn: Connection, device_ids: Sequence[int] | None = None) -> dict[int, str]:

@@ -23,6 +23,7 @@ from sensorhub.db.engine import check_schema, make_engine
 from sensorhub.errors import IngestError, PayloadError
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.ledpipe import Command, PipeReader
+from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.writer import COMMAND, JOIN, LEAVE, READING, SWEEP, Writer
 from sensorhub.protocol import SERVER_SUBSCRIPTIONS, Reading, Topic, parse_server_message
 
@@ -59,7 +60,8 @@ class IngestClient:
         self.mqtt.on_message = self._on_message
         self.mqtt.on_publish = self._on_publish
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
-                             presence_timeout=3 * settings.keepalive)
+                             presence_timeout=3 * settings.keepalive,
+                             purger=Purger(settings.retention_days, settings.rollup_retention_days))
         self.pipe = PipeReader(settings.fifo_path, self._on_command, self._on_pipe_error)
         self.ready = threading.Event()
         #: Set, with the reason, when the client cannot go on (the broker refused our password).

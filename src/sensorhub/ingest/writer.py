@@ -22,7 +22,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
 from sensorhub.ingest.drops import Drops
+from sensorhub.ingest.history import Event, History, SessionEvent
 from sensorhub.ingest.ledpipe import Command, LedRequest, RenameRequest
+from sensorhub.ingest.retention import Purger
 from sensorhub.protocol import (
     Kind,
     MacJoin,
@@ -90,10 +92,11 @@ class WriterStats:
 class _Batch:
     """What one transaction will do once committed."""
 
-    __slots__ = ("acks", "publishes", "readings", "seen")
+    __slots__ = ("acks", "publishes", "readings", "seen", "sessions")
 
     def __init__(self) -> None:
         self.readings: dict[Kind, list[tuple[int, str, int]]] = {kind: [] for kind in Kind}
+        self.sessions: list[SessionEvent] = []
         self.seen: dict[int, DeviceState] = {}
         self.acks: list[tuple[int, int]] = []
         self.publishes: list[tuple[str, bytes, int]] = []
@@ -103,8 +106,12 @@ class Writer:
     """Owns the database connection; everything that changes the database goes through `submit`."""
 
     def __init__(self, engine: Engine, publish: Publish, ack: Ack, drops: Drops, *,
-                 presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX) -> None:
+                 presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX,
+                 history: History | None = None, purger: Purger | None = None) -> None:
         self.engine = engine
+        #: Roll-ups and the session log, kept in each batch's transaction; retention, between batches.
+        self.history = history if history is not None else History()
+        self.purger = purger if purger is not None else Purger(0, 0)
         self.publish = publish
         self.ack = ack
         self.drops = drops
@@ -158,6 +165,8 @@ class Writer:
         ).all()
         seq = self._conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'device'").scalar()
         self._conn.rollback()
+        self.history.load(self._conn)
+        self._conn.rollback()
         self.by_session_name.clear()
         self.by_name.clear()
         self.by_mac.clear()
@@ -199,6 +208,7 @@ class Writer:
             except queue.Empty:
                 self.idle.set()
                 self._maybe_sweep()
+                self._maybe_purge(busy=False)
                 continue
             self.idle.clear()
             batch: list[Item] = []
@@ -217,6 +227,7 @@ class Writer:
             if batch:
                 self._commit(batch)
             self._maybe_sweep()
+            self._maybe_purge(busy=not self.queue.empty())
             if stopping:
                 logger.info("database writer stopped after storing %s", self.stats.stored)
                 return
@@ -303,10 +314,13 @@ class Writer:
                 conn.exec_driver_sql(_SET_LAST_SEEN, [
                     (format_micros(state.last_seen_us), state.id) for state in done.seen.values()
                 ])
+            self.history.stage(conn, done.readings, done.sessions)
             conn.commit()
         except BaseException:
             conn.rollback()
+            self.history.discard()
             raise
+        self.history.committed()
         return done
 
     # -- the protocol ----------------------------------------------------------------------------------
@@ -346,6 +360,7 @@ class Writer:
                                                   format_micros(at)))
             state = DeviceState(device_id, name, name, join.mac, session, False, at, at)
             self._index(state)
+            done.sessions.append((Event.STARTED, device_id, session, format_micros(at)))
             self.next_id += 1
             logger.info("new device %s: %s", join.mac, name)
         else:
@@ -355,6 +370,7 @@ class Writer:
                 state.session_name = state.name
                 self.by_session_name[state.name] = state
             conn.exec_driver_sql(_NEW_SESSION, (session, state.session_name, state.id))
+            done.sessions.append((Event.STARTED, state.id, session, format_micros(max(at, state.last_seen_us))))
             state.session_id = session
             state.online = False
             self._seen(done, state, at)
@@ -367,6 +383,7 @@ class Writer:
         if not state.online:
             conn.exec_driver_sql(_SET_ONLINE, (1, state.id))
             state.online = True
+            done.sessions.append((Event.ONLINE, state.id, state.session_id, format_micros(max(at, state.last_seen_us))))
         state.heard = True
         self._seen(done, state, at)
 
@@ -378,6 +395,7 @@ class Writer:
             conn.exec_driver_sql(_SET_ONLINE, (0, state.id))
             state.online = False
         self._seen(done, state, at)
+        done.sessions.append((Event.ENDED, state.id, state.session_id, format_micros(state.last_seen_us)))
 
     def _command(self, conn: Connection, done: _Batch, command: Command) -> None:
         state = self.by_id.get(command.device_id)
@@ -403,6 +421,19 @@ class Writer:
             state.name = command.name
             self.by_name[state.name] = state
 
+    # -- retention ---------------------------------------------------------------------------------------
+
+    def _maybe_purge(self, busy: bool) -> None:
+        """Delete a little of what retention allows; never let a failing purge stop the writer."""
+        if not self.purger.enabled:
+            return
+        assert self._conn is not None
+        try:
+            self.purger.run(self._conn, busy)
+        except SQLAlchemyError as err:
+            logger.warning("retention purge failed (%s); retrying later", _reason(err))
+            self.purger.delay(5.0)
+
     # -- presence after a broker restart -------------------------------------------------------------
 
     def _start_sweep(self) -> None:
@@ -422,9 +453,14 @@ class Writer:
         assert self._conn is not None
         try:
             self._conn.exec_driver_sql(_SET_OFFLINE, [(state.id,) for state in silent])
+            # Each ends when it was last heard of.
+            self.history.stage(self._conn, {}, [(Event.ENDED, state.id, state.session_id,
+                                                 format_micros(state.last_seen_us)) for state in silent])
             self._conn.commit()
+            self.history.committed()
         except SQLAlchemyError as err:
             self._conn.rollback()
+            self.history.discard()
             logger.error("could not mark silent devices offline: %s", _reason(err))
             self._load_quietly()
             return

@@ -23,9 +23,6 @@ from sensorhub.web.state import web_state
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPAN = timedelta(hours=24)
-CSV_HEADER = "at,device_id,device_name,kind,value\r\n"
-#: CSV lines sent per chunk of the streamed answer.
-CSV_CHUNK = 2000
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 # A "+01:00" offset sent unencoded in a query string arrives as " 01:00".
@@ -106,7 +103,7 @@ def series_json(found: history.Series) -> dict[str, Any]:
             item: dict[str, Any] = {"at": iso(point.at), "count": point.count, "min": point.low,
                                     "avg": None if avg is None else round(avg, 3), "max": point.high}
             if stateful:
-                item["on_seconds"] = round(point.on_us / 1e6, 3)
+                item["on_seconds"] = point.on_us / 1e6  # exact to the microsecond
             points.append(item)
     before = found.before
     return {
@@ -137,26 +134,6 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def csv_lines(rows: Iterator[history.ExportRow], names: dict[int, str]) -> Iterator[str]:
-    """CSV text (RFC 4180, CRLF) of export rows, header first, in chunks of CSV_CHUNK lines."""
-    quoted = {device_id: _csv_field(name) for device_id, name in names.items()}
-    yield CSV_HEADER
-    chunk: list[str] = []
-    for at, device_id, kind, value in rows:
-        chunk.append(f"{at[:10]}T{at[11:]}+00:00,{device_id},{quoted.get(device_id, '')},{kind},{value}\r\n")
-        if len(chunk) >= CSV_CHUNK:
-            yield "".join(chunk)
-            chunk = []
-    if chunk:
-        yield "".join(chunk)
-
-
-def _csv_field(text: str) -> str:
-    if any(c in text for c in ',"\r\n') or text != text.strip():
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
 def _csv_answer(filename: str, start: datetime, end: datetime, kinds: Sequence[Kind],
                 device_ids: Sequence[int] | None) -> Response:
     database = web_state().database
@@ -165,7 +142,7 @@ def _csv_answer(filename: str, start: datetime, end: datetime, kinds: Sequence[K
         # One read transaction for the whole file: a consistent snapshot, however long the download.
         with database.connect() as conn:
             names = history.device_names(conn, device_ids)
-            yield from csv_lines(history.export_rows(conn, start, end, kinds, device_ids), names)
+            yield from history.csv_chunks(history.export_rows(conn, start, end, kinds, device_ids), names)
 
     response = Response(generate(), mimetype="text/csv")
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'

@@ -1,0 +1,136 @@
+"""Retention: the writer deletes raw readings older than SENSORHUB_RETENTION_DAYS and roll-ups older than
+SENSORHUB_ROLLUP_RETENTION_DAYS, a few hundred rows at a time between batches, so that ingest never waits
+long behind it.
+
+Rows are found device by device through the `(device_id, at)` indexes (and the roll-ups' primary keys), so no
+extra index slows the inserts and no step scans a table. SQLite puts the freed pages on its free list and
+reuses them for new rows: once retention is reached, the file stops growing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, TextClause, text
+
+from sensorhub.db.models import format_micros
+
+logger = logging.getLogger(__name__)
+
+DAY_US = 86_400 * 1_000_000
+#: Rows deleted per statement, and per transaction.
+STEP_ROWS = 500
+#: Time the writer may spend purging after a batch while messages wait, and when it is idle.
+BUSY_BUDGET = 0.005
+IDLE_BUDGET = 0.05
+#: Pause between two purge rounds while messages arrive, and between two passes once everything is purged.
+BUSY_INTERVAL = 0.05
+REST_INTERVAL = 60.0
+
+_READINGS = ("light_reading", "led_reading", "button_reading")
+_ROLLUPS = ("rollup_minute", "rollup_hour")
+
+
+def _reading_delete(table: str) -> TextClause:
+    return text(f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE device_id = :device "
+                f"AND at < :cutoff ORDER BY at LIMIT {STEP_ROWS})")
+
+
+def _rollup_delete(table: str) -> TextClause:
+    return text(f"DELETE FROM {table} WHERE device_id = :device AND kind = :kind AND start IN (SELECT start FROM "
+                f"{table} WHERE device_id = :device AND kind = :kind AND start < :cutoff ORDER BY start "
+                f"LIMIT {STEP_ROWS})")
+
+
+@dataclass
+class RetentionStats:
+    """What the purge deleted since start."""
+
+    readings: int = 0
+    rollups: int = 0
+    passes: int = 0
+    last_pass_s: float = 0.0
+
+
+class Purger:
+    """Deletes what retention allows, a small step at a time; `run` is called by the writer between batches."""
+
+    def __init__(self, raw_days: int, rollup_days: int, now_us: Callable[[], int] | None = None) -> None:
+        self.raw_days = raw_days
+        self.rollup_days = rollup_days
+        self.now_us = now_us or (lambda: time.time_ns() // 1000)
+        self.stats = RetentionStats()
+        self._tasks: list[tuple[TextClause, dict[str, object], str]] = []
+        self._next = 0.0
+        self._pass_started = 0.0
+        self._deleted_in_pass = 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is ever deleted."""
+        return self.raw_days > 0 or self.rollup_days > 0
+
+    def _plan(self, conn: Connection) -> None:
+        """One pass: every (device, table) to purge, with the cut-offs as of now."""
+        now = self.now_us()
+        devices = [int(row[0]) for row in conn.execute(text("SELECT id FROM device ORDER BY id"))]
+        conn.rollback()
+        tasks: list[tuple[TextClause, dict[str, object], str]] = []
+        if self.raw_days:
+            cutoff = format_micros(now - self.raw_days * DAY_US)
+            for table in _READINGS:
+                statement = _reading_delete(table)
+                tasks += [(statement, {"device": d, "cutoff": cutoff}, "readings") for d in devices]
+        if self.rollup_days:
+            cutoff = format_micros(now - self.rollup_days * DAY_US)
+            for table in _ROLLUPS:
+                statement = _rollup_delete(table)
+                tasks += [(statement, {"device": d, "kind": kind, "cutoff": cutoff}, "rollups")
+                          for d in devices for kind in ("light", "led", "button")]
+        self._tasks = tasks
+        self._pass_started = time.monotonic()
+        self._deleted_in_pass = 0
+
+    def delay(self, seconds: float) -> None:
+        """Try again in `seconds` (after a failure)."""
+        self._next = time.monotonic() + seconds
+
+    def run(self, conn: Connection, busy: bool) -> int:
+        """Purge for at most a small time budget if a round is due; return the rows deleted (committed)."""
+        if not self.enabled or time.monotonic() < self._next:
+            return 0
+        if not self._tasks:
+            self._plan(conn)
+        budget = BUSY_BUDGET if busy else IDLE_BUDGET
+        deadline = time.monotonic() + budget
+        deleted = 0
+        while self._tasks and time.monotonic() < deadline:
+            statement, values, what = self._tasks[-1]
+            try:
+                count = conn.execute(statement, values).rowcount
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            deleted += count
+            if what == "readings":
+                self.stats.readings += count
+            else:
+                self.stats.rollups += count
+            if count < STEP_ROWS:
+                self._tasks.pop()  # this device's table is done for this pass
+        self._deleted_in_pass += deleted
+        if self._tasks:
+            self._next = time.monotonic() + (BUSY_INTERVAL if busy else 0.0)
+        else:
+            self.stats.passes += 1
+            self.stats.last_pass_s = time.monotonic() - self._pass_started
+            if self._deleted_in_pass:
+                logger.info("retention: deleted %d rows in %.1f s (readings older than %s days, roll-ups older "
+                            "than %s days)", self._deleted_in_pass, self.stats.last_pass_s,
+                            self.raw_days or "∞", self.rollup_days or "∞")
+            self._next = time.monotonic() + REST_INTERVAL
+        return deleted
