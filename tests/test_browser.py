@@ -80,8 +80,9 @@ def fleets(stack: Stack) -> Iterator[Callable[..., Fleet]]:
         fleet.stop()
 
 
-def new_page(browser: Browser, viewport: dict[str, int] | None = None) -> tuple[Page, list[str]]:
-    context = browser.new_context(viewport=viewport or DESKTOP)  # type: ignore[arg-type]
+def new_page(browser: Browser, viewport: dict[str, int] | None = None,
+             timezone: str | None = None) -> tuple[Page, list[str]]:
+    context = browser.new_context(viewport=viewport or DESKTOP, timezone_id=timezone)  # type: ignore[arg-type]
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
@@ -364,7 +365,9 @@ def test_historique_shows_the_recorded_values(page: Page, stack: Stack, fleets: 
         at = items.nth(i).locator("time").get_attribute("datetime")
         assert at is not None
         moments.append(at)
-        assert items.nth(i).locator("time").inner_text() == f"{at[:10]} {at[11:23]} UTC"
+        # The browser's time zone (the test context's: UTC), the UTC value on hover.
+        assert items.nth(i).locator("time").inner_text() == f"{at[8:10]}/{at[5:7]}/{at[:4]} {at[11:19]},{at[20:23]}"
+        assert items.nth(i).locator("time").get_attribute("title") == f"{at[:10]} {at[11:23]} UTC"
         assert items.nth(i).locator(".value").inner_text() == f"{recorded_light[at]} %"
     assert moments == sorted(moments, reverse=True)  # newest first
     expect(shown.locator('[data-kind="button"] .value')).to_have_text(["relâché", "appuyé"])
@@ -520,3 +523,87 @@ def test_the_screenshot_scenario_checks_every_page(browser: Browser, stack: Stac
         assert width == screenshots.SHOTS[path.name]["width"], path.name
         assert height >= screenshots.SHOTS[path.name]["height"] // 2, path.name  # full pages, not a strip
         assert path.stat().st_size > 10_000, path.name  # not a blank page
+
+
+# -- a device over time ------------------------------------------------------------------------------------------
+
+
+def thirty_days(engine: Any) -> int:
+    """A device with 30 days of readings (light every 5 minutes, LED every 2 hours), roll-ups built."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import text
+
+    from sensorhub.db.models import format_micros, to_micros
+    from sensorhub.db.rollups import rebuild
+    from tests.test_web import add_device
+
+    now = datetime.now(UTC)
+    device = add_device(engine, "salle B", 1, joined=now - timedelta(days=31), online=False, last_seen=now)
+    start = to_micros(now - timedelta(days=30))
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO light_reading (device_id, at, value) VALUES (:d, :at, :v)"), [
+            {"d": device, "at": format_micros(start + n * 300_000_000), "v": 50 + (n * 7) % 40}
+            for n in range(30 * 288)])
+        conn.execute(text("INSERT INTO led_reading (device_id, at, value) VALUES (:d, :at, :v)"), [
+            {"d": device, "at": format_micros(start + n * 7_200_000_000), "v": n % 2} for n in range(30 * 12)])
+        rebuild(conn)
+    return device
+
+
+def chart_points(page: Page, name: str) -> list[int]:
+    return list(page.evaluate(
+        "(name) => Chart.getChart(document.querySelector(`[data-chart=\"${name}\"]`)).data.datasets"
+        ".map((set) => set.data.length)", name))
+
+
+def test_a_devices_30_day_chart_renders_in_local_time(browser: Browser, settings: Settings, engine: Any) -> None:
+    device = thirty_days(engine)
+    with web_server(settings, workers=1):
+        page, errors = new_page(browser, timezone="Europe/Paris")
+        try:
+            page.goto(web_url(settings, f"/appareil/{device}?periode=30j"))
+            root = page.locator('[data-device-page][data-state="ready"]')
+            expect(root).to_have_attribute("data-bucket", "1h", timeout=15_000)
+            assert page.locator('[data-range="30j"]').get_attribute("aria-pressed") == "true"
+            light = chart_points(page, "light")
+            assert len(light) == 3 and 700 <= light[2] <= 721, light  # min, max (the band), mean: hourly buckets
+            assert chart_points(page, "state")[0] > 300  # the LED's share of each hour on
+            drawn = page.evaluate("""() => {
+                const canvas = document.querySelector('[data-chart="light"]');
+                const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+                let inked = 0;
+                for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) inked += 1;
+                return inked / (canvas.width * canvas.height);
+            }""")
+            assert drawn > 0.05, f"the chart looks empty ({drawn:.1%} of the canvas drawn)"
+            summary = page.locator("[data-summary]").inner_text()
+            assert "heure de votre navigateur" in summary and "heures (min, moyenne, max)" in summary
+            csv_href = page.locator("[data-csv]").get_attribute("href")
+            assert csv_href is not None and csv_href.startswith(f"/api/export.csv?device={device}&from=")
+            # Times on the page are Paris time (UTC+1 in winter), UTC on hover.
+            seen = page.locator("time").first
+            at = seen.get_attribute("datetime")
+            assert at is not None
+            from datetime import datetime, timedelta
+            from zoneinfo import ZoneInfo
+
+            local = datetime.fromisoformat(at).astimezone(ZoneInfo("Europe/Paris"))
+            assert seen.inner_text() == local.strftime("%d/%m/%Y %H:%M:%S")
+            assert seen.get_attribute("title") == f"{at[:10]} {at[11:19]} UTC"
+            # The last hour: raw readings; a custom range: in the address, to be shared.
+            page.locator('[data-range="1h"]').click()
+            expect(root).to_have_attribute("data-bucket", "raw")
+            page.locator('[data-range="custom"]').click()
+            ten_days_ago = (local - timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%S")
+            page.locator('input[name="from"]').fill(ten_days_ago)
+            page.locator('[data-custom-range] button[type="submit"]').click()
+            expect(root).to_have_attribute("data-bucket", "1h")
+            assert "du=" in page.url and "au=" in page.url
+            page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+            page.reload()
+            expect(page.locator('[data-device-page][data-state="ready"]')).to_be_visible(timeout=15_000)
+            no_horizontal_scroll(page)
+        finally:
+            page.context.close()
+    assert errors == []

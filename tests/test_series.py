@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, text, update
 
 from sensorhub import accounts
 from sensorhub.config import Settings
@@ -193,3 +194,55 @@ def test_anonymous_visitors_read_the_series_once_accounts_exist(client: FlaskCli
     assert client.get(f"/api/devices/{fleet['one']}/readings").status_code == 200
     answer = client.get(f"/api/devices/{fleet['one']}/readings.csv")
     assert answer.status_code == 200 and "mac" not in answer.get_data(as_text=True).splitlines()[0]
+
+
+# -- the device page ---------------------------------------------------------------------------------------------
+
+
+def test_the_device_page_has_its_ranges_csv_link_and_sessions(client: FlaskClient, fleet: dict[str, Any],
+                                                              engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO device_session (device_id, session_id, started_at, online_at, ended_at) "
+                          "VALUES (1, '1764380000.000001', '2026-11-29 01:00:00.000000', "
+                          "'2026-11-29 01:00:01.000000', '2026-11-29 02:00:00.000000')"))
+    answer = client.get(f"/appareil/{fleet['one']}")
+    assert answer.status_code == 200
+    html = answer.get_data(as_text=True)
+    assert "<h1 data-device-name>salle, 1</h1>" in html
+    for key, label in (("1h", "1 h"), ("24h", "24 h"), ("7j", "7 j"), ("30j", "30 j"), ("custom", "Personnalisée")):
+        assert re.search(rf'<button type="button" data-range="{key}" aria-pressed="\w+"[^>]*>{label}</button>', html)
+    assert 'data-range="24h" aria-pressed="true"' in html
+    assert f'href="/api/export.csv?device={fleet["one"]}" data-csv download' in html
+    assert 'vendor/chartjs-adapter-date-fns.bundle.min.js' in html and 'appareil.js' in html
+    sessions = html[html.index("data-sessions"):]
+    assert '<time datetime="2026-11-29T01:00:00.000000+00:00">2026-11-29 01:00:00 UTC</time>' in sessions
+    assert "parti le" in sessions and "session 1764380000.000001" in sessions
+    for script in re.findall(r"<script\b[^>]*>", html):
+        assert "src=" in script
+    assert client.get(f"/appareil/{fleet['one']}?periode=7j").get_data(as_text=True).count(
+        'data-range="7j" aria-pressed="true"') == 1
+    assert client.get("/appareil/99").status_code == 404
+
+
+def test_every_card_links_to_its_device_page(client: FlaskClient, fleet: dict[str, Any]) -> None:
+    for path in ("/capteurs", "/historique", f"/sensor/{fleet['one']}"):
+        html = client.get(path).get_data(as_text=True)
+        assert re.search(rf'<a href="/appareil/{fleet["one"]}" data-device-name[^>]*>salle, 1</a>', html), path
+
+
+def test_anonymous_visitors_see_the_device_page_without_private_fields(client: FlaskClient, fleet: dict[str, Any],
+                                                                       engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO device_session (device_id, session_id, started_at) "
+                          "VALUES (1, '1764380000.000001', '2026-11-29 01:00:00.000000')"))
+    accounts.add(engine, "alice", "correct horse battery")
+    html = client.get(f"/appareil/{fleet['one']}").get_data(as_text=True)
+    assert "salle, 1" in html and "02:00:00:00:00:01" not in html and "1764380000.000001" not in html
+    assert "en cours" in html
+
+
+def test_accueil_shows_the_database_size_and_oldest_reading(client: FlaskClient, fleet: dict[str, Any]) -> None:
+    html = client.get("/accueil").get_data(as_text=True)
+    assert "Taille sur le disque" in html and re.search(r'data-db-bytes="\d+">[\d,]+ (ko|Mo)<', html)
+    assert f'<time datetime="{iso(fleet["light"][0][0])}">' in html
+    assert "Conservation des mesures brutes</dt><dd>illimitée" in html

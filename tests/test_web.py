@@ -319,7 +319,8 @@ def test_historique_shows_the_ten_newest_values_newest_first_with_utc_timestamps
     html = client.get("/historique").get_data(as_text=True)
     light = html[position(html, 'data-kind="light"'):]
     light = light[:light.index("</section>")]
-    items = re.findall(r'<li><time datetime="([^"]+)">([^<]+)</time> <span class="value">([^<]+)</span></li>', light)
+    items = re.findall(r'<li><time datetime="([^"]+)" data-precision="ms">([^<]+)</time> '
+                       r'<span class="value">([^<]+)</span></li>', light)
     assert [value for _, _, value in items] == [f"{v} %" for v in range(71, 61, -1)]
     newest = moments[-1]
     assert items[0][0] == newest.isoformat()
@@ -469,7 +470,8 @@ def test_api_index_lists_the_api_routes_with_their_docstrings(app: Flask, client
         listed = [(r["method"], r["path"]) for r in body["routes"]]
         assert listed == [("GET", "/api"), ("GET", "/api/devices"), ("GET", "/api/devices/<device_id>"),
                           ("GET", "/api/stats"), ("POST", "/api/devices/<device_id>/led"),
-                          ("POST", "/api/devices/<device_id>/name")]
+                          ("POST", "/api/devices/<device_id>/name"), ("GET", "/api/devices/<device_id>/readings"),
+                          ("GET", "/api/devices/<device_id>/readings.csv"), ("GET", "/api/export.csv")]
     described = {r["path"]: r["description"] for r in body["routes"] if r["method"] == "GET"}
     assert api.devices.__doc__ is not None and described["/api/devices"] == api.devices.__doc__
     assert all(r["description"] for r in body["routes"])
@@ -501,8 +503,10 @@ def test_api_stats(client: FlaskClient, engine: Engine) -> None:
     start = datetime.now(UTC) - timedelta(hours=1)
     add_readings(engine, LightReading, first, [1, 2, 3], start)
     add_readings(engine, ButtonReading, first, [1], start)
-    assert client.get("/api/stats").get_json() == {
-        "devices": 4, "online": 3, "readings": {"led": 0, "button": 1, "light": 3}}
+    body = client.get("/api/stats").get_json()
+    assert body.pop("db_bytes") > 0
+    assert body == {"devices": 4, "online": 3, "readings": {"led": 0, "button": 1, "light": 3},
+                    "oldest": (start + timedelta(seconds=1)).isoformat()}
 
 
 # -- CSRF and bad requests ---------------------------------------------------------------------------------------

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, render_template, request
+from sqlalchemy.exc import SQLAlchemyError
 
-from sensorhub.db import queries
+from sensorhub.db import history, queries
+from sensorhub.errors import DatabaseError
 from sensorhub.protocol import MAX_NAME, QOS, Topic
 from sensorhub.web import vendor
 from sensorhub.web.state import web_state
@@ -31,8 +34,31 @@ def accueil() -> str:
     settings = web_state().settings
     return render_template(
         "accueil.html", page="accueil", broker_host=_page_host(), mqtt_port=settings.mqtt_port,
-        mqtt_ws_port=settings.mqtt_ws_port, qos=QOS, Topic=Topic, max_name=MAX_NAME,
+        mqtt_ws_port=settings.mqtt_ws_port, qos=QOS, Topic=Topic, max_name=MAX_NAME, database=_database_facts(),
     )
+
+
+def _size_text(size: int) -> str:
+    """`12,3 Mo`: French decimal comma, powers of 1,000 as disks count."""
+    for unit, scale in (("Go", 1e9), ("Mo", 1e6), ("ko", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}".replace(".", ",")
+    return f"{size} octets"
+
+
+def _database_facts() -> dict[str, Any] | None:
+    """The database's size, oldest reading and retention, or None without a database (the page still answers)."""
+    state = web_state()
+    try:
+        with state.database.connect() as conn:
+            size = history.database_bytes(state.database.engine(), conn)
+            oldest = history.oldest(conn)
+    except (DatabaseError, SQLAlchemyError) as err:
+        logger.debug("no database facts on /accueil: %s", err)
+        return None
+    days = state.settings.retention_days
+    return {"bytes": size, "size_text": _size_text(size), "oldest": oldest,
+            "retention": f"{days} jour{'s' if days > 1 else ''}" if days else "illimitée"}
 
 
 def _online_cards() -> list[queries.DeviceHistory]:
@@ -69,6 +95,25 @@ def historique() -> str:
     return render_template(
         "historique.html", page="historique", result=page, query=query, first_page=before is None,
         max_name=MAX_NAME,
+    )
+
+
+#: The ranges the device page offers, by the name in its `?periode=` (a custom range is `?du=…&au=…`).
+RANGES = {"1h": "1 h", "24h": "24 h", "7j": "7 j", "30j": "30 j"}
+
+
+@bp.get("/appareil/<id:device_id>")
+def appareil(device_id: int) -> str:
+    """One device over time: charts of its light, LED and button over a chosen range, CSV, its sessions."""
+    with web_state().database.connect() as conn:
+        device = queries.get_device(conn, device_id)
+        if device is None:
+            abort(404)
+        sessions = history.sessions(conn, device_id)
+    period = request.args.get("periode", "24h")
+    return render_template(
+        "appareil.html", page="appareil", device=device, sessions=sessions, ranges=RANGES,
+        period=period if period in RANGES else "24h", vendor_missing=vendor.missing(), max_name=MAX_NAME,
     )
 
 

@@ -12,6 +12,8 @@ VENDOR_DIR = Path(__file__).resolve().parent / "static" / "vendor"
 FILES = {
     "mqtt.min.js": "mqtt/dist/mqtt.min.js",
     "chart.umd.min.js": "chart.js/dist/chart.umd.min.js",
+    # Chart.js's time axis needs a date adapter; the bundle includes date-fns.
+    "chartjs-adapter-date-fns.bundle.min.js": "chartjs-adapter-date-fns/dist/chartjs-adapter-date-fns.bundle.min.js",
 }
 
 

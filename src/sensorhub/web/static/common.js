@@ -211,3 +211,30 @@ export function initRename(container, onRenamed = () => {}) {
     }
   });
 }
+
+const two = (n) => String(n).padStart(2, '0');
+
+// "29/11/2026 09:07:19" (",603" with milliseconds) in the browser's time zone.
+export function formatLocal(date, withMs = false) {
+  const text = `${two(date.getDate())}/${two(date.getMonth() + 1)}/${date.getFullYear()} `
+    + `${two(date.getHours())}:${two(date.getMinutes())}:${two(date.getSeconds())}`;
+  return withMs ? `${text},${String(date.getMilliseconds()).padStart(3, '0')}` : text;
+}
+
+// "2026-11-29 08:07:19 UTC" (".603" with milliseconds).
+export function formatUtc(date, withMs = false) {
+  const iso = date.toISOString();
+  return `${iso.slice(0, 10)} ${iso.slice(11, withMs ? 23 : 19)} UTC`;
+}
+
+// <time datetime="…"> elements written in UTC by the server: local text, UTC in the tooltip. Idempotent.
+export function localizeTimes(root = document) {
+  for (const element of root.querySelectorAll('time[datetime]:not([data-local])')) {
+    const date = new Date(element.getAttribute('datetime'));
+    if (Number.isNaN(date.getTime())) continue;
+    const withMs = element.dataset.precision === 'ms';
+    element.textContent = formatLocal(date, withMs);
+    element.title = formatUtc(date, withMs);
+    element.dataset.local = '1';
+  }
+}

@@ -1,0 +1,222 @@
+// /appareil/<id>: one device over time. The light is a line (its mean, with the min–max band once aggregated),
+// the LED and the button are step series (on = 100 %; once aggregated, the share of each bucket spent on). The
+// server picks the bucket (raw, 1 minute, 1 hour) so that a range never gives more than 1,000 points.
+// Times on the axis are the browser's; the tooltip gives the UTC time too.
+import {formatLocal, formatUtc} from './common.js';
+
+const root = document.querySelector('[data-device-page]');
+const deviceId = root.dataset.deviceId;
+const SPANS = {'1h': 3600e3, '24h': 86400e3, '7j': 7 * 86400e3, '30j': 30 * 86400e3};
+const BUCKET_MS = {'1m': 60e3, '1h': 3600e3};
+const BUCKET_LABELS = {raw: 'mesures', '1m': 'minutes (min, moyenne, max)', '1h': 'heures (min, moyenne, max)'};
+const KIND_LABELS = {led: 'LED allumée', button: 'Bouton appuyé'};
+const COLORS = {light: '#0f766e', band: 'rgba(15, 118, 110, 0.18)', led: '#a16207', button: '#4338ca'};
+const summary = document.querySelector('[data-summary]');
+const errorBox = document.querySelector('[data-chart-error]');
+const csvLink = document.querySelector('[data-csv]');
+const customForm = document.querySelector('[data-custom-range]');
+const rangeButtons = [...document.querySelectorAll('[data-range]')];
+const notes = {light: document.querySelector('[data-note="light"]'), state: document.querySelector('[data-note="state"]')};
+const charts = {};
+let generation = 0;
+let current = null; // {from: Date, to: Date, key: '24h' | 'custom'}
+
+const two = (n) => String(n).padStart(2, '0');
+
+// The value of an <input type="datetime-local"> for a date, in the browser's time zone.
+function localInput(date) {
+  return `${date.getFullYear()}-${two(date.getMonth() + 1)}-${two(date.getDate())}T`
+    + `${two(date.getHours())}:${two(date.getMinutes())}:${two(date.getSeconds())}`;
+}
+
+function pressRange(key) {
+  for (const button of rangeButtons) button.setAttribute('aria-pressed', String(button.dataset.range === key));
+}
+
+async function fetchSeries(kind, from, to) {
+  const params = new URLSearchParams({kind, from: from.toISOString(), to: to.toISOString(), bucket: 'auto'});
+  const response = await fetch(`/api/devices/${deviceId}/readings?${params}`, {headers: {Accept: 'application/json'}});
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `erreur HTTP ${response.status}`);
+  return body;
+}
+
+const at = (point) => Date.parse(point.at);
+
+function lightDatasets(series) {
+  if (series.bucket === 'raw') {
+    return [{
+      label: 'Lumière', data: series.points.map((p) => ({x: at(p), y: p.value})), borderColor: COLORS.light,
+      backgroundColor: COLORS.light, borderWidth: 2, pointRadius: series.points.length > 150 ? 0 : 2, tension: 0,
+    }];
+  }
+  const line = (key) => series.points.map((p) => ({x: at(p), y: p[key]}));
+  return [
+    {label: 'Minimum', data: line('min'), borderWidth: 0, pointRadius: 0, fill: false, borderColor: 'transparent'},
+    {label: 'Min – max', data: line('max'), borderWidth: 0, pointRadius: 0, fill: '-1', borderColor: 'transparent',
+      backgroundColor: COLORS.band},
+    {label: 'Moyenne', data: line('avg'), borderColor: COLORS.light, backgroundColor: COLORS.light, borderWidth: 2,
+      pointRadius: 0},
+  ];
+}
+
+// A step series: each value holds until the next one; the last one until the end of the range (or now).
+function stateDataset(series, until) {
+  const points = [];
+  if (series.bucket === 'raw') {
+    if (series.previous) points.push({x: Date.parse(series.from), y: series.previous.value * 100});
+    for (const p of series.points) points.push({x: at(p), y: p.value * 100});
+  } else {
+    const width = BUCKET_MS[series.bucket];
+    for (const p of series.points) {
+      points.push({x: at(p), y: Math.min(100, Math.round((p.on_seconds * 1000 / width) * 1000) / 10)});
+    }
+  }
+  if (points.length) points.push({x: until, y: points[points.length - 1].y});
+  return {
+    label: KIND_LABELS[series.kind], data: points, stepped: 'after', borderColor: COLORS[series.kind],
+    backgroundColor: COLORS[series.kind], borderWidth: 2, pointRadius: 0,
+  };
+}
+
+function chartOptions(from, to, yTitle, legendFilter) {
+  return {
+    animation: false,
+    responsive: true,
+    maintainAspectRatio: false,
+    parsing: false,
+    normalized: true,
+    interaction: {mode: 'nearest', axis: 'x', intersect: false},
+    scales: {
+      x: {
+        type: 'time', min: from.getTime(), max: to.getTime(),
+        time: {displayFormats: {millisecond: 'HH:mm:ss.SSS', second: 'HH:mm:ss', minute: 'HH:mm', hour: 'HH:mm',
+          day: 'dd/MM', week: 'dd/MM', month: 'MM/yyyy', quarter: 'MM/yyyy', year: 'yyyy'}},
+        ticks: {maxRotation: 0, autoSkip: true, maxTicksLimit: 8},
+      },
+      y: {min: 0, max: 100, title: {display: true, text: yTitle}, ticks: {callback: (value) => `${value} %`}},
+    },
+    plugins: {
+      legend: {labels: {filter: legendFilter}},
+      tooltip: {
+        callbacks: {
+          title: (items) => {
+            const date = new Date(items[0].parsed.x);
+            return [formatLocal(date), formatUtc(date)];
+          },
+          label: (item) => `${item.dataset.label} : ${item.parsed.y} %`,
+        },
+      },
+    },
+  };
+}
+
+function draw(name, datasets, options) {
+  if (charts[name]) charts[name].destroy();
+  const canvas = document.querySelector(`[data-chart="${name}"]`);
+  charts[name] = new window.Chart(canvas, {type: 'line', data: {datasets}, options});
+}
+
+function describe(series) {
+  const count = series.points.length;
+  if (!count) return 'aucune mesure';
+  return `${count} ${BUCKET_LABELS[series.bucket]}`;
+}
+
+async function load(from, to, key) {
+  const mine = ++generation;
+  current = {from, to, key};
+  pressRange(key);
+  root.dataset.state = 'loading';
+  summary.textContent = 'Chargement…';
+  errorBox.hidden = true;
+  const params = new URLSearchParams({device: deviceId, from: from.toISOString(), to: to.toISOString()});
+  csvLink.href = `/api/export.csv?${params}`;
+  const address = new URL(window.location.href);
+  address.search = key === 'custom'
+    ? new URLSearchParams({du: from.toISOString(), au: to.toISOString()}).toString()
+    : new URLSearchParams({periode: key}).toString();
+  window.history.replaceState(null, '', address);
+  let light;
+  let led;
+  let button;
+  try {
+    [light, led, button] = await Promise.all(['light', 'led', 'button'].map((kind) => fetchSeries(kind, from, to)));
+  } catch (err) {
+    if (mine !== generation) return;
+    errorBox.textContent = `Mesures indisponibles : ${err.message}`;
+    errorBox.hidden = false;
+    summary.textContent = '';
+    root.dataset.state = 'error';
+    return;
+  }
+  if (mine !== generation) return;
+  if (!window.Chart || !window.Chart._adapters?._date?.prototype?.formats) {
+    errorBox.textContent = 'Bibliothèque de graphiques absente : lancez « make install » sur le serveur.';
+    errorBox.hidden = false;
+    root.dataset.state = 'error';
+    return;
+  }
+  const until = Math.min(to.getTime(), Date.now());
+  draw('light', lightDatasets(light), chartOptions(from, to, 'lumière', (item) => item.text !== 'Minimum'));
+  draw('state', [stateDataset(led, until), stateDataset(button, until)],
+    chartOptions(from, to, light.bucket === 'raw' && led.bucket === 'raw' ? 'état' : 'part du temps', () => true));
+  notes.light.textContent = light.bucket === 'raw' ? '' : 'La bande montre le minimum et le maximum de chaque période.';
+  notes.state.textContent = led.bucket === 'raw' && button.bucket === 'raw'
+    ? '100 % : LED allumée, bouton appuyé ; 0 % : éteinte, relâché.'
+    : 'Part de chaque période passée LED allumée, bouton appuyé.';
+  const text = `Du ${formatLocal(from)} au ${formatLocal(to)} (heure de votre navigateur). Lumière : ${describe(light)} ;`
+    + ` LED : ${describe(led)} ; bouton : ${describe(button)}.`;
+  summary.textContent = text;
+  for (const canvas of document.querySelectorAll('[data-chart]')) canvas.dataset.bucket = light.bucket;
+  root.dataset.bucket = light.bucket;
+  root.dataset.points = String(light.points.length);
+  root.dataset.state = 'ready';
+}
+
+function loadSpan(key) {
+  const to = new Date();
+  load(new Date(to.getTime() - SPANS[key]), to, key);
+}
+
+for (const button of rangeButtons) {
+  button.addEventListener('click', () => {
+    const key = button.dataset.range;
+    if (key === 'custom') {
+      customForm.hidden = false;
+      if (current) {
+        customForm.elements.from.value = localInput(current.from);
+        customForm.elements.to.value = localInput(current.to);
+      }
+      customForm.elements.from.focus();
+      return;
+    }
+    customForm.hidden = true;
+    loadSpan(key);
+  });
+}
+
+customForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const from = new Date(customForm.elements.from.value);
+  const to = new Date(customForm.elements.to.value);
+  if (Number.isNaN(from.getTime()) || Number.isNaN(to.getTime()) || from >= to) {
+    errorBox.textContent = 'Choisissez un début antérieur à la fin.';
+    errorBox.hidden = false;
+    return;
+  }
+  load(from, to, 'custom');
+});
+
+// Charts need the deferred Chart.js and its date adapter: modules run after deferred scripts.
+const query = new URLSearchParams(window.location.search);
+const from = query.get('du') ? new Date(query.get('du')) : null;
+const to = query.get('au') ? new Date(query.get('au')) : null;
+if (from && to && !Number.isNaN(from.getTime()) && !Number.isNaN(to.getTime()) && from < to) {
+  customForm.hidden = false;
+  customForm.elements.from.value = localInput(from);
+  customForm.elements.to.value = localInput(to);
+  load(from, to, 'custom');
+} else {
+  loadSpan(SPANS[root.dataset.period] ? root.dataset.period : '24h');
+}
