@@ -115,9 +115,9 @@ def test_any_offset_is_accepted_and_utc_comes_back(client: FlaskClient, fleet: d
     start = START + timedelta(minutes=1)
     paris = start.astimezone(UTC).replace(tzinfo=None).isoformat() + "+00:00"
     local = (start + timedelta(hours=1)).replace(tzinfo=None).isoformat() + "+01:00"
-    for text in (paris, local, start.strftime("%Y-%m-%dT%H:%M:%SZ"), local.replace("+", " ")):
-        body = client.get(f"/api/devices/{fleet['one']}/readings?bucket=raw&from={text}").json
-        assert body is not None and body["from"] == iso(start), text
+    for written in (paris, local, start.strftime("%Y-%m-%dT%H:%M:%SZ"), local.replace("+", " ")):
+        body = client.get(f"/api/devices/{fleet['one']}/readings?bucket=raw&from={written}").json
+        assert body is not None and body["from"] == iso(start), written
 
 
 @pytest.mark.parametrize(("query", "parameter"), [
