@@ -15,7 +15,8 @@ from bench import machine
 from bench.scenarios import FULL, QUICK, Figure, Load, Sizes, burst, latency, many_devices, memory, sustained
 from bench.stack import Stack
 
-SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "web", "memory", "browser")
+SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "web", "memory", "browser",
+             "history", "export", "rollups", "retention")
 
 
 def run(sizes: Sizes, only: set[str], say: Callable[[str], None]) -> list[Figure]:
@@ -57,6 +58,10 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None]) -> list[Figure
         from bench.web import web_latency
 
         attempt("web", lambda: web_latency(sizes))
+    if only & {"history", "export", "rollups", "retention"}:
+        from bench.history import HISTORY_FULL, HISTORY_QUICK, run_history
+
+        run_history(sizes, HISTORY_QUICK if sizes is QUICK else HISTORY_FULL, only, attempt)
     return figures
 
 

@@ -103,7 +103,7 @@ def web_latency(sizes: Sizes) -> Figure:
 
 
 def full_scans(path: Path, statements: set[str]) -> list[str]:
-    """Statements whose plan reads a whole reading table (SCAN without an index)."""
+    """Statements whose plan reads a whole reading or roll-up table (SCAN without an index)."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     found = []
     for statement in statements:
@@ -113,7 +113,7 @@ def full_scans(path: Path, statements: set[str]) -> list[str]:
         plan = db.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
         for row in plan:
             detail = str(row[-1])
-            if detail.startswith("SCAN") and "_reading" in detail and "USING" not in detail:
+            if detail.startswith("SCAN") and ("_reading" in detail or "rollup_" in detail) and "USING" not in detail:
                 found.append(f"{detail} in: {statement[:120]}")
     db.close()
     return found

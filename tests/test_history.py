@@ -29,6 +29,7 @@ from sensorhub.db.backup import backup
 from sensorhub.db.models import LightReading, format_micros, to_micros
 from sensorhub.db.rollups import rebuild
 from sensorhub.errors import DatabaseError
+from sensorhub.ingest import retention
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.service import IngestClient
 from sensorhub.protocol import Topic
@@ -167,6 +168,7 @@ def test_retention_removes_exactly_the_rows_older_than_the_limit_and_keeps_the_r
     path = Path(settings.database_url.removeprefix("sqlite:///"))
     before = rollups(path)
     purger = Purger(3, 0, now_us=lambda: to_micros(now))
+    purger.delay(0)
     cutoff = format_micros(to_micros(now - timedelta(days=3)))
     with engine.connect() as conn:
         deadline = time.monotonic() + 30
@@ -180,6 +182,7 @@ def test_retention_removes_exactly_the_rows_older_than_the_limit_and_keeps_the_r
     assert rollups(path) == before  # the summary of the deleted rows stays
 
     purger = Purger(0, 5, now_us=lambda: to_micros(now))
+    purger.delay(0)
     with engine.connect() as conn:
         while purger.stats.passes == 0:
             purger.run(conn, busy=False)
@@ -216,7 +219,8 @@ def test_the_file_stops_growing_once_retention_is_reached(engine: Engine, settin
 
 
 def test_the_writer_purges_between_batches_while_readings_arrive(settings: Settings, engine: Engine,
-                                                                 broker: Broker) -> None:
+                                                                 broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retention, "START_DELAY", 0.5)
     now = datetime.now(UTC)
     _old_fleet(engine, now)
     with_retention = settings.replace(retention_days=2)

@@ -24,11 +24,14 @@ DAY_US = 86_400 * 1_000_000
 #: Rows deleted per statement, and per transaction.
 STEP_ROWS = 500
 #: Time the writer may spend purging after a batch while messages wait, and when it is idle.
-BUSY_BUDGET = 0.005
+BUSY_BUDGET = 0.01
 IDLE_BUDGET = 0.05
 #: Pause between two purge rounds while messages arrive, and between two passes once everything is purged.
-BUSY_INTERVAL = 0.05
+BUSY_INTERVAL = 0.02
 REST_INTERVAL = 60.0
+#: The first pass waits this long after the client starts: what the broker kept for it while it was away
+#: (and the joins of every board after a restart) go first.
+START_DELAY = 10.0
 
 _READINGS = ("light_reading", "led_reading", "button_reading")
 _ROLLUPS = ("rollup_minute", "rollup_hour")
@@ -64,7 +67,7 @@ class Purger:
         self.now_us = now_us or (lambda: time.time_ns() // 1000)
         self.stats = RetentionStats()
         self._tasks: list[tuple[TextClause, dict[str, object], str]] = []
-        self._next = 0.0
+        self._next = time.monotonic() + START_DELAY
         self._pass_started = 0.0
         self._deleted_in_pass = 0
 
@@ -93,6 +96,11 @@ class Purger:
         self._tasks = tasks
         self._pass_started = time.monotonic()
         self._deleted_in_pass = 0
+
+    @property
+    def pending(self) -> bool:
+        """Whether a pass is under way (the writer then checks its queue often, purging in between)."""
+        return bool(self._tasks)
 
     def delay(self, seconds: float) -> None:
         """Try again in `seconds` (after a failure)."""

@@ -200,7 +200,7 @@ class Writer:
 
     def _run(self) -> None:
         while True:
-            timeout = 0.5
+            timeout = 0.01 if self.purger.pending else 0.5  # purging when idle: check for messages often
             if self._sweep_deadline is not None:
                 timeout = max(0.0, min(timeout, self._sweep_deadline - time.monotonic()))
             try:
