@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sensorhub.config import Settings
 from sensorhub.db.engine import check_schema, init_db, make_engine, sqlite_path
-from sensorhub.db.models import Device, LightReading, format_timestamp
+from sensorhub.db.models import Device, DeviceSession, LightReading, RollupHour, format_timestamp
 from sensorhub.db.seed import seed
 from sensorhub.errors import DatabaseError
 
@@ -176,6 +176,10 @@ def test_seed_adds_plausible_devices(engine: Engine) -> None:
         names = session.scalars(select(Device.name).order_by(Device.id)).all()
         assert names == ["demo01", "demo02", "demo03", "demo04", "demo05"]
         assert session.scalar(select(LightReading.id).limit(1)) is not None
+        # the roll-ups and sessions the ingest client would have kept
+        light = session.scalar(select(func.count()).select_from(LightReading))
+        assert session.scalar(select(func.sum(RollupHour.count)).where(RollupHour.kind == "light")) == light
+        assert session.scalar(select(func.count()).select_from(DeviceSession)) == 5
 
 
 def _cli(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -218,8 +218,8 @@ def test_the_file_stops_growing_once_retention_is_reached(engine: Engine, settin
     assert len(set(sizes)) == 1 and sizes[0] <= full * 1.05, (full, sizes)
 
 
-def test_the_writer_purges_between_batches_while_readings_arrive(settings: Settings, engine: Engine,
-                                                                 broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_writer_purges_between_batches_while_readings_arrive(
+        settings: Settings, engine: Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retention, "START_DELAY", 0.5)
     now = datetime.now(UTC)
     _old_fleet(engine, now)

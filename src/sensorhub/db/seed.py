@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
-from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
+from sensorhub.db.models import ButtonReading, Device, DeviceSession, LedReading, LightReading
+from sensorhub.db.rollups import rebuild
 from sensorhub.protocol import new_session_id
 
 
@@ -17,7 +18,7 @@ def seed(engine: Engine, devices: int = 4, hours: int = 24, rng: random.Random |
     """Add `devices` offline devices with `hours` of readings each; return how many devices were added."""
     rng = rng or random.Random()
     now = datetime.now(UTC)
-    added = 0
+    added: list[int] = []
     with Session(engine) as session, session.begin():
         taken = set(session.scalars(select(Device.name)))
         macs = set(session.scalars(select(Device.mac)))
@@ -36,9 +37,12 @@ def seed(engine: Engine, devices: int = 4, hours: int = 24, rng: random.Random |
             )
             session.add(device)
             session.flush()
+            session.add(DeviceSession(device_id=device.id, session_id=device.session_id, started_at=joined,
+                                      online_at=joined, ended_at=last))
             _readings(session, device.id, joined, last, rng)
-            added += 1
-    return added
+            added.append(device.id)
+        rebuild(session.connection(), added)  # as the ingest client would have kept them
+    return len(added)
 
 
 def _random_mac(rng: random.Random, taken: set[str]) -> str:
