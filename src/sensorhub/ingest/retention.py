@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 DAY_US = 86_400 * 1_000_000
 #: Rows deleted per statement, and per transaction.
-STEP_ROWS = 500
+STEP_ROWS = 250
 #: Time the writer may spend purging after a batch while messages wait, and when it is idle.
-BUSY_BUDGET = 0.01
+BUSY_BUDGET = 0.005
 IDLE_BUDGET = 0.05
 #: Pause between two purge rounds while messages arrive, and between two passes once everything is purged.
 BUSY_INTERVAL = 0.02
