@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"sustained_qos0", "sustained_qos1", "burst_qos1", "latency_p99_ms", "devices_2000", "web_p99_ms",
-           "client_memory", "browser_p99_ms"}
+           "client_memory", "browser_p99_ms", "history_api_p99_ms", "export_rows_per_s", "rollup_cost_us",
+           "retention_p99_ms"}
 
 pytestmark = pytest.mark.integration
 
@@ -37,3 +38,7 @@ def test_quick_bench_measures_every_figure() -> None:
     assert figures["burst_qos1"]["stored"] == figures["burst_qos1"]["sent"]
     assert figures["client_memory"]["stored"] == figures["client_memory"]["sent"]
     assert figures["web_p99_ms"]["full_scans"] == []
+    assert figures["history_api_p99_ms"]["full_scans"] == []
+    assert figures["history_api_p99_ms"]["30 days, auto"]["max_points"] <= 1000
+    assert figures["export_rows_per_s"]["rows"] > 0
+    assert figures["retention_p99_ms"]["measured"] == figures["retention_p99_ms"]["probes"]
