@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, func, select, type_coerce
+from sqlalchemy import Connection, Engine, Select, String, func, select, type_coerce
 
 from sensorhub.db.engine import sqlite_path
 from sensorhub.db.models import READING_MODELS, ROLLUP_MODELS, Device, DeviceSession, format_timestamp, parse_timestamp
@@ -80,30 +80,32 @@ class SessionRow:
     ended_at: datetime | None
 
 
-def _count_upto(conn: Connection, stmt: object, limit: int) -> int:
-    inner = stmt.limit(limit + 1).subquery()  # type: ignore[attr-defined]
+def _count_upto(conn: Connection, stmt: Select[*tuple[Any, ...]], limit: int) -> int:
+    """How many rows `stmt` gives, counting no further than limit + 1 (a bounded index range scan)."""
+    inner = stmt.limit(limit + 1).subquery()
     return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
 
 
-def _raw_where(kind: Kind, device_id: int, start: str, end: str) -> tuple[type, object]:
+def _raw_select(kind: Kind, device_id: int, start: str, end: str) -> Select[str, int]:
     model = READING_MODELS[kind]
     at = type_coerce(model.at, String)
-    return model, select(model.id).where(model.device_id == device_id, at >= start, at < end)
+    return select(at, model.value).where(model.device_id == device_id, at >= start, at < end)
 
 
-def _bucket_select(size: str, kind: Kind, device_id: int, start: str, end: str) -> object:
+def _bucket_select(size: str, kind: Kind, device_id: int, start: str,
+                   end: str) -> Select[datetime, int, int | None, int | None, int, int]:
     model = ROLLUP_MODELS[size]
     at = type_coerce(model.start, String)
-    return select(model.start, model.count, model.low, model.high, model.total, model.on_us).where(
-        model.device_id == device_id, model.kind == kind.value, at >= bucket_start(start, size), at < end)
+    return (select(model.start, model.count, model.low, model.high, model.total, model.on_us)
+            .where(model.device_id == device_id, model.kind == kind.value, at >= bucket_start(start, size), at < end)
+            .order_by(model.start))
 
 
 def choose_bucket(conn: Connection, device_id: int, kind: Kind, start: datetime, end: datetime,
                   limit: int = AUTO_POINTS) -> str:
     """The finest bucket that gives at most `limit` points (`1h` when even that gives more)."""
     low, high = format_timestamp(start), format_timestamp(end)
-    _model, raw = _raw_where(kind, device_id, low, high)
-    if _count_upto(conn, raw, limit) <= limit:
+    if _count_upto(conn, _raw_select(kind, device_id, low, high), limit) <= limit:
         return "raw"
     if _count_upto(conn, _bucket_select("1m", kind, device_id, low, high), limit) <= limit:
         return "1m"
@@ -121,14 +123,12 @@ def series(conn: Connection, device_id: int, kind: Kind, start: datetime, end: d
     before = last_before(conn, device_id, kind, start)
     if bucket == "raw":
         model = READING_MODELS[kind]
-        at = type_coerce(model.at, String)
-        stmt = (select(at, model.value).where(model.device_id == device_id, at >= low, at < high)
-                .order_by(model.at, model.id).limit(RAW_LIMIT + 1))
+        stmt = _raw_select(kind, device_id, low, high).order_by(model.at, model.id).limit(RAW_LIMIT + 1)
         raw = [RawPoint(parse_timestamp(row[0]), int(row[1])) for row in conn.execute(stmt)]
         if len(raw) > RAW_LIMIT:
             raise TooManyPoints(f"more than {RAW_LIMIT} readings")
         return Series(device_id, kind, start, end, "raw", raw, before)
-    rows = conn.execute(_bucket_select(bucket, kind, device_id, low, high).order_by("start"))  # type: ignore[attr-defined]
+    rows = conn.execute(_bucket_select(bucket, kind, device_id, low, high))
     points = [BucketPoint(row[0], int(row[1]), row[2], row[3], int(row[4]), int(row[5])) for row in rows]
     return Series(device_id, kind, start, end, bucket, points, before)
 
@@ -160,9 +160,7 @@ def export_rows(conn: Connection, start: datetime, end: datetime, kinds: Sequenc
         streams = []
         for kind in kinds:
             model = READING_MODELS[kind]
-            at = type_coerce(model.at, String)
-            stmt = (select(at, model.value).where(model.device_id == device_id, at >= low, at < high)
-                    .order_by(model.at, model.id))
+            stmt = _raw_select(kind, device_id, low, high).order_by(model.at, model.id)
             streams.append(_tagged(streaming.execute(stmt), device_id, kind.value))
         yield from (heapq.merge(*streams, key=lambda row: row[0]) if len(streams) > 1 else streams[0])
 
