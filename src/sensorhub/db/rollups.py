@@ -19,10 +19,10 @@ logger = logging.getLogger(__name__)
 TABLES = {"1m": "rollup_minute", "1h": "rollup_hour"}
 KINDS = ("led", "button", "light")
 
-_UPSERT = {
-    size: text(
-        f"INSERT INTO {table} AS r (device_id, kind, start, count, low, high, total, on_us) "
-        "VALUES (:device_id, :kind, :start, :count, :low, :high, :total, :on_us) "
+def _upsert_sql(table: str, marker: str) -> str:
+    values = ", ".join([marker] * 8)
+    return (
+        f"INSERT INTO {table} AS r (device_id, kind, start, count, low, high, total, on_us) VALUES ({values}) "
         "ON CONFLICT (device_id, kind, start) DO UPDATE SET "
         "count = r.count + excluded.count, "
         "low = CASE WHEN r.low IS NULL OR excluded.low < r.low THEN excluded.low ELSE r.low END, "
@@ -30,20 +30,23 @@ _UPSERT = {
         "total = r.total + excluded.total, "
         "on_us = r.on_us + excluded.on_us"
     )
-    for size, table in TABLES.items()
-}
+
+
+#: The upsert per table and DB-API parameter style (`?` for sqlite3, `%s` for PostgreSQL's drivers): passed
+#: straight to the driver, it costs a third of what SQLAlchemy's parameter processing would for each row.
+_UPSERT = {(size, style): _upsert_sql(table, "?" if style == "qmark" else "%s")
+           for size, table in TABLES.items() for style in ("qmark", "format")}
 
 
 def upsert(conn: Connection, buckets: Mapping[str, Mapping[Key, Bucket]]) -> int:
     """Add bucket changes to the roll-up tables; return how many rows were written."""
+    style = "qmark" if conn.dialect.paramstyle == "qmark" else "format"
     written = 0
     for size, changes in buckets.items():
         if not changes:
             continue
-        conn.execute(_UPSERT[size], [
-            {"device_id": key[0], "kind": key[1], "start": key[2], "count": b.count, "low": b.low, "high": b.high,
-             "total": b.total, "on_us": b.on_us}
-            for key, b in changes.items()
+        conn.exec_driver_sql(_UPSERT[(size, style)], [
+            (key[0], key[1], key[2], b.count, b.low, b.high, b.total, b.on_us) for key, b in changes.items()
         ])
         written += len(changes)
     return written
