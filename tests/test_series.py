@@ -246,3 +246,25 @@ def test_accueil_shows_the_database_size_and_oldest_reading(client: FlaskClient,
     assert "Taille sur le disque" in html and re.search(r'data-db-bytes="\d+">[\d,]+ (ko|Mo)<', html)
     assert f'<time datetime="{iso(fleet["light"][0][0])}">' in html
     assert "Conservation des mesures brutes</dt><dd>illimitée" in html
+
+
+def test_a_led_on_now_counts_up_to_now_while_its_device_is_online(client: FlaskClient, fleet: dict[str, Any],
+                                                                   engine: Engine) -> None:
+    switched = add_readings(engine, LedReading, fleet["two"], [1], START + timedelta(minutes=10))[0]
+    query = {"kind": "led", "from": iso(START), "to": iso(switched + timedelta(minutes=70)), "bucket": "1m"}
+
+    def on_seconds() -> float:
+        body = client.get(f"/api/devices/{fleet['two']}/readings", query_string=query).json
+        assert body is not None
+        return float(sum(point["on_seconds"] for point in body["points"]))
+
+    assert on_seconds() == 70 * 60  # nothing ended it yet: on until `to`
+    with engine.begin() as conn:  # a session that started after the reading: that state is over
+        conn.execute(text("INSERT INTO device_session (device_id, session_id, started_at) "
+                          "VALUES (:d, '1.000002', :at)"),
+                     {"d": fleet["two"], "at": (switched + timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M:%S.%f")})
+    assert on_seconds() == 0
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM device_session"))
+        conn.execute(update(Device).where(Device.id == fleet["two"]).values(online=False))
+    assert on_seconds() == 0  # away: nothing is counted

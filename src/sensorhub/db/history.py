@@ -11,14 +11,22 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, String, func, select, type_coerce
 
 from sensorhub.db.engine import sqlite_path
-from sensorhub.db.models import READING_MODELS, ROLLUP_MODELS, Device, DeviceSession, format_timestamp, parse_timestamp
-from sensorhub.ingest.rollups import bucket_start
+from sensorhub.db.models import (
+    READING_MODELS,
+    ROLLUP_MODELS,
+    Device,
+    DeviceSession,
+    format_timestamp,
+    parse_timestamp,
+    to_micros,
+)
+from sensorhub.ingest.rollups import Bucket, Key, bucket_start, credit
 from sensorhub.protocol import Kind
 
 #: `bucket=auto` picks the finest bucket that gives at most this many points.
@@ -130,7 +138,43 @@ def series(conn: Connection, device_id: int, kind: Kind, start: datetime, end: d
         return Series(device_id, kind, start, end, "raw", raw, before)
     rows = conn.execute(_bucket_select(bucket, kind, device_id, low, high))
     points = [BucketPoint(row[0], int(row[1]), row[2], row[3], int(row[4]), int(row[5])) for row in rows]
+    if kind is not Kind.LIGHT:
+        points = _with_current_state(conn, device_id, kind, start, end, bucket, points)
     return Series(device_id, kind, start, end, bucket, points, before)
+
+
+def _with_current_state(conn: Connection, device_id: int, kind: Kind, start: datetime, end: datetime, bucket: str,
+                        points: list[BucketPoint]) -> list[BucketPoint]:
+    """Add the time on since the last reading, when the LED is on (the button pressed) now.
+
+    The writer counts the time a state lasted when the next reading (or a leave) ends it; while the device is
+    online in the session of its last reading, that state still holds: count it up to now, here.
+    """
+    online = conn.execute(select(Device.online).where(Device.id == device_id)).scalar()
+    if not online:
+        return points
+    now = datetime.now(UTC)
+    last = last_before(conn, device_id, kind, now)
+    session_start = conn.execute(
+        select(type_coerce(DeviceSession.started_at, String))
+        .where(DeviceSession.device_id == device_id, DeviceSession.ended_at.is_(None))
+        .order_by(DeviceSession.started_at.desc()).limit(1)).scalar()
+    if last is None or not last.value or (session_start is not None and format_timestamp(last.at) < session_start):
+        return points
+    first, until = max(last.at, start), min(now, end)
+    if first >= until:
+        return points
+    minutes: dict[Key, Bucket] = {}
+    hours: dict[Key, Bucket] = {}
+    credit(minutes, hours, device_id, kind.value, to_micros(first), to_micros(until))
+    by_start = {point.at: point for point in points}
+    for (_device, _kind, text), added in (minutes if bucket == "1m" else hours).items():
+        moment = parse_timestamp(text)
+        found = by_start.get(moment)
+        by_start[moment] = (BucketPoint(moment, 0, None, None, 0, added.on_us) if found is None else
+                            BucketPoint(moment, found.count, found.low, found.high, found.total,
+                                        found.on_us + added.on_us))
+    return [by_start[moment] for moment in sorted(by_start)]
 
 
 def last_before(conn: Connection, device_id: int, kind: Kind, moment: datetime) -> RawPoint | None:

@@ -136,7 +136,7 @@ def roll(readings: Mapping[str, Sequence[Row]], states: Mapping[tuple[int, str],
     for device_id, at_us, _order, kind, state in events:
         previous = after.get((device_id, kind))
         if previous is not None and previous.value and at_us > previous.at_us:
-            _credit(minutes, hours, device_id, kind, previous.at_us, at_us)
+            credit(minutes, hours, device_id, kind, previous.at_us, at_us)
         if state is None:
             after.pop((device_id, kind), None)
         else:
@@ -144,7 +144,7 @@ def roll(readings: Mapping[str, Sequence[Row]], states: Mapping[tuple[int, str],
     return Rolled({"1m": minutes, "1h": hours}, after)
 
 
-def _credit(minutes: dict[Key, Bucket], hours: dict[Key, Bucket], device_id: int, kind: str, start: int,
+def credit(minutes: dict[Key, Bucket], hours: dict[Key, Bucket], device_id: int, kind: str, start: int,
             end: int) -> None:
     """Add the time from `start` to `end` (µs) to the on-time of every minute and hour bucket it crosses."""
     moment = start
