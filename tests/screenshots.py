@@ -7,14 +7,18 @@ charts, the channels table), so a test that runs the scenario checks the pages a
 
 from __future__ import annotations
 
+import math
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy import text
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
@@ -27,7 +31,8 @@ from tests.support import CHROMIUM, CHROMIUM_ARGS, free_port
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 812}
 #: File name -> viewport.
-SHOTS = {"capteurs.png": DESKTOP, "historique.png": DESKTOP, "accueil.png": DESKTOP, "capteurs-mobile.png": PHONE}
+SHOTS = {"capteurs.png": DESKTOP, "historique.png": DESKTOP, "appareil.png": DESKTOP, "accueil.png": DESKTOP,
+         "capteurs-mobile.png": PHONE}
 DEFAULT_DIR = ROOT / "docs" / "screenshots"
 #: The virtual devices of `make screenshots` (the same MAC addresses and light levels every time).
 SEED = 7
@@ -57,8 +62,39 @@ def _open_capteurs(page: Page, url: Callable[[str], str], devices: int) -> None:
     expect(page.locator("[data-card]")).to_have_count(devices)
 
 
-def take(browser: Browser, url: Callable[[str], str], fleet: Fleet, out: Path) -> list[Path]:
-    """Screenshot /capteurs (desktop and 375 px), /historique and /accueil into `out`; return the files."""
+def demo_week(engine: Any) -> int:
+    """A device that left an hour ago after a week of readings (light every 5 minutes, LED on in the evening)."""
+    from sensorhub.db.models import format_micros
+    from sensorhub.db.rollups import rebuild
+
+    now = int(time.time()) * 1_000_000
+    start = now - 7 * 86_400_000_000
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO device (name, session_name, mac, online, session_id, joined_at, last_seen) "
+                          "VALUES ('salle B', 'salle B', '02:5E:00:00:00:01', 0, :s, :j, :l)"),
+                     {"s": f"{start // 1_000_000}.000001", "j": format_micros(start - 1),
+                      "l": format_micros(now - 3_600_000_000)})
+        device = int(conn.execute(text("SELECT id FROM device WHERE name = 'salle B'")).scalar_one())
+        light, led = [], []
+        for n in range(7 * 288 - 12):
+            at = start + n * 300_000_000
+            hour = (at // 3_600_000_000) % 24
+            daylight = max(0.0, math.sin((hour - 6) / 12 * math.pi))
+            light.append({"d": device, "at": format_micros(at), "v": min(100, round(5 + 80 * daylight + n % 7))})
+            if n % 288 in (216, 276):  # 18:00 on, 23:00 off
+                led.append({"d": device, "at": format_micros(at + 1), "v": int(n % 288 == 216)})
+        conn.execute(text("INSERT INTO light_reading (device_id, at, value) VALUES (:d, :at, :v)"), light)
+        conn.execute(text("INSERT INTO led_reading (device_id, at, value) VALUES (:d, :at, :v)"), led)
+        rebuild(conn, [device])
+    return device
+
+
+def take(browser: Browser, url: Callable[[str], str], fleet: Fleet, out: Path,
+         history_device: int | None = None) -> list[Path]:
+    """Screenshot /capteurs (desktop and 375 px), /historique, a device's page and /accueil into `out`.
+
+    The device page is `history_device`'s over 7 days if given, else the first live device's last hour.
+    """
     out.mkdir(parents=True, exist_ok=True)
     names = [device.name for device in fleet.devices]
     errors: list[str] = []
@@ -73,9 +109,16 @@ def take(browser: Browser, url: Callable[[str], str], fleet: Fleet, out: Path) -
         _wait_for_charts(page, 10)
         page.screenshot(path=out / "capteurs.png", full_page=True)
         page.goto(url("/historique"))
-        expect(page.locator("[data-card]")).to_have_count(len(names))
+        expect(page.locator("[data-card]")).to_have_count(len(names) + (history_device is not None))
         expect(page.locator('[data-card] [data-kind="led"] .value').first).to_be_visible()
         page.screenshot(path=out / "historique.png", full_page=True)
+        if history_device is None:
+            page.locator(f'[data-card][data-name="{names[0]}"] a[data-device-name]').click()
+            page.locator('[data-range="1h"]').click()
+        else:
+            page.goto(url(f"/appareil/{history_device}?periode=7j"))
+        expect(page.locator('[data-device-page][data-state="ready"]')).to_be_visible(timeout=10_000)
+        page.screenshot(path=out / "appareil.png", full_page=True)
         page.goto(url("/accueil"))
         expect(page.locator(".channels tbody tr")).to_have_count(7)
         page.screenshot(path=out / "accueil.png", full_page=True)
@@ -119,6 +162,7 @@ def main(argv: list[str]) -> int:
         )
         engine = make_engine(settings.database_url, create_dir=True)
         init_db(engine)
+        history_device = demo_week(engine)
         engine.dispose()
         broker = Broker(settings, stderr=subprocess.DEVNULL)  # its log file is enough
         broker.start()
@@ -132,7 +176,7 @@ def main(argv: list[str]) -> int:
                         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                              args=CHROMIUM_ARGS)
                         try:
-                            paths = take(browser, lambda path: web_url(settings, path), fleet, out)
+                            paths = take(browser, lambda path: web_url(settings, path), fleet, out, history_device)
                         finally:
                             browser.close()
                 finally:

@@ -569,6 +569,9 @@ def test_a_devices_30_day_chart_renders_in_local_time(browser: Browser, settings
             light = chart_points(page, "light")
             assert len(light) == 3 and 700 <= light[2] <= 721, light  # min, max (the band), mean: hourly buckets
             assert chart_points(page, "state")[0] > 300  # the LED's share of each hour on
+            # Each LED state holds until the next reading: Chart.js's "before" steps (its "after" would not).
+            assert page.evaluate("Chart.getChart(document.querySelector('[data-chart=\"state\"]'))"
+                                 ".data.datasets.map((set) => set.stepped)") == ["before", "before"]
             drawn = page.evaluate("""() => {
                 const canvas = document.querySelector('[data-chart="light"]');
                 const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;

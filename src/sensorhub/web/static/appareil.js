@@ -74,7 +74,8 @@ function stateDataset(series, until) {
   }
   if (points.length) points.push({x: until, y: points[points.length - 1].y});
   return {
-    label: KIND_LABELS[series.kind], data: points, stepped: 'after', borderColor: COLORS[series.kind],
+    // Chart.js's 'before': each value holds (horizontally) until the next point, where the line steps.
+    label: KIND_LABELS[series.kind], data: points, stepped: 'before', borderColor: COLORS[series.kind],
     backgroundColor: COLORS[series.kind], borderWidth: 2, pointRadius: 0,
   };
 }
@@ -90,7 +91,8 @@ function chartOptions(from, to, yTitle, legendFilter) {
     scales: {
       x: {
         type: 'time', min: from.getTime(), max: to.getTime(),
-        time: {displayFormats: {millisecond: 'HH:mm:ss.SSS', second: 'HH:mm:ss', minute: 'HH:mm', hour: 'HH:mm',
+        // Beyond a day and a half, one tick a day (at midnight, browser time) rather than every 21 hours.
+        time: {unit: to - from > 36 * 3600e3 ? 'day' : undefined, displayFormats: {millisecond: 'HH:mm:ss.SSS', second: 'HH:mm:ss', minute: 'HH:mm', hour: 'HH:mm',
           day: 'dd/MM', week: 'dd/MM', month: 'MM/yyyy', quarter: 'MM/yyyy', year: 'yyyy'}},
         ticks: {maxRotation: 0, autoSkip: true, maxTicksLimit: 8},
       },
@@ -157,7 +159,9 @@ async function load(from, to, key) {
     root.dataset.state = 'error';
     return;
   }
-  const until = Math.min(to.getTime(), Date.now());
+  // The last state holds until now, or until the device was last heard of if it is offline.
+  const heard = root.dataset.online === '1' ? Date.now() : Date.parse(root.dataset.lastSeen);
+  const until = Math.min(to.getTime(), heard);
   draw('light', lightDatasets(light), chartOptions(from, to, 'lumière', (item) => item.text !== 'Minimum'));
   draw('state', [stateDataset(led, until), stateDataset(button, until)],
     chartOptions(from, to, light.bucket === 'raw' && led.bucket === 'raw' ? 'état' : 'part du temps', () => true));
