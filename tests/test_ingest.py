@@ -164,7 +164,7 @@ def test_led_command_through_the_fifo_reaches_the_device_and_its_status_is_store
     found = row(engine, name)
     assert found is not None
     send_command(settings.fifo, LedRequest(found["id"], session, True))
-    wait_for(lambda: device.commands, 5, what="led/command at the device")
+    wait_for(lambda: device.commands and other.commands, 5, what="led/command at both devices")
     assert device.commands == [f"{name};{session};1".encode()]
     assert other.commands == [f"{name};{session};1".encode()]  # everyone subscribes; the name tells who
     device.reading(Topic.LED_STATUS, 1)
