@@ -25,12 +25,14 @@ from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.ledpipe import Command, LedRequest, RenameRequest
 from sensorhub.protocol import (
     Kind,
+    Leave,
     MacJoin,
     Reading,
     SessionRef,
     Topic,
     format_led_command,
     format_name_assign,
+    name_taken,
     new_session_id,
 )
 
@@ -174,10 +176,8 @@ class Writer:
         self.by_id[state.id] = state
 
     def _name_taken(self, name: str, by: int | None = None) -> bool:
-        for owner in (self.by_name.get(name), self.by_session_name.get(name)):
-            if owner is not None and owner.id != by:
-                return True
-        return False
+        holders = (self.by_name.get(name), self.by_session_name.get(name))
+        return name_taken(name, by, [(s.id, s.name, s.session_name) for s in holders if s is not None])
 
     def _default_name(self, device_id: int) -> str:
         name = f"capteur{device_id:02d}"
@@ -370,7 +370,7 @@ class Writer:
         state.heard = True
         self._seen(done, state, at)
 
-    def _leave(self, conn: Connection, done: _Batch, ref: SessionRef, at: int) -> None:
+    def _leave(self, conn: Connection, done: _Batch, ref: Leave, at: int) -> None:
         state = self._current(ref.name, ref.session, "leave")
         if state is None:
             return
