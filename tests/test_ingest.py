@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -9,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from sensorhub.config import Settings
 from sensorhub.db.engine import sqlite_path
 from sensorhub.errors import ClientNotRunning
 from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
-from sensorhub.ingest.service import IngestClient
-from sensorhub.protocol import Topic
+from sensorhub.ingest.service import WRITER_FAILED, IngestClient
+from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
+from sensorhub.protocol import Reading, Topic
 from tests.devices import RawDevice
 from tests.stack import CLIENT_READY, Component, ingest_client
 from tests.support import wait_for
@@ -339,6 +341,57 @@ def test_sigkill_while_a_device_publishes_qos1_loses_nothing(settings: Settings,
     finally:
         device.close()
     assert restarted.process is not None and restarted.process.returncode == 0
+
+
+class Crash(BaseException):
+    """What no writer can survive (it is not an Exception): the thread ends."""
+
+
+@pytest.fixture
+def writer_dies_on(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """Light values on which the session engine raises Crash, ending the writer thread."""
+    values: set[int] = set()
+    apply = Sessions.apply
+
+    def dying(self: Sessions, batch: Sequence[Inbound]) -> Decisions:
+        if any(isinstance(item.message, Reading) and item.message.value in values for item in batch):
+            raise Crash("injected")
+        return apply(self, batch)
+
+    monkeypatch.setattr(Sessions, "apply", dying)
+    return values
+
+
+def test_a_dead_writer_makes_the_client_leave_without_acknowledging_and_nothing_is_lost(
+        settings: Settings, engine: Engine, broker: Broker, writer_dies_on: set[int],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    statuses: list[int] = []
+    client = IngestClient(settings, on_fatal=statuses.append)
+    client.writer.queue.maxsize = 5  # paho is left waiting for room when the writer dies
+    client.start(wait_ready=10)
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:C0")
+    try:
+        name, _ = device.join()
+        wait_for(lambda: online(engine, name), 5)
+        writer_dies_on.add(50)
+        for info in [device.reading(Topic.PHOTORESISTOR_STATUS, value, qos=1) for value in range(100)]:
+            info.wait_for_publish(10)  # the broker has them all
+        wait_for(lambda: statuses, 10, what="the client to give up on its writer")
+    finally:
+        client.stop()
+    assert statuses == [WRITER_FAILED] and client.failed.is_set()
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL and "exiting" in r.message]
+    assert line.startswith("the database writer thread died") and "exiting with status 3" in line
+    assert len(values(engine, "light_reading", name)) < 100
+    monkeypatch.undo()
+    restarted = IngestClient(settings)
+    restarted.start(wait_ready=10)
+    try:
+        wait_for(lambda: set(values(engine, "light_reading", name)) == set(range(100)), 15,
+                 what="every reading, the unacknowledged ones delivered again by the broker")
+    finally:
+        restarted.stop()
+        device.close()
 
 
 def test_sigterm_flushes_and_closes_the_pipe(settings: Settings, engine: Engine, broker: Broker) -> None:

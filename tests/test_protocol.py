@@ -256,6 +256,12 @@ def test_the_databases_check_is_the_same_rule(rule: TextRule, text: str) -> None
     assert bool(accepted) == (rule.problem(text) is None), (text, rule.problem(text))
 
 
+@pytest.mark.parametrize("rule", [NAME_RULE, SESSION_RULE], ids=lambda r: r.label)
+@given(text=st.one_of(tricky, st.text(max_size=32)))
+def test_the_hot_paths_check_is_the_same_rule(rule: TextRule, text: str) -> None:
+    assert rule.accepts(text) == (rule.problem(text) is None)
+
+
 def test_every_problem_has_an_english_and_a_french_message() -> None:
     for rule in (NAME_RULE, SESSION_RULE):
         assert set(rule.messages) >= {"empty", "too-long", "characters", "separator"}

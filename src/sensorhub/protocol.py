@@ -7,8 +7,8 @@ browser's checks (rendered into the page as data, see `browser_data`) are all ge
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
@@ -41,6 +41,20 @@ class TextRule:
     max_length: int
     spaces: bool
     messages: Mapping[str, Message]
+    #: Whether `text` follows the rule: `problem(text) is None` as one expression, for the hot path.
+    accepts: Callable[[str], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        longest = self.max_length
+        if self.spaces:
+            def accepts(text: str) -> bool:
+                return (0 < len(text) <= longest and text.isascii() and text.isprintable() and SEPARATOR not in text
+                        and text[0] != " " and text[-1] != " ")
+        else:
+            def accepts(text: str) -> bool:
+                return (0 < len(text) <= longest and text.isascii() and text.isprintable() and " " not in text
+                        and SEPARATOR not in text)
+        object.__setattr__(self, "accepts", accepts)
 
     def problem(self, text: str) -> str | None:
         """The code of the first part of the rule `text` breaks (a key of `messages`), or None."""
@@ -237,9 +251,15 @@ class LedCommand:
 #: What the ingest client receives from devices.
 DeviceMessage = MacJoin | SessionRef | Leave | Reading
 
+# For the hot path, keyed by plain strings: hashing an enum member calls Python code.
+_READINGS: Final[dict[str, tuple[Kind, int]]] = {
+    str(topic): (kind, MAX_SIZES[KIND_TOPICS[kind]]) for topic, kind in READING_TOPICS.items()
+}
+_JOIN_MAX: Final = MAX_SIZES[Topic.JOIN]
+_LEAVE_MAX: Final = MAX_SIZES[Topic.LEAVE]
 
-def _text(payload: bytes, topic: Topic) -> str:
-    limit = MAX_SIZES[topic]
+
+def _text(payload: bytes, limit: int) -> str:
     if len(payload) > limit:
         raise PayloadError(f"payload of {len(payload)} bytes is longer than {limit}", "oversize")
     try:
@@ -251,8 +271,8 @@ def _text(payload: bytes, topic: Topic) -> str:
     return text
 
 
-def _fields(payload: bytes, topic: Topic, count: int, shape: str) -> list[str]:
-    parts = _text(payload, topic).split(SEPARATOR)
+def _fields(payload: bytes, limit: int, count: int, shape: str) -> list[str]:
+    parts = _text(payload, limit).split(SEPARATOR)
     if len(parts) != count:
         raise PayloadError(f"expected {shape}, got {len(parts)} field(s)", "field-count")
     if "" in parts:
@@ -266,20 +286,22 @@ def name_problem(name: str) -> str | None:
     return None if code is None else NAME_RULE.messages[code].en
 
 
+_name_ok: Final = NAME_RULE.accepts
+_session_ok: Final = SESSION_RULE.accepts
+
+
 def check_name(name: str) -> str:
     """Return `name` if it is a valid device name, else raise PayloadError."""
-    code = NAME_RULE.problem(name)
-    if code is not None:
-        raise PayloadError(NAME_RULE.messages[code].en, "bad-name")
-    return name
+    if _name_ok(name):
+        return name
+    raise PayloadError(NAME_RULE.messages[NAME_RULE.problem(name) or "characters"].en, "bad-name")
 
 
 def check_session(session: str) -> str:
     """Return `session` if it is a valid session id, else raise PayloadError."""
-    code = SESSION_RULE.problem(session)
-    if code is not None:
-        raise PayloadError(SESSION_RULE.messages[code].en, "bad-session")
-    return session
+    if _session_ok(session):
+        return session
+    raise PayloadError(SESSION_RULE.messages[SESSION_RULE.problem(session) or "characters"].en, "bad-session")
 
 
 def normalize_mac(mac: str) -> str:
@@ -291,19 +313,19 @@ def normalize_mac(mac: str) -> str:
 
 def parse_session_ref(payload: bytes) -> SessionRef:
     """Parse `name;session` on state/join (the device starts its session)."""
-    name, session = _fields(payload, Topic.JOIN, 2, "name;session")
+    name, session = _fields(payload, _JOIN_MAX, 2, "name;session")
     return SessionRef(check_name(name), check_session(session))
 
 
 def parse_leave(payload: bytes) -> Leave:
     """Parse `name;session` on state/leave."""
-    name, session = _fields(payload, Topic.LEAVE, 2, "name;session")
+    name, session = _fields(payload, _LEAVE_MAX, 2, "name;session")
     return Leave(check_name(name), check_session(session))
 
 
 def parse_join(payload: bytes) -> MacJoin | SessionRef:
     """Parse a `state/join` payload: a MAC address, or `name;session`."""
-    text = _text(payload, Topic.JOIN)
+    text = _text(payload, _JOIN_MAX)
     if SEPARATOR not in text:
         return MacJoin(normalize_mac(text))
     return parse_session_ref(payload)
@@ -326,18 +348,22 @@ def _percent(value: str) -> int:
     return number
 
 
-def parse_reading(kind: Kind, payload: bytes) -> Reading:
-    """Parse `name;session;value` published on a status channel."""
-    name, session, value = _fields(payload, KIND_TOPICS[kind], 3, "name;session;value")
+def _reading(kind: Kind, payload: bytes, limit: int) -> Reading:
+    name, session, value = _fields(payload, limit, 3, "name;session;value")
     number = _percent(value) if kind is Kind.LIGHT else _binary(value)
     return Reading(kind, check_name(name), check_session(session), number)
 
 
+def parse_reading(kind: Kind, payload: bytes) -> Reading:
+    """Parse `name;session;value` published on a status channel."""
+    return _reading(kind, payload, MAX_SIZES[KIND_TOPICS[kind]])
+
+
 def parse_server_message(topic: str, payload: bytes) -> DeviceMessage:
     """Parse anything the ingest client receives from a device."""
-    kind = READING_TOPICS.get(topic)
-    if kind is not None:
-        return parse_reading(kind, payload)
+    reading = _READINGS.get(topic)
+    if reading is not None:
+        return _reading(reading[0], payload, reading[1])
     if topic == Topic.JOIN:
         return parse_join(payload)
     if topic == Topic.LEAVE:
@@ -347,13 +373,13 @@ def parse_server_message(topic: str, payload: bytes) -> DeviceMessage:
 
 def parse_name_assign(payload: bytes) -> NameAssign:
     """Parse `MAC;name;session` (device side)."""
-    mac, name, session = _fields(payload, Topic.NAME_ASSIGN, 3, "MAC;name;session")
+    mac, name, session = _fields(payload, MAX_SIZES[Topic.NAME_ASSIGN], 3, "MAC;name;session")
     return NameAssign(normalize_mac(mac), check_name(name), check_session(session))
 
 
 def parse_led_command(payload: bytes) -> LedCommand:
     """Parse `name;session;1|0` (device side)."""
-    name, session, value = _fields(payload, Topic.LED_COMMAND, 3, "name;session;1|0")
+    name, session, value = _fields(payload, MAX_SIZES[Topic.LED_COMMAND], 3, "name;session;1|0")
     return LedCommand(check_name(name), check_session(session), _binary(value) == 1)
 
 

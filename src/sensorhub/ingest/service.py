@@ -1,11 +1,18 @@
-"""The ingest client: paho callbacks parse and enqueue; the writer stores; the pipe brings LED commands."""
+"""The ingest client: paho callbacks parse and enqueue; the writer stores; the pipe brings LED commands.
+
+If the database writer dies or stops making progress, the client says so in one line and exits with
+status 3 (WRITER_FAILED) without acknowledging anything more: what it had not acknowledged stays in its
+session at the broker and is delivered again when the supervisor (or systemd) starts it again.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, cast
 
@@ -21,8 +28,9 @@ from sensorhub.db.engine import check_schema, make_engine
 from sensorhub.errors import PayloadError
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.ledpipe import Command, PipeReader
-from sensorhub.ingest.writer import COMMAND, JOIN, LEAVE, READING, SWEEP, Writer
-from sensorhub.protocol import SERVER_SUBSCRIPTIONS, Reading, Topic, parse_server_message
+from sensorhub.ingest.sessions import BrokerSessionLost, Inbound
+from sensorhub.ingest.writer import Watchdog, Writer
+from sensorhub.protocol import SERVER_SUBSCRIPTIONS, parse_server_message
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +39,17 @@ logger = logging.getLogger(__name__)
 CLIENT_ID = "sensorhub-ingest"
 #: How long the broker keeps that session after we disconnect.
 SESSION_EXPIRY = 24 * 3600
+#: Exit status when the database writer cannot go on.
+WRITER_FAILED = 3
+#: How long the writer may show no sign of life while messages wait before the client gives up on it.
+STALL_TIMEOUT = 60.0
 
 
 class IngestClient:
     """The long-running server-side MQTT client, usable in-process (tests) or through `run_client`."""
 
-    def __init__(self, settings: Settings, client_id: str = CLIENT_ID) -> None:
+    def __init__(self, settings: Settings, client_id: str = CLIENT_ID, *,
+                 on_fatal: Callable[[int], object] | None = None, stall_timeout: float = STALL_TIMEOUT) -> None:
         self.settings = settings
         self.drops = Drops()
         self.engine = make_engine(settings.database_url)
@@ -53,8 +66,14 @@ class IngestClient:
         self.mqtt.on_message = self._on_message
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
                              presence_timeout=3 * settings.keepalive)
+        self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)
         self.pipe = PipeReader(settings.fifo, self._on_command, self._on_pipe_error)
         self.ready = threading.Event()
+        #: Set once the client gave up on its writer (see WRITER_FAILED).
+        self.failed = threading.Event()
+        self.connect_failures = 0
+        self._on_fatal = on_fatal
+        self._disconnected = threading.Event()
         self._stopping = False
         self._unreachable_logged = False
 
@@ -64,6 +83,7 @@ class IngestClient:
         """Open the pipe, start the writer, connect (retrying until the broker answers)."""
         self.pipe.start()
         self.writer.start()
+        self.watchdog.start()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY
         self.mqtt.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=self.settings.keepalive,
@@ -75,6 +95,7 @@ class IngestClient:
     def stop(self) -> None:
         """Stop cleanly: no new commands, flush and acknowledge everything received, then disconnect."""
         self._stopping = True
+        self.watchdog.stop()
         self.pipe.stop()
         # Stop reading from the broker first: what it has not delivered stays queued in our session.
         # Acknowledgements are then written directly by paho from the writer thread.
@@ -98,9 +119,10 @@ class IngestClient:
                     self.settings.mqtt_port, flags.session_present)
         if not flags.session_present:
             # The broker restarted or forgot us: Wills may have fired while nobody listened.
-            self.writer.submit((SWEEP, None, time.time_ns() // 1000, 0, 0))
+            self.writer.submit(Inbound(BrokerSessionLost(), time.time_ns() // 1000))
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        self.connect_failures += 1
         if not self._unreachable_logged:
             logger.warning("cannot reach the broker at %s:%d; retrying (is it running? `make broker`)",
                            self.settings.mqtt_host, self.settings.mqtt_port)
@@ -108,6 +130,7 @@ class IngestClient:
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags,
                        reason: ReasonCode, _properties: Properties | None) -> None:
+        self._disconnected.set()
         if not self._stopping:
             logger.warning("lost the broker connection (%s); reconnecting", reason)
 
@@ -132,13 +155,13 @@ class IngestClient:
             if message.qos:
                 client.ack(message.mid, message.qos)
             return
-        code = READING if type(parsed) is Reading else JOIN if topic == Topic.JOIN else LEAVE
-        self.writer.submit((code, parsed, received, message.mid, message.qos))
+        # Acknowledged by the writer once committed; if it was given up on, never (the broker keeps it).
+        self.writer.submit(Inbound(parsed, received, message.mid, message.qos))
 
     # -- the pipe -----------------------------------------------------------------------------------
 
     def _on_command(self, command: Command) -> None:
-        self.writer.submit((COMMAND, command, time.time_ns() // 1000, 0, 0))
+        self.writer.submit(Inbound(command, time.time_ns() // 1000))
 
     def _on_pipe_error(self, err: PayloadError) -> None:
         self.drops.add(err.reason, f"pipe: {err}")
@@ -146,10 +169,36 @@ class IngestClient:
     def _publish(self, topic: str, payload: bytes, qos: int) -> None:
         self.mqtt.publish(topic, payload, qos)
 
+    # -- the writer cannot go on ---------------------------------------------------------------------
+
+    def _writer_failed(self, problem: str) -> None:
+        """Say why in one line, leave the broker without acknowledging anything more, then `on_fatal`."""
+        logger.critical("%s: exiting with status %d to be restarted; nothing unacknowledged is lost, the broker "
+                        "delivers it again", problem, WRITER_FAILED)
+        self.failed.set()
+        self._stopping = True
+        self.pipe.stop()
+        # DISCONNECT, not a dropped connection: the broker keeps our session, with every QoS 1/2 message we
+        # did not acknowledge, for the next start (clean_start=False, SESSION_EXPIRY).
+        self._disconnected.clear()
+        self.mqtt.disconnect()
+        if not self._disconnected.wait(5):
+            logger.warning("the broker did not confirm the disconnection")
+        self.mqtt.loop_stop()
+        if self._on_fatal is not None:
+            self._on_fatal(WRITER_FAILED)
+
+
+def _exit_now(status: int) -> None:
+    """Leave at once with `status`: the writer thread may hold locks that a normal exit would wait for."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(status)
+
 
 def run_client(settings: Settings) -> None:
     """Run the ingest client until SIGINT or SIGTERM, then stop cleanly."""
-    client = IngestClient(settings)
+    client = IngestClient(settings, on_fatal=_exit_now)
     done = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
