@@ -70,9 +70,7 @@ class Stack:
     def client_process(self) -> psutil.Process:
         """The ingest client's process."""
         assert self.supervisor is not None
-        process = self.supervisor.components[1].process
-        assert process is not None
-        return psutil.Process(process.pid)
+        return psutil.Process(self.supervisor.component("client").pid)
 
     def counts(self, table: str = "light_reading") -> dict[str, int]:
         """Readings per device (by session name) in `table`."""

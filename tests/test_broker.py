@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from sensorhub import broker as broker_module
-from sensorhub.broker import BASE_CONFIG, Broker, render_config
+from sensorhub.broker import BASE_CONFIG, Broker, find_mosquitto, render_config, speaks_notify
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
 from sensorhub.ports import PortError
@@ -40,6 +40,11 @@ def test_base_config_has_the_specifications_settings() -> None:
                      "persistence false", "listener 1883", "listener 9001", "protocol websockets",
                      "allow_anonymous true", "max_connections 20"):
         assert expected in lines
+
+
+def test_debians_mosquitto_says_when_it_is_ready() -> None:
+    """Broker.start waits for its READY=1 (the log line only with builds without libsystemd)."""
+    assert speaks_notify(find_mosquitto())
 
 
 def test_render_config_overrides_ports_log_and_limit(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_play
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
+from sensorhub.process import Child
 from sensorhub.simulator import Fleet
-from tests.stack import ROOT, Component, ingest_client, web_server, web_url
+from tests.stack import ROOT, ingest_client, web_server, web_url
 from tests.support import CHROMIUM, CHROMIUM_ARGS, wait_for
 
 pytestmark = pytest.mark.browser
@@ -34,8 +35,8 @@ class Stack:
     """The running components of one test."""
 
     settings: Settings
-    client: Component
-    web: Component
+    client: Child
+    web: Child
 
     def url(self, path: str) -> str:
         """Absolute URL of `path` on the web server."""

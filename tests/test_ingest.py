@@ -28,7 +28,7 @@ from sensorhub.ingest.service import WRITER_FAILED, IngestClient
 from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
 from sensorhub.protocol import Reading, Topic
 from tests.devices import RawDevice
-from tests.stack import CLIENT_READY, Component, ingest_client
+from tests.stack import ingest_client, sensorhub, start
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -310,8 +310,7 @@ def test_devices_not_heard_after_a_broker_restart_go_offline(settings: Settings,
 
 def test_sigkill_while_a_device_publishes_qos1_loses_nothing(settings: Settings, engine: Engine,
                                                             broker: Broker) -> None:
-    first = Component("client", ["client"], settings, CLIENT_READY)
-    first.start()
+    first = start(sensorhub("client", ["client"], settings))
     device = RawDevice(settings.mqtt_port, "02:00:00:00:00:A0")
     name, _ = device.join()
     wait_for(lambda: online(engine, name), 5)
@@ -391,6 +390,46 @@ def test_a_dead_writer_makes_the_client_leave_without_acknowledging_and_nothing_
                  what="every reading, the unacknowledged ones delivered again by the broker")
     finally:
         restarted.stop()
+        device.close()
+
+
+DYING_CLIENT = """
+from sensorhub.ingest.sessions import Sessions
+
+class Crash(BaseException):
+    pass
+
+apply = Sessions.apply
+
+def dying(self, batch):
+    if any(getattr(item.message, "value", None) == 50 for item in batch):
+        raise Crash("injected")
+    return apply(self, batch)
+
+Sessions.apply = dying
+from sensorhub.cli import main
+main(["client"])
+"""
+
+
+def test_a_client_whose_writer_dies_exits_with_status_3_and_one_line_then_loses_nothing(
+        settings: Settings, engine: Engine, broker: Broker) -> None:
+    dying = start(sensorhub("client", [], settings, python=("-c", DYING_CLIENT)))
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:C1")
+    try:
+        name, _ = device.join()
+        wait_for(lambda: online(engine, name), 5)
+        for info in [device.reading(Topic.PHOTORESISTOR_STATUS, value, qos=1) for value in range(100)]:
+            info.wait_for_publish(10)
+        assert dying.process is not None and dying.process.wait(20) == WRITER_FAILED
+        dying.stop()
+        [line] = [line for line in dying.lines if " CRITICAL " in line]
+        assert line == [line for line in dying.lines if line.strip()][-1], "the reason is not the last line"
+        assert "the database writer thread died" in line and "exiting with status 3" in line
+        with ingest_client(settings):
+            wait_for(lambda: set(values(engine, "light_reading", name)) == set(range(100)), 15,
+                     what="every reading after the restart")
+    finally:
         device.close()
 
 

@@ -30,6 +30,7 @@ from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.ledpipe import Command, PipeReader
 from sensorhub.ingest.sessions import BrokerSessionLost, Inbound
 from sensorhub.ingest.writer import Watchdog, Writer
+from sensorhub.process import notify
 from sensorhub.protocol import SERVER_SUBSCRIPTIONS, parse_server_message
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class IngestClient:
             self.ready.set()
             logger.info("ingest client ready: subscribed on %s:%d, reading pipe %s", self.settings.mqtt_host,
                         self.settings.mqtt_port, self.settings.fifo)
+            notify("READY=1")
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         received = time.time_ns() // 1000

@@ -162,7 +162,7 @@ class Writer:
             self._run()
         except BaseException:
             # The watchdog sees the thread gone and has the client restarted; the traceback says why.
-            logger.critical("the database writer stopped on an unexpected error", exc_info=True)
+            logger.error("the database writer stopped on an unexpected error", exc_info=True)
 
     def _run(self) -> None:
         while True:

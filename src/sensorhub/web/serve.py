@@ -14,6 +14,7 @@ from gunicorn.app.base import BaseApplication
 from sensorhub.config import Settings
 from sensorhub.db.engine import sqlite_path
 from sensorhub.ports import ensure_free
+from sensorhub.process import notify
 from sensorhub.web import create_app, vendor
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def gunicorn_options(settings: Settings, workers: int) -> dict[str, Any]:
     def when_ready(_server: Any) -> None:
         logger.info("web server ready on %s (listening on %s:%d, %d workers)", url, host, settings.web_port,
                     workers)
+        notify("READY=1")
 
     return {
         "bind": [f"{bind_host}:{settings.web_port}"],
