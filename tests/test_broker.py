@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -31,6 +31,14 @@ def connect(port: int, transport: str = "tcp", client_id: str = "") -> mqtt.Clie
     client.loop_start()
     wait_for(client.is_connected, 5, what=f"a {transport} connection on port {port}")
     return client
+
+
+def subscribe(client: mqtt.Client, topic: str, qos: int = 0) -> None:
+    """Subscribe and wait for the broker's SUBACK: from then on, messages published on `topic` reach us."""
+    acknowledged = threading.Event()
+    client.on_subscribe = lambda *_args: acknowledged.set()
+    client.subscribe(topic, qos=qos)
+    assert acknowledged.wait(5), f"no SUBACK for {topic}"
 
 
 def test_base_config_has_the_specifications_settings() -> None:
@@ -61,8 +69,7 @@ def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings
     received: list[bytes] = []
     ws = connect(settings.mqtt_ws_port, transport="websockets")
     ws.on_message = lambda _c, _u, msg: received.append(msg.payload)
-    ws.subscribe("state/join", qos=2)
-    time.sleep(0.2)
+    subscribe(ws, "state/join", qos=2)
     pub = shutil.which("mosquitto_pub")
     assert pub, "mosquitto-clients is not installed"
     subprocess.run([pub, "-p", str(settings.mqtt_port), "-t", "state/join", "-q", "2", "-m",
@@ -87,8 +94,7 @@ def test_packet_size_limit_is_enforced(broker: Broker, settings: Settings) -> No
     received: list[bytes] = []
     sub = connect(settings.mqtt_port)
     sub.on_message = lambda _c, _u, msg: received.append(msg.payload)
-    sub.subscribe("photoresistor/status")
-    time.sleep(0.2)
+    subscribe(sub, "photoresistor/status")
     oversize = connect(settings.mqtt_port)
     oversize.publish("photoresistor/status", b"x" * 300)
     wait_for(lambda: "disconnected due to oversize packet" in Path(settings.broker_log).read_text(), 5)
@@ -106,11 +112,21 @@ def test_connection_limit(settings: Settings) -> None:
     with Broker(limited):
         first, second = connect(limited.mqtt_port), connect(limited.mqtt_port)
         third = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        connacks: list[object] = []
+        closed = threading.Event()
+        third.on_connect = lambda *args: connacks.append(args)
+        third.on_disconnect = lambda *_args: closed.set()
         third.connect("127.0.0.1", limited.mqtt_port, keepalive=5)
         third.loop_start()
-        time.sleep(1)
-        assert not third.is_connected()
-        for client in (first, second, third):
+        assert closed.wait(5), "the third connection was neither accepted nor closed"
+        third.loop_stop()
+        assert connacks == [] and not third.is_connected()
+        wait_for(lambda: "denied: max_connections exceeded" in Path(limited.broker_log).read_text(), 5)
+        # The limit is the reason: once a place is free, another client gets in.
+        first.disconnect()
+        first.loop_stop()
+        fourth = wait_for(lambda: _try_connect(limited.mqtt_port), 5, what="a connection once a place is free")
+        for client in (second, fourth):
             client.loop_stop()
             client.disconnect()
 

@@ -121,12 +121,11 @@ def test_out_of_band_readings_and_stale_leaves_are_discarded(
     device.reading(Topic.PHOTORESISTOR_STATUS, 77)
     device.reading(Topic.PHOTORESISTOR_STATUS, 5, name="nobody")
     wait_for(lambda: count(engine, "light_reading", name), 5)
-    time.sleep(0.3)
+    expected = {"out-of-band": 3, "unknown-device": 1}
+    wait_for(lambda: ingest.drops.snapshot() == expected, 5, what=f"the writer to discard {expected}")
     assert values(engine, "light_reading", name) == [77]
     assert count(engine, "led_reading") == 0
     assert online(engine, name), "a stale leave knocked the device offline"
-    drops = ingest.drops.snapshot()
-    assert drops["out-of-band"] == 3 and drops["unknown-device"] == 1
     device.close()
 
 
@@ -176,9 +175,8 @@ def test_led_command_through_the_fifo_reaches_the_device_and_its_status_is_store
     device.leave()
     wait_for(lambda: not online(engine, name), 5)
     send_command(settings.fifo, LedRequest(found["id"], session, False))
-    time.sleep(0.5)
+    wait_for(lambda: ingest.drops.snapshot().get("pipe-offline") == 2, 5, what="both commands discarded")
     assert other.commands == [f"{name};{session};1".encode()]
-    assert ingest.drops.snapshot()["pipe-offline"] == 2
     other.close()
 
 
@@ -433,32 +431,75 @@ def test_a_client_whose_writer_dies_exits_with_status_3_and_one_line_then_loses_
         device.close()
 
 
-def test_sigterm_flushes_and_closes_the_pipe(settings: Settings, engine: Engine, broker: Broker) -> None:
+def test_sigterm_stops_cleanly_and_closes_the_pipe(settings: Settings, engine: Engine, broker: Broker) -> None:
     with ingest_client(settings) as client:
         device = RawDevice(settings.mqtt_port, "02:00:00:00:00:B0")
         name, _ = device.join()
         wait_for(lambda: online(engine, name), 5)
-        for number in range(500):
-            device.reading(Topic.PHOTORESISTOR_STATUS, number % 101)
-        time.sleep(0.5)
         assert client.stop(15) == 0  # SIGTERM
-    assert count(engine, "light_reading", name) == 500
+    assert "ingest client stopped" in client.output()
     with pytest.raises(ClientNotRunning):
         send_command(settings.fifo, LedRequest(1, "1", True))
-    assert "ingest client stopped" in client.output()
     device.close()
 
 
-def test_client_started_before_the_broker_waits_for_it(settings: Settings, engine: Engine) -> None:
+def test_stop_commits_and_acknowledges_what_it_received_and_a_restart_stores_the_rest_once(
+        settings: Settings, engine: Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped with readings received but not yet committed (the database is locked until the writer is
+    told to stop): they are committed and acknowledged before the client leaves the broker."""
+    client = IngestClient(settings)
+    received: list[Inbound] = []  # readings handed to the writer
+    submit = client.writer.submit
+
+    def counting(item: Inbound) -> bool:
+        if isinstance(item.message, Reading):
+            received.append(item)
+        return submit(item)
+
+    path = sqlite_path(settings.database_url)
+    assert path is not None
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer_stop = client.writer.stop
+
+    def unlock_then_stop(timeout: float = 30.0) -> None:
+        blocker.rollback()  # the database can be written again only now
+        writer_stop(timeout)
+
+    monkeypatch.setattr(client.writer, "submit", counting)
+    monkeypatch.setattr(client.writer, "stop", unlock_then_stop)
+    client.start(wait_ready=10)
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:B1")
+    try:
+        name, _ = device.join()
+        wait_for(lambda: online(engine, name), 5)
+        blocker.execute("BEGIN IMMEDIATE")  # the client receives but cannot commit
+        for info in [device.reading(Topic.PHOTORESISTOR_STATUS, n % 101, qos=1) for n in range(500)]:
+            info.wait_for_publish(10)
+        wait_for(lambda: len(received) >= 12, 10, what="readings received and waiting for the database")
+        client.stop()
+        assert count(engine, "light_reading", name) == len(received), "what it received was not all committed"
+        with ingest_client(settings):
+            wait_for(lambda: count(engine, "light_reading", name) >= 500, 15, what="every reading")
+        assert count(engine, "light_reading", name) == 500, "committed but not acknowledged before it left"
+    finally:
+        blocker.close()
+        device.close()
+
+
+def test_client_started_before_the_broker_keeps_trying_says_so_once_and_connects(
+        settings: Settings, engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     client = IngestClient(settings)
     client.start()
     try:
-        time.sleep(1.5)
+        wait_for(lambda: client.connect_failures >= 2, 10, what="a second attempt to reach the broker")
         assert not client.ready.is_set()
         with Broker(settings):
             assert client.ready.wait(15), "the client did not connect once the broker came up"
     finally:
         client.stop()
+    said = [r.getMessage() for r in caplog.records if "cannot reach the broker" in r.getMessage()]
+    assert said == [f"cannot reach the broker at 127.0.0.1:{settings.mqtt_port}; retrying (is it running? "
+                    "`make broker`)"]
 
 
 def test_missing_database_is_one_clear_line(settings: Settings, tmp_path: Path) -> None:

@@ -164,6 +164,7 @@ async function reconcile() {
     if (!freshIds.has(card.dataset.id) && !newerThan(card, since)) dropCard(card);
   }
   afterChange();
+  container.dataset.reconciled = String(Number(container.dataset.reconciled || 0) + 1); // tests wait on it
 }
 
 // The ingest client records a join at the same time as we hear of it: retry until it has.
