@@ -175,8 +175,10 @@ def test_reader_reopens_after_end_of_file(tmp_path: Path) -> None:
     reader = PipeReader(tmp_path / "fifo", received.append)
     reader.start()
     try:
-        os.close(reader._keep_fd)  # lose our own writer: the next writer's close brings end-of-file
-        reader._keep_fd = -1
+        # Lose our own writer: end-of-file comes at once. Forget the descriptor before closing it: the
+        # reader thread may reopen in between and must not close it a second time.
+        keep, reader._keep_fd = reader._keep_fd, -1
+        os.close(keep)
         send_command(tmp_path / "fifo", LedRequest(1, "1", True))
         wait_for(lambda: received, 5)
         wait_for(lambda: reader._keep_fd >= 0, 5, what="the pipe reopened")
