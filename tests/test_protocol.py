@@ -26,14 +26,12 @@ from sensorhub.protocol import (
     NameAssign,
     Reading,
     SessionRef,
-    TextRule,
     Topic,
     format_led_command,
     format_name_assign,
     format_reading,
     format_session_ref,
     name_problem,
-    name_taken,
     new_session_id,
     parse_join,
     parse_leave,
@@ -43,6 +41,7 @@ from sensorhub.protocol import (
     parse_server_message,
     parse_session_ref,
 )
+from sensorhub.rules import TextRule, name_taken
 
 PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
 names = st.text(PRINTABLE, min_size=1, max_size=MAX_NAME).filter(lambda n: name_problem(n) is None)

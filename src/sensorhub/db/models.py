@@ -10,7 +10,8 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Type
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sensorhub.protocol import MAC_LENGTH, MAX_NAME, MAX_SESSION, NAME_RULE, SESSION_RULE, Kind
+from sensorhub.protocol import Kind
+from sensorhub.rules import MAC_LENGTH, MAX_NAME, MAX_SESSION, NAME_RULE, SESSION_RULE
 
 #: How every timestamp is stored: UTC, fixed width, so text order is time order and the sqlite3 shell
 #: shows readable values. The triggers in engine.py rely on this exact shape.

@@ -24,9 +24,9 @@ from sensorhub.protocol import (
     Topic,
     format_led_command,
     format_name_assign,
-    name_taken,
     new_session_id,
 )
+from sensorhub.rules import name_taken
 
 
 @dataclass(slots=True)

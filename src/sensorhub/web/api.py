@@ -11,7 +11,8 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sensorhub.db import queries
 from sensorhub.errors import ClientNotRunning, PipeError
 from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
-from sensorhub.protocol import NAME_RULE, Kind
+from sensorhub.protocol import Kind
+from sensorhub.rules import NAME_RULE
 from sensorhub.web.present import device_history_json, device_json
 from sensorhub.web.state import web_state
 
