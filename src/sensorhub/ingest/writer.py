@@ -108,7 +108,6 @@ class Writer:
         self.failed = threading.Event()
         #: time.monotonic() of the writer's last sign of life (the Watchdog reads it).
         self.heartbeat = time.monotonic()
-        self.idle = threading.Event()
         self._conn: Connection | None = None
         self._thread: threading.Thread | None = None
         self._traced: set[type[BaseException]] = set()
@@ -148,10 +147,11 @@ class Writer:
         if self.alive and not self.failed.is_set():
             self.queue.put(_STOP)
             self._thread.join(timeout)
-            if self._thread.is_alive():
-                logger.error("the database writer did not finish within %.0f s", timeout)
+        if self._thread.is_alive():
+            logger.error("the database writer did not stop (waited %.0f s); it keeps its connection", timeout)
+            return
         self._thread = None
-        if self._conn is not None and not self.alive:
+        if self._conn is not None:
             self._conn.close()
             self._conn = None
 
@@ -174,10 +174,8 @@ class Writer:
             try:
                 first = self.queue.get(timeout=timeout)
             except queue.Empty:
-                self.idle.set()
                 self._maybe_sweep()
                 continue
-            self.idle.clear()
             batch: list[Inbound] = []
             stopping = first is _STOP
             if first is not _STOP:
