@@ -9,11 +9,11 @@ JS_STAMP := node_modules/.installed
 DB_FILE := db/db.sqlite3
 
 .DEFAULT_GOAL := help
-.PHONY: help install clean db data broker client prod debug run test lint simulate bench
+.PHONY: help install clean db data broker client prod debug run test lint simulate bench screenshots
 
 help: ## List the targets
 	@echo "sensorhub: make <target>"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(PY_STAMP) $(JS_STAMP) ## Set up .venv/ (Python packages) and node_modules/ (browser libraries)
 
@@ -69,3 +69,6 @@ test: install lint ## Run every test (unit, integration, browser) and a quick be
 
 bench: install ## Measure throughput, loss and latency (prints a table and a JSON line)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+screenshots: install ## Regenerate docs/screenshots/*.png (real stack, 3 virtual devices, Chromium)
+	$(BIN)/python -m tests.screenshots docs/screenshots

@@ -42,7 +42,7 @@ class Stack:
             database_url=f"sqlite:///{self.dir / 'db.sqlite3'}",
             mqtt_port=free_port(), mqtt_ws_port=free_port(), web_port=free_port(), web_host="127.0.0.1",
             fifo=str(self.dir / "led.fifo"), broker_log=str(self.dir / "mosquitto.log"),
-            broker_max_connections=-1, log_level="INFO",
+            state_dir=str(self.dir / "var"), broker_max_connections=-1, log_level="INFO",
         )
         self.log_path = self.dir / "stack.log"
         self._log: io.TextIOWrapper | None = None

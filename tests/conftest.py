@@ -12,23 +12,24 @@ from sqlalchemy import Engine
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
-from tests.support import free_port
+from tests.stack import ROOT
+from tests.support import digests, settings_for, tracked_files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracked_docs_untouched() -> Iterator[None]:
+    """No test may change a tracked file under docs/ (screenshots go to tmp_path; `make screenshots` updates them)."""
+    before = digests(tracked_files(ROOT, "docs"))
+    yield
+    after = digests(list(before))
+    changed = sorted(str(path.relative_to(ROOT)) for path in before if after.get(path) != before[path])
+    assert changed == [], f"tests changed tracked files (write to tmp_path instead): {changed}"
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings pointing at a temporary database, FIFO and log, with free ports."""
-    return Settings().replace(
-        database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        mqtt_port=free_port(),
-        mqtt_ws_port=free_port(),
-        web_port=free_port(),
-        fifo=str(tmp_path / "led.fifo"),
-        broker_log=str(tmp_path / "mosquitto.log"),
-        broker_max_connections=-1,
-        keepalive=2,
-        log_level="DEBUG",
-    )
+    return settings_for(tmp_path)
 
 
 @pytest.fixture

@@ -15,8 +15,10 @@ from tests.support import wait_for
 class RawDevice:
     """One MQTT connection playing an ESP32, step by step."""
 
-    def __init__(self, port: int, mac: str, protocol: int = mqtt.MQTTv5, join_qos: int = 2) -> None:
+    def __init__(self, port: int, mac: str, protocol: int = mqtt.MQTTv5, join_qos: int = 2,
+                 login: tuple[str, str] | None = None) -> None:
         self.port = port
+        self.login = login
         self.mac = mac
         self.protocol = protocol
         self.join_qos = join_qos
@@ -30,6 +32,8 @@ class RawDevice:
     def _connect(self, will: bytes | None = None, keepalive: int = 5) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=self.protocol,
                              client_id=f"raw-{self.mac.replace(':', '')}")
+        if self.login is not None:
+            client.username_pw_set(*self.login)
         if will is not None:
             client.will_set(Topic.LEAVE, will, qos=2)
         client.on_message = self._on_message

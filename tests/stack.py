@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -61,6 +63,17 @@ def ingest_client(settings: Settings, timeout: float = 20.0) -> AbstractContextM
 def web_server(settings: Settings, workers: int = 2, timeout: float = 20.0) -> AbstractContextManager[Child]:
     """`sensorhub web --workers N` (gunicorn) running against `settings`, listening."""
     return running(sensorhub("web", ["web", "--workers", str(workers)], settings), timeout)
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """The HTTP status of GET `url`, or None if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (urllib.error.URLError, OSError):
+        return None
 
 
 def web_url(settings: Settings, path: str = "/") -> str:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
+import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sensorhub.config import Settings
+from sensorhub.credentials import CLIENT_USER, client_password
 
 T = TypeVar("T")
 
@@ -13,6 +19,29 @@ T = TypeVar("T")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
+
+
+def settings_for(directory: Path) -> Settings:
+    """Settings pointing at a temporary database, state directory, FIFO and log in `directory`, on free ports."""
+    return Settings().replace(
+        database_url=f"sqlite:///{directory / 'db.sqlite3'}",
+        mqtt_port=free_port(),
+        mqtt_ws_port=free_port(),
+        web_port=free_port(),
+        fifo=str(directory / "led.fifo"),
+        state_dir=str(directory / "var"),
+        broker_log=str(directory / "mosquitto.log"),
+        broker_max_connections=-1,
+        keepalive=2,
+        log_level="DEBUG",
+        mqtt_tls_port=free_port(),
+        mqtt_wss_port=free_port(),
+    )
+
+
+def log_in_as_server(client: Any, settings: Settings) -> None:
+    """Give a paho client the ingest client's broker user: only it may publish nameAssign and led/command."""
+    client.username_pw_set(CLIENT_USER, client_password(settings))
 
 
 def free_port() -> int:
@@ -39,3 +68,23 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+_SKIPPED_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+                 ".hypothesis", "build", "dist"}
+
+
+def tracked_files(root: Path, under: str = "") -> list[Path]:
+    """The files git tracks below `root / under` (outside a git checkout: every file but caches and packages)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--", under or "."], cwd=root, capture_output=True,
+                                check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return [p for p in (root / under).rglob("*")
+                if p.is_file() and not _SKIPPED_DIRS & set(p.relative_to(root).parts)]
+    return [root / name for name in listed.decode().split("\0") if name]
+
+
+def digests(paths: list[Path]) -> dict[Path, str]:
+    """SHA-256 of each file that exists."""
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in paths if path.is_file()}

@@ -19,14 +19,17 @@ from sensorhub.broker import BASE_CONFIG, Broker, find_mosquitto, render_config,
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
 from sensorhub.ports import PortError
-from tests.support import free_port, wait_for
+from tests.support import free_port, log_in_as_server, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def connect(port: int, transport: str = "tcp", client_id: str = "") -> mqtt.Client:
+def connect(port: int, transport: str = "tcp", client_id: str = "", login: Settings | None = None) -> mqtt.Client:
+    """A connected client: anonymous (a board), or the ingest client's broker user with `login`."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, transport=transport,
                          protocol=mqtt.MQTTv5)
+    if login is not None:
+        log_in_as_server(client, login)
     client.connect("127.0.0.1", port, keepalive=5)
     client.loop_start()
     wait_for(client.is_connected, 5, what=f"a {transport} connection on port {port}")
@@ -45,7 +48,8 @@ def test_base_config_has_the_specifications_settings() -> None:
     lines = {line.strip() for line in BASE_CONFIG.read_text().splitlines() if line and not line.startswith("#")}
     for expected in ("log_dest file mqtt/mosquitto.log", "log_dest stderr", "log_timestamp true",
                      "connection_messages true", "max_keepalive 12", "max_packet_size 200",
-                     "persistence false", "listener 1883", "listener 9001", "protocol websockets",
+                     "persistence true", "persistence_location var/mosquitto/", "listener 1883", "listener 9001",
+                     "protocol websockets",
                      "allow_anonymous true", "max_connections 20"):
         assert expected in lines
 
@@ -63,6 +67,22 @@ def test_render_config_overrides_ports_log_and_limit(tmp_path: Path) -> None:
     assert text.count("max_connections -1") == 2
     assert f"log_dest file {tmp_path / 'b.log'}" in text
     assert "max_packet_size 200" in text
+
+
+def test_render_config_gives_the_tls_twins_the_same_rules_and_can_close_anonymous_access(tmp_path: Path) -> None:
+    cert, key, passwd = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "passwd"
+    settings = Settings().replace(mqtt_tls_port=8884, mqtt_wss_port=9444, device_password="long enough")
+    text = render_config(settings, tmp_path / "b.log", passwd=passwd, tls=(cert, key))
+    blocks = {block.split("\n", 1)[0]: block for block in text.split("\nlistener ")[1:]}
+    assert set(blocks) == {"1883", "9001", "8884", "9444"}
+    for plain, secure in (("1883", "8884"), ("9001", "9444")):
+        rules = [line for line in blocks[plain].splitlines()[1:] if line and not line.startswith("#")]
+        assert all(rule in blocks[secure] for rule in rules)
+        assert f"certfile {cert}" in blocks[secure] and f"keyfile {key}" in blocks[secure]
+    assert "allow_anonymous false" in blocks["1883"] and "allow_anonymous false" in blocks["8884"]
+    assert "allow_anonymous true" in blocks["9001"]  # browsers stay anonymous, and read-only
+    assert f"password_file {passwd}" in blocks["1883"]
+    assert f"acl_file {BASE_CONFIG.parent / 'acl.browsers'}" in blocks["9444"]
 
 
 def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings: Settings) -> None:
@@ -92,7 +112,7 @@ def test_mosquitto_sub_connects(broker: Broker, settings: Settings) -> None:
 
 def test_packet_size_limit_is_enforced(broker: Broker, settings: Settings) -> None:
     received: list[bytes] = []
-    sub = connect(settings.mqtt_port)
+    sub = connect(settings.mqtt_port, login=settings)
     sub.on_message = lambda _c, _u, msg: received.append(msg.payload)
     subscribe(sub, "photoresistor/status")
     oversize = connect(settings.mqtt_port)

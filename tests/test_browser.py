@@ -19,14 +19,13 @@ from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.process import Child
 from sensorhub.simulator import Fleet
-from tests.stack import ROOT, ingest_client, web_server, web_url
+from tests import screenshots
+from tests.screenshots import DESKTOP, PHONE
+from tests.stack import ingest_client, web_server, web_url
 from tests.support import CHROMIUM, CHROMIUM_ARGS, wait_for
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 375, "height": 812}
 _seeds = itertools.count(101)
 
 
@@ -381,22 +380,35 @@ def test_historique_shows_the_recorded_values(page: Page, stack: Stack, fleets: 
     expect(page.locator(f'#appareil-{quiet_id} [data-kind="button"]')).to_contain_text("Aucune valeur enregistrée")
 
 
+def expect_toggle_offers(page: Page, target: str) -> None:
+    """The layout button's label and icon name `target`; aria-pressed says whether the list is shown."""
+    toggle = page.locator("[data-layout-toggle]")
+    expect(toggle).to_have_text("Afficher en liste" if target == "list" else "Afficher en grille")
+    expect(toggle.locator(f'[data-layout-icon="{target}"]')).to_be_visible()
+    expect(toggle.locator("[data-layout-icon]:visible")).to_have_count(1)
+    expect(toggle).to_have_attribute("aria-pressed", "false" if target == "list" else "true")
+
+
 def test_the_layout_toggle_switches_and_is_remembered(page: Page, stack: Stack,
                                                       fleets: Callable[..., Fleet]) -> None:
     fleets(2, interval=1.0)
     open_capteurs(page, stack)
     cards = page.locator("[data-cards]")
     expect(cards).to_have_class("cards layout-grid")
-    toggle = page.get_by_role("button", name="Changer d'agencement")
+    toggle = page.get_by_role("button", name="Afficher en liste")  # the layout it switches to
+    expect_toggle_offers(page, "list")
     toggle.click()
     expect(cards).to_have_class("cards layout-list")
-    expect(toggle).to_have_attribute("aria-pressed", "true")
+    expect_toggle_offers(page, "grid")
     page.reload()
     expect(page.locator("[data-cards]")).to_have_class("cards layout-list")
+    expect_toggle_offers(page, "grid")
     page.goto(stack.url("/historique"))
     expect(page.locator("[data-cards]")).to_have_class("cards layout-list")
-    page.get_by_role("button", name="Changer d'agencement").click()
+    expect_toggle_offers(page, "grid")
+    page.get_by_role("button", name="Afficher en grille").click()
     expect(page.locator("[data-cards]")).to_have_class("cards layout-grid")
+    expect_toggle_offers(page, "list")
     page.goto(stack.url("/capteurs"))
     expect(page.locator("[data-cards]")).to_have_class("cards layout-grid")
 
@@ -409,7 +421,15 @@ def test_the_filter_bar_hides_other_cards(page: Page, stack: Stack, fleets: Call
     page.locator("[data-filter]").fill(wanted.mac[-5:].lower())
     expect(page.locator("[data-card]:visible")).to_have_count(1)
     expect(card(page, name_of(fleet, 1))).to_be_visible()
-    expect(page.locator("[data-filter-count]")).to_have_text("1 sur 3 affiché")
+    count = page.locator("[data-filter-count]")
+    expect(count).to_have_text("1 appareil affiché sur 3")
+    page.locator("[data-filter]").fill("aucun-appareil-ne-porte-ce-nom")
+    expect(count).to_have_text("0 appareil affiché sur 3")
+    expect(page.get_by_text("Aucun capteur ne correspond au filtre.")).to_be_visible()
+    page.locator("[data-filter]").fill("capteur")
+    expect(count).to_have_text("3 appareils affichés sur 3")
+    page.locator("[data-filter]").fill("")
+    expect(count).to_be_hidden()
 
 
 def no_horizontal_scroll(page: Page) -> None:
@@ -426,12 +446,9 @@ def test_a_375px_phone_needs_no_horizontal_scrolling(browser: Browser, stack: St
         open_capteurs(phone, stack)
         expect(phone.locator("[data-card]")).to_have_count(3)
         no_horizontal_scroll(phone)
-        phone.get_by_role("button", name="Changer d'agencement").click()
+        phone.locator("[data-layout-toggle]").click()
         no_horizontal_scroll(phone)
-        phone.get_by_role("button", name="Changer d'agencement").click()
-        time.sleep(3)  # a few light readings in the charts
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        phone.screenshot(path=str(SCREENSHOTS / "capteurs-mobile.png"), full_page=True)
+        phone.locator("[data-layout-toggle]").click()
         for path in ("/historique", "/accueil"):
             phone.goto(stack.url(path))
             no_horizontal_scroll(phone)
@@ -440,19 +457,73 @@ def test_a_375px_phone_needs_no_horizontal_scrolling(browser: Browser, stack: St
     assert errors == []
 
 
-def test_screenshots_for_the_readme(page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
-    fleet = fleets(3, interval=0.5)
-    wait_for(lambda: all(recorded(stack, name_of(fleet, i)) for i in range(3)), 5, what="the joins")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    open_capteurs(page, stack)
-    first = card(page, name_of(fleet, 0))
-    first.locator("[data-led-toggle]").click()
-    expect(first.locator("[data-led-state]")).to_have_text("allumée", timeout=5_000)
-    time.sleep(5)  # ten light readings per chart
-    page.screenshot(path=str(SCREENSHOTS / "capteurs.png"), full_page=True)
-    page.goto(stack.url("/historique"))
-    page.screenshot(path=str(SCREENSHOTS / "historique.png"), full_page=True)
-    page.goto(stack.url("/accueil"))
-    page.screenshot(path=str(SCREENSHOTS / "accueil.png"), full_page=True)
-    for name in ("capteurs.png", "historique.png", "accueil.png"):
-        assert (SCREENSHOTS / name).stat().st_size > 10_000, name
+@pytest.fixture
+def site(settings: Settings, engine: Any) -> Iterator[Callable[[str], str]]:
+    """The web server alone (enough for /accueil): a function giving a path's URL."""
+    with web_server(settings, workers=1):
+        yield lambda path: web_url(settings, path)
+
+
+#: For every element of the channels table: its right edge beyond the box's, and its text nodes that take more
+#: than one line (a word broken in two: channel names and example parts must not).
+CHANNELS_LAYOUT = """() => {
+    const box = document.querySelector('.table-wrap');
+    const right = box.getBoundingClientRect().right;
+    // Column headings hidden in a 1 px clipped box (for screen readers) are not seen.
+    const seen = (el) => !el.closest('thead') || el.closest('thead').getBoundingClientRect().width > 1;
+    const beyond = [...box.querySelectorAll('*')]
+        .filter((el) => seen(el) && el.getBoundingClientRect().right > right + 0.5)
+        .map((el) => `${el.tagName.toLowerCase()} ${el.textContent.trim().slice(0, 30)}`);
+    const broken = [];
+    for (const code of box.querySelectorAll('code')) {
+        const walker = document.createTreeWalker(code, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            const range = document.createRange();
+            range.selectNodeContents(node);
+            const lines = new Set([...range.getClientRects()].map((rect) => Math.round(rect.top)));
+            if (lines.size > 1) broken.push(node.textContent);
+        }
+    }
+    return {beyond, broken, scrollable: getComputedStyle(box).overflowX !== 'visible'
+        && box.scrollWidth > box.clientWidth};
+}"""
+
+
+@pytest.mark.parametrize("width", [PHONE["width"], 800, DESKTOP["width"]])
+def test_the_channels_table_fits_its_box_or_scrolls_and_breaks_no_word(browser: Browser, site: Callable[[str], str],
+                                                                      width: int) -> None:
+    page, errors = new_page(browser, {"width": width, "height": 800})
+    try:
+        page.goto(site("/accueil"))
+        expect(page.locator(".channels tbody tr")).to_have_count(7)
+        layout = page.evaluate(CHANNELS_LAYOUT)
+        assert layout["broken"] == [], f"words broken across lines at {width} px"
+        assert layout["scrollable"] or layout["beyond"] == [], f"cut off, not scrollable, at {width} px: {layout}"
+        if width == PHONE["width"]:
+            # On a phone nothing has to be scrolled to: each channel is a card, the example under its label.
+            assert not layout["scrollable"] and layout["beyond"] == [], layout
+            row = page.locator(".channels tbody tr").filter(has_text="state/nameAssign")
+            example = row.locator('td[data-label="Exemple"]')
+            expect(example).to_contain_text("61:EC:ED:3B:25:B1;capteur01;1743946777.603371")
+            label = example.evaluate("(td) => getComputedStyle(td, '::before').content")
+            assert label == '"Exemple"'
+            no_horizontal_scroll(page)
+    finally:
+        page.context.close()
+    assert errors == []
+
+
+def test_the_screenshot_scenario_checks_every_page(browser: Browser, stack: Stack, fleets: Callable[..., Fleet],
+                                                   tmp_path: Path) -> None:
+    """What `make screenshots` does, into a temporary directory: never into docs/screenshots."""
+    fleet = fleets(screenshots.DEVICES, interval=0.5)
+    wait_for(lambda: all(recorded(stack, name_of(fleet, i)) for i in range(screenshots.DEVICES)), 5,
+             what="the joins")
+    taken = screenshots.take(browser, stack.url, fleet, tmp_path / "shots")
+    assert [path.name for path in taken] == list(screenshots.SHOTS)
+    for path in taken:
+        assert path.parent == tmp_path / "shots"
+        width, height = screenshots.png_size(path)
+        assert width == screenshots.SHOTS[path.name]["width"], path.name
+        assert height >= screenshots.SHOTS[path.name]["height"] // 2, path.name  # full pages, not a strip
+        assert path.stat().st_size > 10_000, path.name  # not a blank page

@@ -20,7 +20,8 @@ REQUIRED = {
     "SENSORHUB_MQTT_WS_PORT": "9001",
     "SENSORHUB_WEB_HOST": "0.0.0.0",
     "SENSORHUB_WEB_PORT": "8000",
-    "SENSORHUB_FIFO": "/tmp/IOC_ERKEN_PRANDO",
+    # The specification's /tmp/IOC_ERKEN_PRANDO moved to the private state directory (docs/security.md).
+    "SENSORHUB_FIFO": "",
     "SENSORHUB_BROKER_MAX_CONNECTIONS": "20",
     "SENSORHUB_LOG_LEVEL": "INFO",
 }
@@ -33,6 +34,9 @@ def test_required_settings_and_defaults() -> None:
     loaded = Settings.load(environ={})
     assert loaded.mqtt_port == 1883 and loaded.web_port == 8000 and loaded.broker_max_connections == 20
     assert loaded == Settings()
+    assert loaded.fifo_path == Path("var/ledpipe")
+    assert Settings.load(environ={"SENSORHUB_STATE_DIR": "/srv/x"}).fifo_path == Path("/srv/x/ledpipe")
+    assert Settings.load(environ={"SENSORHUB_FIFO": "/run/p"}).fifo_path == Path("/run/p")
 
 
 def test_environment_overrides_default_and_flag_overrides_environment() -> None:
@@ -56,12 +60,33 @@ def test_environment_overrides_default_and_flag_overrides_environment() -> None:
         ("SENSORHUB_DATABASE_URL", "not a url", "not a SQLAlchemy database URL"),
         ("SENSORHUB_KEEPALIVE", "12", "between 1 and 11"),
         ("SENSORHUB_MQTT_HOST", "bad host!", "not a host name"),
+        ("SENSORHUB_WEB_PRIVATE", "maybe", "use 1 or 0"),
+        ("SENSORHUB_MQTT_TLS_PORT", "0", "between 1 and 65535"),
     ],
 )
 def test_invalid_values_name_the_variable(env: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.load(environ={env: value})
     assert env in str(caught.value) and message in str(caught.value)
+
+
+def test_secrets_are_never_echoed_in_errors() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(environ={"SENSORHUB_DEVICE_PASSWORD": "short"})
+    assert "SENSORHUB_DEVICE_PASSWORD=(hidden)" in str(caught.value) and "short" not in str(caught.value)
+
+
+def test_tls_certificate_and_key_go_together() -> None:
+    with pytest.raises(ConfigError, match="SENSORHUB_TLS_CERT and SENSORHUB_TLS_KEY go together"):
+        Settings.load(environ={"SENSORHUB_TLS_CERT": "/etc/cert.pem"})
+    both = Settings.load(environ={"SENSORHUB_TLS_CERT": "/c.pem", "SENSORHUB_TLS_KEY": "/k.pem"})
+    assert both.tls and not Settings().tls
+
+
+def test_flags_round_trip_through_the_environment() -> None:
+    private = Settings.load(environ={"SENSORHUB_WEB_PRIVATE": "1"})
+    assert private.web_private is True
+    assert Settings.load(environ=private.environ()) == private
 
 
 def test_invalid_flag_names_the_flag() -> None:

@@ -376,7 +376,7 @@ def test_a_dead_writer_makes_the_client_leave_without_acknowledging_and_nothing_
         wait_for(lambda: statuses, 10, what="the client to give up on its writer")
     finally:
         client.stop()
-    assert statuses == [WRITER_FAILED] and client.failed.is_set()
+    assert statuses == [WRITER_FAILED] and client.writer.failed.is_set()
     [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL and "exiting" in r.message]
     assert line.startswith("the database writer thread died") and "exiting with status 3" in line
     assert len(values(engine, "light_reading", name)) < 100

@@ -189,5 +189,116 @@ def test_reader_reopens_after_end_of_file(tmp_path: Path) -> None:
 
 
 def test_unusable_pipe_path_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(PipeError, match="cannot create the pipe"):
-        ensure_fifo(tmp_path / "missing-dir" / "fifo")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(PipeError, match="cannot create the directory of the pipe"):
+        ensure_fifo(tmp_path / "a-file" / "fifo")
+
+
+# -- the pipe's safety (docs/security.md, "a local user of the server") ------------------------------------------
+
+
+def test_the_pipe_is_made_private_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0)
+    try:
+        fifo = ensure_fifo(tmp_path / "run" / "fifo")
+    finally:
+        os.umask(previous)
+    assert fifo.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_pipe_other_users_can_write_is_refused_by_both_sides(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    with pytest.raises(PipeError, match="can be used by other users"):
+        ensure_fifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(PipeError, match="can be used by other users"):
+            send_command(fifo, LedRequest(1, "1", True))
+        assert os.read(reader, 4096) == b"", "the command went into a pipe others could read"
+    finally:
+        os.close(reader)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting a pipe owned by another user needs root")
+def test_a_pipe_planted_by_another_user_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    os.chown(fifo, 65534, 65534)  # nobody
+    with pytest.raises(PipeError, match="belongs to another user"):
+        ensure_fifo(fifo)
+
+
+def test_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp
+    with pytest.raises(PipeError, match="writable by other users"):
+        ensure_fifo(shared / "fifo")
+
+
+def test_the_reader_removes_the_pipe_when_it_stops(tmp_path: Path) -> None:
+    reader = PipeReader(tmp_path / "fifo", lambda _c: None)
+    reader.start()
+    assert (tmp_path / "fifo").exists()
+    reader.stop()
+    assert not (tmp_path / "fifo").exists()
+    with pytest.raises(ClientNotRunning):
+        send_command(tmp_path / "fifo", LedRequest(1, "1", True))
+
+
+def _raw_write(fifo: Path, data: bytes) -> None:
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                time.sleep(0.01)
+    finally:
+        os.close(fd)
+
+
+def test_no_line_can_stop_the_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[Command] = []
+    errors: list[PayloadError] = []
+    reader = PipeReader(tmp_path / "fifo", received.append, errors.append)
+    reader.start()
+    try:
+        # A complete line over the limit, one far over it (split across reads), and deep nesting.
+        _raw_write(tmp_path / "fifo", b'{"cmd":"rename","device":1,"name":"' + b"x" * MAX_COMMAND + b'"}\n')
+        _raw_write(tmp_path / "fifo", b"[" * 200_000 + b"\n")
+        _raw_write(tmp_path / "fifo", b"[" * 250 + b"]" * 250 + b"\n")
+        send_command(tmp_path / "fifo", LedRequest(1, "1", True))
+        wait_for(lambda: received, 5, what="the valid command after the bad ones")
+        assert [e.reason for e in errors] == ["pipe-size", "pipe-size", "pipe-json"]
+
+        def choke(_line: bytes) -> Command:
+            raise RecursionError("maximum recursion depth exceeded")
+
+        monkeypatch.setattr("sensorhub.ingest.ledpipe.parse_command", choke)
+        send_command(tmp_path / "fifo", LedRequest(2, "1", True))
+        wait_for(lambda: len(errors) == 4, 5, what="the choking line counted")
+        assert "RecursionError" in str(errors[-1]) and reader.alive
+        monkeypatch.undo()
+        send_command(tmp_path / "fifo", LedRequest(3, "1", True))
+        wait_for(lambda: len(received) == 2, 5, what="the reader still reading")
+    finally:
+        reader.stop()
+
+
+def test_a_dead_reader_is_noticed(tmp_path: Path) -> None:
+    def crash(_command: Command) -> None:
+        raise MemoryError("injected")
+
+    reader = PipeReader(tmp_path / "fifo", crash)
+    reader.start()
+    try:
+        assert reader.alive
+        send_command(tmp_path / "fifo", LedRequest(1, "1", True))
+        wait_for(lambda: not reader.alive, 5, what="the reader to be reported dead")
+        assert reader.failure is not None and "MemoryError" in reader.failure
+    finally:
+        reader.stop()

@@ -35,7 +35,7 @@ from sensorhub.protocol import (
     parse_reading,
 )
 from sensorhub.simulator import DeviceNotReady, Fleet, VirtualDevice, default_seed, mac_address
-from tests.support import wait_for
+from tests.support import log_in_as_server, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +66,8 @@ def _no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
 class ScriptedServer:
     """The server side reduced to a script: answers MAC joins with MAC;name;session, records all of `#`."""
 
-    def __init__(self, port: int, answer: bool = True) -> None:
-        self.port = port
+    def __init__(self, settings: Settings, answer: bool = True) -> None:
+        self.port = settings.mqtt_port
         self.answer = answer
         self.names: dict[str, str] = {}
         self._session: str | None = None
@@ -76,6 +76,7 @@ class ScriptedServer:
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scripted-server",
                                   protocol=mqtt.MQTTv5)
+        log_in_as_server(self.client, settings)
         self.client.on_connect = lambda client, *_: client.subscribe("#", qos=2)
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
@@ -100,7 +101,13 @@ class ScriptedServer:
             if isinstance(join, MacJoin):
                 name = self.names.setdefault(join.mac, f"capteur{len(self.names) + 1:02d}")
                 self._session = new_session_id(self._session, time.time())
-                client.publish("state/nameAssign", format_name_assign(join.mac, name, self._session), qos=2)
+                self._publish("state/nameAssign", format_name_assign(join.mac, name, self._session), 2)
+
+    def _publish(self, topic: str, payload: bytes, qos: int) -> mqtt.MQTTMessageInfo:
+        """Publish, and record it as seen: the server's broker user may send on its topics, not read them."""
+        with self._lock:
+            self._seen.append(Seen(time.monotonic(), topic, payload, qos))
+        return self.client.publish(topic, payload, qos=qos)
 
     def seen(self, topic: str | None = None, device: VirtualDevice | None = None) -> list[Seen]:
         """Messages received so far, on `topic` and from or about `device` if given."""
@@ -120,12 +127,12 @@ class ScriptedServer:
         return wait_for(found, timeout, what=f"{count} x {payload!r} on {topic}")
 
     def send_led(self, name: str, session: str, on: bool) -> None:
-        self.client.publish("led/command", format_led_command(name, session, on), qos=1).wait_for_publish(5)
+        self._publish("led/command", format_led_command(name, session, on), 1).wait_for_publish(5)
 
 
 @pytest.fixture
 def server(broker: Broker, settings: Settings) -> Iterator[ScriptedServer]:
-    scripted = ScriptedServer(settings.mqtt_port)
+    scripted = ScriptedServer(settings)
     scripted.start()
     yield scripted
     scripted.stop()

@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import select
+import shutil
 import subprocess
 import sys
 import threading
@@ -93,7 +94,7 @@ class PipeClient:
     """Plays the ingest client's part of the FIFO: a thread reads the lines; it may also apply renames."""
 
     def __init__(self, path: str, engine: Engine | None = None) -> None:
-        os.mkfifo(path)
+        os.mkfifo(path, 0o600)
         self.engine = engine
         self.lines: queue.Queue[bytes] = queue.Queue()
         self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -195,7 +196,7 @@ def test_accueil_explains_how_to_connect_a_device(client: FlaskClient, settings:
     assert f"<code>{settings.mqtt_port}</code>" in html
     assert f"<code>{settings.mqtt_ws_port}</code>" in html
     for topic in Topic:
-        assert f"<code>{topic}</code>" in html
+        assert f'<code class="topic">{topic}</code>' in html
     for words in ("Broker Mosquitto", "Client d'ingestion", "Base SQLite", "Serveur web Flask", "keepalive",
                   "nom;session;0-100", "Keepalive"):
         assert words in html or words.lower() in html.lower()
@@ -250,6 +251,33 @@ def test_static_files_are_served(client: FlaskClient) -> None:
         response = client.get(f"/static/{name}")
         assert response.status_code == 200, name
         response.close()
+
+
+def run_js(tmp_path: Path, module: str, script: str) -> Any:
+    """Import a static ES module in Node and print `script`'s value as JSON."""
+    if shutil.which("node") is None:
+        pytest.fail("node is missing: sudo apt-get install nodejs (make install needs it too)")
+    copy = tmp_path / f"{module}.mjs"  # .mjs: Node loads it as the ES module it is, without a warning
+    copy.write_text((STATIC / f"{module}.js").read_text())
+    program = f"import * as m from {json.dumps(copy.as_uri())};\nconsole.log(JSON.stringify({script}));"
+    ran = subprocess.run(["node", "--input-type=module", "-e", program], capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0 and ran.stderr == "", ran.stderr
+    return json.loads(ran.stdout)
+
+
+def test_the_filter_count_speaks_french(tmp_path: Path) -> None:
+    labels = run_js(tmp_path, "common", "[0, 1, 2, 3].map((n) => m.countLabel(n, 3)).concat(m.countLabel(1, 1))")
+    assert labels == ["0 appareil affiché sur 3", "1 appareil affiché sur 3", "2 appareils affichés sur 3",
+                      "3 appareils affichés sur 3", "1 appareil affiché sur 1"]
+
+
+def test_the_layout_toggle_names_the_layout_it_switches_to(client: FlaskClient) -> None:
+    html = client.get("/capteurs").get_data(as_text=True)
+    toggle = re.search(r"<button[^>]*data-layout-toggle.*?</button>", html, flags=re.S)
+    assert toggle is not None
+    assert 'aria-pressed="false"' in toggle[0] and "Afficher en liste" in toggle[0]  # the grid is the default
+    assert re.search(r'data-layout-icon="grid"[^>]*\shidden[\s>]', toggle[0])
+    assert not re.search(r'data-layout-icon="list"[^>]*\shidden[\s>]', toggle[0])
 
 
 def test_capteurs_shows_online_devices_with_their_state(client: FlaskClient, engine: Engine,
@@ -446,6 +474,30 @@ def test_api_device_detail_has_the_last_ten_values_newest_first(client: FlaskCli
     assert [v["value"] for v in history["button"]] == [1, 0, 1]
     assert [v["value"] for v in history["light"]] == list(range(92, 82, -1))
     assert [datetime.fromisoformat(v["at"]) for v in history["light"]] == moments[:2:-1]
+
+
+def test_api_index_lists_the_api_routes_with_their_docstrings(app: Flask, client: FlaskClient) -> None:
+    from sensorhub.web import api
+
+    for path in ("/api", "/api/"):
+        response = client.get(path)
+        assert response.status_code == 200 and response.mimetype == "application/json", path
+        body = response.get_json()
+        assert body["documentation"] == "docs/api.md"
+        listed = [(r["method"], r["path"]) for r in body["routes"]]
+        assert listed == [("GET", "/api"), ("GET", "/api/devices"), ("GET", "/api/devices/<device_id>"),
+                          ("GET", "/api/stats"), ("POST", "/api/devices/<device_id>/led"),
+                          ("POST", "/api/devices/<device_id>/name")]
+    described = {r["path"]: r["description"] for r in body["routes"] if r["method"] == "GET"}
+    assert api.devices.__doc__ is not None and described["/api/devices"] == api.devices.__doc__
+    assert all(r["description"] for r in body["routes"])
+    assert not any(r["path"].startswith(("/static", "/sensor", "/accueil")) for r in body["routes"])
+
+
+def test_the_footer_and_accueil_link_the_api_index(client: FlaskClient) -> None:
+    html = client.get("/accueil").get_data(as_text=True)
+    assert '<a href="/api">API JSON</a>' in html
+    assert '<a href="/api">/api</a>' in html and "docs/api.md" in html
 
 
 def test_api_unknown_device_and_routes_answer_json(client: FlaskClient) -> None:
@@ -712,4 +764,11 @@ def test_gunicorn_configuration(settings: Settings) -> None:
 
 def test_secret_key_comes_from_the_settings(settings: Settings) -> None:
     assert create_app(settings.replace(secret_key="s3cret")).secret_key == "s3cret"
-    assert create_app(settings).secret_key != create_app(settings).secret_key
+    # Without one, a key is generated once in the state directory, private, and kept across restarts.
+    generated = create_app(settings).secret_key
+    assert isinstance(generated, str) and len(generated) >= 40
+    assert create_app(settings).secret_key == generated
+    key_file = Path(settings.state_dir) / "web.secret"
+    assert key_file.read_text().strip() == generated and key_file.stat().st_mode & 0o777 == 0o600
+    other = settings.replace(state_dir=str(Path(settings.state_dir).parent / "other-var"))
+    assert create_app(other).secret_key != generated

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -16,9 +15,11 @@ from pathlib import Path
 from typing import IO
 
 from sensorhub.config import Settings
+from sensorhub.credentials import BROKER_DIR, PASSWD, mosquitto_account, write_broker_passwd
 from sensorhub.errors import BrokerError
 from sensorhub.ports import ensure_free
 from sensorhub.process import NOTIFY_ENV, NotifySocket
+from sensorhub.tls import check_tls_files
 
 logger = logging.getLogger(__name__)
 
@@ -47,43 +48,104 @@ def speaks_notify(program: str) -> bool:
         return False
 
 
-def render_config(settings: Settings, log_file: Path, base: str | None = None) -> str:
-    """The base configuration with the ports, log file and connection limit taken from `settings`."""
+def render_config(settings: Settings, log_file: Path, base: str | None = None, *,
+                  passwd: Path | None = None, tls: tuple[Path, Path] | None = None) -> str:
+    """The base configuration with ports, paths, connection limit and access rules taken from `settings`.
+
+    Paths become absolute (the generated copy runs from any directory). With a device password, the device
+    listeners refuse anonymous clients; with TLS, every listener gets a twin on its TLS port with the
+    same rules.
+    """
     text = BASE_CONFIG.read_text() if base is None else base
-    ports = {str(_DEFAULTS.mqtt_port): settings.mqtt_port, str(_DEFAULTS.mqtt_ws_port): settings.mqtt_ws_port}
-    lines = []
-    for line in text.splitlines():
-        if match := re.fullmatch(r"listener\s+(\d+)(.*)", line):
-            line = f"listener {ports.get(match[1], match[1])}{match[2]}"
-        elif re.fullmatch(r"max_connections\s+-?\d+", line):
-            line = f"max_connections {settings.broker_max_connections}"
-        elif re.fullmatch(r"log_dest\s+file\s+.*", line):
-            line = f"log_dest file {log_file}"
-        lines.append(line)
-    return "\n".join(lines) + "\n"
+    preamble, blocks = _listener_blocks(text.splitlines())
+    ports = {_DEFAULTS.mqtt_port: settings.mqtt_port, _DEFAULTS.mqtt_ws_port: settings.mqtt_ws_port}
+    tls_ports = {_DEFAULTS.mqtt_port: settings.mqtt_tls_port, _DEFAULTS.mqtt_ws_port: settings.mqtt_wss_port}
+    out = [_render_line(line, settings, log_file, passwd) for line in preamble]
+    for port, block in blocks:
+        body = [_render_line(line, settings, log_file, passwd) for line in block[1:]]
+        if settings.device_password and any(line.startswith("password_file") for line in body):
+            body = ["allow_anonymous false" if line == "allow_anonymous true" else line for line in body]
+        out += [f"listener {ports.get(port, port)}", *body]
+        if tls is not None:
+            while out and not out[-1].strip():
+                out.pop()
+            out += ["", "# The same, over TLS (SENSORHUB_TLS_CERT).", f"listener {tls_ports.get(port, port)}",
+                    *[line for line in body if line.strip() and not line.startswith("#")],
+                    f"certfile {tls[0]}", f"keyfile {tls[1]}", ""]
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
-def _prepare_log_file(log_file: Path) -> str | None:
-    """Make the log file writable by mosquitto; return a `user` line if it must stay root."""
+def _listener_blocks(lines: list[str]) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Split a configuration into what comes before the first listener and one block per listener."""
+    preamble: list[str] = []
+    blocks: list[tuple[int, list[str]]] = []
+    for line in lines:
+        if match := re.fullmatch(r"listener\s+(\d+)\s*", line):
+            blocks.append((int(match[1]), [line]))
+        elif blocks:
+            blocks[-1][1].append(line)
+        else:
+            preamble.append(line)
+    return preamble, blocks
+
+
+def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | None) -> str:
+    if re.fullmatch(r"max_connections\s+-?\d+", line):
+        return f"max_connections {settings.broker_max_connections}"
+    if re.fullmatch(r"log_dest\s+file\s+.*", line):
+        return f"log_dest file {log_file}"
+    if (match := re.fullmatch(r"acl_file\s+(\S+)", line)) and not Path(match[1]).is_absolute():
+        return f"acl_file {PROJECT_ROOT / match[1]}"
+    if line.startswith("password_file") and passwd is not None:
+        return f"password_file {passwd}"
+    if line.startswith("persistence_location") and passwd is not None:
+        return f"persistence_location {passwd.parent}/"
+    return line
+
+
+def _prepare_log_file(log_file: Path) -> None:
+    """Create the log file and, as root, hand it to the user mosquitto drops to before opening it."""
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log_file.touch(exist_ok=True)
+        account = mosquitto_account()
+        if account is not None:
+            os.chown(log_file, account.pw_uid, account.pw_gid)
     except OSError as err:
         raise BrokerError(f"cannot create the broker log file {log_file}: {err.strerror}") from err
+
+
+def _user_line(paths: list[Path]) -> str | None:
+    """`user root` when mosquitto, started as root, could not reach its files as the mosquitto user."""
     if os.geteuid() != 0:
         return None
-    # As root, mosquitto drops to the `mosquitto` user *before* opening its log file.
-    try:
-        user = pwd.getpwnam("mosquitto")
-    except KeyError:
+    account = mosquitto_account()
+    if account is None:
         return "user root"  # no such user to drop to: stay root rather than fail
-    os.chown(log_file, user.pw_uid, user.pw_gid)
-    parent = log_file.resolve().parent
-    for directory in (parent, *parent.parents):
-        if not os.stat(directory).st_mode & 0o001:
-            logger.warning("%s is not searchable by the mosquitto user; the broker keeps root", directory)
-            return "user root"
+    for path in paths:
+        parent = path.resolve().parent
+        for directory in (parent, *parent.parents):
+            info = os.stat(directory)
+            if not (info.st_mode & 0o001 or (info.st_uid == account.pw_uid and info.st_mode & 0o100)):
+                logger.warning("%s is not searchable by the mosquitto user; the broker keeps root", directory)
+                return "user root"
     return None
+
+
+def _copy_tls_files(settings: Settings, directory: Path) -> tuple[Path, Path]:
+    """The certificate and key, checked, copied where mosquitto (maybe another user) can read them."""
+    check_tls_files(settings)
+    account = mosquitto_account()
+    copies = []
+    for source, name in ((settings.tls_cert, "tls-cert.pem"), (settings.tls_key, "tls-key.pem")):
+        target = directory / name
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(Path(source).read_bytes())
+        if account is not None:
+            os.chown(target, account.pw_uid, account.pw_gid)
+        copies.append(target)
+    return copies[0], copies[1]
 
 
 class Broker:
@@ -98,20 +160,25 @@ class Broker:
 
     def _config(self) -> tuple[Path, Path]:
         log_file = Path(self.settings.broker_log).resolve()
-        user_line = _prepare_log_file(log_file)
-        default_log = (PROJECT_ROOT / _DEFAULTS.broker_log).resolve()
+        _prepare_log_file(log_file)
+        passwd = write_broker_passwd(self.settings).resolve()
+        tls = _copy_tls_files(self.settings, passwd.parent) if self.settings.tls else None
+        user_line = _user_line([log_file, passwd, BASE_CONFIG])
         as_specified = (
             self.settings.mqtt_port == _DEFAULTS.mqtt_port
             and self.settings.mqtt_ws_port == _DEFAULTS.mqtt_ws_port
             and self.settings.broker_max_connections == _DEFAULTS.broker_max_connections
-            and log_file == default_log
+            and log_file == (PROJECT_ROOT / _DEFAULTS.broker_log).resolve()
+            and passwd == (PROJECT_ROOT / _DEFAULTS.state_dir / BROKER_DIR / PASSWD).resolve()
+            and not self.settings.device_password
+            and tls is None
             and user_line is None
         )
         if as_specified:
             return BASE_CONFIG, PROJECT_ROOT
         self._tmpdir = tempfile.TemporaryDirectory(prefix="sensorhub-broker-")
         path = Path(self._tmpdir.name) / "mosquitto.conf"
-        text = render_config(self.settings, log_file)
+        text = render_config(self.settings, log_file, passwd=passwd, tls=tls)
         if user_line:
             text = f"{user_line}\n{text}"
         path.write_text(text)
@@ -123,6 +190,9 @@ class Broker:
         program = find_mosquitto()
         ensure_free(self.settings.mqtt_port, "SENSORHUB_MQTT_PORT", "MQTT")
         ensure_free(self.settings.mqtt_ws_port, "SENSORHUB_MQTT_WS_PORT", "MQTT over WebSockets")
+        if self.settings.tls:
+            ensure_free(self.settings.mqtt_tls_port, "SENSORHUB_MQTT_TLS_PORT", "MQTT over TLS")
+            ensure_free(self.settings.mqtt_wss_port, "SENSORHUB_MQTT_WSS_PORT", "MQTT over secure WebSockets")
         self.config_path, cwd = self._config()
         log = Path(self.settings.broker_log)
         offset = log.stat().st_size
@@ -147,8 +217,11 @@ class Broker:
         finally:
             if notify is not None:
                 notify.close()
-        logger.info("broker ready: MQTT on port %d, WebSockets on port %d (log: %s)",
-                    self.settings.mqtt_port, self.settings.mqtt_ws_port, self.settings.broker_log)
+        tls = (f", TLS on port {self.settings.mqtt_tls_port}, secure WebSockets on port "
+               f"{self.settings.mqtt_wss_port}" if self.settings.tls else "")
+        access = "boards log in as `device`" if self.settings.device_password else "boards connect anonymously"
+        logger.info("broker ready: MQTT on port %d, WebSockets on port %d%s; %s (log: %s)",
+                    self.settings.mqtt_port, self.settings.mqtt_ws_port, tls, access, self.settings.broker_log)
 
     def _ready(self, notify: NotifySocket | None, log: Path, offset: int) -> bool:
         if notify is None:

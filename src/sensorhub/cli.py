@@ -32,6 +32,8 @@ def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def configure_logging(settings: Settings) -> None:
     """Send log records to stderr at the configured level (only the CLI configures handlers)."""
     logging.basicConfig(level=settings.log_level_number, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    # Alembic announces each of its plugins at INFO; its "Running upgrade" lines stay.
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, settings.log_level_number))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -97,10 +99,15 @@ def simulate(settings: Settings, devices: int, interval: float, mqtt_version: st
 @click.option("--workers", type=click.IntRange(1, 32), default=None, help="gunicorn worker processes.")
 @pass_settings
 def web(settings: Settings, debug: bool, workers: int | None) -> None:
-    """Run the web server (gunicorn on SENSORHUB_WEB_HOST:SENSORHUB_WEB_PORT)."""
-    from sensorhub.web.serve import serve
+    """Run the web server (gunicorn on SENSORHUB_WEB_HOST:SENSORHUB_WEB_PORT, restarted if it dies)."""
+    if debug:
+        from sensorhub.web.serve import serve
 
-    serve(settings, debug=debug, workers=workers)
+        serve(settings, debug=True)
+        return
+    from sensorhub.webserver import run_web
+
+    sys.exit(run_web(settings, workers))
 
 
 @cli.command()
@@ -144,21 +151,153 @@ def db_seed(settings: Settings, devices: int) -> None:
     click.echo(f"added {added} demo devices with a day of readings")
 
 
+@db.command("upgrade")
+@pass_settings
+def db_upgrade(settings: Settings) -> None:
+    """Bring the database's schema to this version of sensorhub (migrations; keeps every row)."""
+    from sensorhub.db.schema import upgrade
+
+    before, after = upgrade(settings.database_url)
+    click.echo(f"database at schema {after}" + (f" (was {before or 'empty'})" if before != after else ""))
+
+
 @db.command("reset")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_settings
 def db_reset(settings: Settings, yes: bool) -> None:
-    """Delete every device and reading, then recreate an empty schema."""
+    """Delete every device and reading, then recreate an empty schema (web accounts are kept)."""
+    from sqlalchemy import MetaData, insert, select
+
     from sensorhub.db.engine import init_db, make_engine
-    from sensorhub.db.models import Base
+    from sensorhub.db.models import WebUser
+    from sensorhub.db.schema import check_schema
 
     if not yes:
         click.confirm(f"Delete ALL devices and readings in {settings.database_url}?", abort=True)
-    engine = make_engine(settings.database_url, create_dir=True)
+    check_schema(settings.database_url)  # never drop the tables of something that is not ours
+    engine = make_engine(settings.database_url)
     with engine.begin() as conn:
-        Base.metadata.drop_all(conn)
+        # Web accounts are kept: they are configuration, not recorded data.
+        accounts = [dict(row) for row in conn.execute(select(WebUser.__table__)).mappings()]
+        tables = MetaData()
+        tables.reflect(conn)
+        tables.drop_all(conn)
     init_db(engine)
-    click.echo("database reset")
+    if accounts:
+        with engine.begin() as conn:
+            conn.execute(insert(WebUser), accounts)
+    click.echo(f"database reset ({len(accounts)} web account(s) kept)")
+
+
+@cli.group()
+def user() -> None:
+    """Web accounts: with at least one, the LED and rename controls need a login."""
+
+
+def _accounts_engine(settings: Settings) -> Any:
+    from sensorhub.db.engine import make_engine
+    from sensorhub.db.schema import check_schema
+
+    check_schema(settings.database_url)
+    return make_engine(settings.database_url)
+
+
+def _new_password(name: str) -> str:
+    from sensorhub.accounts import check_password
+
+    password: str = click.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True,
+                                 err=True)
+    return check_password(password)
+
+
+@user.command("add")
+@click.argument("name")
+@pass_settings
+def user_add(settings: Settings, name: str) -> None:
+    """Create the account NAME (asks for its password twice)."""
+    from sensorhub import accounts
+
+    accounts.check_name(name)
+    accounts.add(_accounts_engine(settings), name, _new_password(name))
+    click.echo(f"account {name} added: the LED and rename controls now need a login")
+
+
+@user.command("passwd")
+@click.argument("name")
+@pass_settings
+def user_passwd(settings: Settings, name: str) -> None:
+    """Change the password of NAME (its open sessions end)."""
+    from sensorhub import accounts
+
+    engine = _accounts_engine(settings)
+    if name not in {account.name for account in accounts.list_accounts(engine)}:
+        raise accounts.AccountError(f"no account is called {name!r} (`sensorhub user list`)")
+    accounts.set_password(engine, name, _new_password(name))
+    click.echo(f"password of {name} changed")
+
+
+@user.command("remove")
+@click.argument("name")
+@pass_settings
+def user_remove(settings: Settings, name: str) -> None:
+    """Delete the account NAME (its open sessions end)."""
+    from sensorhub import accounts
+
+    engine = _accounts_engine(settings)
+    accounts.remove(engine, name)
+    left = len(accounts.list_accounts(engine))
+    click.echo(f"account {name} removed" + ("" if left else "; no account left: the controls are open to everyone"))
+
+
+@user.command("list")
+@pass_settings
+def user_list(settings: Settings) -> None:
+    """List the accounts."""
+    from sensorhub import accounts
+
+    found = accounts.list_accounts(_accounts_engine(settings))
+    if not found:
+        click.echo("no account: the LED and rename controls are open to everyone (`sensorhub user add NAME`)")
+    for account in found:
+        click.echo(f"{account.name}\tcreated {account.created_at:%Y-%m-%d %H:%M} UTC"
+                   f"\tpassword changed {account.changed_at:%Y-%m-%d %H:%M} UTC")
+
+
+@cli.group()
+def tls() -> None:
+    """TLS for MQTT, WebSockets and the web pages."""
+
+
+@tls.command("self-signed")
+@click.option("--cert", type=click.Path(dir_okay=False), default=None,
+              help="Certificate file [default: tls/cert.pem in the state directory].")
+@click.option("--key", type=click.Path(dir_okay=False), default=None,
+              help="Private key file [default: tls/key.pem in the state directory].")
+@click.option("--name", "names", multiple=True, help="Another DNS name or address to include (repeatable).")
+@pass_settings
+def tls_self_signed(settings: Settings, cert: str | None, key: str | None, names: tuple[str, ...]) -> None:
+    """Make a self-signed certificate for this machine's names and LAN addresses, to try TLS out."""
+    import ipaddress
+    from pathlib import Path
+
+    from sensorhub.credentials import state_dir
+    from sensorhub.tls import machine_names, make_self_signed
+
+    directory = state_dir(settings) / "tls"
+    cert_path = Path(cert) if cert else directory / "cert.pem"
+    key_path = Path(key) if key else directory / "key.pem"
+    dns, addresses = machine_names()
+    for extra in names:
+        try:
+            addresses.append(str(ipaddress.ip_address(extra)))
+        except ValueError:
+            dns.append(extra)
+    make_self_signed(cert_path, key_path, dns, addresses)
+    click.echo(f"certificate {cert_path} (for {', '.join(dns + addresses)}), key {key_path} (mode 0600)")
+    click.echo("use them with:")
+    click.echo(f"  export SENSORHUB_TLS_CERT={cert_path.resolve()} SENSORHUB_TLS_KEY={key_path.resolve()}")
+    click.echo("browsers will warn that it is self-signed; boards and scripts must be given the certificate to "
+               "trust it")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sensorhub.errors import ConfigError
@@ -78,8 +79,27 @@ def _path(value: str) -> str:
     return path
 
 
+def _optional_path(value: str) -> str:
+    return _path(value) if value.strip() else ""
+
+
 def _text(value: str) -> str:
     return value
+
+
+def _password(value: str) -> str:
+    if value and (len(value) < 8 or not value.isprintable()):
+        raise ValueError("use at least 8 printable characters")
+    return value
+
+
+def _flag(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("use 1 or 0")
 
 
 def setting(default: str, help: str, parse: Callable[[str], Any]) -> Any:
@@ -102,7 +122,15 @@ class Settings:
     web_host: str = setting("0.0.0.0", "Address the production web server listens on.", _host)
     web_port: int = setting("8000", "Port of the production web server.", _port)
     fifo: str = setting(
-        "/tmp/IOC_ERKEN_PRANDO", "Named pipe carrying LED and rename commands from web to client.", _path
+        "",
+        "Named pipe carrying LED and rename commands from web to client (empty: `ledpipe` in the state "
+        "directory).",
+        _optional_path,
+    )
+    state_dir: str = setting(
+        "var",
+        "Directory of what sensorhub generates: broker passwords, the client's and web server's secrets, the pipe.",
+        _path,
     )
     broker_max_connections: int = setting(
         "20", "Broker connection limit (the specification's value; -1 = unlimited).", _max_connections
@@ -116,8 +144,20 @@ class Settings:
     )
     log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL.", _log_level)
     secret_key: str = setting(
-        "", "Key signing the web forms' CSRF tokens (empty: a random key at each start).", _text
+        "", "Key signing the web sessions and CSRF tokens (empty: one generated in the state directory).", _text
     )
+    device_password: str = setting(
+        "",
+        "Password of the broker user `device`; set, boards must log in with it (no anonymous access).",
+        _password,
+    )
+    web_private: bool = setting("0", "1: every page and API needs a login (once an account exists).", _flag)
+    tls_cert: str = setting(
+        "", "PEM certificate: adds MQTT over TLS and secure WebSockets listeners and serves HTTPS.", _optional_path
+    )
+    tls_key: str = setting("", "PEM private key of SENSORHUB_TLS_CERT.", _optional_path)
+    mqtt_tls_port: int = setting("8883", "Broker MQTT over TLS port (with SENSORHUB_TLS_CERT).", _port)
+    mqtt_wss_port: int = setting("9443", "Broker secure WebSockets port (with SENSORHUB_TLS_CERT).", _port)
 
     @classmethod
     def load(
@@ -136,8 +176,12 @@ class Settings:
             try:
                 values[spec.name] = spec.parse(str(raw))
             except ValueError as err:
-                raise ConfigError(f"{source}={raw!r} is invalid: {err}") from None
-        return cls(**values)
+                shown = "(hidden)" if spec.name in SECRET_SETTINGS else repr(raw)
+                raise ConfigError(f"{source}={shown} is invalid: {err}") from None
+        settings = cls(**values)
+        if bool(settings.tls_cert) != bool(settings.tls_key):
+            raise ConfigError("SENSORHUB_TLS_CERT and SENSORHUB_TLS_KEY go together: set both or neither")
+        return settings
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with some settings changed (used by tests and the supervisor)."""
@@ -145,7 +189,17 @@ class Settings:
 
     def environ(self) -> dict[str, str]:
         """These settings as SENSORHUB_* variables, to hand to a child process."""
-        return {spec.env: str(getattr(self, spec.name)) for spec in SETTINGS}
+        return {spec.env: _as_text(getattr(self, spec.name)) for spec in SETTINGS}
+
+    @property
+    def fifo_path(self) -> Path:
+        """The LED pipe: SENSORHUB_FIFO, or `ledpipe` in the state directory."""
+        return Path(self.fifo) if self.fifo else Path(self.state_dir) / "ledpipe"
+
+    @property
+    def tls(self) -> bool:
+        """Whether TLS listeners and HTTPS are configured."""
+        return bool(self.tls_cert)
 
     @property
     def log_level_number(self) -> int:
@@ -172,6 +226,15 @@ class SettingSpec:
         """CLI flag, e.g. --mqtt-port."""
         return "--" + self.name.replace("_", "-")
 
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+#: Settings whose value is never echoed in an error message.
+SECRET_SETTINGS = frozenset({"secret_key", "device_password"})
 
 SETTINGS: tuple[SettingSpec, ...] = tuple(
     SettingSpec(f.name, f.metadata["default"], f.metadata["help"], f.metadata["parse"])

@@ -27,6 +27,10 @@ class ClientNotRunning(PipeError):
     """No ingest client is reading the LED command pipe."""
 
 
+class IngestError(SensorhubError):
+    """The ingest client cannot go on (refused by the broker, a component of it stopped)."""
+
+
 class PayloadError(SensorhubError, ValueError):
     """An MQTT payload or pipe command does not follow the protocol; `reason` is a short counter key."""
 

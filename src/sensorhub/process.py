@@ -77,6 +77,19 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _ancestry(pid: int) -> list[int]:
+    """`pid` and its ancestors up to init, read from /proc (empty where there is none)."""
+    found: list[int] = []
+    while pid > 1 and len(found) < 64:
+        found.append(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rpartition(")")[2].split()[1])  # after the command name, which may hold spaces
+    return found
+
+
 class NotifySocket:
     """The parent's end: an abstract unix datagram socket that tells who sent each state."""
 
@@ -113,7 +126,7 @@ class Child:
     """A component run as a child process in its own process group, with explicit readiness.
 
     Its merged stdout/stderr is read line by line: each line goes to `on_line` and the last `keep` are kept
-    for failure messages. It is ready once a process of its group sends READY=1 to its NotifySocket.
+    for failure messages. It is ready once it, or one of its processes, sends READY=1 to its NotifySocket.
     """
 
     def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -175,7 +188,7 @@ class Child:
         deadline = time.monotonic() + timeout
         while not self.ready:
             for pid, fields in self._notify.receive(min(0.1, max(0.0, deadline - time.monotonic()))):
-                if not self._in_group(pid):
+                if not self._ours(pid):
                     logger.warning("ignored a notification from process %d, not part of %s", pid, self.name)
                     continue
                 self.status = fields.get("STATUS", self.status)
@@ -190,11 +203,14 @@ class Child:
                 raise ComponentError(f"{self.name} was not ready within {timeout:g} s{self._last_line()}", self.lines)
         return True
 
-    def _in_group(self, pid: int) -> bool:
+    def _ours(self, pid: int) -> bool:
+        """Whether `pid` is the component or one of its processes (gunicorn's master is its grandchild)."""
         try:
-            return pid == self.pid or os.getpgid(pid) == self.pid
+            if os.getpgid(pid) == self.pid:
+                return True
         except OSError:
             return False  # gone already: if it was ours, its death is noticed by poll()
+        return self.pid in _ancestry(pid)
 
     def _last_line(self) -> str:
         last = next((line for line in reversed(self.lines) if line.strip()), "")

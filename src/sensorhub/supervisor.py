@@ -33,6 +33,7 @@ from sensorhub.errors import BrokerError, ConfigError, SensorhubError
 from sensorhub.ingest.ledpipe import ensure_fifo
 from sensorhub.ports import ensure_free
 from sensorhub.process import READY_TIMEOUT, STOP_TIMEOUT, Child, ComponentError, notify
+from sensorhub.tls import check_tls_files
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,13 @@ class Supervisor:
         ):
             ensure_free(port, setting, what)
         ports = [self.settings.mqtt_port, self.settings.mqtt_ws_port, self.settings.web_port]
+        if self.settings.tls:
+            check_tls_files(self.settings)
+            ports += [self.settings.mqtt_tls_port, self.settings.mqtt_wss_port]
+            for port, setting, what in ((self.settings.mqtt_tls_port, "SENSORHUB_MQTT_TLS_PORT", "MQTT over TLS"),
+                                        (self.settings.mqtt_wss_port, "SENSORHUB_MQTT_WSS_PORT",
+                                         "MQTT over secure WebSockets")):
+                ensure_free(port, setting, what)
         if len(set(ports)) != len(ports):
             raise ConfigError(f"the MQTT, WebSockets and web ports must differ (got {ports})")
         engine = make_engine(self.settings.database_url, create_dir=True)
@@ -103,7 +111,7 @@ class Supervisor:
             init_db(engine)
         finally:
             engine.dispose()
-        ensure_fifo(self.settings.fifo)
+        ensure_fifo(self.settings.fifo_path)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -128,7 +136,8 @@ class Supervisor:
         """Where to point a browser on this machine (or at `host`)."""
         if host is None:
             host = "localhost" if self.settings.web_host in ("0.0.0.0", "::") else self.settings.web_host
-        return f"http://{host}:{self.settings.web_port}/capteurs"
+        scheme = "https" if self.settings.tls else "http"
+        return f"{scheme}://{host}:{self.settings.web_port}/capteurs"
 
     def watch(self) -> int:
         """Restart components that die; return an exit status once stopped."""

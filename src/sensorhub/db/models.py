@@ -162,6 +162,40 @@ class LightReading(_Reading, Base):
     )
 
 
+class WebUser(Base):
+    """An account that may use the web page's controls (LED, rename), made with `sensorhub user add`."""
+
+    __tablename__ = "web_user"
+    __table_args__ = (
+        CheckConstraint("length(name) BETWEEN 1 AND 64 AND name NOT GLOB '*[^A-Za-z0-9._@-]*'", name="user_name"),
+        CheckConstraint("length(password_hash) BETWEEN 20 AND 400", name="user_password_hash"),
+        _timestamp_check("created_at"),
+        _timestamp_check("changed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Quarantine(Base):
+    """A valid message the database refused, kept with the reason rather than dropped once acknowledged."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (
+        _timestamp_check("received_at"),
+        Index("ix_quarantine_received_at", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    topic: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(String(512))
+
+
 READING_MODELS: dict[Kind, type[LedReading] | type[ButtonReading] | type[LightReading]] = {
     Kind.LED: LedReading,
     Kind.BUTTON: ButtonReading,

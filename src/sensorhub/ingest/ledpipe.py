@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sensorhub.errors import ClientNotRunning, PayloadError, PipeError
+from sensorhub.credentials import check_private_dir
+from sensorhub.errors import ClientNotRunning, ConfigError, PayloadError, PipeError
 from sensorhub.protocol import check_name, check_session
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ def parse_command(line: bytes) -> Command:
 def send_command(path: str | os.PathLike[str], command: Command) -> None:
     """Write one command into the pipe without ever blocking.
 
-    Raises ClientNotRunning when no ingest client reads the pipe, PipeError when it cannot take more.
+    Raises ClientNotRunning when no ingest client reads the pipe, PipeError when it cannot take more or is not
+    the ingest client's (a pipe someone else made could be read by them).
     """
     line = format_command(command)
     try:
@@ -107,8 +109,9 @@ def send_command(path: str | os.PathLike[str], command: Command) -> None:
             raise ClientNotRunning(f"the ingest client is not running (nobody reads {path})") from None
         raise PipeError(f"cannot open the pipe {path}: {err.strerror}") from err
     try:
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            raise PipeError(f"{path} is not a named pipe")
+        problem = _pipe_problem(os.fstat(fd))
+        if problem:
+            raise PipeError(f"{path} {problem}")
         written = os.write(fd, line)
     except BlockingIOError:
         raise PipeError(f"the ingest client is not keeping up: the pipe {path} is full") from None
@@ -120,42 +123,80 @@ def send_command(path: str | os.PathLike[str], command: Command) -> None:
         raise PipeError(f"short write to {path}")
 
 
+def _pipe_problem(info: os.stat_result) -> str | None:
+    """Why a file cannot be our pipe: not a FIFO, another user's, or open to other users' writes."""
+    if not stat.S_ISFIFO(info.st_mode):
+        return "is not a named pipe"
+    if info.st_uid != os.geteuid():
+        return f"belongs to another user (uid {info.st_uid}), who could have planted it"
+    if info.st_mode & 0o077:
+        return f"can be used by other users (mode {stat.S_IMODE(info.st_mode):04o}, expected 0600)"
+    return None
+
+
 def ensure_fifo(path: str | os.PathLike[str]) -> Path:
-    """Create the named pipe if it does not exist; refuse a path that is something else."""
+    """Create the named pipe (mode 0600) if it does not exist, in a directory only its owner can write.
+
+    Refuse a path that is something else, or a pipe that another user made or could write into: whoever
+    planted it could read the commands or forge them.
+    """
     fifo = Path(path)
     try:
-        mode = fifo.stat().st_mode
+        fifo.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        check_private_dir(fifo.parent, fifo.parent.stat(), "SENSORHUB_FIFO")
+    except OSError as err:
+        raise PipeError(f"cannot create the directory of the pipe {fifo}: {err.strerror} (set SENSORHUB_FIFO)") \
+            from err
+    except ConfigError as err:
+        raise PipeError(f"the pipe's directory is unsafe: {err}") from None
+    try:
+        info = fifo.lstat()
     except FileNotFoundError:
         try:
-            os.mkfifo(fifo, 0o660)
+            os.mkfifo(fifo, 0o600)
+            os.chmod(fifo, 0o600)  # whatever the umask
         except OSError as err:
             raise PipeError(f"cannot create the pipe {fifo}: {err.strerror} (set SENSORHUB_FIFO)") from err
         return fifo
     except OSError as err:
         raise PipeError(f"cannot use the pipe {fifo}: {err.strerror} (set SENSORHUB_FIFO)") from err
-    if not stat.S_ISFIFO(mode):
+    if not stat.S_ISFIFO(info.st_mode):
         raise PipeError(f"{fifo} exists and is not a named pipe: remove it or set SENSORHUB_FIFO")
+    problem = _pipe_problem(info)
+    if problem:
+        raise PipeError(f"refusing the pipe {fifo}: it {problem}; remove it (`rm {fifo}`) and start again")
     return fifo
 
 
 class PipeReader:
-    """Reads commands from the pipe in a thread and hands each valid one to `on_command`."""
+    """Reads commands from the pipe in a thread and hands each valid one to `on_command`.
+
+    No line can stop it: a line longer than MAX_COMMAND, or one the parser chokes on in any way, is dropped
+    and counted. If the thread stops anyway, `alive` turns false and `failure` says why (the client then
+    exits, so that it is restarted, rather than answer 202 to commands nobody reads).
+    """
 
     def __init__(self, path: str | os.PathLike[str], on_command: Callable[[Command], None],
                  on_error: Callable[[PayloadError], None] | None = None) -> None:
         self.path = Path(path)
         self.on_command = on_command
         self.on_error = on_error
+        self.failure: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._read_fd = -1
         self._keep_fd = -1
 
+    @property
+    def alive(self) -> bool:
+        """Whether the reader thread runs (true before `start` and after `stop` too: nothing failed)."""
+        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
+
     def start(self) -> None:
         """Create and open the pipe (never waiting for a writer), then read it in a thread."""
         ensure_fifo(self.path)
         self._open()
-        self._thread = threading.Thread(target=self._run, name="ledpipe", daemon=True)
+        self._thread = threading.Thread(target=self._guarded_run, name="ledpipe", daemon=True)
         self._thread.start()
 
     def _open(self) -> None:
@@ -171,14 +212,29 @@ class PipeReader:
         self._read_fd = self._keep_fd = -1
 
     def stop(self) -> None:
-        """Stop reading and close the pipe (the web then gets 'client not running' at once)."""
+        """Stop reading, close the pipe and remove it (the web then gets 'client not running' at once)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
         self._close()
+        try:
+            if stat.S_ISFIFO(self.path.lstat().st_mode):
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            logger.warning("could not remove the pipe %s: %s", self.path, err.strerror)
+
+    def _guarded_run(self) -> None:
+        try:
+            self._run()
+        except BaseException as err:
+            self.failure = f"{type(err).__name__}: {err}"
+            logger.critical("the LED pipe reader stopped: %s", self.failure, exc_info=True)
 
     def _run(self) -> None:
         pending = b""
+        skipping = False  # inside a line already known to be too long
         poller = select.poll()
         poller.register(self._read_fd, select.POLLIN)
         while not self._stop.is_set():
@@ -194,22 +250,33 @@ class PipeReader:
                 self._close()
                 self._open()
                 poller.register(self._read_fd, select.POLLIN)
-                pending = b""
+                pending, skipping = b"", False
                 continue
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            if len(pending) > MAX_COMMAND:
-                self._report(PayloadError(f"pipe line longer than {MAX_COMMAND} bytes", "pipe-size"))
-                pending = b""
             for line in lines:
-                if line.strip():
+                if skipping:
+                    skipping = False  # the end of a line already reported as too long
+                elif len(line) + 1 > MAX_COMMAND:
+                    self._too_long()
+                elif line.strip():
                     self._dispatch(line)
+            if len(pending) + 1 > MAX_COMMAND:
+                if not skipping:
+                    self._too_long()
+                pending, skipping = b"", True
+
+    def _too_long(self) -> None:
+        self._report(PayloadError(f"pipe line longer than {MAX_COMMAND} bytes", "pipe-size"))
 
     def _dispatch(self, line: bytes) -> None:
         try:
             command = parse_command(line)
         except PayloadError as err:
             self._report(err)
+            return
+        except Exception as err:  # whatever the JSON parser chokes on (RecursionError...) drops one line
+            self._report(PayloadError(f"pipe command could not be parsed ({type(err).__name__})", "pipe-json"))
             return
         self.on_command(command)
 

@@ -23,9 +23,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from sensorhub import credentials
 from sensorhub.config import Settings
+from sensorhub.credentials import CLIENT_USER, client_password, client_secret_path
 from sensorhub.db.engine import check_schema, make_engine
-from sensorhub.errors import PayloadError
+from sensorhub.errors import IngestError, PayloadError
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.ledpipe import Command, PipeReader
 from sensorhub.ingest.sessions import BrokerSessionLost, Inbound
@@ -35,10 +37,10 @@ from sensorhub.protocol import SERVER_SUBSCRIPTIONS, parse_server_message
 
 logger = logging.getLogger(__name__)
 
-#: Fixed, so that the broker keeps our session (subscriptions and undelivered QoS 1/2 messages) while
-#: the client restarts.
-CLIENT_ID = "sensorhub-ingest"
-#: How long the broker keeps that session after we disconnect.
+#: CONNACK reason codes that mean our user name or password is wrong (MQTT 5 and their 3.1.1 mappings).
+_REFUSED_LOGIN = frozenset({134, 135})
+
+#: How long the broker keeps our session (subscriptions and undelivered QoS 1/2 messages) after we disconnect.
 SESSION_EXPIRY = 24 * 3600
 #: Exit status when the database writer cannot go on.
 WRITER_FAILED = 3
@@ -49,14 +51,18 @@ STALL_TIMEOUT = 60.0
 class IngestClient:
     """The long-running server-side MQTT client, usable in-process (tests) or through `run_client`."""
 
-    def __init__(self, settings: Settings, client_id: str = CLIENT_ID, *,
+    def __init__(self, settings: Settings, client_id: str | None = None, *,
                  on_fatal: Callable[[int], object] | None = None, stall_timeout: float = STALL_TIMEOUT) -> None:
         self.settings = settings
         self.drops = Drops()
         self.engine = make_engine(settings.database_url)
         check_schema(self.engine)
-        self.mqtt = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
-                                manual_ack=True)
+        password = client_password(settings)
+        # A fixed id, so that the broker keeps our session while we restart; derived from our secret, so
+        # that nobody can take our connection over by connecting with it.
+        self.mqtt = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or credentials.client_id(password),
+                                protocol=mqtt.MQTTv5, manual_ack=True)
+        self.mqtt.username_pw_set(CLIENT_USER, password)
         # paho's default of 20 QoS 1/2 messages in flight stays: it is also mosquitto's Receive Maximum, and
         # mosquitto silently drops what a client sends beyond it.
         self.mqtt.reconnect_delay_set(min_delay=1, max_delay=10)
@@ -65,12 +71,14 @@ class IngestClient:
         self.mqtt.on_disconnect = self._on_disconnect
         self.mqtt.on_subscribe = self._on_subscribe
         self.mqtt.on_message = self._on_message
+        self.mqtt.on_publish = self._on_publish
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
                              presence_timeout=3 * settings.keepalive)
         self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)
-        self.pipe = PipeReader(settings.fifo, self._on_command, self._on_pipe_error)
+        self.pipe = PipeReader(settings.fifo_path, self._on_command, self._on_pipe_error)
         self.ready = threading.Event()
-        #: Set once the client gave up on its writer (see WRITER_FAILED).
+        #: Set, with the reason, when the client cannot go on (the broker refused our password).
+        self.fatal: str | None = None
         self.failed = threading.Event()
         self.connect_failures = 0
         self._on_fatal = on_fatal
@@ -112,7 +120,15 @@ class IngestClient:
     def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode,
                     _properties: Properties | None) -> None:
         if reason.is_failure:
-            logger.error("the broker refused the connection: %s", reason)
+            if reason.value in _REFUSED_LOGIN:
+                # Retrying cannot help: say which file holds the password, and stop.
+                self.fatal = (f"the broker refused the ingest client's password ({reason}): the password is in "
+                              f"{client_secret_path(self.settings)} and the broker reads its hash from "
+                              f"{self.settings.state_dir}/mosquitto/passwd when it starts; restart the broker "
+                              f"(`make broker`) so that both agree")
+                self.failed.set()
+            else:
+                logger.error("the broker refused the connection: %s", reason)
             return
         self._unreachable_logged = False
         client.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in SERVER_SUBSCRIPTIONS])
@@ -144,7 +160,7 @@ class IngestClient:
         if not self.ready.is_set():
             self.ready.set()
             logger.info("ingest client ready: subscribed on %s:%d, reading pipe %s", self.settings.mqtt_host,
-                        self.settings.mqtt_port, self.settings.fifo)
+                        self.settings.mqtt_port, self.settings.fifo_path)
             notify("READY=1")
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -159,6 +175,11 @@ class IngestClient:
             return
         # Acknowledged by the writer once committed; if it was given up on, never (the broker keeps it).
         self.writer.submit(Inbound(parsed, received, message.mid, message.qos))
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason: ReasonCode,
+                    _properties: Properties | None) -> None:
+        if reason.is_failure:
+            self.drops.add("publish-denied", f"the broker refused our message {mid}: {reason}")
 
     # -- the pipe -----------------------------------------------------------------------------------
 
@@ -177,7 +198,6 @@ class IngestClient:
         """Say why in one line, leave the broker without acknowledging anything more, then `on_fatal`."""
         logger.critical("%s: exiting with status %d to be restarted; nothing unacknowledged is lost, the broker "
                         "delivers it again", problem, WRITER_FAILED)
-        self.failed.set()
         self._stopping = True
         self.pipe.stop()
         # DISCONNECT, not a dropped connection: the broker keeps our session, with every QoS 1/2 message we
@@ -210,9 +230,21 @@ def run_client(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     client.start()
+    last_report = time.monotonic()
     try:
-        while not done.wait(60):
-            dropped = client.drops.snapshot()
-            logger.info("stored so far %s; discarded %s", client.writer.stats.stored, dropped or "nothing")
+        while not done.wait(0.5):
+            if client.writer.failed.is_set():
+                continue  # the watchdog is leaving the broker and ends the process with WRITER_FAILED
+            if client.failed.is_set():
+                break
+            if not client.pipe.alive:
+                client.fatal = f"the LED pipe reader stopped: {client.pipe.failure or 'unknown reason'}"
+                break
+            if time.monotonic() - last_report >= 60:
+                last_report = time.monotonic()
+                dropped = client.drops.snapshot()
+                logger.info("stored so far %s; discarded %s", client.writer.stats.stored, dropped or "nothing")
     finally:
         client.stop()
+    if client.fatal:
+        raise IngestError(client.fatal)

@@ -15,6 +15,7 @@ from typing import Final, Literal
 import aiomqtt
 
 from sensorhub.config import Settings
+from sensorhub.credentials import DEVICE_USER
 from sensorhub.errors import PayloadError, SensorhubError
 from sensorhub.protocol import (
     DEVICE_TOPICS,
@@ -267,6 +268,9 @@ class VirtualDevice:
             self.settings.mqtt_host,
             self.settings.mqtt_port,
             identifier=self.client_id,
+            # Boards log in only when the broker asks for it (SENSORHUB_DEVICE_PASSWORD); else anonymous.
+            username=DEVICE_USER if self.settings.device_password else None,
+            password=self.settings.device_password or None,
             protocol=self._protocol,
             will=will,
             keepalive=self.settings.keepalive,

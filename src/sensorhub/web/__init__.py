@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-import secrets
+import os
+from typing import Any
 
 from flask import Flask, Response
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.routing import IntegerConverter
 
 from sensorhub.config import Settings
+from sensorhub.credentials import state_dir, web_secret_key
 from sensorhub.web.database import ReadOnlyDatabase
 from sensorhub.web.errors import register_error_handlers
 from sensorhub.web.present import register_filters
@@ -24,6 +27,13 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+class IdConverter(IntegerConverter):
+    """`<id:device_id>`: a database id, so at most 2**63 - 1; anything larger is a plain 404, not a crash."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(map, min=1, max=2**63 - 1)
+
+
 def _security_headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -33,27 +43,35 @@ def _security_headers(response: Response) -> Response:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for `settings` (default: Settings.load()); the database is opened on first use."""
-    from sensorhub.web import api, pages
+    from sensorhub.web import api, auth, pages
 
     settings = settings if settings is not None else Settings.load()
     app = Flask(__name__)
+    app.url_map.converters["id"] = IdConverter
     app.config.update(
-        # A random key signs the CSRF tokens when none is set; gunicorn preloads the app so that every
-        # worker shares it.
-        SECRET_KEY=settings.secret_key or secrets.token_hex(32),
+        # Kept in the state directory (0600) unless SENSORHUB_SECRET_KEY is set: logins survive restarts.
+        SECRET_KEY=web_secret_key(settings),
         # Tokens live as long as the session cookie: a page left open all day still switches LEDs.
         WTF_CSRF_TIME_LIMIT=None,
+        SESSION_COOKIE_NAME="sensorhub_session",
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SECURE=settings.tls,
         MAX_CONTENT_LENGTH=16 * 1024,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = WebState(settings, ReadOnlyDatabase(settings.database_url))
+    throttle_file = state_dir(settings) / "web-logins.sqlite3"
+    throttle = auth.LoginThrottle(throttle_file)
+    os.chmod(throttle_file, 0o600)  # it holds client addresses
+    app.extensions[EXTENSION] = WebState(settings, ReadOnlyDatabase(settings.database_url), throttle)
     CSRFProtect(app)
     register_filters(app)
     register_error_handlers(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(auth.bp)
+    app.before_request(auth.guard_private_site)
+    app.jinja_env.globals["visitor"] = auth.template_visitor
     app.after_request(_security_headers)
     return app

@@ -1,18 +1,23 @@
-"""The JSON API: devices, their history and counts; LED and rename commands relayed through the pipe."""
+"""The JSON API: devices, their history and counts; LED and rename commands relayed through the pipe.
+
+Every route is described in docs/api.md (tests/test_docs.py fails when one is missing) and listed by GET /api.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from sensorhub.db import queries
 from sensorhub.errors import ClientNotRunning, PipeError
 from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
 from sensorhub.protocol import Kind
 from sensorhub.rules import NAME_RULE
+from sensorhub.web.auth import control_required, visitor
 from sensorhub.web.present import device_history_json, device_json
 from sensorhub.web.state import web_state
 
@@ -78,13 +83,43 @@ def _unknown(device_id: int) -> ApiError:
 
 def _relay(command: LedRequest | RenameRequest) -> None:
     try:
-        send_command(web_state().settings.fifo, command)
+        send_command(web_state().settings.fifo_path, command)
     except ClientNotRunning as err:
         logger.warning("command not relayed: %s", err)
         raise ApiError(CLIENT_NOT_RUNNING, 503) from err
     except PipeError as err:
         logger.warning("command not relayed: %s", err)
         raise ApiError(f"commande non transmise au client d'ingestion : {err}", 503) from err
+
+
+_PLACEHOLDER = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
+_IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})
+DOCUMENTATION = "docs/api.md"
+
+
+def doc_path(rule: str) -> str:
+    """A route as the documentation writes it: `/api/devices/<int:device_id>` -> `/api/devices/<device_id>`."""
+    return _PLACEHOLDER.sub(r"<\1>", rule)
+
+
+def routes(app: Flask, blueprint: str | None = None) -> list[dict[str, str]]:
+    """Every route of `app` (or of one blueprint) but static files: method, path and its view's docstring line."""
+    listed = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or (blueprint is not None and rule.endpoint.split(".")[0] != blueprint):
+            continue
+        view = app.view_functions[rule.endpoint]
+        description = (view.__doc__ or "").strip().splitlines()
+        for method in sorted((rule.methods or set()) - _IMPLICIT_METHODS):
+            listed.append({"method": method, "path": doc_path(rule.rule),
+                           "description": description[0] if description else ""})
+    return listed
+
+
+@bp.get("", strict_slashes=False)
+def index() -> Response:
+    """This list of the API's routes, with where they are documented."""
+    return jsonify(name="sensorhub", documentation=DOCUMENTATION, routes=routes(current_app, bp.name))
 
 
 @bp.get("/devices")
@@ -94,17 +129,18 @@ def devices() -> Response:
     query = request.args.get("q", "").strip()[:64]
     with web_state().database.connect() as conn:
         rows = queries.list_devices(conn, online=online, query=query)
-    return jsonify([device_json(row) for row in rows])
+    private = visitor().sees_private
+    return jsonify([device_json(row, private) for row in rows])
 
 
-@bp.get("/devices/<int:device_id>")
+@bp.get("/devices/<id:device_id>")
 def device(device_id: int) -> Response:
     """One device with `history`: its last 10 values of each kind, newest first."""
     with web_state().database.connect() as conn:
         found = queries.device_history(conn, device_id)
     if found is None:
         raise _unknown(device_id)
-    return jsonify(device_history_json(found))
+    return jsonify(device_history_json(found, visitor().sees_private))
 
 
 @bp.get("/stats")
@@ -118,7 +154,8 @@ def stats() -> Response:
     )
 
 
-@bp.post("/devices/<int:device_id>/led")
+@bp.post("/devices/<id:device_id>/led")
+@control_required
 def led(device_id: int) -> Answer:
     """Relay `{"on": true|false}` to an online device through the ingest client; 202 once in the pipe."""
     on = _json_object({"on"})["on"]
@@ -131,11 +168,13 @@ def led(device_id: int) -> Answer:
     if not found.online:
         raise ApiError(f"l'appareil « {found.name} » est hors ligne", 409)
     _relay(LedRequest(found.id, found.session_id, on))
-    logger.info("LED %s relayed to device %d (session %s)", "on" if on else "off", found.id, found.session_id)
+    logger.info("LED %s relayed to %s (device %d, session %s) for %s from %s", "on" if on else "off", found.name,
+                found.id, found.session_id, visitor().label, request.remote_addr)
     return jsonify(status="relayed"), 202
 
 
-@bp.post("/devices/<int:device_id>/name")
+@bp.post("/devices/<id:device_id>/name")
+@control_required
 def rename(device_id: int) -> Answer:
     """Rename a device: 200 with the device once the ingest client recorded it, 202 if still pending."""
     name = _json_object({"name"})["name"]
@@ -154,14 +193,15 @@ def rename(device_id: int) -> Answer:
         raise ApiError(f"le nom « {name} » est déjà utilisé par un autre appareil", 409)
     if current != name:
         _relay(RenameRequest(device_id, name))
-        logger.info("rename of device %d to %r relayed", device_id, name)
+        logger.info("rename of %s (device %d) to %r relayed for %s from %s", current, device_id, name,
+                    visitor().label, request.remote_addr)
         if not _wait_for_name(device_id, name):
             return jsonify(status="pending"), 202
     with database.connect() as conn:
         found = queries.get_device(conn, device_id)
     if found is None:  # deleted meanwhile (db reset)
         raise _unknown(device_id)
-    return jsonify(device_json(found)), 200
+    return jsonify(device_json(found, visitor().sees_private)), 200
 
 
 def _wait_for_name(device_id: int, name: str) -> bool:

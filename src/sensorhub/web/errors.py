@@ -34,7 +34,7 @@ _HTTP_MESSAGES = {
 
 def wants_json() -> bool:
     """Whether the current request gets JSON errors (the API)."""
-    return request.path.startswith("/api/")
+    return request.path == "/api" or request.path.startswith("/api/")
 
 
 def json_error(message: str, status: int) -> ResponseTuple:

@@ -55,6 +55,7 @@ def capteurs() -> str:
     settings = web_state().settings
     return render_template(
         "capteurs.html", page="capteurs", cards=_online_cards(), mqtt_ws_port=settings.mqtt_ws_port,
+        mqtt_wss_port=settings.mqtt_wss_port,
         keepalive=settings.keepalive, vendor_missing=vendor.missing(), max_name=MAX_NAME,
     )
 
@@ -84,7 +85,7 @@ def online_fragment() -> str:
     return render_template("_sensor_cards.html", cards=_online_cards(), max_name=MAX_NAME)
 
 
-@bp.get("/sensor/<int:device_id>")
+@bp.get("/sensor/<id:device_id>")
 def sensor_fragment(device_id: int) -> str:
     """The card of one device, online or not (its `data-online` says which)."""
     with web_state().database.connect() as conn:

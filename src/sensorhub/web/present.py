@@ -52,9 +52,13 @@ def light_label(value: int | None) -> str:
     return "—" if value is None else VALUE_LABELS[Kind.LIGHT][value]
 
 
-def device_json(device: DeviceRow) -> dict[str, Any]:
-    """A device as the API gives it."""
-    return {
+#: What anonymous visitors do not see once accounts exist: enough to hijack a board's name and session.
+PRIVATE_FIELDS = ("mac", "session_id")
+
+
+def device_json(device: DeviceRow, private: bool = True) -> dict[str, Any]:
+    """A device as the API gives it; without `private`, no MAC address nor session id."""
+    body = {
         "id": device.id,
         "name": device.name,
         "session_name": device.session_name,
@@ -67,6 +71,10 @@ def device_json(device: DeviceRow) -> dict[str, Any]:
         "button": device.button,
         "light": device.light,
     }
+    if not private:
+        for key in PRIVATE_FIELDS:
+            del body[key]
+    return body
 
 
 def values_json(values: list[Value]) -> list[dict[str, Any]]:
@@ -74,9 +82,9 @@ def values_json(values: list[Value]) -> list[dict[str, Any]]:
     return [{"at": iso(v.at), "value": v.value} for v in values]
 
 
-def device_history_json(found: DeviceHistory) -> dict[str, Any]:
+def device_history_json(found: DeviceHistory, private: bool = True) -> dict[str, Any]:
     """A device with `history`: the last values of each kind, newest first."""
-    body = device_json(found.device)
+    body = device_json(found.device, private)
     body["history"] = {kind.value: values_json(found.history.get(kind, [])) for kind in Kind}
     return body
 

@@ -10,12 +10,16 @@ from typing import Any
 from flask import Flask
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
+from sqlalchemy.exc import SQLAlchemyError
 
+from sensorhub import accounts
 from sensorhub.config import Settings
 from sensorhub.db.engine import sqlite_path
 from sensorhub.ports import ensure_free
 from sensorhub.process import notify
+from sensorhub.tls import check_tls_files
 from sensorhub.web import create_app, vendor
+from sensorhub.web.database import ReadOnlyDatabase
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +29,11 @@ DEFAULT_WORKERS = 2
 THREADS = 4
 
 
-def _url(host: str, port: int) -> str:
+def _url(host: str, port: int, secure: bool = False) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
-    return f"http://{shown}:{port}"
+    return f"{'https' if secure else 'http'}://{shown}:{port}"
 
 
 def _warn_about_setup(settings: Settings) -> None:
@@ -40,6 +44,26 @@ def _warn_about_setup(settings: Settings) -> None:
     if missing:
         logger.warning("browser libraries missing (%s): run `make install`; /capteurs cannot be live",
                        ", ".join(missing))
+    if path is None or path.exists():
+        _say_who_controls(settings)
+
+
+def _say_who_controls(settings: Settings) -> None:
+    """One line: whether anyone who opens the pages can switch LEDs and rename devices."""
+    database = ReadOnlyDatabase(settings.database_url)
+    try:
+        with database.connect() as conn:
+            closed = accounts.any_account(conn)
+    except SQLAlchemyError:
+        closed = False  # a database made before accounts existed has none
+    finally:
+        database.dispose()
+    if closed:
+        logger.info("the LED and rename controls need a login%s",
+                    "; every page too (SENSORHUB_WEB_PRIVATE=1)" if settings.web_private else "")
+    else:
+        logger.warning("no web account: anyone who opens the pages can switch LEDs and rename devices; "
+                       "`sensorhub user add NAME` reserves the controls to accounts")
 
 
 class _StderrAccessLogger(glogging.Logger):  # type: ignore[misc]
@@ -70,19 +94,19 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return self._app
 
 
-def gunicorn_options(settings: Settings, workers: int) -> dict[str, Any]:
-    """gunicorn's settings for `settings`."""
+def gunicorn_options(settings: Settings, workers: int, fd: int | None = None) -> dict[str, Any]:
+    """gunicorn's settings for `settings`; with `fd`, it serves on that already listening socket."""
     host = settings.web_host
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    url = _url(host, settings.web_port)
+    url = _url(host, settings.web_port, settings.tls)
 
     def when_ready(_server: Any) -> None:
         logger.info("web server ready on %s (listening on %s:%d, %d workers)", url, host, settings.web_port,
                     workers)
         notify("READY=1")
 
-    return {
-        "bind": [f"{bind_host}:{settings.web_port}"],
+    options: dict[str, Any] = {
+        "bind": [f"fd://{fd}" if fd is not None else f"{bind_host}:{settings.web_port}"],
         "workers": workers,
         "worker_class": "gthread",
         "threads": THREADS,
@@ -99,17 +123,24 @@ def gunicorn_options(settings: Settings, workers: int) -> dict[str, Any]:
         "control_socket_disable": True,
         "when_ready": when_ready,
     }
+    if settings.tls:
+        options.update(certfile=settings.tls_cert, keyfile=settings.tls_key)
+    return options
 
 
-def serve(settings: Settings, debug: bool = False, workers: int | None = None) -> None:
-    """Serve the app: gunicorn on web_host:web_port, or with `debug` Flask's server on localhost:5000."""
+def serve(settings: Settings, debug: bool = False, workers: int | None = None, fd: int | None = None) -> None:
+    """Serve the app: gunicorn on web_host:web_port (or the listening socket `fd`, see sensorhub.webserver), or with
+    `debug` Flask's server on localhost:5000."""
     if debug:
         _serve_debug(settings)
         return
-    ensure_free(settings.web_port, "SENSORHUB_WEB_PORT", "web server", host=settings.web_host)
+    if fd is None:
+        ensure_free(settings.web_port, "SENSORHUB_WEB_PORT", "web server", host=settings.web_host)
+    if settings.tls:
+        check_tls_files(settings)
     _warn_about_setup(settings)
     app = create_app(settings)
-    _Gunicorn(app, gunicorn_options(settings, workers or DEFAULT_WORKERS)).run()
+    _Gunicorn(app, gunicorn_options(settings, workers or DEFAULT_WORKERS, fd)).run()
 
 
 def _serve_debug(settings: Settings) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import current_app
 
 from sensorhub.config import Settings
 from sensorhub.web.database import ReadOnlyDatabase
+
+if TYPE_CHECKING:
+    from sensorhub.web.auth import LoginThrottle
 
 EXTENSION = "sensorhub"
 
@@ -18,6 +22,7 @@ class WebState:
 
     settings: Settings
     database: ReadOnlyDatabase
+    throttle: LoginThrottle | None = None
 
 
 def web_state() -> WebState:

@@ -6,7 +6,7 @@
 // Messages carry the device's session_name (its name when the session started); cards show its current name.
 import {initFilter, initLayoutToggle, initRename, postJSON, protocol, showName, sleep} from './common.js';
 
-const {topics: TOPIC, separator: SEPARATOR} = protocol;
+const {topics: TOPIC, separator: SEPARATOR} = protocol();
 const CHART_POINTS = 10;
 const LED_CONFIRM_MS = 5000;
 const RECONCILE_AGAIN_MS = 3000;
@@ -25,6 +25,9 @@ let applyFilter = () => {};
 let reconcileGeneration = 0;
 
 const tick = () => ++clock;
+// Visitors who may not see session ids (accounts exist, not logged in) get cards without them: a leave for
+// such a card may be a stale Will, so the server, which knows, decides.
+const sessionUnknown = (card) => card.dataset.session === undefined;
 const eventKey = (name, session) => `${name}${SEPARATOR}${session}`;
 
 function remember(type, name, session) {
@@ -115,7 +118,7 @@ function afterChange() {
 function placeCard(card, replace) {
   if (card.dataset.online !== '1' || hasLeft(card.dataset.sessionName, card.dataset.session)) return;
   const current = cardById(card.dataset.id);
-  if (current && !replace && current.dataset.session === card.dataset.session) {
+  if (current && !replace && (sessionUnknown(card) || current.dataset.session === card.dataset.session)) {
     showName(current, card.dataset.name);
     current.dataset.confirmed = String(tick());
     return;
@@ -158,7 +161,7 @@ async function reconcile() {
   for (const card of fresh) {
     const current = cardById(card.dataset.id);
     if (current && newerThan(current, since)) continue; // what MQTT told us meanwhile is newer
-    placeCard(card, Boolean(current) && current.dataset.session !== card.dataset.session);
+    placeCard(card, Boolean(current) && !sessionUnknown(card) && current.dataset.session !== card.dataset.session);
   }
   for (const card of allCards()) {
     if (!freshIds.has(card.dataset.id) && !newerThan(card, since)) dropCard(card);
@@ -214,15 +217,20 @@ function onLeave(text) {
   if (!name || !session) return;
   remember('leave', name, session);
   const card = cardBySessionName(name);
-  if (card && card.dataset.session === session) {
+  if (card && sessionUnknown(card)) {
+    setTimeout(reconcile, 500);
+    setTimeout(reconcile, RECONCILE_AGAIN_MS);
+  } else if (card && card.dataset.session === session) {
     dropCard(card);
     afterChange();
   }
 }
 
+const controlsClosed = container.dataset.controls === 'closed';
+
 function setPending(card, pending) {
   const toggle = card.querySelector('[data-led-toggle]');
-  toggle.disabled = pending;
+  toggle.disabled = pending || controlsClosed;
   card.querySelector('[data-pending]').hidden = !pending;
   if (pending) {
     card.dataset.ledPending = '1';
@@ -274,7 +282,7 @@ function onReading(topic, text) {
   if (parts.length !== 3) return;
   const [name, session, raw] = parts;
   const card = cardBySessionName(name);
-  if (!card || card.dataset.session !== session) return; // unknown, or out of band
+  if (!card || (!sessionUnknown(card) && card.dataset.session !== session)) return; // unknown, or out of band
   const value = Number(raw);
   if (!/^\d{1,3}$/.test(raw)) return;
   if (topic === TOPIC.LED_STATUS) setLed(card, value === 1);
@@ -331,8 +339,10 @@ function connect() {
     showBanner('Bibliothèque MQTT.js absente : lancez « make install » sur le serveur, puis rechargez la page.');
     return;
   }
-  const scheme = window.location.protocol === 'https:' ? 'wss' : 'ws';
-  const url = `${scheme}://${window.location.hostname}:${container.dataset.wsPort}`;
+  // A page that came over HTTPS must use the secure WebSockets listener (browsers refuse ws: from https:).
+  const secure = window.location.protocol === 'https:';
+  const port = secure ? container.dataset.wssPort : container.dataset.wsPort;
+  const url = `${secure ? 'wss' : 'ws'}://${window.location.hostname}:${port}`;
   const client = window.mqtt.connect(url, {
     protocolVersion: 5,
     clean: true,
@@ -350,7 +360,7 @@ function connect() {
       : `Impossible de joindre le broker MQTT (${url}) : nouvel essai toutes les 2 secondes.`);
   };
   client.on('connect', () => {
-    client.subscribe(protocol.subscriptions, (err) => {
+    client.subscribe(protocol().subscriptions, (err) => {
       if (err) {
         lost();
         return;

@@ -2,10 +2,16 @@
 // Device data only ever reaches the page as server-escaped HTML or through textContent / dataset.
 
 const LAYOUT_KEY = 'sensorhub.layout';
+// What the layout button says: the layout a click switches to.
+const SWITCH_LABELS = {list: 'Afficher en liste', grid: 'Afficher en grille'};
 
 // The server's protocol module as data (channels, QoS, the name rule and its French messages), rendered into
-// every page by base.html: nothing of it is copied here.
-export const protocol = JSON.parse(document.getElementById('sensorhub-protocol').textContent);
+// every page by base.html: nothing of it is copied here. Read on first use (the module also loads without a page).
+let protocolData = null;
+export function protocol() {
+  if (protocolData === null) protocolData = JSON.parse(document.getElementById('sensorhub-protocol').textContent);
+  return protocolData;
+}
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -52,7 +58,8 @@ function storeLayout(layout) {
   }
 }
 
-// "Changer d'agencement": grid <-> list, remembered in localStorage for every page.
+// The layout button: grid <-> list, remembered in localStorage for every page. Its label and icon name the
+// layout it switches to; aria-pressed is true while the list is shown.
 export function initLayoutToggle() {
   const containers = document.querySelectorAll('[data-cards]');
   const buttons = document.querySelectorAll('[data-layout-toggle]');
@@ -63,9 +70,15 @@ export function initLayoutToggle() {
       container.classList.toggle('layout-list', layout === 'list');
       container.dataset.layout = layout;
     }
+    const target = layout === 'grid' ? 'list' : 'grid';
     for (const button of buttons) {
       button.setAttribute('aria-pressed', String(layout === 'list'));
-      button.title = layout === 'grid' ? 'Afficher en liste' : 'Afficher en grille';
+      const label = button.querySelector('[data-layout-label]');
+      if (label) label.textContent = SWITCH_LABELS[target];
+      // An <svg> has no `hidden` property: set the attribute.
+      for (const icon of button.querySelectorAll('[data-layout-icon]')) {
+        icon.toggleAttribute('hidden', icon.dataset.layoutIcon !== target);
+      }
     }
   };
   apply();
@@ -76,6 +89,12 @@ export function initLayoutToggle() {
       apply();
     });
   }
+}
+
+// "2 appareils affichés sur 3"; French keeps the singular for 0 and 1 ("0 appareil affiché sur 3").
+export function countLabel(shown, total) {
+  const plural = shown >= 2 ? 's' : '';
+  return `${shown} appareil${plural} affiché${plural} sur ${total}`;
 }
 
 function cardMatches(card, text) {
@@ -99,7 +118,7 @@ export function initFilter(container) {
       card.hidden = !visible;
       if (visible) shown += 1;
     }
-    if (count) count.textContent = text ? `${shown} sur ${cards.length} affiché${shown > 1 ? 's' : ''}` : '';
+    if (count) count.textContent = text ? countLabel(shown, cards.length) : '';
     if (noMatch) noMatch.hidden = !(text && cards.length > 0 && shown === 0);
   };
   if (input) input.addEventListener('input', apply);
@@ -109,12 +128,12 @@ export function initFilter(container) {
 
 // The server's name rule (protocol.NAME_RULE), checked in the same order to answer at once.
 export function nameProblem(name) {
-  const rule = protocol.name;
+  const rule = protocol().name;
   const say = rule.messages;
   if (!name) return say.empty;
   if (name.length > rule.maxLength) return say['too-long'];
   if (new RegExp(`[^${rule.characters}]`).test(name)) return say.characters;
-  if (name.includes(protocol.separator)) return say.separator;
+  if (name.includes(protocol().separator)) return say.separator;
   if (rule.spaces && (name.startsWith(' ') || name.endsWith(' '))) return say['edge-spaces'];
   return null;
 }

@@ -1,0 +1,199 @@
+"""The schema's version: Alembic migrations, and a look at a database file before anything is written to it.
+
+Every schema change is a migration in `db/migrations/versions/`. `sensorhub db upgrade` (run by `make db`,
+`make run` and `sensorhub db init`) brings a database to the newest revision; the ingest client refuses to
+start on anything else, with one line saying what to do. A database made before migrations existed
+(`PRAGMA user_version = 1`, sensorhub's tables, no `alembic_version`) is stamped with the baseline revision
+and upgraded in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from urllib.request import pathname2url
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from sensorhub.db.engine import make_engine, sqlite_path
+from sensorhub.errors import DatabaseError
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: `PRAGMA user_version` of databases made before migrations existed, and the revision they match.
+LEGACY_USER_VERSION = 1
+BASELINE = "0001"
+LEGACY_TABLES = frozenset({"device", "led_reading", "button_reading", "light_reading"})
+
+
+class State(Enum):
+    """What a database file holds."""
+
+    MISSING = "missing"
+    EMPTY = "empty"
+    LEGACY = "legacy"
+    CURRENT = "current"
+    OLDER = "older"
+    NEWER = "newer"
+    FOREIGN = "foreign"
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """The result of looking at a database: its state, its revision and its tables."""
+
+    state: State
+    revision: str | None
+    tables: frozenset[str]
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def revisions() -> list[str]:
+    """Every revision, oldest first."""
+    script = ScriptDirectory.from_config(_config())
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
+def head() -> str:
+    """The newest revision this sensorhub knows."""
+    found = ScriptDirectory.from_config(_config()).get_current_head()
+    assert found is not None
+    return found
+
+
+def look(url: str) -> Found:
+    """What the database at `url` holds, read without writing anything (not even switching it to WAL)."""
+    path = sqlite_path(url)
+    if path is not None:
+        return _look_sqlite(path)
+    return _look_engine(url)
+
+
+def _classify(tables: frozenset[str], revision: str | None, user_version: int | None) -> Found:
+    if not tables:
+        return Found(State.EMPTY, None, tables)
+    if "alembic_version" in tables:
+        known = revisions()
+        if revision == known[-1]:
+            return Found(State.CURRENT, revision, tables)
+        if revision in known:
+            return Found(State.OLDER, revision, tables)
+        if revision is not None and tables >= LEGACY_TABLES:
+            return Found(State.NEWER, revision, tables)
+        return Found(State.FOREIGN, revision, tables)
+    if user_version == LEGACY_USER_VERSION and tables >= LEGACY_TABLES:
+        return Found(State.LEGACY, None, tables)
+    return Found(State.FOREIGN, None, tables)
+
+
+def _look_sqlite(path: Path) -> Found:
+    if not path.exists():
+        return Found(State.MISSING, None, frozenset())
+    if path.stat().st_size == 0:
+        return Found(State.EMPTY, None, frozenset())
+    try:
+        conn = sqlite3.connect(f"file:{pathname2url(str(path.resolve()))}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as err:
+        raise DatabaseError(f"cannot open the database {path}: {err}") from err
+    try:
+        tables = frozenset(row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
+        user_version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        revision = None
+        if "alembic_version" in tables:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = None if row is None else str(row[0])
+    except sqlite3.DatabaseError as err:
+        raise DatabaseError(f"{path} is not a SQLite database ({err}): point SENSORHUB_DATABASE_URL at "
+                            "sensorhub's database") from None
+    finally:
+        conn.close()
+    return _classify(tables, revision, user_version)
+
+
+def _look_engine(url: str) -> Found:
+    engine = make_engine(url, read_only=True)
+    try:
+        with engine.connect() as conn:
+            tables = frozenset(inspect(conn).get_table_names())
+            revision = None
+            if "alembic_version" in tables:
+                revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError as err:
+        raise DatabaseError(f"cannot open the database {engine.url!r}: {_reason(err)}") from err
+    finally:
+        engine.dispose()
+    return _classify(tables, revision, None)
+
+
+def check_schema(url: str) -> None:
+    """Raise DatabaseError, in one line saying what to do, unless the database is at the newest revision."""
+    found = look(url)
+    where = sqlite_path(url) or url
+    match found.state:
+        case State.CURRENT:
+            return
+        case State.MISSING:
+            raise DatabaseError(f"no database at {where}: create it with `make db` (sensorhub db init)")
+        case State.EMPTY:
+            raise DatabaseError(f"the database {where} is empty: create its schema with `make db` "
+                                "(sensorhub db init)")
+        case State.LEGACY | State.OLDER:
+            raise DatabaseError(f"the database {where} has an older schema ({found.revision or 'first release'}, "
+                                f"this sensorhub needs {head()}): upgrade it with `make db` (sensorhub db upgrade)")
+        case State.NEWER:
+            raise DatabaseError(f"the database {where} was made by a newer sensorhub (schema {found.revision}; "
+                                f"this one knows up to {head()}): upgrade sensorhub")
+        case State.FOREIGN:
+            shown = ", ".join(sorted(found.tables)[:5]) + ("…" if len(found.tables) > 5 else "")
+            raise DatabaseError(f"{where} is not a sensorhub database (its tables: {shown}): point "
+                                "SENSORHUB_DATABASE_URL at another file")
+
+
+def upgrade(url: str) -> tuple[str | None, str]:
+    """Bring the database at `url` to the newest revision (creating it if needed); return (before, after)."""
+    found = look(url)
+    if found.state in (State.NEWER, State.FOREIGN):
+        check_schema(url)  # raises the one-line explanation
+    engine = make_engine(url, create_dir=True)
+    try:
+        config = _config()
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            if found.state is State.LEGACY:
+                logger.info("database made before migrations: marking it as revision %s", BASELINE)
+                command.stamp(config, BASELINE)
+            command.upgrade(config, "head")
+    except SQLAlchemyError as err:
+        raise DatabaseError(f"cannot upgrade the database {engine.url!r}: {_reason(err)}") from err
+    finally:
+        engine.dispose()
+    after = head()
+    before = BASELINE if found.state is State.LEGACY else found.revision
+    if before != after:
+        logger.info("database %s upgraded from %s to %s", sqlite_path(url) or url, before or "nothing", after)
+    return before, after
+
+
+def migrated_engine(url: str) -> Engine:
+    """An engine on a database brought to the newest revision (tests and tools)."""
+    upgrade(url)
+    return make_engine(url)
+
+
+def _reason(err: BaseException) -> str:
+    orig = getattr(err, "orig", None)
+    return str(orig if orig is not None else err).splitlines()[0]

@@ -1,0 +1,214 @@
+"""Logins for the controls: who may switch LEDs and rename devices once accounts exist.
+
+With no account, the controls stay open to everyone (as the specification has it) and the pages say so.
+With at least one, the LED and rename POSTs need a login, anonymous visitors see no MAC address nor
+session id, and SENSORHUB_WEB_PRIVATE=1 closes every page and API as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+from flask import Blueprint, g, jsonify, redirect, render_template, request, session, url_for
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from werkzeug.wrappers import Response
+
+from sensorhub import accounts
+from sensorhub.errors import DatabaseError
+from sensorhub.web.state import web_state
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("auth", __name__)
+
+#: Failed logins allowed per client address in THROTTLE_WINDOW seconds; more answer 429.
+THROTTLE_LIMIT = 5
+THROTTLE_WINDOW = 60.0
+#: Reachable without a login even when the site is private.
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.login_post", "auth.logout", "static"})
+LOGIN_REQUIRED = "connectez-vous pour piloter les appareils (/login)"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class Visitor:
+    """Who is asking: whether accounts exist, and the logged-in account's name if any."""
+
+    accounts: bool
+    user: str | None
+
+    @property
+    def may_control(self) -> bool:
+        """Whether the LED and rename controls are open to this visitor."""
+        return not self.accounts or self.user is not None
+
+    @property
+    def sees_private(self) -> bool:
+        """Whether MAC addresses and session ids are shown (not to anonymous visitors once accounts exist)."""
+        return self.may_control
+
+    @property
+    def label(self) -> str:
+        """Who made a command, for the logs."""
+        return self.user if self.user else "anyone (no accounts)"
+
+
+def visitor() -> Visitor:
+    """The current request's visitor (looked up once per request)."""
+    found: Visitor | None = g.get("sensorhub_visitor")
+    if found is None:
+        found = g.sensorhub_visitor = _lookup()
+    return found
+
+
+def template_visitor() -> Visitor:
+    """`visitor()` for templates: an error page rendered because the database is missing still renders."""
+    try:
+        return visitor()
+    except (SQLAlchemyError, DatabaseError):
+        return Visitor(False, None)
+
+
+def _lookup() -> Visitor:
+    try:
+        with web_state().database.connect() as conn:
+            if not accounts.any_account(conn):
+                return Visitor(False, None)
+            name = session.get("user")
+            if isinstance(name, str) and session.get("stamp") == accounts.current_stamp(conn, name):
+                return Visitor(True, name)
+    except OperationalError as err:
+        if "no such table: web_user" not in str(err):
+            raise
+        return Visitor(False, None)  # a database made before accounts existed: `make db` adds the table
+    return Visitor(True, None)
+
+
+def control_required(view: F) -> F:
+    """Answer 401 to a command from a visitor who is not logged in while accounts exist."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not visitor().may_control:
+            return jsonify(error=LOGIN_REQUIRED), 401
+        return view(*args, **kwargs)
+
+    return cast(F, wrapper)
+
+
+def guard_private_site() -> Response | tuple[Response, int] | None:
+    """With SENSORHUB_WEB_PRIVATE=1 and accounts, send visitors who are not logged in to the login page."""
+    if not web_state().settings.web_private or request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    current = visitor()
+    if not current.accounts or current.user is not None:
+        return None
+    if request.path.startswith("/api/") or request.path.startswith("/sensor/"):
+        return jsonify(error="connectez-vous pour consulter ce site (/login)"), 401
+    return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site, never another site (open redirect)."""
+    if target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
+        return target
+    return url_for("pages.capteurs")
+
+
+@bp.get("/login")
+def login() -> str:
+    """The login form."""
+    return render_template("login.html", page="login", next=_safe_next(request.args.get("next")), error=None)
+
+
+@bp.post("/login")
+def login_post() -> Response | tuple[str, int]:
+    """Check the name and password; too many failures from one address in a minute answer 429."""
+    target = _safe_next(request.form.get("next"))
+    throttle = _throttle()
+    address = request.remote_addr or "?"
+    waited = throttle.blocked_for(address)
+    if waited:
+        logger.warning("login refused for %s: too many failed attempts", address)
+        page = render_template("login.html", page="login", next=target,
+                               error=f"Trop d'essais : réessayez dans {int(waited) + 1} s.")
+        response = Response(page, 429)
+        response.headers["Retry-After"] = str(int(waited) + 1)
+        return response
+    name = request.form.get("name", "")[:64]
+    password = request.form.get("password", "")[: accounts.MAX_PASSWORD]
+    with web_state().database.connect() as conn:
+        stamp = accounts.verify(conn, name, password) if name and password else None
+    if stamp is None:
+        throttle.failed(address)
+        logger.warning("failed login for %r from %s", name, address)
+        return render_template("login.html", page="login", next=target,
+                               error="Nom ou mot de passe incorrect."), 401
+    session.clear()  # a fresh session: no fixation
+    session.permanent = True
+    session["user"] = name
+    session["stamp"] = stamp
+    logger.info("%s logged in from %s", name, address)
+    return redirect(target)
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    """End the session."""
+    name = session.get("user")
+    session.clear()
+    if name:
+        logger.info("%s logged out", name)
+    return redirect(url_for("pages.capteurs"))
+
+
+class LoginThrottle:
+    """Failed logins per client address, shared by every web server process through a small SQLite file.
+
+    It is the web server's own file in the state directory: the sensorhub database stays written by the
+    ingest client only.
+    """
+
+    def __init__(self, path: Path, limit: int = THROTTLE_LIMIT, window: float = THROTTLE_WINDOW) -> None:
+        self.path = path
+        self.limit = limit
+        self.window = window
+        with closing(self._connect()) as conn, conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS failure (address TEXT NOT NULL, at REAL NOT NULL)")
+            conn.execute("CREATE INDEX IF NOT EXISTS failure_address ON failure (address, at)")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=5)
+
+    def blocked_for(self, address: str) -> float:
+        """Seconds until `address` may try again (0: now)."""
+        now = time.time()
+        with closing(self._connect()) as conn, conn:
+            conn.execute("DELETE FROM failure WHERE at < ?", (now - self.window,))
+            rows = conn.execute("SELECT at FROM failure WHERE address = ? ORDER BY at DESC LIMIT ?",
+                                (address, self.limit)).fetchall()
+        if len(rows) < self.limit:
+            return 0.0
+        return max(0.0, float(rows[-1][0]) + self.window - now)
+
+    def failed(self, address: str) -> None:
+        """Count one failed attempt."""
+        with closing(self._connect()) as conn, conn:
+            conn.execute("INSERT INTO failure (address, at) VALUES (?, ?)", (address, time.time()))
+
+
+def _throttle() -> LoginThrottle:
+    state = web_state()
+    if state.throttle is None:
+        raise RuntimeError("the login throttle was not set up")
+    return state.throttle

@@ -1,0 +1,131 @@
+"""Schema migrations: a database of the first release upgrades in place with every row, and a database that is not
+sensorhub's (or is newer) is refused in one line before anything is written to it."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from sensorhub.config import Settings
+from sensorhub.db.engine import make_engine
+from sensorhub.db.models import Base
+from sensorhub.db.schema import BASELINE, State, check_schema, head, look, revisions, upgrade
+from sensorhub.errors import DatabaseError
+
+RELEASE_1 = Path(__file__).parent / "data" / "schema-release-1.sql"
+
+
+def release_1_database(path: Path) -> None:
+    """A database as the first release made it, with devices and readings of every kind."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(RELEASE_1.read_text())
+        conn.executemany(
+            "INSERT INTO device (name, session_name, mac, online, session_id, joined_at, last_seen) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(f"capteur{i:02d}", f"capteur{i:02d}", f"02:00:00:00:00:{i:02X}", i % 2, f"1700000000.00000{i}",
+              "2025-01-01 00:00:00.000000", f"2025-01-0{i} 12:00:00.000000") for i in range(1, 5)])
+        for table, values in (("led_reading", (0, 1)), ("button_reading", (1, 0)), ("light_reading", (0, 57, 100))):
+            rows = [(device, f"2025-01-01 0{device}:00:{second:02d}.{second:06d}", values[second % len(values)])
+                    for device in range(1, 5) for second in range(1, 60)]
+            conn.executemany(f"INSERT INTO {table} (device_id, at, value) VALUES (?, ?, ?)", rows)
+
+
+def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table of the first release, in id order."""
+    with sqlite3.connect(path) as conn:
+        return {table: conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+                for table in ("device", "led_reading", "button_reading", "light_reading")}
+
+
+def url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def test_a_release_1_database_upgrades_in_place_keeping_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    release_1_database(path)
+    before = dump(path)
+    assert sum(len(rows) for rows in before.values()) == 4 + 3 * 4 * 59
+    assert look(url(path)).state is State.LEGACY
+    with pytest.raises(DatabaseError, match=r"older schema .*`make db` \(sensorhub db upgrade\)"):
+        check_schema(url(path))
+    assert upgrade(url(path)) == (BASELINE, head())
+    assert dump(path) == before
+    check_schema(url(path))
+    assert upgrade(url(path)) == (head(), head())  # idempotent
+    with sqlite3.connect(path) as conn:  # the rules of the first release still hold
+        with pytest.raises(sqlite3.IntegrityError, match="light_value"):
+            conn.execute("INSERT INTO light_reading (device_id, at, value) "
+                         "VALUES (1, '2025-01-01 05:00:00.000000', 101)")
+        assert conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'device'").fetchone()[0] == 4
+
+
+def test_the_cli_upgrades_and_says_what_it_did(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    release_1_database(path)
+    env = {**os.environ, "SENSORHUB_DATABASE_URL": url(path), "SENSORHUB_STATE_DIR": str(tmp_path / "var")}
+    result = subprocess.run([sys.executable, "-m", "sensorhub", "db", "upgrade"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"database at schema {head()} (was {BASELINE})"
+
+
+def test_a_new_database_gets_every_revision_and_matches_the_models(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    assert upgrade(url(path)) == (None, head())
+    assert revisions()[0] == BASELINE and revisions()[-1] == head()
+    engine = make_engine(url(path))
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert differences == [], "the models and the migrations disagree: write a migration"
+    assert path.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("kind", ["foreign-with-user-version-1", "foreign", "not-sqlite", "newer"])
+def test_a_foreign_or_newer_database_is_refused_in_one_line_and_left_untouched(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "other.sqlite3"
+    if kind == "not-sqlite":
+        path.write_bytes(b"this is a text file, not a database\n" * 100)
+    else:
+        with sqlite3.connect(path) as conn:
+            if kind == "newer":
+                conn.executescript(RELEASE_1.read_text())
+                conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+                conn.execute("INSERT INTO alembic_version VALUES ('9999')")
+            else:
+                conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+                conn.execute("CREATE TABLE device (id INTEGER PRIMARY KEY)")
+                if kind == "foreign-with-user-version-1":
+                    conn.execute("PRAGMA user_version = 1")
+    before = path.read_bytes()
+    expected = {"newer": "made by a newer sensorhub", "not-sqlite": "is not a SQLite database"}.get(
+        kind, "is not a sensorhub database (its tables: device, invoices)")
+    for attempt in (lambda: check_schema(url(path)), lambda: upgrade(url(path))):
+        with pytest.raises(DatabaseError, match=re.escape(expected)):
+            attempt()
+    settings = Settings().replace(database_url=url(path), state_dir=str(tmp_path / "var"), mqtt_port=1)
+    env = {**os.environ, **settings.environ()}
+    for command in (["client"], ["db", "init"], ["db", "seed"], ["db", "reset", "--yes"], ["user", "list"]):
+        result = subprocess.run([sys.executable, "-m", "sensorhub", *command], env=env, capture_output=True,
+                                text=True, timeout=60, check=False)
+        assert result.returncode == 2, (command, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, (command, result.stderr)
+    assert path.read_bytes() == before, "the file changed"
+    assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
+
+
+def test_an_empty_file_is_not_grown_by_the_client(tmp_path: Path) -> None:
+    path = tmp_path / "empty.sqlite3"
+    path.write_bytes(b"")
+    with pytest.raises(DatabaseError, match=r"is empty: create its schema with `make db`"):
+        check_schema(url(path))
+    assert path.stat().st_size == 0

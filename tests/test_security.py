@@ -1,0 +1,626 @@
+"""docs/security.md, row by row, against the real broker, ingest client and web server.
+
+One stack (Mosquitto with the project's configuration, `sensorhub client`, `sensorhub web` with 2 gunicorn
+workers) serves the module; tests that need another configuration (a device password, TLS, a connection
+limit) start their own broker.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy import Engine, func, select
+
+from sensorhub.broker import Broker
+from sensorhub.config import Settings
+from sensorhub.credentials import CLIENT_USER, DEVICE_USER, client_id, client_password, client_secret_path
+from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.models import Device, LightReading
+from sensorhub.ingest.service import IngestClient
+from sensorhub.process import Child
+from sensorhub.protocol import Topic, format_led_command, format_name_assign, format_reading, format_session_ref
+from sensorhub.simulator import Fleet
+from tests.devices import RawDevice
+from tests.stack import ROOT, ingest_client, web_server, web_url
+from tests.support import log_in_as_server, settings_for, wait_for
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "correct horse battery"
+
+
+# -- the shared stack --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """Broker, client and web server of this module."""
+
+    settings: Settings
+    engine: Engine
+    client: Child
+    web: Child
+
+    def url(self, path: str) -> str:
+        """Absolute URL of `path` on the web server."""
+        return web_url(self.settings, path)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    settings = settings_for(tmp_path_factory.mktemp("security"))
+    engine = make_engine(settings.database_url, create_dir=True)
+    init_db(engine)
+    with Broker(settings), ingest_client(settings) as client, web_server(settings, workers=2) as web:
+        yield Stack(settings, engine, client, web)
+    engine.dispose()
+
+
+_macs = iter(range(1, 10_000))
+
+
+@pytest.fixture
+def device(stack: Stack) -> Iterator[RawDevice]:
+    """A board running the specification's firmware (anonymous), joined and online."""
+    number = next(_macs)
+    board = RawDevice(stack.settings.mqtt_port, f"02:5E:C0:00:{number // 256:02X}:{number % 256:02X}")
+    board.join()
+    wait_for(lambda: online(stack.engine, board.name), 10, what=f"{board.name} online")
+    yield board
+    board.close()
+
+
+@pytest.fixture
+def account(stack: Stack) -> Iterator[str]:
+    """An account made with `sensorhub user add` (removed afterwards: the controls open again)."""
+    name = f"alice{next(_macs)}"
+    run_cli(stack.settings, "user", "add", name, input=f"{PASSWORD}\n{PASSWORD}\n")
+    yield name
+    run_cli(stack.settings, "user", "remove", name, check=False)
+
+
+def run_cli(settings: Settings, *args: str, input: str = "", check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.environ()}
+    result = subprocess.run([sys.executable, "-m", "sensorhub", *args], env=env, input=input, capture_output=True,
+                            text=True, timeout=60, check=False)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def online(engine: Engine, name: str) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(select(Device.online).where(Device.session_name == name)).scalar())
+
+
+def device_id(engine: Engine, name: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(Device.id).where(Device.session_name == name)).scalar_one())
+
+
+def light_values(engine: Engine, name: str) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(LightReading.value).join(Device).where(Device.session_name == name)
+                                 .order_by(LightReading.id)).scalars())
+
+
+class Browser:
+    """A visitor of the real web server: a cookie jar, the CSRF token of the last page, JSON helpers."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect())
+        self.token = ""
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+        request = urllib.request.Request(self.stack.url(path), data=body, method=method, headers=headers or {})
+        try:
+            with self.opener.open(request, timeout=10) as response:
+                status, answer_headers, text = response.status, dict(response.headers), response.read().decode()
+        except urllib.error.HTTPError as err:
+            status, answer_headers, text = err.code, dict(err.headers), err.read().decode()
+        if match := re.search(r'<meta name="csrf-token" content="([^"]+)"', text):
+            self.token = match[1]
+        return status, answer_headers, text
+
+    def page(self, path: str) -> str:
+        status, _, text = self.request("GET", path)
+        assert status == 200, f"GET {path}: {status}"
+        return text
+
+    def json(self, path: str) -> Any:
+        status, _, text = self.request("GET", path, headers={"Accept": "application/json"})
+        assert status == 200, f"GET {path}: {status} {text[:200]}"
+        return json.loads(text)
+
+    def post_json(self, path: str, body: Any, csrf: bool = True) -> tuple[int, Any]:
+        if csrf and not self.token:
+            self.page("/capteurs")
+        headers = {"Content-Type": "application/json", **({"X-CSRFToken": self.token} if csrf else {})}
+        status, _, text = self.request("POST", path, json.dumps(body).encode(), headers)
+        return status, json.loads(text) if text.startswith("{") else text
+
+    def login(self, name: str, password: str) -> tuple[int, dict[str, str], str]:
+        self.page("/login")
+        form = urllib.parse.urlencode({"csrf_token": self.token, "name": name, "password": password,
+                                       "next": "/capteurs"}).encode()
+        return self.request("POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"})
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def mqtt_client(port: int, transport: str = "tcp", client_id: str = "", login: Settings | None = None,
+                protocol: int = mqtt.MQTTv5) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, transport=transport, protocol=protocol)
+    if login is not None:
+        log_in_as_server(client, login)
+    client.connect("127.0.0.1", port, keepalive=5)
+    client.loop_start()
+    wait_for(client.is_connected, 5, what=f"an MQTT connection on port {port}")
+    return client
+
+
+def subscribe(client: mqtt.Client, topics: list[tuple[str, int]]) -> None:
+    """Subscribe and wait for the SUBACK."""
+    acknowledged: list[int] = []
+    client.on_subscribe = lambda _c, _u, mid, _r, _p: acknowledged.append(mid)
+    _, mid = client.subscribe(topics)
+    wait_for(lambda: mid in acknowledged, 5, what="the SUBACK")
+
+
+def connects(port: int, transport: str = "tcp", ca: str | None = None) -> bool:
+    """Whether an MQTT client gets a CONNACK on `port` within 3 s."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, transport=transport, protocol=mqtt.MQTTv5)
+    if ca is not None:
+        client.tls_set(ca_certs=ca)
+    try:
+        client.connect("127.0.0.1", port, keepalive=5)
+    except (OSError, mqtt.WebsocketConnectionError, ssl.SSLError):
+        return False
+    client.loop_start()
+    try:
+        wait_for(client.is_connected, 3)
+        return True
+    except AssertionError:
+        return False
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def close(*clients: mqtt.Client) -> None:
+    for client in clients:
+        client.disconnect()
+        client.loop_stop()
+
+
+def relay_led(stack: Stack, board: RawDevice, visitor: Browser | None = None) -> None:
+    """Switch the board's LED on through the web page's API and wait for the command to reach it."""
+    visitor = visitor or Browser(stack)
+    status, body = visitor.post_json(f"/api/devices/{device_id(stack.engine, board.name)}/led", {"on": True})
+    assert status == 202, body
+    expected = format_led_command(board.name, board.session, True)
+    wait_for(lambda: expected in board.commands, 10, what="the relayed LED command at the board")
+
+
+# -- a browser tab on the LAN: the WebSockets port -----------------------------------------------------------------
+
+
+def test_the_websockets_port_is_read_only(stack: Stack, device: RawDevice) -> None:
+    heard: list[tuple[str, bytes]] = []
+    browser = mqtt_client(stack.settings.mqtt_ws_port, "websockets")
+    browser.on_message = lambda _c, _u, message: heard.append((message.topic, message.payload))
+    subscribe(browser, [(str(topic), 1) for topic in Topic])
+    forged = [
+        (Topic.LED_COMMAND, format_led_command(device.name, device.session, True)),
+        (Topic.PHOTORESISTOR_STATUS, format_reading(device.name, device.session, 77)),
+        (Topic.LEAVE, format_session_ref(device.name, device.session)),
+        (Topic.NAME_ASSIGN, format_name_assign(device.mac, "pirate", device.session)),
+        (Topic.JOIN, b"02:BA:D0:00:00:01"),
+        (Topic.LEAVE, b"x" * 10_000),  # Mosquitto 2.0 does not apply max_packet_size to WebSockets
+    ]
+    for topic, payload in forged:
+        browser.publish(topic, payload, qos=1).wait_for_publish(5)
+    # What the browser may do still works: it hears a real reading...
+    device.reading(Topic.PHOTORESISTOR_STATUS, 42).wait_for_publish(5)
+    wait_for(lambda: (Topic.PHOTORESISTOR_STATUS, format_reading(device.name, device.session, 42)) in heard, 5,
+             what="the real reading over WebSockets")
+    # ...and a real command reaches the board, alone: none of the forged messages went anywhere.
+    relay_led(stack, device)
+    wait_for(lambda: light_values(stack.engine, device.name) == [42], 5, what="the real reading stored")
+    assert device.commands == [format_led_command(device.name, device.session, True)]
+    assert online(stack.engine, device.name), "a forged leave evicted the board"
+    assert device.assignments.empty(), "a forged nameAssign reached the board"
+    assert [t for t, _ in heard if t not in (Topic.PHOTORESISTOR_STATUS, Topic.JOIN)] == [], heard
+    with stack.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Device).where(Device.mac == "02:BA:D0:00:00:01")
+                            ).scalar() == 0
+    close(browser)
+
+
+def test_a_page_from_another_site_cannot_post_commands(stack: Stack, device: RawDevice) -> None:
+    status, body = Browser(stack).post_json(f"/api/devices/{device_id(stack.engine, device.name)}/led",
+                                            {"on": True}, csrf=False)
+    assert status == 400 and "CSRF" in body["error"]
+    time.sleep(0.3)
+    assert device.commands == []
+
+
+# -- an MQTT client on the LAN: the device port ------------------------------------------------------------------
+
+
+def test_an_anonymous_client_cannot_name_boards_or_command_them(stack: Stack, device: RawDevice) -> None:
+    intruder = mqtt_client(stack.settings.mqtt_port)
+    intruder.publish(Topic.LED_COMMAND, format_led_command(device.name, device.session, True), 1).wait_for_publish(5)
+    intruder.publish(Topic.NAME_ASSIGN, format_name_assign(device.mac, "pirate", device.session), 2
+                     ).wait_for_publish(5)
+    relay_led(stack, device)  # the real one, after the forged ones
+    assert device.commands == [format_led_command(device.name, device.session, True)]
+    assert device.assignments.empty()
+    close(intruder)
+
+
+def test_a_retained_message_disconnects_its_sender_and_is_not_kept(stack: Stack) -> None:
+    forger = mqtt_client(stack.settings.mqtt_port)
+    reasons: list[str] = []
+    forger.on_disconnect = lambda _c, _u, _f, reason, _p: reasons.append(str(reason))
+    forger.publish(Topic.JOIN, b"02:BA:D0:00:00:02", qos=1, retain=True)
+    wait_for(lambda: reasons, 5, what="the broker to hang up on a retained message")
+    assert reasons[0] == "Retain not supported"
+    close(forger)
+    later: list[bytes] = []
+    listener = mqtt_client(stack.settings.mqtt_port, login=stack.settings)
+    listener.on_message = lambda _c, _u, message: later.append(message.payload)
+    subscribe(listener, [(Topic.JOIN, 1)])
+    time.sleep(0.5)
+    assert later == []
+    close(listener)
+
+
+def test_nobody_can_take_the_ingest_client_s_connection_over(stack: Stack) -> None:
+    # A fixed, public client id would let anyone kick the client off; ours is derived from its secret.
+    real = client_id(client_password(stack.settings))
+    assert real.startswith("sensorhub-ingest-") and len(real) > 30
+    assert f" as {real} " in Path(stack.settings.broker_log).read_text()
+    impostors = [mqtt_client(stack.settings.mqtt_port, client_id=guess)
+                 for guess in ("sensorhub-ingest", "sensorhub", "server")]
+    board = RawDevice(stack.settings.mqtt_port, "02:5E:C0:11:11:11")
+    board.join()  # answered: the ingest client is still connected
+    assert "lost the broker connection" not in stack.client.output()
+    board.close()
+    close(*impostors)
+
+
+@pytest.mark.parametrize(("limit", "locked_out"), [(20, True), (-1, False)])
+def test_idle_sockets_and_the_connection_limit(settings: Settings, limit: int, locked_out: bool) -> None:
+    # Mosquitto 2.0 keeps a socket that never sends CONNECT and counts it: with the specification's limit of 20,
+    # 25 idle sockets lock every board out. docs/security.md says so and how to lift the limit.
+    with Broker(settings.replace(broker_max_connections=limit)):
+        idle = [socket.create_connection(("127.0.0.1", settings.mqtt_port)) for _ in range(25)]
+        try:
+            assert connects(settings.mqtt_port) is not locked_out
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_a_device_password_closes_the_device_port_to_anonymous_clients(settings: Settings, engine: Engine) -> None:
+    locked = settings.replace(device_password="board-secret-123")
+    with Broker(locked):
+        refused = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        codes: list[ReasonCode] = []
+        refused.on_connect = lambda _c, _u, _f, reason, _p: codes.append(reason)
+        refused.connect("127.0.0.1", locked.mqtt_port, keepalive=5)
+        refused.loop_start()
+        wait_for(lambda: codes, 5, what="the CONNACK")
+        assert codes[0].is_failure and "authori" in str(codes[0]).lower()
+        close(refused)
+        client = IngestClient(locked)
+        client.start(wait_ready=10)
+        try:
+            board = RawDevice(locked.mqtt_port, "02:5E:C0:22:22:22", login=(DEVICE_USER, "board-secret-123"))
+            name, _ = board.join()
+            wait_for(lambda: online(client.engine, name), 10, what="the logged-in board online")
+            board.close()
+            fleet = Fleet(locked, 2, 0.5, seed=501, button_every=None)  # the simulator logs in too
+            fleet.start()
+            try:
+                fleet.wait_joined(10)
+            finally:
+                fleet.stop()
+        finally:
+            client.stop()
+
+
+def test_a_wrong_client_password_stops_the_client_with_one_line(settings: Settings, engine: Engine) -> None:
+    with Broker(settings):
+        client_secret_path(settings).write_text("not-what-the-broker-has\n")
+        env = {**os.environ, **settings.environ()}
+        result = subprocess.run([sys.executable, "-m", "sensorhub", "client"], env=env, capture_output=True,
+                                text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sensorhub: error: the broker refused the ingest client's password")
+    assert str(client_secret_path(settings)) in last and "restart the broker" in last
+
+
+def test_a_refused_publish_is_counted_not_fatal(settings: Settings, engine: Engine) -> None:
+    client = IngestClient(settings)
+    try:
+        client._on_publish(client.mqtt, None, 7, ReasonCode(PacketTypes.PUBACK, "Not authorized"), None)
+    finally:
+        client.engine.dispose()
+    assert client.drops.snapshot() == {"publish-denied": 1}
+
+
+# -- a local user of the server ----------------------------------------------------------------------------------
+
+
+def test_secrets_and_the_pipe_are_private(stack: Stack) -> None:
+    state = Path(stack.settings.state_dir)
+    assert state.stat().st_mode & 0o022 == 0
+    for private in (client_secret_path(stack.settings), state / "web.secret", stack.settings.fifo_path,
+                    state / "mosquitto" / "passwd", Path(stack.settings.database_url.removeprefix("sqlite:///"))):
+        assert private.stat().st_mode & 0o077 == 0, f"{private} is open to other users"
+    passwd = (state / "mosquitto" / "passwd").read_text()
+    assert passwd.startswith(f"{CLIENT_USER}:$7$")  # salted PBKDF2-SHA512, hashed by mosquitto_passwd
+    assert client_password(stack.settings) not in passwd
+
+
+# -- a web visitor without an account ----------------------------------------------------------------------------
+
+
+def test_without_accounts_the_controls_are_open_and_the_page_says_so(stack: Stack, device: RawDevice) -> None:
+    visitor = Browser(stack)
+    page = visitor.page("/capteurs")
+    assert "Commandes ouvertes à tous" in page and "sensorhub user add" in page
+    assert "no web account: anyone who opens the pages can switch LEDs" in stack.web.output()
+    relay_led(stack, device, visitor)
+    first = visitor.json("/api/devices")[0]
+    assert "mac" in first and "session_id" in first
+
+
+def test_with_an_account_anonymous_visitors_can_look_but_not_command(stack: Stack, device: RawDevice,
+                                                                       account: str) -> None:
+    visitor = Browser(stack)
+    number = device_id(stack.engine, device.name)
+    assert visitor.post_json(f"/api/devices/{number}/led", {"on": True}) == (
+        401, {"error": "connectez-vous pour piloter les appareils (/login)"})
+    assert visitor.post_json(f"/api/devices/{number}/name", {"name": "renamed"})[0] == 401
+    page = visitor.page("/capteurs")
+    assert "Se connecter" in page and "Commandes ouvertes" not in page
+    assert device.mac not in page and device.session not in page
+    assert 'data-led-toggle disabled' in page.replace(" checked", "") and "data-rename-open" not in page
+    listed = visitor.json("/api/devices")
+    assert listed and all("mac" not in d and "session_id" not in d for d in listed)
+    single = visitor.json(f"/api/devices/{number}")
+    assert "mac" not in single and "session_id" not in single
+    assert device.mac not in visitor.page("/historique")
+    time.sleep(0.3)
+    assert device.commands == []
+
+
+def test_failed_logins_are_throttled_per_address(stack: Stack, account: str) -> None:
+    visitor = Browser(stack)
+    try:
+        for _ in range(5):  # spread over both gunicorn workers: the count is shared
+            assert visitor.login(account, "wrong password")[0] == 401
+        status, headers, page = visitor.login(account, PASSWORD)  # even the right one, until the minute is over
+        assert status == 429 and int(headers["Retry-After"]) > 0 and "réessayez dans" in page
+        assert "failed login" in stack.web.output()
+    finally:  # other tests log in from the same address
+        with sqlite3.connect(Path(stack.settings.state_dir) / "web-logins.sqlite3") as throttle:
+            throttle.execute("DELETE FROM failure")
+
+
+def test_malformed_requests_get_clear_answers(stack: Stack) -> None:
+    visitor = Browser(stack)
+    assert visitor.request("GET", "/api/devices/9223372036854775808")[0] == 404
+    status, body = visitor.post_json("/api/devices/9223372036854775808/led", {"on": True})
+    assert status == 404 and "error" in body
+    status, _, text = visitor.request("POST", "/api/devices/1/led", b"{" + b" " * 20_000 + b"}",
+                                      {"Content-Type": "application/json", "X-CSRFToken": visitor.token})
+    assert status == 413 and "trop grand" in text
+    status, headers, _ = visitor.request("GET", "/capteurs")
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["Referrer-Policy"] == "same-origin"
+
+
+def test_an_internal_error_shows_no_traceback(settings: Settings, engine: Engine) -> None:
+    from sensorhub.web import create_app
+
+    app = create_app(settings)
+
+    def explode() -> str:
+        raise RuntimeError("secret internals")
+
+    app.add_url_rule("/explode", "explode", explode)
+    app.add_url_rule("/api/explode", "api_explode", explode)
+    for path in ("/explode", "/api/explode"):
+        response = app.test_client().get(path)
+        text = response.get_data(as_text=True)
+        assert response.status_code == 500 and "Traceback" not in text and "secret internals" not in text
+
+
+def test_a_private_site_needs_a_login_for_everything(settings: Settings, engine: Engine) -> None:
+    from sensorhub import accounts
+    from sensorhub.web import create_app
+
+    accounts.add(engine, "bob", PASSWORD)
+    client = create_app(settings.replace(web_private=True)).test_client()
+    for path in ("/capteurs", "/historique", "/accueil"):
+        answer = client.get(path)
+        assert answer.status_code == 302 and answer.headers["Location"].startswith("/login?next=")
+    assert client.get("/api/devices").status_code == 401 and client.get("/sensor/online").status_code == 401
+    assert client.get("/login").status_code == 200 and client.get("/static/style.css").status_code == 200
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True))
+    assert token
+    answer = client.post("/login", data={"csrf_token": token[1], "name": "bob", "password": PASSWORD,
+                                         "next": "https://evil.example/"})
+    assert answer.status_code == 302 and answer.headers["Location"] == "/capteurs"  # no open redirect
+    assert client.get("/historique").status_code == 200 and client.get("/api/devices").status_code == 200
+
+
+# -- a logged-in user --------------------------------------------------------------------------------------------
+
+
+def test_a_logged_in_user_commands_and_is_named_in_the_log(stack: Stack, device: RawDevice, account: str) -> None:
+    visitor = Browser(stack)
+    status, headers, _ = visitor.login(account, PASSWORD)
+    assert status == 302 and headers["Location"] == "/capteurs"
+    cookie = next(c for c in visitor.jar if c.name == "sensorhub_session")
+    assert cookie.has_nonstandard_attr("HttpOnly") and not cookie.secure  # Secure only under TLS
+    page = visitor.page("/capteurs")
+    assert f">{account}<" in page and "Se déconnecter" in page and device.mac in page
+    relay_led(stack, device, visitor)
+    wait_for(lambda: f"for {account} from 127.0.0.1" in stack.web.output(), 5, what="the command logged with its user")
+    # A password change ends the sessions opened with the old one.
+    run_cli(stack.settings, "user", "passwd", account, input="another password 2\nanother password 2\n")
+    assert visitor.post_json(f"/api/devices/{device_id(stack.engine, device.name)}/led", {"on": False})[0] == 401
+
+
+def test_user_commands_refuse_what_they_cannot_do(stack: Stack, account: str) -> None:
+    assert account in run_cli(stack.settings, "user", "list").stdout
+    again = run_cli(stack.settings, "user", "add", account, input=f"{PASSWORD}\n{PASSWORD}\n", check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    short = run_cli(stack.settings, "user", "add", "carol", input="short\nshort\n", check=False)
+    assert short.returncode == 2 and "at least 10 characters" in short.stderr
+    mismatch = run_cli(stack.settings, "user", "add", "dave", input=f"{PASSWORD}\nother one!!\n", check=False)
+    assert mismatch.returncode != 0 and "dave" not in run_cli(stack.settings, "user", "list").stdout
+    missing = run_cli(stack.settings, "user", "remove", "nobody", check=False)
+    assert missing.returncode == 2 and "no account is called 'nobody'" in missing.stderr
+
+
+# -- TLS on demand -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(settings: Settings) -> Settings:
+    result = run_cli(settings, "tls", "self-signed")
+    cert, key = Path(settings.state_dir) / "tls" / "cert.pem", Path(settings.state_dir) / "tls" / "key.pem"
+    assert str(cert) in result.stdout and key.stat().st_mode & 0o077 == 0
+    return settings.replace(tls_cert=str(cert), tls_key=str(key))
+
+
+def test_tls_listeners_accept_a_trusting_client_and_refuse_plain_ones(certificate: Settings, engine: Engine) -> None:
+    settings = certificate
+    with Broker(settings):
+        for port, transport in ((settings.mqtt_tls_port, "tcp"), (settings.mqtt_wss_port, "websockets")):
+            assert connects(port, transport, ca=settings.tls_cert), f"no TLS connection on {port}"
+            assert not connects(port, transport), f"a plain connection on the TLS port {port}"
+        assert connects(settings.mqtt_port) and connects(settings.mqtt_ws_port, "websockets")
+
+
+def test_the_web_server_speaks_https_with_secure_cookies(certificate: Settings, engine: Engine) -> None:
+    settings = certificate
+    context = ssl.create_default_context(cafile=settings.tls_cert)
+    with web_server_tls(settings):
+        with urllib.request.urlopen(f"https://127.0.0.1:{settings.web_port}/capteurs", context=context,
+                                    timeout=5) as answer:
+            assert answer.status == 200
+            assert "Secure" in answer.headers["Set-Cookie"] and "HttpOnly" in answer.headers["Set-Cookie"]
+            assert f'data-wss-port="{settings.mqtt_wss_port}"' in answer.read().decode()
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/capteurs", timeout=5)
+
+
+def web_server_tls(settings: Settings) -> Any:
+    """`sensorhub web` under TLS (ready when gunicorn says READY=1, whatever the scheme)."""
+    return web_server(settings, workers=1)
+
+
+def test_a_missing_certificate_is_one_line_naming_the_setting(settings: Settings) -> None:
+    broken = settings.replace(tls_cert=str(Path(settings.state_dir) / "nope.pem"),
+                              tls_key=str(Path(settings.state_dir) / "nope.key"))
+    for command in ("broker", "web"):
+        result = run_cli(broken, command, check=False)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"sensorhub: error: SENSORHUB_TLS_CERT={broken.tls_cert}: cannot read it (No such file or directory)")
+
+
+def test_the_readme_and_the_security_page_document_what_is_enforced() -> None:
+    security = (ROOT / "docs" / "security.md").read_text()
+    for words in ("A browser tab on the LAN", "An MQTT client on the LAN", "A local user of the server",
+                  "A web visitor without an account", "A logged-in user", "SENSORHUB_DEVICE_PASSWORD",
+                  "client id", "retained", "max_keepalive", "max_connections"):
+        assert words in security, f"docs/security.md does not mention {words!r}"
+    assert "docs/security.md" in (ROOT / "README.md").read_text()
+
+
+# -- the same, in Chromium ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_in_the_browser_anonymous_visitors_watch_and_users_log_in_to_command(stack: Stack, device: RawDevice,
+                                                                             account: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.support import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(stack.url("/capteurs"))
+            expect(page.locator('[data-live-status][data-state="live"]')).to_be_visible(timeout=10_000)
+            card = page.locator(f'[data-card][data-session-name="{device.name}"]')
+            toggle = card.locator("[data-led-toggle]")
+            expect(toggle).to_be_disabled()
+            assert card.get_attribute("data-session") is None and card.get_attribute("data-mac") is None
+            # Live without session ids: a reading shows up, and a stale Will (an old session) evicts nobody.
+            device.reading(Topic.PHOTORESISTOR_STATUS, 63).wait_for_publish(5)
+            expect(card.locator("[data-light-value]")).to_have_text("63 %", timeout=5_000)
+            page.evaluate("""(name) => {
+                window.__evicted = false;
+                new MutationObserver(() => {
+                    const cards = [...document.querySelectorAll('[data-card]')];
+                    if (!cards.some((c) => c.dataset.sessionName === name)) window.__evicted = true;
+                }).observe(document.querySelector('[data-cards]'), {childList: true});
+            }""", device.name)
+            device.publish(Topic.LEAVE, format_session_ref(device.name, "1.000000"), qos=2).wait_for_publish(5)
+            page.wait_for_timeout(1_000)
+            assert page.evaluate("window.__evicted") is False, "a stale Will removed the card"
+            # Log in from the header link, come back to /capteurs, and switch the LED.
+            page.get_by_role("link", name="Se connecter").first.click()
+            page.fill('input[name="name"]', account)
+            page.fill('input[name="password"]', PASSWORD)
+            page.get_by_role("button", name="Se connecter").click()
+            expect(page.locator(".account-name")).to_have_text(account)
+            expect(page.locator('[data-live-status][data-state="live"]')).to_be_visible(timeout=10_000)
+            toggle = page.locator(f'[data-card][data-session-name="{device.name}"] [data-led-toggle]')
+            expect(toggle).to_be_enabled()
+            toggle.check()
+            expected = format_led_command(device.name, device.session, True)
+            wait_for(lambda: expected in device.commands, 10, what="the LED command from the browser")
+            assert errors == []
+        finally:
+            browser.close()
