@@ -83,6 +83,7 @@ class IngestClient:
         self.connect_failures = 0
         self._on_fatal = on_fatal
         self._disconnected = threading.Event()
+        self._flushed = threading.Event()
         self._stopping = False
         self._unreachable_logged = False
 
@@ -103,14 +104,23 @@ class IngestClient:
 
     def stop(self) -> None:
         """Stop cleanly: no new commands, flush and acknowledge everything received, then disconnect."""
+        # From now on, what arrives is neither stored nor acknowledged: the broker delivers it again to the next
+        # start (QoS 1/2; QoS 0 is lost, as with any disconnection).
         self._stopping = True
         self.watchdog.stop()
         self.pipe.stop()
-        # Stop reading from the broker first: what it has not delivered stays queued in our session.
-        # Acknowledgements are then written directly by paho from the writer thread.
-        self.mqtt.loop_stop()
-        self.writer.stop()
+        self.writer.stop()  # commits and acknowledges everything received before
+        # The broker must have read those acknowledgements before we close: it keeps sending meanwhile, and
+        # its data reaching a closed socket brings a reset that makes it drop what it had not read yet (the
+        # messages would come twice). A SUBSCRIBE to what we already subscribe to changes nothing, and its
+        # SUBACK comes after the broker read everything we sent before it.
+        self._flushed.clear()
+        if self.mqtt.is_connected():
+            self.mqtt.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in SERVER_SUBSCRIPTIONS])
+            if not self._flushed.wait(5):
+                logger.warning("the broker did not confirm it read our last acknowledgements")
         self.mqtt.disconnect()
+        self.mqtt.loop_stop()
         self.engine.dispose()
         logger.info("ingest client stopped; stored %s; discarded %s", self.writer.stats.stored,
                     self.drops.snapshot() or "nothing")
@@ -153,6 +163,9 @@ class IngestClient:
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[ReasonCode],
                       _properties: Properties | None) -> None:
+        if self._stopping:
+            self._flushed.set()  # the SUBACK stop() waits for
+            return
         refused = [str(reason) for reason in reasons if reason.is_failure]
         if refused:
             logger.error("the broker refused subscriptions: %s", ", ".join(refused))
@@ -164,6 +177,8 @@ class IngestClient:
             notify("READY=1")
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self._stopping:
+            return  # not acknowledged: delivered again to the next start
         received = time.time_ns() // 1000
         topic = message.topic
         try:
