@@ -187,7 +187,7 @@ def test_as_root_the_log_file_is_handed_to_the_mosquitto_user(settings: Settings
 def test_cli_broker_runs_in_the_foreground_and_stops_on_sigint(tmp_path: Path) -> None:
     port, ws_port = free_port(), free_port()
     env = {**os.environ, "SENSORHUB_MQTT_PORT": str(port), "SENSORHUB_MQTT_WS_PORT": str(ws_port),
-           "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log")}
+           "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log"), "SENSORHUB_STATE_DIR": str(tmp_path / "var")}
     process = subprocess.Popen([sys.executable, "-m", "sensorhub", "broker"], env=env,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -208,7 +208,7 @@ def test_cli_reports_a_busy_port_in_one_line(tmp_path: Path) -> None:
         squatter.listen()
         port = squatter.getsockname()[1]
         env = {**os.environ, "SENSORHUB_MQTT_PORT": str(port), "SENSORHUB_MQTT_WS_PORT": str(free_port()),
-               "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log")}
+               "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log"), "SENSORHUB_STATE_DIR": str(tmp_path / "var")}
         result = subprocess.run([sys.executable, "-m", "sensorhub", "broker"], env=env, capture_output=True,
                                 text=True, timeout=20, check=False)
     assert result.returncode == 2
