@@ -20,7 +20,9 @@ SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devic
 
 
 def run(sizes: Sizes, only: set[str], say: Callable[[str], None]) -> list[Figure]:
-    """Run the selected scenarios; a scenario that fails is reported as such, the others still run."""
+    """Run the selected scenarios, each on a stack and a database of its own (what one leaves behind, a
+    backlog, a locked database, cannot flatter or spoil the next); a scenario that fails is reported as
+    such, the others still run."""
     figures: list[Figure] = []
 
     def attempt(key: str, measure: Callable[[], Figure]) -> None:
@@ -36,24 +38,31 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None]) -> list[Figure
         say(f"  {figure.value} ({time.monotonic() - started:.0f} s)")
         figures.append(figure)
 
-    needs_stack = only & {"sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "memory",
-                          "browser"}
-    if needs_stack:
-        with Stack() as stack:
-            load = Load(stack, sizes.devices)
-            try:
-                attempt("sustained_qos0", lambda: sustained(stack, load, sizes, 0))
-                attempt("sustained_qos1", lambda: sustained(stack, load, sizes, 1))
-                attempt("burst_qos1", lambda: burst(stack, load, sizes))
-                attempt("latency", lambda: latency(stack, load, sizes))
-                attempt("memory", lambda: memory(stack, load, sizes))
-            finally:
-                load.stop()
-            attempt("devices", lambda: many_devices(stack, sizes))
-            if "browser" in only:
-                from bench.browser import browser_latency
+    def loaded(measure: Callable[[Stack, Load, Sizes], Figure]) -> Callable[[], Figure]:
+        def fresh() -> Figure:
+            with Stack(components=("broker", "client")) as stack, Load(stack, sizes.devices) as load:
+                return measure(stack, load, sizes)
+        return fresh
 
-                attempt("browser", lambda: browser_latency(stack, sizes))
+    attempt("sustained_qos0", loaded(lambda stack, load, sizes: sustained(stack, load, sizes, 0)))
+    attempt("sustained_qos1", loaded(lambda stack, load, sizes: sustained(stack, load, sizes, 1)))
+    attempt("burst_qos1", loaded(burst))
+    attempt("latency", loaded(latency))
+    attempt("memory", loaded(memory))
+
+    def devices() -> Figure:
+        with Stack(components=("broker", "client")) as stack:
+            return many_devices(stack, sizes)
+
+    attempt("devices", devices)
+    if "browser" in only:
+        from bench.browser import browser_latency
+
+        def browser() -> Figure:
+            with Stack(components=("broker", "client", "web")) as stack:
+                return browser_latency(stack, sizes)
+
+        attempt("browser", browser)
     if "web" in only:
         from bench.web import web_latency
 

@@ -34,7 +34,7 @@ def browser_latency(stack: Stack, sizes: Sizes, devices: int = 10) -> Figure:
             page.goto(f"http://127.0.0.1:{stack.settings.web_port}/capteurs")
             page.locator("[data-card]").nth(devices - 1).wait_for(timeout=20_000)
             page.locator("[data-live-status][data-state='live']").wait_for(timeout=20_000)
-            time.sleep(1.0)  # let the page's reconciliation with the server's list finish
+            page.locator("[data-live][data-reconciled]").wait_for(timeout=20_000)  # the server's list applied
             page.evaluate(WATCH)
             for event in range(sizes.browser_events):
                 index = event % devices

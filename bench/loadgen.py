@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import time
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -65,12 +67,28 @@ def publish(shares: list[Share]) -> tuple[int, float, float]:
     context = mp.get_context("spawn")
     results: mp.Queue[tuple[int, float, float]] = context.Queue()
     processes = [context.Process(target=_publish, args=(share, results)) for share in shares]
-    for process in processes:
-        process.start()
-    outcomes = [results.get(timeout=3600) for _ in processes]
-    for process in processes:
-        process.join()
+    try:
+        for process in processes:
+            process.start()
+        outcomes = [_result(results, processes) for _ in processes]
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # interrupted, or a publisher failed: none is left publishing
+            if process.pid is not None:
+                process.join()
     return sum(o[0] for o in outcomes), max(o[1] for o in outcomes), max(o[2] for o in outcomes)
+
+
+def _result(results: mp.Queue[tuple[int, float, float]], processes: list[BaseProcess]) -> tuple[int, float, float]:
+    """The next publisher's result; RuntimeError as soon as one died without giving it."""
+    while True:
+        try:
+            return results.get(timeout=1)
+        except queue.Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a publisher process exited with status {dead[0].exitcode}") from None
 
 
 def split(port: int, devices: list[tuple[str, str]], per_device: int, rate: float, qos: int,

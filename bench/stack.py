@@ -13,7 +13,7 @@ from types import TracebackType
 import psutil
 
 from sensorhub.config import Settings
-from sensorhub.supervisor import Supervisor
+from sensorhub.supervisor import COMPONENTS, Supervisor
 
 
 def free_port() -> int:
@@ -31,16 +31,18 @@ def raise_open_files() -> None:
 
 
 class Stack:
-    """Everything `sensorhub run` starts, with its logs in a file; a read connection for counting."""
+    """What `sensorhub run` starts (or some of it), on a database of its own, with its logs in a file and a
+    read connection for counting. Whatever happens, leaving the block stops everything and removes it all."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, components: tuple[str, ...] = COMPONENTS) -> None:
+        self.components = components
         self._tmp = tempfile.TemporaryDirectory(prefix="sensorhub-bench-") if workdir is None else None
         self.dir = Path(self._tmp.name) if self._tmp else workdir or Path(".")
         self.settings = Settings().replace(
             database_url=f"sqlite:///{self.dir / 'db.sqlite3'}",
             mqtt_port=free_port(), mqtt_ws_port=free_port(), web_port=free_port(), web_host="127.0.0.1",
             fifo=str(self.dir / "led.fifo"), broker_log=str(self.dir / "mosquitto.log"),
-            broker_max_connections=-1, log_level="INFO",
+            state_dir=str(self.dir / "var"), broker_max_connections=-1, log_level="INFO",
         )
         self.log_path = self.dir / "stack.log"
         self._log: io.TextIOWrapper | None = None
@@ -48,31 +50,35 @@ class Stack:
         self.db: sqlite3.Connection | None = None
 
     def __enter__(self) -> Stack:
-        raise_open_files()
-        self._log = self.log_path.open("w")
-        self.supervisor = Supervisor(self.settings, out=self._log)
-        self.supervisor.preflight()
-        self.supervisor.start()
-        self.db = sqlite3.connect(f"file:{self.dir / 'db.sqlite3'}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            raise_open_files()
+            self._log = self.log_path.open("w")
+            self.supervisor = Supervisor(self.settings, out=self._log, components=self.components)
+            self.supervisor.preflight()
+            self.supervisor.start()
+            self.db = sqlite3.connect(f"file:{self.dir / 'db.sqlite3'}?mode=ro", uri=True, check_same_thread=False)
+        except BaseException:
+            self.__exit__(None, None, None)  # __exit__ is not called when __enter__ fails
+            raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        if self.db is not None:
-            self.db.close()
-        if self.supervisor is not None:
-            self.supervisor.stop()
-        if self._log is not None:
-            self._log.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
+        try:
+            if self.db is not None:
+                self.db.close()
+            if self.supervisor is not None:
+                self.supervisor.stop()
+        finally:
+            if self._log is not None:
+                self._log.close()
+            if self._tmp is not None:
+                self._tmp.cleanup()
 
     def client_process(self) -> psutil.Process:
         """The ingest client's process."""
         assert self.supervisor is not None
-        process = self.supervisor.components[1].process
-        assert process is not None
-        return psutil.Process(process.pid)
+        return psutil.Process(self.supervisor.component("client").pid)
 
     def counts(self, table: str = "light_reading") -> dict[str, int]:
         """Readings per device (by session name) in `table`."""

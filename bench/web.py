@@ -63,7 +63,8 @@ def web_latency(sizes: Sizes) -> Figure:
         started = time.monotonic()
         build(path, sizes.web_devices, sizes.web_readings, rng)
         built_in = time.monotonic() - started
-        settings = Settings().replace(database_url=f"sqlite:///{path}", fifo=str(Path(workdir) / "fifo"))
+        settings = Settings().replace(database_url=f"sqlite:///{path}", fifo=str(Path(workdir) / "fifo"),
+                                      state_dir=str(Path(workdir) / "var"))
         app = create_app(settings)
         client = app.test_client()
         statements: set[str] = set()

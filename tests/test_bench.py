@@ -9,14 +9,31 @@ from pathlib import Path
 
 import pytest
 
+from bench.scenarios import PROBE_WINDOW_US, match_probes
+
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"sustained_qos0", "sustained_qos1", "burst_qos1", "latency_p99_ms", "devices_2000", "web_p99_ms",
            "client_memory", "browser_p99_ms", "history_api_p99_ms", "export_rows_per_s", "rollup_cost_us",
            "retention_p99_ms"}
 
-pytestmark = pytest.mark.integration
 
 
+def test_each_latency_probe_is_matched_to_its_own_row() -> None:
+    """A lost probe is missing, never shifting the later ones (which pairing by position did)."""
+    t0 = 1_795_000_000.0
+    probes = [(t0 + 0.02 * k, k % 101) for k in range(300)]
+    lost = {5, 106}  # the same value twice, two seconds apart
+    rows = {k: (t0 + 0.02 * k + 0.004, int((t0 + 0.02 * k + 0.001) * 1e6), k % 101)
+            for k in range(300) if k not in lost}
+    rows[999] = (t0 + 50, int((t0 + 49) * 1e6), 7)  # a row no probe explains
+    delays, unmatched = match_probes(probes, rows)
+    assert len(delays) == 298 and unmatched == 1
+    assert all(abs(delay - 4.0) < 0.01 for delay in delays), "a probe was paired with another probe's row"
+    late = {0: (t0 + 5, int((t0 + PROBE_WINDOW_US / 1e6 + 0.5) * 1e6), 0)}  # outside the probe's window
+    assert match_probes(probes[:1], late) == ([], 1)
+
+
+@pytest.mark.integration
 def test_quick_bench_measures_every_figure() -> None:
     result = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True,
                             timeout=600, check=False)

@@ -8,14 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from sensorhub import broker as broker_module
-from sensorhub.broker import BASE_CONFIG, Broker, render_config
+from sensorhub.broker import BASE_CONFIG, Broker, find_mosquitto, render_config, speaks_notify
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
 from sensorhub.ports import PortError
@@ -36,6 +36,14 @@ def connect(port: int, transport: str = "tcp", client_id: str = "", login: Setti
     return client
 
 
+def subscribe(client: mqtt.Client, topic: str, qos: int = 0) -> None:
+    """Subscribe and wait for the broker's SUBACK: from then on, messages published on `topic` reach us."""
+    acknowledged = threading.Event()
+    client.on_subscribe = lambda *_args: acknowledged.set()
+    client.subscribe(topic, qos=qos)
+    assert acknowledged.wait(5), f"no SUBACK for {topic}"
+
+
 def test_base_config_has_the_specifications_settings() -> None:
     lines = {line.strip() for line in BASE_CONFIG.read_text().splitlines() if line and not line.startswith("#")}
     for expected in ("log_dest file mqtt/mosquitto.log", "log_dest stderr", "log_timestamp true",
@@ -44,6 +52,11 @@ def test_base_config_has_the_specifications_settings() -> None:
                      "protocol websockets",
                      "allow_anonymous true", "max_connections 20"):
         assert expected in lines
+
+
+def test_debians_mosquitto_says_when_it_is_ready() -> None:
+    """Broker.start waits for its READY=1 (the log line only with builds without libsystemd)."""
+    assert speaks_notify(find_mosquitto())
 
 
 def test_render_config_overrides_ports_log_and_limit(tmp_path: Path) -> None:
@@ -76,8 +89,7 @@ def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings
     received: list[bytes] = []
     ws = connect(settings.mqtt_ws_port, transport="websockets")
     ws.on_message = lambda _c, _u, msg: received.append(msg.payload)
-    ws.subscribe("state/join", qos=2)
-    time.sleep(0.2)
+    subscribe(ws, "state/join", qos=2)
     pub = shutil.which("mosquitto_pub")
     assert pub, "mosquitto-clients is not installed"
     subprocess.run([pub, "-p", str(settings.mqtt_port), "-t", "state/join", "-q", "2", "-m",
@@ -102,8 +114,7 @@ def test_packet_size_limit_is_enforced(broker: Broker, settings: Settings) -> No
     received: list[bytes] = []
     sub = connect(settings.mqtt_port, login=settings)
     sub.on_message = lambda _c, _u, msg: received.append(msg.payload)
-    sub.subscribe("photoresistor/status")
-    time.sleep(0.2)
+    subscribe(sub, "photoresistor/status")
     oversize = connect(settings.mqtt_port)
     oversize.publish("photoresistor/status", b"x" * 300)
     wait_for(lambda: "disconnected due to oversize packet" in Path(settings.broker_log).read_text(), 5)
@@ -121,11 +132,21 @@ def test_connection_limit(settings: Settings) -> None:
     with Broker(limited):
         first, second = connect(limited.mqtt_port), connect(limited.mqtt_port)
         third = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        connacks: list[object] = []
+        closed = threading.Event()
+        third.on_connect = lambda *args: connacks.append(args)
+        third.on_disconnect = lambda *_args: closed.set()
         third.connect("127.0.0.1", limited.mqtt_port, keepalive=5)
         third.loop_start()
-        time.sleep(1)
-        assert not third.is_connected()
-        for client in (first, second, third):
+        assert closed.wait(5), "the third connection was neither accepted nor closed"
+        third.loop_stop()
+        assert connacks == [] and not third.is_connected()
+        wait_for(lambda: "denied: max_connections exceeded" in Path(limited.broker_log).read_text(), 5)
+        # The limit is the reason: once a place is free, another client gets in.
+        first.disconnect()
+        first.loop_stop()
+        fourth = wait_for(lambda: _try_connect(limited.mqtt_port), 5, what="a connection once a place is free")
+        for client in (second, fourth):
             client.loop_stop()
             client.disconnect()
 
@@ -166,7 +187,7 @@ def test_as_root_the_log_file_is_handed_to_the_mosquitto_user(settings: Settings
 def test_cli_broker_runs_in_the_foreground_and_stops_on_sigint(tmp_path: Path) -> None:
     port, ws_port = free_port(), free_port()
     env = {**os.environ, "SENSORHUB_MQTT_PORT": str(port), "SENSORHUB_MQTT_WS_PORT": str(ws_port),
-           "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log")}
+           "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log"), "SENSORHUB_STATE_DIR": str(tmp_path / "var")}
     process = subprocess.Popen([sys.executable, "-m", "sensorhub", "broker"], env=env,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -187,7 +208,7 @@ def test_cli_reports_a_busy_port_in_one_line(tmp_path: Path) -> None:
         squatter.listen()
         port = squatter.getsockname()[1]
         env = {**os.environ, "SENSORHUB_MQTT_PORT": str(port), "SENSORHUB_MQTT_WS_PORT": str(free_port()),
-               "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log")}
+               "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log"), "SENSORHUB_STATE_DIR": str(tmp_path / "var")}
         result = subprocess.run([sys.executable, "-m", "sensorhub", "broker"], env=env, capture_output=True,
                                 text=True, timeout=20, check=False)
     assert result.returncode == 2

@@ -17,10 +17,11 @@ from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_play
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
+from sensorhub.process import Child
 from sensorhub.simulator import Fleet
 from tests import screenshots
 from tests.screenshots import DESKTOP, PHONE
-from tests.stack import Component, ingest_client, web_server, web_url
+from tests.stack import ingest_client, web_server, web_url
 from tests.support import CHROMIUM, CHROMIUM_ARGS, wait_for
 
 pytestmark = pytest.mark.browser
@@ -33,8 +34,8 @@ class Stack:
     """The running components of one test."""
 
     settings: Settings
-    client: Component
-    web: Component
+    client: Child
+    web: Child
 
     def url(self, path: str) -> str:
         """Absolute URL of `path` on the web server."""
@@ -278,7 +279,11 @@ def test_joins_and_leaves_during_the_reconciliation_fetch_are_kept(
         later.append(fleets(1, interval=1.0))
         joined = name_of(later[0], 0)
         wait_for(lambda: recorded(stack, joined) and not recorded(stack, leaving), 5, what="the changes")
-        time.sleep(0.5)  # the page hears both events over MQTT meanwhile
+        # The page hears both over MQTT meanwhile: the leaving card goes, the newcomer's comes.
+        page.wait_for_function(
+            "([gone, come]) => !document.querySelector(`[data-card][data-session-name='${gone}']`)"
+            " && document.querySelector(`[data-card][data-session-name='${come}']`)", arg=[leaving, joined],
+            timeout=5_000)
         route.fulfill(response=snapshot)
 
     page.route("**/sensor/online", stale_list)
@@ -288,11 +293,13 @@ def test_joins_and_leaves_during_the_reconciliation_fetch_are_kept(
         assert time.monotonic() < deadline, "the page never fetched /sensor/online"
         page.wait_for_timeout(50)
     joined = name_of(later[0], 0)
-    expect(card(page, joined)).to_be_visible()
-    expect(card(page, leaving)).to_have_count(0)
-    time.sleep(3.5)  # the second reconciliation (3 s after connecting) agrees
-    expect(card(page, joined)).to_be_visible()
-    expect(card(page, leaving)).to_have_count(0)
+    # The cards right after each reconciliation: the stale list first, the true one 3 s after connecting.
+    for generation in ("1", "2"):
+        shown = page.wait_for_function(
+            """([generation, names]) => document.querySelector('[data-live]').dataset.reconciled === generation
+                && names.map((name) => Boolean(document.querySelector(`[data-card][data-session-name='${name}']`)))""",
+            arg=[generation, [joined, leaving]], timeout=6_000).json_value()
+        assert shown == [True, False], f"after reconciliation {generation}: {joined} shown, {leaving} gone"
 
 
 def test_a_device_joining_right_after_navigation_is_shown(page: Page, stack: Stack,

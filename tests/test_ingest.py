@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -9,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ from sensorhub.config import Settings
 from sensorhub.db.engine import sqlite_path
 from sensorhub.errors import ClientNotRunning
 from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
-from sensorhub.ingest.service import IngestClient
-from sensorhub.protocol import Topic
+from sensorhub.ingest.service import WRITER_FAILED, IngestClient
+from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
+from sensorhub.protocol import Reading, Topic
 from tests.devices import RawDevice
-from tests.stack import CLIENT_READY, Component, ingest_client
+from tests.stack import ingest_client, sensorhub, start
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -119,12 +121,11 @@ def test_out_of_band_readings_and_stale_leaves_are_discarded(
     device.reading(Topic.PHOTORESISTOR_STATUS, 77)
     device.reading(Topic.PHOTORESISTOR_STATUS, 5, name="nobody")
     wait_for(lambda: count(engine, "light_reading", name), 5)
-    time.sleep(0.3)
+    expected = {"out-of-band": 3, "unknown-device": 1}
+    wait_for(lambda: ingest.drops.snapshot() == expected, 5, what=f"the writer to discard {expected}")
     assert values(engine, "light_reading", name) == [77]
     assert count(engine, "led_reading") == 0
     assert online(engine, name), "a stale leave knocked the device offline"
-    drops = ingest.drops.snapshot()
-    assert drops["out-of-band"] == 3 and drops["unknown-device"] == 1
     device.close()
 
 
@@ -174,9 +175,8 @@ def test_led_command_through_the_fifo_reaches_the_device_and_its_status_is_store
     device.leave()
     wait_for(lambda: not online(engine, name), 5)
     send_command(settings.fifo, LedRequest(found["id"], session, False))
-    time.sleep(0.5)
+    wait_for(lambda: ingest.drops.snapshot().get("pipe-offline") == 2, 5, what="both commands discarded")
     assert other.commands == [f"{name};{session};1".encode()]
-    assert ingest.drops.snapshot()["pipe-offline"] == 2
     other.close()
 
 
@@ -308,8 +308,7 @@ def test_devices_not_heard_after_a_broker_restart_go_offline(settings: Settings,
 
 def test_sigkill_while_a_device_publishes_qos1_loses_nothing(settings: Settings, engine: Engine,
                                                             broker: Broker) -> None:
-    first = Component("client", ["client"], settings, CLIENT_READY)
-    first.start()
+    first = start(sensorhub("client", ["client"], settings))
     device = RawDevice(settings.mqtt_port, "02:00:00:00:00:A0")
     name, _ = device.join()
     wait_for(lambda: online(engine, name), 5)
@@ -341,32 +340,166 @@ def test_sigkill_while_a_device_publishes_qos1_loses_nothing(settings: Settings,
     assert restarted.process is not None and restarted.process.returncode == 0
 
 
-def test_sigterm_flushes_and_closes_the_pipe(settings: Settings, engine: Engine, broker: Broker) -> None:
+class Crash(BaseException):
+    """What no writer can survive (it is not an Exception): the thread ends."""
+
+
+@pytest.fixture
+def writer_dies_on(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """Light values on which the session engine raises Crash, ending the writer thread."""
+    values: set[int] = set()
+    apply = Sessions.apply
+
+    def dying(self: Sessions, batch: Sequence[Inbound]) -> Decisions:
+        if any(isinstance(item.message, Reading) and item.message.value in values for item in batch):
+            raise Crash("injected")
+        return apply(self, batch)
+
+    monkeypatch.setattr(Sessions, "apply", dying)
+    return values
+
+
+def test_a_dead_writer_makes_the_client_leave_without_acknowledging_and_nothing_is_lost(
+        settings: Settings, engine: Engine, broker: Broker, writer_dies_on: set[int],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    statuses: list[int] = []
+    client = IngestClient(settings, on_fatal=statuses.append)
+    client.writer.queue.maxsize = 5  # paho is left waiting for room when the writer dies
+    client.start(wait_ready=10)
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:C0")
+    try:
+        name, _ = device.join()
+        wait_for(lambda: online(engine, name), 5)
+        writer_dies_on.add(50)
+        for info in [device.reading(Topic.PHOTORESISTOR_STATUS, value, qos=1) for value in range(100)]:
+            info.wait_for_publish(10)  # the broker has them all
+        wait_for(lambda: statuses, 10, what="the client to give up on its writer")
+    finally:
+        client.stop()
+    assert statuses == [WRITER_FAILED] and client.writer.failed.is_set()
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL and "exiting" in r.message]
+    assert line.startswith("the database writer thread died") and "exiting with status 3" in line
+    assert len(values(engine, "light_reading", name)) < 100
+    monkeypatch.undo()
+    restarted = IngestClient(settings)
+    restarted.start(wait_ready=10)
+    try:
+        wait_for(lambda: set(values(engine, "light_reading", name)) == set(range(100)), 15,
+                 what="every reading, the unacknowledged ones delivered again by the broker")
+    finally:
+        restarted.stop()
+        device.close()
+
+
+DYING_CLIENT = """
+from sensorhub.ingest.sessions import Sessions
+
+class Crash(BaseException):
+    pass
+
+apply = Sessions.apply
+
+def dying(self, batch):
+    if any(getattr(item.message, "value", None) == 50 for item in batch):
+        raise Crash("injected")
+    return apply(self, batch)
+
+Sessions.apply = dying
+from sensorhub.cli import main
+main(["client"])
+"""
+
+
+def test_a_client_whose_writer_dies_exits_with_status_3_and_one_line_then_loses_nothing(
+        settings: Settings, engine: Engine, broker: Broker) -> None:
+    dying = start(sensorhub("client", [], settings, python=("-c", DYING_CLIENT)))
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:C1")
+    try:
+        name, _ = device.join()
+        wait_for(lambda: online(engine, name), 5)
+        for info in [device.reading(Topic.PHOTORESISTOR_STATUS, value, qos=1) for value in range(100)]:
+            info.wait_for_publish(10)
+        assert dying.process is not None and dying.process.wait(20) == WRITER_FAILED
+        dying.stop()
+        [line] = [line for line in dying.lines if " CRITICAL " in line]
+        assert line == [line for line in dying.lines if line.strip()][-1], "the reason is not the last line"
+        assert "the database writer thread died" in line and "exiting with status 3" in line
+        with ingest_client(settings):
+            wait_for(lambda: set(values(engine, "light_reading", name)) == set(range(100)), 15,
+                     what="every reading after the restart")
+    finally:
+        device.close()
+
+
+def test_sigterm_stops_cleanly_and_closes_the_pipe(settings: Settings, engine: Engine, broker: Broker) -> None:
     with ingest_client(settings) as client:
         device = RawDevice(settings.mqtt_port, "02:00:00:00:00:B0")
         name, _ = device.join()
         wait_for(lambda: online(engine, name), 5)
-        for number in range(500):
-            device.reading(Topic.PHOTORESISTOR_STATUS, number % 101)
-        time.sleep(0.5)
         assert client.stop(15) == 0  # SIGTERM
-    assert count(engine, "light_reading", name) == 500
+    assert "ingest client stopped" in client.output()
     with pytest.raises(ClientNotRunning):
         send_command(settings.fifo, LedRequest(1, "1", True))
-    assert "ingest client stopped" in client.output()
     device.close()
 
 
-def test_client_started_before_the_broker_waits_for_it(settings: Settings, engine: Engine) -> None:
+def test_stop_commits_and_acknowledges_what_it_received_and_a_restart_stores_the_rest_once(
+        settings: Settings, engine: Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped with readings received but not yet committed (the database is locked until the writer is
+    told to stop): they are committed and acknowledged before the client leaves the broker."""
+    client = IngestClient(settings)
+    received: list[Inbound] = []  # readings handed to the writer
+    submit = client.writer.submit
+
+    def counting(item: Inbound) -> bool:
+        if isinstance(item.message, Reading):
+            received.append(item)
+        return submit(item)
+
+    path = sqlite_path(settings.database_url)
+    assert path is not None
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer_stop = client.writer.stop
+
+    def unlock_then_stop(timeout: float = 30.0) -> None:
+        blocker.rollback()  # the database can be written again only now
+        writer_stop(timeout)
+
+    monkeypatch.setattr(client.writer, "submit", counting)
+    monkeypatch.setattr(client.writer, "stop", unlock_then_stop)
+    client.start(wait_ready=10)
+    device = RawDevice(settings.mqtt_port, "02:00:00:00:00:B1")
+    try:
+        name, _ = device.join()
+        wait_for(lambda: online(engine, name), 5)
+        blocker.execute("BEGIN IMMEDIATE")  # the client receives but cannot commit
+        for info in [device.reading(Topic.PHOTORESISTOR_STATUS, n % 101, qos=1) for n in range(500)]:
+            info.wait_for_publish(10)
+        wait_for(lambda: len(received) >= 12, 10, what="readings received and waiting for the database")
+        client.stop()
+        assert count(engine, "light_reading", name) == len(received), "what it received was not all committed"
+        with ingest_client(settings):
+            wait_for(lambda: count(engine, "light_reading", name) >= 500, 15, what="every reading")
+        assert count(engine, "light_reading", name) == 500, "committed but not acknowledged before it left"
+    finally:
+        blocker.close()
+        device.close()
+
+
+def test_client_started_before_the_broker_keeps_trying_says_so_once_and_connects(
+        settings: Settings, engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     client = IngestClient(settings)
     client.start()
     try:
-        time.sleep(1.5)
+        wait_for(lambda: client.connect_failures >= 2, 10, what="a second attempt to reach the broker")
         assert not client.ready.is_set()
         with Broker(settings):
             assert client.ready.wait(15), "the client did not connect once the broker came up"
     finally:
         client.stop()
+    said = [r.getMessage() for r in caplog.records if "cannot reach the broker" in r.getMessage()]
+    assert said == [f"cannot reach the broker at 127.0.0.1:{settings.mqtt_port}; retrying (is it running? "
+                    "`make broker`)"]
 
 
 def test_missing_database_is_one_clear_line(settings: Settings, tmp_path: Path) -> None:

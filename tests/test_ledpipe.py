@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import threading
 import time
@@ -58,10 +58,36 @@ def test_bad_lines_are_refused(line: bytes) -> None:
         parse_command(line)
 
 
-@given(st.binary(max_size=200))
-def test_any_bytes_parse_or_raise_payload_error(line: bytes) -> None:
-    with contextlib.suppress(PayloadError):
-        parse_command(line)
+# Any bytes, and valid commands with at most one field added, removed or given any JSON value.
+json_values = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**54), st.text(max_size=40), st.floats())
+valid_bodies = st.one_of(
+    st.builds(lambda d, s, on: {"cmd": "led", "device": d, "session": s, "on": on}, st.integers(1, 2**53),
+              st.sampled_from(["1743946777.603371", "1", "a;b", ""]), st.booleans()),
+    st.builds(lambda d, n: {"cmd": "rename", "device": d, "name": n}, st.integers(1, 2**53),
+              st.sampled_from(["salle B", "x" * 30, " x"])),
+)
+
+
+@st.composite
+def command_like(draw: st.DrawFn) -> bytes:
+    body: dict[str, object] = draw(valid_bodies)
+    key = draw(st.sampled_from([*body, "extra", None]))
+    if key is not None and draw(st.booleans()):
+        body.pop(key, None)
+    elif key is not None:
+        body[key] = draw(json_values)
+    return json.dumps(body).encode()
+
+
+@given(st.one_of(st.binary(max_size=200), command_like()))
+def test_any_line_is_a_command_exactly_or_refused_with_a_known_reason(line: bytes) -> None:
+    try:
+        command = parse_command(line)
+    except PayloadError as err:
+        assert err.reason in {"pipe-json", "pipe-field", "bad-name", "bad-session"}, err.reason
+        return
+    # Accepted means the line said exactly this command, nothing more or less.
+    assert json.loads(format_command(command)) == json.loads(line)
 
 
 def test_sender_reports_a_missing_pipe_at_once(tmp_path: Path) -> None:
@@ -149,8 +175,10 @@ def test_reader_reopens_after_end_of_file(tmp_path: Path) -> None:
     reader = PipeReader(tmp_path / "fifo", received.append)
     reader.start()
     try:
-        os.close(reader._keep_fd)  # lose our own writer: the next writer's close brings end-of-file
-        reader._keep_fd = -1
+        # Lose our own writer: end-of-file comes at once. Forget the descriptor before closing it: the
+        # reader thread may reopen in between and must not close it a second time.
+        keep, reader._keep_fd = reader._keep_fd, -1
+        os.close(keep)
         send_command(tmp_path / "fifo", LedRequest(1, "1", True))
         wait_for(lambda: received, 5)
         wait_for(lambda: reader._keep_fd >= 0, 5, what="the pipe reopened")

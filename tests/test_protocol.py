@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import sqlite3
 
 import pytest
 from hypothesis import assume, given
@@ -10,12 +10,20 @@ from hypothesis import strategies as st
 
 from sensorhub.errors import PayloadError
 from sensorhub.protocol import (
+    BROWSER_SUBSCRIPTIONS,
+    MAC_LENGTH,
     MAX_NAME,
+    MAX_PAYLOAD,
     MAX_SESSION,
+    MAX_SIZES,
+    NAME_RULE,
     QOS,
     SERVER_SUBSCRIPTIONS,
+    SESSION_RULE,
     Kind,
+    Leave,
     MacJoin,
+    NameAssign,
     Reading,
     SessionRef,
     Topic,
@@ -26,12 +34,14 @@ from sensorhub.protocol import (
     name_problem,
     new_session_id,
     parse_join,
+    parse_leave,
     parse_led_command,
     parse_name_assign,
     parse_reading,
     parse_server_message,
     parse_session_ref,
 )
+from sensorhub.rules import TextRule, name_taken
 
 PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
 names = st.text(PRINTABLE, min_size=1, max_size=MAX_NAME).filter(lambda n: name_problem(n) is None)
@@ -45,6 +55,7 @@ def test_specification_examples() -> None:
     assert parse_join(b"61:EC:ED:3B:25:B1") == MacJoin("61:EC:ED:3B:25:B1")
     assert parse_join(b"capteur02;1743946777.603371") == SessionRef("capteur02", "1743946777.603371")
     assert parse_session_ref(b"capteur01;1743946777.603371") == SessionRef("capteur01", "1743946777.603371")
+    assert parse_leave(b"capteur01;1743946777.603371") == Leave("capteur01", "1743946777.603371")
     assert parse_reading(Kind.LED, b"capteur02;1743946777.603371;0") == Reading(
         Kind.LED, "capteur02", "1743946777.603371", 0)
     assert parse_reading(Kind.BUTTON, b"optimus;1743946777.603371;1").value == 1
@@ -63,6 +74,42 @@ def test_qos_table_and_subscriptions_never_downgrade() -> None:
     subscribed = dict(SERVER_SUBSCRIPTIONS)
     assert set(subscribed) == {"state/join", "state/leave", "led/status", "button/status", "photoresistor/status"}
     assert all(subscribed[topic] >= QOS[Topic(topic)] for topic in subscribed)
+    assert dict(BROWSER_SUBSCRIPTIONS) == {topic: QOS[Topic(topic)] for topic in subscribed}
+
+
+LONGEST_NAME, LONGEST_SESSION, MAC = "n" * MAX_NAME, "1" * MAX_SESSION, "61:EC:ED:3B:25:B1"
+
+
+def test_the_longest_name_assignment_is_65_bytes_and_parses() -> None:
+    """A 29-character name once made a 65-byte state/nameAssign that the device side refused (limit was 64)."""
+    payload = format_name_assign(MAC, LONGEST_NAME, LONGEST_SESSION)
+    assert len(payload) == 65 == MAX_SIZES[Topic.NAME_ASSIGN] == MAX_PAYLOAD
+    assert parse_name_assign(payload) == NameAssign(MAC, LONGEST_NAME, LONGEST_SESSION)
+    with pytest.raises(PayloadError) as caught:
+        parse_name_assign(payload + b"1")
+    assert caught.value.reason == "oversize"
+
+
+def test_each_channels_size_is_its_longest_valid_payload() -> None:
+    longest = {
+        Topic.JOIN: format_session_ref(LONGEST_NAME, LONGEST_SESSION),
+        Topic.LEAVE: format_session_ref(LONGEST_NAME, LONGEST_SESSION),
+        Topic.NAME_ASSIGN: format_name_assign(MAC, LONGEST_NAME, LONGEST_SESSION),
+        Topic.LED_COMMAND: format_led_command(LONGEST_NAME, LONGEST_SESSION, True),
+        Topic.LED_STATUS: format_reading(LONGEST_NAME, LONGEST_SESSION, 1),
+        Topic.BUTTON_STATUS: format_reading(LONGEST_NAME, LONGEST_SESSION, 1),
+        Topic.PHOTORESISTOR_STATUS: format_reading(LONGEST_NAME, LONGEST_SESSION, 100),
+    }
+    assert set(longest) == set(Topic) == set(MAX_SIZES)
+    assert len(MAC) == MAC_LENGTH < MAX_SIZES[Topic.JOIN]
+    parsers = {Topic.NAME_ASSIGN: parse_name_assign, Topic.LED_COMMAND: parse_led_command}
+    for topic, payload in longest.items():
+        assert len(payload) == MAX_SIZES[topic], topic
+        parse = parsers.get(topic, lambda p, t=topic: parse_server_message(t, p))
+        parse(payload)  # the longest valid payload is accepted...
+        with pytest.raises(PayloadError) as caught:
+            parse(payload + b"0")  # ...and one byte more is not
+        assert caught.value.reason == "oversize", topic
 
 
 @pytest.mark.parametrize(
@@ -117,7 +164,7 @@ def test_readings_round_trip(name: str, session: str, value: int) -> None:
 def test_session_refs_round_trip(name: str, session: str) -> None:
     payload = format_session_ref(name, session)
     assert parse_server_message("state/join", payload) == SessionRef(name, session)
-    assert parse_server_message("state/leave", payload) == SessionRef(name, session)
+    assert parse_server_message("state/leave", payload) == Leave(name, session)
 
 
 @given(macs, names, sessions)
@@ -138,16 +185,46 @@ def test_any_bytes_parse_or_raise_payload_error(topic: str, payload: bytes) -> N
     if isinstance(parsed, Reading):
         assert name_problem(parsed.name) is None and ";" not in parsed.session
         assert 0 <= parsed.value <= (100 if parsed.kind is Kind.LIGHT else 1)
-    elif isinstance(parsed, SessionRef):
+    elif isinstance(parsed, SessionRef | Leave):
         assert name_problem(parsed.name) is None and 0 < len(parsed.session) <= MAX_SESSION
     else:
         assert len(parsed.mac) == 17 and parsed.mac == parsed.mac.upper()
 
 
-@given(topics, st.text(max_size=80))
-def test_any_text_parse_or_raise_payload_error(topic: str, text: str) -> None:
-    with contextlib.suppress(PayloadError):
-        parse_server_message(topic, text.encode("utf-8", "surrogatepass"))
+REASONS = {"oversize", "not-ascii", "field-count", "empty-field", "bad-value", "bad-name", "bad-session", "bad-mac",
+           "topic"}
+
+
+def reformat(parsed: object) -> bytes:
+    """The payload a parsed message is written as."""
+    match parsed:
+        case Reading(_, name, session, value):
+            return format_reading(name, session, value)
+        case SessionRef(name, session) | Leave(name, session):
+            return format_session_ref(name, session)
+        case MacJoin(mac):
+            return mac.encode()
+    raise AssertionError(f"unexpected {parsed!r}")
+
+
+# Any text, and text shaped like each payload (valid or nearly so), in every topic.
+payload_texts = st.one_of(
+    st.text(max_size=80), macs, macs.map(str.lower), st.builds("{};{}".format, names, sessions),
+    st.builds("{};{};{}".format, names, sessions, st.integers(-1, 101)),
+)
+
+
+@given(topics, payload_texts)
+def test_any_text_is_parsed_exactly_or_refused_with_a_known_reason(topic: str, text: str) -> None:
+    payload = text.encode("utf-8", "surrogatepass")
+    try:
+        parsed = parse_server_message(topic, payload)
+    except PayloadError as err:
+        assert err.reason in REASONS, err.reason
+        return
+    # Accepted means nothing was lost or invented: written back, it is the payload (a MAC in upper case).
+    assert reformat(parsed) == (payload.upper() if isinstance(parsed, MacJoin) else payload)
+    assert topic in {str(t) for t in Topic}
 
 
 @given(st.text(max_size=40))
@@ -155,6 +232,49 @@ def test_name_problem_matches_the_rule(name: str) -> None:
     ok = (1 <= len(name) <= MAX_NAME and all(0x20 <= ord(c) <= 0x7E for c in name) and ";" not in name
           and name == name.strip())
     assert (name_problem(name) is None) == ok
+
+
+@given(st.text(max_size=24))
+def test_session_rule_matches_the_specification(session: str) -> None:
+    ok = 1 <= len(session) <= MAX_SESSION and all(0x21 <= ord(c) <= 0x7E for c in session) and ";" not in session
+    assert (SESSION_RULE.problem(session) is None) == ok
+
+
+_sqlite = sqlite3.connect(":memory:")
+# Strings the CHECK constraints and the Python rule could disagree on: edges, spaces, the separator, non-ASCII.
+tricky = st.text(st.sampled_from([" ", ";", "a", "~", "!", "\x7f", "\t", "é", "\u2028", "Z"]), max_size=32)
+
+
+@pytest.mark.parametrize("rule", [NAME_RULE, SESSION_RULE], ids=lambda r: r.label)
+@given(text=st.one_of(tricky, st.text(max_size=32)))
+def test_the_databases_check_is_the_same_rule(rule: TextRule, text: str) -> None:
+    # SQLite's text functions stop at a NUL character, so a CHECK cannot see one (nor what follows); the
+    # parsers refuse it before anything is written. A stricter CHECK would be a schema change (a migration).
+    assume("\x00" not in text)
+    accepted = _sqlite.execute(f"SELECT {rule.sql_check(':v')}", {"v": text}).fetchone()[0]
+    assert bool(accepted) == (rule.problem(text) is None), (text, rule.problem(text))
+
+
+@pytest.mark.parametrize("rule", [NAME_RULE, SESSION_RULE], ids=lambda r: r.label)
+@given(text=st.one_of(tricky, st.text(max_size=32)))
+def test_the_hot_paths_check_is_the_same_rule(rule: TextRule, text: str) -> None:
+    assert rule.accepts(text) == (rule.problem(text) is None)
+
+
+def test_every_problem_has_an_english_and_a_french_message() -> None:
+    for rule in (NAME_RULE, SESSION_RULE):
+        assert set(rule.messages) >= {"empty", "too-long", "characters", "separator"}
+        for message in rule.messages.values():
+            assert message.en and message.fr and message.en != message.fr
+    assert NAME_RULE.problem(" salle") == NAME_RULE.problem("salle ") == "edge-spaces"
+    assert NAME_RULE.messages["too-long"].fr == f"le nom a au plus {MAX_NAME} caractères"
+
+
+def test_a_name_is_taken_as_a_name_or_as_a_session_name_of_another_device() -> None:
+    renamed = (1, "salle B", "capteur01")  # renamed, its session still uses its old name
+    assert name_taken("salle B", 2, [renamed]) and name_taken("capteur01", 2, [renamed])
+    assert not name_taken("salle B", 1, [renamed]) and not name_taken("capteur01", 1, [renamed])
+    assert not name_taken("capteur02", 2, [renamed, None])
 
 
 def test_session_id_has_the_specification_form() -> None:

@@ -38,10 +38,11 @@ from sensorhub.credentials import CLIENT_USER, DEVICE_USER, client_id, client_pa
 from sensorhub.db.engine import init_db, make_engine
 from sensorhub.db.models import Device, LightReading
 from sensorhub.ingest.service import IngestClient
+from sensorhub.process import Child
 from sensorhub.protocol import Topic, format_led_command, format_name_assign, format_reading, format_session_ref
 from sensorhub.simulator import Fleet
 from tests.devices import RawDevice
-from tests.stack import ROOT, Component, ingest_client, web_server, web_url
+from tests.stack import ROOT, ingest_client, web_server, web_url
 from tests.support import log_in_as_server, settings_for, wait_for
 
 pytestmark = pytest.mark.integration
@@ -58,8 +59,8 @@ class Stack:
 
     settings: Settings
     engine: Engine
-    client: Component
-    web: Component
+    client: Child
+    web: Child
 
     def url(self, path: str) -> str:
         """Absolute URL of `path` on the web server."""
@@ -550,18 +551,8 @@ def test_the_web_server_speaks_https_with_secure_cookies(certificate: Settings, 
 
 
 def web_server_tls(settings: Settings) -> Any:
-    """`sensorhub web` under TLS (tests/stack.py's helper probes plain HTTP)."""
-    component = Component("web", ["web", "--workers", "1"], settings, "web server ready on https://")
-
-    class _Running:
-        def __enter__(self) -> Component:
-            component.start(20)
-            return component
-
-        def __exit__(self, *exc: object) -> None:
-            component.stop()
-
-    return _Running()
+    """`sensorhub web` under TLS (ready when gunicorn says READY=1, whatever the scheme)."""
+    return web_server(settings, workers=1)
 
 
 def test_a_missing_certificate_is_one_line_naming_the_setting(settings: Settings) -> None:

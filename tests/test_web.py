@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from sensorhub.config import Settings
 from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
 from sensorhub.ports import PortError, ensure_free
-from sensorhub.protocol import Topic
+from sensorhub.protocol import MAX_NAME, Topic, browser_data
 from sensorhub.web import create_app
 from sensorhub.web.serve import gunicorn_options
 from sensorhub.web.state import web_state
@@ -215,10 +215,28 @@ def test_no_external_url_and_no_inline_script(client: FlaskClient, engine: Engin
         assert not re.search(r"(?:src|href)=\"(?:https?:)?//", html), path
         assert "http://" not in html and "https://" not in html, path
         for tag in re.findall(r"<script\b[^>]*>", html):
+            if tag == '<script type="application/json" id="sensorhub-protocol">':
+                continue  # data for the scripts, never executed
             assert "src=" in tag, f"inline script on {path}: {tag}"
     for static in STATIC.glob("*.*"):
         content = static.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")  # a name, not a fetch
         assert "http://" not in content and "https://" not in content, static.name
+
+
+def test_pages_carry_the_protocol_as_data_for_their_scripts(client: FlaskClient) -> None:
+    for path in ("/accueil", "/capteurs", "/historique"):
+        html = client.get(path).get_data(as_text=True)
+        found = re.search(r'<script type="application/json" id="sensorhub-protocol">(.*?)</script>', html, re.S)
+        assert found, path
+        data = json.loads(found[1])
+        assert data == browser_data(), path
+    assert data["subscriptions"]["state/join"] == {"qos": 2}
+    assert data["topics"]["PHOTORESISTOR_STATUS"] == "photoresistor/status"
+    assert data["name"]["maxLength"] == MAX_NAME and data["name"]["messages"]["separator"].endswith("« ; »")
+    for script in ("common.js", "capteurs.js"):  # nothing of it copied into the scripts
+        source = (STATIC / script).read_text()
+        for copied in ("state/join", "led/status", "photoresistor/status", "29", "qos: 2", "caractères"):
+            assert copied not in source, f"{copied!r} in {script}"
 
 
 def test_pages_carry_a_content_security_policy(client: FlaskClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ from sensorhub.config import Settings
 from sensorhub.credentials import BROKER_DIR, PASSWD, mosquitto_account, write_broker_passwd
 from sensorhub.errors import BrokerError
 from sensorhub.ports import ensure_free
+from sensorhub.process import NOTIFY_ENV, NotifySocket
 from sensorhub.tls import check_tls_files
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,15 @@ def find_mosquitto() -> str:
     if path is None:
         raise BrokerError(f"mosquitto is not installed: {INSTALL_HINT}")
     return path
+
+
+@functools.cache
+def speaks_notify(program: str) -> bool:
+    """Whether this mosquitto sends READY=1 to NOTIFY_SOCKET (built with libsystemd, as Debian's is)."""
+    try:
+        return b"sd_notify" in Path(program).read_bytes()
+    except OSError:
+        return False
 
 
 def render_config(settings: Settings, log_file: Path, base: str | None = None, *,
@@ -175,7 +186,7 @@ class Broker:
         return path, Path.cwd()
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start mosquitto and return once both ports accept connections."""
+        """Start mosquitto and return once it listens on both ports."""
         program = find_mosquitto()
         ensure_free(self.settings.mqtt_port, "SENSORHUB_MQTT_PORT", "MQTT")
         ensure_free(self.settings.mqtt_ws_port, "SENSORHUB_MQTT_WS_PORT", "MQTT over WebSockets")
@@ -186,24 +197,38 @@ class Broker:
         log = Path(self.settings.broker_log)
         offset = log.stat().st_size
         logger.info("starting %s -c %s", program, self.config_path)
-        self.process = subprocess.Popen(
-            [program, "-c", str(self.config_path)], cwd=cwd, stderr=self.stderr, stdin=subprocess.DEVNULL
-        )
-        # Readiness comes from the log, not from a probe connection: mosquitto 2.0 miscounts a connection
+        # Readiness is mosquitto's own READY=1, sent once its listeners are open; mosquitto builds without
+        # libsystemd say it only in their log. Never a probe connection: mosquitto 2.0 miscounts a connection
         # closed before CONNECT, which would let max_connections + 1 clients in.
-        deadline = time.monotonic() + timeout
-        while not _running_line(log, offset):
-            if self.process.poll() is not None:
-                raise BrokerError(self._failure())
-            if time.monotonic() > deadline:
-                self.stop()
-                raise BrokerError(f"mosquitto did not start within {timeout:.0f} s (see {log})")
-            time.sleep(0.02)
+        notify = NotifySocket() if speaks_notify(program) else None
+        env = {**os.environ, NOTIFY_ENV: notify.address} if notify is not None else None
+        try:
+            self.process = subprocess.Popen(
+                [program, "-c", str(self.config_path)], cwd=cwd, stderr=self.stderr, stdin=subprocess.DEVNULL,
+                env=env,
+            )
+            deadline = time.monotonic() + timeout
+            while not self._ready(notify, log, offset):
+                if self.process.poll() is not None:
+                    raise BrokerError(self._failure())
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise BrokerError(f"mosquitto did not start within {timeout:.0f} s (see {log})")
+        finally:
+            if notify is not None:
+                notify.close()
         tls = (f", TLS on port {self.settings.mqtt_tls_port}, secure WebSockets on port "
                f"{self.settings.mqtt_wss_port}" if self.settings.tls else "")
         access = "boards log in as `device`" if self.settings.device_password else "boards connect anonymously"
         logger.info("broker ready: MQTT on port %d, WebSockets on port %d%s; %s (log: %s)",
                     self.settings.mqtt_port, self.settings.mqtt_ws_port, tls, access, self.settings.broker_log)
+
+    def _ready(self, notify: NotifySocket | None, log: Path, offset: int) -> bool:
+        if notify is None:
+            time.sleep(0.02)
+            return _running_line(log, offset)
+        assert self.process is not None
+        return any(pid == self.process.pid and fields.get("READY") == "1" for pid, fields in notify.receive(0.05))
 
     def _failure(self) -> str:
         log = Path(self.settings.broker_log)

@@ -14,6 +14,7 @@ import click
 
 from sensorhub.config import SETTINGS, Settings
 from sensorhub.errors import SensorhubError
+from sensorhub.process import die_with_parent, notify
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def broker(settings: Settings) -> None:
     # SIGTERM (from `sensorhub run`, systemd, kill) stops mosquitto too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with Broker(settings) as running:
+        notify("READY=1")
         click.echo(f"broker running (config {running.config_path}); Ctrl-C stops it", err=True)
         try:
             status = running.wait()
@@ -373,6 +375,7 @@ def tls_self_signed(settings: Settings, cert: str | None, key: str | None, names
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning sensorhub errors into one line and exit status 2."""
+    die_with_parent()
     try:
         cli.main(args=argv, prog_name="sensorhub", standalone_mode=False)
     except SensorhubError as err:

@@ -1,4 +1,7 @@
-"""The MQTT protocol of the specification: channels, QoS, payload parsing and formatting. Pure, no I/O."""
+"""The MQTT protocol of the specification: channels, QoS, payload sizes, parsing and formatting. Pure, no I/O.
+
+The sizes of the payloads derive from those of their fields, whose rules are in rules.py.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,13 @@ from enum import StrEnum
 from typing import Final
 
 from sensorhub.errors import PayloadError
-
-# Sizes from the specification: a name is at most 29 characters (30 with the ESP32's trailing zero),
-# a session id at most 17 (18), a MAC address exactly 17.
-MAX_NAME: Final = 29
-MAX_SESSION: Final = 17
-# The longest valid device payload is name;session;100 = 29 + 1 + 17 + 1 + 3 = 51 bytes.
-MAX_PAYLOAD: Final = 64
+from sensorhub.rules import MAC_LENGTH as MAC_LENGTH
+from sensorhub.rules import MAX_NAME as MAX_NAME
+from sensorhub.rules import MAX_SESSION as MAX_SESSION
+from sensorhub.rules import MAX_VALUE as MAX_VALUE
+from sensorhub.rules import NAME_RULE as NAME_RULE
+from sensorhub.rules import SEPARATOR as SEPARATOR
+from sensorhub.rules import SESSION_RULE as SESSION_RULE
 
 
 class Topic(StrEnum):
@@ -48,6 +51,20 @@ QOS: Final[dict[Topic, int]] = {
     Topic.NAME_ASSIGN: 2,
 }
 
+_SESSION_REF: Final = MAX_NAME + 1 + MAX_SESSION
+#: The longest valid payload of each channel, derived from the sizes above.
+MAX_SIZES: Final[dict[Topic, int]] = {
+    Topic.JOIN: max(MAC_LENGTH, _SESSION_REF),
+    Topic.LEAVE: _SESSION_REF,
+    Topic.NAME_ASSIGN: MAC_LENGTH + 1 + _SESSION_REF,
+    Topic.LED_COMMAND: _SESSION_REF + 2,
+    Topic.LED_STATUS: _SESSION_REF + 2,
+    Topic.BUTTON_STATUS: _SESSION_REF + 2,
+    Topic.PHOTORESISTOR_STATUS: _SESSION_REF + 1 + MAX_VALUE,
+}
+#: The longest valid payload of any channel (state/nameAssign: 17 + 1 + 29 + 1 + 17 = 65 bytes).
+MAX_PAYLOAD: Final = max(MAX_SIZES.values())
+
 READING_TOPICS: Final[dict[str, Kind]] = {
     Topic.LED_STATUS: Kind.LED,
     Topic.BUTTON_STATUS: Kind.BUTTON,
@@ -59,12 +76,25 @@ KIND_TOPICS: Final[dict[Kind, Topic]] = {
     Kind.LIGHT: Topic.PHOTORESISTOR_STATUS,
 }
 
+#: The channels devices publish on (the simulator counts its messages per channel).
+DEVICE_TOPICS: Final[tuple[Topic, ...]] = (Topic.JOIN, Topic.LEAVE, Topic.LED_STATUS, Topic.BUTTON_STATUS,
+                                           Topic.PHOTORESISTOR_STATUS)
 #: What the ingest client subscribes to. QoS 2 everywhere: a subscription's QoS is a maximum, so each
 #: message arrives at the QoS its device used and is never downgraded.
-SERVER_SUBSCRIPTIONS: Final[tuple[tuple[str, int], ...]] = tuple(
-    (str(t), 2) for t in (Topic.JOIN, Topic.LEAVE, Topic.LED_STATUS, Topic.BUTTON_STATUS,
-                          Topic.PHOTORESISTOR_STATUS)
-)
+SERVER_SUBSCRIPTIONS: Final[tuple[tuple[str, int], ...]] = tuple((str(t), 2) for t in DEVICE_TOPICS)
+#: What the /capteurs page subscribes to (read only), each channel at its own QoS.
+BROWSER_SUBSCRIPTIONS: Final[tuple[tuple[str, int], ...]] = tuple((str(t), QOS[t]) for t in DEVICE_TOPICS)
+
+
+def browser_data() -> dict[str, object]:
+    """What the web pages' scripts know of the protocol, rendered into each page as JSON."""
+    return {
+        "separator": SEPARATOR,
+        "topics": {topic.name: str(topic) for topic in Topic},
+        "subscriptions": {topic: {"qos": qos} for topic, qos in BROWSER_SUBSCRIPTIONS},
+        "name": NAME_RULE.browser_data(),
+    }
+
 
 _MAC_RE: Final = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
 _DIGITS: Final = frozenset("0123456789")
@@ -79,7 +109,15 @@ class MacJoin:
 
 @dataclass(frozen=True, slots=True)
 class SessionRef:
-    """`name;session`: a `state/join` that starts a session, or a `state/leave`."""
+    """`state/join` with `name;session`: the device starts the session it was given."""
+
+    name: str
+    session: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """`state/leave` with `name;session`: the device left (or the broker published its Will)."""
 
     name: str
     session: str
@@ -113,9 +151,20 @@ class LedCommand:
     on: bool
 
 
-def _text(payload: bytes) -> str:
-    if len(payload) > MAX_PAYLOAD:
-        raise PayloadError(f"payload of {len(payload)} bytes is longer than {MAX_PAYLOAD}", "oversize")
+#: What the ingest client receives from devices.
+DeviceMessage = MacJoin | SessionRef | Leave | Reading
+
+# For the hot path, keyed by plain strings: hashing an enum member calls Python code.
+_READINGS: Final[dict[str, tuple[Kind, int]]] = {
+    str(topic): (kind, MAX_SIZES[KIND_TOPICS[kind]]) for topic, kind in READING_TOPICS.items()
+}
+_JOIN_MAX: Final = MAX_SIZES[Topic.JOIN]
+_LEAVE_MAX: Final = MAX_SIZES[Topic.LEAVE]
+
+
+def _text(payload: bytes, limit: int) -> str:
+    if len(payload) > limit:
+        raise PayloadError(f"payload of {len(payload)} bytes is longer than {limit}", "oversize")
     try:
         text = payload.decode("ascii")
     except UnicodeDecodeError:
@@ -125,8 +174,8 @@ def _text(payload: bytes) -> str:
     return text
 
 
-def _fields(payload: bytes, count: int, shape: str) -> list[str]:
-    parts = _text(payload).split(";")
+def _fields(payload: bytes, limit: int, count: int, shape: str) -> list[str]:
+    parts = _text(payload, limit).split(SEPARATOR)
     if len(parts) != count:
         raise PayloadError(f"expected {shape}, got {len(parts)} field(s)", "field-count")
     if "" in parts:
@@ -135,33 +184,27 @@ def _fields(payload: bytes, count: int, shape: str) -> list[str]:
 
 
 def name_problem(name: str) -> str | None:
-    """Why `name` cannot be a device name, or None if it can."""
-    if not name:
-        return "a name cannot be empty"
-    if len(name) > MAX_NAME:
-        return f"a name has at most {MAX_NAME} characters"
-    if not name.isascii() or not name.isprintable():
-        return "a name is made of printable ASCII characters"
-    if ";" in name:
-        return "a name cannot contain ';'"
-    if name != name.strip():
-        return "a name cannot start or end with a space"
-    return None
+    """Why `name` cannot be a device name (in English), or None if it can."""
+    code = NAME_RULE.problem(name)
+    return None if code is None else NAME_RULE.messages[code].en
+
+
+_name_ok: Final = NAME_RULE.accepts
+_session_ok: Final = SESSION_RULE.accepts
 
 
 def check_name(name: str) -> str:
     """Return `name` if it is a valid device name, else raise PayloadError."""
-    problem = name_problem(name)
-    if problem is not None:
-        raise PayloadError(problem, "bad-name")
-    return name
+    if _name_ok(name):
+        return name
+    raise PayloadError(NAME_RULE.messages[NAME_RULE.problem(name) or "characters"].en, "bad-name")
 
 
 def check_session(session: str) -> str:
     """Return `session` if it is a valid session id, else raise PayloadError."""
-    if not session or len(session) > MAX_SESSION or " " in session or ";" in session:
-        raise PayloadError(f"a session id has 1 to {MAX_SESSION} characters, no space or ';'", "bad-session")
-    return session
+    if _session_ok(session):
+        return session
+    raise PayloadError(SESSION_RULE.messages[SESSION_RULE.problem(session) or "characters"].en, "bad-session")
 
 
 def normalize_mac(mac: str) -> str:
@@ -172,15 +215,21 @@ def normalize_mac(mac: str) -> str:
 
 
 def parse_session_ref(payload: bytes) -> SessionRef:
-    """Parse `name;session` (state/join after the reconnection, state/leave)."""
-    name, session = _fields(payload, 2, "name;session")
+    """Parse `name;session` on state/join (the device starts its session)."""
+    name, session = _fields(payload, _JOIN_MAX, 2, "name;session")
     return SessionRef(check_name(name), check_session(session))
+
+
+def parse_leave(payload: bytes) -> Leave:
+    """Parse `name;session` on state/leave."""
+    name, session = _fields(payload, _LEAVE_MAX, 2, "name;session")
+    return Leave(check_name(name), check_session(session))
 
 
 def parse_join(payload: bytes) -> MacJoin | SessionRef:
     """Parse a `state/join` payload: a MAC address, or `name;session`."""
-    text = _text(payload)
-    if ";" not in text:
+    text = _text(payload, _JOIN_MAX)
+    if SEPARATOR not in text:
         return MacJoin(normalize_mac(text))
     return parse_session_ref(payload)
 
@@ -194,7 +243,7 @@ def _binary(value: str) -> int:
 
 
 def _percent(value: str) -> int:
-    if len(value) > 3 or not _DIGITS.issuperset(value):
+    if len(value) > MAX_VALUE or not _DIGITS.issuperset(value):
         raise PayloadError(f"value {value!r} is not a whole percentage", "bad-value")
     number = int(value)
     if number > 100:
@@ -202,34 +251,38 @@ def _percent(value: str) -> int:
     return number
 
 
-def parse_reading(kind: Kind, payload: bytes) -> Reading:
-    """Parse `name;session;value` published on a status channel."""
-    name, session, value = _fields(payload, 3, "name;session;value")
+def _reading(kind: Kind, payload: bytes, limit: int) -> Reading:
+    name, session, value = _fields(payload, limit, 3, "name;session;value")
     number = _percent(value) if kind is Kind.LIGHT else _binary(value)
     return Reading(kind, check_name(name), check_session(session), number)
 
 
-def parse_server_message(topic: str, payload: bytes) -> MacJoin | SessionRef | Reading:
-    """Parse anything the ingest client receives; `state/leave` gives a SessionRef too."""
-    kind = READING_TOPICS.get(topic)
-    if kind is not None:
-        return parse_reading(kind, payload)
+def parse_reading(kind: Kind, payload: bytes) -> Reading:
+    """Parse `name;session;value` published on a status channel."""
+    return _reading(kind, payload, MAX_SIZES[KIND_TOPICS[kind]])
+
+
+def parse_server_message(topic: str, payload: bytes) -> DeviceMessage:
+    """Parse anything the ingest client receives from a device."""
+    reading = _READINGS.get(topic)
+    if reading is not None:
+        return _reading(reading[0], payload, reading[1])
     if topic == Topic.JOIN:
         return parse_join(payload)
     if topic == Topic.LEAVE:
-        return parse_session_ref(payload)
+        return parse_leave(payload)
     raise PayloadError(f"unexpected topic {topic!r}", "topic")
 
 
 def parse_name_assign(payload: bytes) -> NameAssign:
     """Parse `MAC;name;session` (device side)."""
-    mac, name, session = _fields(payload, 3, "MAC;name;session")
+    mac, name, session = _fields(payload, MAX_SIZES[Topic.NAME_ASSIGN], 3, "MAC;name;session")
     return NameAssign(normalize_mac(mac), check_name(name), check_session(session))
 
 
 def parse_led_command(payload: bytes) -> LedCommand:
     """Parse `name;session;1|0` (device side)."""
-    name, session, value = _fields(payload, 3, "name;session;1|0")
+    name, session, value = _fields(payload, MAX_SIZES[Topic.LED_COMMAND], 3, "name;session;1|0")
     return LedCommand(check_name(name), check_session(session), _binary(value) == 1)
 
 

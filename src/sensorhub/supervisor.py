@@ -1,19 +1,18 @@
 """`sensorhub run`: start broker, ingest client and web server in order, each once the previous is ready.
 
-Each component runs as a child process whose log lines are printed with its name in front. If a component
+Each component runs as a child process (sensorhub.process.Child) whose log lines are printed with its name
+in front, and tells when it is ready with READY=1 (the systemd notification protocol). If a component
 dies, the supervisor says which and why (its exit status and last log line) and restarts it, at most
 MAX_RESTARTS times in RESTART_WINDOW seconds; after that it stops everything and exits with status 1.
 Ctrl-C or SIGTERM stops the components in reverse order (devices, web, client, broker), each cleanly:
-the client flushes pending readings before it exits.
+the client flushes pending readings before it exits. Once everything runs, `sensorhub run` itself
+sends READY=1 to whoever started it with NOTIFY_SOCKET (a test, systemd).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -23,7 +22,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -34,59 +32,44 @@ from sensorhub.db.engine import init_db, make_engine
 from sensorhub.errors import BrokerError, ConfigError, SensorhubError
 from sensorhub.ingest.ledpipe import ensure_fifo
 from sensorhub.ports import ensure_free
+from sensorhub.process import READY_TIMEOUT, STOP_TIMEOUT, Child, ComponentError, notify
 from sensorhub.tls import check_tls_files
 
 logger = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3
 RESTART_WINDOW = 60.0
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Children get SIGTERM if the supervisor itself is killed, so nothing is left running."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    os.setpgid(0, 0)  # Ctrl-C in the terminal reaches the supervisor only; it stops children in order
-
-
-@dataclass
-class Component:
-    """One child process: how to start it, how to know it is ready, how to stop it."""
-
-    name: str
-    argv: list[str]
-    ready: re.Pattern[str]
-    stop_signal: int = signal.SIGTERM
-    process: subprocess.Popen[str] | None = None
-    last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=5))
-    ready_event: threading.Event = field(default_factory=threading.Event)
-    restarts: deque[float] = field(default_factory=deque)
+COMPONENTS = ("broker", "client", "web", "devices")
 
 
 class Supervisor:
     """Starts, watches and stops the components."""
 
-    def __init__(self, settings: Settings, demo: int = 0, out: IO[str] | None = None) -> None:
+    def __init__(self, settings: Settings, demo: int = 0, out: IO[str] | None = None,
+                 components: tuple[str, ...] = COMPONENTS) -> None:
         self.settings = settings
         self.demo = demo
         self.out = out or sys.stdout
         self._print_lock = threading.Lock()
         self._stop = threading.Event()
         python = [sys.executable, "-m", "sensorhub"]
+        env = {**os.environ, **settings.environ()}
+        commands = {
+            "broker": [*python, "broker"],
+            "client": [*python, "client"],
+            "web": [*python, "web"],
+            "devices": [*python, "simulate", "--devices", str(demo), "--interval", "2"],
+        }
         self.components = [
-            Component("broker", [*python, "broker"], re.compile(r"broker ready")),
-            Component("client", [*python, "client"], re.compile(r"ingest client ready")),
-            Component("web", [*python, "web"], re.compile(r"web server ready")),
+            Child(name, commands[name], env=env, on_line=self._printer(name),
+                  stop_signal=signal.SIGINT if name == "devices" else signal.SIGTERM)
+            for name in components if name != "devices" or demo
         ]
-        if demo:
-            self.components.append(Component(
-                "devices", [*python, "simulate", "--devices", str(demo), "--interval", "2"],
-                re.compile(r"joined|ready"), stop_signal=signal.SIGINT,
-            ))
+        self._restarts: dict[str, deque[float]] = {child.name: deque() for child in self.components}
+
+    def component(self, name: str) -> Child:
+        """The component called `name`."""
+        return next(child for child in self.components if child.name == name)
 
     # -- output ----------------------------------------------------------------------------------
 
@@ -95,13 +78,8 @@ class Supervisor:
         with self._print_lock:
             print(f"{name:>7} | {text}", file=self.out, flush=True)
 
-    def _pump(self, component: Component, stream: IO[str]) -> None:
-        for line in stream:
-            line = line.rstrip("\n")
-            component.last_lines.append(line)
-            self.say(line, component.name)
-            if component.ready.search(line):
-                component.ready_event.set()
+    def _printer(self, name: str) -> Callable[[str], None]:
+        return lambda line: self.say(line, name)
 
     # -- checks before anything starts -----------------------------------------------------------
 
@@ -137,36 +115,9 @@ class Supervisor:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def _spawn(self, component: Component) -> None:
-        component.ready_event.clear()
-        env = {**os.environ, **self.settings.environ(), "PYTHONUNBUFFERED": "1"}
-        if self.settings.log_level_number > logging.INFO:
-            env["SENSORHUB_LOG_LEVEL"] = "INFO"  # readiness is read from the components' INFO lines
-        component.process = subprocess.Popen(
-            component.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1, preexec_fn=_die_with_parent,
-        )
-        assert component.process.stdout is not None
-        threading.Thread(target=self._pump, args=(component, component.process.stdout),
-                         name=f"log-{component.name}", daemon=True).start()
-
-    def _start(self, component: Component) -> None:
-        self._spawn(component)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not component.ready_event.wait(0.05):
-            assert component.process is not None
-            if component.process.poll() is not None:
-                raise SensorhubError(self._death(component))
-            if self._stop.is_set():
-                return
-            if time.monotonic() > deadline:
-                raise SensorhubError(f"{component.name} did not become ready within {READY_TIMEOUT:.0f} s")
-
-    def _death(self, component: Component) -> str:
-        assert component.process is not None
-        time.sleep(0.1)  # let the log pump print the last lines
-        last = next((line for line in reversed(component.last_lines) if line.strip()), "no output")
-        return f"{component.name} exited with status {component.process.returncode}: {last}"
+    def _start(self, component: Child) -> None:
+        component.start()
+        component.wait_ready(READY_TIMEOUT, cancel=self._stop)
 
     def start(self) -> None:
         """Start every component in order, each once the previous one is ready."""
@@ -179,6 +130,7 @@ class Supervisor:
         if self.settings.web_host in ("0.0.0.0", "::"):
             self.say(f"from other computers on the network: {self.url(_lan_address())}; ESP32s connect to "
                      f"{_lan_address()} port {self.settings.mqtt_port}")
+        notify("READY=1")
 
     def url(self, host: str | None = None) -> str:
         """Where to point a browser on this machine (or at `host`)."""
@@ -191,23 +143,23 @@ class Supervisor:
         """Restart components that die; return an exit status once stopped."""
         while not self._stop.wait(0.2):
             for component in self.components:
-                assert component.process is not None
-                if component.process.poll() is None:
+                if component.running:
                     continue
-                reason = self._death(component)
+                reason = component.death()
+                restarts = self._restarts[component.name]
                 now = time.monotonic()
-                while component.restarts and now - component.restarts[0] > RESTART_WINDOW:
-                    component.restarts.popleft()
-                if len(component.restarts) >= MAX_RESTARTS:
+                while restarts and now - restarts[0] > RESTART_WINDOW:
+                    restarts.popleft()
+                if len(restarts) >= MAX_RESTARTS:
                     self.say(f"{reason}; it died {MAX_RESTARTS + 1} times in {RESTART_WINDOW:.0f} s, "
                              "stopping everything")
                     self.stop()
                     return 1
-                component.restarts.append(now)
+                restarts.append(now)
                 self.say(f"{reason}; restarting it")
                 try:
                     self._start(component)
-                except SensorhubError as err:
+                except ComponentError as err:
                     self.say(f"could not restart {component.name}: {err}")
         return 0
 
@@ -216,25 +168,14 @@ class Supervisor:
         self._stop.set()
 
     def stop(self) -> None:
-        """Stop the components in reverse order, each with its own clean-stop signal."""
+        """Stop the components in reverse order, each with its own clean-stop signal, and what they left."""
         self._stop.set()
         for component in reversed(self.components):
-            process = component.process
-            if process is None or process.poll() is not None:
+            if component.process is None:
                 continue
-            self.say(f"stopping {component.name}")
-            process.send_signal(component.stop_signal)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.say(f"{component.name} did not stop within {STOP_TIMEOUT:.0f} s; killing it")
-                process.kill()
-                process.wait()
-        for component in self.components:
-            # Each component leads its own process group: whatever it started and left behind goes too.
-            if component.process is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(component.process.pid, signal.SIGKILL)
+            if component.running:
+                self.say(f"stopping {component.name}")
+            component.stop(STOP_TIMEOUT)
         self.say("stopped")
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sensorhub.protocol import Kind
+from sensorhub.rules import MAC_LENGTH, MAX_NAME, MAX_SESSION, NAME_RULE, SESSION_RULE
 
 #: How every timestamp is stored: UTC, fixed width, so text order is time order and the sqlite3 shell
 #: shows readable values. The triggers in engine.py rely on this exact shape.
@@ -101,22 +102,10 @@ class Device(Base):
 
     __tablename__ = "device"
     __table_args__ = (
-        CheckConstraint(
-            "length(name) BETWEEN 1 AND 29 AND instr(name, ';') = 0 AND name NOT GLOB '*[^ -~]*' "
-            "AND name = trim(name)",
-            name="name_format",
-        ),
-        CheckConstraint(
-            "length(session_name) BETWEEN 1 AND 29 AND instr(session_name, ';') = 0 "
-            "AND session_name NOT GLOB '*[^ -~]*' AND session_name = trim(session_name)",
-            name="session_name_format",
-        ),
+        CheckConstraint(NAME_RULE.sql_check("name"), name="name_format"),
+        CheckConstraint(NAME_RULE.sql_check("session_name"), name="session_name_format"),
         CheckConstraint(f"mac GLOB '{MAC_GLOB}'", name="mac_format"),
-        CheckConstraint(
-            "length(session_id) BETWEEN 1 AND 17 AND session_id NOT GLOB '*[^!-~]*' "
-            "AND instr(session_id, ';') = 0",
-            name="session_id_format",
-        ),
+        CheckConstraint(SESSION_RULE.sql_check("session_id"), name="session_id_format"),
         CheckConstraint("online IN (0, 1)", name="online_boolean"),
         _timestamp_check("joined_at"),
         _timestamp_check("last_seen"),
@@ -128,11 +117,11 @@ class Device(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(29), unique=True)
-    session_name: Mapped[str] = mapped_column(String(29), unique=True)
-    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
+    session_name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
+    mac: Mapped[str] = mapped_column(String(MAC_LENGTH), unique=True)
     online: Mapped[bool] = mapped_column(default=False)
-    session_id: Mapped[str] = mapped_column(String(17))
+    session_id: Mapped[str] = mapped_column(String(MAX_SESSION))
     joined_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime())
 

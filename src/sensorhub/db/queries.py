@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, Connection, Integer, ScalarSelect, func, o
 
 from sensorhub.db.models import READING_MODELS, ButtonReading, Device, LedReading, LightReading
 from sensorhub.protocol import Kind
+from sensorhub.rules import name_taken as holds_name
 
 #: How many values per kind the pages and the API show.
 HISTORY_LENGTH = 10
@@ -232,11 +233,12 @@ def stats(conn: Connection) -> Stats:
 
 
 def name_taken(conn: Connection, name: str, device_id: int) -> bool:
-    """Whether another device than `device_id` uses `name` as its name or its session name."""
-    stmt = select(Device.id).where(
-        or_(Device.name == name, Device.session_name == name), Device.id != device_id
-    ).limit(1)
-    return conn.execute(stmt).first() is not None
+    """Whether another device than `device_id` uses `name` (rules.name_taken on the devices holding it)."""
+    stmt = select(Device.id, Device.name, Device.session_name).where(
+        or_(Device.name == name, Device.session_name == name)
+    )
+    holders = [(row.id, row.name, row.session_name) for row in conn.execute(stmt)]
+    return holds_name(name, device_id, holders)
 
 
 def device_name(conn: Connection, device_id: int) -> str | None:

@@ -1,11 +1,18 @@
-"""The ingest client: paho callbacks parse and enqueue; the writer stores; the pipe brings LED commands."""
+"""The ingest client: paho callbacks parse and enqueue; the writer stores; the pipe brings LED commands.
+
+If the database writer dies or stops making progress, the client says so in one line and exits with
+status 3 (WRITER_FAILED) without acknowledging anything more: what it had not acknowledged stays in its
+session at the broker and is delivered again when the supervisor (or systemd) starts it again.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, cast
 
@@ -24,8 +31,10 @@ from sensorhub.errors import IngestError, PayloadError
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.ledpipe import Command, PipeReader
 from sensorhub.ingest.retention import Purger
-from sensorhub.ingest.writer import COMMAND, JOIN, LEAVE, READING, SWEEP, Writer
-from sensorhub.protocol import SERVER_SUBSCRIPTIONS, Reading, Topic, parse_server_message
+from sensorhub.ingest.sessions import BrokerSessionLost, Inbound
+from sensorhub.ingest.writer import Watchdog, Writer
+from sensorhub.process import notify
+from sensorhub.protocol import SERVER_SUBSCRIPTIONS, parse_server_message
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +43,17 @@ _REFUSED_LOGIN = frozenset({134, 135})
 
 #: How long the broker keeps our session (subscriptions and undelivered QoS 1/2 messages) after we disconnect.
 SESSION_EXPIRY = 24 * 3600
+#: Exit status when the database writer cannot go on.
+WRITER_FAILED = 3
+#: How long the writer may show no sign of life while messages wait before the client gives up on it.
+STALL_TIMEOUT = 60.0
 
 
 class IngestClient:
     """The long-running server-side MQTT client, usable in-process (tests) or through `run_client`."""
 
-    def __init__(self, settings: Settings, client_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, client_id: str | None = None, *,
+                 on_fatal: Callable[[int], object] | None = None, stall_timeout: float = STALL_TIMEOUT) -> None:
         self.settings = settings
         self.drops = Drops()
         self.engine = make_engine(settings.database_url)
@@ -62,11 +76,16 @@ class IngestClient:
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
                              presence_timeout=3 * settings.keepalive,
                              purger=Purger(settings.retention_days, settings.rollup_retention_days))
+        self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)
         self.pipe = PipeReader(settings.fifo_path, self._on_command, self._on_pipe_error)
         self.ready = threading.Event()
         #: Set, with the reason, when the client cannot go on (the broker refused our password).
         self.fatal: str | None = None
         self.failed = threading.Event()
+        self.connect_failures = 0
+        self._on_fatal = on_fatal
+        self._disconnected = threading.Event()
+        self._flushed = threading.Event()
         self._stopping = False
         self._unreachable_logged = False
 
@@ -76,6 +95,7 @@ class IngestClient:
         """Open the pipe, start the writer, connect (retrying until the broker answers)."""
         self.pipe.start()
         self.writer.start()
+        self.watchdog.start()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY
         self.mqtt.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=self.settings.keepalive,
@@ -86,13 +106,23 @@ class IngestClient:
 
     def stop(self) -> None:
         """Stop cleanly: no new commands, flush and acknowledge everything received, then disconnect."""
+        # From now on, what arrives is neither stored nor acknowledged: the broker delivers it again to the next
+        # start (QoS 1/2; QoS 0 is lost, as with any disconnection).
         self._stopping = True
+        self.watchdog.stop()
         self.pipe.stop()
-        # Stop reading from the broker first: what it has not delivered stays queued in our session.
-        # Acknowledgements are then written directly by paho from the writer thread.
-        self.mqtt.loop_stop()
-        self.writer.stop()
+        self.writer.stop()  # commits and acknowledges everything received before
+        # The broker must have read those acknowledgements before we close: it keeps sending meanwhile, and
+        # its data reaching a closed socket brings a reset that makes it drop what it had not read yet (the
+        # messages would come twice). A SUBSCRIBE to what we already subscribe to changes nothing, and its
+        # SUBACK comes after the broker read everything we sent before it.
+        self._flushed.clear()
+        if self.mqtt.is_connected():
+            self.mqtt.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in SERVER_SUBSCRIPTIONS])
+            if not self._flushed.wait(5):
+                logger.warning("the broker did not confirm it read our last acknowledgements")
         self.mqtt.disconnect()
+        self.mqtt.loop_stop()
         self.engine.dispose()
         logger.info("ingest client stopped; stored %s; discarded %s", self.writer.stats.stored,
                     self.drops.snapshot() or "nothing")
@@ -118,9 +148,10 @@ class IngestClient:
                     self.settings.mqtt_port, flags.session_present)
         if not flags.session_present:
             # The broker restarted or forgot us: Wills may have fired while nobody listened.
-            self.writer.submit((SWEEP, None, time.time_ns() // 1000, 0, 0))
+            self.writer.submit(Inbound(BrokerSessionLost(), time.time_ns() // 1000))
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        self.connect_failures += 1
         if not self._unreachable_logged:
             logger.warning("cannot reach the broker at %s:%d; retrying (is it running? `make broker`)",
                            self.settings.mqtt_host, self.settings.mqtt_port)
@@ -128,11 +159,15 @@ class IngestClient:
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags,
                        reason: ReasonCode, _properties: Properties | None) -> None:
+        self._disconnected.set()
         if not self._stopping:
             logger.warning("lost the broker connection (%s); reconnecting", reason)
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[ReasonCode],
                       _properties: Properties | None) -> None:
+        if self._stopping:
+            self._flushed.set()  # the SUBACK stop() waits for
+            return
         refused = [str(reason) for reason in reasons if reason.is_failure]
         if refused:
             logger.error("the broker refused subscriptions: %s", ", ".join(refused))
@@ -141,8 +176,11 @@ class IngestClient:
             self.ready.set()
             logger.info("ingest client ready: subscribed on %s:%d, reading pipe %s", self.settings.mqtt_host,
                         self.settings.mqtt_port, self.settings.fifo_path)
+            notify("READY=1")
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self._stopping:
+            return  # not acknowledged: delivered again to the next start
         received = time.time_ns() // 1000
         topic = message.topic
         try:
@@ -152,8 +190,8 @@ class IngestClient:
             if message.qos:
                 client.ack(message.mid, message.qos)
             return
-        code = READING if type(parsed) is Reading else JOIN if topic == Topic.JOIN else LEAVE
-        self.writer.submit((code, parsed, received, message.mid, message.qos))
+        # Acknowledged by the writer once committed; if it was given up on, never (the broker keeps it).
+        self.writer.submit(Inbound(parsed, received, message.mid, message.qos))
 
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason: ReasonCode,
                     _properties: Properties | None) -> None:
@@ -163,7 +201,7 @@ class IngestClient:
     # -- the pipe -----------------------------------------------------------------------------------
 
     def _on_command(self, command: Command) -> None:
-        self.writer.submit((COMMAND, command, time.time_ns() // 1000, 0, 0))
+        self.writer.submit(Inbound(command, time.time_ns() // 1000))
 
     def _on_pipe_error(self, err: PayloadError) -> None:
         self.drops.add(err.reason, f"pipe: {err}")
@@ -171,10 +209,35 @@ class IngestClient:
     def _publish(self, topic: str, payload: bytes, qos: int) -> None:
         self.mqtt.publish(topic, payload, qos)
 
+    # -- the writer cannot go on ---------------------------------------------------------------------
+
+    def _writer_failed(self, problem: str) -> None:
+        """Say why in one line, leave the broker without acknowledging anything more, then `on_fatal`."""
+        logger.critical("%s: exiting with status %d to be restarted; nothing unacknowledged is lost, the broker "
+                        "delivers it again", problem, WRITER_FAILED)
+        self._stopping = True
+        self.pipe.stop()
+        # DISCONNECT, not a dropped connection: the broker keeps our session, with every QoS 1/2 message we
+        # did not acknowledge, for the next start (clean_start=False, SESSION_EXPIRY).
+        self._disconnected.clear()
+        self.mqtt.disconnect()
+        if not self._disconnected.wait(5):
+            logger.warning("the broker did not confirm the disconnection")
+        self.mqtt.loop_stop()
+        if self._on_fatal is not None:
+            self._on_fatal(WRITER_FAILED)
+
+
+def _exit_now(status: int) -> None:
+    """Leave at once with `status`: the writer thread may hold locks that a normal exit would wait for."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(status)
+
 
 def run_client(settings: Settings) -> None:
     """Run the ingest client until SIGINT or SIGTERM, then stop cleanly."""
-    client = IngestClient(settings)
+    client = IngestClient(settings, on_fatal=_exit_now)
     done = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -187,6 +250,8 @@ def run_client(settings: Settings) -> None:
     last_report = time.monotonic()
     try:
         while not done.wait(0.5):
+            if client.writer.failed.is_set():
+                continue  # the watchdog is leaving the broker and ends the process with WRITER_FAILED
             if client.failed.is_set():
                 break
             if not client.pipe.alive:

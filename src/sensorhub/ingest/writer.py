@@ -1,10 +1,14 @@
-"""The single database writer: applies the protocol to batches of messages and commits each batch at once.
+"""The single database writer: batches what paho received, has the session engine decide, commits, acknowledges.
 
-paho's network thread only parses and enqueues; this thread owns the database connection, keeps the
-current sessions in memory (the database stays the authority: the cache is reloaded from it after any
-failed batch), commits whatever has queued up as one transaction (group commit: batches grow with the
-load, a lone message is committed at once), and only then acknowledges QoS 1/2 messages and publishes
-name assignments, so a crash never loses an acknowledged message.
+paho's network thread only parses and enqueues; this thread owns the database connection and commits
+whatever has queued up as one transaction (group commit: batches grow with the load, a lone message is
+committed at once). Only then does it acknowledge QoS 1/2 messages and publish, so a crash never loses an
+acknowledged message. The rules themselves are in sessions.py.
+
+No exception ends the thread quietly: a database that cannot be written (locked, full, gone) is retried
+with nothing acknowledged; any other failure rebuilds the engine from the database and retries the batch
+one message at a time, so only the message that fails is discarded (counted, logged, acknowledged: it
+would fail again). If the thread dies or stops making progress anyway, the Watchdog says so.
 """
 
 from __future__ import annotations
@@ -13,41 +17,41 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
-from sensorhub.ingest.ledpipe import Command, LedRequest, RenameRequest
 from sensorhub.ingest.retention import Purger
-from sensorhub.protocol import (
-    Kind,
-    MacJoin,
-    Reading,
-    SessionRef,
-    Topic,
-    format_led_command,
-    format_name_assign,
-    new_session_id,
+from sensorhub.ingest.sessions import (
+    Decisions,
+    Device,
+    Inbound,
+    NewDevice,
+    NewSession,
+    Presence,
+    Rename,
+    Sessions,
+    SweepDue,
 )
+from sensorhub.protocol import Kind
 
 logger = logging.getLogger(__name__)
-
-# What a queued item is: (code, payload, received at in µs since the epoch, MQTT message id, QoS).
-JOIN, LEAVE, READING, COMMAND, SWEEP = range(5)
-Item = tuple[int, Any, int, int, int]
-STOP: None = None
 
 #: Bound of the queue between paho and the writer: memory stays bounded under a flood (a queued reading
 #: takes about 350 bytes), and a full queue makes paho stop reading, which pushes back on the broker.
 QUEUE_MAX = 100_000
 #: Largest transaction.
 BATCH_MAX = 20_000
+#: Pause between two attempts at a database that cannot be written: the first, and the ceiling. Each
+#: attempt already waits up to the busy timeout (5 s) for a lock: the pause stays short so that writing
+#: resumes as soon as the database can be written again.
+RETRY_FIRST = 0.5
+RETRY_MAX = 2.0
 
 Publish = Callable[[str, bytes, int], object]
 Ack = Callable[[int, int], object]
@@ -59,24 +63,9 @@ _INSERT_DEVICE = (
 )
 _NEW_SESSION = "UPDATE device SET session_id = ?, session_name = ?, online = 0 WHERE id = ?"
 _SET_ONLINE = "UPDATE device SET online = ? WHERE id = ?"
-_SET_OFFLINE = "UPDATE device SET online = 0 WHERE id = ?"
 _SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ?"
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
-
-
-@dataclass(slots=True)
-class DeviceState:
-    """What the writer knows of a device (a copy of its row, in microseconds)."""
-
-    id: int
-    name: str
-    session_name: str
-    mac: str
-    session_id: str
-    online: bool
-    joined_us: int
-    last_seen_us: int
-    heard: bool = True
+_STOP = None
 
 
 @dataclass
@@ -87,19 +76,20 @@ class WriterStats:
     batches: int = 0
     largest_batch: int = 0
     failed_batches: int = 0
+    discarded: int = 0
 
 
-class _Batch:
-    """What one transaction will do once committed."""
-
-    __slots__ = ("acks", "publishes", "readings", "seen", "sessions")
-
-    def __init__(self) -> None:
-        self.readings: dict[Kind, list[tuple[int, str, int]]] = {kind: [] for kind in Kind}
-        self.sessions: list[SessionEvent] = []
-        self.seen: dict[int, DeviceState] = {}
-        self.acks: list[tuple[int, int]] = []
-        self.publishes: list[tuple[str, bytes, int]] = []
+def load_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
+    """A session engine holding the device table as it is now."""
+    conn.rollback()
+    rows = conn.exec_driver_sql(
+        "SELECT id, name, session_name, mac, session_id, online, joined_at, last_seen FROM device"
+    ).all()
+    seq = conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'device'").scalar()
+    conn.rollback()
+    devices = [Device(row[0], row[1], row[2], row[3], row[4], bool(row[5]), to_micros(parse_timestamp(row[6])),
+                      to_micros(parse_timestamp(row[7]))) for row in rows]
+    return Sessions(devices, next_id=int(seq or 0) + 1, presence_timeout_us=presence_timeout_us)
 
 
 class Writer:
@@ -115,206 +105,206 @@ class Writer:
         self.publish = publish
         self.ack = ack
         self.drops = drops
-        self.presence_timeout = presence_timeout
+        self.presence_timeout_us = int(presence_timeout * 1_000_000)
         self.batch_max = batch_max
-        self.queue: queue.Queue[Item | None] = queue.Queue(maxsize=queue_max)
+        self.queue: queue.Queue[Inbound | None] = queue.Queue(maxsize=queue_max)
         self.stats = WriterStats()
-        self.by_session_name: dict[str, DeviceState] = {}
-        self.by_name: dict[str, DeviceState] = {}
-        self.by_mac: dict[str, DeviceState] = {}
-        self.by_id: dict[int, DeviceState] = {}
-        self.next_id = 1
-        self._sweep_deadline: float | None = None
+        self.sessions = Sessions(presence_timeout_us=self.presence_timeout_us)
+        #: Set when the writer is given up on: `submit` stops waiting for room and refuses.
+        self.failed = threading.Event()
+        #: time.monotonic() of the writer's last sign of life (the Watchdog reads it).
+        self.heartbeat = time.monotonic()
         self._conn: Connection | None = None
         self._thread: threading.Thread | None = None
-        self.idle = threading.Event()
+        self._traced: set[type[BaseException]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Load the sessions from the database and start the writer thread."""
         self._conn = self.engine.connect()
-        self._load()
-        self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
+        self.sessions = load_sessions(self._conn, self.presence_timeout_us)
+        self.history.load(self._conn)
+        self._conn.rollback()
+        self.heartbeat = time.monotonic()
+        self._thread = threading.Thread(target=self._guarded_run, name="db-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, item: Item) -> None:
-        """Queue an item; blocks while the queue is full, which pushes back on the broker."""
-        self.queue.put(item)
+    @property
+    def alive(self) -> bool:
+        """Whether the writer thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, item: Inbound) -> bool:
+        """Queue an item, waiting while the queue is full (which pushes back on the broker).
+
+        False if the writer was given up on: the item is not queued and must not be acknowledged.
+        """
+        while not self.failed.is_set():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def stop(self, timeout: float = 30.0) -> None:
         """Process everything queued so far, commit, acknowledge, then stop."""
         if self._thread is None:
             return
-        self.queue.put(STOP)
-        self._thread.join(timeout)
+        if self.alive and not self.failed.is_set():
+            self.queue.put(_STOP)
+            self._thread.join(timeout)
         if self._thread.is_alive():
-            logger.error("the database writer did not finish within %.0f s", timeout)
+            logger.error("the database writer did not stop (waited %.0f s); it keeps its connection", timeout)
+            return
         self._thread = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    # -- cache -----------------------------------------------------------------------------------------
-
-    def _load(self) -> None:
-        assert self._conn is not None
-        self._conn.rollback()
-        rows = self._conn.exec_driver_sql(
-            "SELECT id, name, session_name, mac, session_id, online, joined_at, last_seen FROM device"
-        ).all()
-        seq = self._conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'device'").scalar()
-        self._conn.rollback()
-        self.history.load(self._conn)
-        self._conn.rollback()
-        self.by_session_name.clear()
-        self.by_name.clear()
-        self.by_mac.clear()
-        self.by_id.clear()
-        for row in rows:
-            self._index(DeviceState(row[0], row[1], row[2], row[3], row[4], bool(row[5]),
-                                    to_micros(parse_timestamp(row[6])), to_micros(parse_timestamp(row[7]))))
-        self.next_id = max([seq or 0, *self.by_id]) + 1
-
-    def _index(self, state: DeviceState) -> None:
-        self.by_session_name[state.session_name] = state
-        self.by_name[state.name] = state
-        self.by_mac[state.mac] = state
-        self.by_id[state.id] = state
-
-    def _name_taken(self, name: str, by: int | None = None) -> bool:
-        for owner in (self.by_name.get(name), self.by_session_name.get(name)):
-            if owner is not None and owner.id != by:
-                return True
-        return False
-
-    def _default_name(self, device_id: int) -> str:
-        name = f"capteur{device_id:02d}"
-        suffix = 2
-        while self._name_taken(name):  # a device was renamed to this one's default name
-            name = f"capteur{device_id:02d}-{suffix}"
-            suffix += 1
-        return name
-
     # -- the loop --------------------------------------------------------------------------------------
+
+    def _guarded_run(self) -> None:
+        try:
+            self._run()
+        except BaseException:
+            # The watchdog sees the thread gone and has the client restarted; the traceback says why.
+            logger.error("the database writer stopped on an unexpected error", exc_info=True)
 
     def _run(self) -> None:
         while True:
-            timeout = 0.01 if self.purger.pending else 0.5  # purging when idle: check for messages often
-            if self._sweep_deadline is not None:
-                timeout = max(0.0, min(timeout, self._sweep_deadline - time.monotonic()))
+            self.heartbeat = time.monotonic()
+            timeout = 0.01 if self.purger.pending else 0.5  # purging while idle: look for messages often
+            due = self.sessions.sweep_due
+            if due is not None:
+                timeout = max(0.0, min(timeout, (due - _now_us()) / 1e6))
             try:
                 first = self.queue.get(timeout=timeout)
             except queue.Empty:
-                self.idle.set()
                 self._maybe_sweep()
                 self._maybe_purge(busy=False)
                 continue
-            self.idle.clear()
-            batch: list[Item] = []
-            stopping = first is STOP
-            if first is not STOP:
+            batch: list[Inbound] = []
+            stopping = first is _STOP
+            if first is not _STOP:
                 batch.append(first)
                 while len(batch) < self.batch_max:
                     try:
                         item = self.queue.get_nowait()
                     except queue.Empty:
                         break
-                    if item is STOP:
+                    if item is _STOP:
                         stopping = True
                         break
                     batch.append(item)
             if batch:
-                self._commit(batch)
+                self._write(batch)
             self._maybe_sweep()
             self._maybe_purge(busy=not self.queue.empty())
             if stopping:
                 logger.info("database writer stopped after storing %s", self.stats.stored)
                 return
 
-    def _commit(self, batch: list[Item]) -> None:
-        """Apply and commit a batch; retry item by item if the database refuses part of it."""
-        delay = 0.5
+    def _maybe_sweep(self) -> None:
+        due = self.sessions.sweep_due
+        if due is not None and _now_us() >= due:
+            self._write([Inbound(SweepDue(), _now_us())])
+
+    def _write(self, batch: Sequence[Inbound]) -> None:
+        """Commit `batch`; retry while the database cannot be written; isolate a message that fails."""
+        delay = RETRY_FIRST
         while True:
+            self.heartbeat = time.monotonic()
             try:
                 done = self._transaction(batch)
-            except IntegrityError as err:
-                self.stats.failed_batches += 1
-                logger.warning("the database refused a batch of %d (%s); retrying one by one", len(batch),
-                               _reason(err))
-                self._load()
-                for item in batch:
-                    self._commit_one(item)
-                return
-            except SQLAlchemyError as err:
+            except OperationalError as err:
                 self.stats.failed_batches += 1
                 logger.error("cannot write to the database (%s); retrying in %.1f s, nothing acknowledged",
                              _reason(err), delay)
-                self._load_quietly()
+                self._reload()
                 time.sleep(delay)
-                # Each attempt already waits up to the busy timeout (5 s) for a lock: keep the pause short so
-                # that writing resumes as soon as the database can be written again.
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, RETRY_MAX)
                 continue
-            self._after_commit(done, len(batch))
+            except Exception as err:
+                failure = err
+            else:
+                self._after_commit(done, len(batch))
+                return
+            # Outside the except clause: what follows must not chain onto this failure.
+            self.stats.failed_batches += 1
+            if not self._reload():
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if len(batch) == 1:
+                self._discard(batch[0], failure)
+                return
+            logger.warning("a batch of %d failed (%s: %s); retrying one message at a time", len(batch),
+                           type(failure).__name__, _reason(failure))
+            for item in batch:
+                self._write([item])
             return
 
-    def _commit_one(self, item: Item) -> None:
-        try:
-            done = self._transaction([item])
-        except IntegrityError as err:
-            self.drops.add("db-rejected", _reason(err))
-            self._load()
-            if item[4]:
-                self.ack(item[3], item[4])  # redelivery would be refused the same way
-            return
-        self._after_commit(done, 1)
+    def _reload(self) -> bool:
+        """Rebuild the engine from the database; False if the database cannot be read now.
 
-    def _load_quietly(self) -> None:
+        Any other error propagates and ends the thread: a table this code cannot read will not get better
+        by trying again, and the watchdog then has the client restarted.
+        """
+        assert self._conn is not None
         try:
-            self._load()
-        except SQLAlchemyError as err:
+            self._conn.rollback()
+            sessions = load_sessions(self._conn, self.presence_timeout_us)
+            self.history.load(self._conn)
+            self._conn.rollback()
+        except OperationalError as err:
             logger.debug("reloading the sessions failed too: %s", _reason(err))
+            return False
+        sessions.resume_presence_check(self.sessions)
+        self.sessions = sessions
+        return True
 
-    def _after_commit(self, done: _Batch, size: int) -> None:
-        self.stats.batches += 1
-        self.stats.largest_batch = max(self.stats.largest_batch, size)
-        for kind, rows in done.readings.items():
-            self.stats.stored[kind.value] += len(rows)
-        for mid, qos in done.acks:
-            self.ack(mid, qos)
-        for topic, payload, qos in done.publishes:
-            self.publish(topic, payload, qos)
+    def _discard(self, item: Inbound, err: Exception) -> None:
+        """One message fails on its own: count it, say why, and acknowledge it (a redelivery would fail too)."""
+        self.stats.discarded += 1
+        reason = "db-rejected" if type(err).__module__.startswith("sqlalchemy") else "writer-error"
+        self.drops.add(reason, f"{item.message!r}: {type(err).__name__}: {_reason(err)}")
+        if reason == "writer-error" and type(err) not in self._traced:
+            self._traced.add(type(err))  # the traceback of a bug once; the drop counters say how often
+            logger.error("discarded %r after an unexpected error", item.message, exc_info=err)
+        if item.qos:
+            self._call(self.ack, item.mid, item.qos)
 
-    def _transaction(self, batch: Iterable[Item]) -> _Batch:
+    def _transaction(self, batch: Sequence[Inbound]) -> Decisions:
         conn = self._conn
         assert conn is not None
-        done = _Batch()
         try:
-            for code, payload, at, mid, qos in batch:
-                if code == READING:
-                    self._reading(done, payload, at)
-                elif code == JOIN:
-                    if type(payload) is MacJoin:
-                        self._mac_join(conn, done, payload, at)
-                    else:
-                        self._session_join(conn, done, payload, at)
-                elif code == LEAVE:
-                    self._leave(conn, done, payload, at)
-                elif code == COMMAND:
-                    self._command(conn, done, payload)
-                elif code == SWEEP:
-                    self._start_sweep()
-                if qos:
-                    done.acks.append((mid, qos))
+            done = self.sessions.apply(batch)
+            events: list[SessionEvent] = []
+            for change in done.changes:
+                match change:
+                    case NewDevice(device_id, name, mac, session_id, at):
+                        stamp = format_micros(at)
+                        conn.exec_driver_sql(_INSERT_DEVICE, (device_id, name, name, mac, session_id, stamp, stamp))
+                        events.append((Event.STARTED, device_id, session_id, stamp))
+                    case NewSession(device_id, session_id, session_name, at):
+                        conn.exec_driver_sql(_NEW_SESSION, (session_id, session_name, device_id))
+                        events.append((Event.STARTED, device_id, session_id, format_micros(at)))
+                    case Presence(device_id, online, at, session_id):
+                        conn.exec_driver_sql(_SET_ONLINE, (int(online), device_id))
+                        events.append((Event.ONLINE if online else Event.ENDED, device_id, session_id,
+                                       format_micros(at)))
+                    case Rename(device_id, name):
+                        conn.exec_driver_sql(_RENAME, (name, device_id))
             for kind, rows in done.readings.items():
                 if rows:
                     conn.exec_driver_sql(_INSERT_READING[kind], rows)
             if done.seen:
                 conn.exec_driver_sql(_SET_LAST_SEEN, [
-                    (format_micros(state.last_seen_us), state.id) for state in done.seen.values()
+                    (format_micros(device.last_seen_us), device.id) for device in done.seen.values()
                 ])
-            self.history.stage(conn, done.readings, done.sessions)
+            self.history.stage(conn, done.readings, events)
             conn.commit()
         except BaseException:
             conn.rollback()
@@ -323,108 +313,22 @@ class Writer:
         self.history.committed()
         return done
 
-    # -- the protocol ----------------------------------------------------------------------------------
-
-    def _current(self, name: str, session: str, what: str) -> DeviceState | None:
-        state = self.by_session_name.get(name)
-        if state is None:
-            self.drops.add("unknown-device", f"{what} from unknown device {name!r}")
-            return None
-        if state.session_id != session:
-            self.drops.add("out-of-band", f"{what} from {name!r} in session {session}, current is {state.session_id}")
-            return None
-        return state
-
-    def _seen(self, done: _Batch, state: DeviceState, at: int) -> None:
-        if at > state.last_seen_us:
-            state.last_seen_us = at
-            done.seen[state.id] = state
-
-    def _reading(self, done: _Batch, reading: Reading, at: int) -> None:
-        state = self._current(reading.name, reading.session, f"{reading.kind.value} reading")
-        if state is None:
-            return
-        # Strictly after the device joined, even if the clock stepped back (the database insists).
-        at = max(at, state.joined_us + 1)
-        done.readings[reading.kind].append((state.id, format_micros(at), reading.value))
-        state.heard = True
-        self._seen(done, state, at)
-
-    def _mac_join(self, conn: Connection, done: _Batch, join: MacJoin, at: int) -> None:
-        state = self.by_mac.get(join.mac)
-        if state is None:
-            device_id = self.next_id
-            name = self._default_name(device_id)
-            session = new_session_id(None, at / 1e6)
-            conn.exec_driver_sql(_INSERT_DEVICE, (device_id, name, name, join.mac, session, format_micros(at),
-                                                  format_micros(at)))
-            state = DeviceState(device_id, name, name, join.mac, session, False, at, at)
-            self._index(state)
-            done.sessions.append((Event.STARTED, device_id, session, format_micros(at)))
-            self.next_id += 1
-            logger.info("new device %s: %s", join.mac, name)
-        else:
-            session = new_session_id(state.session_id, at / 1e6)
-            if state.session_name != state.name:  # a rename takes effect with the new session
-                del self.by_session_name[state.session_name]
-                state.session_name = state.name
-                self.by_session_name[state.name] = state
-            conn.exec_driver_sql(_NEW_SESSION, (session, state.session_name, state.id))
-            done.sessions.append((Event.STARTED, state.id, session, format_micros(max(at, state.last_seen_us))))
-            state.session_id = session
-            state.online = False
-            self._seen(done, state, at)
-        done.publishes.append((Topic.NAME_ASSIGN, format_name_assign(join.mac, state.session_name, session), 2))
-
-    def _session_join(self, conn: Connection, done: _Batch, ref: SessionRef, at: int) -> None:
-        state = self._current(ref.name, ref.session, "join")
-        if state is None:
-            return
-        if not state.online:
-            conn.exec_driver_sql(_SET_ONLINE, (1, state.id))
-            state.online = True
-            done.sessions.append((Event.ONLINE, state.id, state.session_id, format_micros(max(at, state.last_seen_us))))
-        state.heard = True
-        self._seen(done, state, at)
-
-    def _leave(self, conn: Connection, done: _Batch, ref: SessionRef, at: int) -> None:
-        state = self._current(ref.name, ref.session, "leave")
-        if state is None:
-            return
-        if state.online:
-            conn.exec_driver_sql(_SET_ONLINE, (0, state.id))
-            state.online = False
-        self._seen(done, state, at)
-        done.sessions.append((Event.ENDED, state.id, state.session_id, format_micros(state.last_seen_us)))
-
-    def _command(self, conn: Connection, done: _Batch, command: Command) -> None:
-        state = self.by_id.get(command.device_id)
-        if state is None:
-            self.drops.add("pipe-unknown-device", f"command for unknown device {command.device_id}")
-            return
-        if isinstance(command, LedRequest):
-            if not state.online or state.session_id != command.session:
-                self.drops.add("pipe-offline", f"LED command for {state.name}, which is not online in that session")
-                return
-            done.publishes.append(
-                (Topic.LED_COMMAND, format_led_command(state.session_name, state.session_id, command.on), 1)
-            )
-        elif isinstance(command, RenameRequest):
-            if command.name == state.name:
-                return
-            if self._name_taken(command.name, by=state.id):
-                self.drops.add("pipe-name-taken", f"cannot rename {state.name} to {command.name!r}: taken")
-                return
-            conn.exec_driver_sql(_RENAME, (command.name, state.id))
-            del self.by_name[state.name]
-            logger.info("device %s renamed %s (from its next session)", state.name, command.name)
-            state.name = command.name
-            self.by_name[state.name] = state
-
-    # -- retention ---------------------------------------------------------------------------------------
+    def _after_commit(self, done: Decisions, size: int) -> None:
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, size)
+        for kind, rows in done.readings.items():
+            self.stats.stored[kind.value] += len(rows)
+        for note in done.notes:
+            logger.info("%s", note)
+        for reason, detail in done.drops:
+            self.drops.add(reason, detail)
+        for mid, qos in done.acks:
+            self._call(self.ack, mid, qos)
+        for topic, payload, qos in done.publishes:
+            self._call(self.publish, topic, payload, qos)
 
     def _maybe_purge(self, busy: bool) -> None:
-        """Delete a little of what retention allows; never let a failing purge stop the writer."""
+        """Delete a little of what retention allows; a failing purge never stops the writer."""
         if not self.purger.enabled:
             return
         assert self._conn is not None
@@ -434,42 +338,62 @@ class Writer:
             logger.warning("retention purge failed (%s); retrying later", _reason(err))
             self.purger.delay(5.0)
 
-    # -- presence after a broker restart -------------------------------------------------------------
-
-    def _start_sweep(self) -> None:
-        """The broker had no session for us: Wills may have been missed while we were away."""
-        for state in self.by_id.values():
-            if state.online:
-                state.heard = False
-        self._sweep_deadline = time.monotonic() + self.presence_timeout
-
-    def _maybe_sweep(self) -> None:
-        if self._sweep_deadline is None or time.monotonic() < self._sweep_deadline:
-            return
-        self._sweep_deadline = None
-        silent = [state for state in self.by_id.values() if state.online and not state.heard]
-        if not silent:
-            return
-        assert self._conn is not None
+    def _call(self, action: Callable[..., object], *args: object) -> None:
+        """Acknowledge or publish; what is committed stays committed whatever paho says."""
         try:
-            self._conn.exec_driver_sql(_SET_OFFLINE, [(state.id,) for state in silent])
-            # Each ends when it was last heard of.
-            self.history.stage(self._conn, {}, [(Event.ENDED, state.id, state.session_id,
-                                                 format_micros(state.last_seen_us)) for state in silent])
-            self._conn.commit()
-            self.history.committed()
-        except SQLAlchemyError as err:
-            self._conn.rollback()
-            self.history.discard()
-            logger.error("could not mark silent devices offline: %s", _reason(err))
-            self._load_quietly()
-            return
-        for state in silent:
-            state.online = False
-        logger.info("marked %d device(s) offline, not heard from since the broker lost our session: %s",
-                    len(silent), ", ".join(state.name for state in silent[:20]))
+            action(*args)
+        except Exception as err:
+            logger.error("could not %s %s: %s", getattr(action, "__name__", "call"), args[:2], err)
+
+
+class Watchdog:
+    """Calls `on_failure` once, with one line saying why, if the writer dies or stops making progress with
+    work queued for `stall_timeout` seconds (a retrying writer makes progress: it beats at each attempt)."""
+
+    def __init__(self, writer: Writer, on_failure: Callable[[str], object], *, stall_timeout: float = 60.0,
+                 interval: float = 0.5) -> None:
+        self.writer = writer
+        self.on_failure = on_failure
+        self.stall_timeout = stall_timeout
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Watch in a thread."""
+        self._thread = threading.Thread(target=self._run, name="writer-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching (before a clean stop of the writer)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+    def problem(self) -> str | None:
+        """What is wrong with the writer right now, or None."""
+        writer = self.writer
+        if not writer.alive:
+            return f"the database writer thread died ({writer.queue.qsize()} message(s) queued)"
+        stalled = time.monotonic() - writer.heartbeat
+        if stalled > self.stall_timeout and writer.queue.qsize() > 0:
+            return (f"the database writer made no progress for {stalled:.0f} s with {writer.queue.qsize()} "
+                    "message(s) queued")
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            problem = self.problem()
+            if problem is not None and not self._stop.is_set():
+                self.writer.failed.set()
+                self.on_failure(problem)
+                return
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def _reason(err: BaseException) -> str:
     orig = getattr(err, "orig", None)
-    return str(orig if orig is not None else err).splitlines()[0]
+    return (str(orig if orig is not None else err) or type(err).__name__).splitlines()[0]

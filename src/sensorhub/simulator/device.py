@@ -18,6 +18,7 @@ from sensorhub.config import Settings
 from sensorhub.credentials import DEVICE_USER
 from sensorhub.errors import PayloadError, SensorhubError
 from sensorhub.protocol import (
+    DEVICE_TOPICS,
     QOS,
     NameAssign,
     Topic,
@@ -43,11 +44,6 @@ BACKOFF_MAX: Final = 5.0
 BACKOFF_RESET: Final = 10.0
 #: How long aiomqtt waits for one answer of the broker (CONNACK, SUBACK, PUBACK, PUBCOMP).
 CALL_TIMEOUT: Final = 10.0
-#: The topics a device publishes on; `VirtualDevice.sent` counts messages per topic.
-DEVICE_TOPICS: Final = tuple(
-    str(topic) for topic in (Topic.JOIN, Topic.LEAVE, Topic.LED_STATUS, Topic.BUTTON_STATUS,
-                             Topic.PHOTORESISTOR_STATUS)
-)
 
 StopMode = Literal["leave", "crash"]
 
@@ -168,8 +164,9 @@ class VirtualDevice:
         self.stopped = False
         self.sessions = 0
         self.commands_received = 0
-        # Every key exists from the start, so another thread can copy the dict while the loop counts.
-        self.sent: dict[str, int] = dict.fromkeys(DEVICE_TOPICS, 0)
+        # Messages published per channel. Every key exists from the start, so another thread can copy the
+        # dict while the loop counts.
+        self.sent: dict[str, int] = {str(topic): 0 for topic in DEVICE_TOPICS}
         self._rng = rng if rng is not None else random.Random(self.mac)
         # The light level drifts slowly around the brightness of the device's "room".
         self._ambient = self._rng.uniform(25.0, 85.0)

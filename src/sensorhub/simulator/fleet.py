@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
 from sensorhub.config import Settings
+from sensorhub.process import notify
 from sensorhub.simulator.device import MQTT_VERSIONS, ProblemLog, VirtualDevice, default_seed, mac_address
 
 logger = logging.getLogger(__name__)
@@ -233,6 +234,8 @@ async def _run_until_signalled(fleet: Fleet) -> None:
             installed.append(signum)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread, or not Unix: stop with request_stop()
+    # Ready once the devices start (fleet.run creates their tasks before it first waits).
+    loop.call_soon(notify, "READY=1")
     try:
         await fleet.run()
     except asyncio.CancelledError:

@@ -15,7 +15,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sensorhub.db import history, queries
 from sensorhub.errors import ClientNotRunning, PipeError
 from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
-from sensorhub.protocol import MAX_NAME, Kind, name_problem
+from sensorhub.protocol import Kind
+from sensorhub.rules import NAME_RULE
 from sensorhub.web.auth import control_required, visitor
 from sensorhub.web.present import device_history_json, device_json, iso
 from sensorhub.web.state import web_state
@@ -28,15 +29,6 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 RENAME_WAIT = 2.0
 _RENAME_POLL = 0.05
 
-_NAME_PROBLEMS = {
-    "a name cannot be empty": "le nom ne peut pas être vide",
-    f"a name has at most {MAX_NAME} characters": f"le nom a au plus {MAX_NAME} caractères",
-    "a name is made of printable ASCII characters": (
-        "le nom ne peut contenir que des caractères ASCII imprimables (sans accents)"
-    ),
-    "a name cannot contain ';'": "le nom ne peut pas contenir de « ; »",
-    "a name cannot start or end with a space": "le nom ne peut ni commencer ni finir par une espace",
-}
 CLIENT_NOT_RUNNING = "le client d'ingestion ne tourne pas : commande non transmise (lancez `make client`)"
 
 Answer = tuple[Response, int]
@@ -195,9 +187,9 @@ def rename(device_id: int) -> Answer:
     name = _json_object({"name"})["name"]
     if not isinstance(name, str):
         raise ApiError("le champ 'name' est une chaîne de caractères")
-    problem = name_problem(name)
+    problem = NAME_RULE.problem(name)
     if problem is not None:
-        raise ApiError(_NAME_PROBLEMS.get(problem, problem))
+        raise ApiError(NAME_RULE.messages[problem].fr)
     database = web_state().database
     with database.connect() as conn:
         current = queries.device_name(conn, device_id)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub.db import history, queries
 from sensorhub.errors import DatabaseError
-from sensorhub.protocol import MAX_NAME, QOS, Topic
+from sensorhub.protocol import MAX_NAME, QOS, Topic, browser_data
 from sensorhub.web import vendor
 from sensorhub.web.state import web_state
 
@@ -20,6 +20,13 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)
 
 MAX_QUERY = 64
+_PROTOCOL_DATA = browser_data()
+
+
+@bp.app_context_processor
+def _protocol() -> dict[str, object]:
+    """Every page carries the protocol's channels, QoS and name rule for its scripts (see base.html)."""
+    return {"protocol_data": _PROTOCOL_DATA}
 
 
 def _page_host() -> str:

@@ -16,6 +16,7 @@ from sensorhub import accounts
 from sensorhub.config import Settings
 from sensorhub.db.engine import sqlite_path
 from sensorhub.ports import ensure_free
+from sensorhub.process import notify
 from sensorhub.tls import check_tls_files
 from sensorhub.web import create_app, vendor
 from sensorhub.web.database import ReadOnlyDatabase
@@ -102,6 +103,7 @@ def gunicorn_options(settings: Settings, workers: int, fd: int | None = None) ->
     def when_ready(_server: Any) -> None:
         logger.info("web server ready on %s (listening on %s:%d, %d workers)", url, host, settings.web_port,
                     workers)
+        notify("READY=1")
 
     options: dict[str, Any] = {
         "bind": [f"fd://{fd}" if fd is not None else f"{bind_host}:{settings.web_port}"],

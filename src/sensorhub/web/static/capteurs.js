@@ -4,15 +4,9 @@
 // reconciles. Joins and leaves seen meanwhile are remembered by "session_name;session" (a session id is never
 // reused), so a device that left during the fetch is not put back and one that joined is kept.
 // Messages carry the device's session_name (its name when the session started); cards show its current name.
-import {initFilter, initLayoutToggle, initRename, postJSON, showName, sleep} from './common.js';
+import {initFilter, initLayoutToggle, initRename, postJSON, protocol, showName, sleep} from './common.js';
 
-const TOPICS = {
-  'state/join': {qos: 2},
-  'state/leave': {qos: 2},
-  'led/status': {qos: 1},
-  'button/status': {qos: 0},
-  'photoresistor/status': {qos: 0},
-};
+const {topics: TOPIC, separator: SEPARATOR} = protocol();
 const CHART_POINTS = 10;
 const LED_CONFIRM_MS = 5000;
 const RECONCILE_AGAIN_MS = 3000;
@@ -34,7 +28,7 @@ const tick = () => ++clock;
 // Visitors who may not see session ids (accounts exist, not logged in) get cards without them: a leave for
 // such a card may be a stale Will, so the server, which knows, decides.
 const sessionUnknown = (card) => card.dataset.session === undefined;
-const eventKey = (name, session) => `${name};${session}`;
+const eventKey = (name, session) => `${name}${SEPARATOR}${session}`;
 
 function remember(type, name, session) {
   const now = Date.now();
@@ -173,6 +167,7 @@ async function reconcile() {
     if (!freshIds.has(card.dataset.id) && !newerThan(card, since)) dropCard(card);
   }
   afterChange();
+  container.dataset.reconciled = String(Number(container.dataset.reconciled || 0) + 1); // tests wait on it
 }
 
 // The ingest client records a join at the same time as we hear of it: retry until it has.
@@ -199,13 +194,13 @@ async function fetchJoined(name, session) {
 }
 
 function onJoin(text) {
-  if (!text.includes(';')) {
+  if (!text.includes(SEPARATOR)) {
     // A bare MAC address: that device starts a new session, its current one is over.
     const mac = text.toUpperCase();
     for (const card of allCards()) if (card.dataset.mac === mac) card.classList.add('is-renewing');
     return;
   }
-  const [name, session] = text.split(';');
+  const [name, session] = text.split(SEPARATOR);
   if (!name || !session) return;
   remember('join', name, session);
   const card = cardBySessionName(name);
@@ -218,7 +213,7 @@ function onJoin(text) {
 }
 
 function onLeave(text) {
-  const [name, session] = text.split(';');
+  const [name, session] = text.split(SEPARATOR);
   if (!name || !session) return;
   remember('leave', name, session);
   const card = cardBySessionName(name);
@@ -283,22 +278,22 @@ function addLight(card, value) {
 }
 
 function onReading(topic, text) {
-  const parts = text.split(';');
+  const parts = text.split(SEPARATOR);
   if (parts.length !== 3) return;
   const [name, session, raw] = parts;
   const card = cardBySessionName(name);
   if (!card || (!sessionUnknown(card) && card.dataset.session !== session)) return; // unknown, or out of band
   const value = Number(raw);
   if (!/^\d{1,3}$/.test(raw)) return;
-  if (topic === 'led/status') setLed(card, value === 1);
-  else if (topic === 'button/status') setButton(card, value === 1);
-  else if (topic === 'photoresistor/status' && value <= 100) addLight(card, value);
+  if (topic === TOPIC.LED_STATUS) setLed(card, value === 1);
+  else if (topic === TOPIC.BUTTON_STATUS) setButton(card, value === 1);
+  else if (topic === TOPIC.PHOTORESISTOR_STATUS && value <= 100) addLight(card, value);
 }
 
 function onMessage(topic, payload) {
   const text = new TextDecoder().decode(payload);
-  if (topic === 'state/join') onJoin(text);
-  else if (topic === 'state/leave') onLeave(text);
+  if (topic === TOPIC.JOIN) onJoin(text);
+  else if (topic === TOPIC.LEAVE) onLeave(text);
   else onReading(topic, text);
 }
 
@@ -365,7 +360,7 @@ function connect() {
       : `Impossible de joindre le broker MQTT (${url}) : nouvel essai toutes les 2 secondes.`);
   };
   client.on('connect', () => {
-    client.subscribe(TOPICS, (err) => {
+    client.subscribe(protocol().subscriptions, (err) => {
       if (err) {
         lost();
         return;

@@ -4,7 +4,14 @@
 const LAYOUT_KEY = 'sensorhub.layout';
 // What the layout button says: the layout a click switches to.
 const SWITCH_LABELS = {list: 'Afficher en liste', grid: 'Afficher en grille'};
-const MAX_NAME = 29;
+
+// The server's protocol module as data (channels, QoS, the name rule and its French messages), rendered into
+// every page by base.html: nothing of it is copied here. Read on first use (the module also loads without a page).
+let protocolData = null;
+export function protocol() {
+  if (protocolData === null) protocolData = JSON.parse(document.getElementById('sensorhub-protocol').textContent);
+  return protocolData;
+}
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -119,13 +126,15 @@ export function initFilter(container) {
   return apply;
 }
 
-// The same rules as the server (protocol.name_problem), to answer at once.
+// The server's name rule (protocol.NAME_RULE), checked in the same order to answer at once.
 export function nameProblem(name) {
-  if (!name) return 'le nom ne peut pas être vide';
-  if (name.length > MAX_NAME) return `le nom a au plus ${MAX_NAME} caractères`;
-  if (/[^\x20-\x7e]/.test(name)) return 'le nom ne peut contenir que des caractères ASCII imprimables (sans accents)';
-  if (name.includes(';')) return 'le nom ne peut pas contenir de « ; »';
-  if (name !== name.trim()) return 'le nom ne peut ni commencer ni finir par une espace';
+  const rule = protocol().name;
+  const say = rule.messages;
+  if (!name) return say.empty;
+  if (name.length > rule.maxLength) return say['too-long'];
+  if (new RegExp(`[^${rule.characters}]`).test(name)) return say.characters;
+  if (name.includes(protocol().separator)) return say.separator;
+  if (rule.spaces && (name.startsWith(' ') || name.endsWith(' '))) return say['edge-spaces'];
   return null;
 }
 

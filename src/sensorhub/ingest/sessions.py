@@ -1,0 +1,329 @@
+"""The session rules of the protocol as a pure engine: typed messages in, decisions out, no I/O.
+
+`Sessions.apply` takes a batch of received messages and returns what must happen because of them: rows to
+insert or update, messages to publish, acknowledgements to send once committed, and what was discarded
+and why. It keeps the current sessions in memory (a copy of the device table, which stays the authority:
+the writer rebuilds the engine from it whenever a batch fails) and reads no clock: every message carries
+its time of arrival.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sensorhub.db.models import format_micros
+from sensorhub.ingest.ledpipe import LedRequest, RenameRequest
+from sensorhub.protocol import (
+    QOS,
+    Kind,
+    Leave,
+    MacJoin,
+    Reading,
+    SessionRef,
+    Topic,
+    format_led_command,
+    format_name_assign,
+    new_session_id,
+)
+from sensorhub.rules import name_taken
+
+
+@dataclass(slots=True)
+class Device:
+    """What the engine knows of a device: a copy of its row, times in microseconds since the epoch."""
+
+    id: int
+    name: str
+    session_name: str
+    mac: str
+    session_id: str
+    online: bool
+    joined_us: int
+    last_seen_us: int
+    #: Heard from since the broker lost our session (see BrokerSessionLost).
+    heard: bool = True
+
+
+# -- what goes in ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSessionLost:
+    """The broker had no session for the client: Wills may have been published while nobody listened."""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepDue:
+    """The time given by `Sessions.sweep_due` has come: devices not heard from since then go offline."""
+
+
+Message = Reading | MacJoin | SessionRef | Leave | LedRequest | RenameRequest | BrokerSessionLost | SweepDue
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass takes 3 times longer to build, once per message
+class Inbound:
+    """A message, when it arrived (µs since the epoch) and how to acknowledge it (QoS 0: nothing to do)."""
+
+    message: Message
+    at: int
+    mid: int = 0
+    qos: int = 0
+
+
+# -- what comes out ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    """Insert a device row (offline, in its first session, named after itself in that session)."""
+
+    id: int
+    name: str
+    mac: str
+    session_id: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """A device's new session: its id, the name the device uses in it; the device is offline until it joins."""
+
+    id: int
+    session_id: str
+    session_name: str
+    #: When it started, for the session log (not part of the row).
+    at: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A device comes online or goes offline."""
+
+    id: int
+    online: bool
+    #: When, for the session log: the device's last_seen once the message is counted (not part of the row).
+    at: int = field(default=0, compare=False)
+    #: The session it happens in, for the session log.
+    session_id: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Rename:
+    """A device's name changes (the name it uses in its payloads changes at its next session)."""
+
+    id: int
+    name: str
+
+
+Change = NewDevice | NewSession | Presence | Rename
+
+
+@dataclass(slots=True)
+class Decisions:
+    """What one batch decided, to be written in one transaction and carried out once it is committed."""
+
+    #: Device rows to insert or update, in this order (each one may depend on the previous ones).
+    changes: list[Change] = field(default_factory=list)
+    #: Reading rows (device id, stored timestamp, value) per kind, inserted after the changes.
+    readings: dict[Kind, list[tuple[int, str, int]]] = field(default_factory=lambda: {kind: [] for kind in Kind})
+    #: Devices whose last_seen moved forward (write each one's `last_seen_us`).
+    seen: dict[int, Device] = field(default_factory=dict)
+    #: (topic, payload, QoS) to publish once committed.
+    publishes: list[tuple[str, bytes, int]] = field(default_factory=list)
+    #: (message id, QoS) to acknowledge once committed.
+    acks: list[tuple[int, int]] = field(default_factory=list)
+    #: (reason, detail) of each message discarded.
+    drops: list[tuple[str, str]] = field(default_factory=list)
+    #: What is worth a line in the log once committed.
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def stored(self) -> int:
+        """Readings to be stored."""
+        return sum(len(rows) for rows in self.readings.values())
+
+
+class Sessions:
+    """The devices and their current sessions; `apply` is the only way they change."""
+
+    def __init__(self, devices: Iterable[Device] = (), next_id: int = 1, presence_timeout_us: int = 15_000_000,
+                 ) -> None:
+        self.presence_timeout_us = presence_timeout_us
+        self.by_id: dict[int, Device] = {}
+        self.by_mac: dict[str, Device] = {}
+        self.by_name: dict[str, Device] = {}
+        self.by_session_name: dict[str, Device] = {}
+        for device in devices:
+            self._index(device)
+        self.next_id = max([next_id, *(device_id + 1 for device_id in self.by_id)])
+        #: When a SweepDue is wanted (µs since the epoch), or None.
+        self.sweep_due: int | None = None
+
+    def _index(self, device: Device) -> None:
+        self.by_id[device.id] = device
+        self.by_mac[device.mac] = device
+        self.by_name[device.name] = device
+        self.by_session_name[device.session_name] = device
+
+    def resume_presence_check(self, previous: Sessions) -> None:
+        """Carry on a presence check `previous` had started (after the writer rebuilt the engine)."""
+        self.sweep_due = previous.sweep_due
+        if self.sweep_due is not None:
+            for device in self.by_id.values():
+                before = previous.by_id.get(device.id)
+                device.heard = before.heard if before is not None else True
+
+    def name_taken(self, name: str, device_id: int | None = None) -> bool:
+        """Whether a device other than `device_id` has `name` as its name or its session's name."""
+        holders = (self.by_name.get(name), self.by_session_name.get(name))
+        return name_taken(name, device_id, [(d.id, d.name, d.session_name) for d in holders if d is not None])
+
+    # -- the batch ---------------------------------------------------------------------------------------
+
+    def apply(self, batch: Sequence[Inbound]) -> Decisions:
+        """Apply the protocol to `batch`, in order; the engine's state moves on as if it were committed."""
+        out = Decisions()
+        readings = out.readings
+        acks = out.acks
+        by_session_name = self.by_session_name
+        for item in batch:
+            message = item.message
+            if type(message) is Reading:  # the hot path: most messages are readings
+                device = by_session_name.get(message.name)
+                if device is None or device.session_id != message.session:
+                    self._drop_stale(out, device, message.name, message.session, f"{message.kind.value} reading")
+                else:
+                    # Strictly after the device joined, even if the clock stepped back (the database insists).
+                    at = item.at if item.at > device.joined_us else device.joined_us + 1
+                    readings[message.kind].append((device.id, format_micros(at), message.value))
+                    device.heard = True
+                    if at > device.last_seen_us:
+                        device.last_seen_us = at
+                        out.seen[device.id] = device
+            else:
+                self._other(out, message, item.at)
+            if item.qos:
+                acks.append((item.mid, item.qos))
+        return out
+
+    def _other(self, out: Decisions, message: Message, at: int) -> None:
+        match message:
+            case MacJoin(mac):
+                self._mac_join(out, mac, at)
+            case SessionRef(name, session):
+                device = self._current(out, name, session, "join")
+                if device is not None:
+                    self._seen(out, device, at)
+                    if not device.online:
+                        device.online = True
+                        out.changes.append(Presence(device.id, True, device.last_seen_us, device.session_id))
+                    device.heard = True
+            case Leave(name, session):
+                device = self._current(out, name, session, "leave")
+                if device is not None:
+                    self._seen(out, device, at)
+                    if device.online:
+                        device.online = False
+                        out.changes.append(Presence(device.id, False, device.last_seen_us, device.session_id))
+            case LedRequest(device_id, session, on):
+                self._led(out, device_id, session, on)
+            case RenameRequest(device_id, name):
+                self._rename(out, device_id, name)
+            case BrokerSessionLost():
+                for device in self.by_id.values():
+                    if device.online:
+                        device.heard = False
+                self.sweep_due = at + self.presence_timeout_us
+            case SweepDue():
+                self._sweep(out, at)
+            case Reading():  # pragma: no cover - handled by apply
+                raise AssertionError("readings take the hot path")
+
+    def _drop_stale(self, out: Decisions, device: Device | None, name: str, session: str, what: str) -> None:
+        if device is None:
+            out.drops.append(("unknown-device", f"{what} from unknown device {name!r}"))
+        else:
+            out.drops.append(("out-of-band", f"{what} from {name!r} in session {session}, "
+                                             f"current is {device.session_id}"))
+
+    def _current(self, out: Decisions, name: str, session: str, what: str) -> Device | None:
+        device = self.by_session_name.get(name)
+        if device is None or device.session_id != session:
+            self._drop_stale(out, device, name, session, what)
+            return None
+        return device
+
+    def _seen(self, out: Decisions, device: Device, at: int) -> None:
+        if at > device.last_seen_us:
+            device.last_seen_us = at
+            out.seen[device.id] = device
+
+    def _default_name(self, device_id: int) -> str:
+        name = f"capteur{device_id:02d}"
+        suffix = 2
+        while self.name_taken(name):  # a device was renamed to this one's default name
+            name = f"capteur{device_id:02d}-{suffix}"
+            suffix += 1
+        return name
+
+    def _mac_join(self, out: Decisions, mac: str, at: int) -> None:
+        device = self.by_mac.get(mac)
+        if device is None:
+            device_id = self.next_id
+            self.next_id += 1
+            name = self._default_name(device_id)
+            session = new_session_id(None, at / 1e6)
+            device = Device(device_id, name, name, mac, session, False, at, at)
+            self._index(device)
+            out.changes.append(NewDevice(device_id, name, mac, session, at))
+            out.notes.append(f"new device {mac}: {name}")
+        else:
+            session = new_session_id(device.session_id, at / 1e6)
+            if device.session_name != device.name:  # a rename takes effect with the new session
+                del self.by_session_name[device.session_name]
+                device.session_name = device.name
+                self.by_session_name[device.name] = device
+            device.session_id = session
+            device.online = False
+            self._seen(out, device, at)
+            out.changes.append(NewSession(device.id, session, device.session_name, device.last_seen_us))
+        out.publishes.append((Topic.NAME_ASSIGN, format_name_assign(mac, device.session_name, session),
+                              QOS[Topic.NAME_ASSIGN]))
+
+    def _led(self, out: Decisions, device_id: int, session: str, on: bool) -> None:
+        device = self.by_id.get(device_id)
+        if device is None:
+            out.drops.append(("pipe-unknown-device", f"command for unknown device {device_id}"))
+        elif not device.online or device.session_id != session:
+            out.drops.append(("pipe-offline", f"LED command for {device.name}, which is not online in that session"))
+        else:
+            out.publishes.append((Topic.LED_COMMAND, format_led_command(device.session_name, session, on),
+                                  QOS[Topic.LED_COMMAND]))
+
+    def _rename(self, out: Decisions, device_id: int, name: str) -> None:
+        device = self.by_id.get(device_id)
+        if device is None:
+            out.drops.append(("pipe-unknown-device", f"command for unknown device {device_id}"))
+        elif name == device.name:
+            return
+        elif self.name_taken(name, device.id):
+            out.drops.append(("pipe-name-taken", f"cannot rename {device.name} to {name!r}: taken"))
+        else:
+            del self.by_name[device.name]
+            out.notes.append(f"device {device.name} renamed {name} (from its next session)")
+            device.name = name
+            self.by_name[name] = device
+            out.changes.append(Rename(device.id, name))
+
+    def _sweep(self, out: Decisions, at: int) -> None:
+        if self.sweep_due is None or at < self.sweep_due:
+            return
+        self.sweep_due = None
+        silent = [device for device in self.by_id.values() if device.online and not device.heard]
+        for device in silent:
+            device.online = False
+            out.changes.append(Presence(device.id, False, device.last_seen_us, device.session_id))
+        if silent:
+            out.notes.append(f"marked {len(silent)} device(s) offline, not heard from since the broker lost our "
+                             f"session: {', '.join(device.name for device in silent[:20])}")

@@ -1,0 +1,390 @@
+"""The session engine on its own (no broker, no database): every rule, and properties over random histories."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sensorhub.db.models import format_micros
+from sensorhub.ingest.ledpipe import LedRequest, RenameRequest
+from sensorhub.ingest.sessions import (
+    BrokerSessionLost,
+    Decisions,
+    Device,
+    Inbound,
+    Message,
+    NewDevice,
+    NewSession,
+    Presence,
+    Rename,
+    Sessions,
+    SweepDue,
+)
+from sensorhub.protocol import (
+    Kind,
+    Leave,
+    MacJoin,
+    Reading,
+    SessionRef,
+    Topic,
+    check_name,
+    check_session,
+    format_led_command,
+    parse_name_assign,
+)
+
+T0 = 1_743_946_777_603_371
+MACS = ["61:EC:ED:3B:25:B1", "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"]
+CUSTOM_NAMES = ["salle B", "capteur02", "capteur03", "atelier", "capteur01-2"]
+
+
+def assigned(decisions: Decisions) -> list[tuple[str, str, str]]:
+    """(MAC, name, session) of each state/nameAssign decided."""
+    found = []
+    for topic, payload, qos in decisions.publishes:
+        if topic == Topic.NAME_ASSIGN:
+            assert qos == 2
+            assign = parse_name_assign(payload)
+            found.append((assign.mac, assign.name, assign.session))
+    return found
+
+
+class Harness:
+    """An engine, a clock, and the table its decisions would have written."""
+
+    def __init__(self, engine: Sessions | None = None) -> None:
+        self.engine = engine or Sessions(presence_timeout_us=15_000_000)
+        self.now = T0
+        self.table = {d.id: self.row(d) for d in self.engine.by_id.values()}
+
+    @staticmethod
+    def row(device: Device) -> dict[str, object]:
+        return {"name": device.name, "session_name": device.session_name, "mac": device.mac,
+                "session_id": device.session_id, "online": device.online,
+                "joined_at": format_micros(device.joined_us), "last_seen": format_micros(device.last_seen_us)}
+
+    def send(self, *messages: Message, qos: int = 0, step: int = 1000) -> Decisions:
+        batch = []
+        for number, message in enumerate(messages):
+            self.now += step
+            batch.append(Inbound(message, self.now, mid=number + 1 if qos else 0, qos=qos))
+        decisions = self.engine.apply(batch)
+        self.write(decisions)
+        return decisions
+
+    def write(self, decisions: Decisions) -> None:
+        """What the writer does with decisions, on a dict standing for the device table."""
+        for change in decisions.changes:
+            match change:
+                case NewDevice(device_id, name, mac, session_id, at):
+                    assert device_id not in self.table
+                    self.table[device_id] = {"name": name, "session_name": name, "mac": mac, "session_id": session_id,
+                                             "online": False, "joined_at": format_micros(at),
+                                             "last_seen": format_micros(at)}
+                case NewSession(device_id, session_id, session_name):
+                    self.table[device_id].update(session_id=session_id, session_name=session_name, online=False)
+                case Presence(device_id, online):
+                    self.table[device_id]["online"] = online
+                case Rename(device_id, name):
+                    self.table[device_id]["name"] = name
+        for device in decisions.seen.values():
+            self.table[device.id]["last_seen"] = format_micros(device.last_seen_us)
+        for rows in decisions.readings.values():
+            for device_id, at, _value in rows:
+                assert at > self.table[device_id]["joined_at"], "a reading before its device joined"
+
+    def join(self, mac: str) -> tuple[str, str]:
+        """The whole join: MAC, then name;session."""
+        [(_, name, session)] = assigned(self.send(MacJoin(mac)))
+        self.send(SessionRef(name, session))
+        return name, session
+
+
+# -- the rules, one by one ---------------------------------------------------------------------------------
+
+
+def test_a_new_mac_gets_a_name_and_a_session_and_is_online_once_it_joins_in_it() -> None:
+    h = Harness()
+    decisions = h.send(MacJoin(MACS[0]), qos=2)
+    assert assigned(decisions) == [(MACS[0], "capteur01", "1743946777.604371")]
+    assert decisions.acks == [(1, 2)]
+    assert decisions.notes == [f"new device {MACS[0]}: capteur01"]
+    assert h.table[1]["online"] is False
+    decisions = h.send(SessionRef("capteur01", "1743946777.604371"))
+    assert decisions.changes == [Presence(1, True)] and h.table[1]["online"] is True
+    decisions = h.send(Reading(Kind.LIGHT, "capteur01", "1743946777.604371", 58))
+    assert decisions.readings[Kind.LIGHT] == [(1, format_micros(h.now), 58)] and decisions.stored == 1
+    assert h.table[1]["last_seen"] == format_micros(h.now)
+
+
+def test_a_known_mac_keeps_its_name_and_gets_a_new_session_offline() -> None:
+    h = Harness()
+    name, session = h.join(MACS[0])
+    [(_, again, new_session)] = assigned(h.send(MacJoin(MACS[0])))
+    assert again == name and new_session > session
+    assert h.table[1]["online"] is False and h.table[1]["session_id"] == new_session
+    assert len(h.table) == 1
+
+
+def test_out_of_band_and_unknown_messages_are_dropped_and_still_acknowledged() -> None:
+    h = Harness()
+    name, old = h.join(MACS[0])
+    [(_, _, current)] = assigned(h.send(MacJoin(MACS[0])))
+    h.send(SessionRef(name, current))
+    decisions = h.send(Reading(Kind.LIGHT, name, old, 10), Reading(Kind.LED, name, old, 1), Leave(name, old),
+                       Reading(Kind.LIGHT, "nobody", current, 5), qos=1)
+    assert decisions.stored == 0 and decisions.changes == []
+    assert [reason for reason, _ in decisions.drops] == ["out-of-band"] * 3 + ["unknown-device"]
+    assert decisions.acks == [(1, 1), (2, 1), (3, 1), (4, 1)]
+    assert h.table[1]["online"] is True, "a stale Will knocked the device offline"
+
+
+def test_a_leave_in_the_current_session_marks_offline() -> None:
+    h = Harness()
+    name, session = h.join(MACS[0])
+    assert h.send(Leave(name, session)).changes == [Presence(1, False)]
+    assert h.send(Leave(name, session)).changes == []  # already offline: nothing to write
+
+
+def test_readings_are_never_stamped_before_the_join_even_if_the_clock_steps_back() -> None:
+    h = Harness()
+    name, session = h.join(MACS[0])
+    decisions = h.send(Reading(Kind.BUTTON, name, session, 1), step=-60_000_000)
+    [(_, at, _)] = decisions.readings[Kind.BUTTON]
+    assert at == format_micros(int(h.engine.by_id[1].joined_us) + 1)
+    assert decisions.seen == {}, "last_seen never goes back"
+
+
+def test_a_rename_takes_effect_at_the_next_session() -> None:
+    h = Harness()
+    name, session = h.join(MACS[0])
+    decisions = h.send(RenameRequest(1, "salle B"))
+    assert decisions.changes == [Rename(1, "salle B")]
+    assert h.table[1]["name"] == "salle B" and h.table[1]["session_name"] == name
+    assert h.send(Reading(Kind.LIGHT, name, session, 33)).stored == 1  # its session goes on under its old name
+    [(_, new_name, new_session)] = assigned(h.send(MacJoin(MACS[0])))
+    assert new_name == "salle B" and h.table[1]["session_name"] == "salle B"
+    assert h.send(Reading(Kind.LIGHT, name, new_session, 1)).drops[0][0] == "unknown-device"
+
+
+def test_renames_to_a_name_or_session_name_in_use_are_refused() -> None:
+    h = Harness()
+    h.join(MACS[0])
+    h.join(MACS[1])
+    h.send(RenameRequest(2, "salle B"))  # device 2 is called "salle B", its session still "capteur02"
+    for taken in ("salle B", "capteur02"):
+        decisions = h.send(RenameRequest(1, taken))
+        assert decisions.changes == [] and decisions.drops[0][0] == "pipe-name-taken", taken
+    assert h.send(RenameRequest(2, "capteur02")).changes == [Rename(2, "capteur02")]  # its own session name
+    assert h.send(RenameRequest(9, "x")).drops[0][0] == "pipe-unknown-device"
+    assert h.send(RenameRequest(1, "capteur01")).changes == []  # the same name: nothing to do
+
+
+def test_default_names_skip_names_taken_by_renames_and_ids_are_never_reused() -> None:
+    h = Harness()
+    h.join(MACS[0])
+    h.send(RenameRequest(1, "capteur02"))
+    [(_, second, _)] = assigned(h.send(MacJoin(MACS[1])))
+    assert second == "capteur02-2"
+    reloaded = Harness(Sessions(copy.deepcopy(list(h.engine.by_id.values())), next_id=5))
+    [(_, third, _)] = assigned(reloaded.send(MacJoin(MACS[2])))
+    assert third == "capteur05"  # AUTOINCREMENT's sequence was 4: an id is never handed out twice
+
+
+def test_concurrent_joins_of_one_mac_leave_only_the_last_session_current() -> None:
+    h = Harness()
+    decisions = h.send(MacJoin(MACS[0]), MacJoin(MACS[0]), qos=2)
+    (_, name, first), (_, same, second) = assigned(decisions)
+    assert same == name and second > first and len(h.table) == 1
+    assert h.send(SessionRef(name, first)).drops[0][0] == "out-of-band"
+    assert h.send(SessionRef(name, second)).changes == [Presence(1, True)]
+
+
+def test_led_commands_go_to_online_devices_in_their_current_session_only() -> None:
+    h = Harness()
+    name, session = h.join(MACS[0])
+    decisions = h.send(LedRequest(1, session, True))
+    assert decisions.publishes == [(Topic.LED_COMMAND, format_led_command(name, session, True), 1)]
+    assert h.send(LedRequest(1, "1.000000", True)).drops[0][0] == "pipe-offline"
+    assert h.send(LedRequest(2, session, True)).drops[0][0] == "pipe-unknown-device"
+    h.send(Leave(name, session))
+    assert h.send(LedRequest(1, session, False)).drops[0][0] == "pipe-offline"
+
+
+def test_after_the_broker_lost_our_session_silent_devices_go_offline() -> None:
+    h = Harness()
+    silent, _ = h.join(MACS[0])
+    talker, talker_session = h.join(MACS[1])
+    h.send(BrokerSessionLost())
+    due = h.engine.sweep_due
+    assert due == h.now + 15_000_000
+    h.send(Reading(Kind.LIGHT, talker, talker_session, 50))
+    assert h.send(SweepDue()).changes == [], "swept before it was due"
+    h.now = due
+    decisions = h.send(SweepDue())
+    assert decisions.changes == [Presence(1, False)] and h.engine.sweep_due is None
+    assert h.table[1]["online"] is False and h.table[2]["online"] is True
+    assert silent in decisions.notes[0]
+
+
+def test_a_rebuilt_engine_carries_on_a_presence_check() -> None:
+    h = Harness()
+    h.join(MACS[0])
+    talker, session = h.join(MACS[1])
+    h.send(BrokerSessionLost())
+    h.send(Reading(Kind.LIGHT, talker, session, 50))
+    rebuilt = Sessions(copy.deepcopy(list(h.engine.by_id.values())))
+    for device in rebuilt.by_id.values():
+        device.heard = True  # as loaded from the database
+    rebuilt.resume_presence_check(h.engine)
+    assert rebuilt.sweep_due == h.engine.sweep_due
+    assert [d.heard for d in rebuilt.by_id.values()] == [False, True]
+
+
+# -- properties over random histories ---------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """What the devices know: every session handed out, per MAC (the last is current)."""
+
+    sessions: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def refs(self) -> list[tuple[str, str]]:
+        return [ref for refs in self.sessions.values() for ref in refs]
+
+
+def draw_message(data: st.DataObject, world: World, engine: Sessions) -> Message:
+    """A message devices, the web page or the broker could send now, often stale, sometimes nonsense."""
+    refs = world.refs()
+    ref = data.draw(st.sampled_from(refs)) if refs and data.draw(st.integers(0, 9)) else (
+        data.draw(st.sampled_from(["capteur01", "salle B", "nobody"])), "1743946777.000001")
+    ids = st.integers(1, len(engine.by_id) + 1)
+    kind = data.draw(st.sampled_from(["mac", "join", "leave", "reading", "led", "rename", "lost", "sweep"]))
+    match kind:
+        case "mac":
+            return MacJoin(data.draw(st.sampled_from(MACS)))
+        case "join":
+            return SessionRef(*ref)
+        case "leave":
+            return Leave(*ref)
+        case "reading":
+            reading_kind = data.draw(st.sampled_from(list(Kind)))
+            return Reading(reading_kind, *ref, data.draw(st.integers(0, 100 if reading_kind is Kind.LIGHT else 1)))
+        case "led":
+            return LedRequest(data.draw(ids), ref[1], data.draw(st.booleans()))
+        case "rename":
+            name = data.draw(st.one_of(st.sampled_from(CUSTOM_NAMES), st.sampled_from([*engine.by_name, "x"])))
+            return RenameRequest(data.draw(ids), name)
+        case "lost":
+            return BrokerSessionLost()
+    return SweepDue()
+
+
+def check_invariants(h: Harness) -> None:
+    """What must hold after any history."""
+    engine = h.engine
+    assert h.table == {d.id: Harness.row(d) for d in engine.by_id.values()}, "decisions do not describe the state"
+    names = [d.name for d in engine.by_id.values()]
+    session_names = [d.session_name for d in engine.by_id.values()]
+    assert len(set(names)) == len(names) and len(set(session_names)) == len(session_names)
+    for device in engine.by_id.values():
+        check_name(device.name)
+        check_name(device.session_name)
+        check_session(device.session_id)
+        assert not engine.name_taken(device.name, device.id) and not engine.name_taken(device.session_name, device.id)
+        assert device.last_seen_us >= device.joined_us
+        assert engine.by_mac[device.mac] is device and engine.by_session_name[device.session_name] is device
+    assert len(engine.by_mac) == len(engine.by_id) == len(engine.by_name) == len(engine.by_session_name)
+
+
+def check_one(before: Sessions, message: Message, decisions: Decisions, after: Sessions, qos: int) -> None:
+    """What one message must have decided, given the state before it."""
+    assert decisions.acks == ([(1, qos)] if qos else [])
+    drops = [reason for reason, _ in decisions.drops]
+    match message:
+        case Reading(kind, name, session, _value):
+            current = before.by_session_name.get(name)
+            if current is not None and current.session_id == session:
+                assert [row[0] for row in decisions.readings[kind]] == [current.id] and not drops
+            else:
+                assert decisions.stored == 0
+                assert drops == ["unknown-device" if current is None else "out-of-band"]
+        case MacJoin(mac):
+            [(to, name, session)] = assigned(decisions)
+            device = after.by_mac[mac]
+            assert (to, name, session) == (mac, device.name, device.session_id) == (mac, device.session_name, session)
+            assert not device.online
+            previous = before.by_mac.get(mac)
+            if previous is None:
+                assert device.id == before.next_id and device.id not in before.by_id
+            else:
+                assert int(session.replace(".", "")) > int(previous.session_id.replace(".", ""))
+        case SessionRef(name, session) | Leave(name, session):
+            current = before.by_session_name.get(name)
+            if current is not None and current.session_id == session:
+                assert after.by_id[current.id].online is isinstance(message, SessionRef) and not drops
+            else:
+                assert decisions.changes == [] and len(drops) == 1
+        case LedRequest(device_id, session, on):
+            device = before.by_id.get(device_id)
+            if device is not None and device.online and device.session_id == session:
+                assert decisions.publishes == [(Topic.LED_COMMAND, format_led_command(device.session_name, session,
+                                                                                      on), 1)]
+            else:
+                assert decisions.publishes == [] and len(drops) == 1
+        case RenameRequest(device_id, name):
+            device = before.by_id.get(device_id)
+            renamed = device is not None and name != device.name and not before.name_taken(name, device_id)
+            assert decisions.changes == ([Rename(device_id, name)] if renamed else [])
+            if device is not None:
+                assert after.by_id[device_id].session_name == device.session_name
+
+
+@settings(max_examples=150)
+@given(st.data())
+def test_any_history_keeps_the_rules(data: st.DataObject) -> None:
+    """One message at a time: each decision is what the rules say, and the state stays consistent."""
+    h = Harness()
+    world = World()
+    for _ in range(data.draw(st.integers(1, 40))):
+        message = draw_message(data, world, h.engine)
+        qos = data.draw(st.sampled_from([0, 1, 2]))
+        h.now += data.draw(st.integers(-3_000_000, 5_000_000))  # the clock may step back
+        before = copy.deepcopy(h.engine)
+        decisions = h.engine.apply([Inbound(message, h.now, 1 if qos else 0, qos)])
+        h.write(decisions)
+        check_one(before, message, decisions, h.engine, qos)
+        for mac, name, session in assigned(decisions):
+            world.sessions.setdefault(mac, []).append((name, session))
+        check_invariants(h)
+
+
+@settings(max_examples=100)
+@given(st.data())
+def test_a_batch_decides_what_its_messages_decide_one_by_one(data: st.DataObject) -> None:
+    """The writer retries a failed batch one message at a time: that must not change any decision."""
+    world = World()
+    whole, single = Harness(), Harness()
+    for _ in range(data.draw(st.integers(1, 6))):
+        batch = []
+        for number in range(data.draw(st.integers(1, 8))):
+            whole.now += data.draw(st.integers(-1_000_000, 2_000_000))
+            qos = data.draw(st.sampled_from([0, 1, 2]))
+            batch.append(Inbound(draw_message(data, world, whole.engine), whole.now, number + 1 if qos else 0, qos))
+        together = whole.engine.apply(batch)
+        whole.write(together)
+        apart = [single.engine.apply([item]) for item in batch]
+        for decisions in apart:
+            single.write(decisions)
+        for field_name in ("changes", "publishes", "acks", "drops", "notes"):
+            assert getattr(together, field_name) == [x for d in apart for x in getattr(d, field_name)], field_name
+        for kind in Kind:
+            assert together.readings[kind] == [row for d in apart for row in d.readings[kind]]
+        assert whole.table == single.table
+        for mac, name, session in assigned(together):
+            world.sessions.setdefault(mac, []).append((name, session))
+        check_invariants(whole)

@@ -1,0 +1,267 @@
+"""The database writer on a real SQLite file, without a broker: each kind of failure injected, nothing lost."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
+
+from sensorhub.db.engine import sqlite_path
+from sensorhub.ingest import writer as writer_module
+from sensorhub.ingest.drops import Drops
+from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
+from sensorhub.ingest.writer import Watchdog, Writer
+from sensorhub.protocol import Kind, MacJoin, Reading, SessionRef
+from tests.support import wait_for
+
+
+class Recorder:
+    """The writer's view of paho: what it acknowledged and published, in order."""
+
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, int]] = []
+        self.publishes: list[tuple[str, bytes, int]] = []
+        self.fail_acks = False
+        #: Called at each acknowledgement, to look at the database at that moment.
+        self.on_ack: Any = None
+
+    def ack(self, mid: int, qos: int) -> None:
+        if self.fail_acks:
+            raise RuntimeError("paho is gone")
+        if self.on_ack is not None:
+            self.on_ack(mid)
+        self.acks.append((mid, qos))
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        self.publishes.append((topic, payload, qos))
+
+
+@pytest.fixture
+def paho() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def writer(engine: Engine, paho: Recorder) -> Iterator[Writer]:
+    started = Writer(engine, paho.publish, paho.ack, Drops())
+    started.start()
+    yield started
+    started.failed.clear()
+    started.stop(10)
+
+
+def now() -> int:
+    return time.time_ns() // 1000
+
+
+def joined(writer: Writer, paho: Recorder, mac: str = "02:00:00:00:00:01") -> tuple[str, str]:
+    """A device through the whole join; its name and session."""
+    writer.submit(Inbound(MacJoin(mac), now()))
+    wait_for(lambda: paho.publishes, 5, what="the name assignment")
+    name, session = paho.publishes[-1][1].decode().split(";")[1:]
+    writer.submit(Inbound(SessionRef(name, session), now()))
+    wait_for(lambda: writer.sessions.by_session_name[name].online, 5, what="online")
+    return name, session
+
+
+def light(name: str, session: str, values: Sequence[int], qos: int = 1, first_mid: int = 1) -> list[Inbound]:
+    return [Inbound(Reading(Kind.LIGHT, name, session, value), now(), first_mid + i, qos)
+            for i, value in enumerate(values)]
+
+
+def stored(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(text("SELECT value FROM light_reading ORDER BY id")).scalars())
+
+
+def submit_all(writer: Writer, items: list[Inbound]) -> None:
+    """Queue items so that the writer takes them as one batch."""
+    with writer.queue.mutex:  # hold the writer off until everything is queued
+        writer.queue.queue.extend(items)
+        writer.queue.unfinished_tasks += len(items)
+        writer.queue.not_empty.notify()
+
+
+@pytest.fixture
+def poison(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """Light values on which the session engine raises, whichever engine the writer has rebuilt."""
+    values: set[int] = set()
+    apply = Sessions.apply
+
+    def failing_apply(self: Sessions, batch: Sequence[Inbound]) -> Decisions:
+        for item in batch:
+            if isinstance(item.message, Reading) and item.message.value in values:
+                raise RuntimeError(f"engine bug on {item.message.value}")
+        return apply(self, batch)
+
+    monkeypatch.setattr(Sessions, "apply", failing_apply)
+    return values
+
+
+def test_an_engine_exception_discards_only_its_message(writer: Writer, paho: Recorder, engine: Engine,
+                                                       poison: set[int]) -> None:
+    name, session = joined(writer, paho)
+    poison.add(66)
+    submit_all(writer, light(name, session, [10, 20, 66, 30, 40]))
+    wait_for(lambda: len(paho.acks) == 5, 5, what="every message acknowledged")
+    assert stored(engine) == [10, 20, 30, 40]
+    assert sorted(paho.acks) == [(i, 1) for i in range(1, 6)]  # the bad one too: a redelivery fails the same way
+    assert writer.drops.snapshot() == {"writer-error": 1}
+    assert writer.stats.failed_batches == 2 and writer.stats.discarded == 1 and writer.alive  # the batch, then 66
+    submit_all(writer, light(name, session, [50], first_mid=9))
+    wait_for(lambda: stored(engine)[-1:] == [50], 5, what="the writer to go on")
+
+
+def test_a_row_the_database_refuses_is_discarded_alone(writer: Writer, paho: Recorder, engine: Engine) -> None:
+    name, session = joined(writer, paho)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TRIGGER refuse_42 BEFORE INSERT ON light_reading WHEN NEW.value = 42 "
+                          "BEGIN SELECT RAISE(ABORT, 'no 42 here'); END"))
+    submit_all(writer, light(name, session, [41, 42, 43]))
+    wait_for(lambda: len(paho.acks) == 3, 5, what="every message acknowledged")
+    assert stored(engine) == [41, 43]
+    drops = writer.drops.snapshot()
+    assert drops == {"db-rejected": 1} and writer.alive
+
+
+def test_a_database_that_cannot_be_written_is_retried_and_nothing_acknowledged_meanwhile(
+        writer: Writer, paho: Recorder, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "RETRY_FIRST", 0.05)
+    name, session = joined(writer, paho)
+    acked_before = len(paho.acks)
+    path = sqlite_path(str(engine.url))
+    assert path is not None
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("PRAGMA busy_timeout = 0")
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: "database is locked" after 5 s
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(writer_module.Writer, "_transaction", _locked_once(writer_module.Writer._transaction))
+            submit_all(writer, light(name, session, [1, 2, 3]))
+            wait_for(lambda: writer.stats.failed_batches >= 2, 10, what="two failed attempts")
+        assert len(paho.acks) == acked_before and stored(engine) == []
+    finally:
+        blocker.rollback()
+        blocker.close()
+    wait_for(lambda: stored(engine) == [1, 2, 3], 15, what="the rows once the lock is released")
+    wait_for(lambda: len(paho.acks) == acked_before + 3, 5)
+    assert writer.drops.snapshot() == {} and writer.alive
+
+
+def _locked_once(transaction: Any) -> Any:
+    """_transaction, but failing as SQLite does on a locked database without waiting its busy timeout."""
+
+    def locked(self: Writer, batch: Sequence[Inbound]) -> Decisions:
+        if self.stats.failed_batches < 2:
+            raise OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+        result: Decisions = transaction(self, batch)
+        return result
+
+    return locked
+
+
+def test_a_reload_that_fails_is_retried(writer: Writer, paho: Recorder, engine: Engine, poison: set[int],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    name, session = joined(writer, paho)
+    monkeypatch.setattr(writer_module, "RETRY_FIRST", 0.01)
+    load = writer_module.load_sessions
+    failures = [OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error"))] * 2
+
+    def flaky_load(conn: Any, timeout: int) -> Sessions:
+        if failures:
+            raise failures.pop()
+        return load(conn, timeout)
+
+    monkeypatch.setattr(writer_module, "load_sessions", flaky_load)
+    poison.add(7)
+    submit_all(writer, light(name, session, [6, 7, 8]))
+    wait_for(lambda: len(paho.acks) >= 3 + 0, 10, what="the batch to get through")
+    wait_for(lambda: stored(engine) == [6, 8], 5)
+    assert failures == [] and writer.alive and writer.drops.snapshot() == {"writer-error": 1}
+
+
+def test_a_writer_that_dies_is_reported_once_and_acknowledges_nothing(
+        writer: Writer, paho: Recorder, engine: Engine, poison: set[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    name, session = joined(writer, paho)
+    acked_before = len(paho.acks)
+
+    def broken_load(conn: Any, timeout: int) -> Sessions:
+        raise ValueError("a row this code cannot read")  # reloading can never succeed: retrying would spin
+
+    monkeypatch.setattr(writer_module, "load_sessions", broken_load)
+    failures: list[str] = []
+    watchdog = Watchdog(writer, failures.append, interval=0.05)
+    watchdog.start()
+    poison.add(3)
+    submit_all(writer, light(name, session, [1, 2, 3]))
+    wait_for(lambda: failures, 5, what="the watchdog")
+    time.sleep(0.2)  # it reports once, not again
+    assert failures == ["the database writer thread died (0 message(s) queued)"]
+    assert len(paho.acks) == acked_before and stored(engine) == []
+    assert writer.failed.is_set() and not writer.alive
+    assert writer.submit(light(name, session, [4])[0]) is False  # paho is not left waiting for room
+    watchdog.stop()
+
+
+def test_a_writer_that_stops_making_progress_is_reported(writer: Writer, paho: Recorder,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    name, session = joined(writer, paho)
+    release = threading.Event()
+    apply = Sessions.apply
+
+    def hanging_apply(self: Sessions, batch: Sequence[Inbound]) -> Decisions:
+        release.wait(10)  # stuck in a call that never returns
+        return apply(self, batch)
+
+    monkeypatch.setattr(Sessions, "apply", hanging_apply)
+    failures: list[str] = []
+    watchdog = Watchdog(writer, failures.append, stall_timeout=0.3, interval=0.05)
+    watchdog.start()
+    writer.submit(light(name, session, [1])[0])
+    time.sleep(0.6)
+    assert failures == [], "nothing queued behind it yet: a slow batch is not a stall"
+    writer.submit(light(name, session, [2])[0])
+    wait_for(lambda: failures, 5, what="the watchdog")
+    assert failures[0].startswith("the database writer made no progress for ")
+    assert failures[0].endswith("with 1 message(s) queued")
+    release.set()
+    watchdog.stop()
+
+
+def test_failing_acknowledgements_do_not_undo_a_commit(writer: Writer, paho: Recorder, engine: Engine) -> None:
+    name, session = joined(writer, paho)
+    paho.fail_acks = True
+    submit_all(writer, light(name, session, [1, 2]))
+    wait_for(lambda: stored(engine) == [1, 2], 5)
+    paho.fail_acks = False
+    submit_all(writer, light(name, session, [3], first_mid=3))
+    wait_for(lambda: stored(engine) == [1, 2, 3], 5)
+    wait_for(lambda: paho.acks[-1:] == [(3, 1)], 5)
+    assert writer.alive and writer.stats.failed_batches == 0
+
+
+def test_stop_commits_and_acknowledges_everything_queued(writer: Writer, paho: Recorder, engine: Engine) -> None:
+    name, session = joined(writer, paho)
+    path = sqlite_path(str(engine.url))
+    assert path is not None
+    visible_at_ack: list[tuple[int, int]] = []
+    paho.on_ack = lambda mid: visible_at_ack.append((mid, len(stored(engine))))
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    for item in light(name, session, [v % 101 for v in range(500)], qos=2):
+        writer.submit(item)
+    stopping = threading.Thread(target=writer.stop)
+    stopping.start()
+    blocker.rollback()
+    blocker.close()
+    stopping.join(30)
+    assert not stopping.is_alive() and not writer.alive
+    assert stored(engine) == [v % 101 for v in range(500)]
+    assert [mid for mid, qos in paho.acks if qos == 2] == list(range(1, 501))
+    assert all(visible >= mid for mid, visible in visible_at_ack), "acknowledged before it was committed"
