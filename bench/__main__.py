@@ -16,7 +16,7 @@ from bench.scenarios import FULL, QUICK, Figure, Load, Sizes, burst, latency, ma
 from bench.stack import Stack
 
 SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "web", "memory", "browser",
-             "history", "export", "rollups", "retention")
+             "history", "export", "rollups", "retention", "broker_restart")
 
 
 def run(sizes: Sizes, only: set[str], say: Callable[[str], None]) -> list[Figure]:
@@ -67,6 +67,10 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None]) -> list[Figure
         from bench.web import web_latency
 
         attempt("web", lambda: web_latency(sizes))
+    if "broker_restart" in only:
+        from bench.restart import broker_restart
+
+        attempt("broker_restart", lambda: broker_restart(sizes))
     if only & {"history", "export", "rollups", "retention"}:
         from bench.history import HISTORY_FULL, HISTORY_QUICK, run_history
 

@@ -14,7 +14,7 @@ from bench.scenarios import PROBE_WINDOW_US, match_probes
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"sustained_qos0", "sustained_qos1", "burst_qos1", "latency_p99_ms", "devices_2000", "web_p99_ms",
            "client_memory", "browser_p99_ms", "history_api_p99_ms", "export_rows_per_s", "rollup_cost_us",
-           "retention_p99_ms"}
+           "retention_p99_ms", "broker_restart"}
 
 
 
@@ -58,4 +58,7 @@ def test_quick_bench_measures_every_figure() -> None:
     assert figures["history_api_p99_ms"]["full_scans"] == []
     assert figures["history_api_p99_ms"]["30 days, auto"]["max_points"] <= 1000
     assert figures["export_rows_per_s"]["rows"] > 0
+    for how in ("now_SIGTERM", "now_SIGKILL"):  # a board joining right after a broker restart: named, nothing lost
+        restart = figures["broker_restart"][how]
+        assert restart["name_s"] is not None and restart["stored"] == restart["sent"] > 0, restart
     assert figures["retention_p99_ms"]["measured"] == figures["retention_p99_ms"]["probes"]

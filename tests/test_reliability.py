@@ -3,16 +3,28 @@ nothing false is shown."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import signal
 import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
+from sensorhub.broker import Broker
 from sensorhub.config import Settings
+from sensorhub.db.engine import init_db, make_engine
+from sensorhub.ingest.service import IngestClient
+from sensorhub.protocol import Topic
+from sensorhub.web import create_app
+from tests.devices import RawDevice
 from tests.stack import http_status, web_server, web_url
-from tests.support import wait_for
+from tests.support import settings_for, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,3 +47,164 @@ def test_a_killed_gunicorn_master_is_restarted_on_the_same_socket(settings: Sett
         everything = [watcher, *watcher.children(recursive=True)]
     assert web.process.returncode == 0
     assert not [p for p in everything if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+# -- the broker restarts ---------------------------------------------------------------------------------
+
+
+def _online(engine: Engine, name: str) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(text("SELECT online FROM device WHERE name = :n"), {"n": name}).scalar())
+
+
+def _count(engine: Engine, name: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM led_reading JOIN device ON device.id = device_id "
+                                     "WHERE device.name = :n"), {"n": name}).scalar_one())
+
+
+@pytest.fixture
+def client(settings: Settings, engine: Engine) -> Iterator[tuple[Broker, IngestClient]]:
+    """A real broker and the ingest client (in-process, to read its counters), both ready."""
+    broker = Broker(settings)
+    broker.start()
+    ingest = IngestClient(settings)
+    try:
+        ingest.start(wait_ready=10)
+        yield broker, ingest
+    finally:
+        ingest.stop()
+        broker.stop()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_after_a_broker_restart_a_board_joining_at_once_gets_its_name_and_loses_nothing(
+        client: tuple[Broker, IngestClient], engine: Engine, settings: Settings, how: str) -> None:
+    broker, _ingest = client
+    assert broker.process is not None
+    if how == "SIGKILL":
+        # What the autosave (every 30 s) does for a broker that has run a while; then the crash.
+        broker.process.send_signal(signal.SIGUSR1)
+        wait_for(lambda: any((Path(settings.state_dir) / "mosquitto").glob("*.db")), 5, what="the broker's save")
+        time.sleep(0.2)
+        broker.process.kill()
+        broker.process.wait()
+    else:
+        broker.stop()  # a clean stop saves the sessions
+    restarted = Broker(settings)
+    restarted.start()
+    try:
+        board = RawDevice(settings.mqtt_port, "02:00:00:00:00:C1")
+        # At once, before the client is back: the broker kept its session and queues the join for it.
+        board.client = board._connect()
+        board._subscribe(Topic.NAME_ASSIGN, 2)
+        board.publish(Topic.JOIN, board.mac, qos=2)
+        board.name, board.session = board.assignments.get(timeout=10)  # a single attempt, as a board makes
+        board.start_session()
+        stream = [board.reading(Topic.LED_STATUS, number % 2, qos=1) for number in range(500)]
+        for info in stream:
+            info.wait_for_publish(10)
+        wait_for(lambda: _count(engine, board.name) == 500, 20,
+                 what=f"the 500 QoS 1 readings (have {_count(engine, board.name)})")
+        assert _online(engine, board.name)
+        board.close()
+    finally:
+        restarted.stop()
+
+
+def test_while_the_broker_is_down_every_device_is_offline_and_comes_back_as_it_rejoins(
+        client: tuple[Broker, IngestClient], engine: Engine, settings: Settings) -> None:
+    broker, ingest = client
+    boards = [RawDevice(settings.mqtt_port, f"02:00:00:00:00:D{n}") for n in range(2)]
+    for board in boards:
+        board.join()
+    wait_for(lambda: all(_online(engine, board.name) for board in boards), 5)
+    broker.stop()
+    for board in boards:
+        board.crash()
+    wait_for(lambda: not any(_online(engine, board.name) for board in boards), 10,
+             what="the devices marked offline while the broker is down")
+    restarted = Broker(settings)
+    restarted.start()
+    try:
+        wait_for(ingest.mqtt.is_connected, 5, what="the client back")
+        boards[0].join()
+        wait_for(lambda: _online(engine, boards[0].name), 5, what="the board that rejoined")
+        assert not _online(engine, boards[1].name), "a board that did not come back is shown online"
+        boards[0].close()
+    finally:
+        restarted.stop()
+
+
+# -- a full disk -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (root only; skipped otherwise)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a 4 MiB tmpfs here ({done.stderr.strip() or done.returncode}): needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_loses_nothing_and_the_client_catches_up_once_space_is_freed(
+        small_disk: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = settings_for(tmp_path).replace(database_url=f"sqlite:///{small_disk / 'db.sqlite3'}")
+    engine = make_engine(settings.database_url, create_dir=True)
+    init_db(engine)
+    broker = Broker(settings)
+    broker.start()
+    ingest = IngestClient(settings)
+    filler = small_disk / "filler"
+    try:
+        ingest.start(wait_ready=10)
+        board = RawDevice(settings.mqtt_port, "02:00:00:00:00:E1")
+        name, _ = board.join()
+        wait_for(lambda: _online(engine, name), 5)
+        engine.dispose()
+        free = shutil.disk_usage(small_disk).free
+        with filler.open("wb") as out:  # leave about 64 KiB
+            out.write(b"\0" * max(0, free - 64 * 1024))
+        total = 3000
+        with caplog.at_level(logging.DEBUG, logger="sensorhub.ingest.writer"):
+            stream = [board.reading(Topic.LED_STATUS, number % 2, qos=1) for number in range(total)]
+            wait_for(lambda: "disk holding the database is full" in caplog.text, 20, what="the full-disk line")
+        stored_while_full = _count(engine, name)
+        assert stored_while_full < total
+        assert "free in" in caplog.text  # the line says how much is free, and where
+        filler.unlink()
+        for info in stream:
+            info.wait_for_publish(30)
+        wait_for(lambda: _count(engine, name) == total, 60,
+                 what=f"every reading once space is freed (have {_count(engine, name)})")
+        with engine.connect() as conn:
+            assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+        wal = small_disk / "db.sqlite3-wal"
+        wait_for(lambda: not wal.exists() or wal.stat().st_size == 0, 10,
+                 what="the WAL truncated once the backlog is written")
+        board.close()
+    finally:
+        ingest.stop()
+        broker.stop()
+        engine.dispose()
+
+
+def test_api_stats_says_when_the_disk_is_low(small_disk: Path, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path).replace(database_url=f"sqlite:///{small_disk / 'db.sqlite3'}",
+                                              low_space_mib=100)
+    engine = make_engine(settings.database_url, create_dir=True)
+    init_db(engine)
+    engine.dispose()
+    app = create_app(settings)
+    body = app.test_client().get("/api/stats").get_json()
+    assert body["disk_low"] is True and 0 < body["disk_free_bytes"] <= 4 * 1024 * 1024
+    settings = settings.replace(low_space_mib=1)
+    body = create_app(settings).test_client().get("/api/stats").get_json()
+    assert body["disk_low"] is False

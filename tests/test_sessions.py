@@ -12,6 +12,7 @@ from sensorhub.db.models import format_micros
 from sensorhub.ingest.ledpipe import LedRequest, RenameRequest
 from sensorhub.ingest.sessions import (
     BrokerSessionLost,
+    BrokerUnreachable,
     Decisions,
     Device,
     Inbound,
@@ -22,6 +23,7 @@ from sensorhub.ingest.sessions import (
     Rename,
     Sessions,
     SweepDue,
+    wire,
 )
 from sensorhub.protocol import (
     Kind,
@@ -152,10 +154,11 @@ def test_a_leave_in_the_current_session_marks_offline() -> None:
 def test_readings_are_never_stamped_before_the_join_even_if_the_clock_steps_back() -> None:
     h = Harness()
     name, session = h.join(MACS[0])
+    last_seen = h.engine.by_id[1].last_seen_us
     decisions = h.send(Reading(Kind.BUTTON, name, session, 1), step=-60_000_000)
     [(_, at, _)] = decisions.readings[Kind.BUTTON]
-    assert at == format_micros(int(h.engine.by_id[1].joined_us) + 1)
-    assert decisions.seen == {}, "last_seen never goes back"
+    assert at == format_micros(last_seen + 1), "just after whatever came before, hence after the join"
+    assert h.table[1]["last_seen"] == at, "last_seen never goes back"
 
 
 def test_a_rename_takes_effect_at_the_next_session() -> None:
@@ -388,3 +391,60 @@ def test_a_batch_decides_what_its_messages_decide_one_by_one(data: st.DataObject
         for mac, name, session in assigned(together):
             world.sessions.setdefault(mac, []).append((name, session))
         check_invariants(whole)
+
+
+# -- clock steps and broker outages (reliability) -----------------------------------------------------------
+
+
+def test_a_clock_step_back_keeps_each_devices_stamps_increasing_and_after_its_join() -> None:
+    h = Harness()
+    name, session = h.join(MACS[0])
+    joined = h.table[1]["joined_at"]
+    h.now -= 600_000_000  # NTP steps the clock 10 minutes back
+    decisions = h.send(*(Reading(Kind.LIGHT, name, session, value) for value in range(5)),
+                       Reading(Kind.LED, name, session, 1))
+    stamps = [at for rows in (decisions.readings[Kind.LIGHT], decisions.readings[Kind.LED]) for _, at, _ in rows]
+    assert decisions.stored == 6 and not decisions.drops
+    assert stamps == sorted(stamps) and len(set(stamps)) == 6
+    assert all(stamp > str(joined) for stamp in stamps)
+    assert h.table[1]["last_seen"] == max(stamps)  # never goes back
+    h.now += 1_200_000_000  # and forward again: the wall clock is used as soon as it is ahead
+    decisions = h.send(Reading(Kind.LIGHT, name, session, 9))
+    assert decisions.readings[Kind.LIGHT] == [(1, format_micros(h.now), 9)]
+
+
+def test_the_broker_out_of_reach_takes_every_device_offline_until_it_is_heard_from() -> None:
+    h = Harness()
+    first, first_session = h.join(MACS[0])
+    second, second_session = h.join(MACS[1])
+    decisions = h.send(BrokerUnreachable())
+    assert decisions.changes == [Presence(1, False), Presence(2, False)]
+    assert [change.session_id for change in decisions.changes if isinstance(change, Presence)] == [
+        first_session, second_session]
+    assert not h.table[1]["online"] and not h.table[2]["online"]
+    assert h.send(BrokerUnreachable()).changes == []  # nothing more to do
+    # A reading in its session shows the first device was there all along; it is stored too.
+    decisions = h.send(Reading(Kind.LIGHT, first, first_session, 40))
+    assert decisions.changes == [Presence(1, True)] and decisions.stored == 1 and h.table[1]["online"]
+    assert h.send(Reading(Kind.LIGHT, first, first_session, 41)).changes == []
+    # The second one comes back with a new session: offline until it joins in it, as always.
+    [(_, _, new_session)] = assigned(h.send(MacJoin(MACS[1])))
+    assert h.send(Reading(Kind.LIGHT, second, second_session, 1)).drops  # its old session is over
+    assert not h.table[2]["online"]
+    assert h.send(SessionRef(second, new_session)).changes == [Presence(2, True)]
+
+
+def test_a_device_that_left_during_the_outage_is_not_brought_back_by_a_late_reading() -> None:
+    h = Harness()
+    name, session = h.join(MACS[0])
+    h.send(BrokerUnreachable())
+    assert h.send(Leave(name, session)).changes == []
+    decisions = h.send(Reading(Kind.LIGHT, name, session, 3))
+    assert decisions.changes == [] and decisions.stored == 1 and not h.table[1]["online"]
+
+
+def test_wire_gives_back_the_channel_and_payload_of_each_message() -> None:
+    assert wire(Reading(Kind.LIGHT, "capteur01", "1.2", 58)) == ("photoresistor/status", "capteur01;1.2;58")
+    assert wire(MacJoin(MACS[0])) == ("state/join", MACS[0])
+    assert wire(Leave("capteur01", "1.2")) == ("state/leave", "capteur01;1.2")
+    assert wire(SessionRef("capteur01", "1.2")) == ("state/join", "capteur01;1.2")

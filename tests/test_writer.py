@@ -104,21 +104,29 @@ def poison(monkeypatch: pytest.MonkeyPatch) -> set[int]:
     return values
 
 
-def test_an_engine_exception_discards_only_its_message(writer: Writer, paho: Recorder, engine: Engine,
+def quarantined(engine: Engine) -> list[tuple[str, str, str]]:
+    """(topic, payload, reason) of each quarantined message."""
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text("SELECT topic, payload, reason FROM quarantine ORDER BY id"))]
+
+
+def test_an_engine_exception_quarantines_only_its_message(writer: Writer, paho: Recorder, engine: Engine,
                                                        poison: set[int]) -> None:
     name, session = joined(writer, paho)
     poison.add(66)
     submit_all(writer, light(name, session, [10, 20, 66, 30, 40]))
     wait_for(lambda: len(paho.acks) == 5, 5, what="every message acknowledged")
     assert stored(engine) == [10, 20, 30, 40]
-    assert sorted(paho.acks) == [(i, 1) for i in range(1, 6)]  # the bad one too: a redelivery fails the same way
-    assert writer.drops.snapshot() == {"writer-error": 1}
-    assert writer.stats.failed_batches == 2 and writer.stats.discarded == 1 and writer.alive  # the batch, then 66
+    assert sorted(paho.acks) == [(i, 1) for i in range(1, 6)]  # the bad one too: it is kept aside
+    assert writer.drops.snapshot() == {"quarantined": 1}
+    assert quarantined(engine) == [("photoresistor/status", f"{name};{session};66",
+                                    "writer-error: RuntimeError: engine bug on 66")]
+    assert writer.stats.failed_batches == 2 and writer.stats.quarantined == 1 and writer.alive  # the batch, then 66
     submit_all(writer, light(name, session, [50], first_mid=9))
     wait_for(lambda: stored(engine)[-1:] == [50], 5, what="the writer to go on")
 
 
-def test_a_row_the_database_refuses_is_discarded_alone(writer: Writer, paho: Recorder, engine: Engine) -> None:
+def test_a_row_the_database_refuses_is_quarantined_alone(writer: Writer, paho: Recorder, engine: Engine) -> None:
     name, session = joined(writer, paho)
     with engine.begin() as conn:
         conn.execute(text("CREATE TRIGGER refuse_42 BEFORE INSERT ON light_reading WHEN NEW.value = 42 "
@@ -127,7 +135,26 @@ def test_a_row_the_database_refuses_is_discarded_alone(writer: Writer, paho: Rec
     wait_for(lambda: len(paho.acks) == 3, 5, what="every message acknowledged")
     assert stored(engine) == [41, 43]
     drops = writer.drops.snapshot()
-    assert drops == {"db-rejected": 1} and writer.alive
+    assert drops == {"quarantined": 1} and writer.alive
+    [(topic, payload, reason)] = quarantined(engine)
+    assert (topic, payload) == ("photoresistor/status", f"{name};{session};42")
+    assert reason.startswith("db-rejected: IntegrityError: no 42 here")
+
+
+def test_a_refused_message_that_cannot_be_quarantined_stays_unacknowledged(writer: Writer, paho: Recorder,
+                                                                           engine: Engine) -> None:
+    name, session = joined(writer, paho)
+    acked_before = len(paho.acks)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TRIGGER refuse_42 BEFORE INSERT ON light_reading WHEN NEW.value = 42 "
+                          "BEGIN SELECT RAISE(ABORT, 'no 42 here'); END"))
+        conn.execute(text("CREATE TRIGGER refuse_quarantine BEFORE INSERT ON quarantine "
+                          "BEGIN SELECT RAISE(ABORT, 'no room'); END"))
+    submit_all(writer, light(name, session, [41, 42, 43]))
+    wait_for(lambda: stored(engine) == [41, 43], 5, what="the others stored")
+    wait_for(lambda: writer.stats.discarded == 1, 5)
+    assert sorted(paho.acks[acked_before:]) == [(1, 1), (3, 1)], "42 is left with the broker, unacknowledged"
+    assert writer.drops.snapshot() == {"db-rejected": 1} and writer.alive
 
 
 def test_a_database_that_cannot_be_written_is_retried_and_nothing_acknowledged_meanwhile(
@@ -183,7 +210,7 @@ def test_a_reload_that_fails_is_retried(writer: Writer, paho: Recorder, engine: 
     submit_all(writer, light(name, session, [6, 7, 8]))
     wait_for(lambda: len(paho.acks) >= 3 + 0, 10, what="the batch to get through")
     wait_for(lambda: stored(engine) == [6, 8], 5)
-    assert failures == [] and writer.alive and writer.drops.snapshot() == {"writer-error": 1}
+    assert failures == [] and writer.alive and writer.drops.snapshot() == {"quarantined": 1}
 
 
 def test_a_writer_that_dies_is_reported_once_and_acknowledges_nothing(

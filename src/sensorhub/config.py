@@ -52,6 +52,13 @@ def _days(value: str) -> int:
     return days
 
 
+def _megabytes(value: str) -> int:
+    size = _int(value)
+    if not 0 <= size <= 10_000_000:
+        raise ValueError("a number of MiB between 0 (never warn) and 10000000")
+    return size
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -173,6 +180,9 @@ class Settings:
     )
     rollup_retention_days: int = setting(
         "0", "Days of 1-minute and 1-hour roll-ups kept (0 = keep everything).", _days
+    )
+    low_space_mib: int = setting(
+        "200", "Free space (MiB) on the database's disk under which start-up and /api/stats warn.", _megabytes
     )
 
     @classmethod

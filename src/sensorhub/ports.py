@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 
 from sensorhub.errors import SensorhubError
 
@@ -46,3 +47,17 @@ def ensure_free(port: int, setting: str, what: str, host: str = "", remedy: str 
                 if family == socket.AF_INET6 and not host and err.errno == errno.EADDRNOTAVAIL:
                     continue  # no IPv6 on this machine: nothing can be listening there
                 raise PortError(f"cannot listen on {address}:{port} ({what}): {err.strerror}") from None
+
+
+def wait_free(port: int, timeout: float, host: str = "") -> bool:
+    """Wait up to `timeout` seconds for `port` to be free (a dying process lets go of it); True once it is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ensure_free(port, "", "", host)
+        except PortError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        else:
+            return True

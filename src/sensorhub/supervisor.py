@@ -31,13 +31,15 @@ from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
 from sensorhub.errors import BrokerError, ConfigError, SensorhubError
 from sensorhub.ingest.ledpipe import ensure_fifo
-from sensorhub.ports import ensure_free
+from sensorhub.ports import ensure_free, wait_free
 from sensorhub.process import READY_TIMEOUT, STOP_TIMEOUT, Child, ComponentError, notify
 from sensorhub.tls import check_tls_files
 
 logger = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3
+#: How long a restart waits for what the dead component listened on to be free again.
+PORT_WAIT = 10.0
 RESTART_WINDOW = 60.0
 COMPONENTS = ("broker", "client", "web", "devices")
 
@@ -157,11 +159,30 @@ class Supervisor:
                     return 1
                 restarts.append(now)
                 self.say(f"{reason}; restarting it")
+                self._clean_up(component)
                 try:
                     self._start(component)
                 except ComponentError as err:
                     self.say(f"could not restart {component.name}: {err}")
         return 0
+
+    def _ports(self, name: str) -> list[int]:
+        if name == "web":
+            return [self.settings.web_port]
+        if name == "broker":
+            ports = [self.settings.mqtt_port, self.settings.mqtt_ws_port]
+            if self.settings.tls:
+                ports += [self.settings.mqtt_tls_port, self.settings.mqtt_wss_port]
+            return ports
+        return []
+
+    def _clean_up(self, component: Child) -> None:
+        """Before a restart: end what the dead component left running, and wait for its ports."""
+        component.stop(0)  # it has exited: this kills what is left of its process group
+        for port in self._ports(component.name):
+            if not wait_free(port, PORT_WAIT):
+                self.say(f"port {port} is still taken {PORT_WAIT:.0f} s after {component.name} died; "
+                         "restarting it anyway", component.name)
 
     def request_stop(self) -> None:
         """Ask `watch` to return (from a signal handler)."""

@@ -15,6 +15,9 @@ from sensorhub.errors import DatabaseError
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+#: Pages written to the WAL before a checkpoint (SQLite's default is 1000), and bytes of WAL file kept after.
+WAL_PAGES = 256
+JOURNAL_SIZE_LIMIT = 2 * 1024 * 1024
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -35,6 +38,11 @@ def _set_pragmas(dbapi_connection: Any, _record: Any, *, read_only: bool) -> Non
         else:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
+            # A small WAL: checkpointed every WAL_PAGES pages, and shrunk back to JOURNAL_SIZE_LIMIT bytes after,
+            # so that a nearly full disk never holds a WAL too big to be checkpointed (the checkpoint needs room
+            # in the database file for what the WAL holds).
+            cursor.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
+            cursor.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
     finally:
         cursor.close()
 

@@ -27,11 +27,12 @@ from sensorhub import credentials
 from sensorhub.config import Settings
 from sensorhub.credentials import CLIENT_USER, client_password, client_secret_path
 from sensorhub.db.engine import check_schema, make_engine
+from sensorhub.db.space import warn_if_low
 from sensorhub.errors import IngestError, PayloadError
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.ledpipe import Command, PipeReader
 from sensorhub.ingest.retention import Purger
-from sensorhub.ingest.sessions import BrokerSessionLost, Inbound
+from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound
 from sensorhub.ingest.writer import Watchdog, Writer
 from sensorhub.process import notify
 from sensorhub.protocol import SERVER_SUBSCRIPTIONS, parse_server_message
@@ -43,6 +44,11 @@ _REFUSED_LOGIN = frozenset({134, 135})
 
 #: How long the broker keeps our session (subscriptions and undelivered QoS 1/2 messages) after we disconnect.
 SESSION_EXPIRY = 24 * 3600
+#: Reconnection: the first attempt after this many seconds, then doubling up to the ceiling.
+RECONNECT_MIN = 0.1
+RECONNECT_MAX = 0.5
+#: Out of reach for this long, the broker is taken as down (a shorter blip changes nothing on the pages).
+OUTAGE_GRACE = 2.0
 #: Exit status when the database writer cannot go on.
 WRITER_FAILED = 3
 #: How long the writer may show no sign of life while messages wait before the client gives up on it.
@@ -58,6 +64,7 @@ class IngestClient:
         self.drops = Drops()
         self.engine = make_engine(settings.database_url)
         check_schema(self.engine)
+        warn_if_low(settings.database_url, settings.low_space_mib)
         password = client_password(settings)
         # A fixed id, so that the broker keeps our session while we restart; derived from our secret, so
         # that nobody can take our connection over by connecting with it.
@@ -66,7 +73,9 @@ class IngestClient:
         self.mqtt.username_pw_set(CLIENT_USER, password)
         # paho's default of 20 QoS 1/2 messages in flight stays: it is also mosquitto's Receive Maximum, and
         # mosquitto silently drops what a client sends beyond it.
-        self.mqtt.reconnect_delay_set(min_delay=1, max_delay=10)
+        # Back within half a second of the broker: what devices publish meanwhile waits in our session there,
+        # and a board's MAC join gets its answer at once.
+        self.mqtt.reconnect_delay_set(min_delay=RECONNECT_MIN, max_delay=RECONNECT_MAX)  # type: ignore[arg-type]
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_connect_fail = self._on_connect_fail
         self.mqtt.on_disconnect = self._on_disconnect
@@ -88,6 +97,8 @@ class IngestClient:
         self._flushed = threading.Event()
         self._stopping = False
         self._unreachable_logged = False
+        self._outage: threading.Timer | None = None
+        self._outage_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -143,6 +154,7 @@ class IngestClient:
                 logger.error("the broker refused the connection: %s", reason)
             return
         self._unreachable_logged = False
+        self._cancel_outage()
         client.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in SERVER_SUBSCRIPTIONS])
         logger.info("connected to the broker at %s:%d (session present: %s)", self.settings.mqtt_host,
                     self.settings.mqtt_port, flags.session_present)
@@ -152,6 +164,7 @@ class IngestClient:
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         self.connect_failures += 1
+        self._start_outage()
         if not self._unreachable_logged:
             logger.warning("cannot reach the broker at %s:%d; retrying (is it running? `make broker`)",
                            self.settings.mqtt_host, self.settings.mqtt_port)
@@ -162,6 +175,30 @@ class IngestClient:
         self._disconnected.set()
         if not self._stopping:
             logger.warning("lost the broker connection (%s); reconnecting", reason)
+            self._start_outage()
+
+    # -- the broker out of reach ---------------------------------------------------------------------
+
+    def _start_outage(self) -> None:
+        """Unless we are back within OUTAGE_GRACE seconds, have every online device marked offline."""
+        with self._outage_lock:
+            if self._outage is None and not self._stopping:
+                self._outage = threading.Timer(OUTAGE_GRACE, self._outage_confirmed)
+                self._outage.daemon = True
+                self._outage.start()
+
+    def _cancel_outage(self) -> None:
+        with self._outage_lock:
+            if self._outage is not None:
+                self._outage.cancel()
+                self._outage = None
+
+    def _outage_confirmed(self) -> None:
+        if self._stopping or self.mqtt.is_connected():
+            return
+        logger.warning("the broker has been out of reach for %.0f s: devices are shown offline until they are "
+                       "heard from again", OUTAGE_GRACE)
+        self.writer.submit(Inbound(BrokerUnreachable(), time.time_ns() // 1000))
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[ReasonCode],
                       _properties: Properties | None) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sensorhub.db.models import format_micros
 from sensorhub.ingest.ledpipe import LedRequest, RenameRequest
 from sensorhub.protocol import (
+    KIND_TOPICS,
     QOS,
     Kind,
     Leave,
@@ -24,6 +25,8 @@ from sensorhub.protocol import (
     Topic,
     format_led_command,
     format_name_assign,
+    format_reading,
+    format_session_ref,
     new_session_id,
 )
 from sensorhub.rules import name_taken
@@ -43,6 +46,8 @@ class Device:
     last_seen_us: int
     #: Heard from since the broker lost our session (see BrokerSessionLost).
     heard: bool = True
+    #: Marked offline only because the broker could not be reached: a reading in its session brings it back.
+    lost: bool = False
 
 
 # -- what goes in ------------------------------------------------------------------------------------------
@@ -54,11 +59,18 @@ class BrokerSessionLost:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerUnreachable:
+    """The broker has been out of reach for a while: the boards' Wills are lost with it, so every online device
+    goes offline until it is heard from again."""
+
+
+@dataclass(frozen=True, slots=True)
 class SweepDue:
     """The time given by `Sessions.sweep_due` has come: devices not heard from since then go offline."""
 
 
-Message = Reading | MacJoin | SessionRef | Leave | LedRequest | RenameRequest | BrokerSessionLost | SweepDue
+Message = (Reading | MacJoin | SessionRef | Leave | LedRequest | RenameRequest | BrokerSessionLost
+           | BrokerUnreachable | SweepDue)
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass takes 3 times longer to build, once per message
@@ -69,6 +81,21 @@ class Inbound:
     at: int
     mid: int = 0
     qos: int = 0
+
+
+def wire(message: Message) -> tuple[str, str]:
+    """The channel and payload a message came as (for the quarantine); the pipe's commands as `pipe`."""
+    match message:
+        case Reading(kind, name, session, value):
+            return KIND_TOPICS[kind], format_reading(name, session, value).decode()
+        case MacJoin(mac):
+            return Topic.JOIN, mac
+        case SessionRef(name, session):
+            return Topic.JOIN, format_session_ref(name, session).decode()
+        case Leave(name, session):
+            return Topic.LEAVE, format_session_ref(name, session).decode()
+        case _:
+            return "pipe", repr(message)
 
 
 # -- what comes out ----------------------------------------------------------------------------------------
@@ -167,7 +194,11 @@ class Sessions:
         self.by_session_name[device.session_name] = device
 
     def resume_presence_check(self, previous: Sessions) -> None:
-        """Carry on a presence check `previous` had started (after the writer rebuilt the engine)."""
+        """Carry on what `previous` knew beyond the table (after the writer rebuilt the engine from it)."""
+        for device in self.by_id.values():
+            before = previous.by_id.get(device.id)
+            if before is not None and before.lost and not device.online and before.session_id == device.session_id:
+                device.lost = True
         self.sweep_due = previous.sweep_due
         if self.sweep_due is not None:
             for device in self.by_id.values():
@@ -194,13 +225,15 @@ class Sessions:
                 if device is None or device.session_id != message.session:
                     self._drop_stale(out, device, message.name, message.session, f"{message.kind.value} reading")
                 else:
-                    # Strictly after the device joined, even if the clock stepped back (the database insists).
-                    at = item.at if item.at > device.joined_us else device.joined_us + 1
+                    # Each device's stamps increase strictly, whatever the clock does (NTP steps it back and
+                    # forth on a board-sized computer): the database checks that order.
+                    at = item.at if item.at > device.last_seen_us else device.last_seen_us + 1
                     readings[message.kind].append((device.id, format_micros(at), message.value))
                     device.heard = True
-                    if at > device.last_seen_us:
-                        device.last_seen_us = at
-                        out.seen[device.id] = device
+                    device.last_seen_us = at
+                    out.seen[device.id] = device
+                    if device.lost:
+                        self._back(out, device)
             else:
                 self._other(out, message, item.at)
             if item.qos:
@@ -215,6 +248,7 @@ class Sessions:
                 device = self._current(out, name, session, "join")
                 if device is not None:
                     self._seen(out, device, at)
+                    device.lost = False
                     if not device.online:
                         device.online = True
                         out.changes.append(Presence(device.id, True, device.last_seen_us, device.session_id))
@@ -223,6 +257,7 @@ class Sessions:
                 device = self._current(out, name, session, "leave")
                 if device is not None:
                     self._seen(out, device, at)
+                    device.lost = False
                     if device.online:
                         device.online = False
                         out.changes.append(Presence(device.id, False, device.last_seen_us, device.session_id))
@@ -235,6 +270,8 @@ class Sessions:
                     if device.online:
                         device.heard = False
                 self.sweep_due = at + self.presence_timeout_us
+            case BrokerUnreachable():
+                self._unreachable(out)
             case SweepDue():
                 self._sweep(out, at)
             case Reading():  # pragma: no cover - handled by apply
@@ -255,9 +292,25 @@ class Sessions:
         return device
 
     def _seen(self, out: Decisions, device: Device, at: int) -> None:
-        if at > device.last_seen_us:
-            device.last_seen_us = at
-            out.seen[device.id] = device
+        device.last_seen_us = at if at > device.last_seen_us else device.last_seen_us + 1
+        out.seen[device.id] = device
+
+    def _back(self, out: Decisions, device: Device) -> None:
+        """A device marked offline while the broker was out of reach is heard from in its session."""
+        device.lost = False
+        device.online = True
+        out.changes.append(Presence(device.id, True, device.last_seen_us, device.session_id))
+        out.notes.append(f"{device.name} heard from again after the broker outage: online")
+
+    def _unreachable(self, out: Decisions) -> None:
+        gone = [device for device in self.by_id.values() if device.online]
+        for device in gone:
+            device.online = False
+            device.lost = True
+            out.changes.append(Presence(device.id, False, device.last_seen_us, device.session_id))
+        self.sweep_due = None  # nothing left online to check
+        if gone:
+            out.notes.append(f"broker out of reach: marked {len(gone)} device(s) offline until they are heard from")
 
     def _default_name(self, device_id: int) -> str:
         name = f"capteur{device_id:02d}"
@@ -286,6 +339,7 @@ class Sessions:
                 self.by_session_name[device.name] = device
             device.session_id = session
             device.online = False
+            device.lost = False
             self._seen(out, device, at)
             out.changes.append(NewSession(device.id, session, device.session_name, device.last_seen_us))
         out.publishes.append((Topic.NAME_ASSIGN, format_name_assign(mac, device.session_name, session),

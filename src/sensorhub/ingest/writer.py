@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from sensorhub.db.engine import sqlite_path
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
@@ -37,6 +39,7 @@ from sensorhub.ingest.sessions import (
     Rename,
     Sessions,
     SweepDue,
+    wire,
 )
 from sensorhub.protocol import Kind
 
@@ -65,6 +68,9 @@ _NEW_SESSION = "UPDATE device SET session_id = ?, session_name = ?, online = 0 W
 _SET_ONLINE = "UPDATE device SET online = ? WHERE id = ?"
 _SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ?"
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
+_QUARANTINE = "INSERT INTO quarantine (received_at, topic, payload, reason) VALUES (?, ?, ?, ?)"
+#: While the database cannot be written, one line about it at most this often (seconds).
+OUTAGE_LOG_EVERY = 60.0
 _STOP = None
 
 
@@ -77,6 +83,7 @@ class WriterStats:
     largest_batch: int = 0
     failed_batches: int = 0
     discarded: int = 0
+    quarantined: int = 0
 
 
 def load_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
@@ -117,6 +124,13 @@ class Writer:
         self._conn: Connection | None = None
         self._thread: threading.Thread | None = None
         self._traced: set[type[BaseException]] = set()
+        #: Since when (monotonic) the database cannot be written, and when that was last said.
+        self._blocked_since: float | None = None
+        self._blocked_said = 0.0
+        #: Give the WAL's space back once the backlog is written (after the disk was full).
+        self._truncate_when_idle = False
+        path = sqlite_path(str(engine.url)) if engine.url.get_backend_name() == "sqlite" else None
+        self._db_dir = path.resolve().parent if path is not None else None
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -182,6 +196,9 @@ class Writer:
             try:
                 first = self.queue.get(timeout=timeout)
             except queue.Empty:
+                if self._truncate_when_idle:
+                    self._truncate_when_idle = False
+                    self._truncate_wal()
                 self._maybe_sweep()
                 self._maybe_purge(busy=False)
                 continue
@@ -220,8 +237,7 @@ class Writer:
                 done = self._transaction(batch)
             except OperationalError as err:
                 self.stats.failed_batches += 1
-                logger.error("cannot write to the database (%s); retrying in %.1f s, nothing acknowledged",
-                             _reason(err), delay)
+                self._blocked(err, delay)
                 self._reload()
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -229,6 +245,8 @@ class Writer:
             except Exception as err:
                 failure = err
             else:
+                if self._blocked_since is not None:
+                    self._unblocked()
                 self._after_commit(done, len(batch))
                 return
             # Outside the except clause: what follows must not chain onto this failure.
@@ -266,15 +284,86 @@ class Writer:
         return True
 
     def _discard(self, item: Inbound, err: Exception) -> None:
-        """One message fails on its own: count it, say why, and acknowledge it (a redelivery would fail too)."""
-        self.stats.discarded += 1
+        """One message fails on its own: keep it in the quarantine table with why, then acknowledge it (a
+        redelivery would fail too). If even that cannot be written, it stays unacknowledged with the broker."""
         reason = "db-rejected" if type(err).__module__.startswith("sqlalchemy") else "writer-error"
-        self.drops.add(reason, f"{item.message!r}: {type(err).__name__}: {_reason(err)}")
+        why = f"{reason}: {type(err).__name__}: {_reason(err)}"
         if reason == "writer-error" and type(err) not in self._traced:
             self._traced.add(type(err))  # the traceback of a bug once; the drop counters say how often
-            logger.error("discarded %r after an unexpected error", item.message, exc_info=err)
+            logger.error("quarantined %r after an unexpected error", item.message, exc_info=err)
+        if not self._quarantine(item, why):
+            self.stats.discarded += 1
+            self.drops.add(reason, f"{item.message!r}: {why} (not stored; "
+                                   f"{'left unacknowledged with the broker' if item.qos else 'QoS 0: lost'})")
+            return
+        self.stats.quarantined += 1
+        self.drops.add("quarantined", f"{item.message!r}: {why}")
         if item.qos:
             self._call(self.ack, item.mid, item.qos)
+
+    def _quarantine(self, item: Inbound, why: str) -> bool:
+        """Keep a message the database refused in the quarantine table; False if that fails too."""
+        conn = self._conn
+        assert conn is not None
+        topic, payload = wire(item.message)
+        try:
+            conn.exec_driver_sql(_QUARANTINE, (format_micros(item.at), topic[:64], payload[:256], why[:512]))
+            conn.commit()
+        except Exception as err:  # whatever fails, the message must not be acknowledged
+            conn.rollback()
+            logger.error("could not quarantine %r: %s", item.message, _reason(err))
+            return False
+        return True
+
+    # -- a database that cannot be written ---------------------------------------------------------------
+
+    def _blocked(self, err: OperationalError, delay: float) -> None:
+        """Say, once a minute at most, why nothing can be written; make room in the WAL where possible."""
+        now = time.monotonic()
+        first = self._blocked_since is None
+        if first:
+            self._blocked_since = now
+        full = _is_full(err)
+        logger.debug("the database cannot be written: %s", _reason(err))
+        if full:
+            self._truncate_wal()
+        if first or now - self._blocked_said >= OUTAGE_LOG_EVERY:
+            self._blocked_said = now
+            space = self._free_space()
+            waiting = self.queue.qsize()
+            if full:
+                logger.error("the disk holding the database is full (%s free in %s): nothing is acknowledged, "
+                             "%d message(s) wait here and the rest with the broker; writing resumes by itself "
+                             "once space is freed", space, self._db_dir, waiting)
+            else:
+                logger.error("cannot write to the database (%s); retrying every %.1f s, nothing acknowledged, "
+                             "%d message(s) waiting", _reason(err), min(delay * 2, RETRY_MAX), waiting)
+
+    def _unblocked(self) -> None:
+        assert self._blocked_since is not None
+        logger.warning("writing to the database again after %.0f s", time.monotonic() - self._blocked_since)
+        self._blocked_since = None
+        self._truncate_wal()
+        self._truncate_when_idle = True  # and again once the backlog is in
+
+    def _truncate_wal(self) -> None:
+        """Give the WAL file's space back to the file system (it only works when no reader holds it)."""
+        if self._db_dir is None or self._conn is None:
+            return
+        try:
+            self._conn.rollback()
+            self._conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.rollback()
+        except Exception as err:  # best effort: the next attempt tries again
+            logger.debug("WAL checkpoint failed: %s", _reason(err))
+
+    def _free_space(self) -> str:
+        if self._db_dir is None:
+            return "unknown space"
+        try:
+            return format_bytes(shutil.disk_usage(self._db_dir).free)
+        except OSError:
+            return "unknown space"
 
     def _transaction(self, batch: Sequence[Inbound]) -> Decisions:
         conn = self._conn
@@ -388,6 +477,22 @@ class Watchdog:
                 self.writer.failed.set()
                 self.on_failure(problem)
                 return
+
+
+def _is_full(err: BaseException) -> bool:
+    """Whether SQLite says the disk (or the database's size limit) is full."""
+    orig = getattr(err, "orig", err)
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code == 13 or "full" in str(orig).lower()  # SQLITE_FULL
+
+
+def format_bytes(size: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def _now_us() -> int:

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from sensorhub.db import history, queries
+from sensorhub.db.space import database_space
 from sensorhub.errors import ClientNotRunning, PipeError
 from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
 from sensorhub.protocol import Kind
@@ -148,16 +149,20 @@ def device(device_id: int) -> Response:
 
 @bp.get("/stats")
 def stats() -> Response:
-    """How many devices, online devices and readings of each kind; the database's size and oldest reading."""
+    """How many devices, online devices and readings of each kind; the database's size and oldest reading; the
+    free space on its disk and whether that is low."""
     database = web_state().database
     with database.connect() as conn:
         counts = queries.stats(conn)
         size = history.database_bytes(database.engine(), conn)
         first = history.oldest(conn)
+    settings = web_state().settings
+    space = database_space(settings.database_url, settings.low_space_mib)
     return jsonify(
         devices=counts.devices, online=counts.online,
         readings={kind.value: counts.readings[kind] for kind in Kind},
         db_bytes=size, oldest=None if first is None else iso(first),
+        disk_free_bytes=None if space is None else space.free, disk_low=space is not None and space.low,
     )
 
 
