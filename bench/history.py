@@ -315,33 +315,29 @@ def retention(sizes: Sizes, history_sizes: HistorySizes) -> Figure:
     stack = Stack()
     stack.settings = stack.settings.replace(retention_days=1)
     _old_readings(stack.dir / "db.sqlite3", history_sizes.purge_rows)
-    with stack:
-        load = Load(stack, sizes.devices)
+    with stack, Load(stack, sizes.devices) as load:
+        before = _old_count(stack)
+        started = time.monotonic()
+        emptied: list[float] = []
+        stop = threading.Event()
+
+        def watch() -> None:  # when the last old row went
+            while not stop.wait(0.1):
+                if not _old_count(stack, any_left=True):
+                    emptied.append(time.monotonic() - started)
+                    return
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        measured = replace(sizes, latency_seconds=40) if sizes.latency_seconds >= 20 else sizes
         try:
-            before = _old_count(stack)
-            started = time.monotonic()
-            emptied: list[float] = []
-            stop = threading.Event()
-
-            def watch() -> None:  # when the last old row went
-                while not stop.wait(0.1):
-                    if not _old_count(stack, any_left=True):
-                        emptied.append(time.monotonic() - started)
-                        return
-
-            watcher = threading.Thread(target=watch)
-            watcher.start()
-            measured = replace(sizes, latency_seconds=40) if sizes.latency_seconds >= 20 else sizes
-            try:
-                figure = latency(stack, load, measured)
-                during = before - _old_count(stack)
-                watcher.join(300)
-            finally:
-                stop.set()
-                watcher.join()
-            done_in = emptied[0] if emptied else float("nan")
+            figure = latency(stack, load, measured)
+            during = before - _old_count(stack)
+            watcher.join(300)
         finally:
-            load.stop()
+            stop.set()
+            watcher.join()
+        done_in = emptied[0] if emptied else float("nan")
     p99 = figure.data["p99_ms"]
     return Figure(
         "retention_p99_ms",

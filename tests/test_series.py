@@ -217,8 +217,8 @@ def test_the_device_page_has_its_ranges_csv_link_and_sessions(client: FlaskClien
     sessions = html[html.index("data-sessions"):]
     assert '<time datetime="2026-11-29T01:00:00.000000+00:00">2026-11-29 01:00:00 UTC</time>' in sessions
     assert "parti le" in sessions and "session 1764380000.000001" in sessions
-    for script in re.findall(r"<script\b[^>]*>", html):
-        assert "src=" in script
+    for script in re.findall(r"<script\b[^>]*>", html):  # no inline code: data only, or files
+        assert "src=" in script or 'type="application/json"' in script
     assert client.get(f"/appareil/{fleet['one']}?periode=7j").get_data(as_text=True).count(
         'data-range="7j" aria-pressed="true"') == 1
     assert client.get("/appareil/99").status_code == 404

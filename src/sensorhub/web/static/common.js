@@ -223,14 +223,14 @@ export function initRename(container, onRenamed = () => {}) {
 
 const two = (n) => String(n).padStart(2, '0');
 
-// "29/11/2026 09:07:19" (",603" with milliseconds) in the browser's time zone.
+// "05/04/2026 09:07:19" (",603" with milliseconds) in the browser's time zone.
 export function formatLocal(date, withMs = false) {
   const text = `${two(date.getDate())}/${two(date.getMonth() + 1)}/${date.getFullYear()} `
     + `${two(date.getHours())}:${two(date.getMinutes())}:${two(date.getSeconds())}`;
   return withMs ? `${text},${String(date.getMilliseconds()).padStart(3, '0')}` : text;
 }
 
-// "2026-11-29 08:07:19 UTC" (".603" with milliseconds).
+// "2026-04-05 08:07:19 UTC" (".603" with milliseconds).
 export function formatUtc(date, withMs = false) {
   const iso = date.toISOString();
   return `${iso.slice(0, 10)} ${iso.slice(11, withMs ? 23 : 19)} UTC`;
