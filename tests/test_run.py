@@ -51,7 +51,7 @@ def test_run_demo_comes_up_flows_and_stops_cleanly(settings: Settings, tmp_path:
         wait_line(child, "everything is running", 5)  # printed before READY=1, read by another thread
         assert f"http://localhost:{settings.web_port}/capteurs" in child.output()
         for name in ("broker |", "client |", "web |", "devices |"):
-            assert name in child.output(), f"no log line prefixed {name!r}"
+            wait_line(child, name, 10)  # each component's lines, read by its own thread
         children = psutil.Process(child.pid).children(recursive=True)
         assert len(children) >= 5  # broker wrapper + mosquitto, client, web master + workers, devices
 
