@@ -18,8 +18,6 @@ from sensorhub.process import die_with_parent, notify
 
 logger = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-
 
 def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one CLI flag per row of the settings table."""
@@ -33,7 +31,11 @@ def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def configure_logging(settings: Settings) -> None:
     """Send log records to stderr at the configured level (only the CLI configures handlers)."""
-    logging.basicConfig(level=settings.log_level_number, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    from sensorhub.logs import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(settings.log_format))
+    logging.basicConfig(level=settings.log_level_number, handlers=[handler], force=True)
     # Alembic announces each of its plugins at INFO; its "Running upgrade" lines stay.
     logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, settings.log_level_number))
 
