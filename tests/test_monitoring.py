@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,6 +212,13 @@ def test_metrics_count_what_a_real_stream_stored(stack: Stack) -> None:
         after, "sensorhub_readings_stored_total", kind="light")
     assert value(strict, "sensorhub_writer_batch_messages_count") >= value(after,
                                                                            "sensorhub_writer_batch_messages_count")
+
+    # Every metric served is documented in docs/deploy.md, and the examples in deploy/ use served ones.
+    served = {re.sub(r"_(bucket|sum|count)$", "", name) for name, _labels in after if name.startswith("sensorhub_")}
+    documented = set(re.findall(r"`(sensorhub_\w+)`", (ROOT / "docs" / "deploy.md").read_text()))
+    assert sorted(name for name in served - documented if "_process_" not in name) == []
+    used = {name for path in (ROOT / "deploy").glob("*.yml") for name in re.findall(r"sensorhub_\w+", path.read_text())}
+    assert sorted(used - served) == []
 
     device.leave()
     wait_for(lambda: value(scrape(settings), "sensorhub_device_leaves_total") - value(
