@@ -9,10 +9,12 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,12 +22,15 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
+from sensorhub import health
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
+from sensorhub.health import write_heartbeat
 from sensorhub.ingest.ledpipe import LedRequest, send_command
 from sensorhub.process import Child
 from sensorhub.protocol import Topic
+from sensorhub.telemetry import heartbeat_path
 from tests.devices import RawDevice
 from tests.stack import ROOT, check_not_died, sensorhub, start, web_url
 from tests.support import settings_for, wait_for
@@ -231,3 +236,25 @@ def test_metrics_count_what_a_real_stream_stored(stack: Stack) -> None:
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
     web_lines = [json.loads(line) for line in stack.web.lines if line.startswith("{")]
     assert any("/api/devices" in line["message"] for line in web_lines)  # gunicorn's access log, as JSON
+
+
+def test_status_names_everything_that_is_missing(tmp_path: Path) -> None:
+    """Nothing runs and there is no database: each check says so in one line, and the exit status is 1."""
+    settings = settings_for(tmp_path)
+    ran = subprocess.run([sys.executable, "-m", "sensorhub", "status", "--json"], capture_output=True, text=True,
+                         timeout=30, cwd=ROOT, env={**os.environ, **settings.environ()})
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    body = json.loads(ran.stdout)
+    assert body["status"] == "unhealthy" and [p.split(":")[0] for p in body["problems"]] == [
+        "database", "client", "broker"]
+    assert "no database at" in body["checks"]["database"]["detail"]
+    assert body["checks"]["client"]["detail"] == "no heartbeat: the ingest client is not running"
+    assert body["checks"]["broker"]["detail"].startswith(f"cannot reach it at 127.0.0.1:{settings.mqtt_port}")
+    # A client that stopped beating long ago, with its writer dead.
+    (tmp_path / "var").mkdir()
+    write_heartbeat(heartbeat_path(settings), {"broker": True, "writer": False, "queued": 3})
+    found = health.check(settings, lambda: None)
+    assert [check.ok for check in found.checks] == [True, False, True]
+    assert found.summary() == "unhealthy: client: the ingest client runs but its database writer stopped"
+    stale = health.check(settings, lambda: None, now=time.time() + 60)
+    assert stale.problems()[0].startswith("client: the ingest client was last seen 6") and not stale.checks[2].ok

@@ -35,6 +35,7 @@ def test_install_writes_units_systemd_accepts_and_uninstall_removes_them(tmp_pat
     assert "After=network-online.target sensorhub-broker.service" in units[1].read_text()
     assert "NotifyAccess=all" in units[2].read_text()  # gunicorn's master, not the main process, says READY=1
     assert (root / "etc/sysusers.d/sensorhub.conf").read_text().startswith("u sensorhub ")
+    assert "/var/log/sensorhub/mosquitto.log {" in (root / "etc/logrotate.d/sensorhub").read_text()
     env = root / "etc/sensorhub/sensorhub.env"
     assert oct(env.stat().st_mode & 0o777) == "0o640"  # it may hold the device password
     settings = dict(line.split("=", 1) for line in env.read_text().splitlines() if line and line[0] != "#")
@@ -55,6 +56,7 @@ def test_install_writes_units_systemd_accepts_and_uninstall_removes_them(tmp_pat
     ran = service("uninstall", "--root", str(root))
     assert ran.returncode == 0, ran.stderr
     assert not any(path.exists() for path in units) and not (root / "etc/sysusers.d/sensorhub.conf").exists()
+    assert not (root / "etc/logrotate.d/sensorhub").exists()
     assert env.exists()  # settings and data stay
 
 

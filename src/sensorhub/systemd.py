@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 USER = "sensorhub"
 UNIT_DIR = Path("etc/systemd/system")
 SYSUSERS_FILE = Path("etc/sysusers.d/sensorhub.conf")
+LOGROTATE_FILE = Path("etc/logrotate.d/sensorhub")
 ENV_FILE = Path("etc/sensorhub/sensorhub.env")
 STATE = "/var/lib/sensorhub"
 LOGS = "/var/log/sensorhub"
@@ -73,6 +74,22 @@ SENSORHUB_LOG_FORMAT=text
 def sysusers() -> str:
     """The sysusers.d line that makes the system user `sensorhub`, with no login shell."""
     return f'u {USER} - "sensorhub: ESP32 sensor boards" {STATE} /usr/sbin/nologin\n'
+
+
+def logrotate() -> str:
+    """Rotation of the broker's log file (everything else goes to the journal, which rotates itself)."""
+    return f"""\
+# Written by `sensorhub service install`: the broker's log file (Mosquitto's lines are in the journal too).
+{LOGS}/mosquitto.log {{
+    su {USER} {USER}
+    weekly
+    rotate 4
+    compress
+    missingok
+    notifempty
+    copytruncate
+}}
+"""
 
 
 def _hardening(executable: Path) -> str:
@@ -157,6 +174,7 @@ def plan(executable: Path, root: Path) -> tuple[list[File], File]:
     env_file = Path("/") / ENV_FILE
     files = [File(root / UNIT_DIR / name, unit(name, executable, env_file)) for name in UNITS]
     files.append(File(root / SYSUSERS_FILE, sysusers()))
+    files.append(File(root / LOGROTATE_FILE, logrotate()))
     return files, File(root / ENV_FILE, environment_file(), 0o640)
 
 
@@ -175,7 +193,7 @@ def _run(command: list[str], dry_run: bool, echo: Echo, check: bool = True) -> N
 
 def _unreachable(executable: Path) -> Path | None:
     """A directory on the way to `executable` that other users (the service's) cannot enter, if any."""
-    for directory in reversed(executable.parent.parents):
+    for directory in reversed([executable.parent, *executable.parent.parents]):
         try:
             if not directory.stat().st_mode & 0o001:
                 return directory
@@ -231,7 +249,7 @@ def uninstall(root: Path = Path("/"), *, dry_run: bool = False, echo: Echo = pri
     if system:
         _run(["systemctl", "disable", "--now", *UNITS], dry_run, echo, check=False)
     removed = []
-    for path in [root / UNIT_DIR / name for name in UNITS] + [root / SYSUSERS_FILE]:
+    for path in [*(root / UNIT_DIR / name for name in UNITS), root / SYSUSERS_FILE, root / LOGROTATE_FILE]:
         if path.exists():
             if not dry_run:
                 path.unlink()
