@@ -57,8 +57,10 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Broker, ingest client and web server, logging JSON at INFO."""
-    settings = settings_for(tmp_path_factory.mktemp("monitoring")).replace(log_format="json", log_level="INFO")
+    """Broker, ingest client and web server, logging JSON at INFO, their heartbeat and metrics in a runtime
+    directory of their own."""
+    directory = tmp_path_factory.mktemp("monitoring")
+    settings = settings_for(directory).replace(log_format="json", log_level="INFO", runtime_dir=str(directory / "run"))
     engine = make_engine(settings.database_url, create_dir=True)
     init_db(engine)
     broker = Broker(settings)

@@ -146,6 +146,12 @@ class Settings:
         "Directory of what sensorhub generates: broker passwords, the client's and web server's secrets, the pipe.",
         _path,
     )
+    runtime_dir: str = setting(
+        "",
+        "Directory of the files the ingest client and the web server rewrite every second (heartbeat, metrics); "
+        "empty: the state directory. /run/sensorhub under systemd: in memory, sparing an SD card.",
+        _optional_path,
+    )
     broker_max_connections: int = setting(
         "20", "Broker connection limit (the specification's value; -1 = unlimited).", _max_connections
     )

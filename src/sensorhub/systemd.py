@@ -58,6 +58,8 @@ def environment_file() -> str:
 # settings table may be set here; then `sudo systemctl restart sensorhub-broker sensorhub-client sensorhub-web`.
 SENSORHUB_DATABASE_URL=sqlite:///{STATE}/db.sqlite3
 SENSORHUB_STATE_DIR={STATE}/state
+# Rewritten every second (heartbeat, metrics): in memory, not on the SD card.
+SENSORHUB_RUNTIME_DIR=/run/sensorhub
 SENSORHUB_BROKER_LOG={LOGS}/mosquitto.log
 SENSORHUB_LOG_FORMAT=text
 # With real boards, raise the broker's connection limit (docs/security.md):
@@ -161,6 +163,10 @@ StandardError=journal
 SyslogIdentifier=sensorhub-{command}
 StateDirectory=sensorhub
 StateDirectoryMode=0750
+# /run/sensorhub, shared by the three units, kept while any of them stops (until the next boot).
+RuntimeDirectory=sensorhub
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
 WorkingDirectory={STATE}
 {_hardening(executable)}
 

@@ -11,9 +11,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, write_to_textfile
 
 from sensorhub.config import Settings
-from sensorhub.credentials import state_dir
 from sensorhub.health import write_heartbeat
-from sensorhub.telemetry import BEAT, client_metrics_path, heartbeat_path
+from sensorhub.telemetry import BEAT, client_metrics_path, heartbeat_path, runtime_dir
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class Beacon:
 
     def start(self) -> None:
         """Write both files now, then every `interval` seconds."""
-        state_dir(self.settings)
+        runtime_dir(self.settings)
         self.beat()
         self._thread = threading.Thread(target=self._run, name="beacon", daemon=True)
         self._thread.start()
@@ -46,7 +45,7 @@ class Beacon:
         except OSError as err:
             if not self._failing:
                 logger.error("cannot write the heartbeat and metrics files in %s: %s; /healthz will say the client "
-                             "is not running", self.settings.state_dir, err.strerror or err)
+                             "is not running", heartbeat_path(self.settings).parent, err.strerror or err)
             self._failing = True
         else:
             if self._failing:
