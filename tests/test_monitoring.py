@@ -22,7 +22,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
-from sensorhub import health
+from sensorhub import accounts, health
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
@@ -31,6 +31,7 @@ from sensorhub.ingest.ledpipe import LedRequest, send_command
 from sensorhub.process import Child
 from sensorhub.protocol import Topic
 from sensorhub.telemetry import heartbeat_path
+from sensorhub.web import create_app
 from tests.devices import RawDevice
 from tests.stack import ROOT, check_not_died, sensorhub, start, web_url
 from tests.support import settings_for, wait_for
@@ -260,3 +261,19 @@ def test_status_names_everything_that_is_missing(tmp_path: Path) -> None:
     assert found.summary() == "unhealthy: client: the ingest client runs but its database writer stopped"
     stale = health.check(settings, lambda: None, now=time.time() + 60)
     assert stale.problems()[0].startswith("client: the ingest client was last seen 6") and not stale.checks[2].ok
+
+
+def test_healthz_and_metrics_need_no_login_on_a_private_site(settings: Settings, engine: Engine) -> None:
+    """Monitoring logs in nowhere: with accounts and SENSORHUB_WEB_PRIVATE=1, both still answer (and show no
+    device), while the pages ask for a login."""
+    accounts.add(engine, "alice", "correct horse battery")
+    app = create_app(settings.replace(web_private=True))
+    web = app.test_client()
+    assert web.get("/capteurs").status_code == 302
+    answer = web.get("/healthz")
+    assert answer.status_code == 503 and answer.json is not None
+    assert [problem.split(":")[0] for problem in answer.json["problems"]] == ["client", "broker"]
+    metrics = web.get("/metrics")
+    assert metrics.status_code == 200 and b"sensorhub_client_up 0.0" in metrics.data
+    # The requests just made, counted by route and status, in this app's own registry (no gunicorn here).
+    assert b'sensorhub_http_requests_total{method="GET",route="/healthz",status="503"} 1.0' in metrics.data

@@ -219,10 +219,13 @@ def install(executable: Path, root: Path = Path("/"), *, dry_run: bool = False, 
     files, env = plan(executable, root)
     if not env.path.exists():
         files.append(env)
-    blocked = _unreachable(executable)
-    if blocked is not None:
-        logger.warning("the %s user cannot enter %s, on the way to %s: put sensorhub in /opt/sensorhub "
-                       "(docs/deploy.md) or `chmod o+x %s`", USER, blocked, executable, blocked)
+    # The program, and the Python it runs on (a virtual environment links to it).
+    for needed in (executable, Path(sys.executable).resolve()):
+        blocked = _unreachable(needed)
+        if blocked is not None:
+            logger.warning("the %s user cannot enter %s, on the way to %s: the services could not start; put "
+                           "sensorhub in /opt/sensorhub with the system's Python (docs/deploy.md)", USER, blocked,
+                           needed)
     for file in files:
         if dry_run:
             echo(f"--- {file.path} (mode {file.mode:04o})\n{file.text}")
