@@ -273,6 +273,9 @@ def test_healthz_and_metrics_need_no_login_on_a_private_site(settings: Settings,
     answer = web.get("/healthz")
     assert answer.status_code == 503 and answer.json is not None
     assert [problem.split(":")[0] for problem in answer.json["problems"]] == ["client", "broker"]
+    nowhere = f"sqlite:///{Path(settings.state_dir).parent / 'none.sqlite3'}"
+    missing = create_app(settings.replace(database_url=nowhere)).test_client().get("/healthz").json
+    assert missing is not None and missing["checks"]["database"]["detail"].startswith("no database yet")
     metrics = web.get("/metrics")
     assert metrics.status_code == 200 and b"sensorhub_client_up 0.0" in metrics.data
     # The requests just made, counted by route and status, in this app's own registry (no gunicorn here).

@@ -23,8 +23,10 @@ from prometheus_client.registry import Collector
 
 from sensorhub import health
 from sensorhub.config import Settings
+from sensorhub.errors import DatabaseError
 from sensorhub.telemetry import MULTIPROC_ENV, STALE_AFTER, client_metrics_path
 from sensorhub.web.api import doc_path
+from sensorhub.web.database import DatabaseMissing
 from sensorhub.web.state import web_state
 
 logger = logging.getLogger(__name__)
@@ -110,8 +112,11 @@ def current_health(settings: Settings) -> health.Health:
     """The checks of sensorhub.health, with the web server's read-only database."""
 
     def ping() -> None:
-        with web_state().database.connect() as conn:
-            conn.exec_driver_sql("SELECT 1 FROM device LIMIT 1").all()
+        try:
+            with web_state().database.connect() as conn:
+                conn.exec_driver_sql("SELECT 1 FROM device LIMIT 1").all()
+        except DatabaseMissing:  # its message is for the pages, in French
+            raise DatabaseError("no database yet: create it with `make db` (sensorhub db init)") from None
 
     return health.check(settings, ping)
 
