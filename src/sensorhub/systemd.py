@@ -95,7 +95,9 @@ def logrotate() -> str:
 
 
 def _hardening(executable: Path) -> str:
-    home = "read-only" if executable.is_relative_to("/home") or executable.is_relative_to("/root") else "yes"
+    # Hidden home directories would hide the program, or the Python it runs on, if either lives there.
+    needed = (executable, Path(sys.executable).resolve())
+    home = "read-only" if any(path.is_relative_to(top) for path in needed for top in ("/home", "/root")) else "yes"
     return f"""\
 NoNewPrivileges=yes
 ProtectSystem=strict
