@@ -18,8 +18,6 @@ from sensorhub.process import die_with_parent, notify
 
 logger = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-
 
 def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one CLI flag per row of the settings table."""
@@ -33,7 +31,11 @@ def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def configure_logging(settings: Settings) -> None:
     """Send log records to stderr at the configured level (only the CLI configures handlers)."""
-    logging.basicConfig(level=settings.log_level_number, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    from sensorhub.logs import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(settings.log_format))
+    logging.basicConfig(level=settings.log_level_number, handlers=[handler], force=True)
     # Alembic announces each of its plugins at INFO; its "Running upgrade" lines stay.
     logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, settings.log_level_number))
 
@@ -371,6 +373,70 @@ def tls_self_signed(settings: Settings, cert: str | None, key: str | None, names
     click.echo(f"  export SENSORHUB_TLS_CERT={cert_path.resolve()} SENSORHUB_TLS_KEY={key_path.resolve()}")
     click.echo("browsers will warn that it is self-signed; boards and scripts must be given the certificate to "
                "trust it")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the answer of /healthz (JSON) instead.")
+@pass_settings
+def status(settings: Settings, as_json: bool) -> None:
+    """Is everything running? Database, broker and ingest client, as /healthz says; exit status 0 if healthy, 1 if
+    not."""
+    import json
+
+    from sensorhub import health
+    from sensorhub.db.engine import make_engine
+
+    def ping() -> None:
+        engine = make_engine(settings.database_url, read_only=True)
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1 FROM device LIMIT 1").all()
+        finally:
+            engine.dispose()
+
+    found = health.check(settings, ping)
+    if as_json:
+        click.echo(json.dumps(found.as_json(), indent=2, ensure_ascii=False))
+    else:
+        for check in found.checks:
+            click.echo(f"{check.name:<9} {'ok' if check.ok else 'FAILED':<7} {check.detail}")
+        click.echo(found.summary())
+    sys.exit(0 if found.ok else 1)
+
+
+@cli.group()
+def service() -> None:
+    """systemd units for the broker, the ingest client and the web server (docs/deploy.md)."""
+
+
+_root_option = click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+                            show_default=True, help="Write under this directory instead (systemd is not told).")
+_dry_run_option = click.option("--dry-run", is_flag=True, help="Print what would be written and run; change "
+                               "nothing.")
+
+
+@service.command("install")
+@_root_option
+@_dry_run_option
+@click.option("--now", "start", is_flag=True, help="Also enable and start the three services.")
+def service_install(root: Path, dry_run: bool, start: bool) -> None:
+    """Write the units, the `sensorhub` user's sysusers.d file and /etc/sensorhub/sensorhub.env (kept if present)."""
+    from sensorhub import systemd
+
+    systemd.install(systemd.default_executable(), root, dry_run=dry_run, start=start, echo=click.echo)
+    if not start and not dry_run:
+        click.echo("start them with: sudo systemctl enable --now " + " ".join(systemd.UNITS))
+
+
+@service.command("uninstall")
+@_root_option
+@_dry_run_option
+def service_uninstall(root: Path, dry_run: bool) -> None:
+    """Stop and remove the units; the settings, the data in /var/lib/sensorhub and the user stay."""
+    from sensorhub import systemd
+
+    systemd.uninstall(root, dry_run=dry_run, echo=click.echo)
+    click.echo(f"kept {systemd.ENV_FILE.as_posix()} and {systemd.STATE} (remove them yourself if you want)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,6 +66,13 @@ def _log_level(value: str) -> str:
     return level
 
 
+def _log_format(value: str) -> str:
+    text = value.strip().lower()
+    if text not in ("text", "json"):
+        raise ValueError("use text or json")
+    return text
+
+
 def _database_url(value: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -146,6 +153,12 @@ class Settings:
         "Directory of what sensorhub generates: broker passwords, the client's and web server's secrets, the pipe.",
         _path,
     )
+    runtime_dir: str = setting(
+        "",
+        "Directory of the files the ingest client and the web server rewrite every second (heartbeat, metrics); "
+        "empty: the state directory. /run/sensorhub under systemd: in memory, sparing an SD card.",
+        _optional_path,
+    )
     broker_max_connections: int = setting(
         "20", "Broker connection limit (the specification's value; -1 = unlimited).", _max_connections
     )
@@ -157,6 +170,9 @@ class Settings:
         _keepalive,
     )
     log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL.", _log_level)
+    log_format: str = setting(
+        "text", "Log lines as `text` (for people) or `json` (one object a line, for log collectors).", _log_format
+    )
     secret_key: str = setting(
         "", "Key signing the web sessions and CSRF tokens (empty: one generated in the state directory).", _text
     )

@@ -24,6 +24,7 @@ from typing import NoReturn
 from sensorhub.config import Settings
 from sensorhub.errors import SensorhubError
 from sensorhub.ports import ensure_free
+from sensorhub.telemetry import prepare_web_metrics
 from sensorhub.tls import check_tls_files
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def run_web(settings: Settings, workers: int | None = None) -> int:
     if settings.tls:
         check_tls_files(settings)
     sock = listen(settings)
+    prepare_web_metrics(settings)  # before gunicorn's master imports prometheus_client
     stopping = threading.Event()  # set from the signal handler
     child = 0
 

@@ -29,8 +29,10 @@ from sensorhub.credentials import CLIENT_USER, client_password, client_secret_pa
 from sensorhub.db.engine import check_schema, make_engine
 from sensorhub.db.space import warn_if_low
 from sensorhub.errors import IngestError, PayloadError
+from sensorhub.ingest.beacon import Beacon
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.ledpipe import Command, PipeReader
+from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound
 from sensorhub.ingest.writer import Watchdog, Writer
@@ -82,9 +84,13 @@ class IngestClient:
         self.mqtt.on_subscribe = self._on_subscribe
         self.mqtt.on_message = self._on_message
         self.mqtt.on_publish = self._on_publish
+        self.metrics = IngestMetrics()
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
                              presence_timeout=3 * settings.keepalive,
-                             purger=Purger(settings.retention_days, settings.rollup_retention_days))
+                             purger=Purger(settings.retention_days, settings.rollup_retention_days),
+                             metrics=self.metrics)
+        self.metrics.watch(self.writer)
+        self.beacon = Beacon(settings, self._health_facts, self.metrics.registry)
         self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)
         self.pipe = PipeReader(settings.fifo_path, self._on_command, self._on_pipe_error)
         self.ready = threading.Event()
@@ -99,6 +105,8 @@ class IngestClient:
         self._unreachable_logged = False
         self._outage: threading.Timer | None = None
         self._outage_lock = threading.Lock()
+        self._connected = False
+        self._connections = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -107,6 +115,7 @@ class IngestClient:
         self.pipe.start()
         self.writer.start()
         self.watchdog.start()
+        self.beacon.start()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY
         self.mqtt.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=self.settings.keepalive,
@@ -120,6 +129,7 @@ class IngestClient:
         # From now on, what arrives is neither stored nor acknowledged: the broker delivers it again to the next
         # start (QoS 1/2; QoS 0 is lost, as with any disconnection).
         self._stopping = True
+        self.beacon.stop()
         self.watchdog.stop()
         self.pipe.stop()
         self.writer.stop()  # commits and acknowledges everything received before
@@ -155,6 +165,11 @@ class IngestClient:
             return
         self._unreachable_logged = False
         self._cancel_outage()
+        self._connected = True
+        self._connections += 1
+        self.metrics.connected.set(1)
+        if self._connections > 1:
+            self.metrics.reconnections.inc()
         client.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in SERVER_SUBSCRIPTIONS])
         logger.info("connected to the broker at %s:%d (session present: %s)", self.settings.mqtt_host,
                     self.settings.mqtt_port, flags.session_present)
@@ -173,6 +188,8 @@ class IngestClient:
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags,
                        reason: ReasonCode, _properties: Properties | None) -> None:
         self._disconnected.set()
+        self._connected = False
+        self.metrics.connected.set(0)
         if not self._stopping:
             logger.warning("lost the broker connection (%s); reconnecting", reason)
             self._start_outage()
@@ -234,6 +251,11 @@ class IngestClient:
                     _properties: Properties | None) -> None:
         if reason.is_failure:
             self.drops.add("publish-denied", f"the broker refused our message {mid}: {reason}")
+
+    def _health_facts(self) -> dict[str, Any]:
+        """What the heartbeat says (sensorhub.health reads it)."""
+        return {"broker": self._connected, "writer": self.writer.alive and not self.writer.failed.is_set(),
+                "queued": self.writer.queue.qsize()}
 
     # -- the pipe -----------------------------------------------------------------------------------
 

@@ -252,6 +252,7 @@ class Sessions:
                     if not device.online:
                         device.online = True
                         out.changes.append(Presence(device.id, True, device.last_seen_us, device.session_id))
+                        out.notes.append(f"{device.name} joined (device {device.id}, session {session})")
                     device.heard = True
             case Leave(name, session):
                 device = self._current(out, name, session, "leave")
@@ -261,6 +262,7 @@ class Sessions:
                     if device.online:
                         device.online = False
                         out.changes.append(Presence(device.id, False, device.last_seen_us, device.session_id))
+                        out.notes.append(f"{device.name} left (device {device.id}, session {session})")
             case LedRequest(device_id, session, on):
                 self._led(out, device_id, session, on)
             case RenameRequest(device_id, name):

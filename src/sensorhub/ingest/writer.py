@@ -28,6 +28,7 @@ from sensorhub.db.engine import sqlite_path
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
+from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import (
     Decisions,
@@ -104,8 +105,11 @@ class Writer:
 
     def __init__(self, engine: Engine, publish: Publish, ack: Ack, drops: Drops, *,
                  presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX,
-                 history: History | None = None, purger: Purger | None = None) -> None:
+                 history: History | None = None, purger: Purger | None = None,
+                 metrics: IngestMetrics | None = None) -> None:
         self.engine = engine
+        #: Prometheus metrics, counted once per committed batch (sensorhub.ingest.metrics).
+        self.metrics = metrics
         #: Roll-ups and the session log, kept in each batch's transaction; retention, between batches.
         self.history = history if history is not None else History()
         self.purger = purger if purger is not None else Purger(0, 0)
@@ -234,6 +238,7 @@ class Writer:
         while True:
             self.heartbeat = time.monotonic()
             try:
+                started = time.perf_counter()
                 done = self._transaction(batch)
             except OperationalError as err:
                 self.stats.failed_batches += 1
@@ -248,6 +253,8 @@ class Writer:
                 if self._blocked_since is not None:
                     self._unblocked()
                 self._after_commit(done, len(batch))
+                if self.metrics is not None:
+                    self.metrics.committed(done, len(batch), time.perf_counter() - started)
                 return
             # Outside the except clause: what follows must not chain onto this failure.
             self.stats.failed_batches += 1

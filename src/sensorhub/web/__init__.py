@@ -44,7 +44,7 @@ def _security_headers(response: Response) -> Response:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for `settings` (default: Settings.load()); the database is opened on first use."""
-    from sensorhub.web import api, auth, pages
+    from sensorhub.web import api, auth, monitoring, pages
 
     import_module("sensorhub.web.series")  # adds the readings and CSV routes to the API blueprint
 
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     CSRFProtect(app)
     register_filters(app)
     register_error_handlers(app)
+    monitoring.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(auth.bp)

@@ -34,7 +34,9 @@ bp = Blueprint("auth", __name__)
 THROTTLE_LIMIT = 5
 THROTTLE_WINDOW = 60.0
 #: Reachable without a login even when the site is private.
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.login_post", "auth.logout", "static"})
+#: /healthz and /metrics too: monitoring logs in nowhere, and they show no device, name nor address.
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.login_post", "auth.logout", "static", "monitoring.healthz",
+                              "monitoring.metrics"})
 LOGIN_REQUIRED = "connectez-vous pour piloter les appareils (/login)"
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sensorhub import accounts
 from sensorhub.config import Settings
 from sensorhub.db.engine import sqlite_path
+from sensorhub.logs import formatter
 from sensorhub.ports import ensure_free
 from sensorhub.process import notify
 from sensorhub.tls import check_tls_files
@@ -76,6 +77,17 @@ class _StderrAccessLogger(glogging.Logger):  # type: ignore[misc]
             self._set_handler(self.access_log, cfg.accesslog, logging.Formatter(self.access_fmt), stream=sys.stderr)
 
 
+class _JsonAccessLogger(_StderrAccessLogger):
+    """The same, with every line a JSON object (SENSORHUB_LOG_FORMAT=json)."""
+
+    def setup(self, cfg: Any) -> None:
+        """Set up as above, then give both of gunicorn's handlers the JSON formatter."""
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(formatter("json"))
+
+
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
     """gunicorn running our app object, configured from code rather than files or argv."""
 
@@ -114,7 +126,7 @@ def gunicorn_options(settings: Settings, workers: int, fd: int | None = None) ->
         "preload_app": True,
         "accesslog": "-",
         "errorlog": "-",
-        "logger_class": _StderrAccessLogger,
+        "logger_class": _JsonAccessLogger if settings.log_format == "json" else _StderrAccessLogger,
         "loglevel": settings.log_level.lower(),
         "graceful_timeout": 5,
         "timeout": 30,

@@ -1,0 +1,146 @@
+"""`/healthz` and `/metrics`, and the HTTP metrics of every request.
+
+gunicorn runs several worker processes: under `sensorhub web` each keeps its counters in prometheus_client's
+multiprocess files (sensorhub.telemetry), and `/metrics` adds them up, whichever worker answers. The ingest
+client's figures come from the file it replaces every second, re-exported as they are while it is fresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from sensorhub import health
+from sensorhub.config import Settings
+from sensorhub.errors import DatabaseError
+from sensorhub.telemetry import MULTIPROC_ENV, STALE_AFTER, client_metrics_path
+from sensorhub.web.api import doc_path
+from sensorhub.web.database import DatabaseMissing
+from sensorhub.web.state import web_state
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("monitoring", __name__)
+
+METRICS_EXTENSION = "sensorhub.metrics"
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class HttpMetrics:
+    """Requests per route, method and status, and their durations."""
+
+    def __init__(self) -> None:
+        # Under gunicorn, values live in the multiprocess files, and this registry is not what /metrics reads.
+        self.registry = CollectorRegistry()
+        self.requests = Counter("sensorhub_http_requests", "HTTP requests answered, per route, method and status.",
+                                ["route", "method", "status"], registry=self.registry)
+        self.duration = Histogram("sensorhub_http_request_duration_seconds", "Time to answer an HTTP request "
+                                  "(until its headers, for streamed CSV exports), per route and method.",
+                                  ["route", "method"], buckets=DURATION_BUCKETS, registry=self.registry)
+
+
+class _Registry(Collector):
+    """Another registry's metrics, as one collector."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        """Whatever the registry holds."""
+        return self.registry.collect()
+
+
+class ClientFile(Collector):
+    """The ingest client's metrics file, while it is fresh; `sensorhub_client_up` says whether it was."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[Metric]:
+        """The client's families, then sensorhub_client_up."""
+        text = ""
+        try:
+            if time.time() - self.path.stat().st_mtime <= STALE_AFTER:
+                text = self.path.read_text()
+        except OSError:
+            pass
+        families = []
+        if text:
+            try:
+                families = list(text_string_to_metric_families(text))
+            except ValueError as err:  # cannot happen with prometheus_client on both sides; say it if it does
+                logger.warning("unreadable client metrics file %s: %s", self.path, err)
+        yield from families
+        yield GaugeMetricFamily("sensorhub_client_up", "1 while the ingest client's metrics are fresh (it runs).",
+                                value=1 if families else 0)
+
+
+def init_app(app: Flask) -> None:
+    """Measure every request and serve /healthz and /metrics (before any other before_request hook)."""
+    app.extensions[METRICS_EXTENSION] = HttpMetrics()
+    app.before_request_funcs.setdefault(None, []).insert(0, _started)
+    app.after_request(_measured)
+    app.register_blueprint(bp)
+
+
+def _started() -> None:
+    g.sensorhub_started = time.perf_counter()
+
+
+def _measured(response: Response) -> Response:
+    started = g.pop("sensorhub_started", None)
+    if started is not None:
+        metrics: HttpMetrics = current_app.extensions[METRICS_EXTENSION]
+        route = doc_path(request.url_rule.rule) if request.url_rule is not None else "(no route)"
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        metrics.duration.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
+
+
+def current_health(settings: Settings) -> health.Health:
+    """The checks of sensorhub.health, with the web server's read-only database."""
+
+    def ping() -> None:
+        try:
+            with web_state().database.connect() as conn:
+                conn.exec_driver_sql("SELECT 1 FROM device LIMIT 1").all()
+        except DatabaseMissing:  # its message is for the pages, in French
+            raise DatabaseError("no database yet: create it with `make db` (sensorhub db init)") from None
+
+    return health.check(settings, ping)
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """Health: 200 if the database answers, the broker is reachable and the ingest client runs; 503 saying what
+    is wrong otherwise."""
+    found = current_health(web_state().settings)
+    response = jsonify(found.as_json())
+    response.headers["Cache-Control"] = "no-store"
+    return response, 200 if found.ok else 503
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Metrics in the Prometheus text format: the web server's and the ingest client's."""
+    registry = CollectorRegistry()
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Registry(current_app.extensions[METRICS_EXTENSION].registry))
+    registry.register(ClientFile(client_metrics_path(web_state().settings)))
+    # The text format, or OpenMetrics when the scraper asks for it (Prometheus does).
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encode(registry), content_type=content_type, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,282 @@
+"""Health, metrics and logs of the real stack: Mosquitto, `sensorhub client` and `sensorhub web` (gunicorn, two
+workers) as subprocesses on one SQLite file, shared by the module's tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, text
+
+from sensorhub import accounts, health
+from sensorhub.broker import Broker
+from sensorhub.config import Settings
+from sensorhub.db.engine import init_db, make_engine
+from sensorhub.health import write_heartbeat
+from sensorhub.ingest.ledpipe import LedRequest, send_command
+from sensorhub.process import Child
+from sensorhub.protocol import Topic
+from sensorhub.telemetry import heartbeat_path
+from sensorhub.web import create_app
+from tests.devices import RawDevice
+from tests.stack import ROOT, check_not_died, sensorhub, start, web_url
+from tests.support import settings_for, wait_for
+
+pytestmark = pytest.mark.integration
+
+#: What Prometheus 3 sends (its default scrape_protocols).
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=underscores,application/openmetrics-text;"
+                     "version=0.0.1;q=0.9,text/plain;version=1.0.0;escaping=underscores;q=0.5,"
+                     "text/plain;version=0.0.4;q=0.4,*/*;q=0.1")
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@dataclass
+class Stack:
+    """The running parts; a test may stop one and must leave it running again."""
+
+    settings: Settings
+    engine: Engine
+    broker: Broker
+    client: Child
+    web: Child
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Broker, ingest client and web server, logging JSON at INFO, their heartbeat and metrics in a runtime
+    directory of their own."""
+    directory = tmp_path_factory.mktemp("monitoring")
+    settings = settings_for(directory).replace(log_format="json", log_level="INFO", runtime_dir=str(directory / "run"))
+    engine = make_engine(settings.database_url, create_dir=True)
+    init_db(engine)
+    broker = Broker(settings)
+    broker.start()
+    client = start(sensorhub("client", ["client"], settings))
+    web = start(sensorhub("web", ["web", "--workers", "2"], settings))
+    running = Stack(settings, engine, broker, client, web)
+    try:
+        yield running
+        check_not_died(running.web)
+    finally:
+        running.web.stop()
+        running.client.stop()
+        running.broker.stop()
+        engine.dispose()
+
+
+def healthz(settings: Settings) -> tuple[int, dict[str, Any]]:
+    """Status and body of GET /healthz."""
+    try:
+        with urllib.request.urlopen(web_url(settings, "/healthz"), timeout=10) as answer:
+            return int(answer.status), json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def status(settings: Settings) -> subprocess.CompletedProcess[str]:
+    """`sensorhub status` against `settings`."""
+    return subprocess.run([sys.executable, "-m", "sensorhub", "status"], capture_output=True, text=True, timeout=30,
+                          cwd=ROOT, env={**os.environ, **settings.environ()})
+
+
+def scrape(settings: Settings) -> Samples:
+    """Every sample of GET /metrics, by name and labels."""
+    with urllib.request.urlopen(web_url(settings, "/metrics"), timeout=10) as answer:
+        assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        body = answer.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body) for sample in family.samples}
+
+
+def scrape_openmetrics(settings: Settings) -> Samples:
+    """GET /metrics as Prometheus asks for it: OpenMetrics, parsed by its strict parser."""
+    request = urllib.request.Request(web_url(settings, "/metrics"), headers={"Accept": PROMETHEUS_ACCEPT})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+        body = answer.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in openmetrics_families(body) for sample in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """One sample, 0 if absent (a counter not counted yet)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def count(engine: Engine, sql: str) -> int:
+    """The integer a query answers."""
+    with engine.connect() as conn:
+        return int(conn.execute(text(sql)).scalar_one())
+
+
+def healthy_again(stack: Stack) -> None:
+    """Wait for /healthz to say 200."""
+    wait_for(lambda: healthz(stack.settings)[0] == 200, 30, interval=0.2, what="/healthz 200")
+
+
+def test_healthz_and_status_follow_the_client_and_the_broker(stack: Stack) -> None:
+    settings = stack.settings
+    healthy_again(stack)
+    code, body = healthz(settings)
+    assert code == 200 and body["status"] == "ok" and body["problems"] == []
+    assert set(body["checks"]) == {"database", "client", "broker"}
+    ran = status(settings)
+    assert ran.returncode == 0 and ran.stdout.splitlines()[-1] == "healthy", ran.stdout + ran.stderr
+
+    # The client is killed: no clean stop, its heartbeat just gets old.
+    os.killpg(stack.client.pid, signal.SIGKILL)
+    stack.client.process.wait()  # type: ignore[union-attr]
+    wait_for(lambda: healthz(settings)[0] == 503, 15, interval=0.2, what="/healthz 503 without the client")
+    code, body = healthz(settings)
+    assert code == 503 and body["status"] == "unhealthy" and not body["checks"]["client"]["ok"]
+    assert [problem.split(":")[0] for problem in body["problems"]] == ["client"]
+    assert body["checks"]["broker"]["ok"] and "asked directly" in body["checks"]["broker"]["detail"]
+    ran = status(settings)
+    assert ran.returncode == 1 and "unhealthy: client: the ingest client was last seen" in ran.stdout, ran.stdout
+    start(stack.client)
+    healthy_again(stack)
+
+    # The broker stops: the client says it lost it, at once.
+    stack.broker.stop()
+    wait_for(lambda: healthz(settings)[0] == 503, 15, interval=0.2, what="/healthz 503 without the broker")
+    code, body = healthz(settings)
+    assert code == 503 and [problem.split(":")[0] for problem in body["problems"]] == ["broker"], body
+    assert status(settings).returncode == 1
+    stack.broker = Broker(settings)
+    stack.broker.start()
+    healthy_again(stack)
+    assert status(settings).returncode == 0
+
+
+def test_metrics_count_what_a_real_stream_stored(stack: Stack) -> None:
+    settings, engine = stack.settings, stack.engine
+    healthy_again(stack)
+    before = scrape(settings)
+    assert value(before, "sensorhub_client_up") == 1
+    light_before = count(engine, "SELECT count(*) FROM light_reading")
+    button_before = count(engine, "SELECT count(*) FROM button_reading")
+    device = RawDevice(settings.mqtt_port, "AA:BB:CC:00:15:01")
+    name, session = device.join()
+    wait_for(lambda: count(engine, f"SELECT count(*) FROM device WHERE name = '{name}' AND online = 1"), 10,
+             what="the device online")
+    for number in range(300):
+        device.reading(Topic.PHOTORESISTOR_STATUS, number % 100, qos=1)
+    for number in range(40):
+        device.reading(Topic.BUTTON_STATUS, number % 2, qos=1).wait_for_publish(5)
+    device.reading(Topic.PHOTORESISTOR_STATUS, 1, qos=1, session="1.000001").wait_for_publish(5)  # out of band
+    wait_for(lambda: count(engine, "SELECT count(*) FROM light_reading") == light_before + 300, 20,
+             what="300 light readings stored")
+    device_id = count(engine, f"SELECT id FROM device WHERE name = '{name}'")
+    send_command(settings.fifo_path, LedRequest(device_id, session, True))
+    send_command(settings.fifo_path, LedRequest(device_id, "1.000001", True))  # not its session: refused
+    wait_for(lambda: device.commands, 10, what="the LED command at the device")
+    for _ in range(7):
+        urllib.request.urlopen(web_url(settings, "/api/devices"), timeout=10).close()
+
+    def settled() -> Samples | None:
+        now = scrape(settings)
+        return now if value(now, "sensorhub_led_commands_total", outcome="device-offline") > value(
+            before, "sensorhub_led_commands_total", outcome="device-offline") else None
+
+    after = wait_for(settled, 10, interval=0.3, what="the client's metrics file to catch up")
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    stored_light = count(engine, "SELECT count(*) FROM light_reading") - light_before
+    stored_button = count(engine, "SELECT count(*) FROM button_reading") - button_before
+    assert (stored_light, stored_button) == (300, 40)
+    assert delta("sensorhub_readings_stored_total", kind="light") == stored_light
+    assert delta("sensorhub_readings_stored_total", kind="button") == stored_button
+    assert delta("sensorhub_messages_discarded_total", reason="out-of-band") == 1
+    assert delta("sensorhub_device_joins_total") == 1
+    assert value(after, "sensorhub_devices_online") == count(engine, "SELECT count(*) FROM device WHERE online = 1")
+    assert delta("sensorhub_led_commands_total", outcome="published") == 1
+    assert delta("sensorhub_led_commands_total", outcome="device-offline") == 1
+    assert delta("sensorhub_writer_batch_messages_sum") >= 300 + 40 + 1
+    assert value(after, "sensorhub_writer_commit_duration_seconds_count") >= 1
+    assert value(after, "sensorhub_broker_connected") == 1
+    # Seven requests, answered by either of the two gunicorn workers, all counted.
+    assert delta("sensorhub_http_requests_total", route="/api/devices", method="GET", status="200") == 7
+    assert delta("sensorhub_http_request_duration_seconds_count", route="/api/devices", method="GET") == 7
+    # The same figures in OpenMetrics, what Prometheus asks for.
+    strict = scrape_openmetrics(settings)
+    assert value(strict, "sensorhub_readings_stored_total", kind="light") == value(
+        after, "sensorhub_readings_stored_total", kind="light")
+    assert value(strict, "sensorhub_writer_batch_messages_count") >= value(after,
+                                                                           "sensorhub_writer_batch_messages_count")
+
+    # Every metric served is documented in docs/deploy.md, and the examples in deploy/ use served ones.
+    served = {re.sub(r"_(bucket|sum|count)$", "", name) for name, _labels in after if name.startswith("sensorhub_")}
+    documented = set(re.findall(r"`(sensorhub_\w+)`", (ROOT / "docs" / "deploy.md").read_text()))
+    assert sorted(name for name in served - documented if "_process_" not in name) == []
+    used = {name for path in (ROOT / "deploy").glob("*.yml") for name in re.findall(r"sensorhub_\w+", path.read_text())}
+    assert sorted(used - served) == []
+
+    device.leave()
+    wait_for(lambda: value(scrape(settings), "sensorhub_device_leaves_total") - value(
+        before, "sensorhub_device_leaves_total") == 1, 10, interval=0.3, what="the leave counted")
+    # One line for the new device, its join and its leave, none per reading; every line a JSON object.
+    lines = [json.loads(line) for line in stack.client.lines]
+    about = [line["message"] for line in lines if line["level"] == "INFO" and name in line["message"]]
+    assert about == [f"new device {device.mac}: {name}", f"{name} joined (device {device_id}, session {session})",
+                     f"{name} left (device {device_id}, session {session})"], about
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    web_lines = [json.loads(line) for line in stack.web.lines if line.startswith("{")]
+    assert any("/api/devices" in line["message"] for line in web_lines)  # gunicorn's access log, as JSON
+
+
+def test_status_names_everything_that_is_missing(tmp_path: Path) -> None:
+    """Nothing runs and there is no database: each check says so in one line, and the exit status is 1."""
+    settings = settings_for(tmp_path)
+    ran = subprocess.run([sys.executable, "-m", "sensorhub", "status", "--json"], capture_output=True, text=True,
+                         timeout=30, cwd=ROOT, env={**os.environ, **settings.environ()})
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    body = json.loads(ran.stdout)
+    assert body["status"] == "unhealthy" and [p.split(":")[0] for p in body["problems"]] == [
+        "database", "client", "broker"]
+    assert "no database at" in body["checks"]["database"]["detail"]
+    assert body["checks"]["client"]["detail"] == "no heartbeat: the ingest client is not running"
+    assert body["checks"]["broker"]["detail"].startswith(f"cannot reach it at 127.0.0.1:{settings.mqtt_port}")
+    # A client that stopped beating long ago, with its writer dead.
+    (tmp_path / "var").mkdir()
+    write_heartbeat(heartbeat_path(settings), {"broker": True, "writer": False, "queued": 3})
+    found = health.check(settings, lambda: None)
+    assert [check.ok for check in found.checks] == [True, False, True]
+    assert found.summary() == "unhealthy: client: the ingest client runs but its database writer stopped"
+    stale = health.check(settings, lambda: None, now=time.time() + 60)
+    assert stale.problems()[0].startswith("client: the ingest client was last seen 6") and not stale.checks[2].ok
+
+
+def test_healthz_and_metrics_need_no_login_on_a_private_site(settings: Settings, engine: Engine) -> None:
+    """Monitoring logs in nowhere: with accounts and SENSORHUB_WEB_PRIVATE=1, both still answer (and show no
+    device), while the pages ask for a login."""
+    accounts.add(engine, "alice", "correct horse battery")
+    app = create_app(settings.replace(web_private=True))
+    web = app.test_client()
+    assert web.get("/capteurs").status_code == 302
+    answer = web.get("/healthz")
+    assert answer.status_code == 503 and answer.json is not None
+    assert [problem.split(":")[0] for problem in answer.json["problems"]] == ["client", "broker"]
+    nowhere = f"sqlite:///{Path(settings.state_dir).parent / 'none.sqlite3'}"
+    missing = create_app(settings.replace(database_url=nowhere)).test_client().get("/healthz").json
+    assert missing is not None and missing["checks"]["database"]["detail"].startswith("no database yet")
+    metrics = web.get("/metrics")
+    assert metrics.status_code == 200 and b"sensorhub_client_up 0.0" in metrics.data
+    # The requests just made, counted by route and status, in this app's own registry (no gunicorn here).
+    assert b'sensorhub_http_requests_total{method="GET",route="/healthz",status="503"} 1.0' in metrics.data
