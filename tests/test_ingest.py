@@ -494,13 +494,17 @@ def test_client_started_before_the_broker_keeps_trying_says_so_once_and_connects
         settings: Settings, engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     client = IngestClient(settings)
     client.start()
+    stopped = False
     try:
         wait_for(lambda: client.connect_failures >= 2, 10, what="a second attempt to reach the broker")
         assert not client.ready.is_set()
         with Broker(settings):
             assert client.ready.wait(15), "the client did not connect once the broker came up"
+            client.stop()  # before the broker goes away again, which would be worth a line of its own
+            stopped = True
     finally:
-        client.stop()
+        if not stopped:
+            client.stop()
     said = [r.getMessage() for r in caplog.records if "cannot reach the broker" in r.getMessage()]
     assert said == [f"cannot reach the broker at 127.0.0.1:{settings.mqtt_port}; retrying (is it running? "
                     "`make broker`)"]
