@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -36,6 +37,17 @@ def wait_line(child: Child, text: str, timeout: float) -> None:
 def api(settings: Settings, path: str) -> object:
     with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}{path}", timeout=5) as answer:
         return json.loads(answer.read())
+
+
+def api_status(settings: Settings, path: str) -> int | None:
+    """The HTTP status of a page, or None if nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}{path}", timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return None
 
 
 def light_readings(settings: Settings) -> int:
@@ -70,6 +82,14 @@ def test_run_demo_comes_up_flows_and_stops_cleanly(settings: Settings, tmp_path:
         wait_line(child, "restarting it", 5)
         stored = light_readings(settings)
         wait_for(lambda: light_readings(settings) > stored, 30, what="readings stored by the restarted client")
+        # the web server killed with its workers still holding the port: the restart waits for it, never fails
+        web = next(c for c in psutil.Process(child.pid).children() if " web" in " ".join(c.cmdline()))
+        stuck = web.children(recursive=True)[-1]  # a gunicorn worker, frozen while it holds the listening socket
+        stuck.send_signal(signal.SIGSTOP)
+        web.send_signal(signal.SIGKILL)
+        wait_line(child, "web exited with status -9", 15)
+        wait_for(lambda: api_status(settings, "/accueil") == 200, 40, what="the web server back")
+        assert "could not restart web" not in child.output()
         children = psutil.Process(child.pid).children(recursive=True)
     finally:
         child.stop(60)
