@@ -44,6 +44,8 @@ def insert_readings(conn: Connection, kind: str, rows: Sequence[tuple[int, str, 
         execute(conn, f"INSERT INTO {kind}_reading {_COLUMNS} VALUES (?, ?, ?)", rows)
         return
     statement = f"COPY {kind}_reading {_COLUMNS} FROM STDIN"
+    if not conn.in_transaction():
+        conn.begin()  # so that the caller's commit or rollback reaches the driver's connection
     raw: Any = conn.connection.dbapi_connection  # a psycopg.Connection, in the caller's transaction
     try:
         with raw.cursor() as cursor, cursor.copy(statement) as copy:

@@ -56,7 +56,8 @@ class Found:
     tables: frozenset[str]
 
 
-def _config() -> Config:
+def alembic_config() -> Config:
+    """Alembic's configuration: sensorhub's migrations, run on the connection put in `attributes`."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
@@ -64,13 +65,13 @@ def _config() -> Config:
 
 def revisions() -> list[str]:
     """Every revision, oldest first."""
-    script = ScriptDirectory.from_config(_config())
+    script = ScriptDirectory.from_config(alembic_config())
     return [rev.revision for rev in reversed(list(script.walk_revisions()))]
 
 
 def head() -> str:
     """The newest revision this sensorhub knows."""
-    found = ScriptDirectory.from_config(_config()).get_current_head()
+    found = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert found is not None
     return found
 
@@ -176,7 +177,7 @@ def upgrade(url: str) -> tuple[str | None, str]:
         check_schema(url)  # raises the one-line explanation
     engine = make_engine(url, create_dir=True)
     try:
-        config = _config()
+        config = alembic_config()
         with engine.begin() as conn:
             _warn_about_collation(conn)
             config.attributes["connection"] = conn
