@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Integer, ScalarSelect, case, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Integer, ScalarSelect, case, func, or_, select, tuple_, type_coerce
 
 from sensorhub.db.models import READING_MODELS, ButtonReading, Device, LedReading, LightReading
 from sensorhub.protocol import Kind
@@ -211,7 +211,9 @@ def history_page(
     """A page of devices in (last_seen DESC, id DESC) order after `before`, with their histories."""
     stmt = _device_select().order_by(*_NEWEST_FIRST).limit(size + 1)
     if before is not None:
-        stmt = stmt.where(tuple_(Device.last_seen, Device.id) < tuple_(before.last_seen, before.id))
+        # The bound time typed as the column (stored text): PostgreSQL refuses to compare text with a timestamp.
+        after = tuple_(type_coerce(before.last_seen, Device.last_seen.type), before.id)
+        stmt = stmt.where(tuple_(Device.last_seen, Device.id) < after)
     if query:
         stmt = stmt.where(_matches(query))
     rows = [_row(row) for row in conn.execute(stmt)]
