@@ -61,7 +61,7 @@ _INSERT_DEVICE = (
     "INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, last_seen) "
     "VALUES (?, ?, ?, ?, FALSE, ?, ?, ?)"
 )
-_NEW_SESSION = "UPDATE device SET session_id = ?, session_name = ?, online = 0 WHERE id = ?"
+_NEW_SESSION = "UPDATE device SET session_id = ?, session_name = ?, online = FALSE WHERE id = ?"
 _SET_ONLINE = "UPDATE device SET online = ? WHERE id = ?"
 _SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ?"
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
