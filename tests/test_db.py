@@ -263,3 +263,20 @@ def test_a_postgresql_url_with_another_driver_is_refused_at_start(tmp_path: Path
     result = subprocess.run([sys.executable, "-m", "sensorhub", "db", "upgrade"], env=env, capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 2 and "postgresql+psycopg://" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_on_postgresql_backup_points_to_pg_dump_and_accounts_work(settings: Settings, engine: Engine,
+                                                                   tmp_path: Path) -> None:
+    result = _cli(settings, "backup", str(tmp_path / "copy.sqlite3"))
+    assert result.returncode == 2 and "pg_dump" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "copy.sqlite3").exists()
+    env = {**os.environ, **settings.environ()}
+    added = subprocess.run([sys.executable, "-m", "sensorhub", "user", "add", "alice"], env=env,
+                           input="correct horse battery\ncorrect horse battery\n", capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert added.returncode == 0, added.stderr
+    assert _cli(settings, "reset", "--yes").stdout.strip() == "database reset (1 web account(s) kept)"
+    listed = subprocess.run([sys.executable, "-m", "sensorhub", "user", "list"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert "alice" in listed.stdout and "sensorhub-test-password" not in listed.stdout + listed.stderr
