@@ -59,3 +59,21 @@ def test_quick_bench_measures_every_figure() -> None:
     assert figures["history_api_p99_ms"]["30 days, auto"]["max_points"] <= 1000
     assert figures["export_rows_per_s"]["rows"] > 0
     assert figures["retention_p99_ms"]["measured"] == figures["retention_p99_ms"]["probes"]
+
+
+@pytest.mark.integration
+def test_quick_bench_on_postgresql_loses_nothing() -> None:
+    from tests.pgcluster import binaries
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL's server binaries are not installed: sudo apt-get install postgresql")
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--postgresql"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["postgresql"] is True and report["machine"]["database"].startswith("PostgreSQL ")
+    figures = report["figures"]
+    assert set(figures) == {"sustained_qos0", "sustained_qos1", "burst_qos1"}
+    assert figures["sustained_qos0"]["lost"] == figures["sustained_qos1"]["lost"] == 0
+    assert figures["sustained_qos0"]["duplicated"] == 0
+    assert figures["burst_qos1"]["stored"] == figures["burst_qos1"]["sent"]

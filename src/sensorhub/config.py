@@ -74,6 +74,11 @@ def _database_url(value: str) -> str:
     return value.strip()
 
 
+def _without_password(value: str) -> str:
+    """A database URL with its password masked (any other value unchanged), for error messages."""
+    return re.sub(r"^([\w+]+://[^:/@]*:)[^@]*@", r"\1***@", value)
+
+
 def _host(value: str) -> str:
     host = value.strip()
     if not host or not re.fullmatch(r"[A-Za-z0-9.:\-\[\]%]+", host):
@@ -195,7 +200,7 @@ class Settings:
             try:
                 values[spec.name] = spec.parse(str(raw))
             except ValueError as err:
-                shown = "(hidden)" if spec.name in SECRET_SETTINGS else repr(raw)
+                shown = "(hidden)" if spec.name in SECRET_SETTINGS else repr(_without_password(str(raw)))
                 raise ConfigError(f"{source}={shown} is invalid: {err}") from None
         settings = cls(**values)
         if bool(settings.tls_cert) != bool(settings.tls_key):
