@@ -104,14 +104,45 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
+def _scale_out(quick: bool) -> int:
+    """The scale-out scenario: one table, one JSON line."""
+    from contextlib import ExitStack
+
+    from bench.scaleout import SCALE_FULL, SCALE_QUICK, scale_out
+    from tests.pgcluster import binaries
+
+    host = machine.describe()
+    databases: list[tuple[str, Callable[[], str | None]]] = [("SQLite", lambda: None)]
+    with ExitStack() as stack:
+        if binaries() is not None:
+            host["database"] = "PostgreSQL " + machine.postgresql_version()
+            databases.append(("PostgreSQL", stack.enter_context(postgresql_databases())))
+        print(f"sensorhub scale-out benchmark ({'quick smoke run' if quick else 'full'}) on {host['cpu']}, "
+              f"{host['cores']} cores, {host['memory_gib']} GiB, {host['os']}, Python {host['python']}, "
+              f"SQLite {host['sqlite']}, mosquitto {host['mosquitto']}, {host.get('database', 'no PostgreSQL')}",
+              flush=True)
+        figures = scale_out(SCALE_QUICK if quick else SCALE_FULL, databases,
+                            lambda text: print(text, file=sys.stderr, flush=True))
+    print(table(figures))
+    print(json.dumps({"quick": quick, "scenario": "scale-out", "machine": host,
+                      "figures": {f.key: {"value": f.value, "target": f.target, "ok": f.ok, **f.data}
+                                  for f in figures}}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 0 when every figure was measured (met or not)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small numbers, a few seconds (smoke run)")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=None)
+    parser.add_argument("--scenario", choices=("performance", "scale-out"), default="performance",
+                        help="scale-out: sensorhub against a bare paho subscriber and mosquitto_sub, on SQLite "
+                             "and PostgreSQL (bench/scaleout.py)")
     parser.add_argument("--postgresql", action="store_true",
                         help=f"on PostgreSQL (a throwaway cluster): {', '.join(POSTGRESQL_SCENARIOS)}")
     args = parser.parse_args(argv)
+    if args.scenario == "scale-out":
+        return _scale_out(args.quick)
     only = set(args.only or (POSTGRESQL_SCENARIOS if args.postgresql else SCENARIOS))
     if args.postgresql and not only <= set(POSTGRESQL_SCENARIOS):
         parser.error(f"--postgresql measures {', '.join(POSTGRESQL_SCENARIOS)} only")
