@@ -1,5 +1,8 @@
-"""`python -m bench [--quick] [--only KEY ...]`: measure every figure of the performance issue, print a table
-and one JSON line. `--quick` runs each scenario with small numbers in a few seconds (the test suite does)."""
+"""`python -m bench [--quick] [--only KEY ...] [--postgresql]`: measure every figure of the performance issue, print
+a table and one JSON line. `--quick` runs each scenario with small numbers in a few seconds (the test suite does).
+`--postgresql` measures the writer's figures on PostgreSQL instead of SQLite: a cluster of Debian's `postgresql`
+package, started in a temporary directory with PostgreSQL's default durability (fsync on), one database per
+scenario."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from bench import machine
 from bench.scenarios import FULL, QUICK, Figure, Load, Sizes, burst, latency, many_devices, memory, sustained
@@ -17,9 +21,24 @@ from bench.stack import Stack
 
 SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "web", "memory", "browser",
              "history", "export", "rollups", "retention", "broker_restart")
+#: What `--postgresql` measures: the writer's rates (the other scenarios read the SQLite file directly).
+POSTGRESQL_SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1")
 
 
-def run(sizes: Sizes, only: set[str], say: Callable[[str], None]) -> list[Figure]:
+@contextmanager
+def postgresql_databases() -> Iterator[Callable[[], str]]:
+    """A durable throwaway PostgreSQL cluster; yields a function making a new empty database (its URL)."""
+    from tests.pgcluster import Cluster, binaries
+
+    bindir = binaries()
+    if bindir is None:
+        raise SystemExit("--postgresql needs PostgreSQL's server binaries: sudo apt-get install postgresql")
+    with Cluster(bindir, durable=True) as cluster:
+        yield cluster.create_database
+
+
+def run(sizes: Sizes, only: set[str], say: Callable[[str], None],
+        new_database: Callable[[], str | None] = lambda: None) -> list[Figure]:
     """Run the selected scenarios, each on a stack and a database of its own (what one leaves behind, a
     backlog, a locked database, cannot flatter or spoil the next); a scenario that fails is reported as
     such, the others still run."""
@@ -40,7 +59,8 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None]) -> list[Figure
 
     def loaded(measure: Callable[[Stack, Load, Sizes], Figure]) -> Callable[[], Figure]:
         def fresh() -> Figure:
-            with Stack(components=("broker", "client")) as stack, Load(stack, sizes.devices) as load:
+            with Stack(components=("broker", "client"), database_url=new_database()) as stack, \
+                    Load(stack, sizes.devices) as load:
                 return measure(stack, load, sizes)
         return fresh
 
@@ -88,21 +108,68 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
+def _scale_out(quick: bool) -> int:
+    """The scale-out scenario: one table, one JSON line."""
+    from contextlib import ExitStack
+
+    from bench.scaleout import SCALE_FULL, SCALE_QUICK, scale_out
+    from tests.pgcluster import binaries
+
+    host = machine.describe()
+    databases: list[tuple[str, Callable[[], str | None]]] = [("SQLite", lambda: None)]
+    with ExitStack() as stack:
+        if binaries() is not None:
+            host["database"] = "PostgreSQL " + machine.postgresql_version()
+            databases.append(("PostgreSQL", stack.enter_context(postgresql_databases())))
+        print(f"sensorhub scale-out benchmark ({'quick smoke run' if quick else 'full'}) on {host['cpu']}, "
+              f"{host['cores']} cores, {host['memory_gib']} GiB, {host['os']}, Python {host['python']}, "
+              f"SQLite {host['sqlite']}, mosquitto {host['mosquitto']}, {host.get('database', 'no PostgreSQL')}",
+              flush=True)
+        figures = scale_out(SCALE_QUICK if quick else SCALE_FULL, databases,
+                            lambda text: print(text, file=sys.stderr, flush=True))
+    print(table(figures))
+    print(json.dumps({"quick": quick, "scenario": "scale-out", "machine": host,
+                      "figures": {f.key: {"value": f.value, "target": f.target, "ok": f.ok, **f.data}
+                                  for f in figures}}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 0 when every figure was measured (met or not)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small numbers, a few seconds (smoke run)")
-    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=None)
+    parser.add_argument("--scenario", choices=("performance", "scale-out"), default="performance",
+                        help="scale-out: sensorhub against a bare paho subscriber and mosquitto_sub, on SQLite "
+                             "and PostgreSQL (bench/scaleout.py)")
+    parser.add_argument("--postgresql", action="store_true",
+                        help=f"on PostgreSQL (a throwaway cluster): {', '.join(POSTGRESQL_SCENARIOS)}")
     args = parser.parse_args(argv)
+    if args.scenario == "scale-out":
+        return _scale_out(args.quick)
+    only = set(args.only or (POSTGRESQL_SCENARIOS if args.postgresql else SCENARIOS))
+    if args.postgresql and not only <= set(POSTGRESQL_SCENARIOS):
+        parser.error(f"--postgresql measures {', '.join(POSTGRESQL_SCENARIOS)} only")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sizes = QUICK if args.quick else FULL
     host = machine.describe()
+    if args.postgresql:
+        host["database"] = "PostgreSQL " + machine.postgresql_version()
     print(f"sensorhub benchmark ({'quick smoke run' if args.quick else 'full'}) on {host['cpu']}, "
           f"{host['cores']} cores, {host['memory_gib']} GiB, {host['os']}, Python {host['python']}, "
-          f"SQLite {host['sqlite']}, mosquitto {host['mosquitto']}", flush=True)
-    figures = run(sizes, set(args.only), lambda text: print(text, file=sys.stderr, flush=True))
+          f"SQLite {host['sqlite']}, mosquitto {host['mosquitto']}"
+          + (f", database: {host['database']}" if args.postgresql else ""), flush=True)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    if args.postgresql:
+        with postgresql_databases() as new_database:
+            figures = run(sizes, only, say, new_database)
+    else:
+        figures = run(sizes, only, say)
     print(table(figures))
-    print(json.dumps({"quick": args.quick, "machine": host,
+    print(json.dumps({"quick": args.quick, "postgresql": args.postgresql, "machine": host,
                       "figures": {f.key: {"value": f.value, "target": f.target, "ok": f.ok, **f.data}
                                   for f in figures}}))
     return 1 if any(f.value.startswith("FAILED") for f in figures) else 0

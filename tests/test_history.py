@@ -4,6 +4,7 @@ deletes exactly what is older than the limit; a backup taken during a stream is 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
@@ -36,7 +37,7 @@ from sensorhub.protocol import Topic
 from sensorhub.web import create_app
 from tests.devices import RawDevice
 from tests.stack import ROOT
-from tests.support import wait_for
+from tests.support import both_databases, wait_for
 from tests.test_web import add_device, add_readings
 
 pytestmark = pytest.mark.integration
@@ -65,12 +66,14 @@ def stored(engine: Engine, table: str) -> int:
         return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
 
 
-def rollups(path: Path) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    with sqlite3.connect(path) as conn:
+def rollups(source: Engine | Connection) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    with source.connect() if isinstance(source, Engine) else contextlib.nullcontext(source) as conn:
         return {(table, *row[:3]): tuple(row[3:]) for table in ("rollup_minute", "rollup_hour")
-                for row in conn.execute(f"SELECT device_id, kind, start, count, low, high, total, on_us FROM {table}")}
+                for row in conn.execute(text(
+                    f"SELECT device_id, kind, start, count, low, high, total, on_us FROM {table}"))}
 
 
+@both_databases
 def test_published_readings_come_back_exactly_and_roll_up(ingest: IngestClient, engine: Engine,
                                                           settings: Settings, tmp_path: Path) -> None:
     device = RawDevice(settings.mqtt_port, "02:00:00:00:13:01")
@@ -129,17 +132,12 @@ def test_published_readings_come_back_exactly_and_roll_up(ingest: IngestClient, 
     hourly = client.get(f"/api/devices/{device_id}/readings", query_string={**span, "bucket": "1h", "kind": "led"}).json
     assert hourly is not None
     assert sum(p["on_seconds"] for p in hourly["points"]) == pytest.approx((off - on).total_seconds())
-    # ... and exactly what a rebuild from the raw rows gives (in a copy).
-    path = Path(settings.database_url.removeprefix("sqlite:///"))
-    copy = tmp_path / "copy.sqlite3"
-    backup(settings.database_url, copy)
-    from sensorhub.db.engine import make_engine
-
-    copy_engine = make_engine(f"sqlite:///{copy}")
-    with copy_engine.begin() as conn:
+    # ... and exactly what a rebuild from the raw rows gives (in a transaction rolled back).
+    with engine.connect() as conn:
+        kept = rollups(conn)
         rebuild(conn)
-    copy_engine.dispose()
-    assert rollups(path) == rollups(copy)
+        assert kept == rollups(conn)
+        conn.rollback()
 
     # The session log: named, online, ended.
     with engine.connect() as conn:
@@ -161,12 +159,12 @@ def _old_fleet(engine: Engine, now: datetime) -> tuple[list[int], list[datetime]
     return devices, moments
 
 
+@both_databases
 def test_retention_removes_exactly_the_rows_older_than_the_limit_and_keeps_the_rollups(
         engine: Engine, settings: Settings) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     _devices, moments = _old_fleet(engine, now)
-    path = Path(settings.database_url.removeprefix("sqlite:///"))
-    before = rollups(path)
+    before = rollups(engine)
     purger = Purger(3, 0, now_us=lambda: to_micros(now))
     purger.delay(0)
     cutoff = format_micros(to_micros(now - timedelta(days=3)))
@@ -179,7 +177,7 @@ def test_retention_removes_exactly_the_rows_older_than_the_limit_and_keeps_the_r
     kept = [m for m in moments if format_micros(to_micros(m)) >= cutoff]
     assert left == sorted(format_micros(to_micros(m)) for m in kept * 2)
     assert purger.stats.readings == 2 * (len(moments) - len(kept))
-    assert rollups(path) == before  # the summary of the deleted rows stays
+    assert rollups(engine) == before  # the summary of the deleted rows stays
 
     purger = Purger(0, 5, now_us=lambda: to_micros(now))
     purger.delay(0)
@@ -187,7 +185,7 @@ def test_retention_removes_exactly_the_rows_older_than_the_limit_and_keeps_the_r
         while purger.stats.passes == 0:
             purger.run(conn, busy=False)
     limit = format_micros(to_micros(now - timedelta(days=5)))
-    assert rollups(path) == {key: value for key, value in before.items() if key[3] >= limit}
+    assert rollups(engine) == {key: value for key, value in before.items() if key[3] >= limit}
 
 
 def test_the_file_stops_growing_once_retention_is_reached(engine: Engine, settings: Settings) -> None:
@@ -218,6 +216,7 @@ def test_the_file_stops_growing_once_retention_is_reached(engine: Engine, settin
     assert len(set(sizes)) == 1 and sizes[0] <= full * 1.05, (full, sizes)
 
 
+@both_databases
 def test_the_writer_purges_between_batches_while_readings_arrive(
         settings: Settings, engine: Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retention, "START_DELAY", 0.5)

@@ -29,7 +29,7 @@ from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
 from sensorhub.protocol import Reading, Topic
 from tests.devices import RawDevice
 from tests.stack import ingest_client, sensorhub, start
-from tests.support import wait_for
+from tests.support import both_databases, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +70,7 @@ def online(engine: Engine, name: str) -> bool:
     return bool(found and found["online"])
 
 
+@both_databases
 def test_join_assigns_a_name_and_session_then_records_readings(
         ingest: IngestClient, engine: Engine, settings: Settings) -> None:
     device = RawDevice(settings.mqtt_port, "61:ec:ed:3b:25:b1")
@@ -97,6 +98,7 @@ def test_join_assigns_a_name_and_session_then_records_readings(
     device.close()
 
 
+@both_databases
 def test_default_names_count_up_and_are_never_reused(
         ingest: IngestClient, engine: Engine, settings: Settings) -> None:
     names = [RawDevice(settings.mqtt_port, f"02:00:00:00:00:0{i}").request_session()[0] for i in range(1, 4)]
@@ -155,6 +157,7 @@ def test_mqtt_311_device_with_qos0_joins(ingest: IngestClient, engine: Engine, s
     device.close()
 
 
+@both_databases
 def test_led_command_through_the_fifo_reaches_the_device_and_its_status_is_stored(
         ingest: IngestClient, engine: Engine, settings: Settings) -> None:
     device = RawDevice(settings.mqtt_port, "02:00:00:00:00:40")
@@ -180,6 +183,7 @@ def test_led_command_through_the_fifo_reaches_the_device_and_its_status_is_store
     other.close()
 
 
+@both_databases
 def test_rename_takes_effect_at_the_next_join_without_breaking_the_session(
         ingest: IngestClient, engine: Engine, settings: Settings) -> None:
     device = RawDevice(settings.mqtt_port, "02:00:00:00:00:50")
@@ -247,6 +251,7 @@ def test_garbage_flood_leaves_the_client_running_and_correct(
     device.close()
 
 
+@both_databases
 def test_restart_resumes_sessions_from_the_database(settings: Settings, engine: Engine, broker: Broker) -> None:
     client = IngestClient(settings)
     client.start(wait_ready=10)
@@ -306,6 +311,23 @@ def test_devices_not_heard_after_a_broker_restart_go_offline(settings: Settings,
         first_broker.stop()
 
 
+def hold_writes(engine: Engine) -> Any:
+    """Another connection that keeps the ingest client from writing readings until it rolls back."""
+    if engine.dialect.name == "postgresql":
+        import psycopg
+
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        blocker = psycopg.connect(url)
+        blocker.execute("LOCK TABLE led_reading IN SHARE MODE")  # INSERT and COPY wait for it
+        return blocker
+    path = sqlite_path(str(engine.url))
+    assert path is not None
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("BEGIN IMMEDIATE")
+    return connection
+
+
+@both_databases
 def test_sigkill_while_a_device_publishes_qos1_loses_nothing(settings: Settings, engine: Engine,
                                                             broker: Broker) -> None:
     first = start(sensorhub("client", ["client"], settings))
@@ -313,11 +335,9 @@ def test_sigkill_while_a_device_publishes_qos1_loses_nothing(settings: Settings,
     name, _ = device.join()
     wait_for(lambda: online(engine, name), 5)
     half = 1500
-    path = sqlite_path(settings.database_url)
-    assert path is not None and first.process is not None
+    assert first.process is not None
     # A slow disk: another connection holds the write lock, so the client receives but cannot commit.
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
+    blocker = hold_writes(engine)
     try:
         infos = [device.reading(Topic.LED_STATUS, number % 2, qos=1) for number in range(half)]
         for info in infos:

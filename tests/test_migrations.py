@@ -10,16 +10,22 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy.engine import make_url
 
 from sensorhub.config import Settings
+from sensorhub.db import postgres
 from sensorhub.db.engine import make_engine
 from sensorhub.db.models import Base, to_micros
-from sensorhub.db.schema import BASELINE, State, check_schema, head, look, revisions, upgrade
+from sensorhub.db.schema import BASELINE, State, alembic_config, check_schema, head, look, revisions, upgrade
 from sensorhub.errors import DatabaseError
+from tests.pgcluster import Cluster
 
 RELEASE_1 = Path(__file__).parent / "data" / "schema-release-1.sql"
 
@@ -135,26 +141,70 @@ def test_an_empty_file_is_not_grown_by_the_client(tmp_path: Path) -> None:
 
 def _check_history_tables(path: Path) -> None:
     """Migration 0004 filled the roll-ups from every reading and logged each device's current session."""
+    with sqlite3.connect(path) as conn:
+        _check_history_rows(conn)
+
+
+def _check_history_rows(conn: Any) -> None:
+    """The roll-ups and session log of a DB-API connection (sqlite3 or psycopg) match its readings and devices."""
     from tests.test_rollups import brute_force
 
-    with sqlite3.connect(path) as conn:
-        events = []
-        for kind in ("led", "button", "light"):
-            for device, at, value in conn.execute(f"SELECT device_id, at, value FROM {kind}_reading"):
-                moment = datetime.strptime(at, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
-                events.append((device, kind, to_micros(moment), value))
-        for device, ended in conn.execute("SELECT device_id, ended_at FROM device_session WHERE ended_at IS NOT NULL"):
-            moment = datetime.strptime(ended, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
-            events += [(device, "led", to_micros(moment), None), (device, "button", to_micros(moment), None)]
-        stored = {}
-        for size, table in (("1m", "rollup_minute"), ("1h", "rollup_hour")):
-            for row in conn.execute(f"SELECT device_id, kind, start, count, low, high, total, on_us FROM {table}"):
-                stored[(size, row[0], row[1], row[2])] = tuple(row[3:])
-        sessions = conn.execute("SELECT device_id, session_id, started_at, online_at, ended_at FROM device_session "
-                                "ORDER BY device_id").fetchall()
-        devices = conn.execute("SELECT id, session_id, online, last_seen FROM device ORDER BY id").fetchall()
+    events = []
+    for kind in ("led", "button", "light"):
+        for device, at, value in conn.execute(f"SELECT device_id, at, value FROM {kind}_reading"):
+            moment = datetime.strptime(at, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+            events.append((device, kind, to_micros(moment), value))
+    for device, ended in conn.execute("SELECT device_id, ended_at FROM device_session WHERE ended_at IS NOT NULL"):
+        moment = datetime.strptime(ended, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+        events += [(device, "led", to_micros(moment), None), (device, "button", to_micros(moment), None)]
+    stored = {}
+    for size, table in (("1m", "rollup_minute"), ("1h", "rollup_hour")):
+        for row in conn.execute(f"SELECT device_id, kind, start, count, low, high, total, on_us FROM {table}"):
+            stored[(size, row[0], row[1], row[2])] = tuple(row[3:])
+    sessions = conn.execute("SELECT device_id, session_id, started_at, online_at, ended_at FROM device_session "
+                            "ORDER BY device_id").fetchall()
+    devices = conn.execute("SELECT id, session_id, online, last_seen FROM device ORDER BY id").fetchall()
     assert stored and stored == brute_force(events)
     assert [(d, s) for d, s, *_ in sessions] == [(d, s) for d, s, *_ in devices]
     for (_, _, _started, online_at, ended_at), (_, _, online, last_seen) in zip(sessions, devices, strict=True):
         assert (online_at is not None) == bool(online)
         assert ended_at == (None if online else last_seen)
+
+
+def test_postgresql_gets_every_revision_keeps_every_row_and_matches_the_models(postgresql: Cluster) -> None:
+    target = postgresql.create_database()
+    engine = make_engine(target)
+    config = alembic_config()
+    with engine.begin() as conn:  # a database as the reliability release (0003) left it, with rows in it
+        config.attributes["connection"] = conn
+        alembic_command.upgrade(config, "0003")
+    raw = psycopg.connect(make_url(target).render_as_string(hide_password=False).replace("+psycopg", ""),
+                          autocommit=True)
+    with raw.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, last_seen) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [(i, f"capteur{i:02d}", f"capteur{i:02d}", f"02:00:00:00:00:{i:02X}", bool(i % 2), f"1700000000.00000{i}",
+              "2025-01-01 00:00:00.000000", f"2025-01-0{i} 12:00:00.000000") for i in range(1, 5)])
+        for table, values in (("led_reading", (0, 1)), ("button_reading", (1, 0)), ("light_reading", (0, 57, 100))):
+            cursor.executemany(f"INSERT INTO {table} (device_id, at, value) VALUES (%s, %s, %s)", [
+                (device, f"2025-01-01 0{device}:00:{second:02d}.{second:06d}", values[second % len(values)])
+                for device in range(1, 5) for second in range(1, 60)])
+    tables = ("device", "led_reading", "button_reading", "light_reading")
+    with raw.cursor() as cursor:
+        before = {t: cursor.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables}
+    assert look(target).state is State.OLDER
+    assert upgrade(target) == ("0003", head())
+    check_schema(target)
+    with raw.cursor() as cursor:
+        assert {t: cursor.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables} == before
+        _check_history_rows(cursor)
+        # the device ids handed out by hand moved the sequence on: id 4 is never handed out again
+        assert cursor.execute(postgres.LAST_DEVICE_ID).fetchone() == (4,)
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert differences == [], "the models and the migrations disagree on PostgreSQL: write a migration"
+    with pytest.raises(psycopg.errors.CheckViolation, match="light_value"), raw.cursor() as cursor:
+        cursor.execute("INSERT INTO light_reading (device_id, at, value) VALUES (1, '2025-01-01 05:00:00.000000', 101)")
+    raw.close()
+    engine.dispose()

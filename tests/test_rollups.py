@@ -14,6 +14,7 @@ from sqlalchemy import Engine, text
 from sensorhub.db.models import format_micros
 from sensorhub.db.rollups import rebuild, upsert
 from sensorhub.ingest.rollups import SIZES, Bucket, Last, micros_of, roll
+from tests.support import both_databases
 
 T0 = int(datetime(2026, 11, 28, 22, 58, tzinfo=UTC).timestamp()) * 1_000_000
 
@@ -137,6 +138,7 @@ def test_micros_of_reads_the_stored_form() -> None:
         assert micros_of(format_micros(value)) == value
 
 
+@both_databases
 def test_upsert_and_rebuild_agree_with_the_brute_force_computation(engine: Engine) -> None:
     from tests.test_web import add_device
 

@@ -19,6 +19,7 @@ from sensorhub.config import Settings
 from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
 from sensorhub.db.rollups import rebuild
 from sensorhub.web import create_app
+from tests.support import both_databases
 from tests.test_web import add_device, add_readings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -52,6 +53,7 @@ def fleet(engine: Engine) -> dict[str, Any]:
     return {"one": one, "two": two, "light": list(zip(moments, light, strict=True)), "led": led}
 
 
+@both_databases
 def test_raw_readings_come_back_exactly(client: FlaskClient, fleet: dict[str, Any]) -> None:
     start, end = START + timedelta(minutes=10), START + timedelta(minutes=20)
     answer = client.get(f"/api/devices/{fleet['one']}/readings", query_string={
@@ -65,6 +67,7 @@ def test_raw_readings_come_back_exactly(client: FlaskClient, fleet: dict[str, An
                     "points": expected, "previous": {"at": iso(before_at), "value": before_value}}
 
 
+@both_databases
 def test_buckets_hold_count_min_avg_max_computed_here(client: FlaskClient, fleet: dict[str, Any]) -> None:
     groups: dict[datetime, list[int]] = defaultdict(list)
     for at, value in fleet["light"]:
@@ -86,6 +89,7 @@ def test_buckets_hold_count_min_avg_max_computed_here(client: FlaskClient, fleet
         (iso(h), len(v), min(v), max(v)) for h, v in sorted(hours.items())]
 
 
+@both_databases
 def test_led_buckets_count_the_time_on(client: FlaskClient, fleet: dict[str, Any]) -> None:
     on, off, on_again, off_again = fleet["led"]
     body = client.get(f"/api/devices/{fleet['one']}/readings",
@@ -96,6 +100,7 @@ def test_led_buckets_count_the_time_on(client: FlaskClient, fleet: dict[str, Any
     assert sum(point["count"] for point in body["points"]) == 4
 
 
+@both_databases
 def test_auto_picks_the_finest_bucket_under_1000_points(client: FlaskClient, fleet: dict[str, Any]) -> None:
     def bucket(span: timedelta) -> str:
         body = client.get(f"/api/devices/{fleet['one']}/readings",
@@ -159,6 +164,7 @@ def test_the_device_csv_holds_the_raw_rows(client: FlaskClient, fleet: dict[str,
                                for at, value in fleet["light"] if start <= at < end]
 
 
+@both_databases
 def test_the_fleet_export_holds_every_kind_device_by_device(client: FlaskClient, fleet: dict[str, Any],
                                                            engine: Engine) -> None:
     answer = client.get("/api/export.csv", query_string={"from": iso(START), "to": iso(NOW + timedelta(hours=1))})
@@ -175,11 +181,17 @@ def test_the_fleet_export_holds_every_kind_device_by_device(client: FlaskClient,
                                                                                          strict=True)]
 
 
+@both_databases
 def test_stats_give_the_database_size_and_the_oldest_reading(client: FlaskClient, fleet: dict[str, Any],
-                                                             settings: Any) -> None:
+                                                             settings: Any, engine: Engine) -> None:
     body = client.get("/api/stats").json
     assert body is not None
     assert body["oldest"] == iso(fleet["light"][0][0])
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            size = conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one()
+        assert body["db_bytes"] == size > 1_000_000  # the database with its catalogs, not the file of another
+        return
     path = settings.database_url.removeprefix("sqlite:///")
     import os
 
@@ -199,6 +211,7 @@ def test_anonymous_visitors_read_the_series_once_accounts_exist(client: FlaskCli
 # -- the device page ---------------------------------------------------------------------------------------------
 
 
+@both_databases
 def test_the_device_page_has_its_ranges_csv_link_and_sessions(client: FlaskClient, fleet: dict[str, Any],
                                                               engine: Engine) -> None:
     with engine.begin() as conn:
@@ -248,6 +261,7 @@ def test_accueil_shows_the_database_size_and_oldest_reading(client: FlaskClient,
     assert "Conservation des mesures brutes</dt><dd>illimitée" in html
 
 
+@both_databases
 def test_a_led_on_now_counts_up_to_now_while_its_device_is_online(client: FlaskClient, fleet: dict[str, Any],
                                                                    engine: Engine) -> None:
     switched = add_readings(engine, LedReading, fleet["two"], [1], START + timedelta(minutes=10))[0]

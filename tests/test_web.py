@@ -1,4 +1,5 @@
-"""The web app through Flask's test client, on a real temporary SQLite database and real FIFOs."""
+"""The web app through Flask's test client, on a real temporary SQLite database (the queries: PostgreSQL too) and
+real FIFOs."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, insert, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InternalError, OperationalError
 from sqlalchemy.orm import Session
 
 from sensorhub.config import Settings
@@ -32,6 +33,7 @@ from sensorhub.web import create_app
 from sensorhub.web.serve import gunicorn_options
 from sensorhub.web.state import web_state
 from tests.stack import ROOT
+from tests.support import both_databases
 
 SESSION = "1743946777.603371"
 STATIC = ROOT / "src" / "sensorhub" / "web" / "static"
@@ -280,6 +282,7 @@ def test_the_layout_toggle_names_the_layout_it_switches_to(client: FlaskClient) 
     assert not re.search(r'data-layout-icon="list"[^>]*\shidden[\s>]', toggle[0])
 
 
+@both_databases
 def test_capteurs_shows_online_devices_with_their_state(client: FlaskClient, engine: Engine,
                                                         settings: Settings) -> None:
     now = datetime.now(UTC)
@@ -310,6 +313,7 @@ def test_capteurs_without_devices_says_so(client: FlaskClient) -> None:
     assert "data-empty-state hidden" not in html
 
 
+@both_databases
 def test_historique_lists_every_device_most_recently_seen_first(client: FlaskClient, engine: Engine) -> None:
     now = datetime.now(UTC)
     joined = now - timedelta(days=1)
@@ -328,6 +332,7 @@ def test_historique_lists_every_device_most_recently_seen_first(client: FlaskCli
     assert html.count("Aucune valeur enregistrée") == 9
 
 
+@both_databases
 def test_historique_shows_the_ten_newest_values_newest_first_with_utc_timestamps(
         client: FlaskClient, engine: Engine) -> None:
     device = add_device(engine, "capteur01")
@@ -350,6 +355,7 @@ def test_historique_shows_the_ten_newest_values_newest_first_with_utc_timestamps
     assert html.count("Aucune valeur enregistrée") == 1
 
 
+@both_databases
 def test_historique_pages_with_a_keyset_cursor(client: FlaskClient, engine: Engine) -> None:
     now = datetime.now(UTC)
     joined = now - timedelta(days=2)
@@ -371,6 +377,7 @@ def test_historique_pages_with_a_keyset_cursor(client: FlaskClient, engine: Engi
     assert shown == expected
 
 
+@both_databases
 def test_historique_searches_names_and_macs_server_side(client: FlaskClient, engine: Engine) -> None:
     for i, name in enumerate(["cuisine", "salon", "garage"], start=1):
         add_device(engine, name, i)
@@ -389,6 +396,7 @@ def test_historique_refuses_a_bad_cursor(client: FlaskClient) -> None:
     assert "Requête invalide" in response.get_data(as_text=True)
 
 
+@both_databases
 def test_device_names_are_escaped_everywhere(client: FlaskClient, engine: Engine) -> None:
     first = add_device(engine, XSS_NAME, 1)
     add_device(engine, XSS_ATTR_NAME, 2, session="200.000002")
@@ -409,6 +417,7 @@ def test_device_names_are_escaped_everywhere(client: FlaskClient, engine: Engine
 # -- fragments ---------------------------------------------------------------------------------------------------
 
 
+@both_databases
 def test_sensor_fragments(client: FlaskClient, engine: Engine) -> None:
     online = add_device(engine, "capteur01", 1, session="100.000001")
     offline = add_device(engine, "capteur02", 2, online=False, session="200.000002")
@@ -427,6 +436,7 @@ def test_sensor_fragments(client: FlaskClient, engine: Engine) -> None:
     assert re.findall(r'id="capteur-(\d+)"', listing) == [str(online)]
 
 
+@both_databases
 def test_by_session_matches_the_session_name_not_the_display_name(client: FlaskClient, engine: Engine) -> None:
     add_device(engine, "capteur01", 1, display_name="salle B")
     assert client.get(f"/sensor/by-session?name=capteur01&session={SESSION}").status_code == 200
@@ -439,6 +449,7 @@ DEVICE_KEYS = ["id", "name", "session_name", "mac", "online", "session_id", "joi
                "led", "button", "light"]
 
 
+@both_databases
 def test_api_devices(client: FlaskClient, engine: Engine) -> None:
     now = datetime.now(UTC)
     first = add_device(engine, "capteur01", 1, last_seen=now - timedelta(minutes=5), display_name="salle B")
@@ -462,6 +473,7 @@ def test_api_devices(client: FlaskClient, engine: Engine) -> None:
     assert bad.status_code == 400 and "online" in bad.get_json()["error"]
 
 
+@both_databases
 def test_api_device_detail_has_the_last_ten_values_newest_first(client: FlaskClient, engine: Engine) -> None:
     device = add_device(engine, "capteur01")
     start = datetime.now(UTC) - timedelta(hours=1)
@@ -513,6 +525,7 @@ def test_api_unknown_device_and_routes_answer_json(client: FlaskClient) -> None:
     assert page.status_code == 404 and "Erreur 404" in page.get_data(as_text=True)
 
 
+@both_databases
 def test_api_stats(client: FlaskClient, engine: Engine) -> None:
     first = add_device(engine, "capteur01", 1)
     add_device(engine, "capteur02", 2, online=False)
@@ -584,6 +597,7 @@ def test_led_command_goes_through_the_pipe(client: FlaskClient, engine: Engine, 
     assert pipe.line() == b'{"cmd":"led","device":1,"session":"1743946777.603371","on":false}'
 
 
+@both_databases
 def test_led_for_an_unknown_or_offline_device(client: FlaskClient, engine: Engine, pipe: PipeClient) -> None:
     offline = add_device(engine, "capteur01", online=False)
     token = csrf_token(client)
@@ -638,6 +652,7 @@ def test_rename_refuses_bad_names(client: FlaskClient, engine: Engine, pipe: Pip
     assert pipe.lines.empty()
 
 
+@both_databases
 def test_rename_refuses_names_in_use(client: FlaskClient, engine: Engine, pipe: PipeClient) -> None:
     add_device(engine, "capteur01", 1)
     add_device(engine, "capteur02", 2, display_name="salle B")  # still in session as capteur02
@@ -653,6 +668,7 @@ def test_rename_refuses_names_in_use(client: FlaskClient, engine: Engine, pipe: 
     assert pipe.lines.empty()
 
 
+@both_databases
 def test_rename_answers_200_once_the_client_recorded_it(client: FlaskClient, engine: Engine,
                                                        applying_pipe: PipeClient) -> None:
     device = add_device(engine, "capteur01")
@@ -732,9 +748,11 @@ def test_the_database_appears_after_start(settings: Settings) -> None:
     assert client.get("/api/devices").get_json() == []
 
 
+@both_databases
 def test_the_web_app_cannot_write(app: Flask, engine: Engine) -> None:
     add_device(engine, "capteur01")
-    with web_state_of(app).database.connect() as conn, pytest.raises(OperationalError, match="readonly"):
+    with web_state_of(app).database.connect() as conn, pytest.raises((OperationalError, InternalError),
+                                                                     match=r"readonly|read-only transaction"):
         conn.execute(text("UPDATE device SET name = 'x'"))
 
 

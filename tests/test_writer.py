@@ -1,4 +1,5 @@
-"""The database writer on a real SQLite file, without a broker: each kind of failure injected, nothing lost."""
+"""The database writer on a real SQLite file (some tests: and PostgreSQL), without a broker: each kind of failure
+injected, nothing lost."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
 from sensorhub.ingest.writer import Watchdog, Writer
 from sensorhub.protocol import Kind, MacJoin, Reading, SessionRef
-from tests.support import wait_for
+from tests.pgcluster import Cluster
+from tests.support import both_databases, wait_for
 
 
 class Recorder:
@@ -110,6 +112,7 @@ def quarantined(engine: Engine) -> list[tuple[str, str, str]]:
         return [tuple(row) for row in conn.execute(text("SELECT topic, payload, reason FROM quarantine ORDER BY id"))]
 
 
+@both_databases
 def test_an_engine_exception_quarantines_only_its_message(writer: Writer, paho: Recorder, engine: Engine,
                                                        poison: set[int]) -> None:
     name, session = joined(writer, paho)
@@ -126,11 +129,18 @@ def test_an_engine_exception_quarantines_only_its_message(writer: Writer, paho: 
     wait_for(lambda: stored(engine)[-1:] == [50], 5, what="the writer to go on")
 
 
+@both_databases
 def test_a_row_the_database_refuses_is_quarantined_alone(writer: Writer, paho: Recorder, engine: Engine) -> None:
     name, session = joined(writer, paho)
     with engine.begin() as conn:
-        conn.execute(text("CREATE TRIGGER refuse_42 BEFORE INSERT ON light_reading WHEN NEW.value = 42 "
-                          "BEGIN SELECT RAISE(ABORT, 'no 42 here'); END"))
+        if engine.dialect.name == "postgresql":  # on PostgreSQL the batch goes through COPY: the whole COPY fails
+            conn.execute(text("CREATE FUNCTION refuse_42() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                              "RAISE EXCEPTION 'no 42 here' USING ERRCODE = 'check_violation'; END $$"))
+            conn.execute(text("CREATE TRIGGER refuse_42 BEFORE INSERT ON light_reading FOR EACH ROW "
+                              "WHEN (NEW.value = 42) EXECUTE FUNCTION refuse_42()"))
+        else:
+            conn.execute(text("CREATE TRIGGER refuse_42 BEFORE INSERT ON light_reading WHEN NEW.value = 42 "
+                              "BEGIN SELECT RAISE(ABORT, 'no 42 here'); END"))
     submit_all(writer, light(name, session, [41, 42, 43]))
     wait_for(lambda: len(paho.acks) == 3, 5, what="every message acknowledged")
     assert stored(engine) == [41, 43]
@@ -261,6 +271,7 @@ def test_a_writer_that_stops_making_progress_is_reported(writer: Writer, paho: R
     watchdog.stop()
 
 
+@both_databases
 def test_failing_acknowledgements_do_not_undo_a_commit(writer: Writer, paho: Recorder, engine: Engine) -> None:
     name, session = joined(writer, paho)
     paho.fail_acks = True
@@ -271,6 +282,24 @@ def test_failing_acknowledgements_do_not_undo_a_commit(writer: Writer, paho: Rec
     wait_for(lambda: stored(engine) == [1, 2, 3], 5)
     wait_for(lambda: paho.acks[-1:] == [(3, 1)], 5)
     assert writer.alive and writer.stats.failed_batches == 0
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_lost_postgresql_connection_is_retried_and_nothing_acknowledged_meanwhile(
+        writer: Writer, paho: Recorder, engine: Engine, postgresql: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "RETRY_FIRST", 0.05)
+    name, session = joined(writer, paho)
+    acked_before = len(paho.acks)
+    with engine.begin() as conn:  # the server ends the writer's connection (a restart, a failover, an admin)
+        ended = conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid != "
+                                  "pg_backend_pid() AND datname = current_database()")).scalars().all()
+    assert ended and all(ended)
+    submit_all(writer, light(name, session, [1, 2, 3]))
+    wait_for(lambda: stored(engine) == [1, 2, 3], 15, what="the rows on a new connection")
+    wait_for(lambda: len(paho.acks) == acked_before + 3, 5)
+    assert writer.stats.failed_batches >= 1 and writer.drops.snapshot() == {} and writer.alive
+    submit_all(writer, light(name, session, [4], first_mid=9))
+    wait_for(lambda: stored(engine) == [1, 2, 3, 4], 5, what="the writer to go on")
 
 
 def test_stop_commits_and_acknowledges_everything_queued(writer: Writer, paho: Recorder, engine: Engine) -> None:

@@ -135,10 +135,11 @@ def db() -> None:
 def db_init(settings: Settings) -> None:
     """Create the database and its schema (idempotent)."""
     from sensorhub.db.engine import init_db, make_engine
+    from sensorhub.db.schema import display_url
 
     engine = make_engine(settings.database_url, create_dir=True)
     init_db(engine)
-    click.echo(f"database ready: {settings.database_url}")
+    click.echo(f"database ready: {display_url(settings.database_url)}")
 
 
 @db.command("seed")
@@ -188,10 +189,10 @@ def db_reset(settings: Settings, yes: bool) -> None:
 
     from sensorhub.db.engine import init_db, make_engine
     from sensorhub.db.models import WebUser
-    from sensorhub.db.schema import check_schema
+    from sensorhub.db.schema import check_schema, display_url
 
     if not yes:
-        click.confirm(f"Delete ALL devices and readings in {settings.database_url}?", abort=True)
+        click.confirm(f"Delete ALL devices and readings in {display_url(settings.database_url)}?", abort=True)
     check_schema(settings.database_url)  # never drop the tables of something that is not ours
     engine = make_engine(settings.database_url)
     with engine.begin() as conn:

@@ -81,9 +81,16 @@ def _database_url(value: str) -> str:
         url = make_url(value.strip())
     except ArgumentError:
         raise ValueError("not a SQLAlchemy database URL (e.g. sqlite:///db/db.sqlite3)") from None
-    if url.get_backend_name() != "sqlite":
-        raise ValueError("only SQLite URLs (sqlite:///path) are supported")
+    if url.get_backend_name() == "postgresql" and url.drivername not in ("postgresql", "postgresql+psycopg"):
+        raise ValueError("PostgreSQL goes through psycopg 3: postgresql+psycopg://user:password@host:5432/database")
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError("use SQLite (sqlite:///path) or PostgreSQL (postgresql+psycopg://user:password@host/db)")
     return value.strip()
+
+
+def _without_password(value: str) -> str:
+    """A database URL with its password masked (any other value unchanged), for error messages."""
+    return re.sub(r"^([\w+]+://[^:/@]*:)[^@]*@", r"\1***@", value)
 
 
 def _host(value: str) -> str:
@@ -133,7 +140,8 @@ class Settings:
     """Every setting of sensorhub. The field list below *is* the settings table."""
 
     database_url: str = setting(
-        "sqlite:///db/db.sqlite3", "SQLAlchemy URL of the database (SQLite).", _database_url
+        "sqlite:///db/db.sqlite3", "SQLAlchemy URL of the database: SQLite or PostgreSQL (postgresql+psycopg://…).",
+        _database_url
     )
     mqtt_host: str = setting(
         "127.0.0.1", "Where the ingest client and the simulator find the broker.", _host
@@ -218,7 +226,7 @@ class Settings:
             try:
                 values[spec.name] = spec.parse(str(raw))
             except ValueError as err:
-                shown = "(hidden)" if spec.name in SECRET_SETTINGS else repr(raw)
+                shown = "(hidden)" if spec.name in SECRET_SETTINGS else repr(_without_password(str(raw)))
                 raise ConfigError(f"{source}={shown} is invalid: {err}") from None
         settings = cls(**values)
         if bool(settings.tls_cert) != bool(settings.tls_key):

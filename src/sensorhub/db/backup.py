@@ -34,7 +34,8 @@ def backup(url: str, target: Path, *, overwrite: bool = False) -> BackupResult:
     """Copy the SQLite database of `url` to `target` (mode 0600); DatabaseError in one line if it cannot."""
     source = sqlite_path(url)
     if source is None:
-        raise DatabaseError("only a SQLite database file can be backed up this way")
+        raise DatabaseError("only a SQLite database file can be backed up this way: back up PostgreSQL with its own "
+                            "tools (pg_dump -Fc, or continuous archiving), README \"PostgreSQL\"")
     if not source.exists():
         raise DatabaseError(f"no database at {source}: nothing to back up")
     if target.exists() and target.resolve() == source.resolve():

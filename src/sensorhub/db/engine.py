@@ -1,4 +1,4 @@
-"""Engines with SQLite set up on connect (WAL, foreign keys, busy timeout)."""
+"""Engines: SQLite set up on connect (WAL, foreign keys, busy timeout); PostgreSQL through psycopg 3."""
 
 from __future__ import annotations
 
@@ -18,11 +18,16 @@ BUSY_TIMEOUT_MS = 5000
 #: Pages written to the WAL before a checkpoint (SQLite's default is 1000), and bytes of WAL file kept after.
 WAL_PAGES = 256
 JOURNAL_SIZE_LIMIT = 2 * 1024 * 1024
+#: Seconds to wait for PostgreSQL to answer a connection.
+CONNECT_TIMEOUT_S = 5
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The database file of a SQLite URL, or None for an in-memory database."""
-    database = make_url(url).database
+    """The database file of a SQLite URL, or None for an in-memory or another engine's database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database)
@@ -49,6 +54,8 @@ def _set_pragmas(dbapi_connection: Any, _record: Any, *, read_only: bool) -> Non
 
 def make_engine(url: str, *, read_only: bool = False, create_dir: bool = False) -> Engine:
     """An engine for `url`; `read_only` engines refuse every write (the web server's)."""
+    if make_url(url).get_backend_name() == "postgresql":
+        return _postgresql_engine(url, read_only=read_only)
     path = sqlite_path(url)
     if path is not None:
         if create_dir:
@@ -66,6 +73,16 @@ def make_engine(url: str, *, read_only: bool = False, create_dir: bool = False) 
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", lambda c, r: _set_pragmas(c, r, read_only=read_only))
     return engine
+
+
+def _postgresql_engine(url: str, *, read_only: bool) -> Engine:
+    options = "-c default_transaction_read_only=on" if read_only else ""
+    try:
+        # pre_ping: a pooled connection that PostgreSQL closed (restart, idle timeout) is replaced, not failed.
+        return create_engine(url, pool_pre_ping=True, connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "sensorhub", "options": options})
+    except ImportError as err:
+        raise DatabaseError(f"the PostgreSQL driver is missing ({err}): run `make install` (psycopg)") from err
 
 
 def init_db(engine: Engine) -> None:

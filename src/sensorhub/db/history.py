@@ -269,7 +269,7 @@ def oldest(conn: Connection) -> datetime | None:
 
 
 def database_bytes(engine: Engine, conn: Connection) -> int:
-    """Bytes the database takes on disk (the file and its write-ahead log), or its page count times page size."""
+    """Bytes the database takes on disk (SQLite: the file and its write-ahead log; PostgreSQL: the database)."""
     path = sqlite_path(engine.url.render_as_string(hide_password=False))
     if path is not None and path.exists():
         total = path.stat().st_size
@@ -277,6 +277,8 @@ def database_bytes(engine: Engine, conn: Connection) -> int:
         if wal.exists():
             total += wal.stat().st_size
         return total
+    if conn.dialect.name == "postgresql":
+        return int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar() or 0)
     pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
     size = conn.exec_driver_sql("PRAGMA page_size").scalar()
     return int(pages or 0) * int(size or 0)

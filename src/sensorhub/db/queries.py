@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Integer, ScalarSelect, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Integer, ScalarSelect, case, func, or_, select, tuple_, type_coerce
 
 from sensorhub.db.models import READING_MODELS, ButtonReading, Device, LedReading, LightReading
 from sensorhub.protocol import Kind
@@ -211,7 +211,9 @@ def history_page(
     """A page of devices in (last_seen DESC, id DESC) order after `before`, with their histories."""
     stmt = _device_select().order_by(*_NEWEST_FIRST).limit(size + 1)
     if before is not None:
-        stmt = stmt.where(tuple_(Device.last_seen, Device.id) < tuple_(before.last_seen, before.id))
+        # The bound time typed as the column (stored text): PostgreSQL refuses to compare text with a timestamp.
+        after = tuple_(type_coerce(before.last_seen, Device.last_seen.type), before.id)
+        stmt = stmt.where(tuple_(Device.last_seen, Device.id) < after)
     if query:
         stmt = stmt.where(_matches(query))
     rows = [_row(row) for row in conn.execute(stmt)]
@@ -224,8 +226,8 @@ def history_page(
 def stats(conn: Connection) -> Stats:
     """Counts of devices, online devices and readings per kind."""
     devices, online = conn.execute(
-        # The sum is typed as an integer: typed like the Boolean column, 3 online devices came back as True.
-        select(func.count(), func.coalesce(func.sum(Device.online, type_=Integer), 0))
+        # Counted with CASE: PostgreSQL has no sum() of booleans (and typed like the column, a sum came back as True).
+        select(func.count(), func.coalesce(func.sum(case((Device.online, 1), else_=0), type_=Integer), 0))
     ).one()
     readings = {kind: int(conn.execute(select(func.count()).select_from(model)).scalar_one())
                 for kind, model in READING_MODELS.items()}

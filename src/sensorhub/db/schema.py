@@ -19,7 +19,8 @@ from urllib.request import pathname2url
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub.db.engine import make_engine, sqlite_path
@@ -55,7 +56,8 @@ class Found:
     tables: frozenset[str]
 
 
-def _config() -> Config:
+def alembic_config() -> Config:
+    """Alembic's configuration: sensorhub's migrations, run on the connection put in `attributes`."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
@@ -63,13 +65,13 @@ def _config() -> Config:
 
 def revisions() -> list[str]:
     """Every revision, oldest first."""
-    script = ScriptDirectory.from_config(_config())
+    script = ScriptDirectory.from_config(alembic_config())
     return [rev.revision for rev in reversed(list(script.walk_revisions()))]
 
 
 def head() -> str:
     """The newest revision this sensorhub knows."""
-    found = ScriptDirectory.from_config(_config()).get_current_head()
+    found = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert found is not None
     return found
 
@@ -139,10 +141,15 @@ def _look_engine(url: str) -> Found:
     return _classify(tables, revision, None)
 
 
+def display_url(url: str) -> str:
+    """The database's file, or its URL without the password, for messages."""
+    return str(sqlite_path(url) or make_url(url).render_as_string(hide_password=True))
+
+
 def check_schema(url: str) -> None:
     """Raise DatabaseError, in one line saying what to do, unless the database is at the newest revision."""
     found = look(url)
-    where = sqlite_path(url) or url
+    where = display_url(url)
     match found.state:
         case State.CURRENT:
             return
@@ -170,8 +177,9 @@ def upgrade(url: str) -> tuple[str | None, str]:
         check_schema(url)  # raises the one-line explanation
     engine = make_engine(url, create_dir=True)
     try:
-        config = _config()
+        config = alembic_config()
         with engine.begin() as conn:
+            _warn_about_collation(conn)
             config.attributes["connection"] = conn
             if found.state is State.LEGACY:
                 logger.info("database made before migrations: marking it as revision %s", BASELINE)
@@ -184,8 +192,18 @@ def upgrade(url: str) -> tuple[str | None, str]:
     after = head()
     before = BASELINE if found.state is State.LEGACY else found.revision
     if before != after:
-        logger.info("database %s upgraded from %s to %s", sqlite_path(url) or url, before or "nothing", after)
+        logger.info("database %s upgraded from %s to %s", display_url(url), before or "nothing", after)
     return before, after
+
+
+def _warn_about_collation(conn: Connection) -> None:
+    """Names sort as SQLite sorts them (by code point) only in a PostgreSQL database made with the C collation."""
+    if conn.dialect.name != "postgresql":
+        return
+    collation = conn.exec_driver_sql("SELECT datcollate FROM pg_database WHERE datname = current_database()").scalar()
+    if collation not in ("C", "POSIX", "C.UTF-8", "C.utf8"):
+        logger.warning("the PostgreSQL database uses the collation %s: lists sorted by name may differ from "
+                       "SQLite's order; create it with LC_COLLATE 'C' (README, \"PostgreSQL\")", collation)
 
 
 def migrated_engine(url: str) -> Engine:

@@ -55,7 +55,7 @@ class History:
         """Read the LED and button state of each online device (one indexed look-up each)."""
         self._staged = None
         states: dict[tuple[int, str], Last] = {}
-        for (device_id,) in conn.execute(text("SELECT id FROM device WHERE online = 1")):
+        for (device_id,) in conn.execute(text("SELECT id FROM device WHERE online")):
             for kind, query in _LAST_STATE.items():
                 row = conn.execute(query, {"device": device_id}).first()
                 if row is not None:

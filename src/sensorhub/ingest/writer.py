@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from sensorhub.db.engine import sqlite_path
+from sensorhub.db import dialect
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
@@ -60,12 +61,11 @@ RETRY_MAX = 2.0
 Publish = Callable[[str, bytes, int], object]
 Ack = Callable[[int, int], object]
 
-_INSERT_READING = {kind: f"INSERT INTO {kind.value}_reading (device_id, at, value) VALUES (?, ?, ?)" for kind in Kind}
 _INSERT_DEVICE = (
     "INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, last_seen) "
-    "VALUES (?, ?, ?, ?, 0, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, FALSE, ?, ?, ?)"
 )
-_NEW_SESSION = "UPDATE device SET session_id = ?, session_name = ?, online = 0 WHERE id = ?"
+_NEW_SESSION = "UPDATE device SET session_id = ?, session_name = ?, online = FALSE WHERE id = ?"
 _SET_ONLINE = "UPDATE device SET online = ? WHERE id = ?"
 _SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ?"
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
@@ -93,7 +93,7 @@ def load_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
     rows = conn.exec_driver_sql(
         "SELECT id, name, session_name, mac, session_id, online, joined_at, last_seen FROM device"
     ).all()
-    seq = conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'device'").scalar()
+    seq = conn.exec_driver_sql(dialect.LAST_DEVICE_ID[conn.dialect.name]).scalar()
     conn.rollback()
     devices = [Device(row[0], row[1], row[2], row[3], row[4], bool(row[5]), to_micros(parse_timestamp(row[6])),
                       to_micros(parse_timestamp(row[7]))) for row in rows]
@@ -314,7 +314,7 @@ class Writer:
         assert conn is not None
         topic, payload = wire(item.message)
         try:
-            conn.exec_driver_sql(_QUARANTINE, (format_micros(item.at), topic[:64], payload[:256], why[:512]))
+            dialect.execute(conn, _QUARANTINE, (format_micros(item.at), topic[:64], payload[:256], why[:512]))
             conn.commit()
         except Exception as err:  # whatever fails, the message must not be acknowledged
             conn.rollback()
@@ -382,22 +382,22 @@ class Writer:
                 match change:
                     case NewDevice(device_id, name, mac, session_id, at):
                         stamp = format_micros(at)
-                        conn.exec_driver_sql(_INSERT_DEVICE, (device_id, name, name, mac, session_id, stamp, stamp))
+                        dialect.execute(conn, _INSERT_DEVICE, (device_id, name, name, mac, session_id, stamp, stamp))
                         events.append((Event.STARTED, device_id, session_id, stamp))
                     case NewSession(device_id, session_id, session_name, at):
-                        conn.exec_driver_sql(_NEW_SESSION, (session_id, session_name, device_id))
+                        dialect.execute(conn, _NEW_SESSION, (session_id, session_name, device_id))
                         events.append((Event.STARTED, device_id, session_id, format_micros(at)))
                     case Presence(device_id, online, at, session_id):
-                        conn.exec_driver_sql(_SET_ONLINE, (int(online), device_id))
+                        dialect.execute(conn, _SET_ONLINE, (online, device_id))
                         events.append((Event.ONLINE if online else Event.ENDED, device_id, session_id,
                                        format_micros(at)))
                     case Rename(device_id, name):
-                        conn.exec_driver_sql(_RENAME, (name, device_id))
+                        dialect.execute(conn, _RENAME, (name, device_id))
             for kind, rows in done.readings.items():
                 if rows:
-                    conn.exec_driver_sql(_INSERT_READING[kind], rows)
+                    dialect.insert_readings(conn, kind.value, rows)
             if done.seen:
-                conn.exec_driver_sql(_SET_LAST_SEEN, [
+                dialect.execute(conn, _SET_LAST_SEEN, [
                     (format_micros(device.last_seen_us), device.id) for device in done.seen.values()
                 ])
             self.history.stage(conn, done.readings, events)
@@ -487,10 +487,11 @@ class Watchdog:
 
 
 def _is_full(err: BaseException) -> bool:
-    """Whether SQLite says the disk (or the database's size limit) is full."""
+    """Whether the database says the disk (or its size limit) is full."""
     orig = getattr(err, "orig", err)
     code = getattr(orig, "sqlite_errorcode", None)
-    return code == 13 or "full" in str(orig).lower()  # SQLITE_FULL
+    text = str(orig).lower()
+    return code == 13 or "full" in text or "no space left" in text  # SQLITE_FULL; PostgreSQL's ENOSPC
 
 
 def format_bytes(size: float) -> str:

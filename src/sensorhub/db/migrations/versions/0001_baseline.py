@@ -13,6 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from sensorhub.db import postgres
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -22,8 +24,16 @@ _STAMP = "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9] [0-2][0-9]:[0-5][0-9]:[0-5]
 _MAC = ":".join(["[0-9A-F][0-9A-F]"] * 6)
 
 
+def _check(expression: str, name: str) -> sa.CheckConstraint:
+    return sa.CheckConstraint(postgres.check(expression, op.get_bind().dialect.name), name=name)
+
+
 def _stamp_check(column: str) -> sa.CheckConstraint:
-    return sa.CheckConstraint(f"{column} GLOB '{_STAMP}'", name=f"{column}_format")
+    return _check(f"{column} GLOB '{_STAMP}'", f"{column}_format")
+
+
+def _postgresql() -> bool:
+    return bool(op.get_bind().dialect.name == "postgresql")
 
 
 def _reading_table(table: str, check: str) -> None:
@@ -33,10 +43,14 @@ def _reading_table(table: str, check: str) -> None:
         sa.Column("device_id", sa.Integer, sa.ForeignKey("device.id", ondelete="CASCADE"), nullable=False),
         sa.Column("at", sa.String(26), nullable=False),
         sa.Column("value", sa.Integer, nullable=False),
-        sa.CheckConstraint(f"typeof(value) = 'integer' AND {check}", name=f"{table.split('_')[0]}_value"),
+        _check(f"typeof(value) = 'integer' AND {check}", f"{table.split('_')[0]}_value"),
         _stamp_check("at"),
     )
     op.create_index(f"ix_{table}_device_at", table, ["device_id", "at"])
+    if _postgresql():
+        for statement in postgres.reading_triggers(table):
+            op.execute(statement)
+        return
     op.execute(f"""CREATE TRIGGER {table}_insert_check BEFORE INSERT ON {table}
         BEGIN
             SELECT RAISE(ABORT, '{table}: unknown device')
@@ -71,12 +85,12 @@ def upgrade() -> None:
         sa.Column("session_id", sa.String(17), nullable=False),
         sa.Column("joined_at", sa.String(26), nullable=False),
         sa.Column("last_seen", sa.String(26), nullable=False),
-        sa.CheckConstraint(name_rule.format(c="name"), name="name_format"),
-        sa.CheckConstraint(name_rule.format(c="session_name"), name="session_name_format"),
-        sa.CheckConstraint(f"mac GLOB '{_MAC}'", name="mac_format"),
-        sa.CheckConstraint("length(session_id) BETWEEN 1 AND 17 AND session_id NOT GLOB '*[^!-~]*' "
-                           "AND instr(session_id, ';') = 0", name="session_id_format"),
-        sa.CheckConstraint("online IN (0, 1)", name="online_boolean"),
+        _check(name_rule.format(c="name"), "name_format"),
+        _check(name_rule.format(c="session_name"), "session_name_format"),
+        _check(f"mac GLOB '{_MAC}'", "mac_format"),
+        _check("length(session_id) BETWEEN 1 AND 17 AND session_id NOT GLOB '*[^!-~]*' "
+               "AND instr(session_id, ';') = 0", "session_id_format"),
+        _check("online IN (0, 1)", "online_boolean"),
         _stamp_check("joined_at"),
         _stamp_check("last_seen"),
         sa.CheckConstraint("joined_at <= last_seen", name="seen_after_joined"),
@@ -87,6 +101,10 @@ def upgrade() -> None:
     for table, check in (("led_reading", "value IN (0, 1)"), ("button_reading", "value IN (0, 1)"),
                          ("light_reading", "value BETWEEN 0 AND 100")):
         _reading_table(table, check)
+    if _postgresql():
+        for statement in postgres.device_triggers():
+            op.execute(statement)
+        return
     op.execute("""CREATE TRIGGER device_insert_check BEFORE INSERT ON device
     BEGIN
         SELECT RAISE(ABORT, 'device: joined_at cannot be in the future')

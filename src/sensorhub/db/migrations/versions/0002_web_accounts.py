@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from sensorhub.db.postgres import check
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -22,6 +24,7 @@ def upgrade() -> None:
     """Create web_user (a development database may already have it: it was made before this migration)."""
     if "web_user" in sa.inspect(op.get_bind()).get_table_names():
         return
+    dialect = op.get_bind().dialect.name
     op.create_table(
         "web_user",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -29,10 +32,11 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(400), nullable=False),
         sa.Column("created_at", sa.String(26), nullable=False),
         sa.Column("changed_at", sa.String(26), nullable=False),
-        sa.CheckConstraint("length(name) BETWEEN 1 AND 64 AND name NOT GLOB '*[^A-Za-z0-9._@-]*'", name="user_name"),
+        sa.CheckConstraint(check("length(name) BETWEEN 1 AND 64 AND name NOT GLOB '*[^A-Za-z0-9._@-]*'", dialect),
+                           name="user_name"),
         sa.CheckConstraint("length(password_hash) BETWEEN 20 AND 400", name="user_password_hash"),
-        sa.CheckConstraint(f"created_at GLOB '{_STAMP}'", name="created_at_format"),
-        sa.CheckConstraint(f"changed_at GLOB '{_STAMP}'", name="changed_at_format"),
+        sa.CheckConstraint(check(f"created_at GLOB '{_STAMP}'", dialect), name="created_at_format"),
+        sa.CheckConstraint(check(f"changed_at GLOB '{_STAMP}'", dialect), name="changed_at_format"),
     )
 
 

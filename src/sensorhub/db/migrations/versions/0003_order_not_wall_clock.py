@@ -18,6 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from sensorhub.db import postgres
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -29,6 +31,17 @@ _READINGS = ("led_reading", "button_reading", "light_reading")
 
 def upgrade() -> None:
     """Replace the wall-clock triggers by order checks; add the quarantine table."""
+    if op.get_bind().dialect.name == "postgresql":
+        statements = [s for table in _READINGS for s in postgres.reading_insert_check(table, wall_clock=False)]
+        statements += postgres.device_insert_check(wall_clock=False) + postgres.device_last_seen_check(wall_clock=False)
+        for statement in statements:
+            op.execute(statement)
+    else:
+        _sqlite_triggers()
+    _create_quarantine()
+
+
+def _sqlite_triggers() -> None:
     for table in _READINGS:
         op.execute(f"DROP TRIGGER IF EXISTS {table}_insert_check")
         op.execute(f"""CREATE TRIGGER {table}_insert_check BEFORE INSERT ON {table}
@@ -52,6 +65,9 @@ def upgrade() -> None:
     BEGIN
         SELECT RAISE(ABORT, 'device: last_seen cannot go back');
     END""")
+
+
+def _create_quarantine() -> None:
     op.create_table(
         "quarantine",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -59,7 +75,8 @@ def upgrade() -> None:
         sa.Column("topic", sa.String(64), nullable=False),
         sa.Column("payload", sa.String(256), nullable=False),
         sa.Column("reason", sa.String(512), nullable=False),
-        sa.CheckConstraint(f"received_at GLOB '{_STAMP}'", name="received_at_format"),
+        sa.CheckConstraint(postgres.check(f"received_at GLOB '{_STAMP}'", op.get_bind().dialect.name),
+                           name="received_at_format"),
     )
     op.create_index("ix_quarantine_received_at", "quarantine", ["received_at"])
 

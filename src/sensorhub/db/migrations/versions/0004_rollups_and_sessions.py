@@ -17,12 +17,18 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from sensorhub.db.postgres import check
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
 
 _STAMP = "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9] [0-2][0-9]:[0-5][0-9]:[0-5][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]"
+
+
+def _check(expression: str, name: str) -> sa.CheckConstraint:
+    return sa.CheckConstraint(check(expression, op.get_bind().dialect.name), name=name)
 
 
 def _rollup_table(table: str) -> None:
@@ -39,7 +45,7 @@ def _rollup_table(table: str) -> None:
         sa.PrimaryKeyConstraint("device_id", "kind", "start", name=f"pk_{table}"),
         sa.CheckConstraint("kind IN ('led', 'button', 'light')", name=f"{table}_kind"),
         sa.CheckConstraint("count >= 0 AND total >= 0 AND on_us >= 0", name=f"{table}_counts"),
-        sa.CheckConstraint(f"start GLOB '{_STAMP}'", name="start_format"),
+        _check(f"start GLOB '{_STAMP}'", "start_format"),
         sqlite_with_rowid=False,
     )
 
@@ -68,9 +74,9 @@ def upgrade() -> None:
         sa.Column("started_at", sa.String(26), nullable=False),
         sa.Column("online_at", sa.String(26), nullable=True),
         sa.Column("ended_at", sa.String(26), nullable=True),
-        sa.CheckConstraint(f"started_at GLOB '{_STAMP}'", name="started_at_format"),
-        sa.CheckConstraint(f"online_at IS NULL OR online_at GLOB '{_STAMP}'", name="online_at_format"),
-        sa.CheckConstraint(f"ended_at IS NULL OR ended_at GLOB '{_STAMP}'", name="ended_at_format"),
+        _check(f"started_at GLOB '{_STAMP}'", "started_at_format"),
+        _check(f"online_at IS NULL OR online_at GLOB '{_STAMP}'", "online_at_format"),
+        _check(f"ended_at IS NULL OR ended_at GLOB '{_STAMP}'", "ended_at_format"),
     )
     op.create_index("ix_device_session_device_started", "device_session", ["device_id", "started_at"])
     conn = op.get_bind()

@@ -1,0 +1,186 @@
+"""`make bench BENCH_ARGS="--scenario scale-out"`: sensorhub's stored rate against what a bare subscriber receives.
+
+For each database (SQLite, and PostgreSQL when its server binaries are installed) and QoS (0, 1), on the same
+machine in the same run: a bare paho subscriber that only counts, then `mosquitto_sub`, each on a broker of its
+own receiving the same burst of readings; then sensorhub (broker and one ingest client) storing it. Each rate
+is readings over the time from the first publish to the last one received (stored); sensorhub's is printed
+as a fraction of both. Several ingest workers are not measured yet: they need shared subscriptions.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.loadgen import publish, split
+from bench.scenarios import Figure, Load, total, wait_stable
+from bench.stack import Stack
+from sensorhub.credentials import CLIENT_USER, client_password
+from sensorhub.protocol import Topic
+
+
+@dataclass(frozen=True)
+class ScaleSizes:
+    """How big the scale-out runs are."""
+
+    readings: int = 100_000
+    devices: int = 100
+    publishers: int = 4
+    timeout: float = 300.0
+
+
+SCALE_FULL = ScaleSizes()
+SCALE_QUICK = ScaleSizes(readings=2_000, devices=10, publishers=2, timeout=60.0)
+#: Load devices for the bare subscribers: any name and session do, nobody checks them.
+_FAKE = [(f"bench{i:03d}", f"1700000000.{i:06d}") for i in range(1000)]
+
+
+def _count(port: int, password: str, qos: int, expected: int, idle: float,
+           out: mp.Queue[tuple[str, float]]) -> None:
+    """A paho subscriber that only counts (in a process of its own, as a worker would be)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set(CLIENT_USER, password)
+    received = 0
+    last = 0.0
+
+    def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
+        nonlocal received, last
+        received += 1
+        last = time.time()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *_args: out.put(("ready", 0.0))
+    client.on_connect = lambda c, *_args: c.subscribe(Topic.PHOTORESISTOR_STATUS, qos)
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    deadline = time.monotonic() + 600
+    while received < expected and time.monotonic() < deadline:
+        seen = received
+        time.sleep(idle)
+        if received == seen and received:
+            break  # nothing more for `idle` seconds: the rest was lost
+    client.disconnect()
+    client.loop_stop()
+    out.put(("done", float(received)))
+    out.put(("last", last))
+
+
+def bare_paho(sizes: ScaleSizes, qos: int) -> tuple[int, float]:
+    """(received, seconds) for a bare paho subscriber on a broker of its own."""
+    with Stack(components=("broker",)) as stack:
+        context = mp.get_context("spawn")
+        out: mp.Queue[tuple[str, float]] = context.Queue()
+        counter = context.Process(target=_count, args=(stack.settings.mqtt_port, client_password(stack.settings),
+                                                       qos, sizes.readings, 5.0, out))
+        counter.start()
+        try:
+            if out.get(timeout=30)[0] != "ready":
+                raise RuntimeError("the bare subscriber did not subscribe")
+            start = time.time()
+            _send(stack, sizes, qos, _FAKE[:sizes.devices])
+            received = int(out.get(timeout=sizes.timeout)[1])
+            last = out.get(timeout=10)[1]
+        finally:
+            counter.join(30)
+            if counter.is_alive():
+                counter.terminate()
+        return received, max(last - start, 1e-6)
+
+
+def bare_mosquitto_sub(sizes: ScaleSizes, qos: int) -> tuple[int, float]:
+    """(received, seconds) for `mosquitto_sub` on a broker of its own."""
+    program = shutil.which("mosquitto_sub")
+    if program is None:
+        raise RuntimeError("mosquitto_sub is missing: sudo apt-get install mosquitto-clients")
+    with Stack(components=("broker",)) as stack:
+        output = stack.dir / "received.txt"
+        command = [program, "-h", "127.0.0.1", "-p", str(stack.settings.mqtt_port), "-V", "5", "-u", CLIENT_USER,
+                   "-P", client_password(stack.settings), "-t", Topic.PHOTORESISTOR_STATUS, "-q", str(qos),
+                   "-C", str(sizes.readings), "-W", str(int(sizes.timeout))]
+        with output.open("wb") as sink:
+            subscriber = subprocess.Popen(command, stdout=sink, stderr=subprocess.DEVNULL)
+            try:
+                _wait_subscribed(stack)
+                start = time.monotonic()
+                _send(stack, sizes, qos, _FAKE[:sizes.devices])
+                subscriber.wait(sizes.timeout + 10)
+                seconds = time.monotonic() - start
+            finally:
+                if subscriber.poll() is None:
+                    subscriber.kill()
+                    subscriber.wait()
+        received = output.read_bytes().count(b"\n")
+        return received, seconds
+
+
+def _wait_subscribed(stack: Stack, timeout: float = 10.0) -> None:
+    """Until the broker's log shows a subscription of `mosquitto_sub` (it prints no other sign)."""
+    log = stack.settings.broker_log
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(log, errors="replace") as handle:
+                if f"u'{CLIENT_USER}'" in handle.read():  # "New client connected ... (p5, c1, k60, u'sensorhub')"
+                    break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    time.sleep(0.5)  # from the connection to the subscription: a round trip or two
+
+
+def _send(stack: Stack, sizes: ScaleSizes, qos: int, devices: list[tuple[str, str]]) -> int:
+    per_device = sizes.readings // len(devices)
+    sent, _published, _acked = publish(split(stack.settings.mqtt_port, devices, per_device, 0, qos,
+                                             sizes.publishers))
+    return sent
+
+
+def sensorhub_stored(sizes: ScaleSizes, qos: int, database_url: str | None) -> tuple[int, float, int]:
+    """(stored, seconds, sent) for sensorhub: the broker and one ingest client storing the burst."""
+    with Stack(components=("broker", "client"), database_url=database_url) as stack, \
+            Load(stack, sizes.devices) as load:
+        before = stack.exact_total()
+        fast_before = total(stack)
+        start = time.monotonic()
+        sent = _send(stack, sizes, qos, load.sessions)
+        _stored, done = wait_stable(lambda: total(stack) - fast_before, sent, timeout=sizes.timeout, quiet=10.0)
+        stored = stack.exact_total() - before
+        return stored, max(done - start, 1e-6), sent
+
+
+def scale_out(sizes: ScaleSizes, databases: list[tuple[str, Callable[[], str | None]]],
+              say: Callable[[str], None]) -> list[Figure]:
+    """One figure per database and QoS."""
+    figures = []
+    for label, new_database in databases:
+        for qos in (0, 1):
+            say(f"scale-out on {label}, QoS {qos}: bare paho subscriber ...")
+            paho_received, paho_s = bare_paho(sizes, qos)
+            say(f"  {paho_received:,} in {paho_s:.1f} s; mosquitto_sub ...")
+            sub_received, sub_s = bare_mosquitto_sub(sizes, qos)
+            say(f"  {sub_received:,} in {sub_s:.1f} s; sensorhub, 1 worker ...")
+            stored, seconds, sent = sensorhub_stored(sizes, qos, new_database())
+            paho_rate, sub_rate, rate = paho_received / paho_s, sub_received / sub_s, stored / seconds
+            lost = max(0, sent - stored)
+            figures.append(Figure(
+                f"scale_out_{label.lower()}_1w_qos{qos}",
+                f"scale-out, {label}, 1 worker, {sent:,} readings, QoS {qos}",
+                f"{rate:,.0f}/s stored, {lost} lost = {rate / paho_rate:.2f} of paho ({paho_rate:,.0f}/s), "
+                f"{rate / sub_rate:.2f} of mosquitto_sub ({sub_rate:,.0f}/s)",
+                ">= 0.8 of paho (SQLite)" if label == "SQLite" else ">= 10,000/s, 0 lost",
+                (rate >= 0.8 * paho_rate) if label == "SQLite" else (rate >= 10_000 and lost == 0),
+                {"stored_per_s": round(rate), "lost": lost, "sent": sent, "paho_per_s": round(paho_rate),
+                 "paho_received": paho_received, "mosquitto_sub_per_s": round(sub_rate),
+                 "mosquitto_sub_received": sub_received, "fraction_of_paho": round(rate / paho_rate, 3),
+                 "fraction_of_mosquitto_sub": round(rate / sub_rate, 3)},
+            ))
+            say(f"  {figures[-1].value}")
+    return figures
+
