@@ -88,14 +88,15 @@ class Cluster:
         """A new database, empty or a copy of `template` (fast: files copied, no migration run); its URL."""
         self._databases += 1
         name = name or f"sensorhub{self._databases}"
-        self._psql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return self.url(name)
 
     def drop_database(self, name: str) -> None:
         """Drop a database made by create_database (and any connection still open to it)."""
-        self._psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    def _psql(self, sql: str) -> None:
+    def _admin(self, sql: str) -> None:
+        """Run one statement as the superuser in the `postgres` database (outside a transaction)."""
         import psycopg
 
         with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", password=PASSWORD,
