@@ -536,7 +536,10 @@ def test_api_stats(client: FlaskClient, engine: Engine) -> None:
     add_readings(engine, ButtonReading, first, [1], start)
     body = client.get("/api/stats").get_json()
     assert body.pop("db_bytes") > 0
-    assert body.pop("disk_free_bytes") > 0 and body.pop("disk_low") in (True, False)
+    free = body.pop("disk_free_bytes")  # of the SQLite file's disk; a server database's is not ours to see
+    assert (free > 0) if engine.dialect.name == "sqlite" else (free is None)
+    low = body.pop("disk_low")
+    assert isinstance(low, bool) and (free is not None or low is False)
     assert body == {"devices": 4, "online": 3, "readings": {"led": 0, "button": 1, "light": 3},
                     "oldest": (start + timedelta(seconds=1)).isoformat()}
 
