@@ -42,11 +42,13 @@ export async function postJSON(url, payload) {
   return {status: response.status, body};
 }
 
+// The layout the visitor chose, or null if they never did.
 function readLayout() {
   try {
-    return localStorage.getItem(LAYOUT_KEY) === 'list' ? 'list' : 'grid';
+    const stored = localStorage.getItem(LAYOUT_KEY);
+    return stored === 'list' || stored === 'grid' ? stored : null;
   } catch (err) {
-    return 'grid';
+    return null;
   }
 }
 
@@ -59,11 +61,14 @@ function storeLayout(layout) {
 }
 
 // The layout button: grid <-> list, remembered in localStorage for every page. Its label and icon name the
-// layout it switches to; aria-pressed is true while the list is shown.
+// layout it switches to; aria-pressed is true while the list is shown. Until the visitor chooses, the page may
+// suggest one (/capteurs suggests the list for a large fleet): the returned object's `suggest(layout)`.
 export function initLayoutToggle() {
   const containers = document.querySelectorAll('[data-cards]');
   const buttons = document.querySelectorAll('[data-layout-toggle]');
-  let layout = readLayout();
+  const chosen = readLayout();
+  let layout = chosen || 'grid';
+  let choiceMade = chosen !== null;
   const apply = () => {
     for (const container of containers) {
       container.classList.toggle('layout-grid', layout === 'grid');
@@ -85,10 +90,21 @@ export function initLayoutToggle() {
   for (const button of buttons) {
     button.addEventListener('click', () => {
       layout = layout === 'grid' ? 'list' : 'grid';
+      choiceMade = true;
       storeLayout(layout);
       apply();
     });
   }
+  return {
+    get layout() {
+      return layout;
+    },
+    suggest(suggested) {
+      if (choiceMade || suggested === layout) return;
+      layout = suggested;
+      apply();
+    },
+  };
 }
 
 // "2 appareils affichés sur 3"; French keeps the singular for 0 and 1 ("0 appareil affiché sur 3").
@@ -97,7 +113,7 @@ export function countLabel(shown, total) {
   return `${shown} appareil${plural} affiché${plural} sur ${total}`;
 }
 
-function cardMatches(card, text) {
+export function cardMatches(card, text) {
   if (!text) return true;
   const name = (card.dataset.name || '').toLowerCase();
   const mac = (card.dataset.mac || '').toLowerCase();
