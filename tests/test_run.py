@@ -45,7 +45,7 @@ def light_readings(settings: Settings) -> int:
 
 
 def test_run_demo_comes_up_flows_and_stops_cleanly(settings: Settings, tmp_path: Path) -> None:
-    child = run(settings, tmp_path, "--demo", "3")
+    child = run(settings.replace(summary_every=1), tmp_path, "--demo", "3")
     try:
         child.wait_ready(90)
         wait_line(child, "everything is running", 5)  # printed before READY=1, read by another thread
@@ -63,6 +63,10 @@ def test_run_demo_comes_up_flows_and_stops_cleanly(settings: Settings, tmp_path:
         wait_for(three_online_with_light, 30, what="3 demo devices online with light readings")
         stats = api(settings, "/api/stats")
         assert isinstance(stats, dict) and stats["devices"] == 3 and stats["online"] == 3
+        # The console sums the connections up; the broker's log file keeps one line per connection.
+        wait_line(child, " 3 online, ", 10)
+        assert "New client connected" not in child.output()
+        assert "New client connected" in Path(settings.broker_log).read_text()
         # a component that dies is named and restarted
         client = next(c for c in children if "client" in " ".join(c.cmdline()))
         client.send_signal(signal.SIGKILL)

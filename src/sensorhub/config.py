@@ -52,6 +52,16 @@ def _days(value: str) -> int:
     return days
 
 
+def _interval(value: str) -> float:
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        raise ValueError("not a number of seconds") from None
+    if not (seconds == 0 or 1 <= seconds <= 86_400):
+        raise ValueError("use 0 (never) or a number of seconds between 1 and 86400")
+    return seconds
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -150,6 +160,12 @@ class Settings:
         _keepalive,
     )
     log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL.", _log_level)
+    summary_every: float = setting(
+        "10",
+        "Seconds between the ingest client's summary line (joins, leaves, devices online, readings/s); "
+        "0: none. `sensorhub run` shows it instead of the broker's line per connection (kept in its log file).",
+        _interval,
+    )
     secret_key: str = setting(
         "", "Key signing the web sessions and CSRF tokens (empty: one generated in the state directory).", _text
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +41,19 @@ logger = logging.getLogger(__name__)
 MAX_RESTARTS = 3
 RESTART_WINDOW = 60.0
 COMPONENTS = ("broker", "client", "web", "devices")
+
+#: The broker's one line per connection, disconnection or timeout: the broker's log file keeps them, the
+#: console does not (at 2,000 devices they would bury everything; the ingest client's summary line counts them).
+CONNECTION_LINE = re.compile(
+    r"^(?:\d{4}-\d\d-\d\dT[\d:]+: |\d+: )?"
+    r"(?:New connection from |New client connected from |Client \S+ (?:disconnected|closed its connection"
+    r"|has exceeded timeout|already connected)|Socket error on client )"
+)
+
+
+def is_connection_line(line: str) -> bool:
+    """Whether `line` is one of the broker's per-connection messages."""
+    return CONNECTION_LINE.match(line) is not None
 
 
 class Supervisor:
@@ -79,6 +93,8 @@ class Supervisor:
             print(f"{name:>7} | {text}", file=self.out, flush=True)
 
     def _printer(self, name: str) -> Callable[[str], None]:
+        if name == "broker":
+            return lambda line: None if is_connection_line(line) else self.say(line, name)
         return lambda line: self.say(line, name)
 
     # -- checks before anything starts -----------------------------------------------------------
@@ -127,6 +143,9 @@ class Supervisor:
             if self._stop.is_set():
                 return
         self.say(f"everything is running: open {self.url()} (Ctrl-C stops everything)")
+        if self.settings.summary_every:
+            self.say(f"the broker's connection messages go to {self.settings.broker_log} only; the client sums "
+                     f"them up every {self.settings.summary_every:g} s")
         if self.settings.web_host in ("0.0.0.0", "::"):
             self.say(f"from other computers on the network: {self.url(_lan_address())}; ESP32s connect to "
                      f"{_lan_address()} port {self.settings.mqtt_port}")
