@@ -16,7 +16,7 @@ from bench.scenarios import FULL, QUICK, Figure, Load, Sizes, burst, latency, ma
 from bench.stack import Stack
 
 SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "web", "memory", "browser",
-             "history", "export", "rollups", "retention", "fleet-browser")
+             "history", "export", "rollups", "retention", "fleet-browser", "footprint")
 
 
 def run(sizes: Sizes, only: set[str], say: Callable[[str], None]) -> list[Figure]:
@@ -64,6 +64,10 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None]) -> list[Figure
                 return browser_latency(stack, sizes)
 
         attempt("browser", browser)
+    if "footprint" in only:
+        from bench.footprint import footprint
+
+        attempt("footprint", lambda: footprint(sizes, say))
     if "fleet-browser" in only:
         from bench.fleet_browser import fleet_browser
 

@@ -53,7 +53,7 @@ def test_run_demo_comes_up_flows_and_stops_cleanly(settings: Settings, tmp_path:
         for name in ("broker |", "client |", "web |", "devices |"):
             assert name in child.output(), f"no log line prefixed {name!r}"
         children = psutil.Process(child.pid).children(recursive=True)
-        assert len(children) >= 5  # broker wrapper + mosquitto, client, web master + workers, devices
+        assert len(children) >= 5  # mosquitto, client, web watcher + master + worker(s), devices
 
         def three_online_with_light() -> bool:
             devices = api(settings, "/api/devices")

@@ -62,6 +62,13 @@ def _interval(value: str) -> float:
     return seconds
 
 
+def _count(value: str) -> int:
+    number = _int(value)
+    if not 0 <= number <= 64:
+        raise ValueError("use 0 (chosen from the CPU count and memory) or a number from 1 to 64")
+    return number
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -70,14 +77,13 @@ def _log_level(value: str) -> str:
 
 
 def _database_url(value: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        url = make_url(value.strip())
-    except ArgumentError:
-        raise ValueError("not a SQLAlchemy database URL (e.g. sqlite:///db/db.sqlite3)") from None
-    if url.get_backend_name() != "sqlite":
+    # Only the scheme is checked here, without SQLAlchemy: every process reads the settings, and importing
+    # SQLAlchemy costs ~25 MiB to those that never open the database (the supervisor, the web watcher).
+    # make_engine parses the whole URL when the database is opened.
+    scheme = re.match(r"([A-Za-z][\w+.-]*)://", value.strip())
+    if scheme is None:
+        raise ValueError("not a SQLAlchemy database URL (e.g. sqlite:///db/db.sqlite3)")
+    if scheme[1].split("+")[0].lower() != "sqlite":
         raise ValueError("only SQLite URLs (sqlite:///path) are supported")
     return value.strip()
 
@@ -138,6 +144,14 @@ class Settings:
     mqtt_ws_port: int = setting("9001", "Broker WebSockets port (the /capteurs page connects here).", _port)
     web_host: str = setting("0.0.0.0", "Address the production web server listens on.", _host)
     web_port: int = setting("8000", "Port of the production web server.", _port)
+    web_workers: int = setting(
+        "0",
+        "gunicorn worker processes (0: one per two CPU cores and per 512 MiB of memory, at least 1, at most 4).",
+        _count,
+    )
+    web_threads: int = setting(
+        "0", "Threads per gunicorn worker (0: 8 with a single worker on 1 GiB or more, else 4).", _count
+    )
     fifo: str = setting(
         "",
         "Named pipe carrying LED and rename commands from web to client (empty: `ledpipe` in the state "

@@ -29,8 +29,7 @@ from typing import IO
 
 from sensorhub.broker import INSTALL_HINT, find_mosquitto
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
-from sensorhub.errors import BrokerError, ConfigError, SensorhubError
+from sensorhub.errors import BrokerError, ConfigError, DatabaseError, SensorhubError
 from sensorhub.ingest.ledpipe import ensure_fifo
 from sensorhub.ports import ensure_free
 from sensorhub.process import READY_TIMEOUT, STOP_TIMEOUT, Child, ComponentError, notify
@@ -122,12 +121,18 @@ class Supervisor:
                 ensure_free(port, setting, what)
         if len(set(ports)) != len(ports):
             raise ConfigError(f"the MQTT, WebSockets and web ports must differ (got {ports})")
-        engine = make_engine(self.settings.database_url, create_dir=True)
-        try:
-            init_db(engine)
-        finally:
-            engine.dispose()
+        self._init_db()
         ensure_fifo(self.settings.fifo_path)
+
+    def _init_db(self) -> None:
+        """`sensorhub db init` in a process of its own: the supervisor runs for as long as everything does, and
+        stays small without SQLAlchemy and Alembic (about 30 MiB) loaded."""
+        env = {**os.environ, **self.settings.environ()}
+        done = subprocess.run([sys.executable, "-m", "sensorhub", "db", "init"], env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, check=False)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or [f"exited with status {done.returncode}"]
+            raise DatabaseError(lines[-1].removeprefix("sensorhub: error: "))
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
