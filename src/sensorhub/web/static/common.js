@@ -189,13 +189,26 @@ async function waitForName(card, form, name) {
   setStatus(form, "Le client d'ingestion n'a pas encore enregistré le nouveau nom ; rechargez la page plus tard.", true);
 }
 
+// A card's rename form: the page's one template, copied under the card's header the first time it opens.
+function renameForm(card) {
+  let form = card.querySelector('[data-rename-form]');
+  const template = document.querySelector('[data-rename-template]');
+  if (!form && template) {
+    form = template.content.firstElementChild.cloneNode(true);
+    card.querySelector('.card-header').after(form);
+  }
+  return form;
+}
+
 // "Renommer" on a card opens its form; the POST answers 200 (renamed), 202 (pending) or an error.
 export function initRename(container, onRenamed = () => {}) {
   container.addEventListener('click', (event) => {
     const card = event.target.closest('[data-card]');
     if (!card) return;
-    const form = card.querySelector('[data-rename-form]');
-    if (event.target.closest('[data-rename-open]')) {
+    const opening = Boolean(event.target.closest('[data-rename-open]'));
+    const form = opening ? renameForm(card) : card.querySelector('[data-rename-form]');
+    if (!form) return;
+    if (opening) {
       form.hidden = !form.hidden;
       if (!form.hidden) {
         form.elements.name.value = card.dataset.name;

@@ -178,7 +178,9 @@ export class LiveCards {
       this.onFrame();
       this.drawWanted();
     }
+    const everyCard = !this.observer || this.size <= this.everyChartUpTo;
     for (const record of this.dirty) {
+      if (!everyCard && !record.inView) continue; // written when it comes into view
       const {card} = record;
       if (record.dirty.has('led')) this.onLed(record, record.led);
       if (record.dirty.has('button')) {
@@ -192,8 +194,8 @@ export class LiveCards {
         if (record.chart) this.refreshChart(record);
       }
       record.dirty.clear();
+      this.dirty.delete(record);
     }
-    this.dirty.clear();
   }
 
   // -- charts for the cards in view ------------------------------------------------------------------------
@@ -217,6 +219,7 @@ export class LiveCards {
       record.inView = entry.isIntersecting;
       if (this.wantsChart(record)) this.drawChart(record);
       else this.dropChart(record);
+      if (record.inView && record.dirty.size) this.schedule(); // what came while it was out of view
     }
   }
 
