@@ -392,7 +392,7 @@ def test_historique_refuses_a_bad_cursor(client: FlaskClient) -> None:
 def test_device_names_are_escaped_everywhere(client: FlaskClient, engine: Engine) -> None:
     first = add_device(engine, XSS_NAME, 1)
     add_device(engine, XSS_ATTR_NAME, 2, session="200.000002")
-    paths = ["/capteurs", "/historique", f"/sensor/{first}", "/sensor/online",
+    paths = ["/capteurs", "/historique", f"/sensor/{first}", "/sensor/online", "/sensor/online?brief=1",
              f"/sensor/by-session?name=%3Cscript%3Ex%3C%2Fscript%3E&session={SESSION}",
              "/historique?q=%3Cscript%3E"]
     for path in paths:
@@ -425,6 +425,11 @@ def test_sensor_fragments(client: FlaskClient, engine: Engine) -> None:
     assert client.get("/sensor/by-session?name=capteur01").status_code == 400
     listing = client.get("/sensor/online").get_data(as_text=True)
     assert re.findall(r'id="capteur-(\d+)"', listing) == [str(online)]
+    # The brief list a large /capteurs page reconciles with: what identifies each card, nothing more.
+    brief = client.get("/sensor/online?brief=1").get_data(as_text=True)
+    assert re.findall(r'<article data-card data-id="(\d+)"', brief) == [str(online)]
+    assert 'data-session-name="capteur01" data-session="100.000001" data-online="1"' in brief
+    assert "data-light" not in brief and "<input" not in brief
 
 
 def test_by_session_matches_the_session_name_not_the_display_name(client: FlaskClient, engine: Engine) -> None:

@@ -130,7 +130,12 @@ def appareil(device_id: int) -> str:
 
 @bp.get("/sensor/online")
 def online_fragment() -> str:
-    """The cards of every online device (the /capteurs script reconciles its page with them)."""
+    """The cards of every online device (the /capteurs script reconciles its page with them); `?brief=1`: only
+    what identifies each card (a large fleet's page fetches the few whole cards it lacks)."""
+    if request.args.get("brief"):
+        with web_state().database.connect() as conn:
+            devices = queries.list_devices(conn, online=True)
+        return render_template("_sensor_stubs.html", devices=devices)
     return render_template("_sensor_cards.html", cards=_online_cards(), max_name=MAX_NAME)
 
 

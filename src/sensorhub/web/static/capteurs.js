@@ -95,9 +95,12 @@ function placeCard(card, replace) {
 async function reconcile() {
   const generation = ++reconcileGeneration;
   const since = clock;
+  // A large fleet is reconciled against a brief list (no chart data, no controls: parsing 2,000 whole cards
+  // again would hold the page for a long moment); the cards it lacks are then fetched one by one.
+  const brief = cards.size > LARGE_FLEET;
   let fresh;
   try {
-    const response = await fetch('/sensor/online', {headers: {Accept: 'text/html'}});
+    const response = await fetch(brief ? '/sensor/online?brief=1' : '/sensor/online', {headers: {Accept: 'text/html'}});
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     fresh = parseCards(await response.text());
   } catch (err) {
@@ -110,16 +113,38 @@ async function reconcile() {
   if (generation !== reconcileGeneration) return;
   if (liveStatus.dataset.state === 'live') hideBanner();
   const freshIds = new Set(fresh.map((card) => card.dataset.id));
+  const lacking = [];
   for (const card of fresh) {
     const current = cardById(card.dataset.id);
     if (current && newerThan(current, since)) continue; // what MQTT told us meanwhile is newer
-    placeCard(card, Boolean(current) && !sessionUnknown(card) && current.dataset.session !== card.dataset.session);
+    const replace = Boolean(current) && !sessionUnknown(card) && current.dataset.session !== card.dataset.session;
+    if (brief && (!current || replace)) lacking.push({id: card.dataset.id, replace});
+    else placeCard(card, replace);
   }
   for (const card of allCards()) {
     if (!freshIds.has(card.dataset.id) && !newerThan(card, since)) dropCard(card);
   }
   afterChange();
+  await fetchCards(lacking, since);
   container.dataset.reconciled = String(Number(container.dataset.reconciled || 0) + 1); // tests wait on it
+}
+
+// The whole cards a brief reconciliation lacked, a few requests at a time.
+async function fetchCards(lacking, since) {
+  const one = async ({id, replace}) => {
+    try {
+      const response = await fetch(`/sensor/${encodeURIComponent(id)}`, {headers: {Accept: 'text/html'}});
+      if (!response.ok) return;
+      const [card] = parseCards(await response.text());
+      const current = cardById(id);
+      if (card && !(current && newerThan(current, since))) placeCard(card, replace);
+    } catch (err) {
+      // the next reconciliation tries again
+    }
+  };
+  for (let start = 0; start < lacking.length; start += 6) {
+    await Promise.all(lacking.slice(start, start + 6).map(one));
+  }
 }
 
 // The ingest client records a join at the same time as we hear of it: retry until it has.
@@ -223,8 +248,10 @@ function onReading(topic, text) {
   else if (topic === TOPIC.PHOTORESISTOR_STATUS && value <= 100) cards.addLight(record, value);
 }
 
+const decoder = new TextDecoder();
+
 function onMessage(topic, payload) {
-  const text = new TextDecoder().decode(payload);
+  const text = decoder.decode(payload);
   if (topic === TOPIC.JOIN) onJoin(text);
   else if (topic === TOPIC.LEAVE) onLeave(text);
   else onReading(topic, text);
