@@ -316,7 +316,7 @@ def retention(sizes: Sizes, history_sizes: HistorySizes) -> Figure:
     stack.settings = stack.settings.replace(retention_days=1)
     _old_readings(stack.dir / "db.sqlite3", history_sizes.purge_rows)
     with stack:
-        load = Load(stack, sizes.devices)
+        load = Load(stack, sizes.devices).__enter__()  # joined: its sessions are what the latency probe uses
         try:
             before = _old_count(stack)
             started = time.monotonic()
