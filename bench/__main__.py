@@ -1,8 +1,9 @@
-"""`python -m bench [--quick] [--only KEY ...] [--postgresql]`: measure every figure of the performance issue, print
-a table and one JSON line. `--quick` runs each scenario with small numbers in a few seconds (the test suite does).
-`--postgresql` measures the writer's figures on PostgreSQL instead of SQLite: a cluster of Debian's `postgresql`
-package, started in a temporary directory with PostgreSQL's default durability (fsync on), one database per
-scenario."""
+"""`python -m bench [--quick] [--only|--scenario KEY ...] [--postgresql]`: measure every figure of the performance
+issues, print a table and one JSON line. `--quick` runs each scenario with small numbers in a few seconds (the test
+suite does). `--postgresql` measures the writer's figures on PostgreSQL instead of SQLite: a cluster of Debian's
+`postgresql` package, started in a temporary directory with PostgreSQL's default durability (fsync on), one
+database per scenario. `--scenario scale-out` runs on its own: sensorhub against a bare paho subscriber and
+mosquitto_sub, on SQLite and PostgreSQL (bench/scaleout.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from bench.scenarios import FULL, QUICK, Figure, Load, Sizes, burst, latency, ma
 from bench.stack import Stack
 
 SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "web", "memory", "browser",
-             "history", "export", "rollups", "retention", "broker_restart")
+             "history", "export", "rollups", "retention", "broker_restart", "fleet-browser", "footprint")
 #: What `--postgresql` measures: the writer's rates (the other scenarios read the SQLite file directly).
 POSTGRESQL_SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1")
+#: Scenarios that run on their own, with their own stacks and references.
+ALONE = ("scale-out",)
 
 
 @contextmanager
@@ -44,18 +47,19 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None],
     such, the others still run."""
     figures: list[Figure] = []
 
-    def attempt(key: str, measure: Callable[[], Figure]) -> None:
+    def attempt(key: str, measure: Callable[[], Figure | list[Figure]]) -> None:
         if key not in only:
             return
         say(f"measuring {key} ...")
         started = time.monotonic()
         try:
-            figure = measure()
+            measured = measure()
         except Exception as err:
             traceback.print_exc(file=sys.stderr)
-            figure = Figure(key, key, f"FAILED: {err}", "", False)
-        say(f"  {figure.value} ({time.monotonic() - started:.0f} s)")
-        figures.append(figure)
+            measured = Figure(key, key, f"FAILED: {err}", "", False)
+        for figure in measured if isinstance(measured, list) else [measured]:
+            say(f"  {figure.label}: {figure.value} ({time.monotonic() - started:.0f} s)")
+            figures.append(figure)
 
     def loaded(measure: Callable[[Stack, Load, Sizes], Figure]) -> Callable[[], Figure]:
         def fresh() -> Figure:
@@ -83,6 +87,14 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None],
                 return browser_latency(stack, sizes)
 
         attempt("browser", browser)
+    if "footprint" in only:
+        from bench.footprint import footprint
+
+        attempt("footprint", lambda: footprint(sizes, say))
+    if "fleet-browser" in only:
+        from bench.fleet_browser import fleet_browser
+
+        attempt("fleet-browser", lambda: fleet_browser(sizes))
     if "web" in only:
         from bench.web import web_latency
 
@@ -138,14 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 0 when every figure was measured (met or not)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small numbers, a few seconds (smoke run)")
-    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=None)
-    parser.add_argument("--scenario", choices=("performance", "scale-out"), default="performance",
-                        help="scale-out: sensorhub against a bare paho subscriber and mosquitto_sub, on SQLite "
-                             "and PostgreSQL (bench/scaleout.py)")
+    parser.add_argument("--only", "--scenario", nargs="+", choices=SCENARIOS + ALONE, default=None, dest="only",
+                        help="run only these scenarios (default: all but scale-out, which runs on its own)")
     parser.add_argument("--postgresql", action="store_true",
                         help=f"on PostgreSQL (a throwaway cluster): {', '.join(POSTGRESQL_SCENARIOS)}")
     args = parser.parse_args(argv)
-    if args.scenario == "scale-out":
+    if args.only and "scale-out" in args.only:
+        if len(args.only) > 1:
+            parser.error("scale-out runs on its own")
         return _scale_out(args.quick)
     only = set(args.only or (POSTGRESQL_SCENARIOS if args.postgresql else SCENARIOS))
     if args.postgresql and not only <= set(POSTGRESQL_SCENARIOS):

@@ -50,12 +50,18 @@ class Sizes:
     flood: int = 150_000
     browser_events: int = 200
     publishers: int = 4
+    fast_fleet: int = 100
+    fast_rate: int = 20
+    fleet_browser_window: float = 10
+    footprint_seconds: float = 30
+    footprint_settle: float = 5
 
 
 FULL = Sizes()
 QUICK = Sizes(devices=10, sustained_rate=1_000, sustained_seconds=2, burst=2_000, latency_rate=500,
               latency_seconds=2, fleet=30, fleet_seconds=3, web_devices=20, web_readings=20_000, web_requests=20,
-              flood=5_000, browser_events=10, publishers=2)
+              flood=5_000, browser_events=10, publishers=2, fast_fleet=5, fast_rate=5, fleet_browser_window=2,
+              footprint_seconds=2, footprint_settle=1)
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -14,7 +14,9 @@ from bench.scenarios import PROBE_WINDOW_US, match_probes
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"sustained_qos0", "sustained_qos1", "burst_qos1", "latency_p99_ms", "devices_2000", "web_p99_ms",
            "client_memory", "browser_p99_ms", "history_api_p99_ms", "export_rows_per_s", "rollup_cost_us",
-           "retention_p99_ms", "broker_restart"}
+           "retention_p99_ms", "broker_restart", "fleet_dom_slow", "fleet_dom_fast", "fleet_join_ms",
+           "fleet_long_tasks", "fleet_listed_s", "fleet_heap_mb", "fleet_server_p99_ms", "footprint_idle",
+           "footprint_loaded"}
 
 
 

@@ -30,7 +30,7 @@ from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
 from sensorhub.ports import PortError, ensure_free
 from sensorhub.protocol import MAX_NAME, Topic, browser_data
 from sensorhub.web import create_app
-from sensorhub.web.serve import gunicorn_options
+from sensorhub.web.serve import gunicorn_options, web_sizing
 from sensorhub.web.state import web_state
 from tests.stack import ROOT
 from tests.support import both_databases
@@ -400,7 +400,7 @@ def test_historique_refuses_a_bad_cursor(client: FlaskClient) -> None:
 def test_device_names_are_escaped_everywhere(client: FlaskClient, engine: Engine) -> None:
     first = add_device(engine, XSS_NAME, 1)
     add_device(engine, XSS_ATTR_NAME, 2, session="200.000002")
-    paths = ["/capteurs", "/historique", f"/sensor/{first}", "/sensor/online",
+    paths = ["/capteurs", "/historique", f"/sensor/{first}", "/sensor/online", "/sensor/online?brief=1",
              f"/sensor/by-session?name=%3Cscript%3Ex%3C%2Fscript%3E&session={SESSION}",
              "/historique?q=%3Cscript%3E"]
     for path in paths:
@@ -434,6 +434,11 @@ def test_sensor_fragments(client: FlaskClient, engine: Engine) -> None:
     assert client.get("/sensor/by-session?name=capteur01").status_code == 400
     listing = client.get("/sensor/online").get_data(as_text=True)
     assert re.findall(r'id="capteur-(\d+)"', listing) == [str(online)]
+    # The brief list a large /capteurs page reconciles with: what identifies each card, nothing more.
+    brief = client.get("/sensor/online?brief=1").get_data(as_text=True)
+    assert re.findall(r'<article data-card data-id="(\d+)"', brief) == [str(online)]
+    assert 'data-session-name="capteur01" data-session="100.000001" data-online="1"' in brief
+    assert "data-light" not in brief and "<input" not in brief
 
 
 @both_databases
@@ -786,6 +791,16 @@ def test_gunicorn_configuration(settings: Settings) -> None:
     assert options["preload_app"] is True  # one app, one secret key for every worker
     assert options["workers"] == 3 and options["worker_class"] == "gthread"
     assert gunicorn_options(settings.replace(web_host="::"), 1)["bind"] == [f"[::]:{settings.web_port}"]
+
+
+def test_web_workers_and_threads_fit_the_machine_unless_set(settings: Settings) -> None:
+    gib = 2**30
+    assert web_sizing(settings, cpus=4, memory=4 * gib) == (2, 4)  # Raspberry Pi 4
+    assert web_sizing(settings, cpus=4, memory=gib // 2) == (1, 4)  # Pi Zero 2 W
+    assert web_sizing(settings, cpus=2, memory=8 * gib) == (1, 8)  # a small VM
+    assert web_sizing(settings, cpus=32, memory=64 * gib) == (4, 4)  # a big server: the devices need no more
+    assert web_sizing(settings.replace(web_workers=3, web_threads=2), cpus=2, memory=gib) == (3, 2)
+    assert web_sizing(settings.replace(web_workers=3), workers=5, cpus=2, memory=gib) == (5, 4)  # --workers
 
 
 def test_secret_key_comes_from_the_settings(settings: Settings) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 from sensorhub.config import Settings
 from sensorhub.credentials import BROKER_DIR, PASSWD, mosquitto_account, write_broker_passwd
@@ -158,7 +158,9 @@ class Broker:
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self.config_path = BASE_CONFIG
 
-    def _config(self) -> tuple[Path, Path]:
+    def _config(self, keep: bool = False) -> tuple[Path, Path]:
+        """The configuration to run and the directory to run it from; with `keep`, a generated configuration
+        goes to the state directory (beside the password file) rather than to a directory removed on stop."""
         log_file = Path(self.settings.broker_log).resolve()
         _prepare_log_file(log_file)
         passwd = write_broker_passwd(self.settings).resolve()
@@ -176,23 +178,46 @@ class Broker:
         )
         if as_specified:
             return BASE_CONFIG, PROJECT_ROOT
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="sensorhub-broker-")
-        path = Path(self._tmpdir.name) / "mosquitto.conf"
+        if keep:
+            path = passwd.parent / "mosquitto.conf"
+        else:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="sensorhub-broker-")
+            path = Path(self._tmpdir.name) / "mosquitto.conf"
+            os.chmod(self._tmpdir.name, 0o755)
         text = render_config(self.settings, log_file, passwd=passwd, tls=tls)
         if user_line:
             text = f"{user_line}\n{text}"
         path.write_text(text)
-        os.chmod(self._tmpdir.name, 0o755)
         return path, Path.cwd()
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start mosquitto and return once it listens on both ports."""
+    def _check_ports(self) -> str:
         program = find_mosquitto()
         ensure_free(self.settings.mqtt_port, "SENSORHUB_MQTT_PORT", "MQTT")
         ensure_free(self.settings.mqtt_ws_port, "SENSORHUB_MQTT_WS_PORT", "MQTT over WebSockets")
         if self.settings.tls:
             ensure_free(self.settings.mqtt_tls_port, "SENSORHUB_MQTT_TLS_PORT", "MQTT over TLS")
             ensure_free(self.settings.mqtt_wss_port, "SENSORHUB_MQTT_WSS_PORT", "MQTT over secure WebSockets")
+        return program
+
+    def can_become_mosquitto(self) -> bool:
+        """Whether `become_mosquitto` may be used: this mosquitto says READY=1 itself."""
+        return speaks_notify(find_mosquitto())
+
+    def become_mosquitto(self) -> NoReturn:
+        """Replace this process with mosquitto (same pid, signals and environment): no Python process stays
+        beside the broker only to watch it (about 30 MiB). Mosquitto then sends READY=1 to NOTIFY_SOCKET."""
+        program = self._check_ports()
+        self.config_path, cwd = self._config(keep=True)
+        logger.info("starting %s -c %s: MQTT on port %d, WebSockets on port %d (log: %s)", program,
+                    self.config_path, self.settings.mqtt_port, self.settings.mqtt_ws_port, self.settings.broker_log)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.chdir(cwd)
+        os.execv(program, [program, "-c", str(self.config_path)])
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start mosquitto and return once it listens on both ports."""
+        program = self._check_ports()
         self.config_path, cwd = self._config()
         log = Path(self.settings.broker_log)
         offset = log.stat().st_size

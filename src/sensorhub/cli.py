@@ -63,9 +63,14 @@ def broker(settings: Settings) -> None:
     """Run the Mosquitto broker with the project's configuration (foreground)."""
     from sensorhub.broker import Broker
 
+    broker = Broker(settings)
+    if broker.can_become_mosquitto():
+        click.echo("broker starting; Ctrl-C stops it", err=True)
+        broker.become_mosquitto()
+    # A mosquitto that cannot say READY=1: this process starts it, watches its log, and says it for it.
     # SIGTERM (from `sensorhub run`, systemd, kill) stops mosquitto too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with Broker(settings) as running:
+    with broker as running:
         notify("READY=1")
         click.echo(f"broker running (config {running.config_path}); Ctrl-C stops it", err=True)
         try:

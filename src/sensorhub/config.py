@@ -59,6 +59,23 @@ def _megabytes(value: str) -> int:
     return size
 
 
+def _interval(value: str) -> float:
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        raise ValueError("not a number of seconds") from None
+    if not (seconds == 0 or 1 <= seconds <= 86_400):
+        raise ValueError("use 0 (never) or a number of seconds between 1 and 86400")
+    return seconds
+
+
+def _count(value: str) -> int:
+    number = _int(value)
+    if not 0 <= number <= 64:
+        raise ValueError("use 0 (chosen from the CPU count and memory) or a number from 1 to 64")
+    return number
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -74,16 +91,16 @@ def _log_format(value: str) -> str:
 
 
 def _database_url(value: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        url = make_url(value.strip())
-    except ArgumentError:
-        raise ValueError("not a SQLAlchemy database URL (e.g. sqlite:///db/db.sqlite3)") from None
-    if url.get_backend_name() == "postgresql" and url.drivername not in ("postgresql", "postgresql+psycopg"):
+    # Only the scheme is checked here, without SQLAlchemy: every process reads the settings, and importing
+    # SQLAlchemy costs ~25 MiB to those that never open the database (the supervisor, the web watcher).
+    # make_engine parses the whole URL when the database is opened.
+    scheme = re.match(r"([A-Za-z][\w+.-]*)://", value.strip())
+    if scheme is None:
+        raise ValueError("not a SQLAlchemy database URL (e.g. sqlite:///db/db.sqlite3)")
+    backend, _, driver = scheme[1].lower().partition("+")
+    if backend == "postgresql" and driver not in ("", "psycopg"):
         raise ValueError("PostgreSQL goes through psycopg 3: postgresql+psycopg://user:password@host:5432/database")
-    if url.get_backend_name() not in ("sqlite", "postgresql"):
+    if backend not in ("sqlite", "postgresql"):
         raise ValueError("use SQLite (sqlite:///path) or PostgreSQL (postgresql+psycopg://user:password@host/db)")
     return value.strip()
 
@@ -150,6 +167,14 @@ class Settings:
     mqtt_ws_port: int = setting("9001", "Broker WebSockets port (the /capteurs page connects here).", _port)
     web_host: str = setting("0.0.0.0", "Address the production web server listens on.", _host)
     web_port: int = setting("8000", "Port of the production web server.", _port)
+    web_workers: int = setting(
+        "0",
+        "gunicorn worker processes (0: one per two CPU cores and per 512 MiB of memory, at least 1, at most 4).",
+        _count,
+    )
+    web_threads: int = setting(
+        "0", "Threads per gunicorn worker (0: 8 with a single worker on 1 GiB or more, else 4).", _count
+    )
     fifo: str = setting(
         "",
         "Named pipe carrying LED and rename commands from web to client (empty: `ledpipe` in the state "
@@ -180,6 +205,12 @@ class Settings:
     log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL.", _log_level)
     log_format: str = setting(
         "text", "Log lines as `text` (for people) or `json` (one object a line, for log collectors).", _log_format
+    )
+    summary_every: float = setting(
+        "10",
+        "Seconds between the ingest client's summary line (joins, leaves, devices online, readings/s); "
+        "0: none. `sensorhub run` shows it instead of the broker's line per connection (kept in its log file).",
+        _interval,
     )
     secret_key: str = setting(
         "", "Key signing the web sessions and CSRF tokens (empty: one generated in the state directory).", _text

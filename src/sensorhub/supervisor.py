@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,8 +29,7 @@ from typing import IO
 
 from sensorhub.broker import INSTALL_HINT, find_mosquitto
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
-from sensorhub.errors import BrokerError, ConfigError, SensorhubError
+from sensorhub.errors import BrokerError, ConfigError, DatabaseError, SensorhubError
 from sensorhub.ingest.ledpipe import ensure_fifo
 from sensorhub.ports import ensure_free, wait_free
 from sensorhub.process import READY_TIMEOUT, STOP_TIMEOUT, Child, ComponentError, notify
@@ -42,6 +42,19 @@ MAX_RESTARTS = 3
 PORT_WAIT = 10.0
 RESTART_WINDOW = 60.0
 COMPONENTS = ("broker", "client", "web", "devices")
+
+#: The broker's one line per connection, disconnection or timeout: the broker's log file keeps them, the
+#: console does not (at 2,000 devices they would bury everything; the ingest client's summary line counts them).
+CONNECTION_LINE = re.compile(
+    r"^(?:\d{4}-\d\d-\d\dT[\d:]+: |\d+: )?"
+    r"(?:New connection from |New client connected from |Client \S+ (?:disconnected|closed its connection"
+    r"|has exceeded timeout|already connected)|Socket error on client )"
+)
+
+
+def is_connection_line(line: str) -> bool:
+    """Whether `line` is one of the broker's per-connection messages."""
+    return CONNECTION_LINE.match(line) is not None
 
 
 class Supervisor:
@@ -81,6 +94,8 @@ class Supervisor:
             print(f"{name:>7} | {text}", file=self.out, flush=True)
 
     def _printer(self, name: str) -> Callable[[str], None]:
+        if name == "broker":
+            return lambda line: None if is_connection_line(line) else self.say(line, name)
         return lambda line: self.say(line, name)
 
     # -- checks before anything starts -----------------------------------------------------------
@@ -108,12 +123,18 @@ class Supervisor:
                 ensure_free(port, setting, what)
         if len(set(ports)) != len(ports):
             raise ConfigError(f"the MQTT, WebSockets and web ports must differ (got {ports})")
-        engine = make_engine(self.settings.database_url, create_dir=True)
-        try:
-            init_db(engine)
-        finally:
-            engine.dispose()
+        self._init_db()
         ensure_fifo(self.settings.fifo_path)
+
+    def _init_db(self) -> None:
+        """`sensorhub db init` in a process of its own: the supervisor runs for as long as everything does, and
+        stays small without SQLAlchemy and Alembic (about 30 MiB) loaded."""
+        env = {**os.environ, **self.settings.environ()}
+        done = subprocess.run([sys.executable, "-m", "sensorhub", "db", "init"], env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, check=False)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or [f"exited with status {done.returncode}"]
+            raise DatabaseError(lines[-1].removeprefix("sensorhub: error: "))
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -129,6 +150,9 @@ class Supervisor:
             if self._stop.is_set():
                 return
         self.say(f"everything is running: open {self.url()} (Ctrl-C stops everything)")
+        if self.settings.summary_every:
+            self.say(f"the broker's connection messages go to {self.settings.broker_log} only; the client sums "
+                     f"them up every {self.settings.summary_every:g} s")
         if self.settings.web_host in ("0.0.0.0", "::"):
             self.say(f"from other computers on the network: {self.url(_lan_address())}; ESP32s connect to "
                      f"{_lan_address()} port {self.settings.mqtt_port}")

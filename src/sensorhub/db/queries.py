@@ -166,13 +166,15 @@ def online_device_by_session(conn: Connection, session_name: str, session_id: st
 
 
 def histories(
-    conn: Connection, device_ids: Sequence[int], limit: int = HISTORY_LENGTH
+    conn: Connection, device_ids: Sequence[int], limit: int = HISTORY_LENGTH, kinds: Sequence[Kind] = tuple(Kind)
 ) -> dict[int, dict[Kind, list[Value]]]:
-    """The last `limit` values of each kind for each device, newest first (one indexed query per kind)."""
+    """The last `limit` values of each of `kinds` for each device, newest first (one indexed query per kind;
+    the other kinds come back empty)."""
     result: dict[int, dict[Kind, list[Value]]] = {i: {kind: [] for kind in Kind} for i in device_ids}
     if not device_ids:
         return result
-    for kind, model in READING_MODELS.items():
+    for kind in kinds:
+        model = READING_MODELS[kind]
         newest = (
             select(model.id)
             .where(model.device_id == Device.id)
@@ -199,9 +201,10 @@ def device_history(conn: Connection, device_id: int, limit: int = HISTORY_LENGTH
     return DeviceHistory(device, histories(conn, [device.id], limit)[device.id])
 
 
-def with_histories(conn: Connection, devices: Sequence[DeviceRow], limit: int = HISTORY_LENGTH) -> list[DeviceHistory]:
-    """Attach to each device its last values of each kind."""
-    found = histories(conn, [d.id for d in devices], limit)
+def with_histories(conn: Connection, devices: Sequence[DeviceRow], limit: int = HISTORY_LENGTH,
+                   kinds: Sequence[Kind] = tuple(Kind)) -> list[DeviceHistory]:
+    """Attach to each device its last values of each of `kinds`."""
+    found = histories(conn, [d.id for d in devices], limit, kinds)
     return [DeviceHistory(d, found[d.id]) for d in devices]
 
 

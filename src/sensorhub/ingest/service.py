@@ -35,6 +35,7 @@ from sensorhub.ingest.ledpipe import Command, PipeReader
 from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound
+from sensorhub.ingest.summary import Summary
 from sensorhub.ingest.writer import Watchdog, Writer
 from sensorhub.process import notify
 from sensorhub.protocol import SERVER_SUBSCRIPTIONS, parse_server_message
@@ -307,6 +308,7 @@ def run_client(settings: Settings) -> None:
     signal.signal(signal.SIGINT, _stop)
     client.start()
     last_report = time.monotonic()
+    summary = Summary(client.writer.stats, settings.summary_every) if settings.summary_every else None
     try:
         while not done.wait(0.5):
             if client.writer.failed.is_set():
@@ -316,7 +318,9 @@ def run_client(settings: Settings) -> None:
             if not client.pipe.alive:
                 client.fatal = f"the LED pipe reader stopped: {client.pipe.failure or 'unknown reason'}"
                 break
-            if time.monotonic() - last_report >= 60:
+            if summary is not None:
+                summary.report()
+            if time.monotonic() - last_report >= 600:
                 last_report = time.monotonic()
                 dropped = client.drops.snapshot()
                 logger.info("stored so far %s; discarded %s", client.writer.stats.stored, dropped or "nothing")

@@ -85,6 +85,10 @@ class WriterStats:
     failed_batches: int = 0
     discarded: int = 0
     quarantined: int = 0
+    #: Devices that came online and went offline since start, and how many are online now.
+    joins: int = 0
+    leaves: int = 0
+    online: int = 0
 
 
 def load_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
@@ -142,6 +146,7 @@ class Writer:
         """Load the sessions from the database and start the writer thread."""
         self._conn = self.engine.connect()
         self.sessions = load_sessions(self._conn, self.presence_timeout_us)
+        self.stats.online = sum(1 for device in self.sessions.by_id.values() if device.online)
         self.history.load(self._conn)
         self._conn.rollback()
         self.heartbeat = time.monotonic()
@@ -414,6 +419,11 @@ class Writer:
         self.stats.largest_batch = max(self.stats.largest_batch, size)
         for kind, rows in done.readings.items():
             self.stats.stored[kind.value] += len(rows)
+        presences = [change for change in done.changes if isinstance(change, Presence)]
+        if presences:
+            self.stats.joins += sum(1 for change in presences if change.online)
+            self.stats.leaves += sum(1 for change in presences if not change.online)
+            self.stats.online = sum(1 for device in self.sessions.by_id.values() if device.online)
         for note in done.notes:
             logger.info("%s", note)
         for reason, detail in done.drops:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub.db import history, queries
 from sensorhub.errors import DatabaseError
-from sensorhub.protocol import MAX_NAME, QOS, Topic, browser_data
+from sensorhub.protocol import MAX_NAME, QOS, Kind, Topic, browser_data
 from sensorhub.web import vendor
 from sensorhub.web.state import web_state
 
@@ -68,11 +68,15 @@ def _database_facts() -> dict[str, Any] | None:
             "retention": f"{days} jour{'s' if days > 1 else ''}" if days else "illimitée"}
 
 
+#: What a live card shows of the past: its light chart (LED and button show their latest value only).
+CARD_HISTORY = (Kind.LIGHT,)
+
+
 def _online_cards() -> list[queries.DeviceHistory]:
     """Online devices in name order (the page inserts newcomers at their place in that order)."""
     with web_state().database.connect() as conn:
         devices = sorted(queries.list_devices(conn, online=True), key=lambda d: (d.name.lower(), d.id))
-        return queries.with_histories(conn, devices)
+        return queries.with_histories(conn, devices, kinds=CARD_HISTORY)
 
 
 @bp.get("/capteurs")
@@ -126,7 +130,12 @@ def appareil(device_id: int) -> str:
 
 @bp.get("/sensor/online")
 def online_fragment() -> str:
-    """The cards of every online device (the /capteurs script reconciles its page with them)."""
+    """The cards of every online device (the /capteurs script reconciles its page with them); `?brief=1`: only
+    what identifies each card (a large fleet's page fetches the few whole cards it lacks)."""
+    if request.args.get("brief"):
+        with web_state().database.connect() as conn:
+            devices = queries.list_devices(conn, online=True)
+        return render_template("_sensor_stubs.html", devices=devices)
     return render_template("_sensor_cards.html", cards=_online_cards(), max_name=MAX_NAME)
 
 
@@ -151,5 +160,5 @@ def sensor_by_session() -> str:
         device = queries.online_device_by_session(conn, name, session)
         if device is None:
             abort(404)
-        found = queries.with_histories(conn, [device])[0]
+        found = queries.with_histories(conn, [device], kinds=CARD_HISTORY)[0]
     return render_template("_sensor_card.html", card=found, max_name=MAX_NAME)

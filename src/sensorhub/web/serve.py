@@ -26,8 +26,32 @@ logger = logging.getLogger(__name__)
 
 DEBUG_HOST = "127.0.0.1"
 DEBUG_PORT = 5000
-DEFAULT_WORKERS = 2
-THREADS = 4
+MIB = 2**20
+#: Memory per worker process when the count is chosen automatically (a worker takes about 20 MiB of its own).
+MEMORY_PER_WORKER = 512 * MIB
+MAX_AUTO_WORKERS = 4
+
+
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1024 * MIB
+
+
+def web_sizing(settings: Settings, workers: int | None = None, cpus: int | None = None,
+               memory: int | None = None) -> tuple[int, int]:
+    """(workers, threads) for gunicorn: the --workers flag, else the settings, else from the CPU count and memory.
+
+    A Raspberry Pi 3 or 4 (4 cores, 1 GiB or more) gets 2 workers of 4 threads, a Pi Zero 2 (512 MiB) or a
+    2-core machine 1 worker of 8 threads: one process per two cores, since the broker, the ingest client and
+    the devices' traffic need the others, and threads serve concurrent requests for a few MiB each.
+    """
+    cpus = cpus or os.cpu_count() or 1
+    memory = memory or _memory_bytes()
+    count = workers or settings.web_workers or max(1, min(MAX_AUTO_WORKERS, cpus // 2, memory // MEMORY_PER_WORKER))
+    threads = settings.web_threads or (8 if count == 1 and memory >= 1024 * MIB else 4)
+    return count, threads
 
 
 def _url(host: str, port: int, secure: bool = False) -> str:
@@ -106,22 +130,22 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return self._app
 
 
-def gunicorn_options(settings: Settings, workers: int, fd: int | None = None) -> dict[str, Any]:
+def gunicorn_options(settings: Settings, workers: int, fd: int | None = None, threads: int = 4) -> dict[str, Any]:
     """gunicorn's settings for `settings`; with `fd`, it serves on that already listening socket."""
     host = settings.web_host
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     url = _url(host, settings.web_port, settings.tls)
 
     def when_ready(_server: Any) -> None:
-        logger.info("web server ready on %s (listening on %s:%d, %d workers)", url, host, settings.web_port,
-                    workers)
+        logger.info("web server ready on %s (listening on %s:%d, %d worker%s of %d threads)", url, host,
+                    settings.web_port, workers, "s" if workers > 1 else "", threads)
         notify("READY=1")
 
     options: dict[str, Any] = {
         "bind": [f"fd://{fd}" if fd is not None else f"{bind_host}:{settings.web_port}"],
         "workers": workers,
         "worker_class": "gthread",
-        "threads": THREADS,
+        "threads": threads,
         # One app object, built before the fork: every worker signs CSRF tokens with the same key.
         "preload_app": True,
         "accesslog": "-",
@@ -152,7 +176,8 @@ def serve(settings: Settings, debug: bool = False, workers: int | None = None, f
         check_tls_files(settings)
     _warn_about_setup(settings)
     app = create_app(settings)
-    _Gunicorn(app, gunicorn_options(settings, workers or DEFAULT_WORKERS, fd)).run()
+    count, threads = web_sizing(settings, workers)
+    _Gunicorn(app, gunicorn_options(settings, count, fd, threads)).run()
 
 
 def _serve_debug(settings: Settings) -> None:

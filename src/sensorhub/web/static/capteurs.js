@@ -4,10 +4,13 @@
 // reconciles. Joins and leaves seen meanwhile are remembered by "session_name;session" (a session id is never
 // reused), so a device that left during the fetch is not put back and one that joined is kept.
 // Messages carry the device's session_name (its name when the session started); cards show its current name.
-import {initFilter, initLayoutToggle, initRename, postJSON, protocol, showName, sleep} from './common.js';
+// A message finds its card through LiveCards' Maps; the DOM follows once per animation frame (livecards.js),
+// the order, filters and layout of a large fleet are fleetview.js's.
+import {FleetView, LARGE_FLEET} from './fleetview.js';
+import {LiveCards} from './livecards.js';
+import {initLayoutToggle, initRename, postJSON, protocol, showName, sleep} from './common.js';
 
 const {topics: TOPIC, separator: SEPARATOR} = protocol();
-const CHART_POINTS = 10;
 const LED_CONFIRM_MS = 5000;
 const RECONCILE_AGAIN_MS = 3000;
 const EVENT_MEMORY_MS = 10 * 60 * 1000;
@@ -15,14 +18,15 @@ const EVENT_MEMORY_MS = 10 * 60 * 1000;
 const container = document.querySelector('[data-live]');
 const liveStatus = document.querySelector('[data-live-status]');
 const banner = document.querySelector('[data-broker-banner]');
-const emptyState = document.querySelector('[data-empty-state]');
 
 let clock = 0; // orders MQTT events, card confirmations and reconciliations
 const events = new Map(); // "session_name;session" -> {type: 'join' | 'leave', at: clock, time: ms}
-const charts = new WeakMap();
 const ledTimers = new WeakMap();
-let applyFilter = () => {};
 let reconcileGeneration = 0;
+let view = null;
+const cards = new LiveCards(container, {
+  onFrame: () => view.update(), onLed: (record, on) => setLed(record.card, on), everyChartUpTo: LARGE_FLEET,
+});
 
 const tick = () => ++clock;
 // Visitors who may not see session ids (accounts exist, not logged in) get cards without them: a leave for
@@ -45,9 +49,9 @@ function newerThan(card, since) {
   return (event?.type === 'join' && event.at > since) || Number(card.dataset.confirmed || 0) > since;
 }
 
-const allCards = () => [...container.querySelectorAll(':scope > [data-card]')];
-const cardById = (id) => allCards().find((card) => card.dataset.id === String(id)) || null;
-const cardBySessionName = (name) => allCards().find((card) => card.dataset.sessionName === name) || null;
+const allCards = () => [...cards.records()].map((record) => record.card);
+const cardById = (id) => cards.byId.get(String(id))?.card || null;
+const cardBySessionName = (name) => cards.bySessionName.get(name)?.card || null;
 
 // Server-rendered, escaped card fragments; a <template> keeps them inert until placed.
 function parseCards(html) {
@@ -56,63 +60,15 @@ function parseCards(html) {
   return [...template.content.querySelectorAll('[data-card]')];
 }
 
-// The browser's own time zone, in the page's language.
-function timeLabel(date) {
-  return date.toLocaleTimeString('fr-FR', {hour: '2-digit', minute: '2-digit', second: '2-digit'});
-}
-
-function setupChart(card) {
-  const canvas = card.querySelector('[data-chart]');
-  if (!canvas || !window.Chart) return;
-  let points = [];
-  try {
-    points = JSON.parse(card.dataset.light || '[]');
-  } catch (err) {
-    points = [];
-  }
-  const chart = new window.Chart(canvas, {
-    type: 'line',
-    data: {
-      labels: points.map((point) => timeLabel(new Date(point.at))),
-      datasets: [{
-        label: 'Lumière (%)',
-        data: points.map((point) => point.value),
-        borderColor: '#0f766e',
-        backgroundColor: 'rgba(15, 118, 110, 0.12)',
-        fill: true,
-        tension: 0.3,
-        pointRadius: 3,
-      }],
-    },
-    options: {
-      animation: false,
-      responsive: true,
-      maintainAspectRatio: false,
-      scales: {
-        y: {min: 0, max: 100, ticks: {stepSize: 25, callback: (value) => `${value} %`}},
-        x: {ticks: {maxRotation: 0, autoSkip: true, maxTicksLimit: 4}},
-      },
-      plugins: {
-        legend: {display: false},
-        tooltip: {callbacks: {label: (context) => `${context.parsed.y} %`}},
-      },
-    },
-  });
-  charts.set(card, chart);
-}
-
 function dropCard(card) {
-  const chart = charts.get(card);
-  if (chart) chart.destroy();
-  charts.delete(card);
   clearTimeout(ledTimers.get(card));
-  card.remove();
+  const record = cards.byCard(card);
+  if (record) cards.remove(record);
+  else card.remove();
 }
 
-function afterChange() {
-  applyFilter();
-  if (emptyState) emptyState.hidden = allCards().length > 0;
-}
+// The view follows at the next frame (one pass however many cards came or went).
+const afterChange = () => cards.structureChanged();
 
 // Put a fetched card on the page unless its device is offline or its session already ended.
 function placeCard(card, replace) {
@@ -127,25 +83,24 @@ function placeCard(card, replace) {
   if (clash && clash !== current) dropCard(clash); // a name freed by a rename and taken again
   card.dataset.confirmed = String(tick());
   if (current) {
-    const chart = charts.get(current);
-    if (chart) chart.destroy();
-    current.replaceWith(card);
+    clearTimeout(ledTimers.get(current));
+    cards.replace(cards.byCard(current), card);
   } else {
     card.classList.add('is-new');
-    const key = (card.dataset.name || '').toLowerCase();
-    const next = allCards().find((other) => (other.dataset.name || '').toLowerCase() > key);
-    container.insertBefore(card, next || null);
+    container.append(card); // the next frame puts it at its place in the order
+    cards.add(card);
   }
-  setupChart(card);
-  afterChange();
 }
 
 async function reconcile() {
   const generation = ++reconcileGeneration;
   const since = clock;
+  // A large fleet is reconciled against a brief list (no chart data, no controls: parsing 2,000 whole cards
+  // again would hold the page for a long moment); the cards it lacks are then fetched one by one.
+  const brief = cards.size > LARGE_FLEET;
   let fresh;
   try {
-    const response = await fetch('/sensor/online', {headers: {Accept: 'text/html'}});
+    const response = await fetch(brief ? '/sensor/online?brief=1' : '/sensor/online', {headers: {Accept: 'text/html'}});
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     fresh = parseCards(await response.text());
   } catch (err) {
@@ -158,16 +113,38 @@ async function reconcile() {
   if (generation !== reconcileGeneration) return;
   if (liveStatus.dataset.state === 'live') hideBanner();
   const freshIds = new Set(fresh.map((card) => card.dataset.id));
+  const lacking = [];
   for (const card of fresh) {
     const current = cardById(card.dataset.id);
     if (current && newerThan(current, since)) continue; // what MQTT told us meanwhile is newer
-    placeCard(card, Boolean(current) && !sessionUnknown(card) && current.dataset.session !== card.dataset.session);
+    const replace = Boolean(current) && !sessionUnknown(card) && current.dataset.session !== card.dataset.session;
+    if (brief && (!current || replace)) lacking.push({id: card.dataset.id, replace});
+    else placeCard(card, replace);
   }
   for (const card of allCards()) {
     if (!freshIds.has(card.dataset.id) && !newerThan(card, since)) dropCard(card);
   }
   afterChange();
+  await fetchCards(lacking, since);
   container.dataset.reconciled = String(Number(container.dataset.reconciled || 0) + 1); // tests wait on it
+}
+
+// The whole cards a brief reconciliation lacked, a few requests at a time.
+async function fetchCards(lacking, since) {
+  const one = async ({id, replace}) => {
+    try {
+      const response = await fetch(`/sensor/${encodeURIComponent(id)}`, {headers: {Accept: 'text/html'}});
+      if (!response.ok) return;
+      const [card] = parseCards(await response.text());
+      const current = cardById(id);
+      if (card && !(current && newerThan(current, since))) placeCard(card, replace);
+    } catch (err) {
+      // the next reconciliation tries again
+    }
+  };
+  for (let start = 0; start < lacking.length; start += 6) {
+    await Promise.all(lacking.slice(start, start + 6).map(one));
+  }
 }
 
 // The ingest client records a join at the same time as we hear of it: retry until it has.
@@ -258,40 +235,23 @@ function setLed(card, on) {
   card.querySelector('[data-led-toggle]').checked = on;
 }
 
-function setButton(card, pressed) {
-  const state = card.querySelector('[data-button-state]');
-  state.dataset.value = pressed ? '1' : '0';
-  state.textContent = pressed ? 'appuyé' : 'relâché';
-}
-
-function addLight(card, value) {
-  card.querySelector('[data-light-value]').textContent = `${value} %`;
-  const chart = charts.get(card);
-  if (!chart) return;
-  chart.data.labels.push(timeLabel(new Date()));
-  chart.data.datasets[0].data.push(value);
-  while (chart.data.labels.length > CHART_POINTS) {
-    chart.data.labels.shift();
-    chart.data.datasets[0].data.shift();
-  }
-  chart.update('none');
-}
-
 function onReading(topic, text) {
   const parts = text.split(SEPARATOR);
   if (parts.length !== 3) return;
   const [name, session, raw] = parts;
-  const card = cardBySessionName(name);
-  if (!card || (!sessionUnknown(card) && card.dataset.session !== session)) return; // unknown, or out of band
+  const record = cards.bySessionName.get(name);
+  if (!record || (!sessionUnknown(record.card) && record.card.dataset.session !== session)) return; // unknown, or out of band
   const value = Number(raw);
   if (!/^\d{1,3}$/.test(raw)) return;
-  if (topic === TOPIC.LED_STATUS) setLed(card, value === 1);
-  else if (topic === TOPIC.BUTTON_STATUS) setButton(card, value === 1);
-  else if (topic === TOPIC.PHOTORESISTOR_STATUS && value <= 100) addLight(card, value);
+  if (topic === TOPIC.LED_STATUS) cards.setLed(record, value === 1);
+  else if (topic === TOPIC.BUTTON_STATUS) cards.setButton(record, value === 1);
+  else if (topic === TOPIC.PHOTORESISTOR_STATUS && value <= 100) cards.addLight(record, value);
 }
 
+const decoder = new TextDecoder();
+
 function onMessage(topic, payload) {
-  const text = new TextDecoder().decode(payload);
+  const text = decoder.decode(payload);
   if (topic === TOPIC.JOIN) onJoin(text);
   else if (topic === TOPIC.LEAVE) onLeave(text);
   else onReading(topic, text);
@@ -379,13 +339,13 @@ function connect() {
   client.on('message', onMessage);
 }
 
-initLayoutToggle();
-applyFilter = initFilter(container);
-initRename(container, () => applyFilter());
+const layout = initLayoutToggle();
+view = new FleetView(container, cards, layout);
+initRename(container, () => afterChange());
 container.addEventListener('change', onToggle);
-for (const card of allCards()) {
+for (const card of container.querySelectorAll(':scope > [data-card]')) {
   card.dataset.confirmed = String(tick());
-  setupChart(card);
+  cards.add(card);
 }
-afterChange();
+cards.flush(); // at once: the server's order, the layout and the charts before the first paint
 connect();

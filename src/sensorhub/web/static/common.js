@@ -42,11 +42,13 @@ export async function postJSON(url, payload) {
   return {status: response.status, body};
 }
 
+// The layout the visitor chose, or null if they never did.
 function readLayout() {
   try {
-    return localStorage.getItem(LAYOUT_KEY) === 'list' ? 'list' : 'grid';
+    const stored = localStorage.getItem(LAYOUT_KEY);
+    return stored === 'list' || stored === 'grid' ? stored : null;
   } catch (err) {
-    return 'grid';
+    return null;
   }
 }
 
@@ -59,11 +61,14 @@ function storeLayout(layout) {
 }
 
 // The layout button: grid <-> list, remembered in localStorage for every page. Its label and icon name the
-// layout it switches to; aria-pressed is true while the list is shown.
+// layout it switches to; aria-pressed is true while the list is shown. Until the visitor chooses, the page may
+// suggest one (/capteurs suggests the list for a large fleet): the returned object's `suggest(layout)`.
 export function initLayoutToggle() {
   const containers = document.querySelectorAll('[data-cards]');
   const buttons = document.querySelectorAll('[data-layout-toggle]');
-  let layout = readLayout();
+  const chosen = readLayout();
+  let layout = chosen || 'grid';
+  let choiceMade = chosen !== null;
   const apply = () => {
     for (const container of containers) {
       container.classList.toggle('layout-grid', layout === 'grid');
@@ -85,10 +90,21 @@ export function initLayoutToggle() {
   for (const button of buttons) {
     button.addEventListener('click', () => {
       layout = layout === 'grid' ? 'list' : 'grid';
+      choiceMade = true;
       storeLayout(layout);
       apply();
     });
   }
+  return {
+    get layout() {
+      return layout;
+    },
+    suggest(suggested) {
+      if (choiceMade || suggested === layout) return;
+      layout = suggested;
+      apply();
+    },
+  };
 }
 
 // "2 appareils affichés sur 3"; French keeps the singular for 0 and 1 ("0 appareil affiché sur 3").
@@ -97,7 +113,7 @@ export function countLabel(shown, total) {
   return `${shown} appareil${plural} affiché${plural} sur ${total}`;
 }
 
-function cardMatches(card, text) {
+export function cardMatches(card, text) {
   if (!text) return true;
   const name = (card.dataset.name || '').toLowerCase();
   const mac = (card.dataset.mac || '').toLowerCase();
@@ -173,13 +189,26 @@ async function waitForName(card, form, name) {
   setStatus(form, "Le client d'ingestion n'a pas encore enregistré le nouveau nom ; rechargez la page plus tard.", true);
 }
 
+// A card's rename form: the page's one template, copied under the card's header the first time it opens.
+function renameForm(card) {
+  let form = card.querySelector('[data-rename-form]');
+  const template = document.querySelector('[data-rename-template]');
+  if (!form && template) {
+    form = template.content.firstElementChild.cloneNode(true);
+    card.querySelector('.card-header').after(form);
+  }
+  return form;
+}
+
 // "Renommer" on a card opens its form; the POST answers 200 (renamed), 202 (pending) or an error.
 export function initRename(container, onRenamed = () => {}) {
   container.addEventListener('click', (event) => {
     const card = event.target.closest('[data-card]');
     if (!card) return;
-    const form = card.querySelector('[data-rename-form]');
-    if (event.target.closest('[data-rename-open]')) {
+    const opening = Boolean(event.target.closest('[data-rename-open]'));
+    const form = opening ? renameForm(card) : card.querySelector('[data-rename-form]');
+    if (!form) return;
+    if (opening) {
       form.hidden = !form.hidden;
       if (!form.hidden) {
         form.elements.name.value = card.dataset.name;

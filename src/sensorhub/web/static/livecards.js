@@ -1,0 +1,270 @@
+// The live cards of /capteurs as data: a record per card, found through Maps (never a search over all cards),
+// messages applied to the record at once and to the DOM once per animation frame, charts drawn only for the
+// cards in view once the fleet is larger than `everyChartUpTo` (an IntersectionObserver creates them when a card
+// comes into view and drops them when it leaves, so 2,000 cards do not hold 2,000 charts); a small fleet has
+// all its charts drawn, as it always had.
+
+const CHART_POINTS = 10;
+// A chart is redrawn at most this often (a device at 20 readings/s would otherwise cost a redraw per frame);
+// the value next to it changes at every frame.
+const CHART_REDRAW_MS = 500;
+// Cards a little outside the viewport get their chart already, so that scrolling shows it drawn.
+const CHART_MARGIN = '300px 0px';
+
+// The browser's own time zone, in the page's language.
+export function timeLabel(date) {
+  return date.toLocaleTimeString('fr-FR', {hour: '2-digit', minute: '2-digit', second: '2-digit'});
+}
+
+function readPoints(card) {
+  try {
+    const points = JSON.parse(card.dataset.light || '[]');
+    return points.map((point) => ({at: Date.parse(point.at), value: point.value}));
+  } catch (err) {
+    return [];
+  }
+}
+
+function chartConfig(points) {
+  return {
+    type: 'line',
+    data: {
+      labels: points.map((point) => timeLabel(new Date(point.at))),
+      datasets: [{
+        label: 'Lumière (%)',
+        data: points.map((point) => point.value),
+        borderColor: '#0f766e',
+        backgroundColor: 'rgba(15, 118, 110, 0.12)',
+        fill: true,
+        tension: 0.3,
+        pointRadius: 3,
+      }],
+    },
+    options: {
+      animation: false,
+      responsive: true,
+      maintainAspectRatio: false,
+      scales: {
+        y: {min: 0, max: 100, ticks: {stepSize: 25, callback: (value) => `${value} %`}},
+        x: {ticks: {maxRotation: 0, autoSkip: true, maxTicksLimit: 4}},
+      },
+      plugins: {
+        legend: {display: false},
+        tooltip: {callbacks: {label: (context) => `${context.parsed.y} %`}},
+      },
+    },
+  };
+}
+
+const dateOf = (text) => {
+  const time = Date.parse(text || '');
+  return Number.isNaN(time) ? 0 : time;
+};
+
+// One card's state. `led`, `button` and `light` are what the next frame writes into the card.
+class Record {
+  constructor(card) {
+    this.card = card;
+    this.points = readPoints(card);
+    this.led = card.querySelector('[data-led-state]')?.dataset.value === '1';
+    this.button = card.querySelector('[data-button-state]')?.dataset.value === '1';
+    const last = this.points.length ? this.points[this.points.length - 1].at : 0;
+    this.lastSeen = Math.max(dateOf(card.dataset.lastSeen), last);
+    this.chart = null;
+    this.chartStale = false;
+    this.drawnAt = 0;
+    this.inView = false;
+    this.dirty = new Set(); // 'led' | 'button' | 'light'
+  }
+}
+
+export class LiveCards {
+  constructor(container, {onFrame = () => {}, onLed = () => {}, everyChartUpTo = 0} = {}) {
+    this.container = container;
+    this.everyChartUpTo = everyChartUpTo;
+    this.byId = new Map(); // device id -> Record
+    this.bySessionName = new Map(); // session name -> Record
+    this.dirty = new Set(); // records with something to write
+    this.onFrame = onFrame; // the view (order, filter, counts) when cards came or went
+    this.onLed = onLed;
+    this.changed = false;
+    this.frame = 0;
+    this.chartTimer = 0;
+    this.observer = 'IntersectionObserver' in window
+      ? new IntersectionObserver((entries) => this.sawIntersections(entries), {rootMargin: CHART_MARGIN})
+      : null;
+  }
+
+  get size() {
+    return this.byId.size;
+  }
+
+  records() {
+    return this.byId.values();
+  }
+
+  byCard(card) {
+    const record = this.byId.get(card.dataset.id);
+    return record && record.card === card ? record : null;
+  }
+
+  // Register a card that is in the container (or is being put there).
+  add(card) {
+    const record = new Record(card);
+    this.byId.set(card.dataset.id, record);
+    this.bySessionName.set(card.dataset.sessionName, record);
+    if (this.observer) this.observer.observe(card);
+    this.structureChanged();
+    return record;
+  }
+
+  // Put `card` in place of `old` (same device, newer state).
+  replace(old, card) {
+    this.forget(old);
+    old.card.replaceWith(card);
+    return this.add(card);
+  }
+
+  remove(record) {
+    this.forget(record);
+    record.card.remove();
+    this.structureChanged();
+  }
+
+  forget(record) {
+    if (this.observer) this.observer.unobserve(record.card);
+    this.dropChart(record);
+    this.dirty.delete(record);
+    if (this.byId.get(record.card.dataset.id) === record) this.byId.delete(record.card.dataset.id);
+    if (this.bySessionName.get(record.card.dataset.sessionName) === record) {
+      this.bySessionName.delete(record.card.dataset.sessionName);
+    }
+  }
+
+  // -- messages: the record now, the card at the next frame -------------------------------------------------
+
+  setLed(record, on) {
+    record.led = on;
+    this.touch(record, 'led');
+  }
+
+  setButton(record, pressed) {
+    record.button = pressed;
+    this.touch(record, 'button');
+  }
+
+  addLight(record, value) {
+    record.points.push({at: Date.now(), value});
+    if (record.points.length > CHART_POINTS) record.points.splice(0, record.points.length - CHART_POINTS);
+    this.touch(record, 'light');
+  }
+
+  touch(record, what) {
+    record.lastSeen = Date.now();
+    record.dirty.add(what);
+    this.dirty.add(record);
+    this.schedule();
+  }
+
+  structureChanged() {
+    this.changed = true;
+    this.schedule();
+  }
+
+  schedule() {
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
+  }
+
+  // One frame's worth of DOM writes.
+  flush() {
+    if (this.frame) cancelAnimationFrame(this.frame); // called directly (at start) rather than by the frame
+    this.frame = 0;
+    if (this.changed) {
+      this.changed = false;
+      this.onFrame();
+      this.drawWanted();
+    }
+    const everyCard = !this.observer || this.size <= this.everyChartUpTo;
+    const now = performance.now();
+    let chartsWaiting = false;
+    for (const record of this.dirty) {
+      if (!everyCard && !record.inView) continue; // written when it comes into view
+      const {card} = record;
+      if (record.dirty.has('light') && record.chart) record.chartStale = true;
+      if (record.chartStale) {
+        if (now - record.drawnAt >= CHART_REDRAW_MS) this.refreshChart(record);
+        else chartsWaiting = true;
+      }
+      if (record.dirty.has('led')) this.onLed(record, record.led);
+      if (record.dirty.has('button')) {
+        const state = card.querySelector('[data-button-state]');
+        state.dataset.value = record.button ? '1' : '0';
+        state.textContent = record.button ? 'appuyé' : 'relâché';
+      }
+      if (record.dirty.has('light') && record.points.length) {
+        const last = record.points[record.points.length - 1];
+        card.querySelector('[data-light-value]').textContent = `${last.value} %`;
+      }
+      record.dirty.clear();
+      if (!record.chartStale) this.dirty.delete(record);
+    }
+    if (chartsWaiting && !this.chartTimer) {
+      this.chartTimer = setTimeout(() => {
+        this.chartTimer = 0;
+        this.schedule();
+      }, CHART_REDRAW_MS / 2);
+    }
+  }
+
+  // -- charts for the cards in view ------------------------------------------------------------------------
+
+  wantsChart(record) {
+    return !this.observer || record.inView || this.size <= this.everyChartUpTo;
+  }
+
+  // After cards came or went: a chart for every card that should have one, none for the others.
+  drawWanted() {
+    for (const record of this.records()) {
+      if (!this.wantsChart(record)) this.dropChart(record);
+      else if (!record.chart) this.drawChart(record);
+    }
+  }
+
+  sawIntersections(entries) {
+    for (const entry of entries) {
+      const record = this.byCard(entry.target);
+      if (!record) continue;
+      record.inView = entry.isIntersecting;
+      if (this.wantsChart(record)) this.drawChart(record);
+      else this.dropChart(record);
+      if (record.inView && record.dirty.size) this.schedule(); // what came while it was out of view
+    }
+  }
+
+  drawChart(record) {
+    if (record.chart) {
+      this.refreshChart(record);
+      return;
+    }
+    const canvas = record.card.querySelector('[data-chart]');
+    if (!canvas || !window.Chart) return;
+    record.chart = new window.Chart(canvas, chartConfig(record.points));
+    record.chartStale = false;
+    record.drawnAt = performance.now();
+  }
+
+  refreshChart(record) {
+    const {chart, points} = record;
+    record.chartStale = false;
+    record.drawnAt = performance.now();
+    chart.data.labels = points.map((point) => timeLabel(new Date(point.at)));
+    chart.data.datasets[0].data = points.map((point) => point.value);
+    chart.update('none');
+  }
+
+  dropChart(record) {
+    if (record.chart) record.chart.destroy();
+    record.chart = null;
+    record.chartStale = false;
+  }
+}
