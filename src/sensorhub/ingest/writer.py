@@ -9,6 +9,11 @@ No exception ends the thread quietly: a database that cannot be written (locked,
 with nothing acknowledged; any other failure rebuilds the engine from the database and retries the batch
 one message at a time, so only the message that fails is discarded (counted, logged, acknowledged: it
 would fail again). If the thread dies or stops making progress anyway, the Watchdog says so.
+
+Several workers (each with its own Writer) share one database, which is the authority: a batch refused
+by a constraint (another worker handed out that device id or name first) is retried once on the engine
+rebuilt from the database before anything is isolated, and a message whose device or session this
+engine does not know is checked against the database (rebuild, apply again) before it is discarded.
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from sensorhub.db.engine import sqlite_path
 from sensorhub.db import dialect
+from sensorhub.db.engine import sqlite_path
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
@@ -43,7 +48,7 @@ from sensorhub.ingest.sessions import (
     SweepDue,
     wire,
 )
-from sensorhub.protocol import Kind
+from sensorhub.protocol import Kind, Leave, Reading, SessionRef
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +72,11 @@ _INSERT_DEVICE = (
 )
 _NEW_SESSION = "UPDATE device SET session_id = ?, session_name = ?, online = FALSE WHERE id = ?"
 _SET_ONLINE = "UPDATE device SET online = ? WHERE id = ?"
-_SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ?"
+#: Never backwards: another worker may have stored a later message of the same device first.
+_SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ? AND last_seen < ?"
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
+#: Drops that may only mean this engine is behind the database (another worker started that session).
+_STALE = frozenset({"unknown-device", "out-of-band"})
 _QUARANTINE = "INSERT INTO quarantine (received_at, topic, payload, reason) VALUES (?, ?, ?, ?)"
 #: While the database cannot be written, one line about it at most this often (seconds).
 OUTAGE_LOG_EVERY = 60.0
@@ -85,6 +93,8 @@ class WriterStats:
     failed_batches: int = 0
     discarded: int = 0
     quarantined: int = 0
+    #: Times the engine was rebuilt because the database knew a device or session it did not.
+    rechecked: int = 0
 
 
 def load_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
@@ -235,6 +245,7 @@ class Writer:
     def _write(self, batch: Sequence[Inbound]) -> None:
         """Commit `batch`; retry while the database cannot be written; isolate a message that fails."""
         delay = RETRY_FIRST
+        conflict_retried = False
         while True:
             self.heartbeat = time.monotonic()
             try:
@@ -261,6 +272,13 @@ class Writer:
             if not self._reload():
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
+                continue
+            if isinstance(failure, IntegrityError) and not conflict_retried:
+                # Most likely another worker got there first (a device id, a name): once more, on the rebuilt
+                # engine, before a message is taken as refused.
+                conflict_retried = True
+                logger.info("a batch of %d was refused (%s); retrying it once on the database's current state",
+                            len(batch), _reason(failure))
                 continue
             if len(batch) == 1:
                 self._discard(batch[0], failure)
@@ -377,6 +395,8 @@ class Writer:
         assert conn is not None
         try:
             done = self.sessions.apply(batch)
+            if done.drops and any(reason in _STALE for reason, _detail in done.drops):
+                done = self._recheck(conn, batch, done)
             events: list[SessionEvent] = []
             for change in done.changes:
                 match change:
@@ -397,8 +417,10 @@ class Writer:
                 if rows:
                     dialect.insert_readings(conn, kind.value, rows)
             if done.seen:
+                # In id order: two workers' transactions then lock the same rows in the same order.
                 dialect.execute(conn, _SET_LAST_SEEN, [
-                    (format_micros(device.last_seen_us), device.id) for device in done.seen.values()
+                    (stamp, device.id, stamp) for device in sorted(done.seen.values(), key=_device_id)
+                    for stamp in (format_micros(device.last_seen_us),)
                 ])
             self.history.stage(conn, done.readings, events)
             conn.commit()
@@ -408,6 +430,35 @@ class Writer:
             raise
         self.history.committed()
         return done
+
+    def _recheck(self, conn: Connection, batch: Sequence[Inbound], done: Decisions) -> Decisions:
+        """Messages of a device or session this engine does not know: if the database knows it (another worker
+        started it), rebuild the engine from the database and decide the batch again; else they stay dropped."""
+        stale: set[tuple[str, str]] = set()
+        by_session_name = self.sessions.by_session_name
+        for item in batch:
+            message = item.message
+            if isinstance(message, (Reading, SessionRef, Leave)):
+                name, session = message.name, message.session
+                device = by_session_name.get(name)
+                if device is None or device.session_id != session:
+                    stale.add((name, session))
+        if not stale:
+            return done
+        names = sorted({name for name, _session in stale})
+        sql = f"SELECT session_name, session_id FROM device WHERE session_name IN ({', '.join('?' * len(names))})"
+        rows = conn.exec_driver_sql(dialect.placeholders(sql, conn.dialect.paramstyle), tuple(names)).all()
+        known = {(str(row[0]), str(row[1])) for row in rows}
+        conn.rollback()
+        if not stale & known:
+            return done  # out of band for the database too
+        previous = self.sessions
+        self.sessions = load_sessions(conn, self.presence_timeout_us)
+        self.sessions.resume_presence_check(previous)
+        self.stats.rechecked += 1
+        logger.debug("the database knows %d session(s) this worker did not: deciding the batch again",
+                     len(stale & known))
+        return self.sessions.apply(batch)
 
     def _after_commit(self, done: Decisions, size: int) -> None:
         self.stats.batches += 1
@@ -501,6 +552,10 @@ def format_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def _device_id(device: Device) -> int:
+    return device.id
 
 
 def _now_us() -> int:
