@@ -363,3 +363,19 @@ def test_messages_of_a_session_another_worker_started_are_checked_against_the_da
     submit_all(second, light(name, "0000", [97], first_mid=6))  # already known to be out of band: no rebuild
     wait_for(lambda: len(recorder.acks) == 6, 5, what="acknowledged")
     assert second.stats.rechecked == 1 and stored(engine) == [11, 22]
+
+
+@both_databases
+def test_joins_arriving_at_two_workers_at_once_each_get_a_device_and_a_name(
+        other: tuple[Writer, Recorder], writer: Writer, paho: Recorder, engine: Engine) -> None:
+    second, recorder = other
+    macs = [f"02:00:00:00:01:{n:02X}" for n in range(60)]
+    submit_all(writer, [Inbound(MacJoin(mac), now(), n + 1, 2) for n, mac in enumerate(macs[0::2])])
+    submit_all(second, [Inbound(MacJoin(mac), now(), n + 1, 2) for n, mac in enumerate(macs[1::2])])
+    wait_for(lambda: len(paho.acks) == len(recorder.acks) == 30, 20, what="every join acknowledged")
+    assigned = {payload.decode().split(";")[0]: payload.decode().split(";")[1]
+                for _topic, payload, _qos in [*paho.publishes, *recorder.publishes]}
+    with engine.connect() as conn:
+        rows = {mac: name for mac, name in conn.execute(text("SELECT mac, session_name FROM device"))}
+    assert rows == assigned and len(rows) == 60  # one device each, the name the database holds
+    assert quarantined(engine) == [] and writer.drops.snapshot() == second.drops.snapshot() == {}

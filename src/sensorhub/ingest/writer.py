@@ -11,9 +11,10 @@ one message at a time, so only the message that fails is discarded (counted, log
 would fail again). If the thread dies or stops making progress anyway, the Watchdog says so.
 
 Several workers (each with its own Writer) share one database, which is the authority: a batch refused
-by a constraint (another worker handed out that device id or name first) is retried once on the engine
-rebuilt from the database before anything is isolated, and a message whose device or session this
-engine does not know is checked against the database (rebuild, apply again) before it is discarded.
+by a constraint while it hands out device ids or names (another worker handed out the same first) is
+retried, up to CONFLICT_RETRIES times, on the engine rebuilt from the database before anything is
+isolated, and a message whose device or session this engine does not know is checked against the
+database (rebuild, apply again) before it is discarded.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sensorhub.db.engine import sqlite_path
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
+from sensorhub.ingest.ledpipe import RenameRequest
 from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import (
@@ -48,7 +50,7 @@ from sensorhub.ingest.sessions import (
     SweepDue,
     wire,
 )
-from sensorhub.protocol import Kind, Leave, Reading, SessionRef
+from sensorhub.protocol import Kind, Leave, MacJoin, Reading, SessionRef
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,9 @@ _RENAME = "UPDATE device SET name = ? WHERE id = ?"
 #: Drops that may only mean this engine is behind the database (another worker started that session).
 _STALE = frozenset({"unknown-device", "out-of-band"})
 _QUARANTINE = "INSERT INTO quarantine (received_at, topic, payload, reason) VALUES (?, ?, ?, ?)"
+#: Attempts again, on the engine rebuilt from the database, of a batch handing out device ids or names that
+#: the database refused: joins arriving at several workers at once can collide more than once.
+CONFLICT_RETRIES = 3
 #: While the database cannot be written, one line about it at most this often (seconds).
 OUTAGE_LOG_EVERY = 60.0
 _STOP = None
@@ -245,7 +250,7 @@ class Writer:
     def _write(self, batch: Sequence[Inbound]) -> None:
         """Commit `batch`; retry while the database cannot be written; isolate a message that fails."""
         delay = RETRY_FIRST
-        conflict_retried = False
+        conflicts = 0
         while True:
             self.heartbeat = time.monotonic()
             try:
@@ -273,11 +278,11 @@ class Writer:
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
-            if isinstance(failure, IntegrityError) and not conflict_retried:
-                # Most likely another worker got there first (a device id, a name): once more, on the rebuilt
+            if isinstance(failure, IntegrityError) and conflicts < CONFLICT_RETRIES and _hands_out(batch):
+                # Most likely another worker got there first (a device id, a name): again, on the rebuilt
                 # engine, before a message is taken as refused.
-                conflict_retried = True
-                logger.info("a batch of %d was refused (%s); retrying it once on the database's current state",
+                conflicts += 1
+                logger.info("a batch of %d was refused (%s); retrying it on the database's current state",
                             len(batch), _reason(failure))
                 continue
             if len(batch) == 1:
@@ -552,6 +557,11 @@ def format_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def _hands_out(batch: Sequence[Inbound]) -> bool:
+    """Whether `batch` may hand out a device id or a name (what another worker may have handed out first)."""
+    return any(isinstance(item.message, (MacJoin, RenameRequest)) for item in batch)
 
 
 def _device_id(device: Device) -> int:
