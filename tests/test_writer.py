@@ -366,16 +366,26 @@ def test_messages_of_a_session_another_worker_started_are_checked_against_the_da
 
 
 @both_databases
-def test_joins_arriving_at_two_workers_at_once_each_get_a_device_and_a_name(
-        other: tuple[Writer, Recorder], writer: Writer, paho: Recorder, engine: Engine) -> None:
-    second, recorder = other
+def test_joins_arriving_at_two_workers_at_once_each_get_a_device_and_a_name(engine: Engine) -> None:
+    """Two workers' writers (`shared`): joins are decided under the database's lock, so none collides."""
+    recorders = [Recorder(), Recorder()]
+    writers = [Writer(engine, recorder.publish, recorder.ack, Drops(), shared=True) for recorder in recorders]
+    for started in writers:
+        started.start()
     macs = [f"02:00:00:00:01:{n:02X}" for n in range(60)]
-    submit_all(writer, [Inbound(MacJoin(mac), now(), n + 1, 2) for n, mac in enumerate(macs[0::2])])
-    submit_all(second, [Inbound(MacJoin(mac), now(), n + 1, 2) for n, mac in enumerate(macs[1::2])])
-    wait_for(lambda: len(paho.acks) == len(recorder.acks) == 30, 20, what="every join acknowledged")
+    try:
+        for number, started in enumerate(writers):
+            for n, mac in enumerate(macs[number::2]):  # one at a time: as many batches as joins
+                started.submit(Inbound(MacJoin(mac), now(), n + 1, 2))
+        wait_for(lambda: [len(recorder.acks) for recorder in recorders] == [30, 30], 20,
+                 what="every join acknowledged")
+    finally:
+        for started in writers:
+            started.stop(10)
     assigned = {payload.decode().split(";")[0]: payload.decode().split(";")[1]
-                for _topic, payload, _qos in [*paho.publishes, *recorder.publishes]}
+                for recorder in recorders for _topic, payload, _qos in recorder.publishes}
     with engine.connect() as conn:
         rows = {mac: name for mac, name in conn.execute(text("SELECT mac, session_name FROM device"))}
     assert rows == assigned and len(rows) == 60  # one device each, the name the database holds
-    assert quarantined(engine) == [] and writer.drops.snapshot() == second.drops.snapshot() == {}
+    assert quarantined(engine) == [] and [w.drops.snapshot() for w in writers] == [{}, {}]
+    assert [w.stats.failed_batches for w in writers] == [0, 0]  # no collision to retry

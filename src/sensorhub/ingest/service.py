@@ -94,7 +94,7 @@ class IngestClient:
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
                              presence_timeout=3 * settings.keepalive,
                              purger=Purger(settings.retention_days, settings.rollup_retention_days),
-                             metrics=self.metrics)
+                             metrics=self.metrics, shared=bool(settings.worker))
         self.metrics.watch(self.writer)
         self.beacon = Beacon(settings, self._health_facts, self.metrics.registry)
         self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)

@@ -10,7 +10,8 @@ with nothing acknowledged; any other failure rebuilds the engine from the databa
 one message at a time, so only the message that fails is discarded (counted, logged, acknowledged: it
 would fail again). If the thread dies or stops making progress anyway, the Watchdog says so.
 
-Several workers (each with its own Writer) share one database, which is the authority: a batch refused
+Several workers (each with its own Writer, `shared`) share one database, which is the authority: a batch
+holding joins or renames is decided under a database lock on the device table as it is then; a batch refused
 by a constraint while it hands out device ids or names (another worker handed out the same first) is
 retried, up to CONFLICT_RETRIES times, on the engine rebuilt from the database before anything is
 isolated, and a message whose device or session this engine does not know is checked against the
@@ -80,6 +81,12 @@ _RENAME = "UPDATE device SET name = ? WHERE id = ?"
 #: Drops that may only mean this engine is behind the database (another worker started that session).
 _STALE = frozenset({"unknown-device", "out-of-band"})
 _QUARANTINE = "INSERT INTO quarantine (received_at, topic, payload, reason) VALUES (?, ?, ?, ?)"
+#: Taken, with several workers, by a transaction that may hand out device ids or names (then released by its
+#: commit): SQLite's write lock through a write that changes nothing; on PostgreSQL an advisory lock.
+_DEVICE_LOCK = {
+    "sqlite": "DELETE FROM quarantine WHERE id = -1",
+    "postgresql": "SELECT pg_advisory_xact_lock(1616)",
+}
 #: Attempts again, on the engine rebuilt from the database, of a batch handing out device ids or names that
 #: the database refused: joins arriving at several workers at once can collide more than once.
 CONFLICT_RETRIES = 3
@@ -105,11 +112,17 @@ class WriterStats:
 def load_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
     """A session engine holding the device table as it is now."""
     conn.rollback()
+    sessions = _read_sessions(conn, presence_timeout_us)
+    conn.rollback()
+    return sessions
+
+
+def _read_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
+    """The device table, read in the caller's transaction."""
     rows = conn.exec_driver_sql(
         "SELECT id, name, session_name, mac, session_id, online, joined_at, last_seen FROM device"
     ).all()
     seq = conn.exec_driver_sql(dialect.LAST_DEVICE_ID[conn.dialect.name]).scalar()
-    conn.rollback()
     devices = [Device(row[0], row[1], row[2], row[3], row[4], bool(row[5]), to_micros(parse_timestamp(row[6])),
                       to_micros(parse_timestamp(row[7]))) for row in rows]
     return Sessions(devices, next_id=int(seq or 0) + 1, presence_timeout_us=presence_timeout_us)
@@ -121,8 +134,11 @@ class Writer:
     def __init__(self, engine: Engine, publish: Publish, ack: Ack, drops: Drops, *,
                  presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX,
                  history: History | None = None, purger: Purger | None = None,
-                 metrics: IngestMetrics | None = None) -> None:
+                 metrics: IngestMetrics | None = None, shared: bool = False) -> None:
         self.engine = engine
+        #: One of several workers on this database: joins and renames are decided under a lock, on the
+        #: device table as the database holds it then.
+        self.shared = shared
         #: Prometheus metrics, counted once per committed batch (sensorhub.ingest.metrics).
         self.metrics = metrics
         #: Roll-ups and the session log, kept in each batch's transaction; retention, between batches.
@@ -399,9 +415,12 @@ class Writer:
         conn = self._conn
         assert conn is not None
         try:
+            locked = self.shared and _hands_out(batch)
+            if locked:
+                self._lock_devices(conn)
             done = self.sessions.apply(batch)
-            if done.drops and any(reason in _STALE for reason, _detail in done.drops):
-                done = self._recheck(conn, batch, done)
+            if done.drops and not locked and any(reason in _STALE for reason, _detail in done.drops):
+                done = self._recheck(conn, batch, done)  # under the lock, the engine was just rebuilt
             events: list[SessionEvent] = []
             for change in done.changes:
                 match change:
@@ -435,6 +454,15 @@ class Writer:
             raise
         self.history.committed()
         return done
+
+    def _lock_devices(self, conn: Connection) -> None:
+        """Take the cross-worker lock on handing out ids and names, then rebuild the engine from the database
+        as it is under that lock: another worker's joins are seen before this batch decides its own."""
+        conn.rollback()
+        conn.exec_driver_sql(_DEVICE_LOCK[conn.dialect.name])
+        previous = self.sessions
+        self.sessions = _read_sessions(conn, self.presence_timeout_us)
+        self.sessions.resume_presence_check(previous)
 
     def _recheck(self, conn: Connection, batch: Sequence[Inbound], done: Decisions) -> Decisions:
         """Messages of a device or session this engine does not know: if the database knows it (another worker
