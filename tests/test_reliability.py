@@ -267,3 +267,45 @@ def test_two_workers_one_killed_mid_stream_lose_nothing_and_the_restarted_one_ta
     assert distinct == 20_000  # nothing lost
     assert "'light': 0}" not in restarted.split("ingest client stopped")[-1].split("\n")[0]  # it took its share
     assert "ingest client stopped; stored" in restarted
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_workers_that_cannot_reach_the_database_say_so_and_acknowledge_nothing(
+        settings: Settings, engine: Engine, broker: Broker) -> None:
+    """Two `sensorhub client` workers lose PostgreSQL: each says so, acknowledges nothing; SIGKILLed meanwhile
+    and started again once the database is back, they store every reading sent during the outage."""
+    from sqlalchemy import create_engine
+
+    from tests.stack import sensorhub, start
+
+    database = engine.url.database
+    admin = create_engine(engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    workers = {n: start(sensorhub(f"client{n}", ["client"], settings.replace(worker=n))) for n in (1, 2)}
+    device = RawDevice(settings.mqtt_port, "AA:BB:CC:00:16:02")
+    try:
+        name, _session = device.join()
+        wait_for(lambda: _online(engine, name), what="online")
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                         {"d": database})
+        for value in range(100):
+            device.reading(Topic.LED_STATUS, value % 2, qos=1).wait_for_publish(5)
+        for worker in workers.values():
+            wait_for(lambda w=worker: "cannot write to the database" in w.output(), 20, what="the worker saying so")
+            worker.process.kill()  # type: ignore[union-attr]  # what it holds unacknowledged is still with the broker
+            worker.process.wait()  # type: ignore[union-attr]
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        workers = {n: start(sensorhub(f"client{n}", ["client"], settings.replace(worker=n))) for n in (1, 2)}
+        wait_for(lambda: _count(engine, name) >= 100, 30, what="every reading stored")
+        time.sleep(0.5)  # a duplicate would arrive now
+        assert _count(engine, name) == 100
+    finally:
+        device.close()
+        for worker in workers.values():
+            worker.stop()
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
