@@ -37,8 +37,9 @@ class Stack:
     read connection for counting. Whatever happens, leaving the block stops everything and removes it all."""
 
     def __init__(self, workdir: Path | None = None, components: tuple[str, ...] = COMPONENTS,
-                 database_url: str | None = None) -> None:
+                 database_url: str | None = None, workers: int = 1) -> None:
         self.components = components
+        self.workers = workers
         self._tmp = tempfile.TemporaryDirectory(prefix="sensorhub-bench-") if workdir is None else None
         self.dir = Path(self._tmp.name) if self._tmp else workdir or Path(".")
         #: None: a SQLite file of its own; else an empty PostgreSQL database (`--postgresql`).
@@ -59,7 +60,8 @@ class Stack:
         try:
             raise_open_files()
             self._log = self.log_path.open("w")
-            self.supervisor = Supervisor(self.settings, out=self._log, components=self.components)
+            self.supervisor = Supervisor(self.settings, out=self._log, components=self.components,
+                                         workers=self.workers)
             self.supervisor.preflight()
             self.supervisor.start()
             if self.postgresql:

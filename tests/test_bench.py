@@ -91,7 +91,8 @@ def test_quick_scale_out_bench_compares_with_the_bare_subscribers() -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["scenario"] == "scale-out"
-    assert {"scale_out_sqlite_1w_qos0", "scale_out_sqlite_1w_qos1"} <= set(report["figures"])
+    assert {"scale_out_sqlite_1w_qos0", "scale_out_sqlite_1w_qos1", "scale_out_sqlite_2w_qos0",
+            "scale_out_sqlite_2w_qos1"} <= set(report["figures"])
     for key, figure in report["figures"].items():
         assert figure["lost"] == 0, (key, figure)
         assert figure["paho_received"] == figure["mosquitto_sub_received"] == figure["sent"], (key, figure)

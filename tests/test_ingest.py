@@ -558,3 +558,27 @@ def test_fifo_command_reaches_the_right_simulated_device_and_its_status_is_store
         assert values(engine, "led_reading", bystander.name) == [0]
     finally:
         fleet.stop()
+
+
+@both_databases
+def test_two_workers_share_the_readings_through_shared_subscriptions(
+        settings: Settings, engine: Engine, broker: Broker) -> None:
+    """Two workers (their own sessions, `$share/sensorhub/…`, allowed by the ACL) store each reading once."""
+    workers = [IngestClient(settings.replace(worker=number)) for number in (1, 2)]
+    for worker in workers:
+        worker.start(wait_ready=10)
+    assert workers[0].pipe is not None and workers[1].pipe is None  # one reader of the LED pipe per machine
+    device = RawDevice(settings.mqtt_port, "AA:BB:CC:00:16:01")
+    try:
+        name, _session = device.join()
+        wait_for(lambda: online(engine, name), what="online")
+        for value in range(200):
+            device.reading(Topic.PHOTORESISTOR_STATUS, value % 101, qos=1)
+        wait_for(lambda: count(engine, "light_reading", name) >= 200, what="200 readings")
+        shares = [worker.writer.stats.stored["light"] for worker in workers]
+    finally:
+        device.close()
+        for worker in workers:
+            worker.stop()
+    assert count(engine, "light_reading", name) == 200
+    assert sum(shares) == 200 and min(shares) > 0, shares

@@ -12,8 +12,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import psutil
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine, text
 
 from sensorhub.broker import Broker
@@ -208,3 +210,102 @@ def test_api_stats_says_when_the_disk_is_low(small_disk: Path, tmp_path: Path) -
     settings = settings.replace(low_space_mib=1)
     body = create_app(settings).test_client().get("/api/stats").get_json()
     assert body["disk_low"] is False
+
+
+def test_two_workers_one_killed_mid_stream_lose_nothing_and_the_restarted_one_takes_its_share(
+        settings: Settings, engine: Engine) -> None:
+    """20,000 QoS 1 readings (200 devices x values 0-99, each pair once) to two `sensorhub client` workers; worker 2
+    is SIGKILLed mid-stream and started again: every pair is stored; duplicates are counted and printed."""
+    from sensorhub.db.seed import seed
+    from tests.stack import sensorhub, start
+
+    seed(engine, devices=200, hours=1)
+    with engine.connect() as conn:
+        sessions = [tuple(row) for row in conn.execute(text("SELECT session_name, session_id FROM device"))]
+        base = int(conn.execute(text("SELECT coalesce(max(id), 0) FROM light_reading")).scalar_one())
+
+    def stored() -> tuple[int, int]:
+        """(rows, distinct device-value pairs) stored by this test."""
+        with engine.connect() as conn:
+            return tuple(conn.execute(text(  # type: ignore[return-value]
+                "SELECT count(*), count(DISTINCT device_id * 1000 + value) FROM light_reading WHERE id > :b"),
+                {"b": base}).one())
+
+    workers = {n: sensorhub(f"client{n}", ["client"], settings.replace(worker=n)) for n in (1, 2)}
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    publisher.max_inflight_messages_set(1000)
+    broker = Broker(settings)
+    broker.start()
+    try:
+        for worker in workers.values():
+            start(worker)
+        publisher.connect("127.0.0.1", settings.mqtt_port)
+        publisher.loop_start()
+        sent = [publisher.publish(Topic.PHOTORESISTOR_STATUS, f"{name};{session};{value}", qos=1)
+                for value in range(100) for name, session in sessions]
+        wait_for(lambda: stored()[1] >= 5_000, 60, what="a quarter stored")
+        workers[2].process.kill()  # type: ignore[union-attr]  # kill -9: its unacknowledged messages stay queued
+        workers[2].process.wait()  # type: ignore[union-attr]
+        killed_at = stored()[1]
+        wait_for(lambda: stored()[1] >= killed_at + 2_000, 60, what="worker 1 going on alone")
+        workers[2] = start(sensorhub("client2", ["client"], settings.replace(worker=2)))
+        for info in sent:
+            info.wait_for_publish(60)
+        rows, distinct = wait_for(lambda: (found := stored())[1] >= 20_000 and found, 120, what="every reading")
+        time.sleep(1)  # anything still arriving would be a duplicate: count it too
+        rows, distinct = stored()
+        workers[2].stop()
+        restarted = workers[2].output()
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        for worker in workers.values():
+            worker.stop()
+        broker.stop()
+    print(f"20,000 QoS 1 readings, worker 2 SIGKILLed after {killed_at:,}: {distinct:,} stored, "
+          f"{rows - distinct} duplicate(s)")
+    assert distinct == 20_000  # nothing lost
+    assert "'light': 0}" not in restarted.split("ingest client stopped")[-1].split("\n")[0]  # it took its share
+    assert "ingest client stopped; stored" in restarted
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_workers_that_cannot_reach_the_database_say_so_and_acknowledge_nothing(
+        settings: Settings, engine: Engine, broker: Broker) -> None:
+    """Two `sensorhub client` workers lose PostgreSQL: each says so, acknowledges nothing; SIGKILLed meanwhile
+    and started again once the database is back, they store every reading sent during the outage."""
+    from sqlalchemy import create_engine
+
+    from tests.stack import sensorhub, start
+
+    database = engine.url.database
+    admin = create_engine(engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    workers = {n: start(sensorhub(f"client{n}", ["client"], settings.replace(worker=n))) for n in (1, 2)}
+    device = RawDevice(settings.mqtt_port, "AA:BB:CC:00:16:02")
+    try:
+        name, _session = device.join()
+        wait_for(lambda: _online(engine, name), what="online")
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                         {"d": database})
+        for value in range(100):
+            device.reading(Topic.LED_STATUS, value % 2, qos=1).wait_for_publish(5)
+        for worker in workers.values():
+            wait_for(lambda w=worker: "cannot write to the database" in w.output(), 20, what="the worker saying so")
+            worker.process.kill()  # type: ignore[union-attr]  # what it holds unacknowledged is still with the broker
+            worker.process.wait()  # type: ignore[union-attr]
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        workers = {n: start(sensorhub(f"client{n}", ["client"], settings.replace(worker=n))) for n in (1, 2)}
+        wait_for(lambda: _count(engine, name) >= 100, 30, what="every reading stored")
+        time.sleep(0.5)  # a duplicate would arrive now
+        assert _count(engine, name) == 100
+    finally:
+        device.close()
+        for worker in workers.values():
+            worker.stop()
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()

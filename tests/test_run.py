@@ -132,3 +132,13 @@ def test_run_refuses_an_unusable_pipe_path(settings: Settings, tmp_path: Path) -
     assert child.process is not None and child.process.wait(60) == 2
     child.stop()
     assert "is not a named pipe" in child.lines[-1] and "SENSORHUB_FIFO" in child.lines[-1]
+
+
+def test_run_workers_starts_one_client_component_per_worker(settings: Settings) -> None:
+    """`sensorhub run --workers 3`: client1..3, each told its worker number; one worker: `client`, worker 0."""
+    from sensorhub.supervisor import Supervisor
+
+    several = Supervisor(settings, workers=3)
+    assert [child.name for child in several.components] == ["broker", "client1", "client2", "client3", "web"]
+    assert [several.component(f"client{n}").env["SENSORHUB_WORKER"] for n in (1, 2, 3)] == ["1", "2", "3"]
+    assert Supervisor(settings).component("client").env["SENSORHUB_WORKER"] == "0"

@@ -321,3 +321,71 @@ def test_stop_commits_and_acknowledges_everything_queued(writer: Writer, paho: R
     assert stored(engine) == [v % 101 for v in range(500)]
     assert [mid for mid, qos in paho.acks if qos == 2] == list(range(1, 501))
     assert all(visible >= mid for mid, visible in visible_at_ack), "acknowledged before it was committed"
+
+
+@pytest.fixture
+def other(engine: Engine) -> Iterator[tuple[Writer, Recorder]]:
+    """A second worker's writer on the same database, started before the first one changed anything."""
+    recorder = Recorder()
+    started = Writer(engine, recorder.publish, recorder.ack, Drops())
+    started.start()
+    yield started, recorder
+    started.stop(10)
+
+
+@both_databases
+def test_a_join_another_worker_got_first_is_applied_again_not_quarantined(
+        other: tuple[Writer, Recorder], writer: Writer, paho: Recorder, engine: Engine) -> None:
+    second, recorder = other  # its engine still hands out device 1, which the first writer now holds
+    name, _session = joined(writer, paho, "02:00:00:00:00:01")
+    second.submit(Inbound(MacJoin("02:00:00:00:00:02"), now(), 7, 2))
+    wait_for(lambda: recorder.acks, 5, what="the join acknowledged")
+    assert recorder.acks == [(7, 2)]
+    assert recorder.publishes[0][1].decode().startswith("02:00:00:00:00:02;capteur02;")
+    assert second.stats.failed_batches == 1 and second.stats.quarantined == 0
+    assert second.drops.snapshot() == {} and quarantined(engine) == []
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, name, mac FROM device ORDER BY id")).all()
+    assert [tuple(row) for row in rows] == [(1, name, "02:00:00:00:00:01"), (2, "capteur02", "02:00:00:00:00:02")]
+
+
+@both_databases
+def test_messages_of_a_session_another_worker_started_are_checked_against_the_database(
+        other: tuple[Writer, Recorder], writer: Writer, paho: Recorder, engine: Engine) -> None:
+    second, recorder = other
+    name, session = joined(writer, paho)  # the join reached the first worker; the rest reaches the second
+    submit_all(second, [*light(name, session, [11, 22]), Inbound(SessionRef(name, session), now(), 3, 2),
+                        *light(name, "0000", [99], first_mid=4), *light("nobody", session, [98], first_mid=5)])
+    wait_for(lambda: len(recorder.acks) == 5, 5, what="every message acknowledged")
+    assert stored(engine) == [11, 22]
+    assert second.stats.rechecked == 1  # one rebuild for the whole batch
+    assert second.drops.snapshot() == {"out-of-band": 1, "unknown-device": 1}  # out of band for the database too
+    submit_all(second, light(name, "0000", [97], first_mid=6))  # already known to be out of band: no rebuild
+    wait_for(lambda: len(recorder.acks) == 6, 5, what="acknowledged")
+    assert second.stats.rechecked == 1 and stored(engine) == [11, 22]
+
+
+@both_databases
+def test_joins_arriving_at_two_workers_at_once_each_get_a_device_and_a_name(engine: Engine) -> None:
+    """Two workers' writers (`shared`): joins are decided under the database's lock, so none collides."""
+    recorders = [Recorder(), Recorder()]
+    writers = [Writer(engine, recorder.publish, recorder.ack, Drops(), shared=True) for recorder in recorders]
+    for started in writers:
+        started.start()
+    macs = [f"02:00:00:00:01:{n:02X}" for n in range(60)]
+    try:
+        for number, started in enumerate(writers):
+            for n, mac in enumerate(macs[number::2]):  # one at a time: as many batches as joins
+                started.submit(Inbound(MacJoin(mac), now(), n + 1, 2))
+        wait_for(lambda: [len(recorder.acks) for recorder in recorders] == [30, 30], 20,
+                 what="every join acknowledged")
+    finally:
+        for started in writers:
+            started.stop(10)
+    assigned = {payload.decode().split(";")[0]: payload.decode().split(";")[1]
+                for recorder in recorders for _topic, payload, _qos in recorder.publishes}
+    with engine.connect() as conn:
+        rows = {mac: name for mac, name in conn.execute(text("SELECT mac, session_name FROM device"))}
+    assert rows == assigned and len(rows) == 60  # one device each, the name the database holds
+    assert quarantined(engine) == [] and [w.drops.snapshot() for w in writers] == [{}, {}]
+    assert [w.stats.failed_batches for w in writers] == [0, 0]  # no collision to retry

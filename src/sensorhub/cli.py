@@ -122,12 +122,14 @@ def web(settings: Settings, debug: bool, workers: int | None) -> None:
 @cli.command()
 @click.option("--demo", type=click.IntRange(0, 1000), default=0, metavar="N",
               help="Also start N virtual devices.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, metavar="N",
+              help="Ingest workers (client1..N) sharing the readings through MQTT 5 shared subscriptions.")
 @pass_settings
-def run(settings: Settings, demo: int) -> None:
+def run(settings: Settings, demo: int, workers: int) -> None:
     """Run everything: broker, ingest client and web server, in order; Ctrl-C stops all."""
     from sensorhub.supervisor import run_all
 
-    sys.exit(run_all(settings, demo=demo))
+    sys.exit(run_all(settings, demo=demo, workers=workers))
 
 
 @cli.group()

@@ -45,6 +45,13 @@ def _keepalive(value: str) -> int:
     return seconds
 
 
+def _worker(value: str) -> int:
+    number = _int(value)
+    if not 0 <= number <= 64:
+        raise ValueError("a worker number is between 0 (the only worker) and 64")
+    return number
+
+
 def _days(value: str) -> int:
     days = _int(value)
     if not 0 <= days <= 100_000:
@@ -238,6 +245,13 @@ class Settings:
     )
     low_space_mib: int = setting(
         "200", "Free space (MiB) on the database's disk under which start-up and /api/stats warn.", _megabytes
+    )
+    worker: int = setting(
+        "0",
+        "Ingest worker number: 0 = the only one (plain subscriptions); 1..N = one of several sharing the readings "
+        "through MQTT 5 shared subscriptions `$share/sensorhub/…`, each with its own client id. "
+        "`sensorhub run --workers N` sets it; only worker 0 or 1 reads the LED pipe.",
+        _worker,
     )
 
     @classmethod

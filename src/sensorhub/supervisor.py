@@ -61,7 +61,7 @@ class Supervisor:
     """Starts, watches and stops the components."""
 
     def __init__(self, settings: Settings, demo: int = 0, out: IO[str] | None = None,
-                 components: tuple[str, ...] = COMPONENTS) -> None:
+                 components: tuple[str, ...] = COMPONENTS, workers: int = 1) -> None:
         self.settings = settings
         self.demo = demo
         self.out = out or sys.stdout
@@ -75,11 +75,19 @@ class Supervisor:
             "web": [*python, "web"],
             "devices": [*python, "simulate", "--devices", str(demo), "--interval", "2"],
         }
-        self.components = [
-            Child(name, commands[name], env=env, on_line=self._printer(name),
-                  stop_signal=signal.SIGINT if name == "devices" else signal.SIGTERM)
-            for name in components if name != "devices" or demo
-        ]
+        self.components: list[Child] = []
+        for name in components:
+            if name == "devices" and not demo:
+                continue
+            if name == "client" and workers > 1:
+                # Several ingest workers: client1..N, each with its own broker session, sharing the readings.
+                for number in range(1, workers + 1):
+                    worker = f"client{number}"
+                    self.components.append(Child(worker, commands[name], env={**env, "SENSORHUB_WORKER": str(number)},
+                                                 on_line=self._printer(worker), stop_signal=signal.SIGTERM))
+                continue
+            self.components.append(Child(name, commands[name], env=env, on_line=self._printer(name),
+                                         stop_signal=signal.SIGINT if name == "devices" else signal.SIGTERM))
         self._restarts: dict[str, deque[float]] = {child.name: deque() for child in self.components}
 
     def component(self, name: str) -> Child:
@@ -249,9 +257,9 @@ def _lan_address() -> str:
             return "127.0.0.1"
 
 
-def run_all(settings: Settings, demo: int = 0) -> int:
+def run_all(settings: Settings, demo: int = 0, workers: int = 1) -> int:
     """Run everything until Ctrl-C or SIGTERM; return the exit status."""
-    supervisor = Supervisor(settings, demo=demo)
+    supervisor = Supervisor(settings, demo=demo, workers=workers)
     supervisor.preflight()
 
     def _signal(signum: int, _frame: FrameType | None) -> None:

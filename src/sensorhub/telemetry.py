@@ -47,14 +47,20 @@ def runtime_dir(settings: Settings) -> Path:
     return path
 
 
+def _worker_suffix(settings: Settings) -> str:
+    # Worker 1 of several writes the files the web server reads (it also holds the LED pipe); the others
+    # their own, for `cat` and node exporters.
+    return f".w{settings.worker}" if settings.worker > 1 else ""
+
+
 def heartbeat_path(settings: Settings) -> Path:
-    """The ingest client's heartbeat file."""
-    return _where(settings) / HEARTBEAT_FILE
+    """The ingest client's heartbeat file (worker 2 and beyond: one of their own)."""
+    return _where(settings) / f"{HEARTBEAT_FILE}{_worker_suffix(settings)}"
 
 
 def client_metrics_path(settings: Settings) -> Path:
-    """The ingest client's metrics, in the Prometheus text format."""
-    return _where(settings) / CLIENT_METRICS_FILE
+    """The ingest client's metrics, in the Prometheus text format (worker 2 and beyond: their own)."""
+    return _where(settings) / f"{CLIENT_METRICS_FILE}{_worker_suffix(settings)}"
 
 
 def prepare_web_metrics(settings: Settings) -> Path:

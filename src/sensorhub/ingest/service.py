@@ -52,6 +52,8 @@ RECONNECT_MIN = 0.1
 RECONNECT_MAX = 0.5
 #: Out of reach for this long, the broker is taken as down (a shorter blip changes nothing on the pages).
 OUTAGE_GRACE = 2.0
+#: The MQTT 5 shared-subscription group of the ingest workers: the broker hands each message to one of them.
+SHARE_GROUP = "sensorhub"
 #: Exit status when the database writer cannot go on.
 WRITER_FAILED = 3
 #: How long the writer may show no sign of life while messages wait before the client gives up on it.
@@ -70,8 +72,12 @@ class IngestClient:
         warn_if_low(settings.database_url, settings.low_space_mib)
         password = client_password(settings)
         # A fixed id, so that the broker keeps our session while we restart; derived from our secret, so
-        # that nobody can take our connection over by connecting with it.
-        self.mqtt = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or credentials.client_id(password),
+        # that nobody can take our connection over by connecting with it. Each worker has its own session.
+        base_id = client_id or credentials.client_id(password)
+        self.worker = settings.worker
+        self.subscriptions = subscriptions(settings.worker)
+        self.mqtt = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                client_id=f"{base_id}-w{self.worker}" if self.worker else base_id,
                                 protocol=mqtt.MQTTv5, manual_ack=True)
         self.mqtt.username_pw_set(CLIENT_USER, password)
         # paho's default of 20 QoS 1/2 messages in flight stays: it is also mosquitto's Receive Maximum, and
@@ -89,11 +95,13 @@ class IngestClient:
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
                              presence_timeout=3 * settings.keepalive,
                              purger=Purger(settings.retention_days, settings.rollup_retention_days),
-                             metrics=self.metrics)
+                             metrics=self.metrics, shared=bool(settings.worker))
         self.metrics.watch(self.writer)
         self.beacon = Beacon(settings, self._health_facts, self.metrics.registry)
         self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)
-        self.pipe = PipeReader(settings.fifo_path, self._on_command, self._on_pipe_error)
+        # One reader of the pipe per machine: the only worker, or worker 1 of several.
+        self.pipe: PipeReader | None = (PipeReader(settings.fifo_path, self._on_command, self._on_pipe_error)
+                                        if settings.worker <= 1 else None)
         self.ready = threading.Event()
         #: Set, with the reason, when the client cannot go on (the broker refused our password).
         self.fatal: str | None = None
@@ -113,7 +121,8 @@ class IngestClient:
 
     def start(self, wait_ready: float | None = None) -> None:
         """Open the pipe, start the writer, connect (retrying until the broker answers)."""
-        self.pipe.start()
+        if self.pipe is not None:
+            self.pipe.start()
         self.writer.start()
         self.watchdog.start()
         self.beacon.start()
@@ -132,7 +141,8 @@ class IngestClient:
         self._stopping = True
         self.beacon.stop()
         self.watchdog.stop()
-        self.pipe.stop()
+        if self.pipe is not None:
+            self.pipe.stop()
         self.writer.stop()  # commits and acknowledges everything received before
         # The broker must have read those acknowledgements before we close: it keeps sending meanwhile, and
         # its data reaching a closed socket brings a reset that makes it drop what it had not read yet (the
@@ -140,7 +150,7 @@ class IngestClient:
         # SUBACK comes after the broker read everything we sent before it.
         self._flushed.clear()
         if self.mqtt.is_connected():
-            self.mqtt.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in SERVER_SUBSCRIPTIONS])
+            self.mqtt.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in self.subscriptions])
             if not self._flushed.wait(5):
                 logger.warning("the broker did not confirm it read our last acknowledgements")
         self.mqtt.disconnect()
@@ -171,7 +181,7 @@ class IngestClient:
         self.metrics.connected.set(1)
         if self._connections > 1:
             self.metrics.reconnections.inc()
-        client.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in SERVER_SUBSCRIPTIONS])
+        client.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in self.subscriptions])
         logger.info("connected to the broker at %s:%d (session present: %s)", self.settings.mqtt_host,
                     self.settings.mqtt_port, flags.session_present)
         if not flags.session_present:
@@ -229,8 +239,11 @@ class IngestClient:
             return
         if not self.ready.is_set():
             self.ready.set()
-            logger.info("ingest client ready: subscribed on %s:%d, reading pipe %s", self.settings.mqtt_host,
-                        self.settings.mqtt_port, self.settings.fifo_path)
+            who = f"worker {self.worker} (shared subscriptions $share/{SHARE_GROUP}/…)" if self.worker else ""
+            pipe = (f"reading pipe {self.settings.fifo_path}" if self.pipe is not None
+                    else "not reading the LED pipe (worker 1 does)")
+            logger.info("ingest client %sready: subscribed on %s:%d, %s", f"{who} " if who else "",
+                        self.settings.mqtt_host, self.settings.mqtt_port, pipe)
             notify("READY=1")
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -276,7 +289,8 @@ class IngestClient:
         logger.critical("%s: exiting with status %d to be restarted; nothing unacknowledged is lost, the broker "
                         "delivers it again", problem, WRITER_FAILED)
         self._stopping = True
-        self.pipe.stop()
+        if self.pipe is not None:
+            self.pipe.stop()
         # DISCONNECT, not a dropped connection: the broker keeps our session, with every QoS 1/2 message we
         # did not acknowledge, for the next start (clean_start=False, SESSION_EXPIRY).
         self._disconnected.clear()
@@ -286,6 +300,17 @@ class IngestClient:
         self.mqtt.loop_stop()
         if self._on_fatal is not None:
             self._on_fatal(WRITER_FAILED)
+
+
+def subscriptions(worker: int) -> list[tuple[str, int]]:
+    """The device channels the ingest client subscribes to: plain for the only worker, shared for several.
+
+    The only worker keeps plain subscriptions, so that an existing persistent session carries on unchanged
+    (subscribing to the shared filter as well would bring every message twice until that session expires).
+    """
+    if not worker:
+        return list(SERVER_SUBSCRIPTIONS)
+    return [(f"$share/{SHARE_GROUP}/{topic}", qos) for topic, qos in SERVER_SUBSCRIPTIONS]
 
 
 def _exit_now(status: int) -> None:
@@ -315,7 +340,7 @@ def run_client(settings: Settings) -> None:
                 continue  # the watchdog is leaving the broker and ends the process with WRITER_FAILED
             if client.failed.is_set():
                 break
-            if not client.pipe.alive:
+            if client.pipe is not None and not client.pipe.alive:
                 client.fatal = f"the LED pipe reader stopped: {client.pipe.failure or 'unknown reason'}"
                 break
             if summary is not None:

@@ -9,6 +9,13 @@ No exception ends the thread quietly: a database that cannot be written (locked,
 with nothing acknowledged; any other failure rebuilds the engine from the database and retries the batch
 one message at a time, so only the message that fails is discarded (counted, logged, acknowledged: it
 would fail again). If the thread dies or stops making progress anyway, the Watchdog says so.
+
+Several workers (each with its own Writer, `shared`) share one database, which is the authority: a batch
+holding joins or renames is decided under a database lock on the device table as it is then; a batch refused
+by a constraint while it hands out device ids or names (another worker handed out the same first) is
+retried, up to CONFLICT_RETRIES times, on the engine rebuilt from the database before anything is
+isolated, and a message whose device or session this engine does not know is checked against the
+database (rebuild, apply again) before it is discarded.
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from sensorhub.db import dialect
 from sensorhub.db.engine import sqlite_path
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
+from sensorhub.ingest.ledpipe import RenameRequest
 from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import (
@@ -43,7 +51,7 @@ from sensorhub.ingest.sessions import (
     SweepDue,
     wire,
 )
-from sensorhub.protocol import Kind
+from sensorhub.protocol import Kind, Leave, MacJoin, Reading, SessionRef
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +75,21 @@ _INSERT_DEVICE = (
 )
 _NEW_SESSION = "UPDATE device SET session_id = ?, session_name = ?, online = FALSE WHERE id = ?"
 _SET_ONLINE = "UPDATE device SET online = ? WHERE id = ?"
-_SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ?"
+#: Never backwards: another worker may have stored a later message of the same device first.
+_SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ? AND last_seen < ?"
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
+#: Drops that may only mean this engine is behind the database (another worker started that session).
+_STALE = frozenset({"unknown-device", "out-of-band"})
 _QUARANTINE = "INSERT INTO quarantine (received_at, topic, payload, reason) VALUES (?, ?, ?, ?)"
+#: Taken, with several workers, by a transaction that may hand out device ids or names (then released by its
+#: commit): SQLite's write lock through a write that changes nothing; on PostgreSQL an advisory lock.
+_DEVICE_LOCK = {
+    "sqlite": "DELETE FROM quarantine WHERE id = -1",
+    "postgresql": "SELECT pg_advisory_xact_lock(1616)",
+}
+#: Attempts again, on the engine rebuilt from the database, of a batch handing out device ids or names that
+#: the database refused: joins arriving at several workers at once can collide more than once.
+CONFLICT_RETRIES = 3
 #: While the database cannot be written, one line about it at most this often (seconds).
 OUTAGE_LOG_EVERY = 60.0
 _STOP = None
@@ -89,16 +109,24 @@ class WriterStats:
     joins: int = 0
     leaves: int = 0
     online: int = 0
+    #: Times the engine was rebuilt because the database knew a device or session it did not.
+    rechecked: int = 0
 
 
 def load_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
     """A session engine holding the device table as it is now."""
     conn.rollback()
+    sessions = _read_sessions(conn, presence_timeout_us)
+    conn.rollback()
+    return sessions
+
+
+def _read_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
+    """The device table, read in the caller's transaction."""
     rows = conn.exec_driver_sql(
         "SELECT id, name, session_name, mac, session_id, online, joined_at, last_seen FROM device"
     ).all()
     seq = conn.exec_driver_sql(dialect.LAST_DEVICE_ID[conn.dialect.name]).scalar()
-    conn.rollback()
     devices = [Device(row[0], row[1], row[2], row[3], row[4], bool(row[5]), to_micros(parse_timestamp(row[6])),
                       to_micros(parse_timestamp(row[7]))) for row in rows]
     return Sessions(devices, next_id=int(seq or 0) + 1, presence_timeout_us=presence_timeout_us)
@@ -110,8 +138,11 @@ class Writer:
     def __init__(self, engine: Engine, publish: Publish, ack: Ack, drops: Drops, *,
                  presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX,
                  history: History | None = None, purger: Purger | None = None,
-                 metrics: IngestMetrics | None = None) -> None:
+                 metrics: IngestMetrics | None = None, shared: bool = False) -> None:
         self.engine = engine
+        #: One of several workers on this database: joins and renames are decided under a lock, on the
+        #: device table as the database holds it then.
+        self.shared = shared
         #: Prometheus metrics, counted once per committed batch (sensorhub.ingest.metrics).
         self.metrics = metrics
         #: Roll-ups and the session log, kept in each batch's transaction; retention, between batches.
@@ -240,6 +271,7 @@ class Writer:
     def _write(self, batch: Sequence[Inbound]) -> None:
         """Commit `batch`; retry while the database cannot be written; isolate a message that fails."""
         delay = RETRY_FIRST
+        conflicts = 0
         while True:
             self.heartbeat = time.monotonic()
             try:
@@ -266,6 +298,13 @@ class Writer:
             if not self._reload():
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
+                continue
+            if isinstance(failure, IntegrityError) and conflicts < CONFLICT_RETRIES and _hands_out(batch):
+                # Most likely another worker got there first (a device id, a name): again, on the rebuilt
+                # engine, before a message is taken as refused.
+                conflicts += 1
+                logger.info("a batch of %d was refused (%s); retrying it on the database's current state",
+                            len(batch), _reason(failure))
                 continue
             if len(batch) == 1:
                 self._discard(batch[0], failure)
@@ -381,7 +420,12 @@ class Writer:
         conn = self._conn
         assert conn is not None
         try:
+            locked = self.shared and _hands_out(batch)
+            if locked:
+                self._lock_devices(conn)
             done = self.sessions.apply(batch)
+            if done.drops and not locked and any(reason in _STALE for reason, _detail in done.drops):
+                done = self._recheck(conn, batch, done)  # under the lock, the engine was just rebuilt
             events: list[SessionEvent] = []
             for change in done.changes:
                 match change:
@@ -402,8 +446,10 @@ class Writer:
                 if rows:
                     dialect.insert_readings(conn, kind.value, rows)
             if done.seen:
+                # In id order: two workers' transactions then lock the same rows in the same order.
                 dialect.execute(conn, _SET_LAST_SEEN, [
-                    (format_micros(device.last_seen_us), device.id) for device in done.seen.values()
+                    (stamp, device.id, stamp) for device in sorted(done.seen.values(), key=_device_id)
+                    for stamp in (format_micros(device.last_seen_us),)
                 ])
             self.history.stage(conn, done.readings, events)
             conn.commit()
@@ -413,6 +459,44 @@ class Writer:
             raise
         self.history.committed()
         return done
+
+    def _lock_devices(self, conn: Connection) -> None:
+        """Take the cross-worker lock on handing out ids and names, then rebuild the engine from the database
+        as it is under that lock: another worker's joins are seen before this batch decides its own."""
+        conn.rollback()
+        conn.exec_driver_sql(_DEVICE_LOCK[conn.dialect.name])
+        previous = self.sessions
+        self.sessions = _read_sessions(conn, self.presence_timeout_us)
+        self.sessions.resume_presence_check(previous)
+
+    def _recheck(self, conn: Connection, batch: Sequence[Inbound], done: Decisions) -> Decisions:
+        """Messages of a device or session this engine does not know: if the database knows it (another worker
+        started it), rebuild the engine from the database and decide the batch again; else they stay dropped."""
+        stale: set[tuple[str, str]] = set()
+        by_session_name = self.sessions.by_session_name
+        for item in batch:
+            message = item.message
+            if isinstance(message, (Reading, SessionRef, Leave)):
+                name, session = message.name, message.session
+                device = by_session_name.get(name)
+                if device is None or device.session_id != session:
+                    stale.add((name, session))
+        if not stale:
+            return done
+        names = sorted({name for name, _session in stale})
+        sql = f"SELECT session_name, session_id FROM device WHERE session_name IN ({', '.join('?' * len(names))})"
+        rows = conn.exec_driver_sql(dialect.placeholders(sql, conn.dialect.paramstyle), tuple(names)).all()
+        known = {(str(row[0]), str(row[1])) for row in rows}
+        conn.rollback()
+        if not stale & known:
+            return done  # out of band for the database too
+        previous = self.sessions
+        self.sessions = load_sessions(conn, self.presence_timeout_us)
+        self.sessions.resume_presence_check(previous)
+        self.stats.rechecked += 1
+        logger.debug("the database knows %d session(s) this worker did not: deciding the batch again",
+                     len(stale & known))
+        return self.sessions.apply(batch)
 
     def _after_commit(self, done: Decisions, size: int) -> None:
         self.stats.batches += 1
@@ -511,6 +595,15 @@ def format_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def _hands_out(batch: Sequence[Inbound]) -> bool:
+    """Whether `batch` may hand out a device id or a name (what another worker may have handed out first)."""
+    return any(isinstance(item.message, (MacJoin, RenameRequest)) for item in batch)
+
+
+def _device_id(device: Device) -> int:
+    return device.id
 
 
 def _now_us() -> int:
