@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import Engine
 
 from sensorhub.broker import Broker
@@ -20,7 +21,7 @@ from sensorhub.db.engine import init_db, make_engine
 from sensorhub.db.schema import upgrade
 from tests.pgcluster import Cluster, binaries
 from tests.stack import ROOT
-from tests.support import digests, settings_for, tracked_files
+from tests.support import CHROMIUM, CHROMIUM_ARGS, digests, settings_for, tracked_files
 
 _DATABASES = itertools.count(1)
 MIGRATED = "sensorhub_migrated"
@@ -86,3 +87,14 @@ def broker(settings: Settings) -> Iterator[Broker]:
     running.start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium (never a downloaded browser), shared by a module's tests."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: sudo apt-get install chromium (.ci/run installs it)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

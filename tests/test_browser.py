@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Route, expect
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
@@ -22,7 +22,7 @@ from sensorhub.simulator import Fleet
 from tests import screenshots
 from tests.screenshots import DESKTOP, PHONE
 from tests.stack import ingest_client, web_server, web_url
-from tests.support import CHROMIUM, CHROMIUM_ARGS, wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -46,15 +46,6 @@ class Stack:
         with urllib.request.urlopen(self.url(path), timeout=5) as response:
             return json.load(response)
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: sudo apt-get install chromium (.ci/run installs it)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -4,33 +4,22 @@ Debian's headless Chromium. Nothing is timed here (`make bench BENCH_ARGS="--sce
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.simulator import Fleet
 from tests.screenshots import DESKTOP
 from tests.stack import ingest_client, web_server, web_url
-from tests.support import CHROMIUM, CHROMIUM_ARGS, wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.browser
 
 DEVICES = 300
 
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: sudo apt-get install chromium (.ci/run installs it)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def session_names(fleet: Fleet) -> list[str]:

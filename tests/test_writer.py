@@ -354,12 +354,17 @@ def test_messages_of_a_session_another_worker_started_are_checked_against_the_da
         other: tuple[Writer, Recorder], writer: Writer, paho: Recorder, engine: Engine) -> None:
     second, recorder = other
     name, session = joined(writer, paho)  # the join reached the first worker; the rest reaches the second
+    submit_all(second, light(name, session, [10], first_mid=20))  # not started as one of several: no look
+    wait_for(lambda: recorder.acks == [(20, 1)], 5, what="the drop acknowledged")
+    assert second.stats.rechecked == 0 and stored(engine) == []
+    recorder.acks.clear()
+    second.shared = True  # one of several workers: another may have started the session
     submit_all(second, [*light(name, session, [11, 22]), Inbound(SessionRef(name, session), now(), 3, 2),
                         *light(name, "0000", [99], first_mid=4), *light("nobody", session, [98], first_mid=5)])
     wait_for(lambda: len(recorder.acks) == 5, 5, what="every message acknowledged")
     assert stored(engine) == [11, 22]
     assert second.stats.rechecked == 1  # one rebuild for the whole batch
-    assert second.drops.snapshot() == {"out-of-band": 1, "unknown-device": 1}  # out of band for the database too
+    assert second.drops.snapshot() == {"out-of-band": 1, "unknown-device": 2}  # 10, then unknown to the db too
     submit_all(second, light(name, "0000", [97], first_mid=6))  # already known to be out of band: no rebuild
     wait_for(lambda: len(recorder.acks) == 6, 5, what="acknowledged")
     assert second.stats.rechecked == 1 and stored(engine) == [11, 22]

@@ -330,9 +330,13 @@ class Writer:
         except OperationalError as err:
             logger.debug("reloading the sessions failed too: %s", _reason(err))
             return False
+        self._replace_sessions(sessions)
+        return True
+
+    def _replace_sessions(self, sessions: Sessions) -> None:
+        """Take an engine rebuilt from the database, carrying on what the current one knew beyond the table."""
         sessions.resume_presence_check(self.sessions)
         self.sessions = sessions
-        return True
 
     def _discard(self, item: Inbound, err: Exception) -> None:
         """One message fails on its own: keep it in the quarantine table with why, then acknowledge it (a
@@ -424,8 +428,10 @@ class Writer:
             if locked:
                 self._lock_devices(conn)
             done = self.sessions.apply(batch)
-            if done.drops and not locked and any(reason in _STALE for reason, _detail in done.drops):
-                done = self._recheck(conn, batch, done)  # under the lock, the engine was just rebuilt
+            # Only another worker can have started a session this engine does not know (under the lock, the
+            # engine was just rebuilt): a single worker never pays for the check.
+            if self.shared and not locked and any(reason in _STALE for reason, _detail in done.drops):
+                done = self._recheck(conn, batch, done)
             events: list[SessionEvent] = []
             for change in done.changes:
                 match change:
@@ -465,9 +471,7 @@ class Writer:
         as it is under that lock: another worker's joins are seen before this batch decides its own."""
         conn.rollback()
         conn.exec_driver_sql(_DEVICE_LOCK[conn.dialect.name])
-        previous = self.sessions
-        self.sessions = _read_sessions(conn, self.presence_timeout_us)
-        self.sessions.resume_presence_check(previous)
+        self._replace_sessions(_read_sessions(conn, self.presence_timeout_us))
 
     def _recheck(self, conn: Connection, batch: Sequence[Inbound], done: Decisions) -> Decisions:
         """Messages of a device or session this engine does not know: if the database knows it (another worker
@@ -490,9 +494,7 @@ class Writer:
         conn.rollback()
         if not stale & known:
             return done  # out of band for the database too
-        previous = self.sessions
-        self.sessions = load_sessions(conn, self.presence_timeout_us)
-        self.sessions.resume_presence_check(previous)
+        self._replace_sessions(load_sessions(conn, self.presence_timeout_us))
         self.stats.rechecked += 1
         logger.debug("the database knows %d session(s) this worker did not: deciding the batch again",
                      len(stale & known))
