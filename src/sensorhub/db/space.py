@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from sensorhub.db.engine import sqlite_path
 
@@ -26,13 +27,19 @@ class Space:
         return self.free < self.low_below
 
 
-def database_space(url: str, low_space_mib: int) -> Space | None:
-    """Free space where the SQLite database lives; None for a server database or a missing directory."""
+def database_dir(url: str) -> Path | None:
+    """The directory of a SQLite database file; None for a server database."""
     path = sqlite_path(url)
-    if path is None:
+    return None if path is None else path.resolve().parent
+
+
+def database_space(url: str, low_space_mib: int = 0) -> Space | None:
+    """Free space where the SQLite database lives; None for a server database or a missing directory."""
+    directory = database_dir(url)
+    if directory is None:
         return None
     try:
-        free = shutil.disk_usage(path.resolve().parent).free
+        free = shutil.disk_usage(directory).free
     except OSError:
         return None
     return Space(free, low_space_mib * MIB)

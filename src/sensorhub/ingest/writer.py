@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,8 +31,8 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from sensorhub.db import dialect
-from sensorhub.db.engine import sqlite_path
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
+from sensorhub.db.space import MIB, database_dir, database_space
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
 from sensorhub.ingest.ledpipe import RenameRequest
@@ -168,8 +167,9 @@ class Writer:
         self._blocked_said = 0.0
         #: Give the WAL's space back once the backlog is written (after the disk was full).
         self._truncate_when_idle = False
-        path = sqlite_path(str(engine.url)) if engine.url.get_backend_name() == "sqlite" else None
-        self._db_dir = path.resolve().parent if path is not None else None
+        self._url = engine.url.render_as_string(hide_password=False)
+        #: Where the SQLite file lives (None on a server database: no WAL to truncate, no disk of ours).
+        self._db_dir = database_dir(self._url)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -384,12 +384,13 @@ class Writer:
             self._truncate_wal()
         if first or now - self._blocked_said >= OUTAGE_LOG_EVERY:
             self._blocked_said = now
-            space = self._free_space()
+            space = database_space(self._url)
+            free = "unknown space" if space is None else f"{space.free / MIB:.1f} MiB"
             waiting = self.queue.qsize()
             if full:
                 logger.error("the disk holding the database is full (%s free in %s): nothing is acknowledged, "
                              "%d message(s) wait here and the rest with the broker; writing resumes by itself "
-                             "once space is freed", space, self._db_dir, waiting)
+                             "once space is freed", free, self._db_dir, waiting)
             else:
                 logger.error("cannot write to the database (%s); retrying every %.1f s, nothing acknowledged, "
                              "%d message(s) waiting", _reason(err), min(delay * 2, RETRY_MAX), waiting)
@@ -411,14 +412,6 @@ class Writer:
             self._conn.rollback()
         except Exception as err:  # best effort: the next attempt tries again
             logger.debug("WAL checkpoint failed: %s", _reason(err))
-
-    def _free_space(self) -> str:
-        if self._db_dir is None:
-            return "unknown space"
-        try:
-            return format_bytes(shutil.disk_usage(self._db_dir).free)
-        except OSError:
-            return "unknown space"
 
     def _transaction(self, batch: Sequence[Inbound]) -> Decisions:
         conn = self._conn
@@ -588,15 +581,6 @@ def _is_full(err: BaseException) -> bool:
     code = getattr(orig, "sqlite_errorcode", None)
     text = str(orig).lower()
     return code == 13 or "full" in text or "no space left" in text  # SQLITE_FULL; PostgreSQL's ENOSPC
-
-
-def format_bytes(size: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def _hands_out(batch: Sequence[Inbound]) -> bool:
