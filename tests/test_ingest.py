@@ -20,10 +20,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine, text
 
 from sensorhub.broker import Broker
+from sensorhub.commands import LedRequest, RenameRequest
 from sensorhub.config import Settings
 from sensorhub.db.engine import sqlite_path
 from sensorhub.errors import ClientNotRunning
-from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
+from sensorhub.ingest.ledpipe import send_command
 from sensorhub.ingest.service import WRITER_FAILED, IngestClient
 from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
 from sensorhub.protocol import Reading, Topic
@@ -567,7 +568,7 @@ def test_two_workers_share_the_readings_through_shared_subscriptions(
     workers = [IngestClient(settings.replace(worker=number)) for number in (1, 2)]
     for worker in workers:
         worker.start(wait_ready=10)
-    assert workers[0].pipe is not None and workers[1].pipe is None  # one reader of the LED pipe per machine
+    assert [worker.pipe.holding.is_set() for worker in workers] == [True, False]  # one reader of the pipe at a time
     device = RawDevice(settings.mqtt_port, "AA:BB:CC:00:16:01")
     try:
         name, _session = device.join()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,18 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sensorhub.commands import MAX_COMMAND, Command, LedRequest, RenameRequest, format_command, parse_command
 from sensorhub.errors import ClientNotRunning, PayloadError, PipeError
-from sensorhub.ingest.ledpipe import (
-    MAX_COMMAND,
-    Command,
-    LedRequest,
-    PipeReader,
-    RenameRequest,
-    ensure_fifo,
-    format_command,
-    parse_command,
-    send_command,
-)
+from sensorhub.ingest.ledpipe import PipeReader, ensure_fifo, send_command
 from sensorhub.protocol import MAX_NAME, name_problem
 from tests.support import wait_for
 
@@ -302,4 +295,51 @@ def test_a_dead_reader_is_noticed(tmp_path: Path) -> None:
         wait_for(lambda: not reader.alive, 5, what="the reader to be reported dead")
         assert reader.failure is not None and "MemoryError" in reader.failure
     finally:
+        reader.stop()
+
+
+def test_one_reader_holds_the_pipe_and_another_takes_over_when_it_stops(tmp_path: Path) -> None:
+    """Several workers on one machine: the one holding the lock reads; when it stops, the next one reads."""
+    first: list[Command] = []
+    second: list[Command] = []
+    readers = [PipeReader(tmp_path / "fifo", first.append), PipeReader(tmp_path / "fifo", second.append)]
+    for reader in readers:
+        reader.start()
+    try:
+        assert readers[0].holding.is_set() and not readers[1].holding.is_set()
+        send_command(tmp_path / "fifo", LedRequest(1, "1", True))
+        wait_for(lambda: first, 5, what="the holder reading the command")
+        readers[0].stop()
+        wait_for(lambda: readers[1].holding.is_set(), 5, what="the other reader taking the pipe over")
+        send_command(tmp_path / "fifo", LedRequest(2, "1", True))
+        wait_for(lambda: second, 5, what="the new holder reading the command")
+        assert first == [LedRequest(1, "1", True)] and second == [LedRequest(2, "1", True)]
+    finally:
+        for reader in readers:
+            reader.stop()
+    assert not (tmp_path / "fifo").exists()
+
+
+def test_a_reader_killed_with_sigkill_is_taken_over(tmp_path: Path) -> None:
+    """The holder dies without cleaning up (the pipe stays): the kernel drops its lock, another reader takes the
+    same pipe over, and commands flow again."""
+    script = ("import sys, time; from sensorhub.ingest.ledpipe import PipeReader; "
+              "PipeReader(sys.argv[1], print).start(); print('holding', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "fifo")], stdout=subprocess.PIPE)
+    received: list[Command] = []
+    reader = PipeReader(tmp_path / "fifo", received.append)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"holding\n"
+        reader.start()
+        assert not reader.holding.is_set()
+        holder.kill()
+        holder.wait()
+        assert (tmp_path / "fifo").exists()  # left behind by the dead holder
+        wait_for(lambda: reader.holding.is_set(), 5, what="the pipe taken over")
+        send_command(tmp_path / "fifo", RenameRequest(3, "salle B"))
+        wait_for(lambda: received, 5, what="the command read by the new holder")
+        assert received == [RenameRequest(3, "salle B")]
+    finally:
+        holder.kill()
+        holder.wait()
         reader.stop()

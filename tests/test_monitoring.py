@@ -24,10 +24,11 @@ from sqlalchemy import Engine, text
 
 from sensorhub import accounts, health
 from sensorhub.broker import Broker
+from sensorhub.commands import LedRequest
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
 from sensorhub.health import write_heartbeat
-from sensorhub.ingest.ledpipe import LedRequest, send_command
+from sensorhub.ingest.ledpipe import send_command
 from sensorhub.process import Child
 from sensorhub.protocol import Topic
 from sensorhub.telemetry import heartbeat_path

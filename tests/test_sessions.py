@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sensorhub.commands import LedRequest, RenameRequest
 from sensorhub.db.models import format_micros
-from sensorhub.ingest.ledpipe import LedRequest, RenameRequest
 from sensorhub.ingest.sessions import (
     BrokerSessionLost,
     BrokerUnreachable,

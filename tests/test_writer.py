@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
+from sensorhub.commands import LedRequest
 from sensorhub.db.engine import sqlite_path
 from sensorhub.ingest import writer as writer_module
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
 from sensorhub.ingest.writer import Watchdog, Writer
-from sensorhub.protocol import Kind, MacJoin, Reading, SessionRef
+from sensorhub.protocol import Kind, MacJoin, Reading, SessionRef, Topic
 from tests.pgcluster import Cluster
 from tests.support import both_databases, wait_for
 
@@ -368,6 +369,23 @@ def test_messages_of_a_session_another_worker_started_are_checked_against_the_da
     submit_all(second, light(name, "0000", [97], first_mid=6))  # already known to be out of band: no rebuild
     wait_for(lambda: len(recorder.acks) == 6, 5, what="acknowledged")
     assert second.stats.rechecked == 1 and stored(engine) == [11, 22]
+
+
+@both_databases
+def test_a_led_command_for_a_device_another_worker_put_online_is_checked_against_the_database(
+        other: tuple[Writer, Recorder], writer: Writer, paho: Recorder, engine: Engine) -> None:
+    """The command reaches a worker that never heard of the device (another took its join): the database says
+    it is online in that session, so the LED is switched; a command for a session gone stays refused."""
+    second, recorder = other
+    second.shared = True
+    name, session = joined(writer, paho)
+    second.submit(Inbound(LedRequest(1, session, True), now(), 8, 1))
+    wait_for(lambda: recorder.acks == [(8, 1)], 5, what="the command acknowledged")
+    assert recorder.publishes == [(Topic.LED_COMMAND, f"{name};{session};1".encode(), 1)]
+    assert second.stats.rechecked == 1 and second.drops.snapshot() == {}
+    second.submit(Inbound(LedRequest(1, "1.000000", True), now(), 9, 1))  # not the device's session
+    wait_for(lambda: len(recorder.acks) == 2, 5, what="the stale command acknowledged")
+    assert len(recorder.publishes) == 1 and second.drops.snapshot() == {"pipe-offline": 1}
 
 
 @both_databases

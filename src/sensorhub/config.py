@@ -97,6 +97,13 @@ def _log_format(value: str) -> str:
     return text
 
 
+def _commands(value: str) -> str:
+    text = value.strip().lower()
+    if text not in ("pipe", "broker"):
+        raise ValueError("use pipe or broker")
+    return text
+
+
 def _database_url(value: str) -> str:
     # Only the scheme is checked here, without SQLAlchemy: every process reads the settings, and importing
     # SQLAlchemy costs ~25 MiB to those that never open the database (the supervisor, the web watcher).
@@ -188,6 +195,13 @@ class Settings:
         "directory).",
         _optional_path,
     )
+    commands: str = setting(
+        "pipe",
+        "How the web server hands LED commands and renames to the ingest workers: `pipe` (the named pipe, "
+        "web server and a worker on one machine) or `broker` (the server-only topic `sensorhub/commands`, "
+        "published as broker user `sensorhub-web`: for a web server on another machine than the workers).",
+        _commands,
+    )
     state_dir: str = setting(
         "var",
         "Directory of what sensorhub generates: broker passwords, the client's and web server's secrets, the pipe.",
@@ -250,7 +264,7 @@ class Settings:
         "0",
         "Ingest worker number: 0 = the only one (plain subscriptions); 1..N = one of several sharing the readings "
         "through MQTT 5 shared subscriptions `$share/sensorhub/…`, each with its own client id. "
-        "`sensorhub run --workers N` sets it; only worker 0 or 1 reads the LED pipe.",
+        "`sensorhub run --workers N` sets it; one worker of a machine at a time reads the LED pipe.",
         _worker,
     )
 

@@ -2,6 +2,7 @@
 
     var/                       the state directory (SENSORHUB_STATE_DIR), writable by its owner only
       mqtt-client.secret       the ingest client's broker password (0600)
+      mqtt-web.secret          the web server's broker password, for commands through the broker (0600)
       web.secret               the key signing web sessions and CSRF tokens (0600)
       ledpipe                  the LED command pipe (0600, made by the ingest client)
       mosquitto/               the broker's own directory (owned by the mosquitto user when started as root)
@@ -30,7 +31,10 @@ logger = logging.getLogger(__name__)
 #: The broker user of the ingest client, and the one of boards that log in.
 CLIENT_USER = "sensorhub"
 DEVICE_USER = "device"
+#: The broker user of the web server: it may only publish the server-only command topic.
+WEB_USER = "sensorhub-web"
 CLIENT_SECRET = "mqtt-client.secret"
+WEB_MQTT_SECRET = "mqtt-web.secret"
 WEB_SECRET = "web.secret"
 BROKER_DIR = "mosquitto"
 PASSWD = "passwd"
@@ -100,6 +104,16 @@ def client_secret_path(settings: Settings) -> Path:
     return state_dir(settings) / CLIENT_SECRET
 
 
+def web_mqtt_password(settings: Settings) -> str:
+    """The web server's broker password (made at first start; copied to a web server on another machine)."""
+    return read_or_create_secret(web_mqtt_secret_path(settings))
+
+
+def web_mqtt_secret_path(settings: Settings) -> Path:
+    """Where the web server's broker password is kept."""
+    return state_dir(settings) / WEB_MQTT_SECRET
+
+
 def client_id(password: str, worker: int = 0) -> str:
     """The ingest client's MQTT client id: stable, so the broker keeps its session, and not guessable from the
     outside, so that no anonymous client can take its connection over by connecting with the same id."""
@@ -153,7 +167,7 @@ def write_broker_passwd(settings: Settings) -> Path:
     """
     directory = broker_dir(settings)
     target = directory / PASSWD
-    lines = [f"{CLIENT_USER}:{client_password(settings)}"]
+    lines = [f"{CLIENT_USER}:{client_password(settings)}", f"{WEB_USER}:{web_mqtt_password(settings)}"]
     if settings.device_password:
         lines.append(f"{DEVICE_USER}:{settings.device_password}")
     program = find_mosquitto_passwd()

@@ -19,12 +19,20 @@ class BrokerError(SensorhubError):
     """Mosquitto is missing, or cannot start (busy port, unreadable configuration...)."""
 
 
-class PipeError(SensorhubError):
+class CommandError(SensorhubError):
+    """A command of the web server (LED, rename) cannot be handed to the ingest workers."""
+
+
+class PipeError(CommandError):
     """The LED command pipe cannot be created or used."""
 
 
 class ClientNotRunning(PipeError):
-    """No ingest client is reading the LED command pipe."""
+    """No ingest client takes the commands: nobody reads the pipe, or nobody subscribes to the command topic."""
+
+
+class BrokerRelayError(CommandError):
+    """The broker cannot take a command of the web server (out of reach, refused its password)."""
 
 
 class IngestError(SensorhubError):

@@ -1,9 +1,5 @@
-"""The POSIX named pipe from the web server to the ingest client: one JSON command per line.
-
-Format (one line, UTF-8 JSON, at most MAX_COMMAND bytes including the newline):
-
-    {"cmd": "led", "device": 3, "session": "1743946777.603371", "on": true}
-    {"cmd": "rename", "device": 3, "name": "salle B"}
+"""The POSIX named pipe from the web server to the ingest client: one JSON command per line
+(`sensorhub.commands`: at most MAX_COMMAND bytes including the newline).
 
 Every command is far smaller than PIPE_BUF (4096 bytes on Linux) and written with a single write(), so
 lines from concurrent writers (several gunicorn workers) never interleave. Neither side waits for the
@@ -15,82 +11,23 @@ once when no client is reading.
 from __future__ import annotations
 
 import errno
-import json
+import fcntl
 import logging
 import os
 import select
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from sensorhub.commands import MAX_COMMAND, Command, format_command, parse_command
 from sensorhub.credentials import check_private_dir
 from sensorhub.errors import ClientNotRunning, ConfigError, PayloadError, PipeError
-from sensorhub.protocol import check_name, check_session
 
 logger = logging.getLogger(__name__)
 
-MAX_COMMAND = 512
-assert MAX_COMMAND < select.PIPE_BUF
-
-
-@dataclass(frozen=True, slots=True)
-class LedRequest:
-    """Switch a device's LED, if it is still online in `session`."""
-
-    device_id: int
-    session: str
-    on: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RenameRequest:
-    """Give a device a new name (it takes effect in the device's next session)."""
-
-    device_id: int
-    name: str
-
-
-Command = LedRequest | RenameRequest
-
-
-def format_command(command: Command) -> bytes:
-    """One line of the pipe format."""
-    if isinstance(command, LedRequest):
-        body: dict[str, object] = {"cmd": "led", "device": command.device_id, "session": command.session,
-                                   "on": command.on}
-    else:
-        body = {"cmd": "rename", "device": command.device_id, "name": command.name}
-    line = json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
-    if len(line) > MAX_COMMAND:
-        raise PipeError(f"command of {len(line)} bytes is longer than {MAX_COMMAND}")
-    return line
-
-
-def parse_command(line: bytes) -> Command:
-    """Parse and validate one line (without or with its newline); raise PayloadError if it is bad."""
-    try:
-        body = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise PayloadError("pipe command is not JSON", "pipe-json") from None
-    if not isinstance(body, dict):
-        raise PayloadError("pipe command is not a JSON object", "pipe-json")
-    device = body.get("device")
-    if not isinstance(device, int) or isinstance(device, bool) or device < 1:
-        raise PayloadError("pipe command needs a positive integer 'device'", "pipe-field")
-    kind = body.get("cmd")
-    if kind == "led" and set(body) == {"cmd", "device", "session", "on"}:
-        session, on = body["session"], body["on"]
-        if not isinstance(session, str) or not isinstance(on, bool):
-            raise PayloadError("led command needs a string 'session' and a boolean 'on'", "pipe-field")
-        return LedRequest(device, check_session(session), on)
-    if kind == "rename" and set(body) == {"cmd", "device", "name"}:
-        name = body["name"]
-        if not isinstance(name, str):
-            raise PayloadError("rename command needs a string 'name'", "pipe-field")
-        return RenameRequest(device, check_name(name))
-    raise PayloadError(f"unknown pipe command {str(kind)[:20]!r} or wrong fields", "pipe-field")
+#: How often a worker that does not hold the pipe tries to take it over.
+TAKE_OVER_EVERY = 0.5
 
 
 def send_command(path: str | os.PathLike[str], command: Command) -> None:
@@ -171,6 +108,10 @@ def ensure_fifo(path: str | os.PathLike[str]) -> Path:
 class PipeReader:
     """Reads commands from the pipe in a thread and hands each valid one to `on_command`.
 
+    Several workers on one machine each have a reader; the one holding the pipe's lock file (`<pipe>.lock`,
+    an flock) reads the pipe, the others try to take the lock every TAKE_OVER_EVERY seconds. When the holder
+    stops, or dies (the kernel then releases its lock), another worker reads the pipe within a second.
+
     No line can stop it: a line longer than MAX_COMMAND, or one the parser chokes on in any way, is dropped
     and counted. If the thread stops anyway, `alive` turns false and `failure` says why (the client then
     exits, so that it is restarted, rather than answer 202 to commands nobody reads).
@@ -182,22 +123,49 @@ class PipeReader:
         self.on_command = on_command
         self.on_error = on_error
         self.failure: str | None = None
+        #: Set while this reader holds the pipe (the other workers' readers stand by).
+        self.holding = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._read_fd = -1
         self._keep_fd = -1
+        self._lock_fd = -1
 
     @property
     def alive(self) -> bool:
         """Whether the reader thread runs (true before `start` and after `stop` too: nothing failed)."""
         return self._thread is None or self._thread.is_alive() or self._stop.is_set()
 
+    @property
+    def lock_path(self) -> Path:
+        """The lock file whose holder reads the pipe."""
+        return self.path.with_name(self.path.name + ".lock")
+
     def start(self) -> None:
-        """Create and open the pipe (never waiting for a writer), then read it in a thread."""
+        """Take the pipe (create and open it, never waiting for a writer) unless another worker holds it, in
+        which case stand by; then read or stand by in a thread."""
         ensure_fifo(self.path)
-        self._open()
+        try:
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            raise PipeError(f"cannot open the pipe's lock file {self.lock_path}: {err.strerror}") from err
+        if self._take():
+            logger.debug("holding the LED pipe %s", self.path)
+        else:
+            logger.info("another worker reads the LED pipe %s; standing by to take it over", self.path)
         self._thread = threading.Thread(target=self._guarded_run, name="ledpipe", daemon=True)
         self._thread.start()
+
+    def _take(self) -> bool:
+        """Take the lock and open the pipe if no other reader holds it; whether this reader now holds it."""
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        ensure_fifo(self.path)  # the last holder removed it when it stopped
+        self._open()
+        self.holding.set()
+        return True
 
     def _open(self) -> None:
         self._read_fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -212,21 +180,32 @@ class PipeReader:
         self._read_fd = self._keep_fd = -1
 
     def stop(self) -> None:
-        """Stop reading, close the pipe and remove it (the web then gets 'client not running' at once)."""
+        """Stop reading; if holding the pipe, close and remove it (the web then gets 'client not running' at
+        once, unless another worker takes it over), then let the lock go."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        self._close()
-        try:
-            if stat.S_ISFIFO(self.path.lstat().st_mode):
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            logger.warning("could not remove the pipe %s: %s", self.path, err.strerror)
+        if self.holding.is_set():
+            self._close()
+            try:
+                if stat.S_ISFIFO(self.path.lstat().st_mode):
+                    self.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.warning("could not remove the pipe %s: %s", self.path, err.strerror)
+            self.holding.clear()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the lock: a standing-by worker takes the pipe over
+            self._lock_fd = -1
 
     def _guarded_run(self) -> None:
         try:
+            while not self.holding.is_set():
+                if self._stop.wait(TAKE_OVER_EVERY):
+                    return
+                if self._take():
+                    logger.info("took over the LED pipe %s", self.path)
             self._run()
         except BaseException as err:
             self.failure = f"{type(err).__name__}: {err}"

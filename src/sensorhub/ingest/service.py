@@ -1,4 +1,5 @@
-"""The ingest client: paho callbacks parse and enqueue; the writer stores; the pipe brings LED commands.
+"""The ingest client: paho callbacks parse and enqueue; the writer stores; the pipe or the broker's server-only
+topic brings the web server's LED commands and renames.
 
 If the database writer dies or stops making progress, the client says so in one line and exits with
 status 3 (WRITER_FAILED) without acknowledging anything more: what it had not acknowledged stays in its
@@ -24,6 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from sensorhub import credentials
+from sensorhub.commands import COMMAND_TOPIC, Command, parse_command
 from sensorhub.config import Settings
 from sensorhub.credentials import CLIENT_USER, client_password, client_secret_path
 from sensorhub.db.engine import check_schema, make_engine
@@ -31,14 +33,15 @@ from sensorhub.db.space import warn_if_low
 from sensorhub.errors import IngestError, PayloadError
 from sensorhub.ingest.beacon import Beacon
 from sensorhub.ingest.drops import Drops
-from sensorhub.ingest.ledpipe import Command, PipeReader
+from sensorhub.ingest.ledpipe import PipeReader
 from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
-from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound
+from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound, Message
 from sensorhub.ingest.summary import Summary
 from sensorhub.ingest.writer import Watchdog, Writer
 from sensorhub.process import notify
 from sensorhub.protocol import SERVER_SUBSCRIPTIONS, parse_server_message
+from sensorhub.sockets import no_delay
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ class IngestClient:
         self.mqtt.on_subscribe = self._on_subscribe
         self.mqtt.on_message = self._on_message
         self.mqtt.on_publish = self._on_publish
+        self.mqtt.on_socket_open = no_delay
         self.metrics = IngestMetrics()
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
                              presence_timeout=3 * settings.keepalive,
@@ -99,9 +103,8 @@ class IngestClient:
         self.metrics.watch(self.writer)
         self.beacon = Beacon(settings, self._health_facts, self.metrics.registry)
         self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)
-        # One reader of the pipe per machine: the only worker, or worker 1 of several.
-        self.pipe: PipeReader | None = (PipeReader(settings.fifo_path, self._on_command, self._on_pipe_error)
-                                        if settings.worker <= 1 else None)
+        # Every worker of a machine may read the pipe; one at a time does (the others take over if it stops).
+        self.pipe = PipeReader(settings.fifo_path, self._on_command, self._on_pipe_error)
         self.ready = threading.Event()
         #: Set, with the reason, when the client cannot go on (the broker refused our password).
         self.fatal: str | None = None
@@ -116,13 +119,13 @@ class IngestClient:
         self._outage_lock = threading.Lock()
         self._connected = False
         self._connections = 0
+        self._awaited: set[int] = set()  # SUBSCRIBE packets not granted yet
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def start(self, wait_ready: float | None = None) -> None:
-        """Open the pipe, start the writer, connect (retrying until the broker answers)."""
-        if self.pipe is not None:
-            self.pipe.start()
+        """Open the pipe (or stand by for it), start the writer, connect (retrying until the broker answers)."""
+        self.pipe.start()
         self.writer.start()
         self.watchdog.start()
         self.beacon.start()
@@ -141,8 +144,7 @@ class IngestClient:
         self._stopping = True
         self.beacon.stop()
         self.watchdog.stop()
-        if self.pipe is not None:
-            self.pipe.stop()
+        self.pipe.stop()
         self.writer.stop()  # commits and acknowledges everything received before
         # The broker must have read those acknowledgements before we close: it keeps sending meanwhile, and
         # its data reaching a closed socket brings a reset that makes it drop what it had not read yet (the
@@ -150,7 +152,7 @@ class IngestClient:
         # SUBACK comes after the broker read everything we sent before it.
         self._flushed.clear()
         if self.mqtt.is_connected():
-            self.mqtt.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in self.subscriptions])
+            self.mqtt.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in self.subscriptions[-1:]])
             if not self._flushed.wait(5):
                 logger.warning("the broker did not confirm it read our last acknowledgements")
         self.mqtt.disconnect()
@@ -181,7 +183,10 @@ class IngestClient:
         self.metrics.connected.set(1)
         if self._connections > 1:
             self.metrics.reconnections.inc()
-        client.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in self.subscriptions])
+        # Two SUBSCRIBE packets, each under the broker's max_packet_size (200 bytes): the device channels, then
+        # the command topic. Ready when both are granted (on_subscribe runs on this same thread, after us).
+        self._awaited = {cast(int, client.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in packet])[1])
+                         for packet in (self.subscriptions[:-1], self.subscriptions[-1:])}
         logger.info("connected to the broker at %s:%d (session present: %s)", self.settings.mqtt_host,
                     self.settings.mqtt_port, flags.session_present)
         if not flags.session_present:
@@ -228,7 +233,7 @@ class IngestClient:
                        "heard from again", OUTAGE_GRACE)
         self.writer.submit(Inbound(BrokerUnreachable(), time.time_ns() // 1000))
 
-    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[ReasonCode],
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, reasons: list[ReasonCode],
                       _properties: Properties | None) -> None:
         if self._stopping:
             self._flushed.set()  # the SUBACK stop() waits for
@@ -237,13 +242,15 @@ class IngestClient:
         if refused:
             logger.error("the broker refused subscriptions: %s", ", ".join(refused))
             return
-        if not self.ready.is_set():
+        self._awaited.discard(mid)
+        if not self.ready.is_set() and not self._awaited:
             self.ready.set()
             who = f"worker {self.worker} (shared subscriptions $share/{SHARE_GROUP}/…)" if self.worker else ""
-            pipe = (f"reading pipe {self.settings.fifo_path}" if self.pipe is not None
-                    else "not reading the LED pipe (worker 1 does)")
-            logger.info("ingest client %sready: subscribed on %s:%d, %s", f"{who} " if who else "",
-                        self.settings.mqtt_host, self.settings.mqtt_port, pipe)
+            pipe = (f"reading pipe {self.settings.fifo_path}" if self.pipe.holding.is_set()
+                    else f"standing by for pipe {self.settings.fifo_path} (another worker reads it)")
+            logger.info("ingest client %sready: subscribed on %s:%d (commands on %s too), %s",
+                        f"{who} " if who else "", self.settings.mqtt_host, self.settings.mqtt_port, COMMAND_TOPIC,
+                        pipe)
             notify("READY=1")
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -252,7 +259,10 @@ class IngestClient:
         received = time.time_ns() // 1000
         topic = message.topic
         try:
-            parsed = parse_server_message(topic, cast(bytes, message.payload))
+            if topic == COMMAND_TOPIC:
+                parsed: Message = parse_command(cast(bytes, message.payload))
+            else:
+                parsed = parse_server_message(topic, cast(bytes, message.payload))
         except PayloadError as err:
             self.drops.add(err.reason, f"{topic}: {err}")
             if message.qos:
@@ -289,8 +299,7 @@ class IngestClient:
         logger.critical("%s: exiting with status %d to be restarted; nothing unacknowledged is lost, the broker "
                         "delivers it again", problem, WRITER_FAILED)
         self._stopping = True
-        if self.pipe is not None:
-            self.pipe.stop()
+        self.pipe.stop()
         # DISCONNECT, not a dropped connection: the broker keeps our session, with every QoS 1/2 message we
         # did not acknowledge, for the next start (clean_start=False, SESSION_EXPIRY).
         self._disconnected.clear()
@@ -303,14 +312,16 @@ class IngestClient:
 
 
 def subscriptions(worker: int) -> list[tuple[str, int]]:
-    """The device channels the ingest client subscribes to: plain for the only worker, shared for several.
+    """The device channels and the command topic the ingest client subscribes to: plain for the only worker,
+    shared for several (then one of them takes each command).
 
     The only worker keeps plain subscriptions, so that an existing persistent session carries on unchanged
     (subscribing to the shared filter as well would bring every message twice until that session expires).
     """
+    topics = [*SERVER_SUBSCRIPTIONS, (COMMAND_TOPIC, 1)]
     if not worker:
-        return list(SERVER_SUBSCRIPTIONS)
-    return [(f"$share/{SHARE_GROUP}/{topic}", qos) for topic, qos in SERVER_SUBSCRIPTIONS]
+        return topics
+    return [(f"$share/{SHARE_GROUP}/{topic}", qos) for topic, qos in topics]
 
 
 def _exit_now(status: int) -> None:
@@ -340,7 +351,7 @@ def run_client(settings: Settings) -> None:
                 continue  # the watchdog is leaving the broker and ends the process with WRITER_FAILED
             if client.failed.is_set():
                 break
-            if client.pipe is not None and not client.pipe.alive:
+            if not client.pipe.alive:
                 client.fatal = f"the LED pipe reader stopped: {client.pipe.failure or 'unknown reason'}"
                 break
             if summary is not None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from sensorhub.commands import LedRequest, RenameRequest
 from sensorhub.db.models import format_micros
-from sensorhub.ingest.ledpipe import LedRequest, RenameRequest
 from sensorhub.protocol import (
     KIND_TOPICS,
     QOS,

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
+from sensorhub.commands import LedRequest, RenameRequest
 from sensorhub.db import dialect
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
 from sensorhub.db.space import MIB, database_dir, database_space
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
-from sensorhub.ingest.ledpipe import RenameRequest
 from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import (
@@ -78,7 +78,9 @@ _SET_ONLINE = "UPDATE device SET online = ? WHERE id = ?"
 _SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ? AND last_seen < ?"
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
 #: Drops that may only mean this engine is behind the database (another worker started that session).
-_STALE = frozenset({"unknown-device", "out-of-band"})
+#: Drops that, with several workers, may only mean that another worker started the session (or put the device
+#: online) since this worker's engine last read the device table.
+_STALE = frozenset({"unknown-device", "out-of-band", "pipe-unknown-device", "pipe-offline"})
 _QUARANTINE = "INSERT INTO quarantine (received_at, topic, payload, reason) VALUES (?, ?, ?, ?)"
 #: Taken, with several workers, by a transaction that may hand out device ids or names (then released by its
 #: commit): SQLite's write lock through a write that changes nothing; on PostgreSQL an advisory lock.
@@ -470,7 +472,8 @@ class Writer:
         """Messages of a device or session this engine does not know: if the database knows it (another worker
         started it), rebuild the engine from the database and decide the batch again; else they stay dropped."""
         stale: set[tuple[str, str]] = set()
-        by_session_name = self.sessions.by_session_name
+        commands: set[tuple[int, str]] = set()  # LED commands for a device not online in that session here
+        by_session_name, by_id = self.sessions.by_session_name, self.sessions.by_id
         for item in batch:
             message = item.message
             if isinstance(message, (Reading, SessionRef, Leave)):
@@ -478,19 +481,29 @@ class Writer:
                 device = by_session_name.get(name)
                 if device is None or device.session_id != session:
                     stale.add((name, session))
-        if not stale:
+            elif isinstance(message, LedRequest):
+                known_device = by_id.get(message.device_id)
+                if known_device is None or not known_device.online or known_device.session_id != message.session:
+                    commands.add((message.device_id, message.session))
+        if not stale and not commands:
             return done
-        names = sorted({name for name, _session in stale})
-        sql = f"SELECT session_name, session_id FROM device WHERE session_name IN ({', '.join('?' * len(names))})"
-        rows = conn.exec_driver_sql(dialect.placeholders(sql, conn.dialect.paramstyle), tuple(names)).all()
-        known = {(str(row[0]), str(row[1])) for row in rows}
+        found = False
+        if stale:
+            names = sorted({name for name, _session in stale})
+            sql = f"SELECT session_name, session_id FROM device WHERE session_name IN ({', '.join('?' * len(names))})"
+            rows = conn.exec_driver_sql(dialect.placeholders(sql, conn.dialect.paramstyle), tuple(names)).all()
+            found = bool(stale & {(str(row[0]), str(row[1])) for row in rows})
+        if commands and not found:
+            ids = sorted({device_id for device_id, _session in commands})
+            sql = f"SELECT id, session_id FROM device WHERE online AND id IN ({', '.join('?' * len(ids))})"
+            rows = conn.exec_driver_sql(dialect.placeholders(sql, conn.dialect.paramstyle), tuple(ids)).all()
+            found = bool(commands & {(int(row[0]), str(row[1])) for row in rows})
         conn.rollback()
-        if not stale & known:
-            return done  # out of band for the database too
+        if not found:
+            return done  # out of band (or offline) for the database too
         self._replace_sessions(load_sessions(conn, self.presence_timeout_us))
         self.stats.rechecked += 1
-        logger.debug("the database knows %d session(s) this worker did not: deciding the batch again",
-                     len(stale & known))
+        logger.debug("the database knows sessions or online devices this worker did not: deciding the batch again")
         return self.sessions.apply(batch)
 
     def _after_commit(self, done: Decisions, size: int) -> None:

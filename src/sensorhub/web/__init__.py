@@ -16,6 +16,7 @@ from sensorhub.credentials import state_dir, web_secret_key
 from sensorhub.web.database import ReadOnlyDatabase
 from sensorhub.web.errors import register_error_handlers
 from sensorhub.web.present import register_filters
+from sensorhub.web.relay import make_relay
 from sensorhub.web.state import EXTENSION, WebState
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     throttle_file = state_dir(settings) / "web-logins.sqlite3"
     throttle = auth.LoginThrottle(throttle_file)
     os.chmod(throttle_file, 0o600)  # it holds client addresses
-    app.extensions[EXTENSION] = WebState(settings, ReadOnlyDatabase(settings.database_url), throttle)
+    app.extensions[EXTENSION] = WebState(settings, ReadOnlyDatabase(settings.database_url), throttle,
+                                         make_relay(settings))
     CSRFProtect(app)
     register_filters(app)
     register_error_handlers(app)

@@ -12,10 +12,10 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
+from sensorhub.commands import LedRequest, RenameRequest
 from sensorhub.db import history, queries
 from sensorhub.db.space import database_space
-from sensorhub.errors import ClientNotRunning, PipeError
-from sensorhub.ingest.ledpipe import LedRequest, RenameRequest, send_command
+from sensorhub.errors import ClientNotRunning, CommandError
 from sensorhub.protocol import Kind
 from sensorhub.rules import NAME_RULE
 from sensorhub.web.auth import control_required, visitor
@@ -86,12 +86,14 @@ def _unknown(device_id: int) -> ApiError:
 
 
 def _relay(command: LedRequest | RenameRequest) -> None:
+    relay = web_state().relay
+    assert relay is not None
     try:
-        send_command(web_state().settings.fifo_path, command)
+        relay.send(command)
     except ClientNotRunning as err:
         logger.warning("command not relayed: %s", err)
         raise ApiError(CLIENT_NOT_RUNNING, 503) from err
-    except PipeError as err:
+    except CommandError as err:
         logger.warning("command not relayed: %s", err)
         raise ApiError(f"commande non transmise au client d'ingestion : {err}", 503) from err
 
@@ -169,7 +171,7 @@ def stats() -> Response:
 @bp.post("/devices/<id:device_id>/led")
 @control_required
 def led(device_id: int) -> Answer:
-    """Relay `{"on": true|false}` to an online device through the ingest client; 202 once in the pipe."""
+    """Relay `{"on": true|false}` to an online device through the ingest client; 202 once handed over."""
     on = _json_object({"on"})["on"]
     if not isinstance(on, bool):
         raise ApiError("le champ 'on' vaut true ou false")

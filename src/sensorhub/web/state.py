@@ -12,17 +12,19 @@ from sensorhub.web.database import ReadOnlyDatabase
 
 if TYPE_CHECKING:
     from sensorhub.web.auth import LoginThrottle
+    from sensorhub.web.relay import Relay
 
 EXTENSION = "sensorhub"
 
 
 @dataclass(frozen=True)
 class WebState:
-    """The settings the app was built with and its lazily opened database."""
+    """The settings the app was built with, its lazily opened database and how it hands commands over."""
 
     settings: Settings
     database: ReadOnlyDatabase
     throttle: LoginThrottle | None = None
+    relay: Relay | None = None
 
 
 def web_state() -> WebState:

@@ -1,0 +1,14 @@
+"""Socket options of sensorhub's own MQTT connections."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+
+def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
+    """paho's `on_socket_open`: send each packet at once (TCP_NODELAY), as the broker does with `set_tcp_nodelay
+    true`. A name or a LED command written right after an acknowledgement must not wait 40 ms in the kernel
+    (Nagle's algorithm against the broker's delayed ACK)."""
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

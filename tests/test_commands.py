@@ -1,0 +1,268 @@
+"""LED commands and renames through the broker's server-only topic (SENSORHUB_COMMANDS=broker): a web server that
+shares no file with the ingest workers, against a real Mosquitto with the project's ACL, two workers on MQTT 5
+shared subscriptions and a real database."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from flask.testing import FlaskClient
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import Engine, text
+
+from sensorhub.broker import Broker
+from sensorhub.commands import COMMAND_TOPIC, LedRequest, RenameRequest, format_command
+from sensorhub.config import Settings
+from sensorhub.credentials import WEB_MQTT_SECRET, WEB_USER, web_mqtt_password
+from sensorhub.errors import BrokerRelayError, ClientNotRunning
+from sensorhub.ingest.service import IngestClient
+from sensorhub.protocol import Topic
+from sensorhub.web import create_app
+from sensorhub.web.relay import BrokerRelay
+from tests.devices import RawDevice
+from tests.support import both_databases, free_port, log_in_as_server, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def mine(board: RawDevice) -> list[bytes]:
+    """The LED commands `board` received that are meant for it."""
+    return [command for command in board.commands if command.startswith(f"{board.name};".encode())]
+
+
+def web_machine(settings: Settings, tmp_path: Path, secret: str | None = None) -> Settings:
+    """The web server's settings on "another machine": its own state directory (holding a copy of the broker
+    machine's mqtt-web.secret, or `secret`) and a pipe path nobody reads."""
+    state = tmp_path / "web-machine"
+    state.mkdir(mode=0o700)
+    target = state / WEB_MQTT_SECRET
+    if secret is None:
+        shutil.copy(Path(settings.state_dir) / WEB_MQTT_SECRET, target)
+    else:
+        target.write_text(secret + "\n")
+    target.chmod(0o600)
+    return settings.replace(state_dir=str(state), fifo=str(state / "nobody-reads-this"), commands="broker")
+
+
+def api_client(settings: Settings) -> FlaskClient:
+    """A test client of the web app with its CSRF token in the default headers."""
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    client = app.test_client()
+    page = client.get("/accueil").get_data(as_text=True)
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)"', page)
+    assert match, "no csrf-token meta tag"
+    client.environ_base["HTTP_X_CSRFTOKEN"] = match.group(1)
+    return client
+
+
+@pytest.fixture
+def workers(settings: Settings, broker: Broker, engine: Engine) -> Iterator[list[IngestClient]]:
+    """Two ingest workers sharing the readings and the commands ($share/sensorhub/…)."""
+    started = [IngestClient(settings.replace(worker=number)) for number in (1, 2)]
+    try:
+        for worker in started:
+            worker.start(wait_ready=10)
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+@both_databases
+def test_a_web_server_on_another_machine_switches_leds_and_renames_through_the_broker(
+        settings: Settings, tmp_path: Path, workers: list[IngestClient], engine: Engine) -> None:
+    """Eight boards join through two workers; the web server, with no pipe, switches each one's LED and renames
+    one: whichever worker takes a command, the board gets it (a worker that did not see the join asks the
+    database whether the board is online in that session)."""
+    boards = [RawDevice(settings.mqtt_port, f"02:00:00:00:0C:{n:02X}") for n in range(8)]
+    elsewhere = web_machine(settings, tmp_path)
+    client = api_client(elsewhere)
+    try:
+        for board in boards:
+            board.join()
+        for board in boards:
+            ident = wait_for(lambda: device_online(engine, board.name), 10, what="online")  # noqa: B023
+            response = client.post(f"/api/devices/{ident}/led", json={"on": True})
+            assert response.status_code == 202, response.get_json()
+        for board in boards:  # each board hears every LED command and keeps its own (the firmware's filter)
+            wait_for(lambda: mine(board), 10, what=f"{board.name}'s LED command")  # noqa: B023
+            assert mine(board) == [f"{board.name};{board.session};1".encode()]
+        assert not elsewhere.fifo_path.exists()  # nothing went through a pipe
+        response = client.post(f"/api/devices/{device_online(engine, boards[0].name)}/name", json={"name": "salle B"})
+        assert response.status_code == 200, response.get_json()
+        assert response.get_json()["name"] == "salle B"
+        assert [worker.drops.snapshot() for worker in workers] == [{}, {}]
+    finally:
+        for board in boards:
+            board.close()
+
+
+def test_a_led_command_for_a_board_that_left_is_refused_by_the_worker(
+        settings: Settings, tmp_path: Path, broker: Broker, engine: Engine) -> None:
+    """The worker checks the board is online in the command's session, whoever sent the command."""
+    worker = IngestClient(settings)
+    worker.start(wait_ready=10)
+    board = RawDevice(settings.mqtt_port, "02:00:00:00:0C:80")
+    try:
+        board.join()
+        ident = wait_for(lambda: worker.writer.sessions.by_session_name.get(board.name), 10).id
+        wait_for(lambda: worker.writer.sessions.by_id[ident].online, 10, what="online")
+        relay = BrokerRelay(web_machine(settings, tmp_path))
+        relay.send(LedRequest(ident, "1.000000", True))  # a session the board is not in
+        wait_for(lambda: worker.drops.snapshot().get("pipe-offline"), 10, what="the command refused")
+        relay.send(LedRequest(ident, board.session, False))
+        wait_for(lambda: board.commands, 10, what="the LED command")
+        assert board.commands == [f"{board.name};{board.session};0".encode()]
+        relay.close()
+    finally:
+        board.close()
+        worker.stop()
+
+
+def test_commands_are_refused_clearly_without_a_worker_a_password_or_a_broker(
+        settings: Settings, tmp_path: Path, broker: Broker) -> None:
+    """No worker ever subscribed: "client not running"; a web secret that is not the broker's: which file;
+    no broker: where it was looked for. Each is a 503 from the API, naming the cause."""
+    relay = BrokerRelay(web_machine(settings, tmp_path))
+    with pytest.raises(ClientNotRunning, match=COMMAND_TOPIC):
+        relay.send(RenameRequest(1, "salle B"))
+    relay.close()
+    wrong = tmp_path / "other"
+    wrong.mkdir()
+    relay = BrokerRelay(web_machine(settings, wrong, secret="not-the-broker-machine-s"))
+    with pytest.raises(BrokerRelayError, match=f"refused the web server's password.*{WEB_MQTT_SECRET}"):
+        relay.send(RenameRequest(1, "salle B"))
+    relay.close()
+    nowhere = settings.replace(mqtt_port=free_port())
+    (tmp_path / "none").mkdir()
+    relay = BrokerRelay(web_machine(nowhere, tmp_path / "none"))
+    started = time.monotonic()
+    with pytest.raises(BrokerRelayError, match=f"cannot reach the broker at 127.0.0.1:{nowhere.mqtt_port}"):
+        relay.send(LedRequest(1, "1.000000", True))
+    assert time.monotonic() - started < 10  # sanity bound: a refused connection is known at once
+    relay.close()
+
+
+def publisher(settings: Settings, login: tuple[str, str] | None) -> tuple[mqtt.Client, dict[int, Any]]:
+    """A connected MQTT 5 client (anonymous, or `login`) recording each PUBACK's reason code."""
+    acks: dict[int, Any] = {}
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if login is not None:
+        client.username_pw_set(*login)
+    client.on_publish = lambda _c, _u, mid, reason, _p: acks.__setitem__(mid, reason)
+    client.connect("127.0.0.1", settings.mqtt_port)
+    client.loop_start()
+    wait_for(client.is_connected, 5, what="connected")
+    return client, acks
+
+
+def test_only_the_web_server_may_publish_commands_and_it_may_publish_nothing_else(
+        settings: Settings, broker: Broker, engine: Engine) -> None:
+    """An anonymous client (a board, or anyone on the LAN) cannot inject a command; the web server's broker user
+    cannot reach a board directly, nor read what the boards send."""
+    worker = IngestClient(settings)
+    worker.start(wait_ready=10)
+    board = RawDevice(settings.mqtt_port, "02:00:00:00:0C:81")
+    anonymous, anonymous_acks = publisher(settings, None)
+    web, web_acks = publisher(settings, (WEB_USER, web_mqtt_password(settings)))
+    overheard: list[str] = []
+    web.on_message = lambda _c, _u, message: overheard.append(message.topic)
+    try:
+        board.join()
+        ident = wait_for(lambda: worker.writer.sessions.by_session_name.get(board.name), 10).id
+        wait_for(lambda: worker.writer.sessions.by_id[ident].online, 10, what="online")
+        web.subscribe([(str(topic), 1) for topic in Topic])
+        forged = format_command(LedRequest(ident, board.session, True))
+        info = anonymous.publish(COMMAND_TOPIC, forged, qos=1)
+        direct = web.publish(Topic.LED_COMMAND, f"{board.name};{board.session};1", qos=1)
+        wait_for(lambda: info.mid in anonymous_acks and direct.mid in web_acks, 5, what="both PUBACKs")
+        assert anonymous_acks[info.mid].is_failure and web_acks[direct.mid].is_failure  # "Not authorized"
+        board.reading(Topic.PHOTORESISTOR_STATUS, 512)
+        # The worker's own LED command after the forged one: once it arrived, the forged one would have too.
+        mine = web.publish(COMMAND_TOPIC, format_command(LedRequest(ident, board.session, False)), qos=1)
+        mine.wait_for_publish(5)
+        wait_for(lambda: board.commands, 10, what="the web server's own command")
+        assert board.commands == [f"{board.name};{board.session};0".encode()]
+        assert overheard == []
+    finally:
+        for client in (anonymous, web):
+            client.disconnect()
+            client.loop_stop()
+        board.close()
+        worker.stop()
+
+
+def test_the_pipe_moves_to_another_worker_when_its_holder_stops(
+        settings: Settings, broker: Broker, engine: Engine) -> None:
+    """Two workers on one machine: the web server's default path (the pipe) keeps working when the worker
+    holding it stops, and the commands still reach a board whose join the other worker took."""
+    first, second = (IngestClient(settings.replace(worker=number)) for number in (1, 2))
+    first.start(wait_ready=10)
+    second.start(wait_ready=10)
+    board = RawDevice(settings.mqtt_port, "02:00:00:00:0C:82")
+    stopped = False
+    try:
+        assert first.pipe.holding.is_set() and not second.pipe.holding.is_set()
+        board.join()
+        ident = wait_for(lambda: device_online(engine, board.name), 10, what="online")
+        client = api_client(settings)
+        assert client.post(f"/api/devices/{ident}/led", json={"on": True}).status_code == 202
+        wait_for(lambda: board.commands, 10, what="the first LED command")
+        first.stop()
+        stopped = True
+        wait_for(lambda: second.pipe.holding.is_set(), 5, what="the second worker taking the pipe over")
+        response = client.post(f"/api/devices/{ident}/led", json={"on": False})
+        assert response.status_code == 202, response.get_json()
+        wait_for(lambda: len(board.commands) == 2, 10, what="the second LED command")
+        assert board.commands[1] == f"{board.name};{board.session};0".encode()
+    finally:
+        board.close()
+        if not stopped:
+            first.stop()
+        second.stop()
+
+
+def device_online(engine: Engine, name: str) -> int | None:
+    """The id of the device whose session name is `name` once it is online, else None."""
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT id, online FROM device WHERE session_name = :n"), {"n": name}).one_or_none()
+    return int(row[0]) if row is not None and row[1] else None
+
+
+def test_a_command_travels_as_the_documented_line_with_its_expiry(settings: Settings, broker: Broker) -> None:
+    """What the ingest client's user receives on the command topic: the pipe's JSON line, QoS 1, and a message
+    expiry (a LED command nobody took within 10 s is dropped by the broker)."""
+    received: list[mqtt.MQTTMessage] = []
+    subscribed = threading.Event()
+    reader = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    log_in_as_server(reader, settings)
+    reader.on_message = lambda _c, _u, message: received.append(message)
+    reader.on_subscribe = lambda *_args: subscribed.set()
+    reader.connect("127.0.0.1", settings.mqtt_port)
+    reader.loop_start()
+    try:
+        wait_for(reader.is_connected, 5)
+        reader.subscribe(COMMAND_TOPIC, 1)
+        assert subscribed.wait(5)
+        relay = BrokerRelay(settings.replace(commands="broker"))
+        relay.send(LedRequest(5, "1.000000", True))
+        relay = BrokerRelay(settings.replace(commands="broker"))
+        relay.send(RenameRequest(5, "salle C"))
+        wait_for(lambda: len(received) == 2, 5, what="the commands")
+        assert [message.payload for message in received] == [
+            b'{"cmd":"led","device":5,"session":"1.000000","on":true}', b'{"cmd":"rename","device":5,"name":"salle C"}']
+        assert [message.qos for message in received] == [1, 1]
+        assert [message.properties.MessageExpiryInterval for message in received] == [10, 3600]  # type: ignore[union-attr]
+        relay.close()
+    finally:
+        reader.disconnect()
+        reader.loop_stop()
