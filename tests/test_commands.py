@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from sensorhub.protocol import Topic
 from sensorhub.web import create_app
 from sensorhub.web.relay import BrokerRelay
 from tests.devices import RawDevice
+from tests.stack import web_server, web_url
 from tests.support import both_databases, free_port, log_in_as_server, wait_for
+from tests.visitor import Browser
 
 pytestmark = pytest.mark.integration
 
@@ -77,29 +80,41 @@ def workers(settings: Settings, broker: Broker, engine: Engine) -> Iterator[list
             worker.stop()
 
 
+@dataclass
+class WebSite:
+    """The web server of `settings` (gunicorn in a subprocess)."""
+
+    settings: Settings
+
+    def url(self, path: str) -> str:
+        """Absolute URL of `path` on it."""
+        return web_url(self.settings, path)
+
+
 @both_databases
 def test_a_web_server_on_another_machine_switches_leds_and_renames_through_the_broker(
         settings: Settings, tmp_path: Path, workers: list[IngestClient], engine: Engine) -> None:
-    """Eight boards join through two workers; the web server, with no pipe, switches each one's LED and renames
-    one: whichever worker takes a command, the board gets it (a worker that did not see the join asks the
-    database whether the board is online in that session)."""
+    """Eight boards join through two workers; the web server (gunicorn, two processes), with no pipe, switches
+    each one's LED and renames one: whichever worker takes a command, the board gets it (a worker that did not
+    see the join asks the database whether the board is online in that session)."""
     boards = [RawDevice(settings.mqtt_port, f"02:00:00:00:0C:{n:02X}") for n in range(8)]
     elsewhere = web_machine(settings, tmp_path)
-    client = api_client(elsewhere)
     try:
         for board in boards:
             board.join()
-        for board in boards:
-            ident = wait_for(lambda: device_online(engine, board.name), 10, what="online")  # noqa: B023
-            response = client.post(f"/api/devices/{ident}/led", json={"on": True})
-            assert response.status_code == 202, response.get_json()
-        for board in boards:  # each board hears every LED command and keeps its own (the firmware's filter)
-            wait_for(lambda: mine(board), 10, what=f"{board.name}'s LED command")  # noqa: B023
-            assert mine(board) == [f"{board.name};{board.session};1".encode()]
-        assert not elsewhere.fifo_path.exists()  # nothing went through a pipe
-        response = client.post(f"/api/devices/{device_online(engine, boards[0].name)}/name", json={"name": "salle B"})
-        assert response.status_code == 200, response.get_json()
-        assert response.get_json()["name"] == "salle B"
+        with web_server(elsewhere, workers=2):
+            visitor = Browser(WebSite(elsewhere))
+            for board in boards:
+                ident = wait_for(lambda: device_online(engine, board.name), 10, what="online")  # noqa: B023
+                status, body = visitor.post_json(f"/api/devices/{ident}/led", {"on": True})
+                assert status == 202, body
+            for board in boards:  # each board hears every LED command and keeps its own (the firmware's filter)
+                wait_for(lambda: mine(board), 10, what=f"{board.name}'s LED command")  # noqa: B023
+                assert mine(board) == [f"{board.name};{board.session};1".encode()]
+            assert not elsewhere.fifo_path.exists()  # nothing went through a pipe
+            status, body = visitor.post_json(f"/api/devices/{device_online(engine, boards[0].name)}/name",
+                                             {"name": "salle B"})
+            assert (status, body["name"]) == (200, "salle B"), body
         assert [worker.drops.snapshot() for worker in workers] == [{}, {}]
     finally:
         for board in boards:
