@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 BROKER_WAIT = 3.0
 #: MQTT 5 PUBACK reason: the broker took the message, and nobody subscribes to its topic.
 NO_MATCHING_SUBSCRIBERS = 16
+#: A PUBACK nobody took within this many seconds belongs to a request that gave up: forget it.
+_FORGET_AFTER = 10 * BROKER_WAIT
 #: CONNACK reasons that mean the user name or password is wrong (MQTT 5 and their 3.1.1 mappings).
 _REFUSED_LOGIN = frozenset({134, 135})
 
@@ -68,7 +71,7 @@ class BrokerRelay:
         self._settled = threading.Event()  # an attempt to connect ended, either way
         self._refused: str | None = None
         self._acks = threading.Condition()
-        self._results: dict[int, ReasonCode] = {}
+        self._results: dict[int, tuple[ReasonCode, float]] = {}  # PUBACKs by message id, with when they came
 
     def send(self, command: Command) -> None:
         """Publish the command at QoS 1 and wait for the broker's acknowledgement."""
@@ -82,7 +85,7 @@ class BrokerRelay:
             if not self._acks.wait_for(lambda: info.mid in self._results, BROKER_WAIT):
                 raise BrokerRelayError(f"the broker at {self._where()} did not acknowledge the command within "
                                        f"{BROKER_WAIT:.0f} s")
-            reason = self._results.pop(info.mid)
+            reason = self._results.pop(info.mid)[0]
         if reason.value == NO_MATCHING_SUBSCRIBERS:
             raise ClientNotRunning(f"no ingest client subscribes to {COMMAND_TOPIC} on the broker at {self._where()}")
         if reason.is_failure:
@@ -151,10 +154,11 @@ class BrokerRelay:
 
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason: ReasonCode,
                     _properties: Properties | None) -> None:
+        now = time.monotonic()
         with self._acks:
-            if len(self._results) > 1000:  # acknowledgements nobody waited for any more
-                self._results.clear()
-            self._results[mid] = reason
+            for old in [key for key, (_reason, at) in self._results.items() if now - at > _FORGET_AFTER]:
+                del self._results[old]  # came after its request gave up waiting
+            self._results[mid] = (reason, now)
             self._acks.notify_all()
 
     def close(self) -> None:
