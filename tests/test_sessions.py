@@ -448,3 +448,21 @@ def test_wire_gives_back_the_channel_and_payload_of_each_message() -> None:
     assert wire(MacJoin(MACS[0])) == ("state/join", MACS[0])
     assert wire(Leave("capteur01", "1.2")) == ("state/leave", "capteur01;1.2")
     assert wire(SessionRef("capteur01", "1.2")) == ("state/join", "capteur01;1.2")
+
+
+def test_upsert_takes_rows_another_worker_changed_and_keeps_what_only_this_engine_knew() -> None:
+    """A rename and a new session elsewhere: the old name is free again here, the new one taken; a device still
+    in its session keeps its flags and its latest stamp; devices added elsewhere move next_id on."""
+    engine = Sessions([Device(1, "a", "a", "02:00:00:00:00:01", "1.000000", True, T0, T0 + 50),
+                       Device(2, "b", "b", "02:00:00:00:00:02", "2.000000", True, T0, T0)], next_id=3)
+    engine.by_id[1].lost = True
+    engine.by_id[2].heard = False
+    engine.upsert([Device(1, "salle B", "a", "02:00:00:00:00:01", "1.000000", False, T0, T0 + 10),
+                   Device(2, "b", "b", "02:00:00:00:00:02", "3.000000", True, T0, T0 + 20),
+                   Device(7, "g", "g", "02:00:00:00:00:07", "7.000000", False, T0, T0)], next_id=8)
+    assert not engine.name_taken("a", 1) and engine.name_taken("salle B") and engine.by_name.get("a") is None
+    assert engine.by_session_name["a"].id == 1 and engine.by_mac["02:00:00:00:00:07"].id == 7
+    one, two = engine.by_id[1], engine.by_id[2]
+    assert (one.lost, one.last_seen_us) == (True, T0 + 50)  # same session: still lost, stamps never go back
+    assert two.heard is True and two.session_id == "3.000000"  # a new session: nothing carried over
+    assert engine.next_id == 8

@@ -10,10 +10,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import OperationalError
 
-from sensorhub.commands import LedRequest
+from sensorhub.commands import LedRequest, RenameRequest
 from sensorhub.db.engine import sqlite_path
 from sensorhub.ingest import writer as writer_module
 from sensorhub.ingest.drops import Drops
@@ -386,6 +386,34 @@ def test_a_led_command_for_a_device_another_worker_put_online_is_checked_against
     second.submit(Inbound(LedRequest(1, "1.000000", True), now(), 9, 1))  # not the device's session
     wait_for(lambda: len(recorder.acks) == 2, 5, what="the stale command acknowledged")
     assert len(recorder.publishes) == 1 and second.drops.snapshot() == {"pipe-offline": 1}
+
+
+@both_databases
+def test_a_worker_reads_only_the_rows_a_batch_needs_never_the_whole_device_table(
+        other: tuple[Writer, Recorder], writer: Writer, paho: Recorder, engine: Engine) -> None:
+    """Joins and renames under the lock, and sessions another worker started, read a few rows by index: with
+    100,000 devices the whole table takes seconds to read, and every join batch would pay for it."""
+    second, recorder = other
+    second.shared = True
+    name, session = joined(writer, paho, "02:00:00:00:00:01")  # through the first worker
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        submit_all(second, [Inbound(MacJoin("02:00:00:00:00:02"), now(), 1, 2),
+                            Inbound(RenameRequest(1, "salle B"), now()), *light(name, session, [5], first_mid=2)])
+        wait_for(lambda: len(recorder.acks) == 2, 5, what="the batch acknowledged")
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    reads = [statement for statement in statements if statement.startswith("SELECT") and "FROM device" in statement]
+    assert reads and all(" WHERE " in statement for statement in reads), reads
+    assert stored(engine) == [5] and second.drops.snapshot() == {}  # the reading's session was read, not dropped
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, name, session_name FROM device ORDER BY id")).all()
+    assert [tuple(row) for row in rows] == [(1, "salle B", name), (2, "capteur02", "capteur02")]
 
 
 @both_databases

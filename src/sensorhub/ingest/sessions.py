@@ -83,6 +83,11 @@ class Inbound:
     qos: int = 0
 
 
+def default_name(device_id: int) -> str:
+    """The name a new device gets: `capteur01`, `capteur02`, ... (a suffix when a rename took it)."""
+    return f"capteur{device_id:02d}"
+
+
 def wire(message: Message) -> tuple[str, str]:
     """The channel and payload a message came as (for the quarantine); the pipe's commands as `pipe`."""
     match message:
@@ -205,6 +210,25 @@ class Sessions:
                 before = previous.by_id.get(device.id)
                 device.heard = before.heard if before is not None else True
 
+    def upsert(self, devices: Iterable[Device], next_id: int) -> None:
+        """Take these rows as the database now holds them (another worker changed them), keeping what this
+        engine knew beyond the table of each device still in the same session."""
+        devices = list(devices)
+        for device in devices:
+            before = self.by_id.get(device.id)
+            if before is not None:
+                for index, key in ((self.by_mac, before.mac), (self.by_name, before.name),
+                                   (self.by_session_name, before.session_name)):
+                    if index.get(key) is before:
+                        del index[key]
+                # Stamps only move forward, whoever wrote the last one.
+                device.last_seen_us = max(device.last_seen_us, before.last_seen_us)
+                if before.session_id == device.session_id:
+                    device.heard = before.heard
+                    device.lost = before.lost and not device.online
+            self._index(device)
+        self.next_id = max(self.next_id, next_id, *(device.id + 1 for device in devices))
+
     def name_taken(self, name: str, device_id: int | None = None) -> bool:
         """Whether a device other than `device_id` has `name` as its name or its session's name."""
         holders = (self.by_name.get(name), self.by_session_name.get(name))
@@ -315,10 +339,10 @@ class Sessions:
             out.notes.append(f"broker out of reach: marked {len(gone)} device(s) offline until they are heard from")
 
     def _default_name(self, device_id: int) -> str:
-        name = f"capteur{device_id:02d}"
+        name = default_name(device_id)
         suffix = 2
         while self.name_taken(name):  # a device was renamed to this one's default name
-            name = f"capteur{device_id:02d}-{suffix}"
+            name = f"{default_name(device_id)}-{suffix}"
             suffix += 1
         return name
 

@@ -11,11 +11,12 @@ one message at a time, so only the message that fails is discarded (counted, log
 would fail again). If the thread dies or stops making progress anyway, the Watchdog says so.
 
 Several workers (each with its own Writer, `shared`) share one database, which is the authority: a batch
-holding joins or renames is decided under a database lock on the device table as it is then; a batch refused
-by a constraint while it hands out device ids or names (another worker handed out the same first) is
-retried, up to CONFLICT_RETRIES times, on the engine rebuilt from the database before anything is
-isolated, and a message whose device or session this engine does not know is checked against the
-database (rebuild, apply again) before it is discarded.
+holding joins or renames is decided under a database lock, after reading the rows it depends on as they are
+then (its MACs, its devices, the names it may give, the devices added since); a message whose session this
+engine does not know, or a LED command for a device offline here, has its rows read before the batch is
+decided; a batch refused by a constraint while it hands out device ids or names (another worker handed out
+the same first) is retried, up to CONFLICT_RETRIES times, on the engine rebuilt from the whole table before
+anything is isolated.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -48,6 +50,7 @@ from sensorhub.ingest.sessions import (
     Rename,
     Sessions,
     SweepDue,
+    default_name,
     wire,
 )
 from sensorhub.protocol import Kind, Leave, MacJoin, Reading, SessionRef
@@ -78,9 +81,6 @@ _SET_ONLINE = "UPDATE device SET online = ? WHERE id = ?"
 _SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ? AND last_seen < ?"
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
 #: Drops that may only mean this engine is behind the database (another worker started that session).
-#: Drops that, with several workers, may only mean that another worker started the session (or put the device
-#: online) since this worker's engine last read the device table.
-_STALE = frozenset({"unknown-device", "out-of-band", "pipe-unknown-device", "pipe-offline"})
 _QUARANTINE = "INSERT INTO quarantine (received_at, topic, payload, reason) VALUES (?, ?, ?, ?)"
 #: Taken, with several workers, by a transaction that may hand out device ids or names (then released by its
 #: commit): SQLite's write lock through a write that changes nothing; on PostgreSQL an advisory lock.
@@ -114,6 +114,9 @@ class WriterStats:
     rechecked: int = 0
 
 
+_DEVICE_ROWS = "SELECT id, name, session_name, mac, session_id, online, joined_at, last_seen FROM device"
+
+
 def load_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
     """A session engine holding the device table as it is now."""
     conn.rollback()
@@ -124,13 +127,15 @@ def load_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
 
 def _read_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
     """The device table, read in the caller's transaction."""
-    rows = conn.exec_driver_sql(
-        "SELECT id, name, session_name, mac, session_id, online, joined_at, last_seen FROM device"
-    ).all()
+    devices = [_device(row) for row in conn.exec_driver_sql(_DEVICE_ROWS)]
     seq = conn.exec_driver_sql(dialect.LAST_DEVICE_ID[conn.dialect.name]).scalar()
-    devices = [Device(row[0], row[1], row[2], row[3], row[4], bool(row[5]), to_micros(parse_timestamp(row[6])),
-                      to_micros(parse_timestamp(row[7]))) for row in rows]
     return Sessions(devices, next_id=int(seq or 0) + 1, presence_timeout_us=presence_timeout_us)
+
+
+def _device(row: Any) -> Device:
+    """A row of _DEVICE_ROWS as the engine holds it."""
+    return Device(row[0], row[1], row[2], row[3], row[4], bool(row[5]), to_micros(parse_timestamp(row[6])),
+                  to_micros(parse_timestamp(row[7])))
 
 
 class Writer:
@@ -419,14 +424,9 @@ class Writer:
         conn = self._conn
         assert conn is not None
         try:
-            locked = self.shared and _hands_out(batch)
-            if locked:
-                self._lock_devices(conn)
+            if self.shared:  # a single worker's engine is the database's state: it never pays for this
+                self._refresh(conn, batch)
             done = self.sessions.apply(batch)
-            # Only another worker can have started a session this engine does not know (under the lock, the
-            # engine was just rebuilt): a single worker never pays for the check.
-            if self.shared and not locked and any(reason in _STALE for reason, _detail in done.drops):
-                done = self._recheck(conn, batch, done)
             events: list[SessionEvent] = []
             for change in done.changes:
                 match change:
@@ -461,50 +461,68 @@ class Writer:
         self.history.committed()
         return done
 
-    def _lock_devices(self, conn: Connection) -> None:
-        """Take the cross-worker lock on handing out ids and names, then rebuild the engine from the database
-        as it is under that lock: another worker's joins are seen before this batch decides its own."""
-        conn.rollback()
-        conn.exec_driver_sql(_DEVICE_LOCK[conn.dialect.name])
-        self._replace_sessions(_read_sessions(conn, self.presence_timeout_us))
+    def _refresh(self, conn: Connection, batch: Sequence[Inbound]) -> None:
+        """With several workers, bring the rows `batch` depends on up to the database's state before deciding it.
 
-    def _recheck(self, conn: Connection, batch: Sequence[Inbound], done: Decisions) -> Decisions:
-        """Messages of a device or session this engine does not know: if the database knows it (another worker
-        started it), rebuild the engine from the database and decide the batch again; else they stay dropped."""
-        stale: set[tuple[str, str]] = set()
-        commands: set[tuple[int, str]] = set()  # LED commands for a device not online in that session here
-        by_session_name, by_id = self.sessions.by_session_name, self.sessions.by_id
+        A batch that may hand out ids or names (joins, renames) first takes the cross-worker lock, and reads the
+        rows of its MACs and renamed devices, of the names it may give, and of the devices other workers added
+        since this engine last looked. Any batch reads the rows of sessions this engine does not know, and of
+        devices a LED command finds offline here: another worker may have seen their join. Those few rows are
+        read by index, never the whole table (100,000 devices take 1.7 s to read here).
+        """
+        sessions = self.sessions
+        names: set[str] = set()
+        ids: set[int] = set()
+        macs: set[str] = set()
+        stale: set[tuple[str, str]] = set()  # (session name, session) this engine does not know
+        offline: set[tuple[int, str]] = set()  # (device, session) of LED commands for a device offline here
         for item in batch:
             message = item.message
             if isinstance(message, (Reading, SessionRef, Leave)):
-                name, session = message.name, message.session
-                device = by_session_name.get(name)
-                if device is None or device.session_id != session:
-                    stale.add((name, session))
+                device = sessions.by_session_name.get(message.name)
+                if device is None or device.session_id != message.session:
+                    stale.add((message.name, message.session))
             elif isinstance(message, LedRequest):
-                known_device = by_id.get(message.device_id)
-                if known_device is None or not known_device.online or known_device.session_id != message.session:
-                    commands.add((message.device_id, message.session))
-        if not stale and not commands:
-            return done
-        found = False
-        if stale:
-            names = sorted({name for name, _session in stale})
-            sql = f"SELECT session_name, session_id FROM device WHERE session_name IN ({', '.join('?' * len(names))})"
-            rows = conn.exec_driver_sql(dialect.placeholders(sql, conn.dialect.paramstyle), tuple(names)).all()
-            found = bool(stale & {(str(row[0]), str(row[1])) for row in rows})
-        if commands and not found:
-            ids = sorted({device_id for device_id, _session in commands})
-            sql = f"SELECT id, session_id FROM device WHERE online AND id IN ({', '.join('?' * len(ids))})"
-            rows = conn.exec_driver_sql(dialect.placeholders(sql, conn.dialect.paramstyle), tuple(ids)).all()
-            found = bool(commands & {(int(row[0]), str(row[1])) for row in rows})
-        conn.rollback()
-        if not found:
-            return done  # out of band (or offline) for the database too
-        self._replace_sessions(load_sessions(conn, self.presence_timeout_us))
-        self.stats.rechecked += 1
-        logger.debug("the database knows sessions or online devices this worker did not: deciding the batch again")
-        return self.sessions.apply(batch)
+                known = sessions.by_id.get(message.device_id)
+                if known is None or not known.online or known.session_id != message.session:
+                    offline.add((message.device_id, message.session))
+            elif isinstance(message, MacJoin):
+                macs.add(message.mac)
+            elif isinstance(message, RenameRequest):
+                ids.add(message.device_id)
+                names.add(message.name)
+        locked = bool(macs or ids)
+        if not (locked or stale or offline):
+            return
+        next_id = sessions.next_id
+        if locked:
+            conn.rollback()
+            conn.exec_driver_sql(_DEVICE_LOCK[conn.dialect.name])
+            next_id = int(conn.exec_driver_sql(dialect.LAST_DEVICE_ID[conn.dialect.name]).scalar() or 0) + 1
+            names.update(default_name(device_id) for device_id in range(next_id, next_id + len(macs)))
+        names.update(name for name, _session in stale)
+        ids.update(device_id for device_id, _session in offline)
+        conditions: list[str] = []
+        params: list[object] = []
+        for column, values in (("mac", sorted(macs)), ("id", sorted(ids)), ("name", sorted(names)),
+                               ("session_name", sorted(names))):
+            if values:
+                conditions.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params += values
+        if locked and next_id > sessions.next_id:
+            conditions.append("id >= ?")  # devices other workers added since
+            params.append(sessions.next_id)
+        sql = dialect.placeholders(f"{_DEVICE_ROWS} WHERE {' OR '.join(conditions)}", conn.dialect.paramstyle)
+        devices = [_device(row) for row in conn.exec_driver_sql(sql, tuple(params))]
+        if not locked:
+            conn.rollback()  # a read: no snapshot held while the batch is decided
+            if not (stale & {(d.session_name, d.session_id) for d in devices}
+                    or offline & {(d.id, d.session_id) for d in devices if d.online}):
+                return  # out of band (or offline) for the database too
+            self.stats.rechecked += 1
+            logger.debug("the database knows sessions or online devices this worker did not: %d row(s) read",
+                         len(devices))
+        sessions.upsert(devices, next_id)
 
     def _after_commit(self, done: Decisions, size: int) -> None:
         self.stats.batches += 1
