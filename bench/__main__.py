@@ -21,7 +21,8 @@ from bench.scenarios import FULL, QUICK, Figure, Load, Sizes, burst, latency, ma
 from bench.stack import Stack
 
 SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "web", "memory", "browser",
-             "history", "export", "rollups", "retention", "broker_restart", "fleet-browser", "footprint", "commands")
+             "history", "export", "rollups", "retention", "broker_restart", "fleet-browser", "footprint", "commands",
+             "worker_kill")
 #: What `--postgresql` measures: the writer's rates (the other scenarios read the SQLite file directly).
 POSTGRESQL_SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1")
 #: Scenarios that run on their own, with their own stacks and references.
@@ -107,6 +108,10 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None],
         from bench.commands import led_commands
 
         attempt("commands", lambda: led_commands(sizes))
+    if "worker_kill" in only:
+        from bench.workerkill import worker_kill
+
+        attempt("worker_kill", lambda: worker_kill(sizes))
     if only & {"history", "export", "rollups", "retention"}:
         from bench.history import HISTORY_FULL, HISTORY_QUICK, run_history
 

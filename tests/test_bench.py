@@ -16,7 +16,7 @@ FIGURES = {"sustained_qos0", "sustained_qos1", "burst_qos1", "latency_p99_ms", "
            "client_memory", "browser_p99_ms", "history_api_p99_ms", "export_rows_per_s", "rollup_cost_us",
            "retention_p99_ms", "broker_restart", "fleet_dom_slow", "fleet_dom_fast", "fleet_join_ms",
            "fleet_long_tasks", "fleet_listed_s", "fleet_heap_mb", "fleet_server_p99_ms", "footprint_idle",
-           "footprint_loaded", "commands"}
+           "footprint_loaded", "commands", "worker_kill"}
 
 
 
@@ -66,6 +66,7 @@ def test_quick_bench_measures_every_figure() -> None:
     assert figures["retention_p99_ms"]["measured"] == figures["retention_p99_ms"]["probes"]
     # every LED command reached the board, by each path (a lost one fails the scenario)
     assert [figures["commands"][path]["count"] for path in ("direct", "pipe", "broker")] == [30, 30, 30]
+    assert figures["worker_kill"]["lost"] == 0 and figures["worker_kill"]["stored"] == figures["worker_kill"]["sent"]
 
 
 @pytest.mark.integration

@@ -1,0 +1,112 @@
+"""Two ingest workers, one SIGKILLed in the middle of a QoS 1 stream (issue 16's fault at its own scale): 100,000
+readings (1,000 devices x values 0-99, each pair once) go to two `sensorhub client` workers sharing the stream;
+worker 2 is killed with SIGKILL once a fifth is stored and started again 2 s later. The figures: pairs stored
+(all of them, or some were lost), duplicates (what the killed worker had stored but not acknowledged, delivered
+again), and how long the whole stream took."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import text
+
+from bench.scenarios import Figure, Sizes
+from bench.stack import free_port
+from sensorhub.broker import Broker
+from sensorhub.config import Settings
+from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.seed import seed
+from sensorhub.protocol import Topic
+from tests.stack import sensorhub, start
+
+#: Readings the publisher may have sent that the broker has not acknowledged yet.
+WINDOW = 5_000
+
+
+def _wait(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _publish_all(publisher: mqtt.Client, sessions: list[tuple[str, str]]) -> None:
+    """Values 0-99 of every device at QoS 1, at most WINDOW unacknowledged by the broker at a time (paho's message
+    ids are 16 bits: more would wrap)."""
+    sent: list[mqtt.MQTTMessageInfo] = []
+    for value in range(100):
+        for name, session in sessions:
+            if len(sent) >= WINDOW:
+                sent[-WINDOW].wait_for_publish(300)
+            sent.append(publisher.publish(Topic.PHOTORESISTOR_STATUS, f"{name};{session};{value}", qos=1))
+    for info in sent[-WINDOW:]:
+        info.wait_for_publish(300)
+
+
+def worker_kill(sizes: Sizes) -> Figure:
+    """Stream, kill -9 worker 2 at a fifth, restart it; count what was stored and what came twice."""
+    devices = 1_000 if sizes.devices >= 100 else 20
+    total = devices * 100
+    with tempfile.TemporaryDirectory(prefix="sensorhub-bench-kill-") as tmp:
+        directory = Path(tmp)
+        settings = Settings().replace(
+            database_url=f"sqlite:///{directory / 'db.sqlite3'}", mqtt_port=free_port(), mqtt_ws_port=free_port(),
+            fifo=str(directory / "var" / "ledpipe"), broker_log=str(directory / "mosquitto.log"),
+            state_dir=str(directory / "var"), broker_max_connections=-1, log_level="WARNING")
+        engine = make_engine(settings.database_url, create_dir=True)
+        init_db(engine)
+        seed(engine, devices=devices, hours=1)
+        with engine.connect() as conn:
+            sessions = [tuple(row) for row in conn.execute(text("SELECT session_name, session_id FROM device"))]
+            base = int(conn.execute(text("SELECT coalesce(max(id), 0) FROM light_reading")).scalar_one())
+
+        def stored() -> tuple[int, int]:
+            with engine.connect() as conn:
+                row = conn.execute(text("SELECT count(*), count(DISTINCT device_id * 1000 + value) "
+                                        "FROM light_reading WHERE id > :base"), {"base": base}).one()
+                return int(row[0]), int(row[1])
+
+        broker = Broker(settings)
+        broker.start()
+        workers = {n: sensorhub(f"client{n}", ["client"], settings.replace(worker=n)) for n in (1, 2)}
+        publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        publisher.max_inflight_messages_set(1000)
+        try:
+            for worker in workers.values():
+                start(worker)
+            publisher.connect("127.0.0.1", settings.mqtt_port)
+            publisher.loop_start()
+            started = time.monotonic()
+            sending = threading.Thread(target=_publish_all, args=(publisher, sessions), daemon=True)
+            sending.start()
+            _wait(lambda: stored()[1] >= total // 5, 300, "a fifth stored")
+            process = workers[2].process
+            assert process is not None
+            process.kill()
+            process.wait()
+            killed_at = stored()[1]
+            time.sleep(2)
+            workers[2] = start(sensorhub("client2", ["client"], settings.replace(worker=2)))
+            sending.join(300)
+            _wait(lambda: stored()[1] >= total, 300, "every reading stored")
+            elapsed = time.monotonic() - started
+            time.sleep(1)  # what still arrives is a duplicate: count it too
+            rows, distinct = stored()
+        finally:
+            publisher.disconnect()
+            publisher.loop_stop()
+            for worker in workers.values():
+                worker.stop()
+            broker.stop()
+            engine.dispose()
+    data = {"sent": total, "stored": distinct, "lost": total - distinct, "duplicates": rows - distinct,
+            "killed_at": killed_at, "seconds": round(elapsed, 1)}
+    return Figure("worker_kill", f"kill -9 of 1 of 2 workers, {total:,} QoS 1 readings",
+                  f"{distinct:,} of {total:,} stored, {rows - distinct} duplicate(s), killed at {killed_at:,}, "
+                  f"{elapsed:.1f} s", "0 lost", distinct == total, data)
