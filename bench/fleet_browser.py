@@ -5,6 +5,7 @@ gunicorn, virtual devices, Chromium)."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import urllib.request
@@ -81,25 +82,54 @@ def _open(page: Page, url: str, online: int) -> float:
     return listed
 
 
-class CpuWatch:
-    """The machine's busy share and the fleet's process's share of one core between start and `read`."""
+#: Which processes count as which part of the stack, by what their command line holds (first match wins).
+PARTS = (("chromium", "chromium"), ("broker", "mosquitto"), ("web", "gunicorn"),
+         ("web", "sensorhub web"), ("ingest", "sensorhub client"), ("ingest", "sensorhub.ingest"))
 
-    def __init__(self, fleet_pid: int) -> None:
-        self.fleet = psutil.Process(fleet_pid)
+
+def _part(process: psutil.Process, named: dict[int, str]) -> str:
+    """The part of the stack a process belongs to ("other" for the rest of the machine)."""
+    if process.pid in named:
+        return named[process.pid]
+    try:
+        line = " ".join(process.cmdline())
+    except (psutil.Error, OSError):
+        return "other"
+    return next((part for part, needle in PARTS if needle in line), "other")
+
+
+class CpuWatch:
+    """How busy the machine was between start and `read`, and each part of the stack's share of one core."""
+
+    def __init__(self, fleet_pid: int, subscriber_pid: int) -> None:
+        self.named = {fleet_pid: "fleet", subscriber_pid: "subscriber", os.getpid(): "bench"}
         self.started = time.monotonic()
         self.machine = psutil.cpu_times()
-        self.fleet_times = self.fleet.cpu_times()
+        self.times = self._times()
 
-    def read(self) -> dict[str, float]:
-        """`machine_busy`: share of all cores busy; `fleet_core`: the fleet's CPU time per wall second."""
+    def _times(self) -> dict[int, tuple[str, float]]:
+        found = {}
+        for process in psutil.process_iter():
+            try:
+                times = process.cpu_times()
+                found[process.pid] = (_part(process, self.named), times.user + times.system)
+            except (psutil.Error, OSError):
+                continue
+        return found
+
+    def read(self) -> dict[str, Any]:
+        """`machine_busy`: share of all cores busy; `fleet_core`: the fleet's CPU per wall second; `parts`: the
+        same for each part of the stack (a process started meanwhile counts from its start)."""
         wall = time.monotonic() - self.started
         before, after = self.machine, psutil.cpu_times()
         idle = (after.idle - before.idle) + (getattr(after, "iowait", 0) - getattr(before, "iowait", 0))
         total = sum(after) - sum(before)
-        fleet = self.fleet.cpu_times()
-        used = (fleet.user - self.fleet_times.user) + (fleet.system - self.fleet_times.system)
+        parts: dict[str, float] = {}
+        for pid, (part, used) in self._times().items():
+            parts[part] = parts.get(part, 0.0) + used - self.times.get(pid, (part, 0.0))[1]
+        shares = {part: round(used / wall, 2) for part, used in sorted(parts.items(), key=lambda kv: -kv[1])}
         return {"machine_busy": round(1 - idle / total, 3) if total else 0.0,
-                "fleet_core": round(used / wall, 3) if wall else 0.0}
+                "fleet_core": shares.get("fleet", 0.0), "parts": shares}
 
 
 def _publish_to_dom(page: Page, probe: Fleet, events: int, subscriber: Subscriber) -> tuple[list[float], list[float]]:
@@ -212,7 +242,7 @@ def _measure(stack: Stack, load: Load, sizes: Sizes, *, full: bool) -> dict[str,
             subscriber = Subscriber(stack.settings, probe.devices[0].name or "")
             subscriber.start()
             try:
-                cpu = CpuWatch(fleet.process.pid or 0)
+                cpu = CpuWatch(fleet.process.pid or 0, subscriber.process.pid or 0)
                 delays, delivered = _publish_to_dom(page, probe, sizes.browser_events, subscriber)
                 out["cpu"] = cpu.read()
             finally:
@@ -244,7 +274,8 @@ def _dom_text(dom: dict[str, Any]) -> str:
     return (f"p50 {dom['p50_ms']} ms, p99 {dom['p99_ms']} ms ({dom['events']} updates); to a paho subscriber "
             f"(own process) p50 {dom['to_subscriber_p50_ms']}, p99 {dom['to_subscriber_p99_ms']} ms "
             f"({dom['to_subscriber_events']} arrivals); page/subscriber p99 {dom['page_over_subscriber_p99']}; "
-            f"machine {dom['machine_busy']:.0%} busy, the fleet {dom['fleet_core']:.0%} of a core")
+            f"machine {dom['machine_busy']:.0%} busy; share of a core: "
+            + ", ".join(f"{part} {share:.0%}" for part, share in dom["parts"].items()))
 
 
 def fleet_browser(sizes: Sizes) -> list[Figure]:
