@@ -70,8 +70,17 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def _open(page: Page, url: str, online: int) -> float:
-    """Load /capteurs; the seconds until every online device has its card."""
+#: Where the load's time goes (ms from the navigation's start): the server's first byte, the last byte, the
+#: document parsed, the scripts run (DOMContentLoaded's end), the load event.
+NAVIGATION = """() => {
+    const n = performance.getEntriesByType('navigation')[0];
+    return {first_byte: n.responseStart, last_byte: n.responseEnd, parsed: n.domInteractive,
+            scripts_done: n.domContentLoadedEventEnd, loaded: n.loadEventEnd, bytes: n.transferSize};
+}"""
+
+
+def _open(page: Page, url: str, online: int) -> tuple[float, dict[str, float]]:
+    """Load /capteurs; the seconds until every online device has its card, and the navigation's timing."""
     started = time.monotonic()
     page.goto(url, timeout=120_000)
     page.wait_for_function("(n) => document.querySelectorAll('[data-card]').length >= n", arg=online,
@@ -79,7 +88,8 @@ def _open(page: Page, url: str, online: int) -> float:
     listed = time.monotonic() - started
     page.locator("[data-live-status][data-state='live']").wait_for(timeout=30_000)
     page.locator("[data-live][data-reconciled]").wait_for(timeout=30_000)
-    return listed
+    timing = {key: round(float(value)) for key, value in page.evaluate(NAVIGATION).items()}
+    return listed, timing
 
 
 #: Which processes count as which part of the stack, by what their command line holds (first match wins).
@@ -231,7 +241,8 @@ def _measure(stack: Stack, load: Load, sizes: Sizes, *, full: bool) -> dict[str,
             page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
-            out["listed_s"] = round(_open(page, f"http://127.0.0.1:{stack.settings.web_port}/capteurs", online), 2)
+            listed, out["navigation_ms"] = _open(page, f"http://127.0.0.1:{stack.settings.web_port}/capteurs", online)
+            out["listed_s"] = round(listed, 2)
             in_view = page.evaluate(WATCH, probe.devices[0].name)
             if not in_view:
                 raise RuntimeError("the probe's card is not in view")
@@ -286,7 +297,7 @@ def fleet_browser(sizes: Sizes) -> list[Figure]:
         fast = _measure(stack, Load(sizes.fast_fleet, 1 / sizes.fast_rate), sizes, full=False)
     n, m, rate = f"{sizes.fleet:,}", sizes.fast_fleet, sizes.fast_rate
     slow_dom, fast_dom, tasks = big["publish_to_dom"], fast["publish_to_dom"], big["long_tasks"]
-    server = big["server"]
+    server, nav = big["server"], big["navigation_ms"]
     server_p99 = max(entry["p99_ms"] for label, entry in server.items() if label != "/sensor/online")
     window = sizes.fleet_browser_window
     return [
@@ -301,8 +312,10 @@ def fleet_browser(sizes: Sizes) -> list[Figure]:
         Figure("fleet_long_tasks", f"main-thread long tasks after load ({window:g} s, {n} devices)",
                f"{tasks['count']} tasks, longest {tasks['max_ms']} ms, {tasks['share']:.1%} of the time",
                "none > 100 ms, <= 10 %", tasks["max_ms"] <= 100 and tasks["share"] <= 0.1, tasks),
-        Figure("fleet_listed_s", f"every online device on the page after load ({n} + 1)", f"{big['listed_s']} s",
-               "<= 3 s", big["listed_s"] <= 3, {"listed_s": big["listed_s"]}),
+        Figure("fleet_listed_s", f"every online device on the page after load ({n} + 1)",
+               f"{big['listed_s']} s (first byte {nav['first_byte']} ms, last byte {nav['last_byte']}, parsed "
+               f"{nav['parsed']}, scripts run {nav['scripts_done']}, {nav['bytes'] / 1e6:.1f} MB)",
+               "<= 3 s", big["listed_s"] <= 3, {"listed_s": big["listed_s"], "navigation_ms": nav}),
         Figure("fleet_heap_mb", f"JS heap of /capteurs ({n} devices)", f"{big['heap_mb']} MB", "<= 150 MB",
                big["heap_mb"] <= 150, {"heap_mb": big["heap_mb"]}),
         Figure("fleet_server_p99_ms", f"p99 of /api/devices, one card, every card; {n} online",

@@ -65,14 +65,19 @@ class FleetProcess:
         self.process.start()
         if not self._answer.poll(self.join_timeout + 60):
             raise TimeoutError("the fleet's process did not report its joins")
-        answer = self._answer.recv()
+        try:
+            answer = self._answer.recv()
+        except EOFError as err:
+            raise RuntimeError(f"the fleet's process ended (exit code {self.process.exitcode})") from err
         if isinstance(answer, str):
             raise RuntimeError(f"the fleet's process failed: {answer}")
         self.sessions = answer
         return answer
 
     def stop(self) -> None:
-        """Make the devices leave and end the process."""
+        """Make the devices leave and end the process (if it was started)."""
+        if self.process.pid is None:
+            return
         self._stop.set()
         self.process.join(200)
         if self.process.is_alive():
@@ -138,7 +143,9 @@ class Subscriber:
             time.sleep(0.01)
 
     def close(self) -> None:
-        """End the process."""
+        """End the process (if it was started)."""
+        if self.process.pid is None:
+            return
         self._stop.set()
         self.process.join(10)
         if self.process.is_alive():

@@ -78,8 +78,11 @@ class DeviceClient(aiomqtt.Client):
             except Exception as exc:
                 self._fail(exc)
                 return
-            if client.want_write():  # the socket's buffer is full: write the rest when it drains
-                self._loop.add_writer(current.fileno(), on_writable)
+            # Written DISCONNECT closes the socket: wait only on the same socket, still open, with data left (its
+            # buffer was full: the rest goes when it drains).
+            after = client.socket()
+            if after is sock and after.fileno() >= 0 and client.want_write():
+                self._loop.add_writer(after.fileno(), on_writable)
 
         if _running_loop() is self._loop:
             self._loop.call_soon(write_now)

@@ -159,11 +159,19 @@ export class LiveCards {
     this.touch(record, 'light');
   }
 
+  // A card out of view keeps what changed in its record and asks for no frame: with 2,000 devices, nearly
+  // every message is for one, and a frame computes the intersections and lifecycle of the whole page. It is
+  // written when it comes into view (sawIntersections).
   touch(record, what) {
     record.lastSeen = Date.now();
     record.dirty.add(what);
+    if (!this.writesNow(record)) return;
     this.dirty.add(record);
     this.schedule();
+  }
+
+  writesNow(record) {
+    return record.inView || !this.observer || this.size <= this.everyChartUpTo;
   }
 
   structureChanged() {
@@ -179,16 +187,21 @@ export class LiveCards {
   flush() {
     if (this.frame) cancelAnimationFrame(this.frame); // called directly (at start) rather than by the frame
     this.frame = 0;
+    const everyCard = !this.observer || this.size <= this.everyChartUpTo;
     if (this.changed) {
       this.changed = false;
       this.onFrame();
       this.drawWanted();
+      // A fleet that became small writes every card, also those whose changes waited out of view.
+      if (everyCard) for (const record of this.records()) if (record.dirty.size) this.dirty.add(record);
     }
-    const everyCard = !this.observer || this.size <= this.everyChartUpTo;
     const now = performance.now();
     let chartsWaiting = false;
     for (const record of this.dirty) {
-      if (!everyCard && !record.inView) continue; // written when it comes into view
+      if (!everyCard && !record.inView) { // written when it comes into view (sawIntersections)
+        this.dirty.delete(record);
+        continue;
+      }
       const {card} = record;
       if (record.dirty.has('light') && record.chart) record.chartStale = true;
       if (record.chartStale) {
@@ -237,7 +250,10 @@ export class LiveCards {
       record.inView = entry.isIntersecting;
       if (this.wantsChart(record)) this.drawChart(record);
       else this.dropChart(record);
-      if (record.inView && record.dirty.size) this.schedule(); // what came while it was out of view
+      if (record.inView && record.dirty.size) { // what came while it was out of view
+        this.dirty.add(record);
+        this.schedule();
+      }
     }
   }
 
