@@ -8,6 +8,9 @@ const CHART_POINTS = 10;
 // A chart is redrawn at most this often (a device at 20 readings/s would otherwise cost a redraw per frame);
 // the value next to it changes at every frame.
 const CHART_REDRAW_MS = 500;
+// Charts redrawn in one frame at most: the charts in view fall due together, and 20 of them in one frame made
+// a task of 50 to 80 ms (more on a busy machine); the others follow in the next frames.
+const CHARTS_PER_FRAME = 4;
 // Cards a little outside the viewport get their chart already, so that scrolling shows it drawn.
 const CHART_MARGIN = '300px 0px';
 
@@ -197,6 +200,8 @@ export class LiveCards {
     }
     const now = performance.now();
     let chartsWaiting = false;
+    let chartsDrawn = 0;
+    let chartsDue = false;
     for (const record of this.dirty) {
       if (!everyCard && !record.inView) { // written when it comes into view (sawIntersections)
         this.dirty.delete(record);
@@ -205,8 +210,12 @@ export class LiveCards {
       const {card} = record;
       if (record.dirty.has('light') && record.chart) record.chartStale = true;
       if (record.chartStale) {
-        if (now - record.drawnAt >= CHART_REDRAW_MS) this.refreshChart(record);
-        else chartsWaiting = true;
+        if (now - record.drawnAt < CHART_REDRAW_MS) chartsWaiting = true;
+        else if (chartsDrawn >= CHARTS_PER_FRAME) chartsDue = true;
+        else {
+          this.refreshChart(record);
+          chartsDrawn += 1;
+        }
       }
       if (record.dirty.has('led')) this.onLed(record, record.led);
       if (record.dirty.has('button')) {
@@ -221,7 +230,8 @@ export class LiveCards {
       record.dirty.clear();
       if (!record.chartStale) this.dirty.delete(record);
     }
-    if (chartsWaiting && !this.chartTimer) {
+    if (chartsDue) this.schedule(); // the next frame draws the next few
+    else if (chartsWaiting && !this.chartTimer) {
       this.chartTimer = setTimeout(() => {
         this.chartTimer = 0;
         this.schedule();
