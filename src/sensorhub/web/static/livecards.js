@@ -8,8 +8,9 @@ const CHART_POINTS = 10;
 // A chart is redrawn at most this often (a device at 20 readings/s would otherwise cost a redraw per frame);
 // the value next to it changes at every frame.
 const CHART_REDRAW_MS = 500;
-// Charts redrawn in one frame at most: the charts in view fall due together, and 20 of them in one frame made
-// a task of 50 to 80 ms (more on a busy machine); the others follow in the next frames.
+// Charts created or redrawn in one frame at most, in a large fleet: the charts in view fall due together, and
+// 20 of them in one frame made a task of 50 to 80 ms; jumping down the list created 20 charts in one task of
+// 330 ms. The others follow in the next frames. A small fleet draws all its charts at once, as it always did.
 const CHARTS_PER_FRAME = 4;
 // Cards a little outside the viewport get their chart already, so that scrolling shows it drawn.
 const CHART_MARGIN = '300px 0px';
@@ -88,6 +89,7 @@ export class LiveCards {
     this.byId = new Map(); // device id -> Record
     this.bySessionName = new Map(); // session name -> Record
     this.dirty = new Set(); // records with something to write
+    this.chartQueue = new Set(); // records whose chart is to be created, a few per frame
     this.onFrame = onFrame; // the view (order, filter, counts) when cards came or went
     this.onLed = onLed;
     this.changed = false;
@@ -138,6 +140,7 @@ export class LiveCards {
     if (this.observer) this.observer.unobserve(record.card);
     this.dropChart(record);
     this.dirty.delete(record);
+    this.chartQueue.delete(record);
     if (this.byId.get(record.card.dataset.id) === record) this.byId.delete(record.card.dataset.id);
     if (this.bySessionName.get(record.card.dataset.sessionName) === record) {
       this.bySessionName.delete(record.card.dataset.sessionName);
@@ -199,9 +202,19 @@ export class LiveCards {
       if (everyCard) for (const record of this.records()) if (record.dirty.size) this.dirty.add(record);
     }
     const now = performance.now();
+    const chartsAtMost = everyCard ? Infinity : CHARTS_PER_FRAME;
     let chartsWaiting = false;
     let chartsDrawn = 0;
     let chartsDue = false;
+    for (const record of this.chartQueue) {
+      if (chartsDrawn >= chartsAtMost) break;
+      this.chartQueue.delete(record);
+      if (!record.chart && this.wantsChart(record)) {
+        this.drawChart(record);
+        chartsDrawn += 1;
+      }
+    }
+    if (this.chartQueue.size) chartsDue = true;
     for (const record of this.dirty) {
       if (!everyCard && !record.inView) { // written when it comes into view (sawIntersections)
         this.dirty.delete(record);
@@ -211,7 +224,7 @@ export class LiveCards {
       if (record.dirty.has('light') && record.chart) record.chartStale = true;
       if (record.chartStale) {
         if (now - record.drawnAt < CHART_REDRAW_MS) chartsWaiting = true;
-        else if (chartsDrawn >= CHARTS_PER_FRAME) chartsDue = true;
+        else if (chartsDrawn >= chartsAtMost) chartsDue = true;
         else {
           this.refreshChart(record);
           chartsDrawn += 1;
@@ -249,7 +262,7 @@ export class LiveCards {
   drawWanted() {
     for (const record of this.records()) {
       if (!this.wantsChart(record)) this.dropChart(record);
-      else if (!record.chart) this.drawChart(record);
+      else if (!record.chart) this.chartQueue.add(record);
     }
   }
 
@@ -258,8 +271,12 @@ export class LiveCards {
       const record = this.byCard(entry.target);
       if (!record) continue;
       record.inView = entry.isIntersecting;
-      if (this.wantsChart(record)) this.drawChart(record);
-      else this.dropChart(record);
+      if (!this.wantsChart(record)) this.dropChart(record);
+      else if (record.chart) this.drawChart(record);
+      else {
+        this.chartQueue.add(record);
+        this.schedule();
+      }
       if (record.inView && record.dirty.size) { // what came while it was out of view
         this.dirty.add(record);
         this.schedule();
