@@ -61,6 +61,19 @@ def test_300_devices_are_listed_follow_joins_and_leaves_and_keep_their_led_toggl
             expect(page.locator(f'[data-card][data-session-name="{names[0]}"]')).to_have_count(0, timeout=10_000)
             expect(cards).to_have_count(DEVICES, timeout=10_000)
 
+            # A reading of a device whose card is out of view is there when the card is scrolled into view.
+            middle = fleet.devices[DEVICES // 2]
+            far = page.locator(f'[data-card][data-session-name="{names[DEVICES // 2]}"]')
+            assert not far.evaluate("(card) => card.getBoundingClientRect().top < window.innerHeight")
+            value = (middle.light + 41) % 101
+            fleet.set_light(DEVICES // 2, value)
+            page.wait_for_timeout(300)
+            far.scroll_into_view_if_needed()
+            # The device's own readings (every 3 s) may follow: the card shows its latest one.
+            wait_for(lambda: far.locator("[data-light-value]").text_content() == f"{middle.light} %",
+                     5, what="the card scrolled into view to show the device's latest reading")
+            page.evaluate("window.scrollTo(0, 0)")
+
             # The LED toggle of a card far down the list still switches its device, and the card follows.
             target = DEVICES - 1
             shown = page.locator(f'[data-card][data-session-name="{names[target]}"]')

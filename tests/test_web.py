@@ -479,6 +479,41 @@ def test_api_devices(client: FlaskClient, engine: Engine) -> None:
 
 
 @both_databases
+def test_api_devices_fast_path_writes_what_device_json_writes(client: FlaskClient, engine: Engine) -> None:
+    from sensorhub.db import queries
+    from sensorhub.web.present import device_json, device_records_json
+
+    now = datetime.now(UTC)
+    first = add_device(engine, "capteur01", 1, last_seen=now - timedelta(seconds=3))
+    add_device(engine, "capteur02", 2, online=False, last_seen=now.replace(microsecond=0) - timedelta(minutes=1))
+    add_readings(engine, LightReading, first, [10, 20, 30], now - timedelta(hours=1))
+    add_readings(engine, ButtonReading, first, [1], now - timedelta(hours=1))
+    with engine.connect() as conn:
+        rows = queries.list_devices(conn)
+        records = queries.device_records(conn)
+    for private in (True, False):
+        assert device_records_json(records, private) == [device_json(row, private) for row in rows]
+    assert device_records_json(records)[1]["last_seen"].endswith(".000000+00:00")  # whole seconds keep .000000
+
+
+@both_databases
+def test_lists_and_cards_answer_304_while_unchanged(client: FlaskClient, engine: Engine) -> None:
+    device = add_device(engine, "capteur01", 1)
+    for path in ("/api/devices", f"/sensor/{device}", "/sensor/online", "/sensor/online?brief=1",
+                 f"/sensor/by-session?name=capteur01&session={SESSION}"):
+        first = client.get(path)
+        etag = first.headers["ETag"]
+        assert first.status_code == 200 and first.headers["Cache-Control"] == "private, no-cache"
+        again = client.get(path, headers={"If-None-Match": etag})
+        assert (again.status_code, again.data) == (304, b""), path
+        assert client.get(path, headers={"If-None-Match": '"other"'}).status_code == 200
+    add_readings(engine, LightReading, device, [42], datetime.now(UTC) - timedelta(seconds=1))
+    changed = client.get("/api/devices", headers={"If-None-Match": first.headers["ETag"]})
+    assert changed.status_code == 200 and changed.get_json()[0]["light"] == 42
+    assert client.get("/sensor/999", headers={"If-None-Match": "*"}).status_code == 404
+
+
+@both_databases
 def test_api_device_detail_has_the_last_ten_values_newest_first(client: FlaskClient, engine: Engine) -> None:
     device = add_device(engine, "capteur01")
     start = datetime.now(UTC) - timedelta(hours=1)

@@ -13,7 +13,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Integer, ScalarSelect, case, func, or_, select, tuple_, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    Row,
+    ScalarSelect,
+    String,
+    case,
+    func,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+)
 
 from sensorhub.db.models import READING_MODELS, ButtonReading, Device, LedReading, LightReading
 from sensorhub.protocol import Kind
@@ -148,6 +161,30 @@ def list_devices(conn: Connection, *, online: bool | None = None, query: str = "
     if query:
         stmt = stmt.where(_matches(query))
     return [_row(row) for row in conn.execute(stmt)]
+
+
+def _as_stored(column: Any, label: str) -> Any:
+    """A time column as its stored UTC text (`YYYY-MM-DD HH:MM:SS.ffffff`), not parsed into a datetime."""
+    return type_coerce(column, String()).label(label)
+
+
+def device_records(conn: Connection, *, online: bool | None = None, query: str = "",
+                   latest: bool = True) -> list[Row[Any]]:
+    """What `list_devices` finds, as plain rows for a large list: the same columns and order, but `joined_at`
+    and `last_seen` as their stored UTC text; without `latest`, no led/button/light columns (no reading is read)."""
+    columns: list[Any] = [
+        Device.id, Device.name, Device.session_name, Device.mac, Device.online, Device.session_id,
+        _as_stored(Device.joined_at, "joined_at"), _as_stored(Device.last_seen, "last_seen"),
+    ]
+    if latest:
+        columns += [_latest(LedReading).label("led"), _latest(ButtonReading).label("button"),
+                    _latest(LightReading).label("light")]
+    stmt = select(*columns).order_by(*_NEWEST_FIRST)
+    if online is not None:
+        stmt = stmt.where(Device.online == online)
+    if query:
+        stmt = stmt.where(_matches(query))
+    return list(conn.execute(stmt))
 
 
 def get_device(conn: Connection, device_id: int) -> DeviceRow | None:

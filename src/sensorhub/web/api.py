@@ -19,7 +19,8 @@ from sensorhub.errors import ClientNotRunning, CommandError
 from sensorhub.protocol import Kind
 from sensorhub.rules import NAME_RULE
 from sensorhub.web.auth import control_required, visitor
-from sensorhub.web.present import device_history_json, device_json, iso
+from sensorhub.web.conditional import conditional
+from sensorhub.web.present import device_history_json, device_json, device_records_json, iso
 from sensorhub.web.state import web_state
 
 logger = logging.getLogger(__name__)
@@ -134,9 +135,8 @@ def devices() -> Response:
     online = _online_flag()
     query = request.args.get("q", "").strip()[:64]
     with web_state().database.connect() as conn:
-        rows = queries.list_devices(conn, online=online, query=query)
-    private = visitor().sees_private
-    return jsonify([device_json(row, private) for row in rows])
+        rows = queries.device_records(conn, online=online, query=query)
+    return conditional(jsonify(device_records_json(rows, visitor().sees_private)))
 
 
 @bp.get("/devices/<id:device_id>")

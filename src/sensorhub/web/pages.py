@@ -6,13 +6,14 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, Response, abort, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub.db import history, queries
 from sensorhub.errors import DatabaseError
 from sensorhub.protocol import MAX_NAME, QOS, Kind, Topic, browser_data
 from sensorhub.web import vendor
+from sensorhub.web.conditional import conditional
 from sensorhub.web.state import web_state
 
 logger = logging.getLogger(__name__)
@@ -129,28 +130,28 @@ def appareil(device_id: int) -> str:
 
 
 @bp.get("/sensor/online")
-def online_fragment() -> str:
+def online_fragment() -> Response:
     """The cards of every online device (the /capteurs script reconciles its page with them); `?brief=1`: only
     what identifies each card (a large fleet's page fetches the few whole cards it lacks)."""
     if request.args.get("brief"):
         with web_state().database.connect() as conn:
-            devices = queries.list_devices(conn, online=True)
-        return render_template("_sensor_stubs.html", devices=devices)
-    return render_template("_sensor_cards.html", cards=_online_cards(), max_name=MAX_NAME)
+            devices = queries.device_records(conn, online=True, latest=False)
+        return conditional(render_template("_sensor_stubs.html", devices=devices))
+    return conditional(render_template("_sensor_cards.html", cards=_online_cards(), max_name=MAX_NAME))
 
 
 @bp.get("/sensor/<id:device_id>")
-def sensor_fragment(device_id: int) -> str:
+def sensor_fragment(device_id: int) -> Response:
     """The card of one device, online or not (its `data-online` says which)."""
     with web_state().database.connect() as conn:
         found = queries.device_history(conn, device_id)
     if found is None:
         abort(404)
-    return render_template("_sensor_card.html", card=found, max_name=MAX_NAME)
+    return conditional(render_template("_sensor_card.html", card=found, max_name=MAX_NAME))
 
 
 @bp.get("/sensor/by-session")
-def sensor_by_session() -> str:
+def sensor_by_session() -> Response:
     """The card of the device online as `name` in `session`; 404 until the ingest client has recorded the join."""
     name = request.args.get("name", "")
     session = request.args.get("session", "")
@@ -161,4 +162,4 @@ def sensor_by_session() -> str:
         if device is None:
             abort(404)
         found = queries.with_histories(conn, [device], kinds=CARD_HISTORY)[0]
-    return render_template("_sensor_card.html", card=found, max_name=MAX_NAME)
+    return conditional(render_template("_sensor_card.html", card=found, max_name=MAX_NAME))

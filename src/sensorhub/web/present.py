@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,6 +76,26 @@ def device_json(device: DeviceRow, private: bool = True) -> dict[str, Any]:
         for key in PRIVATE_FIELDS:
             del body[key]
     return body
+
+
+def stored_iso(stored: str) -> str:
+    """`iso` of a stored UTC time text (`2025-04-06 13:39:37.603000` -> `2025-04-06T13:39:37.603000+00:00`),
+    without parsing it: the stored form is fixed-width UTC (checked by the database); `device_records_json`
+    writes the same inline."""
+    return f"{stored[:10]}T{stored[11:26]}+00:00"
+
+
+def device_records_json(rows: Sequence[Sequence[Any]], private: bool = True) -> list[dict[str, Any]]:
+    """Rows of `queries.device_records` as `device_json` gives each device (the same keys, order and text)."""
+    if private:
+        return [{"id": id_, "name": name, "session_name": session_name, "mac": mac, "online": bool(online),
+                 "session_id": session_id, "joined_at": f"{joined[:10]}T{joined[11:26]}+00:00",
+                 "last_seen": f"{seen[:10]}T{seen[11:26]}+00:00", "led": led, "button": button, "light": light}
+                for id_, name, session_name, mac, online, session_id, joined, seen, led, button, light in rows]
+    return [{"id": id_, "name": name, "session_name": session_name, "online": bool(online),
+             "joined_at": f"{joined[:10]}T{joined[11:26]}+00:00", "last_seen": f"{seen[:10]}T{seen[11:26]}+00:00",
+             "led": led, "button": button, "light": light}
+            for id_, name, session_name, _mac, online, _session, joined, seen, led, button, light in rows]
 
 
 def values_json(values: list[Value]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ const banner = document.querySelector('[data-broker-banner]');
 let clock = 0; // orders MQTT events, card confirmations and reconciliations
 const events = new Map(); // "session_name;session" -> {type: 'join' | 'leave', at: clock, time: ms}
 const ledTimers = new WeakMap();
+const confirmed = new WeakMap(); // card -> the clock when the server last confirmed it (kept out of the DOM)
 let reconcileGeneration = 0;
 let view = null;
 const cards = new LiveCards(container, {
@@ -46,7 +47,7 @@ const hasLeft = (name, session) => events.get(eventKey(name, session))?.type ===
 
 function newerThan(card, since) {
   const event = events.get(eventKey(card.dataset.sessionName, card.dataset.session));
-  return (event?.type === 'join' && event.at > since) || Number(card.dataset.confirmed || 0) > since;
+  return (event?.type === 'join' && event.at > since) || (confirmed.get(card) || 0) > since;
 }
 
 const allCards = () => [...cards.records()].map((record) => record.card);
@@ -70,18 +71,22 @@ function dropCard(card) {
 // The view follows at the next frame (one pass however many cards came or went).
 const afterChange = () => cards.structureChanged();
 
-// Put a fetched card on the page unless its device is offline or its session already ended.
+// Put a fetched card on the page unless its device is offline or its session already ended; whether the page
+// changed (a card came or was replaced, a name changed).
 function placeCard(card, replace) {
-  if (card.dataset.online !== '1' || hasLeft(card.dataset.sessionName, card.dataset.session)) return;
+  if (card.dataset.online !== '1' || hasLeft(card.dataset.sessionName, card.dataset.session)) return false;
   const current = cardById(card.dataset.id);
   if (current && !replace && (sessionUnknown(card) || current.dataset.session === card.dataset.session)) {
+    // Only what changed is written: a reconciliation of 2,000 cards otherwise rewrote every name and attribute
+    // (a long task for the page's style and layout).
+    confirmed.set(current, tick());
+    if (current.dataset.name === card.dataset.name) return false;
     showName(current, card.dataset.name);
-    current.dataset.confirmed = String(tick());
-    return;
+    return true;
   }
   const clash = cardBySessionName(card.dataset.sessionName);
   if (clash && clash !== current) dropCard(clash); // a name freed by a rename and taken again
-  card.dataset.confirmed = String(tick());
+  confirmed.set(card, tick());
   if (current) {
     clearTimeout(ledTimers.get(current));
     cards.replace(cards.byCard(current), card);
@@ -90,6 +95,7 @@ function placeCard(card, replace) {
     container.append(card); // the next frame puts it at its place in the order
     cards.add(card);
   }
+  return true;
 }
 
 async function reconcile() {
@@ -114,17 +120,21 @@ async function reconcile() {
   if (liveStatus.dataset.state === 'live') hideBanner();
   const freshIds = new Set(fresh.map((card) => card.dataset.id));
   const lacking = [];
+  let changed = !brief; // a large page that the server's list confirms as it is is left alone (no long task)
   for (const card of fresh) {
     const current = cardById(card.dataset.id);
     if (current && newerThan(current, since)) continue; // what MQTT told us meanwhile is newer
     const replace = Boolean(current) && !sessionUnknown(card) && current.dataset.session !== card.dataset.session;
     if (brief && (!current || replace)) lacking.push({id: card.dataset.id, replace});
-    else placeCard(card, replace);
+    else if (placeCard(card, replace)) changed = true;
   }
   for (const card of allCards()) {
-    if (!freshIds.has(card.dataset.id) && !newerThan(card, since)) dropCard(card);
+    if (!freshIds.has(card.dataset.id) && !newerThan(card, since)) {
+      dropCard(card);
+      changed = true;
+    }
   }
-  afterChange();
+  if (changed) afterChange();
   await fetchCards(lacking, since);
   container.dataset.reconciled = String(Number(container.dataset.reconciled || 0) + 1); // tests wait on it
 }
@@ -344,7 +354,7 @@ view = new FleetView(container, cards, layout);
 initRename(container, () => afterChange());
 container.addEventListener('change', onToggle);
 for (const card of container.querySelectorAll(':scope > [data-card]')) {
-  card.dataset.confirmed = String(tick());
+  confirmed.set(card, tick());
   cards.add(card);
 }
 cards.flush(); // at once: the server's order, the layout and the charts before the first paint
