@@ -80,7 +80,6 @@ _SET_ONLINE = "UPDATE device SET online = ? WHERE id = ?"
 #: Never backwards: another worker may have stored a later message of the same device first.
 _SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ? AND last_seen < ?"
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
-#: Drops that may only mean this engine is behind the database (another worker started that session).
 _QUARANTINE = "INSERT INTO quarantine (received_at, topic, payload, reason) VALUES (?, ?, ?, ?)"
 #: Taken, with several workers, by a transaction that may hand out device ids or names (then released by its
 #: commit): SQLite's write lock through a write that changes nothing; on PostgreSQL an advisory lock.
