@@ -27,6 +27,7 @@ from bench.stack import Stack
 from bench.web import full_scans
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.latest import refresh_latest
 from sensorhub.db.models import format_micros
 from sensorhub.db.rollups import rebuild
 from sensorhub.ingest.history import History
@@ -113,6 +114,7 @@ class BigDatabase:
         started = time.monotonic()
         with engine.begin() as conn:
             rebuild(conn)
+            refresh_latest(conn)
         self.rollups_s = time.monotonic() - started
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
@@ -372,6 +374,7 @@ def _old_readings(path: Path, count: int) -> None:
     engine = make_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
         rebuild(conn)
+        refresh_latest(conn)
     engine.dispose()
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, event
 from bench.scenarios import Figure, Sizes, percentile
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.latest import refresh_sql
 from sensorhub.db.models import format_micros
 from sensorhub.web import create_app
 
@@ -50,6 +51,7 @@ def build(path: Path, devices: int, readings: int, rng: random.Random) -> None:
                   k % 2 if binary else rng.randrange(101)) for k in range(count)],
             )
         db.commit()
+    db.execute(refresh_sql())  # the latest value columns, as the ingest client keeps them
     db.execute("ANALYZE")
     db.commit()
     db.close()

@@ -64,6 +64,7 @@ def _open_capteurs(page: Page, url: Callable[[str], str], devices: int) -> None:
 
 def demo_week(engine: Any) -> int:
     """A device that left an hour ago after a week of readings (light every 5 minutes, LED on in the evening)."""
+    from sensorhub.db.latest import refresh_latest
     from sensorhub.db.models import format_micros
     from sensorhub.db.rollups import rebuild
 
@@ -86,6 +87,7 @@ def demo_week(engine: Any) -> int:
         conn.execute(text("INSERT INTO light_reading (device_id, at, value) VALUES (:d, :at, :v)"), light)
         conn.execute(text("INSERT INTO led_reading (device_id, at, value) VALUES (:d, :at, :v)"), led)
         rebuild(conn, [device])
+        refresh_latest(conn, [device])
     return device
 
 

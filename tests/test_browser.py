@@ -532,6 +532,7 @@ def thirty_days(engine: Any) -> int:
 
     from sqlalchemy import text
 
+    from sensorhub.db.latest import refresh_latest
     from sensorhub.db.models import format_micros, to_micros
     from sensorhub.db.rollups import rebuild
     from tests.test_web import add_device
@@ -546,6 +547,7 @@ def thirty_days(engine: Any) -> int:
         conn.execute(text("INSERT INTO led_reading (device_id, at, value) VALUES (:d, :at, :v)"), [
             {"d": device, "at": format_micros(start + n * 7_200_000_000), "v": n % 2} for n in range(30 * 12)])
         rebuild(conn)
+        refresh_latest(conn, [device])
     return device
 
 

@@ -27,7 +27,8 @@ from sqlalchemy import Connection, Engine, text
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.backup import backup
-from sensorhub.db.models import LightReading, format_micros, to_micros
+from sensorhub.db.latest import refresh_latest
+from sensorhub.db.models import LedReading, LightReading, format_micros, to_micros
 from sensorhub.db.rollups import rebuild
 from sensorhub.errors import DatabaseError
 from sensorhub.ingest import retention
@@ -137,6 +138,12 @@ def test_published_readings_come_back_exactly_and_roll_up(ingest: IngestClient, 
         kept = rollups(conn)
         rebuild(conn)
         assert kept == rollups(conn)
+        # The latest value columns the writer kept are what the readings say.
+        latest = text("SELECT id, last_led, last_led_at, last_button, last_button_at, last_light, last_light_at "
+                      "FROM device ORDER BY id")
+        written = [tuple(row) for row in conn.execute(latest)]
+        refresh_latest(conn)
+        assert written == [tuple(row) for row in conn.execute(latest)] and written[0][1] is not None
         conn.rollback()
 
     # The session log: named, online, ended.
@@ -309,3 +316,34 @@ def test_the_backup_command_and_the_restore_recipe(settings: Settings, engine: E
                          capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0, ran.stderr
     assert stored(engine, "light_reading") == 3
+
+
+@both_databases
+def test_retention_that_purges_a_devices_newest_readings_leaves_its_latest_values_as_the_readings_say(
+        engine: Engine, settings: Settings) -> None:
+    """A kind whose readings are all purged has no latest value any more (NULL, shown as none); a kind with
+    readings left keeps its newest; the columns always equal what the reading tables give."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    gone = add_device(engine, "vieux1", 51, joined=now - timedelta(days=11), online=False, last_seen=now)
+    kept = add_device(engine, "vieux2", 52, joined=now - timedelta(days=11), online=False, last_seen=now)
+    # More old rows than one purge step deletes: the newest old one goes in a later step.
+    add_readings(engine, LightReading, gone, [n % 101 for n in range(700)], now - timedelta(days=10),
+                 timedelta(minutes=5))
+    add_readings(engine, LedReading, gone, [1], now - timedelta(days=1))
+    add_readings(engine, LightReading, kept, [5, 6, 7], now - timedelta(days=5), timedelta(days=1))
+    latest = "SELECT id, last_led, last_light, last_light_at FROM device ORDER BY id"
+    with engine.connect() as conn:
+        assert [tuple(r)[:3] for r in conn.execute(text(latest))] == [(gone, 1, 699 % 101), (kept, None, 7)]
+    purger = Purger(3, 0, now_us=lambda: to_micros(now))
+    purger.delay(0)
+    with engine.connect() as conn:
+        deadline = time.monotonic() + 30
+        while purger.stats.passes == 0 and time.monotonic() < deadline:
+            purger.run(conn, busy=False)
+        after = [tuple(r) for r in conn.execute(text(latest))]
+        refresh_latest(conn)
+        assert [tuple(r) for r in conn.execute(text(latest))] == after
+        conn.rollback()
+    assert purger.stats.readings == 700 + 1
+    assert [row[:3] for row in after] == [(gone, 1, None), (kept, None, 7)]
+    assert after[0][3] is None

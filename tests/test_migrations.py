@@ -45,11 +45,18 @@ def release_1_database(path: Path) -> None:
             conn.executemany(f"INSERT INTO {table} (device_id, at, value) VALUES (?, ?, ?)", rows)
 
 
+#: The columns of the first release's tables (later revisions add columns to `device`).
+RELEASE_1_COLUMNS = {
+    "device": "id, name, session_name, mac, online, session_id, joined_at, last_seen",
+    "led_reading": "*", "button_reading": "*", "light_reading": "*",
+}
+
+
 def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
     """Every row of every table of the first release, in id order."""
     with sqlite3.connect(path) as conn:
-        return {table: conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
-                for table in ("device", "led_reading", "button_reading", "light_reading")}
+        return {table: conn.execute(f"SELECT {columns} FROM {table} ORDER BY id").fetchall()
+                for table, columns in RELEASE_1_COLUMNS.items()}
 
 
 def url(path: Path) -> str:
@@ -69,6 +76,8 @@ def test_a_release_1_database_upgrades_in_place_keeping_every_row(tmp_path: Path
     check_schema(url(path))
     assert upgrade(url(path)) == (head(), head())  # idempotent
     _check_history_tables(path)
+    with sqlite3.connect(path) as conn:
+        _check_latest_rows(conn)
     with sqlite3.connect(path) as conn:  # the rules of the first release still hold
         with pytest.raises(sqlite3.IntegrityError, match="light_value"):
             conn.execute("INSERT INTO light_reading (device_id, at, value) "
@@ -171,6 +180,24 @@ def _check_history_rows(conn: Any) -> None:
         assert ended_at == (None if online else last_seen)
 
 
+def _check_latest_rows(conn: Any) -> None:
+    """Migration 0005 filled each device's latest value columns with its newest reading of each kind (by at, id)."""
+    devices = [row[0] for row in conn.execute("SELECT id FROM device ORDER BY id").fetchall()]
+    expected: dict[int, list[object]] = {device: [] for device in devices}
+    for kind in ("led", "button", "light"):
+        newest: dict[int, tuple[str, int, int]] = {}
+        for row_id, device, at, value in conn.execute(f"SELECT id, device_id, at, value FROM {kind}_reading"):
+            if device not in newest or (at, row_id) > newest[device][:2]:
+                newest[device] = (at, row_id, value)
+        for device in devices:
+            at, _, value = newest.get(device, (None, 0, None))
+            expected[device] += [value, at]
+    stored = {row[0]: list(row[1:]) for row in conn.execute(
+        "SELECT id, last_led, last_led_at, last_button, last_button_at, last_light, last_light_at FROM device")}
+    assert stored == expected
+    assert all(value is not None for values in stored.values() for value in values)  # every kind was backfilled
+
+
 def test_postgresql_gets_every_revision_keeps_every_row_and_matches_the_models(postgresql: Cluster) -> None:
     target = postgresql.create_database()
     engine = make_engine(target)
@@ -190,15 +217,17 @@ def test_postgresql_gets_every_revision_keeps_every_row_and_matches_the_models(p
             cursor.executemany(f"INSERT INTO {table} (device_id, at, value) VALUES (%s, %s, %s)", [
                 (device, f"2025-01-01 0{device}:00:{second:02d}.{second:06d}", values[second % len(values)])
                 for device in range(1, 5) for second in range(1, 60)])
-    tables = ("device", "led_reading", "button_reading", "light_reading")
     with raw.cursor() as cursor:
-        before = {t: cursor.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables}
+        before = {t: cursor.execute(f"SELECT {c} FROM {t} ORDER BY id").fetchall()
+                  for t, c in RELEASE_1_COLUMNS.items()}
     assert look(target).state is State.OLDER
     assert upgrade(target) == ("0003", head())
     check_schema(target)
     with raw.cursor() as cursor:
-        assert {t: cursor.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables} == before
+        assert {t: cursor.execute(f"SELECT {c} FROM {t} ORDER BY id").fetchall()
+                for t, c in RELEASE_1_COLUMNS.items()} == before
         _check_history_rows(cursor)
+        _check_latest_rows(cursor)
         # the device ids handed out by hand moved the sequence on: id 4 is never handed out again
         assert cursor.execute(postgres.LAST_DEVICE_ID).fetchone() == (4,)
     with engine.connect() as conn:

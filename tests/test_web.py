@@ -26,6 +26,7 @@ from sqlalchemy.exc import InternalError, OperationalError
 from sqlalchemy.orm import Session
 
 from sensorhub.config import Settings
+from sensorhub.db.latest import refresh_latest
 from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
 from sensorhub.ports import PortError, ensure_free
 from sensorhub.protocol import MAX_NAME, Topic, browser_data
@@ -71,6 +72,7 @@ def add_readings(engine: Engine, model: Any, device_id: int, values: list[int], 
     with engine.begin() as conn:
         conn.execute(insert(model), [{"device_id": device_id, "at": at, "value": v}
                                      for at, v in zip(moments, values, strict=True)])
+        refresh_latest(conn, [device_id])  # as the ingest client keeps them
     return moments
 
 

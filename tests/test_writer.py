@@ -14,7 +14,9 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from sensorhub.commands import LedRequest, RenameRequest
+from sensorhub.db import dialect
 from sensorhub.db.engine import sqlite_path
+from sensorhub.db.latest import refresh_latest
 from sensorhub.ingest import writer as writer_module
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
@@ -440,3 +442,60 @@ def test_joins_arriving_at_two_workers_at_once_each_get_a_device_and_a_name(engi
     assert rows == assigned and len(rows) == 60  # one device each, the name the database holds
     assert quarantined(engine) == [] and [w.drops.snapshot() for w in writers] == [{}, {}]
     assert [w.stats.failed_batches for w in writers] == [0, 0]  # no collision to retry
+
+
+LATEST = "SELECT last_led, last_button, last_light, last_led_at, last_button_at, last_light_at FROM device WHERE id = 1"
+
+
+def latest_columns(engine: Engine) -> tuple[Any, ...]:
+    """Device 1's latest value columns as stored, and as recomputed from its readings (rolled back)."""
+    with engine.connect() as conn:
+        kept = tuple(conn.execute(text(LATEST)).one())
+        refresh_latest(conn, [1])
+        recomputed = tuple(conn.execute(text(LATEST)).one())
+        conn.rollback()
+    assert kept == recomputed, "the writer's latest values differ from the readings"
+    return kept
+
+
+@both_databases
+def test_the_writer_keeps_each_kinds_latest_value_in_the_device_row(writer: Writer, paho: Recorder,
+                                                                     engine: Engine) -> None:
+    name, session = joined(writer, paho)
+    assert latest_columns(engine) == (None,) * 6
+
+    def reading(kind: Kind, value: int, mid: int) -> Inbound:
+        return Inbound(Reading(kind, name, session, value), now(), mid, 1)
+
+    submit_all(writer, [reading(Kind.LED, 1, 1), reading(Kind.LIGHT, 10, 2), reading(Kind.LIGHT, 20, 3),
+                        reading(Kind.BUTTON, 1, 4), reading(Kind.LED, 0, 5)])
+    wait_for(lambda: len(paho.acks) == 5, 5, what="the batch acknowledged")
+    assert latest_columns(engine)[:3] == (0, 1, 20)
+    submit_all(writer, light(name, session, [30], first_mid=6))  # a batch of one kind leaves the others alone
+    wait_for(lambda: len(paho.acks) == 6, 5, what="acknowledged")
+    values = latest_columns(engine)
+    assert values[:3] == (0, 1, 30) and values[3] < values[5]
+
+
+@both_databases
+def test_an_older_batch_never_replaces_a_newer_latest_value(writer: Writer, paho: Recorder, engine: Engine) -> None:
+    """Another worker may commit an older batch after a newer one: its values (older stamps) are not kept."""
+    name, session = joined(writer, paho)
+    submit_all(writer, light(name, session, [40]))
+    wait_for(lambda: len(paho.acks) == 1, 5, what="acknowledged")
+    led, button, light_value, _, _, newest = latest_columns(engine)
+    assert (led, button, light_value) == (None, None, 40)
+    with engine.connect() as conn:
+        seen = conn.execute(text("SELECT last_seen FROM device WHERE id = 1")).scalar_one()
+        older = "2000-01-01 00:00:00.000000"
+        # (last_seen x2, then per kind led, button, light: stamp, value, stamp, stamp; device id)
+        dialect.execute(conn, writer_module._SET_LAST_SEEN, [
+            (older, older, older, 1, older, older, None, None, None, None, older, 99, older, older, 1)])
+        conn.commit()
+        row = conn.execute(text(LATEST)).one()
+        assert (row[0], row[1], row[2], row[5]) == (1, None, 40, newest)  # led was unknown: taken; light kept
+        assert conn.execute(text("SELECT last_seen FROM device WHERE id = 1")).scalar_one() == seen
+        dialect.execute(conn, writer_module._SET_LAST_SEEN, [
+            (older, older, None, None, None, None, None, None, None, None, newest, 77, newest, newest, 1)])
+        conn.commit()
+        assert conn.execute(text("SELECT last_light FROM device WHERE id = 1")).scalar_one() == 77  # same stamp

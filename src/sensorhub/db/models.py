@@ -124,6 +124,14 @@ class Device(Base):
     session_id: Mapped[str] = mapped_column(String(MAX_SESSION))
     joined_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The latest reading of each kind and its time (NULL: none recorded), kept by the ingest client in the
+    # batch's last_seen UPDATE and by db.latest.refresh_latest elsewhere; stored text like a reading's `at`.
+    last_led: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_led_at: Mapped[str | None] = mapped_column(String(26), default=None)
+    last_button: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_button_at: Mapped[str | None] = mapped_column(String(26), default=None)
+    last_light: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_light_at: Mapped[str | None] = mapped_column(String(26), default=None)
 
     def __repr__(self) -> str:
         return f"Device(id={self.id!r}, name={self.name!r}, mac={self.mac!r}, online={self.online!r})"

@@ -1,8 +1,9 @@
 """Read queries of the web server: device lists, last values, history pages and counts.
 
-Every "last N values of a device" goes through the (device_id, at) index of its reading table, one
-`ORDER BY at DESC LIMIT N` per device (a correlated subquery), never a window over the whole table:
-the cost stays proportional to the devices shown, whatever the number of readings.
+The latest value of each kind is a column of the device row (kept by the ingest client, db/latest.py), so a
+list of devices reads no reading table. Every "last N values of a device" goes through the (device_id, at)
+index of its reading table, one `ORDER BY at DESC LIMIT N` per device (a correlated subquery), never a window
+over the whole table: the cost stays proportional to the devices shown, whatever the number of readings.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from sqlalchemy import (
     Connection,
     Integer,
     Row,
-    ScalarSelect,
     String,
     case,
     func,
@@ -118,23 +118,15 @@ class Stats:
     readings: dict[Kind, int]
 
 
-def _latest(model: ReadingModel) -> ScalarSelect[int]:
-    return (
-        select(model.value)
-        .where(model.device_id == Device.id)
-        .order_by(model.at.desc(), model.id.desc())
-        .limit(1)
-        .correlate(Device)
-        .scalar_subquery()
-    )
+def _latest_columns() -> list[Any]:
+    """Each kind's latest value, kept in the device row (db/latest.py): no reading table is read."""
+    return [Device.last_led.label("led"), Device.last_button.label("button"), Device.last_light.label("light")]
 
 
 def _device_select() -> Any:
     return select(
         Device.id, Device.name, Device.session_name, Device.mac, Device.online, Device.session_id,
-        Device.joined_at, Device.last_seen,
-        _latest(LedReading).label("led"), _latest(ButtonReading).label("button"),
-        _latest(LightReading).label("light"),
+        Device.joined_at, Device.last_seen, *_latest_columns(),
     )
 
 
@@ -177,8 +169,7 @@ def device_records(conn: Connection, *, online: bool | None = None, query: str =
         _as_stored(Device.joined_at, "joined_at"), _as_stored(Device.last_seen, "last_seen"),
     ]
     if latest:
-        columns += [_latest(LedReading).label("led"), _latest(ButtonReading).label("button"),
-                    _latest(LightReading).label("light")]
+        columns += _latest_columns()
     stmt = select(*columns).order_by(*_NEWEST_FIRST)
     if online is not None:
         stmt = stmt.where(Device.online == online)

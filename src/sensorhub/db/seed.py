@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
+from sensorhub.db.latest import refresh_latest
 from sensorhub.db.models import ButtonReading, Device, DeviceSession, LedReading, LightReading
 from sensorhub.db.rollups import rebuild
 from sensorhub.protocol import new_session_id
@@ -42,6 +43,7 @@ def seed(engine: Engine, devices: int = 4, hours: int = 24, rng: random.Random |
             _readings(session, device.id, joined, last, rng)
             added.append(device.id)
         rebuild(session.connection(), added)  # as the ingest client would have kept them
+        refresh_latest(session.connection(), added)
     return len(added)
 
 

@@ -5,6 +5,11 @@ long behind it.
 Rows are found device by device through the `(device_id, at)` indexes (and the roll-ups' primary keys), so no
 extra index slows the inserts and no step scans a table. SQLite puts the freed pages on its free list and
 reuses them for new rows: once retention is reached, the file stops growing.
+
+A step that deleted a device's newest reading of a kind (its `last_<kind>_at` is older than the cut-off)
+recomputes that device's latest value columns from what is left, in the same transaction (db/latest.py): they
+always say what the reading tables say, so a latest value purged with all its kind's readings becomes NULL and
+the pages show no value for it, as they did when the latest value was read from the readings.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, TextClause, text
 
+from sensorhub.db.latest import COLUMNS, refresh_sql
 from sensorhub.db.models import format_micros
+from sensorhub.protocol import Kind
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +41,20 @@ REST_INTERVAL = 60.0
 START_DELAY = 10.0
 
 _READINGS = ("light_reading", "led_reading", "button_reading")
+_KIND_OF = {table: kind for kind, (table, _value, _at) in COLUMNS.items()}
 _ROLLUPS = ("rollup_minute", "rollup_hour")
 
 
 def _reading_delete(table: str) -> TextClause:
     return text(f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE device_id = :device "
                 f"AND at < :cutoff ORDER BY at LIMIT {STEP_ROWS})")
+
+
+def _latest_refresh(table: str) -> TextClause:
+    """Recompute a device's latest value of the kind of `table` if the newest one was older than the cut-off."""
+    kind: Kind = _KIND_OF[table]
+    at = COLUMNS[kind][2]
+    return text(f"{refresh_sql([kind])} WHERE id = :device AND {at} < :cutoff")
 
 
 def _rollup_delete(table: str) -> TextClause:
@@ -67,6 +82,7 @@ class Purger:
         self.now_us = now_us or (lambda: time.time_ns() // 1000)
         self.stats = RetentionStats()
         self._tasks: list[tuple[TextClause, dict[str, object], str]] = []
+        self._refresh: dict[TextClause, TextClause] = {}
         self._next = time.monotonic() + START_DELAY
         self._pass_started = 0.0
         self._deleted_in_pass = 0
@@ -86,6 +102,7 @@ class Purger:
             cutoff = format_micros(now - self.raw_days * DAY_US)
             for table in _READINGS:
                 statement = _reading_delete(table)
+                self._refresh[statement] = _latest_refresh(table)
                 tasks += [(statement, {"device": d, "cutoff": cutoff}, "readings") for d in devices]
         if self.rollup_days:
             cutoff = format_micros(now - self.rollup_days * DAY_US)
@@ -119,6 +136,8 @@ class Purger:
             statement, values, what = self._tasks[-1]
             try:
                 count = conn.execute(statement, values).rowcount
+                if count and what == "readings":
+                    conn.execute(self._refresh[statement], values)
                 conn.commit()
             except BaseException:
                 conn.rollback()

@@ -77,8 +77,17 @@ _INSERT_DEVICE = (
 )
 _NEW_SESSION = "UPDATE device SET session_id = ?, session_name = ?, online = FALSE WHERE id = ?"
 _SET_ONLINE = "UPDATE device SET online = ? WHERE id = ?"
-#: Never backwards: another worker may have stored a later message of the same device first.
-_SET_LAST_SEEN = "UPDATE device SET last_seen = ? WHERE id = ? AND last_seen < ?"
+#: Never backwards: another worker may have stored a later message of the same device first. The same UPDATE
+#: keeps each kind's latest value (db/latest.py): replaced only by a value at least as recent (a NULL time, no
+#: reading of that kind in the batch, compares as unknown and keeps what is stored).
+_SET_LAST_SEEN = (
+    "UPDATE device SET last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END"
+    + "".join(f", last_{k} = CASE WHEN coalesce(last_{k}_at, '') <= ? THEN ? ELSE last_{k} END"
+              f", last_{k}_at = CASE WHEN coalesce(last_{k}_at, '') <= ? THEN ? ELSE last_{k}_at END"
+              for k in ("led", "button", "light"))
+    + " WHERE id = ?"
+)
+_NO_READING = (None, None)
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
 _QUARANTINE = "INSERT INTO quarantine (received_at, topic, payload, reason) VALUES (?, ?, ?, ?)"
 #: Taken, with several workers, by a transaction that may hand out device ids or names (then released by its
@@ -446,10 +455,18 @@ class Writer:
                 if rows:
                     dialect.insert_readings(conn, kind.value, rows)
             if done.seen:
+                # Each device's stamps increase within a batch, so its last row of a kind is its newest.
+                led, button, light = ({device_id: (stamp, value) for device_id, stamp, value in done.readings[kind]}
+                                      for kind in (Kind.LED, Kind.BUTTON, Kind.LIGHT))
                 # In id order: two workers' transactions then lock the same rows in the same order.
                 dialect.execute(conn, _SET_LAST_SEEN, [
-                    (stamp, device.id, stamp) for device in sorted(done.seen.values(), key=_device_id)
+                    (stamp, stamp, l_at, l_value, l_at, l_at, b_at, b_value, b_at, b_at,
+                     p_at, p_value, p_at, p_at, device.id)
+                    for device in sorted(done.seen.values(), key=_device_id)
                     for stamp in (format_micros(device.last_seen_us),)
+                    for (l_at, l_value) in (led.get(device.id, _NO_READING),)
+                    for (b_at, b_value) in (button.get(device.id, _NO_READING),)
+                    for (p_at, p_value) in (light.get(device.id, _NO_READING),)
                 ])
             self.history.stage(conn, done.readings, events)
             conn.commit()
