@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, jsonify
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, insert, text, update
 from sqlalchemy.exc import InternalError, OperationalError
@@ -496,6 +496,10 @@ def test_api_devices_fast_path_writes_what_device_json_writes(client: FlaskClien
     for private in (True, False):
         assert device_records_json(records, private) == [device_json(row, private) for row in rows]
     assert device_records_json(records)[1]["last_seen"].endswith(".000000+00:00")  # whole seconds keep .000000
+    with client.application.app_context():  # the route's orjson body: byte for byte what jsonify writes
+        expected = jsonify(device_records_json(records)).get_data()
+    response = client.get("/api/devices")
+    assert response.mimetype == "application/json" and response.get_data() == expected
 
 
 @both_databases

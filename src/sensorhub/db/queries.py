@@ -161,7 +161,7 @@ def _as_stored(column: Any, label: str) -> Any:
 
 
 def device_records(conn: Connection, *, online: bool | None = None, query: str = "",
-                   latest: bool = True) -> list[Row[Any]]:
+                   latest: bool = True) -> Sequence[Row[Any]]:
     """What `list_devices` finds, as plain rows for a large list: the same columns and order, but `joined_at`
     and `last_seen` as their stored UTC text; without `latest`, no led/button/light columns (no reading is read)."""
     columns: list[Any] = [
@@ -175,7 +175,7 @@ def device_records(conn: Connection, *, online: bool | None = None, query: str =
         stmt = stmt.where(Device.online == online)
     if query:
         stmt = stmt.where(_matches(query))
-    return list(conn.execute(stmt))
+    return conn.execute(stmt).all()  # one fetchall, not a fetch per row
 
 
 def get_device(conn: Connection, device_id: int) -> DeviceRow | None:
