@@ -16,10 +16,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.scenarios import Figure, Sizes, percentile
-from bench.stack import free_port
+from bench.stack import scratch_settings
 from sensorhub.broker import Broker
 from sensorhub.commands import LedRequest
-from sensorhub.config import Settings
 from sensorhub.credentials import CLIENT_USER, client_password
 from sensorhub.db.engine import init_db, make_engine
 from sensorhub.ingest.ledpipe import send_command
@@ -98,10 +97,7 @@ def led_commands(sizes: Sizes) -> Figure:
     count = 300 if sizes.devices >= 100 else 30
     with tempfile.TemporaryDirectory(prefix="sensorhub-bench-commands-") as tmp:
         directory = Path(tmp)
-        settings = Settings().replace(
-            database_url=f"sqlite:///{directory / 'db.sqlite3'}", mqtt_port=free_port(), mqtt_ws_port=free_port(),
-            fifo=str(directory / "var" / "ledpipe"), broker_log=str(directory / "mosquitto.log"),
-            state_dir=str(directory / "var"), broker_max_connections=-1, log_level="WARNING")
+        settings = scratch_settings(directory)
         engine = make_engine(settings.database_url, create_dir=True)
         init_db(engine)
         broker = Broker(settings)
@@ -120,14 +116,13 @@ def led_commands(sizes: Sizes) -> Figure:
                     time.sleep(0.05)
                     conn.rollback()
                 device_id = int(conn.exec_driver_sql("SELECT id FROM device").scalar_one())
-            session = board.session
+            name, session = board.name, board.session
             relay = BrokerRelay(settings.replace(commands="broker"))
             direct = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
             direct.username_pw_set(CLIENT_USER, client_password(settings))
             direct.connect("127.0.0.1", settings.mqtt_port)
             direct.loop_start()
             time.sleep(0.3)
-            sent = board  # not None from here on, for the closures
 
             def by_pipe(n: int) -> None:
                 send_command(settings.fifo_path, LedRequest(device_id, session, n % 2 == 0))
@@ -138,7 +133,7 @@ def led_commands(sizes: Sizes) -> Figure:
 
             def by_hand(n: int) -> None:
                 assert direct is not None
-                direct.publish(Topic.LED_COMMAND, format_led_command(sent.name, session, n % 2 == 0), qos=1)
+                direct.publish(Topic.LED_COMMAND, format_led_command(name, session, n % 2 == 0), qos=1)
 
             results = {label: _timed(board, send, count)
                        for label, send in (("direct", by_hand), ("pipe", by_pipe), ("broker", by_broker))}

@@ -14,9 +14,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.scenarios import Figure, Sizes
-from bench.stack import free_port
+from bench.stack import scratch_settings
 from sensorhub.broker import Broker
-from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
 from sensorhub.ingest import service
 from sensorhub.ingest.service import IngestClient
@@ -55,10 +54,7 @@ def one_restart(delays: tuple[float, float], how: signal.Signals, readings: int)
     """Restart the broker once under a running client; a board joins as soon as the broker is back."""
     with tempfile.TemporaryDirectory(prefix="sensorhub-bench-restart-") as tmp:
         directory = Path(tmp)
-        settings = Settings().replace(
-            database_url=f"sqlite:///{directory / 'db.sqlite3'}", mqtt_port=free_port(), mqtt_ws_port=free_port(),
-            fifo=str(directory / "led.fifo"), broker_log=str(directory / "mosquitto.log"),
-            state_dir=str(directory / "var"), broker_max_connections=-1, log_level="WARNING")
+        settings = scratch_settings(directory)
         engine = make_engine(settings.database_url, create_dir=True)
         init_db(engine)
         service.RECONNECT_MIN, service.RECONNECT_MAX = delays

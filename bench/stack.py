@@ -25,6 +25,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def scratch_settings(directory: Path, **changes: Any) -> Settings:
+    """Settings of a bench run of its own in `directory`: a new SQLite file, state directory and broker log, free
+    ports, quiet logs; `changes` on top."""
+    return Settings().replace(
+        database_url=f"sqlite:///{directory / 'db.sqlite3'}", mqtt_port=free_port(), mqtt_ws_port=free_port(),
+        fifo=str(directory / "var" / "ledpipe"), broker_log=str(directory / "mosquitto.log"),
+        state_dir=str(directory / "var"), broker_max_connections=-1, log_level="WARNING", **changes)
+
+
 def raise_open_files() -> None:
     """Thousands of devices need thousands of sockets, in mosquitto and in the simulator."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -9,14 +9,15 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from bench.scenarios import Figure, Sizes
-from bench.stack import free_port
+from bench.stack import scratch_settings
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
@@ -49,64 +50,82 @@ def _publish_all(publisher: mqtt.Client, sessions: list[tuple[str, str]]) -> Non
         info.wait_for_publish(300)
 
 
-def worker_kill(sizes: Sizes) -> Figure:
-    """Stream, kill -9 worker 2 at a fifth, restart it; count what was stored and what came twice."""
-    devices = 1_000 if sizes.devices >= 100 else 20
+@dataclass
+class Killed:
+    """What one run stored of the stream, and what worker 2 said once restarted and stopped."""
+
+    sent: int
+    stored: int
+    duplicates: int
+    killed_at: int
+    seconds: float
+    restarted_output: str
+
+
+def kill_one_of_two(settings: Settings, engine: Engine, devices: int) -> Killed:
+    """Seed `devices` devices, stream values 0-99 of each to two workers, kill -9 worker 2 once a fifth is stored,
+    start it again 2 s later; wait until every reading is stored (the broker and workers of `settings`)."""
     total = devices * 100
+    seed(engine, devices=devices, hours=1)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT session_name, session_id FROM device"))
+        sessions = [(str(name), str(session)) for name, session in rows]
+        base = int(conn.execute(text("SELECT coalesce(max(id), 0) FROM light_reading")).scalar_one())
+
+    def stored() -> tuple[int, int]:
+        """(rows, distinct device-value pairs) stored by this run."""
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT count(*), count(DISTINCT device_id * 1000 + value) "
+                                    "FROM light_reading WHERE id > :base"), {"base": base}).one()
+            return int(row[0]), int(row[1])
+
+    broker = Broker(settings)
+    broker.start()
+    workers = {n: sensorhub(f"client{n}", ["client"], settings.replace(worker=n)) for n in (1, 2)}
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    publisher.max_inflight_messages_set(1000)
+    try:
+        for worker in workers.values():
+            start(worker)
+        publisher.connect("127.0.0.1", settings.mqtt_port)
+        publisher.loop_start()
+        started = time.monotonic()
+        sending = threading.Thread(target=_publish_all, args=(publisher, sessions), daemon=True)
+        sending.start()
+        _wait(lambda: stored()[1] >= total // 5, 300, "a fifth stored")
+        process = workers[2].process
+        assert process is not None
+        process.kill()  # its unacknowledged messages stay queued in its session at the broker
+        process.wait()
+        killed_at = stored()[1]
+        time.sleep(2)
+        workers[2] = start(sensorhub("client2", ["client"], settings.replace(worker=2)))
+        sending.join(300)
+        _wait(lambda: stored()[1] >= total, 300, "every reading stored")
+        elapsed = time.monotonic() - started
+        time.sleep(1)  # what still arrives is a duplicate: count it too
+        rows, distinct = stored()
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        for worker in workers.values():
+            worker.stop()
+        broker.stop()
+    return Killed(total, distinct, rows - distinct, killed_at, round(elapsed, 1), workers[2].output())
+
+
+def worker_kill(sizes: Sizes) -> Figure:
+    """The scenario at the issue's scale (100,000 readings; 2,000 in a quick run), on SQLite."""
     with tempfile.TemporaryDirectory(prefix="sensorhub-bench-kill-") as tmp:
-        directory = Path(tmp)
-        settings = Settings().replace(
-            database_url=f"sqlite:///{directory / 'db.sqlite3'}", mqtt_port=free_port(), mqtt_ws_port=free_port(),
-            fifo=str(directory / "var" / "ledpipe"), broker_log=str(directory / "mosquitto.log"),
-            state_dir=str(directory / "var"), broker_max_connections=-1, log_level="WARNING")
+        settings = scratch_settings(Path(tmp))
         engine = make_engine(settings.database_url, create_dir=True)
         init_db(engine)
-        seed(engine, devices=devices, hours=1)
-        with engine.connect() as conn:
-            sessions = [tuple(row) for row in conn.execute(text("SELECT session_name, session_id FROM device"))]
-            base = int(conn.execute(text("SELECT coalesce(max(id), 0) FROM light_reading")).scalar_one())
-
-        def stored() -> tuple[int, int]:
-            with engine.connect() as conn:
-                row = conn.execute(text("SELECT count(*), count(DISTINCT device_id * 1000 + value) "
-                                        "FROM light_reading WHERE id > :base"), {"base": base}).one()
-                return int(row[0]), int(row[1])
-
-        broker = Broker(settings)
-        broker.start()
-        workers = {n: sensorhub(f"client{n}", ["client"], settings.replace(worker=n)) for n in (1, 2)}
-        publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        publisher.max_inflight_messages_set(1000)
         try:
-            for worker in workers.values():
-                start(worker)
-            publisher.connect("127.0.0.1", settings.mqtt_port)
-            publisher.loop_start()
-            started = time.monotonic()
-            sending = threading.Thread(target=_publish_all, args=(publisher, sessions), daemon=True)
-            sending.start()
-            _wait(lambda: stored()[1] >= total // 5, 300, "a fifth stored")
-            process = workers[2].process
-            assert process is not None
-            process.kill()
-            process.wait()
-            killed_at = stored()[1]
-            time.sleep(2)
-            workers[2] = start(sensorhub("client2", ["client"], settings.replace(worker=2)))
-            sending.join(300)
-            _wait(lambda: stored()[1] >= total, 300, "every reading stored")
-            elapsed = time.monotonic() - started
-            time.sleep(1)  # what still arrives is a duplicate: count it too
-            rows, distinct = stored()
+            run = kill_one_of_two(settings, engine, 1_000 if sizes.devices >= 100 else 20)
         finally:
-            publisher.disconnect()
-            publisher.loop_stop()
-            for worker in workers.values():
-                worker.stop()
-            broker.stop()
             engine.dispose()
-    data = {"sent": total, "stored": distinct, "lost": total - distinct, "duplicates": rows - distinct,
-            "killed_at": killed_at, "seconds": round(elapsed, 1)}
-    return Figure("worker_kill", f"kill -9 of 1 of 2 workers, {total:,} QoS 1 readings",
-                  f"{distinct:,} of {total:,} stored, {rows - distinct} duplicate(s), killed at {killed_at:,}, "
-                  f"{elapsed:.1f} s", "0 lost", distinct == total, data)
+    data = {"sent": run.sent, "stored": run.stored, "lost": run.sent - run.stored, "duplicates": run.duplicates,
+            "killed_at": run.killed_at, "seconds": run.seconds}
+    return Figure("worker_kill", f"kill -9 of 1 of 2 workers, {run.sent:,} QoS 1 readings",
+                  f"{run.stored:,} of {run.sent:,} stored, {run.duplicates} duplicate(s), killed at {run.killed_at:,}, "
+                  f"{run.seconds:.1f} s", "0 lost", run.stored == run.sent, data)

@@ -12,10 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import psutil
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine, text
 
 from sensorhub.broker import Broker
@@ -215,58 +213,17 @@ def test_api_stats_says_when_the_disk_is_low(small_disk: Path, tmp_path: Path) -
 def test_two_workers_one_killed_mid_stream_lose_nothing_and_the_restarted_one_takes_its_share(
         settings: Settings, engine: Engine) -> None:
     """20,000 QoS 1 readings (200 devices x values 0-99, each pair once) to two `sensorhub client` workers; worker 2
-    is SIGKILLed mid-stream and started again: every pair is stored; duplicates are counted and printed."""
-    from sensorhub.db.seed import seed
-    from tests.stack import sensorhub, start
+    is SIGKILLed mid-stream and started again: every pair is stored; duplicates are counted and printed. The
+    bench's `worker_kill` scenario, at the test's size."""
+    from bench.workerkill import kill_one_of_two
 
-    seed(engine, devices=200, hours=1)
-    with engine.connect() as conn:
-        sessions = [tuple(row) for row in conn.execute(text("SELECT session_name, session_id FROM device"))]
-        base = int(conn.execute(text("SELECT coalesce(max(id), 0) FROM light_reading")).scalar_one())
-
-    def stored() -> tuple[int, int]:
-        """(rows, distinct device-value pairs) stored by this test."""
-        with engine.connect() as conn:
-            return tuple(conn.execute(text(  # type: ignore[return-value]
-                "SELECT count(*), count(DISTINCT device_id * 1000 + value) FROM light_reading WHERE id > :b"),
-                {"b": base}).one())
-
-    workers = {n: sensorhub(f"client{n}", ["client"], settings.replace(worker=n)) for n in (1, 2)}
-    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    publisher.max_inflight_messages_set(1000)
-    broker = Broker(settings)
-    broker.start()
-    try:
-        for worker in workers.values():
-            start(worker)
-        publisher.connect("127.0.0.1", settings.mqtt_port)
-        publisher.loop_start()
-        sent = [publisher.publish(Topic.PHOTORESISTOR_STATUS, f"{name};{session};{value}", qos=1)
-                for value in range(100) for name, session in sessions]
-        wait_for(lambda: stored()[1] >= 5_000, 60, what="a quarter stored")
-        workers[2].process.kill()  # type: ignore[union-attr]  # kill -9: its unacknowledged messages stay queued
-        workers[2].process.wait()  # type: ignore[union-attr]
-        killed_at = stored()[1]
-        wait_for(lambda: stored()[1] >= killed_at + 2_000, 60, what="worker 1 going on alone")
-        workers[2] = start(sensorhub("client2", ["client"], settings.replace(worker=2)))
-        for info in sent:
-            info.wait_for_publish(60)
-        rows, distinct = wait_for(lambda: (found := stored())[1] >= 20_000 and found, 120, what="every reading")
-        time.sleep(1)  # anything still arriving would be a duplicate: count it too
-        rows, distinct = stored()
-        workers[2].stop()
-        restarted = workers[2].output()
-    finally:
-        publisher.disconnect()
-        publisher.loop_stop()
-        for worker in workers.values():
-            worker.stop()
-        broker.stop()
-    print(f"20,000 QoS 1 readings, worker 2 SIGKILLed after {killed_at:,}: {distinct:,} stored, "
-          f"{rows - distinct} duplicate(s)")
-    assert distinct == 20_000  # nothing lost
-    assert "'light': 0}" not in restarted.split("ingest client stopped")[-1].split("\n")[0]  # it took its share
-    assert "ingest client stopped; stored" in restarted
+    run = kill_one_of_two(settings, engine, devices=200)
+    print(f"{run.sent:,} QoS 1 readings, worker 2 SIGKILLed after {run.killed_at:,}: {run.stored:,} stored, "
+          f"{run.duplicates} duplicate(s)")
+    assert run.stored == run.sent == 20_000  # nothing lost
+    stopped = run.restarted_output.split("ingest client stopped")[-1].split("\n")[0]
+    assert "ingest client stopped; stored" in run.restarted_output
+    assert "'light': 0}" not in stopped  # it took its share
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)

@@ -39,14 +39,12 @@ from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound, Message
 from sensorhub.ingest.summary import Summary
 from sensorhub.ingest.writer import Watchdog, Writer
+from sensorhub.mqttclient import REFUSED_LOGIN, no_delay
 from sensorhub.process import notify
 from sensorhub.protocol import SERVER_SUBSCRIPTIONS, parse_server_message
-from sensorhub.sockets import no_delay
 
 logger = logging.getLogger(__name__)
 
-#: CONNACK reason codes that mean our user name or password is wrong (MQTT 5 and their 3.1.1 mappings).
-_REFUSED_LOGIN = frozenset({134, 135})
 
 #: How long the broker keeps our session (subscriptions and undelivered QoS 1/2 messages) after we disconnect.
 SESSION_EXPIRY = 24 * 3600
@@ -166,7 +164,7 @@ class IngestClient:
     def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode,
                     _properties: Properties | None) -> None:
         if reason.is_failure:
-            if reason.value in _REFUSED_LOGIN:
+            if reason.value in REFUSED_LOGIN:
                 # Retrying cannot help: say which file holds the password, and stop.
                 self.fatal = (f"the broker refused the ingest client's password ({reason}): the password is in "
                               f"{client_secret_path(self.settings)} and the broker reads its hash from "

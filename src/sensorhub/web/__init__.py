@@ -68,8 +68,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     throttle_file = state_dir(settings) / "web-logins.sqlite3"
     throttle = auth.LoginThrottle(throttle_file)
     os.chmod(throttle_file, 0o600)  # it holds client addresses
-    app.extensions[EXTENSION] = WebState(settings, ReadOnlyDatabase(settings.database_url), throttle,
-                                         make_relay(settings))
+    app.extensions[EXTENSION] = WebState(settings, ReadOnlyDatabase(settings.database_url), make_relay(settings),
+                                         throttle)
     CSRFProtect(app)
     register_filters(app)
     register_error_handlers(app)

@@ -88,10 +88,8 @@ def _unknown(device_id: int) -> ApiError:
 
 
 def _relay(command: LedRequest | RenameRequest) -> None:
-    relay = web_state().relay
-    assert relay is not None
     try:
-        relay.send(command)
+        web_state().relay.send(command)
     except ClientNotRunning as err:
         logger.warning("command not relayed: %s", err)
         raise ApiError(CLIENT_NOT_RUNNING, 503) from err

@@ -27,7 +27,7 @@ from sensorhub.config import Settings
 from sensorhub.credentials import WEB_USER, web_mqtt_password, web_mqtt_secret_path
 from sensorhub.errors import BrokerRelayError, ClientNotRunning
 from sensorhub.ingest.ledpipe import send_command
-from sensorhub.sockets import no_delay
+from sensorhub.mqttclient import REFUSED_LOGIN, no_delay
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ BROKER_WAIT = 3.0
 NO_MATCHING_SUBSCRIBERS = 16
 #: A PUBACK nobody took within this many seconds belongs to a request that gave up: forget it.
 _FORGET_AFTER = 10 * BROKER_WAIT
-#: CONNACK reasons that mean the user name or password is wrong (MQTT 5 and their 3.1.1 mappings).
-_REFUSED_LOGIN = frozenset({134, 135})
 
 
 class Relay(Protocol):
@@ -133,7 +131,7 @@ class BrokerRelay:
             self._connected.set()
             self._settled.set()
             return
-        if reason.value in _REFUSED_LOGIN:
+        if reason.value in REFUSED_LOGIN:
             self._refused = (f"the broker refused the web server's password ({reason}): it is in "
                              f"{web_mqtt_secret_path(self.settings)}, which must be the broker machine's copy "
                              f"(restart the broker after changing it)")

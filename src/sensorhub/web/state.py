@@ -23,8 +23,8 @@ class WebState:
 
     settings: Settings
     database: ReadOnlyDatabase
+    relay: Relay
     throttle: LoginThrottle | None = None
-    relay: Relay | None = None
 
 
 def web_state() -> WebState:

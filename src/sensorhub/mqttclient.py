@@ -1,9 +1,12 @@
-"""Socket options of sensorhub's own MQTT connections."""
+"""What sensorhub's own MQTT connections (ingest client, web server) share."""
 
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Final
+
+#: CONNACK reason codes that mean the user name or password is wrong (MQTT 5 and their 3.1.1 mappings).
+REFUSED_LOGIN: Final = frozenset({134, 135})
 
 
 def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
