@@ -250,12 +250,17 @@ def _measure(stack: Stack, load: Load, sizes: Sizes, *, full: bool) -> dict[str,
                 tasks = page.evaluate(LONG_TASKS, sizes.fleet_browser_window * 1000)
                 out["long_tasks"] = {"count": len(tasks), "max_ms": round(max(tasks, default=0), 1),
                                      "share": round(sum(tasks) / (sizes.fleet_browser_window * 1000), 3)}
-            subscriber = Subscriber(stack.settings, probe.devices[0].name or "")
+            probe_id = int(page.get_attribute(f'[data-card][data-session-name="{probe.devices[0].name}"]', "data-id")
+                           or 0)
+            subscriber = Subscriber(stack.settings, probe_id)
             subscriber.start()
             try:
                 cpu = CpuWatch(fleet.process.pid or 0, subscriber.process.pid or 0)
+                subscriber.mark()
                 delays, delivered = _publish_to_dom(page, probe, sizes.browser_events, subscriber)
                 out["cpu"] = cpu.read()
+                messages, readings = subscriber.rates()
+                out["feed"] = {"messages_per_s": round(messages), "readings_per_s": round(readings)}
             finally:
                 subscriber.close()
             page_p99, subscriber_p99 = percentile(delays, 0.99), percentile(delivered, 0.99)
@@ -266,7 +271,7 @@ def _measure(stack: Stack, load: Load, sizes: Sizes, *, full: bool) -> dict[str,
                                      "to_subscriber_events": len(delivered),
                                      "page_over_subscriber_p99": round(page_p99 / subscriber_p99, 2)
                                      if delivered and subscriber_p99 > 0 else None,
-                                     **out["cpu"]}
+                                     **out["feed"], **out["cpu"]}
             if full:
                 out["join_ms"] = round(_join(page, stack), 1)
                 out["heap_mb"] = round(_heap_mb(page), 1)
@@ -285,6 +290,7 @@ def _dom_text(dom: dict[str, Any]) -> str:
     return (f"p50 {dom['p50_ms']} ms, p99 {dom['p99_ms']} ms ({dom['events']} updates); to a paho subscriber "
             f"(own process) p50 {dom['to_subscriber_p50_ms']}, p99 {dom['to_subscriber_p99_ms']} ms "
             f"({dom['to_subscriber_events']} arrivals); page/subscriber p99 {dom['page_over_subscriber_p99']}; "
+            f"the page received {dom['readings_per_s']:,} readings/s in {dom['messages_per_s']:,} messages/s; "
             f"machine {dom['machine_busy']:.0%} busy; share of a core: "
             + ", ".join(f"{part} {share:.0%}" for part, share in dom["parts"].items()))
 

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sensorhub.config import Settings
-from sensorhub.protocol import Topic
+from sensorhub.protocol import LIVE_CODES, LIVE_TOPIC, Kind
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +86,24 @@ class FleetProcess:
             self.process.join(10)
 
 
-def _subscriber_main(port: int, prefix: bytes, arrivals: Any, ready: Event, stop: Event) -> None:
-    """Subscribe to the light channel over WebSockets; put (value, wall-clock ms) of each `prefix` reading."""
+def _subscriber_main(port: int, prefix: bytes, arrivals: Any, counts: Any, ready: Event, stop: Event) -> None:
+    """Subscribe to the live feed over WebSockets; put (value, wall-clock ms) of each line starting `prefix`;
+    count the messages and readings received (what a page receives)."""
 
     def on_message(_client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.payload.startswith(prefix):
-            arrivals.put((int(message.payload.rsplit(b";", 1)[1]), time.time() * 1000))
+        at = time.time() * 1000
+        lines = message.payload.split(b"\n")
+        counts[0] += 1
+        counts[1] += len(lines)
+        for line in lines:
+            if line.startswith(prefix):
+                arrivals.put((int(line.rsplit(b";", 1)[1]), at))
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, transport="websockets", protocol=mqtt.MQTTv5)
     client.on_message = on_message
     client.on_subscribe = lambda *_args: ready.set()
     client.connect("127.0.0.1", port)
-    client.subscribe(Topic.PHOTORESISTOR_STATUS, 0)
+    client.subscribe(LIVE_TOPIC, 0)
     client.loop_start()
     stop.wait()
     client.loop_stop()
@@ -105,16 +111,31 @@ def _subscriber_main(port: int, prefix: bytes, arrivals: Any, ready: Event, stop
 
 
 class Subscriber:
-    """A paho subscriber on the broker's WebSockets port, as the page is, in a process of its own: when the
-    probe's readings arrive there (what the broker and the machine add before the page)."""
+    """A paho subscriber to the live feed on the broker's WebSockets port, as the page is, in a process of its
+    own: when the probe's readings arrive there (what the ingest client, the broker and the machine add before
+    the page)."""
 
-    def __init__(self, settings: Settings, name: str) -> None:
+    def __init__(self, settings: Settings, device_id: int) -> None:
         self._arrivals: Any = _CONTEXT.Queue()
         self._ready = _CONTEXT.Event()
         self._stop = _CONTEXT.Event()
+        #: Messages and readings received (the subscriber's process counts; read with `rates`).
+        self._counts: Any = _CONTEXT.Array("q", 2, lock=False)
+        self._since = (0.0, 0, 0)
+        prefix = f"{device_id};{LIVE_CODES[Kind.LIGHT]};".encode()
         self.process = _CONTEXT.Process(
             target=_subscriber_main, name="bench-subscriber", daemon=True,
-            args=(settings.mqtt_ws_port, f"{name};".encode(), self._arrivals, self._ready, self._stop))
+            args=(settings.mqtt_ws_port, prefix, self._arrivals, self._counts, self._ready, self._stop))
+
+    def mark(self) -> None:
+        """Start counting rates from now."""
+        self._since = (time.monotonic(), self._counts[0], self._counts[1])
+
+    def rates(self) -> tuple[float, float]:
+        """Messages and readings received a second since `mark`."""
+        started, messages, readings = self._since
+        elapsed = max(time.monotonic() - started, 1e-9)
+        return (self._counts[0] - messages) / elapsed, (self._counts[1] - readings) / elapsed
 
     def start(self) -> None:
         """Start the process; return once subscribed."""

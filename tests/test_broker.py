@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -19,6 +20,7 @@ from sensorhub.broker import BASE_CONFIG, Broker, find_mosquitto, render_config,
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
 from sensorhub.ports import PortError
+from sensorhub.protocol import LIVE_PAYLOAD_MAX, LIVE_TOPIC, MAX_PACKET
 from tests.support import free_port, log_in_as_server, wait_for
 
 pytestmark = pytest.mark.integration
@@ -123,6 +125,31 @@ def test_packet_size_limit_is_enforced(broker: Broker, settings: Settings) -> No
     wait_for(lambda: received, 5)
     assert received == [b"small"]
     for client in (sub, oversize, small):
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_the_live_feeds_longest_payload_is_the_longest_the_broker_takes(broker: Broker, settings: Settings) -> None:
+    """LIVE_PAYLOAD_MAX, computed from `max_packet_size`, goes through (the ingest client publishes payloads up to
+    it); a longer packet gets its sender disconnected. (Mosquitto 2.0.11 leaves the remaining length's bytes
+    out of its count: up to 182 bytes pass. The budget keeps to the packet's full size.)"""
+    assert f"max_packet_size {MAX_PACKET}" in BASE_CONFIG.read_text()
+    received: list[bytes] = []
+    page = connect(settings.mqtt_ws_port, transport="websockets")
+    page.on_message = lambda _c, _u, msg: received.append(msg.payload)
+    subscribe(page, LIVE_TOPIC)
+    server = connect(settings.mqtt_port, login=settings)
+    longest = b"7" * LIVE_PAYLOAD_MAX
+    server.publish(LIVE_TOPIC, longest).wait_for_publish(5)
+    wait_for(lambda: received, 5, what="the longest live payload over WebSockets")
+    assert received == [longest]
+    log = Path(settings.broker_log)
+    assert "oversize" not in log.read_text()
+    server.publish(LIVE_TOPIC, b"7" * MAX_PACKET)
+    wait_for(lambda: "disconnected due to oversize packet" in log.read_text(), 5, what="the oversize packet refused")
+    time.sleep(0.2)
+    assert received == [longest]
+    for client in (page, server):
         client.loop_stop()
         client.disconnect()
 

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from sensorhub.errors import ClientNotRunning
 from sensorhub.ingest.ledpipe import send_command
 from sensorhub.ingest.service import WRITER_FAILED, IngestClient
 from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
-from sensorhub.protocol import Reading, Topic
+from sensorhub.protocol import LIVE_PAYLOAD_MAX, LIVE_TOPIC, Reading, Topic
 from tests.devices import RawDevice
 from tests.stack import ingest_client, sensorhub, start
 from tests.support import both_databases, wait_for
@@ -559,6 +560,49 @@ def test_fifo_command_reaches_the_right_simulated_device_and_its_status_is_store
         assert values(engine, "led_reading", bystander.name) == [0]
     finally:
         fleet.stop()
+
+
+def test_the_live_feed_carries_what_was_stored_and_nothing_else(
+        ingest: IngestClient, engine: Engine, settings: Settings) -> None:
+    """The /capteurs page's readings: each stored one, in order, by device id, many a message; not a reading
+    the writer refused (the page no longer checks sessions)."""
+    page = mqtt.Client(CallbackAPIVersion.VERSION2, transport="websockets", protocol=mqtt.MQTTv5)
+    payloads: list[bytes] = []
+    subscribed = threading.Event()
+    page.on_message = lambda _c, _u, message: payloads.append(message.payload)
+    page.on_subscribe = lambda *_args: subscribed.set()
+    page.connect("127.0.0.1", settings.mqtt_ws_port)
+    page.loop_start()
+    page.subscribe(LIVE_TOPIC, 0)
+    assert subscribed.wait(5)
+    device = RawDevice(settings.mqtt_port, "AA:BB:CC:00:17:01")
+    try:
+        name, _session = device.join()
+        wait_for(lambda: online(engine, name), what="online")
+        found = row(engine, name)
+        assert found is not None
+        device.reading(Topic.PHOTORESISTOR_STATUS, 7, qos=1, session="1743946777.603371").wait_for_publish(5)
+        device.reading(Topic.LED_STATUS, 1).wait_for_publish(5)
+        for value in range(100):
+            device.reading(Topic.PHOTORESISTOR_STATUS, value, qos=1)
+        device.reading(Topic.BUTTON_STATUS, 1, qos=1).wait_for_publish(5)
+
+        def lines() -> list[str]:
+            return [line for payload in list(payloads) for line in payload.decode().split("\n")]
+
+        wait_for(lambda: f"{found['id']};b;1" in lines(), what="the button in the live feed")
+        assert count(engine, "light_reading", name) == 100  # the out-of-band reading was not stored...
+    finally:
+        device.close()
+        page.loop_stop()
+        page.disconnect()
+    # ...nor shown. Each kind in its order (a batch's readings go kind by kind: no kind depends on another).
+    by_kind = {code: [line for line in lines() if line.split(";")[1] == code] for code in "lbp"}
+    assert by_kind == {"l": [f"{found['id']};l;1"], "b": [f"{found['id']};b;1"],
+                       "p": [f"{found['id']};p;{value}" for value in range(100)]}
+    assert len(lines()) == 102
+    assert all(len(payload) <= LIVE_PAYLOAD_MAX for payload in payloads)
+    assert len(payloads) < 102  # several readings in some messages
 
 
 @both_databases

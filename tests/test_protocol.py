@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 
 import pytest
@@ -11,8 +12,12 @@ from hypothesis import strategies as st
 from sensorhub.errors import PayloadError
 from sensorhub.protocol import (
     BROWSER_SUBSCRIPTIONS,
+    LIVE_CODES,
+    LIVE_PAYLOAD_MAX,
+    LIVE_TOPIC,
     MAC_LENGTH,
     MAX_NAME,
+    MAX_PACKET,
     MAX_PAYLOAD,
     MAX_SESSION,
     MAX_SIZES,
@@ -28,6 +33,7 @@ from sensorhub.protocol import (
     SessionRef,
     Topic,
     format_led_command,
+    format_live,
     format_name_assign,
     format_reading,
     format_session_ref,
@@ -74,7 +80,25 @@ def test_qos_table_and_subscriptions_never_downgrade() -> None:
     subscribed = dict(SERVER_SUBSCRIPTIONS)
     assert set(subscribed) == {"state/join", "state/leave", "led/status", "button/status", "photoresistor/status"}
     assert all(subscribed[topic] >= QOS[Topic(topic)] for topic in subscribed)
-    assert dict(BROWSER_SUBSCRIPTIONS) == {topic: QOS[Topic(topic)] for topic in subscribed}
+    # The page: presence from the devices, readings from the live feed (not every device's own message).
+    assert dict(BROWSER_SUBSCRIPTIONS) == {"state/join": 2, "state/leave": 2, LIVE_TOPIC: 0}
+
+
+def test_the_live_feed_packs_readings_in_order_within_the_packet_limit() -> None:
+    readings = [(n % 2_000 + 1, kind, n % 101 if kind is Kind.LIGHT else n % 2)
+                for n in range(1_000) for kind in (Kind.LIGHT, Kind.LED, Kind.BUTTON) if n % 3 or kind is Kind.LIGHT]
+    payloads = format_live(readings)
+    assert all(len(payload) <= LIVE_PAYLOAD_MAX for payload in payloads)
+    lines = [line.split(";") for payload in payloads for line in payload.decode().split("\n")]
+    codes = {code: kind for kind, code in LIVE_CODES.items()}
+    assert [(int(device), codes[code], int(value)) for device, code, value in lines] == readings
+    # Full messages: each but the last would not have held the next line.
+    for payload, following in itertools.pairwise(payloads):
+        assert len(payload) + 1 + len(following.split(b"\n")[0]) > LIVE_PAYLOAD_MAX
+    assert len(payloads) < len(readings) / 15
+    assert format_live([]) == []
+    assert format_live([(7, Kind.LED, 1)]) == [b"7;l;1"]
+    assert LIVE_PAYLOAD_MAX + 20 == MAX_PACKET  # header: type, remaining length, topic, properties
 
 
 LONGEST_NAME, LONGEST_SESSION, MAC = "n" * MAX_NAME, "1" * MAX_SESSION, "61:EC:ED:3B:25:B1"

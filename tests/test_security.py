@@ -37,7 +37,14 @@ from sensorhub.db.engine import init_db, make_engine
 from sensorhub.db.models import Device, LightReading
 from sensorhub.ingest.service import IngestClient
 from sensorhub.process import Child
-from sensorhub.protocol import Topic, format_led_command, format_name_assign, format_reading, format_session_ref
+from sensorhub.protocol import (
+    LIVE_TOPIC,
+    Topic,
+    format_led_command,
+    format_name_assign,
+    format_reading,
+    format_session_ref,
+)
 from sensorhub.simulator import Fleet
 from tests.devices import RawDevice
 from tests.stack import ROOT, ingest_client, web_server, web_url
@@ -185,8 +192,10 @@ def test_the_websockets_port_is_read_only(stack: Stack, device: RawDevice) -> No
     heard: list[tuple[str, bytes]] = []
     browser = mqtt_client(stack.settings.mqtt_ws_port, "websockets")
     browser.on_message = lambda _c, _u, message: heard.append((message.topic, message.payload))
-    subscribe(browser, [(str(topic), 1) for topic in Topic])
+    subscribe(browser, [(str(topic), 1) for topic in Topic] + [(LIVE_TOPIC, 0)])
+    board = device_id(stack.engine, device.name)
     forged = [
+        (LIVE_TOPIC, f"{board};p;99".encode()),  # a value the page would show
         (Topic.LED_COMMAND, format_led_command(device.name, device.session, True)),
         (Topic.PHOTORESISTOR_STATUS, format_reading(device.name, device.session, 77)),
         (Topic.LEAVE, format_session_ref(device.name, device.session)),
@@ -196,17 +205,17 @@ def test_the_websockets_port_is_read_only(stack: Stack, device: RawDevice) -> No
     ]
     for topic, payload in forged:
         browser.publish(topic, payload, qos=1).wait_for_publish(5)
-    # What the browser may do still works: it hears a real reading...
+    # What the browser may do still works: it hears a real reading, from the ingest client's live feed once
+    # stored (not on the device's channel)...
     device.reading(Topic.PHOTORESISTOR_STATUS, 42).wait_for_publish(5)
-    wait_for(lambda: (Topic.PHOTORESISTOR_STATUS, format_reading(device.name, device.session, 42)) in heard, 5,
-             what="the real reading over WebSockets")
+    wait_for(lambda: (LIVE_TOPIC, f"{board};p;42".encode()) in heard, 5, what="the real reading over WebSockets")
     # ...and a real command reaches the board, alone: none of the forged messages went anywhere.
     relay_led(stack, device)
     wait_for(lambda: light_values(stack.engine, device.name) == [42], 5, what="the real reading stored")
     assert device.commands == [format_led_command(device.name, device.session, True)]
     assert online(stack.engine, device.name), "a forged leave evicted the board"
     assert device.assignments.empty(), "a forged nameAssign reached the board"
-    assert [t for t, _ in heard if t not in (Topic.PHOTORESISTOR_STATUS, Topic.JOIN)] == [], heard
+    assert [t for t, _ in heard if t != Topic.JOIN] == [LIVE_TOPIC], heard
     with stack.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Device).where(Device.mac == "02:BA:D0:00:00:01")
                             ).scalar() == 0
@@ -226,13 +235,20 @@ def test_a_page_from_another_site_cannot_post_commands(stack: Stack, device: Raw
 
 def test_an_anonymous_client_cannot_name_boards_or_command_them(stack: Stack, device: RawDevice) -> None:
     intruder = mqtt_client(stack.settings.mqtt_port)
+    page = mqtt_client(stack.settings.mqtt_ws_port, "websockets")
+    heard: list[bytes] = []
+    page.on_message = lambda _c, _u, message: heard.append(message.payload)
+    subscribe(page, [(LIVE_TOPIC, 0)])
+    board = device_id(stack.engine, device.name)
+    intruder.publish(LIVE_TOPIC, f"{board};l;1".encode(), 1).wait_for_publish(5)  # the pages would show it
     intruder.publish(Topic.LED_COMMAND, format_led_command(device.name, device.session, True), 1).wait_for_publish(5)
     intruder.publish(Topic.NAME_ASSIGN, format_name_assign(device.mac, "pirate", device.session), 2
                      ).wait_for_publish(5)
     relay_led(stack, device)  # the real one, after the forged ones
     assert device.commands == [format_led_command(device.name, device.session, True)]
     assert device.assignments.empty()
-    close(intruder)
+    assert heard == [], "a forged reading reached the live pages"
+    close(intruder, page)
 
 
 def test_a_retained_message_disconnects_its_sender_and_is_not_kept(stack: Stack) -> None:

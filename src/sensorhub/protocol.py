@@ -6,6 +6,7 @@ The sizes of the payloads derive from those of their fields, whose rules are in 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -82,8 +83,19 @@ DEVICE_TOPICS: Final[tuple[Topic, ...]] = (Topic.JOIN, Topic.LEAVE, Topic.LED_ST
 #: What the ingest client subscribes to. QoS 2 everywhere: a subscription's QoS is a maximum, so each
 #: message arrives at the QoS its device used and is never downgraded.
 SERVER_SUBSCRIPTIONS: Final[tuple[tuple[str, int], ...]] = tuple((str(t), 2) for t in DEVICE_TOPICS)
-#: What the /capteurs page subscribes to (read only), each channel at its own QoS.
-BROWSER_SUBSCRIPTIONS: Final[tuple[tuple[str, int], ...]] = tuple((str(t), QOS[t]) for t in DEVICE_TOPICS)
+#: The broker's `max_packet_size` (mqtt/mosquitto.conf): it disconnects a client that sends a longer packet.
+MAX_PACKET: Final = 200
+#: The server's feed of stored readings for the /capteurs page: after each commit, the ingest client publishes
+#: what it stored, many readings a message (docs/protocol.md, "The live feed").
+LIVE_TOPIC: Final = "sensorhub/live"
+#: A QoS 0 PUBLISH on LIVE_TOPIC without properties: type, remaining length (2 bytes from 128), topic, properties.
+LIVE_PAYLOAD_MAX: Final = MAX_PACKET - (1 + 2 + 2 + len(LIVE_TOPIC) + 1)
+#: Each reading of the feed is a line `device id;code;value`, the code saying its kind.
+LIVE_CODES: Final[dict[Kind, str]] = {Kind.LED: "l", Kind.BUTTON: "b", Kind.LIGHT: "p"}
+#: What the /capteurs page subscribes to (read only): presence from the devices' channels, readings from the
+#: live feed (every device's readings, a message each, cost a 2,000-device page most of a core).
+BROWSER_SUBSCRIPTIONS: Final[tuple[tuple[str, int], ...]] = (
+    (str(Topic.JOIN), QOS[Topic.JOIN]), (str(Topic.LEAVE), QOS[Topic.LEAVE]), (LIVE_TOPIC, 0))
 
 
 def browser_data() -> dict[str, object]:
@@ -92,6 +104,7 @@ def browser_data() -> dict[str, object]:
         "separator": SEPARATOR,
         "topics": {topic.name: str(topic) for topic in Topic},
         "subscriptions": {topic: {"qos": qos} for topic, qos in BROWSER_SUBSCRIPTIONS},
+        "live": {"topic": LIVE_TOPIC, "codes": {code: str(kind) for kind, code in LIVE_CODES.items()}},
         "name": NAME_RULE.browser_data(),
     }
 
@@ -294,6 +307,24 @@ def format_session_ref(name: str, session: str) -> bytes:
 def format_reading(name: str, session: str, value: int) -> bytes:
     """`name;session;value`, for the status channels."""
     return f"{name};{session};{value}".encode("ascii")
+
+
+def format_live(readings: Iterable[tuple[int, Kind, int]]) -> list[bytes]:
+    """The live feed's payloads for `readings` (device id, kind, value), in their order: lines
+    `id;code;value`, as many a payload as fit in LIVE_PAYLOAD_MAX bytes."""
+    payloads: list[bytes] = []
+    lines: list[str] = []
+    size = -1  # no newline before the first line
+    for device_id, kind, value in readings:
+        line = f"{device_id};{LIVE_CODES[kind]};{value}"
+        if lines and size + 1 + len(line) > LIVE_PAYLOAD_MAX:
+            payloads.append("\n".join(lines).encode("ascii"))
+            lines, size = [], -1
+        lines.append(line)
+        size += 1 + len(line)
+    if lines:
+        payloads.append("\n".join(lines).encode("ascii"))
+    return payloads
 
 
 def format_name_assign(mac: str, name: str, session: str) -> bytes:

@@ -53,7 +53,7 @@ from sensorhub.ingest.sessions import (
     default_name,
     wire,
 )
-from sensorhub.protocol import Kind, Leave, MacJoin, Reading, SessionRef
+from sensorhub.protocol import LIVE_TOPIC, Kind, Leave, MacJoin, Reading, SessionRef, format_live
 
 logger = logging.getLogger(__name__)
 
@@ -558,6 +558,10 @@ class Writer:
             self._call(self.ack, mid, qos)
         for topic, payload, qos in done.publishes:
             self._call(self.publish, topic, payload, qos)
+        # What was stored, for the live pages: a few messages a batch rather than one per reading.
+        for payload in format_live((device_id, kind, value) for kind, rows in done.readings.items()
+                                   for device_id, _stamp, value in rows):
+            self._call(self.publish, LIVE_TOPIC, payload, 0)
 
     def _maybe_purge(self, busy: bool) -> None:
         """Delete a little of what retention allows; a failing purge never stops the writer."""

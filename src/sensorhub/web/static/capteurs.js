@@ -3,14 +3,15 @@
 // No critical-section race: the page subscribes first, then fetches the server's list of online devices and
 // reconciles. Joins and leaves seen meanwhile are remembered by "session_name;session" (a session id is never
 // reused), so a device that left during the fetch is not put back and one that joined is kept.
-// Messages carry the device's session_name (its name when the session started); cards show its current name.
+// Joins and leaves carry the device's session_name (its name when the session started); readings come from
+// the ingest client's live feed once stored, by device id. Cards show the device's current name.
 // A message finds its card through LiveCards' Maps; the DOM follows once per animation frame (livecards.js),
 // the order, filters and layout of a large fleet are fleetview.js's.
 import {FleetView, LARGE_FLEET} from './fleetview.js';
 import {LiveCards} from './livecards.js';
 import {initLayoutToggle, initRename, postJSON, protocol, showName, sleep} from './common.js';
 
-const {topics: TOPIC, separator: SEPARATOR} = protocol();
+const {topics: TOPIC, separator: SEPARATOR, live: LIVE} = protocol();
 const LED_CONFIRM_MS = 5000;
 const RECONCILE_AGAIN_MS = 3000;
 const EVENT_MEMORY_MS = 10 * 60 * 1000;
@@ -245,26 +246,28 @@ function setLed(card, on) {
   card.querySelector('[data-led-toggle]').checked = on;
 }
 
-function onReading(topic, text) {
-  const parts = text.split(SEPARATOR);
-  if (parts.length !== 3) return;
-  const [name, session, raw] = parts;
-  const record = cards.bySessionName.get(name);
-  if (!record || (!sessionUnknown(record.card) && record.card.dataset.session !== session)) return; // unknown, or out of band
-  const value = Number(raw);
-  if (!/^\d{1,3}$/.test(raw)) return;
-  if (topic === TOPIC.LED_STATUS) cards.setLed(record, value === 1);
-  else if (topic === TOPIC.BUTTON_STATUS) cards.setButton(record, value === 1);
-  else if (topic === TOPIC.PHOTORESISTOR_STATUS && value <= 100) cards.addLight(record, value);
+// The ingest client's live feed: what it stored, a line `device id;code;value` per reading, many a message.
+// It checked each reading's session, so a card is found by its device's id alone.
+function onLive(text) {
+  for (const line of text.split('\n')) {
+    const [id, code, raw] = line.split(SEPARATOR);
+    const record = cards.byId.get(id);
+    if (!record || !/^\d{1,3}$/.test(raw || '')) continue;
+    const value = Number(raw);
+    const kind = LIVE.codes[code];
+    if (kind === 'led') cards.setLed(record, value === 1);
+    else if (kind === 'button') cards.setButton(record, value === 1);
+    else if (kind === 'light' && value <= 100) cards.addLight(record, value);
+  }
 }
 
 const decoder = new TextDecoder();
 
 function onMessage(topic, payload) {
   const text = decoder.decode(payload);
-  if (topic === TOPIC.JOIN) onJoin(text);
+  if (topic === LIVE.topic) onLive(text);
+  else if (topic === TOPIC.JOIN) onJoin(text);
   else if (topic === TOPIC.LEAVE) onLeave(text);
-  else onReading(topic, text);
 }
 
 async function onToggle(event) {
