@@ -8,10 +8,11 @@ const CHART_POINTS = 10;
 // A chart is redrawn at most this often (a device at 20 readings/s would otherwise cost a redraw per frame);
 // the value next to it changes at every frame.
 const CHART_REDRAW_MS = 500;
-// Charts created or redrawn in one frame at most, in a large fleet: the charts in view fall due together, and
-// 20 of them in one frame made a task of 50 to 80 ms; jumping down the list created 20 charts in one task of
-// 330 ms. The others follow in the next frames. A small fleet draws all its charts at once, as it always did.
-const CHARTS_PER_FRAME = 4;
+// Time a frame may spend creating or redrawing charts, in a large fleet: the charts in view fall due together,
+// and jumping down the list created 20 charts in one task of 330 ms; 4 a frame still made tasks of 80 to 134 ms
+// on a busy machine (a chart's creation lays the page out). A frame draws charts until this is spent (one at
+// least); the others follow in the next frames. A small fleet draws all its charts at once, as it always did.
+const CHART_BUDGET_MS = 12;
 // Cards a little outside the viewport get their chart already, so that scrolling shows it drawn.
 const CHART_MARGIN = '300px 0px';
 
@@ -202,12 +203,13 @@ export class LiveCards {
       if (everyCard) for (const record of this.records()) if (record.dirty.size) this.dirty.add(record);
     }
     const now = performance.now();
-    const chartsAtMost = everyCard ? Infinity : CHARTS_PER_FRAME;
+    const budgetEnds = everyCard ? Infinity : now + CHART_BUDGET_MS;
     let chartsWaiting = false;
     let chartsDrawn = 0;
     let chartsDue = false;
+    const spent = () => chartsDrawn > 0 && performance.now() >= budgetEnds;
     for (const record of this.chartQueue) {
-      if (chartsDrawn >= chartsAtMost) break;
+      if (spent()) break;
       this.chartQueue.delete(record);
       if (!record.chart && this.wantsChart(record)) {
         this.drawChart(record);
@@ -224,7 +226,7 @@ export class LiveCards {
       if (record.dirty.has('light') && record.chart) record.chartStale = true;
       if (record.chartStale) {
         if (now - record.drawnAt < CHART_REDRAW_MS) chartsWaiting = true;
-        else if (chartsDrawn >= chartsAtMost) chartsDue = true;
+        else if (spent()) chartsDue = true;
         else {
           this.refreshChart(record);
           chartsDrawn += 1;
