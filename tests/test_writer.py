@@ -21,7 +21,7 @@ from sensorhub.ingest import writer as writer_module
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
 from sensorhub.ingest.writer import Watchdog, Writer
-from sensorhub.protocol import Kind, MacJoin, Reading, SessionRef, Topic
+from sensorhub.protocol import LIVE_TOPIC, Kind, MacJoin, Reading, SessionRef, Topic
 from tests.pgcluster import Cluster
 from tests.support import both_databases, wait_for
 
@@ -499,3 +499,27 @@ def test_an_older_batch_never_replaces_a_newer_latest_value(writer: Writer, paho
             (older, older, None, None, None, None, None, None, None, None, newest, 77, newest, newest, 1)])
         conn.commit()
         assert conn.execute(text("SELECT last_light FROM device WHERE id = 1")).scalar_one() == 77  # same stamp
+
+
+def test_qos0_readings_wait_a_little_for_company_and_acknowledged_messages_do_not(
+        engine: Engine, paho: Recorder) -> None:
+    """Group commit: QoS 0 readings arriving within the linger share one transaction (and one live message);
+    a QoS 1 reading, which the broker stops sending 20 of until we acknowledge, is committed at once."""
+    started = Writer(engine, paho.publish, paho.ack, Drops(), linger=2.0)
+    started.start()
+    try:
+        name, session = joined(started, paho)
+        batches = started.stats.batches
+        for item in light(name, session, [10, 11, 12], qos=0):
+            started.submit(item)
+            time.sleep(0.05)  # each well inside the linger
+        wait_for(lambda: started.stats.stored["light"] == 3, 5, what="the three QoS 0 readings")
+        assert started.stats.batches == batches + 1
+        live = [payload for topic, payload, _qos in paho.publishes if topic == LIVE_TOPIC]
+        assert live == [b"1;p;10\n1;p;11\n1;p;12"]
+        asked = time.monotonic()
+        started.submit(light(name, session, [13], qos=1, first_mid=40)[0])
+        wait_for(lambda: paho.acks == [(40, 1)], 5, what="the QoS 1 reading acknowledged")
+        assert time.monotonic() - asked < 1.5, "a QoS 1 reading waited for the linger"
+    finally:
+        started.stop(10)
