@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -157,6 +158,35 @@ def test_a_device_that_joins_after_the_page_loaded_appears(page: Page, stack: St
         }""", arg=name_of(fleet, 0), timeout=5_000)
     expect(shown.locator("[data-light-value]")).to_have_text(f"{fleet.devices[0].light} %", timeout=3_000)
     assert page.evaluate("window.__sameDocument") is True  # no reload
+
+
+def has_chart(page: Page, session_name: str) -> bool:
+    """Whether the card of `session_name` holds a Chart.js chart now."""
+    return bool(page.evaluate(
+        """(name) => {
+            const card = [...document.querySelectorAll('[data-card]')].find((c) => c.dataset.sessionName === name);
+            return Boolean(card && window.Chart.getChart(card.querySelector('[data-chart]')));
+        }""", session_name))
+
+
+def test_a_fleet_that_grows_large_keeps_charts_for_the_cards_in_view_only(
+        page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
+    """At 13 devices the page stops drawing every chart: the cards in view keep theirs (the browser says which
+    cards are in view once they are `content-visibility: auto`), those far below have none until scrolled to."""
+    small = fleets(12, interval=2.0)
+    open_capteurs(page, stack)
+    first, last = name_of(small, 0), name_of(small, 11)
+    wait_for(lambda: has_chart(page, first) and has_chart(page, last), 10, what="every chart of a small fleet")
+    more = fleets(2, interval=2.0)
+    expect(page.locator("[data-card]")).to_have_count(14, timeout=10_000)
+    expect(page.locator("[data-cards]")).to_have_class(re.compile(r"\bis-large\b"))
+    names = sorted([name_of(small, i) for i in range(12)] + [name_of(more, i) for i in range(2)])
+    top, bottom = names[0], names[-1]  # a large fleet is in name order
+    assert card(page, bottom).evaluate("(c) => c.getBoundingClientRect().top > 2 * window.innerHeight")
+    wait_for(lambda: has_chart(page, top) and not has_chart(page, bottom), 10,
+             what="a chart for the first card, none for the last one, far below")
+    card(page, bottom).scroll_into_view_if_needed()
+    wait_for(lambda: has_chart(page, bottom), 10, what="the chart of the card scrolled into view")
 
 
 def test_a_button_press_shows_within_a_second(page: Page, stack: Stack, fleets: Callable[..., Fleet]) -> None:
