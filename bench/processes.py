@@ -76,14 +76,7 @@ class FleetProcess:
 
     def stop(self) -> None:
         """Make the devices leave and end the process (if it was started)."""
-        if self.process.pid is None:
-            return
-        self._stop.set()
-        self.process.join(200)
-        if self.process.is_alive():
-            logger.warning("the fleet's process did not end: terminating it")
-            self.process.terminate()
-            self.process.join(10)
+        _end(self.process, self._stop, 200)
 
 
 def _subscriber_main(port: int, prefix: bytes, arrivals: Any, counts: Any, ready: Event, stop: Event) -> None:
@@ -165,10 +158,16 @@ class Subscriber:
 
     def close(self) -> None:
         """End the process (if it was started)."""
-        if self.process.pid is None:
-            return
-        self._stop.set()
-        self.process.join(10)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5)
+        _end(self.process, self._stop, 10)
+
+
+def _end(process: Any, stop: Event, wait: float) -> None:
+    """Ask a started child `process` to stop; terminate it if it has not ended within `wait` s."""
+    if process.pid is None:
+        return
+    stop.set()
+    process.join(wait)
+    if process.is_alive():
+        logger.warning("%s did not end within %s s: terminating it", process.name, wait)
+        process.terminate()
+        process.join(10)
