@@ -13,6 +13,7 @@ from sensorhub.db.models import format_micros
 from sensorhub.ingest.sessions import (
     BrokerSessionLost,
     BrokerUnreachable,
+    Cause,
     Decisions,
     Device,
     Inbound,
@@ -22,7 +23,9 @@ from sensorhub.ingest.sessions import (
     Presence,
     Rename,
     Sessions,
+    Sweep,
     SweepDue,
+    cut_at_sweeps,
     wire,
 )
 from sensorhub.protocol import (
@@ -55,17 +58,19 @@ def assigned(decisions: Decisions) -> list[tuple[str, str, str]]:
 
 
 class Harness:
-    """An engine, a clock, and the table its decisions would have written."""
+    """An engine, a clock, and the table its decisions would have written (presence applied on the conditions
+    of sensorhub.db.presence; tests/test_presence.py checks those on real databases)."""
 
     def __init__(self, engine: Sessions | None = None) -> None:
         self.engine = engine or Sessions(presence_timeout_us=15_000_000)
         self.now = T0
         self.table = {d.id: self.row(d) for d in self.engine.by_id.values()}
+        self.presence_at: dict[int, str] = {}
 
     @staticmethod
     def row(device: Device) -> dict[str, object]:
         return {"name": device.name, "session_name": device.session_name, "mac": device.mac,
-                "session_id": device.session_id, "online": device.online,
+                "session_id": device.session_id, "online": device.online, "lost": device.lost,
                 "joined_at": format_micros(device.joined_us), "last_seen": format_micros(device.last_seen_us)}
 
     def send(self, *messages: Message, qos: int = 0, step: int = 1000) -> Decisions:
@@ -79,21 +84,47 @@ class Harness:
 
     def write(self, decisions: Decisions) -> None:
         """What the writer does with decisions, on a dict standing for the device table."""
+        sweeps = []
         for change in decisions.changes:
             match change:
                 case NewDevice(device_id, name, mac, session_id, at):
                     assert device_id not in self.table
                     self.table[device_id] = {"name": name, "session_name": name, "mac": mac, "session_id": session_id,
-                                             "online": False, "joined_at": format_micros(at),
+                                             "online": False, "lost": False, "joined_at": format_micros(at),
                                              "last_seen": format_micros(at)}
-                case NewSession(device_id, session_id, session_name):
-                    self.table[device_id].update(session_id=session_id, session_name=session_name, online=False)
-                case Presence(device_id, online):
-                    self.table[device_id]["online"] = online
+                    self.presence_at[device_id] = format_micros(at)
+                case NewSession(device_id, session_id, session_name, at):
+                    self.table[device_id].update(session_id=session_id, session_name=session_name, online=False,
+                                                 lost=False)
+                    self.presence_at[device_id] = format_micros(at)
+                case Presence(device_id, online, at, session_id, cause):
+                    row, stamp = self.table[device_id], format_micros(at)
+                    assert row["session_id"] == session_id, "presence decided in another session"
+                    if cause is Cause.BACK:
+                        assert row["lost"], "brought back a device that was not lost"
+                    else:
+                        assert self.presence_at.get(device_id, "") < stamp, "presence decided out of order"
+                    changed = row["online"] is not online
+                    assert changed or row["lost"], "a presence change that changes nothing"
+                    row.update(online=online, lost=False)
+                    self.presence_at[device_id] = max(stamp, self.presence_at.get(device_id, ""))
+                    if changed:
+                        decisions.presence.append(change)
                 case Rename(device_id, name):
                     self.table[device_id]["name"] = name
+                case Sweep():
+                    sweeps.append(change)
         for device in decisions.seen.values():
             self.table[device.id]["last_seen"] = format_micros(device.last_seen_us)
+        for sweep in sweeps:
+            since = format_micros(sweep.since)
+            swept = [(device_id, row["session_id"]) for device_id, row in self.table.items()
+                     if row["online"] and row["last_seen"] < since and self.presence_at.get(device_id, "") < since]
+            for device_id, _session in swept:
+                self.table[device_id].update(online=False, lost=sweep.lost)
+                self.presence_at[device_id] = since
+                decisions.presence.append(Presence(device_id, False, sweep.since, _session, Cause.SWEPT))
+            self.engine.swept(swept, sweep.since, sweep.lost)
         for rows in decisions.readings.values():
             for device_id, at, _value in rows:
                 assert at > self.table[device_id]["joined_at"], "a reading before its device joined"
@@ -149,6 +180,19 @@ def test_a_leave_in_the_current_session_marks_offline() -> None:
     name, session = h.join(MACS[0])
     assert h.send(Leave(name, session)).changes == [Presence(1, False)]
     assert h.send(Leave(name, session)).changes == []  # already offline: nothing to write
+
+
+def test_with_several_workers_every_join_and_leave_goes_to_the_database() -> None:
+    """An engine that is not the only one cannot tell from what it saw that a join or a leave changes nothing."""
+    h = Harness(Sessions(presence_timeout_us=15_000_000, exact=False))
+    name, session = h.join(MACS[0])
+    h.table[1]["online"] = False  # another worker took a leave, then the board joined again in that session
+    h.presence_at[1] = format_micros(h.now + 10)
+    h.now += 100
+    decisions = h.engine.apply([Inbound(SessionRef(name, session), h.now)])
+    assert decisions.changes == [Presence(1, True)], "a join of a device online here was not written"
+    decisions = h.engine.apply([Inbound(Leave(name, session), h.now + 1000)])
+    assert decisions.changes == [Presence(1, False)]
 
 
 def test_readings_are_never_stamped_before_the_join_even_if_the_clock_steps_back() -> None:
@@ -228,23 +272,21 @@ def test_after_the_broker_lost_our_session_silent_devices_go_offline() -> None:
     assert h.send(SweepDue()).changes == [], "swept before it was due"
     h.now = due
     decisions = h.send(SweepDue())
-    assert decisions.changes == [Presence(1, False)] and h.engine.sweep_due is None
+    assert decisions.changes == [Sweep(due - 15_000_000, lost=False)] and h.engine.sweep_due is None
+    assert decisions.presence == [Presence(1, False)]  # what the table took: the silent one
     assert h.table[1]["online"] is False and h.table[2]["online"] is True
-    assert silent in decisions.notes[0]
+    assert not h.engine.by_id[1].online and h.engine.by_id[2].online
+    assert h.engine.by_id[1].name == silent
 
 
 def test_a_rebuilt_engine_carries_on_a_presence_check() -> None:
     h = Harness()
     h.join(MACS[0])
-    talker, session = h.join(MACS[1])
     h.send(BrokerSessionLost())
-    h.send(Reading(Kind.LIGHT, talker, session, 50))
     rebuilt = Sessions(copy.deepcopy(list(h.engine.by_id.values())))
-    for device in rebuilt.by_id.values():
-        device.heard = True  # as loaded from the database
     rebuilt.resume_presence_check(h.engine)
-    assert rebuilt.sweep_due == h.engine.sweep_due
-    assert [d.heard for d in rebuilt.by_id.values()] == [False, True]
+    assert (rebuilt.sweep_due, rebuilt.sweep_since) == (h.engine.sweep_due, h.engine.sweep_since)
+    assert rebuilt.sweep_due is not None
 
 
 # -- properties over random histories ---------------------------------------------------------------------
@@ -266,7 +308,8 @@ def draw_message(data: st.DataObject, world: World, engine: Sessions) -> Message
     ref = data.draw(st.sampled_from(refs)) if refs and data.draw(st.integers(0, 9)) else (
         data.draw(st.sampled_from(["capteur01", "salle B", "nobody"])), "1743946777.000001")
     ids = st.integers(1, len(engine.by_id) + 1)
-    kind = data.draw(st.sampled_from(["mac", "join", "leave", "reading", "led", "rename", "lost", "sweep"]))
+    kind = data.draw(st.sampled_from(["mac", "join", "leave", "reading", "led", "rename", "lost", "sweep",
+                                      "unreachable"]))
     match kind:
         case "mac":
             return MacJoin(data.draw(st.sampled_from(MACS)))
@@ -284,6 +327,8 @@ def draw_message(data: st.DataObject, world: World, engine: Sessions) -> Message
             return RenameRequest(data.draw(ids), name)
         case "lost":
             return BrokerSessionLost()
+        case "unreachable":
+            return BrokerUnreachable(T0 + data.draw(st.integers(0, 60_000_000)))
     return SweepDue()
 
 
@@ -378,19 +423,20 @@ def test_a_batch_decides_what_its_messages_decide_one_by_one(data: st.DataObject
             whole.now += data.draw(st.integers(-1_000_000, 2_000_000))
             qos = data.draw(st.sampled_from([0, 1, 2]))
             batch.append(Inbound(draw_message(data, world, whole.engine), whole.now, number + 1 if qos else 0, qos))
-        together = whole.engine.apply(batch)
-        whole.write(together)
-        apart = [single.engine.apply([item]) for item in batch]
-        for decisions in apart:
-            single.write(decisions)
-        for field_name in ("changes", "publishes", "acks", "drops", "notes"):
-            assert getattr(together, field_name) == [x for d in apart for x in getattr(d, field_name)], field_name
-        for kind in Kind:
-            assert together.readings[kind] == [row for d in apart for row in d.readings[kind]]
-        assert whole.table == single.table
-        for mac, name, session in assigned(together):
-            world.sessions.setdefault(mac, []).append((name, session))
-        check_invariants(whole)
+        for part in cut_at_sweeps(batch):  # as the writer does: a sweep ends its part
+            together = whole.engine.apply(part)
+            whole.write(together)
+            apart = [single.engine.apply([item]) for item in part]
+            for decisions in apart:
+                single.write(decisions)
+            for field_name in ("changes", "publishes", "acks", "drops", "notes", "presence"):
+                assert getattr(together, field_name) == [x for d in apart for x in getattr(d, field_name)], field_name
+            for kind in Kind:
+                assert together.readings[kind] == [row for d in apart for row in d.readings[kind]]
+            assert whole.table == single.table
+            for mac, name, session in assigned(together):
+                world.sessions.setdefault(mac, []).append((name, session))
+            check_invariants(whole)
 
 
 # -- clock steps and broker outages (reliability) -----------------------------------------------------------
@@ -417,12 +463,12 @@ def test_the_broker_out_of_reach_takes_every_device_offline_until_it_is_heard_fr
     h = Harness()
     first, first_session = h.join(MACS[0])
     second, second_session = h.join(MACS[1])
-    decisions = h.send(BrokerUnreachable())
-    assert decisions.changes == [Presence(1, False), Presence(2, False)]
-    assert [change.session_id for change in decisions.changes if isinstance(change, Presence)] == [
-        first_session, second_session]
+    decisions = h.send(BrokerUnreachable(h.now + 1))
+    assert decisions.changes == [Sweep(h.now - 999, lost=True)]
+    assert decisions.presence == [Presence(1, False), Presence(2, False)]
+    assert [change.session_id for change in decisions.presence] == [first_session, second_session]
     assert not h.table[1]["online"] and not h.table[2]["online"]
-    assert h.send(BrokerUnreachable()).changes == []  # nothing more to do
+    assert h.send(BrokerUnreachable(h.now)).presence == []  # nothing more to do
     # A reading in its session shows the first device was there all along; it is stored too.
     decisions = h.send(Reading(Kind.LIGHT, first, first_session, 40))
     assert decisions.changes == [Presence(1, True)] and decisions.stored == 1 and h.table[1]["online"]
@@ -437,8 +483,8 @@ def test_the_broker_out_of_reach_takes_every_device_offline_until_it_is_heard_fr
 def test_a_device_that_left_during_the_outage_is_not_brought_back_by_a_late_reading() -> None:
     h = Harness()
     name, session = h.join(MACS[0])
-    h.send(BrokerUnreachable())
-    assert h.send(Leave(name, session)).changes == []
+    h.send(BrokerUnreachable(h.now + 1))
+    assert h.send(Leave(name, session)).presence == []  # offline already: only `lost` is cleared
     decisions = h.send(Reading(Kind.LIGHT, name, session, 3))
     assert decisions.changes == [] and decisions.stored == 1 and not h.table[1]["online"]
 
@@ -450,19 +496,21 @@ def test_wire_gives_back_the_channel_and_payload_of_each_message() -> None:
     assert wire(SessionRef("capteur01", "1.2")) == ("state/join", "capteur01;1.2")
 
 
-def test_upsert_takes_rows_another_worker_changed_and_keeps_what_only_this_engine_knew() -> None:
-    """A rename and a new session elsewhere: the old name is free again here, the new one taken; a device still
-    in its session keeps its flags and its latest stamp; devices added elsewhere move next_id on."""
+def test_upsert_takes_rows_another_worker_changed() -> None:
+    """A rename and a new session elsewhere: the old name is free again here, the new one taken; presence and
+    `lost` as the database holds them; stamps never go back; devices added elsewhere move next_id on."""
     engine = Sessions([Device(1, "a", "a", "02:00:00:00:00:01", "1.000000", True, T0, T0 + 50),
                        Device(2, "b", "b", "02:00:00:00:00:02", "2.000000", True, T0, T0)], next_id=3)
-    engine.by_id[1].lost = True
-    engine.by_id[2].heard = False
-    engine.upsert([Device(1, "salle B", "a", "02:00:00:00:00:01", "1.000000", False, T0, T0 + 10),
+    engine.upsert([Device(1, "salle B", "a", "02:00:00:00:00:01", "1.000000", False, T0, T0 + 10, lost=True),
                    Device(2, "b", "b", "02:00:00:00:00:02", "3.000000", True, T0, T0 + 20),
                    Device(7, "g", "g", "02:00:00:00:00:07", "7.000000", False, T0, T0)], next_id=8)
     assert not engine.name_taken("a", 1) and engine.name_taken("salle B") and engine.by_name.get("a") is None
     assert engine.by_session_name["a"].id == 1 and engine.by_mac["02:00:00:00:00:07"].id == 7
     one, two = engine.by_id[1], engine.by_id[2]
-    assert (one.lost, one.last_seen_us) == (True, T0 + 50)  # same session: still lost, stamps never go back
-    assert two.heard is True and two.session_id == "3.000000"  # a new session: nothing carried over
+    assert (one.online, one.lost, one.last_seen_us) == (False, True, T0 + 50)  # stamps never go back
+    assert two.online and two.session_id == "3.000000"
     assert engine.next_id == 8
+    engine.mark_lost([])  # the database says nobody is lost any more
+    assert not one.lost
+    engine.mark_lost([(2, "2.000000")])  # lost in a session that is over: not this one
+    assert not two.lost and two.online

@@ -15,6 +15,8 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     TypeDecorator,
+    false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -112,6 +114,8 @@ class Device(Base):
         CheckConstraint("joined_at <= last_seen", name="seen_after_joined"),
         Index("ix_device_last_seen", "last_seen", "id"),
         Index("ix_device_online", "online"),
+        # The few devices marked offline during a broker outage, read by every worker before each batch.
+        Index("ix_device_lost", "id", sqlite_where=text("lost"), postgresql_where=text("lost")),
         # AUTOINCREMENT: an id, hence a default name capteurNN, is never handed out twice.
         {"sqlite_autoincrement": True},
     )
@@ -124,6 +128,12 @@ class Device(Base):
     session_id: Mapped[str] = mapped_column(String(MAX_SESSION))
     joined_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Presence is decided where every worker sees it (ingest/presence.py): the time of the message that last
+    # set `online` in this session (NULL: none yet; stored text like `last_seen`), so that of two workers
+    # deciding it the later message wins; and whether the device was marked offline only because the broker
+    # was out of reach (a reading in its session brings it back).
+    presence_at: Mapped[str | None] = mapped_column(String(26), default=None)
+    lost: Mapped[bool] = mapped_column(default=False, server_default=false())
     # The latest reading of each kind and its time (NULL: none recorded), kept by the ingest client in the
     # batch's last_seen UPDATE and by db.latest.refresh_latest elsewhere; stored text like a reading's `at`.
     last_led: Mapped[int | None] = mapped_column(Integer, default=None)

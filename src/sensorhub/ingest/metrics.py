@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from sensorhub.ingest.sessions import Decisions, Presence
+from sensorhub.ingest.sessions import Decisions
 from sensorhub.protocol import Kind, Topic
 
 if TYPE_CHECKING:
@@ -93,13 +93,12 @@ class IngestMetrics:
         for kind, rows in done.readings.items():
             if rows:
                 self.stored.labels(kind.value).inc(len(rows))
-        if done.changes:
-            presence = [change for change in done.changes if type(change) is Presence]
-            joined = sum(1 for change in presence if change.online)
+        if done.presence:
+            joined = sum(1 for change in done.presence if change.online)
             if joined:
                 self.joins.inc(joined)
-            if len(presence) > joined:
-                self.leaves.inc(len(presence) - joined)
+            if len(done.presence) > joined:
+                self.leaves.inc(len(done.presence) - joined)
         if done.publishes:
             led = sum(1 for topic, _payload, _qos in done.publishes if topic == Topic.LED_COMMAND)
             if led:

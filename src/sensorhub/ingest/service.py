@@ -114,6 +114,8 @@ class IngestClient:
         self._stopping = False
         self._unreachable_logged = False
         self._outage: threading.Timer | None = None
+        #: When the broker was last found out of reach (µs since the epoch): devices not heard since go offline.
+        self._outage_since = 0
         self._outage_lock = threading.Lock()
         self._connected = False
         self._connections = 0
@@ -214,6 +216,7 @@ class IngestClient:
         """Unless we are back within OUTAGE_GRACE seconds, have every online device marked offline."""
         with self._outage_lock:
             if self._outage is None and not self._stopping:
+                self._outage_since = time.time_ns() // 1000
                 self._outage = threading.Timer(OUTAGE_GRACE, self._outage_confirmed)
                 self._outage.daemon = True
                 self._outage.start()
@@ -229,7 +232,7 @@ class IngestClient:
             return
         logger.warning("the broker has been out of reach for %.0f s: devices are shown offline until they are "
                        "heard from again", OUTAGE_GRACE)
-        self.writer.submit(Inbound(BrokerUnreachable(), time.time_ns() // 1000))
+        self.writer.submit(Inbound(BrokerUnreachable(self._outage_since), time.time_ns() // 1000))
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, reasons: list[ReasonCode],
                       _properties: Properties | None) -> None:

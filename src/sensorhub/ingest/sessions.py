@@ -5,12 +5,19 @@ insert or update, messages to publish, acknowledgements to send once committed, 
 and why. It keeps the current sessions in memory (a copy of the device table, which stays the authority:
 the writer rebuilds the engine from it whenever a batch fails) and reads no clock: every message carries
 its time of arrival.
+
+Presence is the database's to decide, not the engine's: with several workers, the join of a board may reach one
+worker and its leave another, so an engine's `online` is only what it last saw. The engine says what a message
+asks (`Presence`: this device joined, left, was heard again; `Sweep`: devices nobody heard from since a time go
+offline) and the writer applies it in the database on a condition that every worker sees (ingest/presence.py
+says which); `Decisions.presence` then holds what the database took.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 from sensorhub.commands import LedRequest, RenameRequest
 from sensorhub.db.models import format_micros
@@ -44,10 +51,10 @@ class Device:
     online: bool
     joined_us: int
     last_seen_us: int
-    #: Heard from since the broker lost our session (see BrokerSessionLost).
-    heard: bool = True
     #: Marked offline only because the broker could not be reached: a reading in its session brings it back.
     lost: bool = False
+    #: When its presence was last decided (the row's presence_at; 0: never): a join or a leave is stamped later.
+    presence_us: int = 0
 
 
 # -- what goes in ------------------------------------------------------------------------------------------
@@ -60,13 +67,16 @@ class BrokerSessionLost:
 
 @dataclass(frozen=True, slots=True)
 class BrokerUnreachable:
-    """The broker has been out of reach for a while: the boards' Wills are lost with it, so every online device
-    goes offline until it is heard from again."""
+    """The broker has been out of reach since `since` (µs since the epoch): the boards' Wills are lost with it, so
+    every online device that no worker heard from since then goes offline until it is heard from again."""
+
+    since: int
 
 
 @dataclass(frozen=True, slots=True)
 class SweepDue:
-    """The time given by `Sessions.sweep_due` has come: devices not heard from since then go offline."""
+    """The time given by `Sessions.sweep_due` has come: devices not heard from since the broker lost our session
+    go offline."""
 
 
 Message = (Reading | MacJoin | SessionRef | Leave | LedRequest | RenameRequest | BrokerSessionLost
@@ -81,6 +91,24 @@ class Inbound:
     at: int
     mid: int = 0
     qos: int = 0
+
+
+#: Messages after which a batch is cut: a sweep sees every reading before it in the database, and what comes
+#: after it is decided on what it took.
+_CUTS = (BrokerSessionLost, BrokerUnreachable, SweepDue)
+
+
+def cut_at_sweeps(batch: list[Inbound]) -> list[list[Inbound]]:
+    """`batch` cut after each message that may sweep (usually: `batch` whole), each part decided on its own."""
+    parts: list[list[Inbound]] = []
+    start = 0
+    for index, item in enumerate(batch):
+        if type(item.message) in _CUTS:
+            parts.append(batch[start:index + 1])
+            start = index + 1
+    if start < len(batch):
+        parts.append(batch[start:] if start else batch)
+    return parts
 
 
 def default_name(device_id: int) -> str:
@@ -128,16 +156,37 @@ class NewSession:
     at: int = field(default=0, compare=False)
 
 
+class Cause(Enum):
+    """Why a device's presence changes."""
+
+    JOIN = "join"  # it joined in its session
+    LEAVE = "leave"  # it left (its Will, or a clean leave)
+    BACK = "back"  # marked offline while the broker was out of reach, heard from again in its session
+    SWEPT = "swept"  # nobody heard from it since the broker lost our session, or since it was out of reach
+
+
 @dataclass(frozen=True, slots=True)
 class Presence:
-    """A device comes online or goes offline."""
+    """A device comes online or goes offline (in its session, if no later message decided otherwise)."""
 
     id: int
     online: bool
-    #: When, for the session log: the device's last_seen once the message is counted (not part of the row).
+    #: When: the device's last_seen once the message is counted (the session log's time, and the order of two
+    #: workers' decisions).
     at: int = field(default=0, compare=False)
-    #: The session it happens in, for the session log.
+    #: The session it happens in.
     session_id: str = field(default="", compare=False)
+    cause: Cause = field(default=Cause.JOIN, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Every online device not heard from since `since` (by any worker: its last_seen) goes offline; `lost`: only
+    because the broker was out of reach (a reading in its session brings it back). Always a batch's last change:
+    it is applied once the batch's readings moved last_seen on."""
+
+    since: int
+    lost: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +197,7 @@ class Rename:
     name: str
 
 
-Change = NewDevice | NewSession | Presence | Rename
+Change = NewDevice | NewSession | Presence | Rename | Sweep
 
 
 @dataclass(slots=True)
@@ -169,6 +218,8 @@ class Decisions:
     drops: list[tuple[str, str]] = field(default_factory=list)
     #: What is worth a line in the log once committed.
     notes: list[str] = field(default_factory=list)
+    #: The presence changes the database took (filled in by the writer: another worker may have decided first).
+    presence: list[Presence] = field(default_factory=list)
 
     @property
     def stored(self) -> int:
@@ -180,39 +231,40 @@ class Sessions:
     """The devices and their current sessions; `apply` is the only way they change."""
 
     def __init__(self, devices: Iterable[Device] = (), next_id: int = 1, presence_timeout_us: int = 15_000_000,
-                 ) -> None:
+                 *, exact: bool = True) -> None:
         self.presence_timeout_us = presence_timeout_us
+        #: The only worker on its database: what the engine holds is what the database holds, so a join of a
+        #: device already online here, or a leave of one offline here, changes nothing and is not written.
+        #: With several workers (False), every join and leave in a current session goes to the database.
+        self.exact = exact
         self.by_id: dict[int, Device] = {}
         self.by_mac: dict[str, Device] = {}
         self.by_name: dict[str, Device] = {}
         self.by_session_name: dict[str, Device] = {}
+        #: Devices this engine may hold as lost (a superset: `mark_lost` clears the others).
+        self._lost: set[int] = set()
         for device in devices:
             self._index(device)
         self.next_id = max([next_id, *(device_id + 1 for device_id in self.by_id)])
-        #: When a SweepDue is wanted (µs since the epoch), or None.
+        #: When a SweepDue is wanted (µs since the epoch), or None; and since when devices must have been heard.
         self.sweep_due: int | None = None
+        self.sweep_since = 0
 
     def _index(self, device: Device) -> None:
+        if device.lost:
+            self._lost.add(device.id)
         self.by_id[device.id] = device
         self.by_mac[device.mac] = device
         self.by_name[device.name] = device
         self.by_session_name[device.session_name] = device
 
     def resume_presence_check(self, previous: Sessions) -> None:
-        """Carry on what `previous` knew beyond the table (after the writer rebuilt the engine from it)."""
-        for device in self.by_id.values():
-            before = previous.by_id.get(device.id)
-            if before is not None and before.lost and not device.online and before.session_id == device.session_id:
-                device.lost = True
+        """Carry on a presence check `previous` had planned (after the writer rebuilt the engine from the table)."""
         self.sweep_due = previous.sweep_due
-        if self.sweep_due is not None:
-            for device in self.by_id.values():
-                before = previous.by_id.get(device.id)
-                device.heard = before.heard if before is not None else True
+        self.sweep_since = previous.sweep_since
 
     def upsert(self, devices: Iterable[Device], next_id: int) -> None:
-        """Take these rows as the database now holds them (another worker changed them), keeping what this
-        engine knew beyond the table of each device still in the same session."""
+        """Take these rows as the database now holds them (another worker changed them)."""
         devices = list(devices)
         for device in devices:
             before = self.by_id.get(device.id)
@@ -223,11 +275,34 @@ class Sessions:
                         del index[key]
                 # Stamps only move forward, whoever wrote the last one.
                 device.last_seen_us = max(device.last_seen_us, before.last_seen_us)
-                if before.session_id == device.session_id:
-                    device.heard = before.heard
-                    device.lost = before.lost and not device.online
             self._index(device)
         self.next_id = max(self.next_id, next_id, *(device.id + 1 for device in devices))
+
+    def mark_lost(self, lost: Iterable[tuple[int, str]]) -> None:
+        """Take the devices the database says are lost (device id, session), and only those, as lost."""
+        lost_now = dict(lost)
+        for device_id in self._lost - lost_now.keys():
+            device = self.by_id.get(device_id)
+            if device is not None:
+                device.lost = False
+        self._lost = set()
+        for device_id, session in lost_now.items():
+            device = self.by_id.get(device_id)
+            if device is not None and device.session_id == session:
+                device.lost = True
+                device.online = False
+                self._lost.add(device_id)
+
+    def swept(self, rows: Iterable[tuple[int, str]], since: int, lost: bool) -> None:
+        """The database took these devices (device id, session) offline in a sweep of `since`."""
+        for device_id, session in rows:
+            device = self.by_id.get(device_id)
+            if device is not None and device.session_id == session:
+                device.online = False
+                device.lost = lost
+                device.presence_us = max(device.presence_us, since)
+                if lost:
+                    self._lost.add(device_id)
 
     def name_taken(self, name: str, device_id: int | None = None) -> bool:
         """Whether a device other than `device_id` has `name` as its name or its session's name."""
@@ -253,7 +328,6 @@ class Sessions:
                     # forth on a board-sized computer): the database checks that order.
                     at = item.at if item.at > device.last_seen_us else device.last_seen_us + 1
                     readings[message.kind].append((device.id, format_micros(at), message.value))
-                    device.heard = True
                     device.last_seen_us = at
                     out.seen[device.id] = device
                     if device.lost:
@@ -272,32 +346,29 @@ class Sessions:
                 device = self._current(out, name, session, "join")
                 if device is not None:
                     self._seen(out, device, at)
+                    if not device.online or not self.exact:
+                        out.changes.append(Presence(device.id, True, device.last_seen_us, session, Cause.JOIN))
+                    device.online = True
                     device.lost = False
-                    if not device.online:
-                        device.online = True
-                        out.changes.append(Presence(device.id, True, device.last_seen_us, device.session_id))
-                        out.notes.append(f"{device.name} joined (device {device.id}, session {session})")
-                    device.heard = True
             case Leave(name, session):
                 device = self._current(out, name, session, "leave")
                 if device is not None:
                     self._seen(out, device, at)
+                    if device.online or device.lost or not self.exact:
+                        out.changes.append(Presence(device.id, False, device.last_seen_us, session, Cause.LEAVE))
+                    device.online = False
                     device.lost = False
-                    if device.online:
-                        device.online = False
-                        out.changes.append(Presence(device.id, False, device.last_seen_us, device.session_id))
-                        out.notes.append(f"{device.name} left (device {device.id}, session {session})")
             case LedRequest(device_id, session, on):
                 self._led(out, device_id, session, on)
             case RenameRequest(device_id, name):
                 self._rename(out, device_id, name)
             case BrokerSessionLost():
-                for device in self.by_id.values():
-                    if device.online:
-                        device.heard = False
+                # Devices not heard from within the presence timeout may have left while nobody listened.
+                self.sweep_since = at
                 self.sweep_due = at + self.presence_timeout_us
-            case BrokerUnreachable():
-                self._unreachable(out)
+            case BrokerUnreachable(since):
+                out.changes.append(Sweep(since, lost=True))
+                self.sweep_due = None  # what the sweep would take, this one takes
             case SweepDue():
                 self._sweep(out, at)
             case Reading():  # pragma: no cover - handled by apply
@@ -318,25 +389,18 @@ class Sessions:
         return device
 
     def _seen(self, out: Decisions, device: Device, at: int) -> None:
-        device.last_seen_us = at if at > device.last_seen_us else device.last_seen_us + 1
+        """Count a join or a leave at `at`: stamped after whatever this device did before, and after the presence
+        decision it follows (a sweep stamps its own time, which a clock stepped back may not have reached)."""
+        floor = max(device.last_seen_us, device.presence_us)
+        device.last_seen_us = device.presence_us = at if at > floor else floor + 1
         out.seen[device.id] = device
 
     def _back(self, out: Decisions, device: Device) -> None:
         """A device marked offline while the broker was out of reach is heard from in its session."""
         device.lost = False
         device.online = True
-        out.changes.append(Presence(device.id, True, device.last_seen_us, device.session_id))
-        out.notes.append(f"{device.name} heard from again after the broker outage: online")
-
-    def _unreachable(self, out: Decisions) -> None:
-        gone = [device for device in self.by_id.values() if device.online]
-        for device in gone:
-            device.online = False
-            device.lost = True
-            out.changes.append(Presence(device.id, False, device.last_seen_us, device.session_id))
-        self.sweep_due = None  # nothing left online to check
-        if gone:
-            out.notes.append(f"broker out of reach: marked {len(gone)} device(s) offline until they are heard from")
+        device.presence_us = max(device.presence_us, device.last_seen_us)
+        out.changes.append(Presence(device.id, True, device.last_seen_us, device.session_id, Cause.BACK))
 
     def _default_name(self, device_id: int) -> str:
         name = default_name(device_id)
@@ -353,7 +417,7 @@ class Sessions:
             self.next_id += 1
             name = self._default_name(device_id)
             session = new_session_id(None, at / 1e6)
-            device = Device(device_id, name, name, mac, session, False, at, at)
+            device = Device(device_id, name, name, mac, session, False, at, at, presence_us=at)
             self._index(device)
             out.changes.append(NewDevice(device_id, name, mac, session, at))
             out.notes.append(f"new device {mac}: {name}")
@@ -400,10 +464,4 @@ class Sessions:
         if self.sweep_due is None or at < self.sweep_due:
             return
         self.sweep_due = None
-        silent = [device for device in self.by_id.values() if device.online and not device.heard]
-        for device in silent:
-            device.online = False
-            out.changes.append(Presence(device.id, False, device.last_seen_us, device.session_id))
-        if silent:
-            out.notes.append(f"marked {len(silent)} device(s) offline, not heard from since the broker lost our "
-                             f"session: {', '.join(device.name for device in silent[:20])}")
+        out.changes.append(Sweep(self.sweep_since, lost=False))

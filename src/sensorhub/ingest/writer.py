@@ -35,12 +35,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sensorhub.commands import LedRequest, RenameRequest
 from sensorhub.db import dialect
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
+from sensorhub.db.presence import Outcome, bring_back, lost_devices, set_presence, sweep
 from sensorhub.db.space import MIB, database_dir, database_space
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
 from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import (
+    Cause,
     Decisions,
     Device,
     Inbound,
@@ -49,7 +51,9 @@ from sensorhub.ingest.sessions import (
     Presence,
     Rename,
     Sessions,
+    Sweep,
     SweepDue,
+    cut_at_sweeps,
     default_name,
     wire,
 )
@@ -77,11 +81,12 @@ Publish = Callable[[str, bytes, int], object]
 Ack = Callable[[int, int], object]
 
 _INSERT_DEVICE = (
-    "INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, last_seen) "
-    "VALUES (?, ?, ?, ?, FALSE, ?, ?, ?)"
+    "INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, last_seen, presence_at) "
+    "VALUES (?, ?, ?, ?, FALSE, ?, ?, ?, ?)"
 )
-_NEW_SESSION = "UPDATE device SET session_id = ?, session_name = ?, online = FALSE WHERE id = ?"
-_SET_ONLINE = "UPDATE device SET online = ? WHERE id = ?"
+_NEW_SESSION = (
+    "UPDATE device SET session_id = ?, session_name = ?, online = FALSE, lost = FALSE, presence_at = ? WHERE id = ?"
+)
 #: Never backwards: another worker may have stored a later message of the same device first. The same UPDATE
 #: keeps each kind's latest value (db/latest.py): replaced only by a value at least as recent (a NULL time, no
 #: reading of that kind in the batch, compares as unknown and keeps what is stored).
@@ -127,28 +132,25 @@ class WriterStats:
     rechecked: int = 0
 
 
-_DEVICE_ROWS = "SELECT id, name, session_name, mac, session_id, online, joined_at, last_seen FROM device"
+_DEVICE_ROWS = (
+    "SELECT id, name, session_name, mac, session_id, online, joined_at, last_seen, lost, presence_at FROM device"
+)
 
 
-def load_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
-    """A session engine holding the device table as it is now."""
+def load_sessions(conn: Connection, presence_timeout_us: int, *, exact: bool = True) -> Sessions:
+    """A session engine holding the device table as it is now (`exact`: the only worker on it)."""
     conn.rollback()
-    sessions = _read_sessions(conn, presence_timeout_us)
-    conn.rollback()
-    return sessions
-
-
-def _read_sessions(conn: Connection, presence_timeout_us: int) -> Sessions:
-    """The device table, read in the caller's transaction."""
     devices = [_device(row) for row in conn.exec_driver_sql(_DEVICE_ROWS)]
     seq = conn.exec_driver_sql(dialect.LAST_DEVICE_ID[conn.dialect.name]).scalar()
-    return Sessions(devices, next_id=int(seq or 0) + 1, presence_timeout_us=presence_timeout_us)
+    conn.rollback()
+    return Sessions(devices, next_id=int(seq or 0) + 1, presence_timeout_us=presence_timeout_us, exact=exact)
 
 
 def _device(row: Any) -> Device:
     """A row of _DEVICE_ROWS as the engine holds it."""
     return Device(row[0], row[1], row[2], row[3], row[4], bool(row[5]), to_micros(parse_timestamp(row[6])),
-                  to_micros(parse_timestamp(row[7])))
+                  to_micros(parse_timestamp(row[7])), bool(row[8]),
+                  to_micros(parse_timestamp(row[9])) if row[9] else 0)
 
 
 class Writer:
@@ -161,9 +163,7 @@ class Writer:
         self.engine = engine
         #: How long a batch of QoS 0 readings waits for more (LINGER).
         self.linger = linger
-        #: One of several workers on this database: joins and renames are decided under a lock, on the
-        #: device table as the database holds it then.
-        self.shared = shared
+        self._shared = shared
         #: Prometheus metrics, counted once per committed batch (sensorhub.ingest.metrics).
         self.metrics = metrics
         #: Roll-ups and the session log, kept in each batch's transaction; retention, between batches.
@@ -176,7 +176,7 @@ class Writer:
         self.batch_max = batch_max
         self.queue: queue.Queue[Inbound | None] = queue.Queue(maxsize=queue_max)
         self.stats = WriterStats()
-        self.sessions = Sessions(presence_timeout_us=self.presence_timeout_us)
+        self.sessions = Sessions(presence_timeout_us=self.presence_timeout_us, exact=not shared)
         #: Set when the writer is given up on: `submit` stops waiting for room and refuses.
         self.failed = threading.Event()
         #: time.monotonic() of the writer's last sign of life (the Watchdog reads it).
@@ -193,18 +193,45 @@ class Writer:
         #: Where the SQLite file lives (None on a server database: no WAL to truncate, no disk of ours).
         self._db_dir = database_dir(self._url)
 
+    @property
+    def shared(self) -> bool:
+        """One of several workers on this database: joins and renames are decided under a lock, on the device
+        table as the database holds it then, and every join and leave goes to the database (db/presence.py)."""
+        return self._shared
+
+    @shared.setter
+    def shared(self, shared: bool) -> None:
+        self._shared = shared
+        self.sessions.exact = not shared
+
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Load the sessions from the database and start the writer thread."""
+        self.open()
+        self._thread = threading.Thread(target=self._guarded_run, name="db-writer", daemon=True)
+        self._thread.start()
+
+    def open(self) -> None:
+        """Connect and load the sessions from the database (what `start` does before its thread runs)."""
         self._conn = self.engine.connect()
-        self.sessions = load_sessions(self._conn, self.presence_timeout_us)
+        self.sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared)
         self.stats.online = sum(1 for device in self.sessions.by_id.values() if device.online)
         self.history.load(self._conn)
         self._conn.rollback()
         self.heartbeat = time.monotonic()
-        self._thread = threading.Thread(target=self._guarded_run, name="db-writer", daemon=True)
-        self._thread.start()
+
+    def process(self, batch: list[Inbound]) -> None:
+        """Commit `batch` in the caller's thread, as the writer thread does what it takes from the queue (a test
+        seam: several writers stepped in a chosen order, with no thread of their own)."""
+        for part in cut_at_sweeps(batch):
+            self._write(part)
+
+    def close(self) -> None:
+        """Close the connection `open` made (when no thread was started)."""
+        if self._conn is not None and self._thread is None:
+            self._conn.close()
+            self._conn = None
 
     @property
     def alive(self) -> bool:
@@ -269,8 +296,7 @@ class Writer:
             if first is not _STOP:
                 batch.append(first)
                 stopping = self._gather(batch)
-            if batch:
-                self._write(batch)
+            self.process(batch)
             self._maybe_sweep()
             self._maybe_purge(busy=not self.queue.empty())
             if stopping:
@@ -358,7 +384,7 @@ class Writer:
         assert self._conn is not None
         try:
             self._conn.rollback()
-            sessions = load_sessions(self._conn, self.presence_timeout_us)
+            sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared)
             self.history.load(self._conn)
             self._conn.rollback()
         except OperationalError as err:
@@ -455,21 +481,32 @@ class Writer:
                 self._refresh(conn, batch)
             done = self.sessions.apply(batch)
             events: list[SessionEvent] = []
+            stale: set[int] = set()  # devices whose presence another worker decided later
+            sweeps: list[Sweep] = []
             for change in done.changes:
                 match change:
                     case NewDevice(device_id, name, mac, session_id, at):
                         stamp = format_micros(at)
-                        dialect.execute(conn, _INSERT_DEVICE, (device_id, name, name, mac, session_id, stamp, stamp))
+                        dialect.execute(conn, _INSERT_DEVICE,
+                                        (device_id, name, name, mac, session_id, stamp, stamp, stamp))
                         events.append((Event.STARTED, device_id, session_id, stamp))
                     case NewSession(device_id, session_id, session_name, at):
-                        dialect.execute(conn, _NEW_SESSION, (session_id, session_name, device_id))
-                        events.append((Event.STARTED, device_id, session_id, format_micros(at)))
-                    case Presence(device_id, online, at, session_id):
-                        dialect.execute(conn, _SET_ONLINE, (online, device_id))
-                        events.append((Event.ONLINE if online else Event.ENDED, device_id, session_id,
-                                       format_micros(at)))
+                        stamp = format_micros(at)
+                        dialect.execute(conn, _NEW_SESSION, (session_id, session_name, stamp, device_id))
+                        events.append((Event.STARTED, device_id, session_id, stamp))
+                    case Presence(device_id, online, at, session_id, cause):
+                        stamp = format_micros(at)
+                        outcome = (bring_back(conn, device_id, session_id, stamp) if cause is Cause.BACK
+                                   else set_presence(conn, device_id, session_id, online, stamp))
+                        if outcome is Outcome.CHANGED:
+                            done.presence.append(change)
+                            events.append((Event.ONLINE if online else Event.ENDED, device_id, session_id, stamp))
+                        elif outcome is Outcome.STALE:
+                            stale.add(device_id)
                     case Rename(device_id, name):
                         dialect.execute(conn, _RENAME, (name, device_id))
+                    case Sweep():
+                        sweeps.append(change)
             for kind, rows in done.readings.items():
                 if rows:
                     dialect.insert_readings(conn, kind.value, rows)
@@ -487,6 +524,10 @@ class Writer:
                     for (b_at, b_value) in (button.get(device.id, _NO_READING),)
                     for (p_at, p_value) in (light.get(device.id, _NO_READING),)
                 ])
+            for change in sweeps:  # after last_seen moved on: what this batch heard is not swept
+                self._sweep(conn, change, done, events)
+            if stale:
+                self._reread(conn, stale)
             self.history.stage(conn, done.readings, events)
             conn.commit()
         except BaseException:
@@ -496,21 +537,48 @@ class Writer:
         self.history.committed()
         return done
 
+    def _sweep(self, conn: Connection, change: Sweep, done: Decisions, events: list[SessionEvent]) -> None:
+        """Take offline the devices nobody heard from since `change.since`."""
+        since = format_micros(change.since)
+        rows = sweep(conn, since, change.lost)
+        self.sessions.swept([(device_id, session) for device_id, session, _name in rows], change.since, change.lost)
+        for device_id, session, _name in rows:
+            done.presence.append(Presence(device_id, False, change.since, session, Cause.SWEPT))
+            events.append((Event.ENDED, device_id, session, since))
+        if rows:
+            names = ", ".join(name for _id, _session, name in rows[:20])
+            done.notes.append(f"broker out of reach: marked {len(rows)} device(s) offline until they are heard from "
+                              f"({names})" if change.lost else
+                              f"marked {len(rows)} device(s) offline, not heard from since the broker lost our "
+                              f"session: {names}")
+
+    def _reread(self, conn: Connection, ids: set[int]) -> None:
+        """Take the rows of `ids` as the database holds them (another worker decided their presence later)."""
+        sql = dialect.placeholders(f"{_DEVICE_ROWS} WHERE id IN ({', '.join('?' * len(ids))})",
+                                   conn.dialect.paramstyle)
+        self.sessions.upsert([_device(row) for row in conn.exec_driver_sql(sql, tuple(sorted(ids)))],
+                             self.sessions.next_id)
+
     def _refresh(self, conn: Connection, batch: Sequence[Inbound]) -> None:
         """With several workers, bring the rows `batch` depends on up to the database's state before deciding it.
 
         A batch that may hand out ids or names (joins, renames) first takes the cross-worker lock, and reads the
         rows of its MACs and renamed devices, of the names it may give, and of the devices other workers added
         since this engine last looked. Any batch reads the rows of sessions this engine does not know, and of
-        devices a LED command finds offline here: another worker may have seen their join. Those few rows are
-        read by index, never the whole table (100,000 devices take 1.7 s to read here).
+        the devices its LED commands are for: another worker may have seen their join, or their leave. Those few
+        rows are read by index, never the whole table (100,000 devices take 1.7 s to read here). Every batch reads
+        which devices are lost in an outage (usually none, by a partial index): whichever worker hears one of
+        them brings it back.
         """
         sessions = self.sessions
+        conn.rollback()
+        sessions.mark_lost(lost_devices(conn))
+        conn.rollback()  # no snapshot held while the batch is decided
         names: set[str] = set()
         ids: set[int] = set()
         macs: set[str] = set()
         stale: set[tuple[str, str]] = set()  # (session name, session) this engine does not know
-        offline: set[tuple[int, str]] = set()  # (device, session) of LED commands for a device offline here
+        offline: set[tuple[int, str]] = set()  # (device, session) of LED commands
         for item in batch:
             message = item.message
             if isinstance(message, (Reading, SessionRef, Leave)):
@@ -518,9 +586,8 @@ class Writer:
                 if device is None or device.session_id != message.session:
                     stale.add((message.name, message.session))
             elif isinstance(message, LedRequest):
-                known = sessions.by_id.get(message.device_id)
-                if known is None or not known.online or known.session_id != message.session:
-                    offline.add((message.device_id, message.session))
+                # Whatever this worker saw: another may have taken the device's leave since.
+                offline.add((message.device_id, message.session))
             elif isinstance(message, MacJoin):
                 macs.add(message.mac)
             elif isinstance(message, RenameRequest):
@@ -551,12 +618,11 @@ class Writer:
         devices = [_device(row) for row in conn.exec_driver_sql(sql, tuple(params))]
         if not locked:
             conn.rollback()  # a read: no snapshot held while the batch is decided
-            if not (stale & {(d.session_name, d.session_id) for d in devices}
-                    or offline & {(d.id, d.session_id) for d in devices if d.online}):
-                return  # out of band (or offline) for the database too
-            self.stats.rechecked += 1
-            logger.debug("the database knows sessions or online devices this worker did not: %d row(s) read",
-                         len(devices))
+            if not (stale & {(d.session_name, d.session_id) for d in devices} or offline):
+                return  # out of band for the database too
+            if stale:
+                self.stats.rechecked += 1
+                logger.debug("the database knows sessions this worker did not: %d row(s) read", len(devices))
         sessions.upsert(devices, next_id)
 
     def _after_commit(self, done: Decisions, size: int) -> None:
@@ -564,11 +630,13 @@ class Writer:
         self.stats.largest_batch = max(self.stats.largest_batch, size)
         for kind, rows in done.readings.items():
             self.stats.stored[kind.value] += len(rows)
-        presences = [change for change in done.changes if isinstance(change, Presence)]
-        if presences:
-            self.stats.joins += sum(1 for change in presences if change.online)
-            self.stats.leaves += sum(1 for change in presences if not change.online)
+        if done.presence:
+            self.stats.joins += sum(1 for change in done.presence if change.online)
+            self.stats.leaves += sum(1 for change in done.presence if not change.online)
             self.stats.online = sum(1 for device in self.sessions.by_id.values() if device.online)
+            for change in done.presence:
+                if change.cause is not Cause.SWEPT:
+                    self._say_presence(change)
         for note in done.notes:
             logger.info("%s", note)
         for reason, detail in done.drops:
@@ -581,6 +649,15 @@ class Writer:
         for payload in format_live((device_id, kind, value) for kind, rows in done.readings.items()
                                    for device_id, _stamp, value in rows):
             self._call(self.publish, LIVE_TOPIC, payload, 0)
+
+    def _say_presence(self, change: Presence) -> None:
+        device = self.sessions.by_id.get(change.id)
+        name = device.name if device is not None else f"device {change.id}"
+        if change.cause is Cause.BACK:
+            logger.info("%s heard from again after the broker outage: online", name)
+        else:
+            logger.info("%s %s (device %d, session %s)", name, "joined" if change.online else "left", change.id,
+                        change.session_id)
 
     def _maybe_purge(self, busy: bool) -> None:
         """Delete a little of what retention allows; a failing purge never stops the writer."""
