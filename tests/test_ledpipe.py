@@ -434,11 +434,17 @@ def test_stop_hands_over_every_command_already_in_the_pipe(tmp_path: Path) -> No
 
 
 def test_stop_at_once_after_writing_hands_over_every_command(tmp_path: Path) -> None:
-    """Write N commands and stop the reader right away, no pause between: all N are handed over."""
-    count, rounds = 300, 5
+    """Write N commands and stop the reader right away, no pause between, while it takes a little time per
+    command (as a busy writer's queue makes it): all N are handed over."""
+    count, rounds = 300, 3
     for number in range(rounds):
         received: list[Command] = []
-        reader = PipeReader(tmp_path / f"fifo{number}", received.append)
+
+        def handed(command: Command, received: list[Command] = received) -> None:
+            time.sleep(0.0005)
+            received.append(command)
+
+        reader = PipeReader(tmp_path / f"fifo{number}", handed)
         reader.start()
         for device in range(1, count + 1):
             send_command(tmp_path / f"fifo{number}", LedRequest(device, "1", True))
