@@ -111,6 +111,39 @@ def test_default_names_count_up_and_are_never_reused(
     assert fourth.request_session()[0] == "capteur04"
 
 
+def test_stop_stores_the_commands_still_in_the_pipe(settings: Settings, engine: Engine, broker: Broker) -> None:
+    """Renames the web server had answered 202 to, still in the pipe when the client is told to stop (its pipe
+    reader busy with the first): the pipe hands them to the writer before the writer stops, and all are stored."""
+    client = IngestClient(settings)
+    client.start(wait_ready=10)
+    stopper = threading.Thread(target=client.stop)
+    busy, release = threading.Event(), threading.Event()
+    try:
+        for i in range(1, 4):
+            RawDevice(settings.mqtt_port, f"02:00:00:00:00:C{i}").request_session()
+        hand_over = client.pipe.on_command
+
+        def slow(command: Any) -> None:
+            busy.set()
+            release.wait(5)
+            hand_over(command)
+
+        client.pipe.on_command = slow
+        send_command(settings.fifo, RenameRequest(1, "atelier"))
+        assert busy.wait(5)
+        send_command(settings.fifo, RenameRequest(2, "cuisine"))
+        send_command(settings.fifo, RenameRequest(3, "garage"))
+        stopper.start()
+        wait_for(client.pipe._stop.is_set, 5, what="the pipe reader told to stop")
+    finally:
+        release.set()
+        if stopper.ident is not None:
+            stopper.join(30)
+        else:
+            client.stop()
+    assert [name for name in ("atelier", "cuisine", "garage") if row(engine, name) is None] == []
+
+
 def test_out_of_band_readings_and_stale_leaves_are_discarded(
         ingest: IngestClient, engine: Engine, settings: Settings) -> None:
     device = RawDevice(settings.mqtt_port, "02:00:00:00:00:10")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -343,3 +347,181 @@ def test_a_reader_killed_with_sigkill_is_taken_over(tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
         reader.stop()
+
+
+# -- several workers starting and stopping together (issue 22) --------------------------------------------------
+
+#: Rounds of two workers starting at the same moment; on the code before the fix, 10 to 20 % of them failed.
+START_ROUNDS = 100
+
+
+def _start_in_rounds(base: str, rounds: int, barrier: Barrier, arrived: Any, results: Any) -> None:
+    """One worker (a process of its own): each round, meet the other at the barrier, then start the way the
+    ingest client does (PipeReader.start: ensure_fifo, the lock, the pipe) on a fresh directory."""
+    outcomes: list[str] = []
+    for number in range(rounds):
+        reader = PipeReader(Path(base) / f"round{number}" / "ledpipe", lambda _command: None)
+        barrier.wait(20)
+        # The barrier wakes one process after the other; spinning on a shared counter starts both within
+        # microseconds (a few at most: the other process is awake already).
+        with arrived.get_lock():
+            arrived.value += 1
+        count = arrived.get_obj()  # read without the lock: both processes keep running
+        deadline = time.monotonic() + 5
+        while count.value < 2 * (number + 1) and time.monotonic() < deadline:
+            pass
+        try:
+            reader.start()
+            outcomes.append("holding" if reader.holding.is_set() else "standing by")
+        except Exception as err:
+            outcomes.append(f"{type(err).__name__}: {err}")
+        barrier.wait(20)  # both started before either stops
+        reader.stop()
+    results.put(outcomes)
+
+
+def test_two_workers_starting_together_never_fail(tmp_path: Path) -> None:
+    """Two real processes start the pipe at the same moment, 100 times: one holds it, the other stands by."""
+    context = multiprocessing.get_context("spawn")  # no fork of pytest's threads
+    for number in range(START_ROUNDS):  # a fresh, empty directory each round, as var/ at a first start
+        (tmp_path / f"round{number}").mkdir(mode=0o700)
+    barrier, arrived, results = context.Barrier(2), context.Value("i", 0), context.Queue()
+    workers = [context.Process(target=_start_in_rounds, args=(str(tmp_path), START_ROUNDS, barrier, arrived,
+                                                              results))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        outcomes: list[list[str]] = [results.get(timeout=60) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+    failed = [(number, pair) for number, pair in enumerate(zip(*outcomes, strict=True))
+              if sorted(pair) != ["holding", "standing by"]]
+    assert not failed, f"{len(failed)} of {START_ROUNDS} rounds failed, the first: {failed[:3]}"
+    assert not [path for path in tmp_path.glob("round*/ledpipe")], "a stopped worker left its pipe behind"
+
+
+def test_stop_hands_over_every_command_already_in_the_pipe(tmp_path: Path) -> None:
+    """Commands answered 202 while the reader is busy are still in the pipe when it is told to stop: it hands
+    every one of them over before it closes."""
+    count = 500
+    received: list[Command] = []
+    busy, release = threading.Event(), threading.Event()
+
+    def handed(command: Command) -> None:
+        busy.set()
+        release.wait(5)
+        received.append(command)
+
+    reader = PipeReader(tmp_path / "fifo", handed)
+    reader.start()
+    send_command(tmp_path / "fifo", LedRequest(1, "1", True))
+    assert busy.wait(5), "the reader never handed the first command over"
+    for device in range(2, count + 1):  # each accepted: the web server would answer 202
+        send_command(tmp_path / "fifo", LedRequest(device, "1", True))
+    stopper = threading.Thread(target=reader.stop)
+    stopper.start()
+    wait_for(reader._stop.is_set, 5, what="the reader told to stop")
+    release.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    handed_over = [command.device_id for command in received]
+    assert handed_over == list(range(1, count + 1)), f"{len(handed_over)} of {count} handed over"
+    assert not (tmp_path / "fifo").exists()
+
+
+def test_stop_at_once_after_writing_hands_over_every_command(tmp_path: Path) -> None:
+    """Write N commands and stop the reader right away, no pause between, while it takes a little time per
+    command (as a busy writer's queue makes it): all N are handed over."""
+    count, rounds = 300, 3
+    for number in range(rounds):
+        received: list[Command] = []
+
+        def handed(command: Command, received: list[Command] = received) -> None:
+            time.sleep(0.0005)
+            received.append(command)
+
+        reader = PipeReader(tmp_path / f"fifo{number}", handed)
+        reader.start()
+        for device in range(1, count + 1):
+            send_command(tmp_path / f"fifo{number}", LedRequest(device, "1", True))
+        reader.stop()
+        assert [command.device_id for command in received] == list(range(1, count + 1)), (
+            f"round {number}: {len(received)} of {count} handed over")
+
+
+_WORKER = """
+import signal, sys, threading, time
+from sensorhub.ingest.ledpipe import PipeReader
+
+def handed(command):
+    time.sleep(0.001)  # a busy worker: commands wait in the pipe
+    sys.stdout.write(f"{command.device_id}\\n")
+    sys.stdout.flush()
+
+done = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: done.set())
+reader = PipeReader(sys.argv[1], handed)
+reader.start()
+print("holding" if reader.holding.is_set() else "standing by", flush=True)
+while not done.wait(0.1):
+    pass
+reader.stop()
+print("stopped", flush=True)
+"""
+
+
+def _worker_output(worker: subprocess.Popen[bytes]) -> list[int]:
+    """The device ids a stopped worker handed over, in order."""
+    out, _ = worker.communicate(timeout=20)
+    lines = out.decode().splitlines()
+    assert lines[-1:] == ["stopped"], f"the worker did not stop cleanly: {lines[-3:]}"
+    return [int(line) for line in lines[:-1]]
+
+
+def test_a_worker_that_stops_while_another_takes_over_loses_no_command_and_repeats_none(tmp_path: Path) -> None:
+    """Two worker processes; commands keep coming while the holder stops (SIGTERM, as systemd does) and the
+    other takes over: every command the web server had accepted is handed over by exactly one of them."""
+    fifo = tmp_path / "run" / "ledpipe"
+    first = subprocess.Popen([sys.executable, "-c", _WORKER, str(fifo)], stdout=subprocess.PIPE)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        assert first.stdout is not None and first.stdout.readline() == b"holding\n"
+        second = subprocess.Popen([sys.executable, "-c", _WORKER, str(fifo)], stdout=subprocess.PIPE)
+        assert second.stdout is not None and second.stdout.readline() == b"standing by\n"
+        accepted: list[int] = []
+        refused = after = 0  # commands refused between the two holders; accepted after that
+        deadline = time.monotonic() + 20
+        while after < 200 and time.monotonic() < deadline:
+            if len(accepted) == 200 and refused == 0:
+                first.send_signal(signal.SIGTERM)  # once: accepted grows or refused does
+            try:
+                send_command(fifo, LedRequest(len(accepted) + 1, "1", True))
+            except ClientNotRunning:  # between the two holders: the page says so (503), nothing accepted
+                refused += 1
+                time.sleep(0.002)
+                continue
+            except PipeError as err:  # the busy holder's pipe is full: the page says so too
+                assert "full" in str(err)
+                time.sleep(0.001)
+                continue
+            accepted.append(len(accepted) + 1)
+            after += refused > 0
+        assert after == 200, "the second worker never took the pipe over"
+        first.wait(10)
+        second.send_signal(signal.SIGTERM)
+        by_first, by_second = _worker_output(first), _worker_output(second)
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                worker.kill()
+                worker.wait()
+    assert refused > 0 and by_first and by_second, "the test missed the take-over it is about"
+    twice = set(by_first) & set(by_second)
+    assert not twice, f"{len(twice)} commands handed over by both workers"
+    lost = sorted(set(accepted) - set(by_first) - set(by_second))
+    assert not lost, f"{len(lost)} of {len(accepted)} accepted commands lost, the first {lost[:5]}"
+    assert sorted(by_first + by_second) == accepted

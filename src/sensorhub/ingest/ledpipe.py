@@ -10,6 +10,7 @@ once when no client is reading.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -17,6 +18,7 @@ import os
 import select
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +30,13 @@ logger = logging.getLogger(__name__)
 
 #: How often a worker that does not hold the pipe tries to take it over.
 TAKE_OVER_EVERY = 0.5
+#: How long a stopping holder waits for web requests that opened the pipe just before it was removed to write
+#: and close (they take microseconds; only a program keeping the pipe open makes it wait this long).
+DRAIN_WAIT = 1.0
+#: How long `stop` waits for the reader thread to hand the last commands over.
+STOP_WAIT = 10.0
+#: How many times ensure_fifo makes the pipe again when it vanishes between "exists" and the checks.
+_CREATE_ATTEMPTS = 5
 
 
 def send_command(path: str | os.PathLike[str], command: Command) -> None:
@@ -75,7 +84,8 @@ def ensure_fifo(path: str | os.PathLike[str]) -> Path:
     """Create the named pipe (mode 0600) if it does not exist, in a directory only its owner can write.
 
     Refuse a path that is something else, or a pipe that another user made or could write into: whoever
-    planted it could read the commands or forge them.
+    planted it could read the commands or forge them. Several workers may call this at the same moment: it
+    creates first and takes "already exists" as another worker's pipe, which it then checks like any other.
     """
     fifo = Path(path)
     try:
@@ -86,23 +96,30 @@ def ensure_fifo(path: str | os.PathLike[str]) -> Path:
             from err
     except ConfigError as err:
         raise PipeError(f"the pipe's directory is unsafe: {err}") from None
-    try:
-        info = fifo.lstat()
-    except FileNotFoundError:
+    for _attempt in range(_CREATE_ATTEMPTS):
         try:
             os.mkfifo(fifo, 0o600)
             os.chmod(fifo, 0o600)  # whatever the umask
+        except FileExistsError:
+            pass  # another worker made it first, or it was left behind: check what is there
         except OSError as err:
             raise PipeError(f"cannot create the pipe {fifo}: {err.strerror} (set SENSORHUB_FIFO)") from err
+        else:
+            return fifo
+        try:
+            info = fifo.lstat()
+        except FileNotFoundError:
+            continue  # removed in between (its last holder stopping): make it again
+        except OSError as err:
+            raise PipeError(f"cannot use the pipe {fifo}: {err.strerror} (set SENSORHUB_FIFO)") from err
+        if not stat.S_ISFIFO(info.st_mode):
+            raise PipeError(f"{fifo} exists and is not a named pipe: remove it or set SENSORHUB_FIFO")
+        problem = _pipe_problem(info)
+        if problem:
+            raise PipeError(f"refusing the pipe {fifo}: it {problem}; remove it (`rm {fifo}`) and start again")
         return fifo
-    except OSError as err:
-        raise PipeError(f"cannot use the pipe {fifo}: {err.strerror} (set SENSORHUB_FIFO)") from err
-    if not stat.S_ISFIFO(info.st_mode):
-        raise PipeError(f"{fifo} exists and is not a named pipe: remove it or set SENSORHUB_FIFO")
-    problem = _pipe_problem(info)
-    if problem:
-        raise PipeError(f"refusing the pipe {fifo}: it {problem}; remove it (`rm {fifo}`) and start again")
-    return fifo
+    raise PipeError(f"cannot create the pipe {fifo}: it vanished {_CREATE_ATTEMPTS} times as it was made; is "
+                    f"another program removing it? (set SENSORHUB_FIFO)")
 
 
 class PipeReader:
@@ -111,6 +128,11 @@ class PipeReader:
     Several workers on one machine each have a reader; the one holding the pipe's lock file (`<pipe>.lock`,
     an flock) reads the pipe, the others try to take the lock every TAKE_OVER_EVERY seconds. When the holder
     stops, or dies (the kernel then releases its lock), another worker reads the pipe within a second.
+
+    A holder that stops hands over every command already written into the pipe (each one the web server
+    answered 202) before it lets the lock go: it removes the pipe's name first, so that no new command can
+    reach it, and reads until every writer has closed it. The next holder makes a new pipe, so each command is
+    read by exactly one worker. (A holder killed with SIGKILL loses what it had not read yet.)
 
     No line can stop it: a line longer than MAX_COMMAND, or one the parser chokes on in any way, is dropped
     and counted. If the thread stops anyway, `alive` turns false and `failure` says why (the client then
@@ -130,6 +152,8 @@ class PipeReader:
         self._read_fd = -1
         self._keep_fd = -1
         self._lock_fd = -1
+        self._wake_fds = (-1, -1)  # written by `stop`: the reading thread need not wait for its poll to time out
+        self._pipe_id: tuple[int, int] | None = None  # the pipe we opened (device, inode)
 
     @property
     def alive(self) -> bool:
@@ -153,6 +177,7 @@ class PipeReader:
             logger.debug("holding the LED pipe %s", self.path)
         else:
             logger.info("another worker reads the LED pipe %s; standing by to take it over", self.path)
+        self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._guarded_run, name="ledpipe", daemon=True)
         self._thread.start()
 
@@ -169,6 +194,8 @@ class PipeReader:
 
     def _open(self) -> None:
         self._read_fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        info = os.fstat(self._read_fd)
+        self._pipe_id = (info.st_dev, info.st_ino)
         # Our own writer: the read end then never sees end-of-file between two web requests, and
         # writers never find the pipe without a reader while we run.
         self._keep_fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -179,22 +206,41 @@ class PipeReader:
                 os.close(fd)
         self._read_fd = self._keep_fd = -1
 
+    def _remove_pipe(self) -> None:
+        """Remove the pipe's name if it still is the pipe we opened: no writer can open it any more (they hear
+        "client not running" until another worker makes a new one)."""
+        try:
+            info = self.path.lstat()
+            if (info.st_dev, info.st_ino) == self._pipe_id:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            logger.warning("could not remove the pipe %s: %s", self.path, err.strerror)
+
     def stop(self) -> None:
-        """Stop reading; if holding the pipe, close and remove it (the web then gets 'client not running' at
-        once, unless another worker takes it over), then let the lock go."""
+        """Stop reading; if holding the pipe, remove it (the web then gets 'client not running' at once, unless
+        another worker takes it over), hand over every command already in it, close it, then let the lock go."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        if self.holding.is_set():
-            self._close()
-            try:
-                if stat.S_ISFIFO(self.path.lstat().st_mode):
-                    self.path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                logger.warning("could not remove the pipe %s: %s", self.path, err.strerror)
-            self.holding.clear()
+        if self._wake_fds[1] >= 0:
+            with contextlib.suppress(BlockingIOError):  # full: already woken
+                os.write(self._wake_fds[1], b"\0")
+        thread = self._thread
+        if thread is not None:
+            thread.join(STOP_WAIT)
+            if thread.is_alive():
+                # Closing its descriptors under it could make it read another file's: leave them to the exit.
+                logger.error("the LED pipe reader did not stop within %.0f s; leaving it", STOP_WAIT)
+        if thread is None or not thread.is_alive():
+            if self.holding.is_set():
+                # The thread did not get to hand the rest over (it failed, or never started): close and remove.
+                self._remove_pipe()
+                self._close()
+                self.holding.clear()
+            for fd in self._wake_fds:
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_fds = (-1, -1)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the lock: a standing-by worker takes the pipe over
             self._lock_fd = -1
@@ -216,8 +262,9 @@ class PipeReader:
         skipping = False  # inside a line already known to be too long
         poller = select.poll()
         poller.register(self._read_fd, select.POLLIN)
+        poller.register(self._wake_fds[0], select.POLLIN)
         while not self._stop.is_set():
-            if not poller.poll(200):
+            if not poller.poll(1000):
                 continue
             try:
                 chunk = os.read(self._read_fd, 65536)
@@ -231,19 +278,53 @@ class PipeReader:
                 poller.register(self._read_fd, select.POLLIN)
                 pending, skipping = b"", False
                 continue
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if skipping:
-                    skipping = False  # the end of a line already reported as too long
-                elif len(line) + 1 > MAX_COMMAND:
-                    self._too_long()
-                elif line.strip():
-                    self._dispatch(line)
-            if len(pending) + 1 > MAX_COMMAND:
-                if not skipping:
-                    self._too_long()
-                pending, skipping = b"", True
+            pending, skipping = self._feed(pending + chunk, skipping)
+        self._hand_over_the_rest(pending, skipping)
+
+    def _hand_over_the_rest(self, pending: bytes, skipping: bool) -> None:
+        """Stopping: remove the pipe's name (no new writer can open it), close our own writer, then read until
+        end-of-file, which comes once every writer has closed it: each command the web server accepted is then
+        handed over, and nothing can arrive after. Then close it: the next holder makes a new pipe."""
+        self._remove_pipe()
+        if self._keep_fd >= 0:
+            os.close(self._keep_fd)
+            self._keep_fd = -1
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
+        deadline = time.monotonic() + DRAIN_WAIT
+        while True:
+            try:
+                chunk = os.read(self._read_fd, 65536)
+            except BlockingIOError:  # empty, and a writer still has it open (between its open and its write)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    logger.warning("a program still holds the pipe %s open after %.0f s; what it writes now is "
+                                   "lost", self.path, DRAIN_WAIT)
+                    break
+                poller.poll(remaining * 1000)
+                continue
+            if not chunk:
+                break  # every writer closed it
+            pending, skipping = self._feed(pending + chunk, skipping)
+        self._close()
+        self.holding.clear()
+
+    def _feed(self, data: bytes, skipping: bool) -> tuple[bytes, bool]:
+        """Hand over every complete line of `data`; what is left of it (a line's start), and whether that is
+        the rest of a line too long to keep."""
+        *lines, pending = data.split(b"\n")
+        for line in lines:
+            if skipping:
+                skipping = False  # the end of a line already reported as too long
+            elif len(line) + 1 > MAX_COMMAND:
+                self._too_long()
+            elif line.strip():
+                self._dispatch(line)
+        if len(pending) + 1 > MAX_COMMAND:
+            if not skipping:
+                self._too_long()
+            pending, skipping = b"", True
+        return pending, skipping
 
     def _too_long(self) -> None:
         self._report(PayloadError(f"pipe line longer than {MAX_COMMAND} bytes", "pipe-size"))

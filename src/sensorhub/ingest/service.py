@@ -144,7 +144,7 @@ class IngestClient:
         self._stopping = True
         self.beacon.stop()
         self.watchdog.stop()
-        self.pipe.stop()
+        self.pipe.stop()  # before the writer: it hands the writer every command still in the pipe
         self.writer.stop()  # commits and acknowledges everything received before
         # The broker must have read those acknowledgements before we close: it keeps sending meanwhile, and
         # its data reaching a closed socket brings a reset that makes it drop what it had not read yet (the
