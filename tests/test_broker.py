@@ -74,7 +74,8 @@ def test_render_config_overrides_ports_log_and_limit(tmp_path: Path) -> None:
 def test_render_config_gives_the_tls_twins_the_same_rules_and_can_close_anonymous_access(tmp_path: Path) -> None:
     cert, key, passwd = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "passwd"
     settings = Settings().replace(mqtt_tls_port=8884, mqtt_wss_port=9444, device_password="long enough")
-    text = render_config(settings, tmp_path / "b.log", passwd=passwd, tls=(cert, key))
+    plugin = tmp_path / "mosquitto_dynamic_security.so"
+    text = render_config(settings, tmp_path / "b.log", passwd=passwd, tls=(cert, key), plugin=plugin)
     blocks = {block.split("\n", 1)[0]: block for block in text.split("\nlistener ")[1:]}
     assert set(blocks) == {"1883", "9001", "8884", "9444"}
     for plain, secure in (("1883", "8884"), ("9001", "9444")):
@@ -83,8 +84,20 @@ def test_render_config_gives_the_tls_twins_the_same_rules_and_can_close_anonymou
         assert f"certfile {cert}" in blocks[secure] and f"keyfile {key}" in blocks[secure]
     assert "allow_anonymous false" in blocks["1883"] and "allow_anonymous false" in blocks["8884"]
     assert "allow_anonymous true" in blocks["9001"]  # browsers stay anonymous, and read-only
-    assert f"password_file {passwd}" in blocks["1883"]
+    for device_port in ("1883", "8884"):
+        assert f"plugin {plugin}" in blocks[device_port]
+        assert f"plugin_opt_config_file {tmp_path / 'dynamic-security.json'}" in blocks[device_port]
+        assert "acl_file" not in blocks[device_port] and "password_file" not in blocks[device_port]
     assert f"acl_file {BASE_CONFIG.parent / 'acl.browsers'}" in blocks["9444"]
+    assert "plugin" not in blocks["9001"] and "plugin" not in blocks["9444"]  # browsers' rules unchanged
+
+
+def test_without_the_dynamic_security_plugin_the_device_port_falls_back_to_the_acl_file(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    text = render_config(Settings(), tmp_path / "b.log", passwd=passwd, plugin=None)
+    device = text.split("\nlistener ")[1]
+    assert f"password_file {passwd}" in device and f"acl_file {BASE_CONFIG.parent / 'acl.devices'}" in device
+    assert "plugin" not in device.replace("# No dynamic security plugin", "")
 
 
 def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings: Settings) -> None:
@@ -107,9 +120,13 @@ def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings
 def test_mosquitto_sub_connects(broker: Broker, settings: Settings) -> None:
     sub = shutil.which("mosquitto_sub")
     assert sub, "mosquitto-clients is not installed"
-    result = subprocess.run([sub, "-p", str(settings.mqtt_port), "-t", "#", "-W", "1"],
+    result = subprocess.run([sub, "-p", str(settings.mqtt_port), "-t", "state/nameAssign", "-W", "1"],
                             capture_output=True, text=True, timeout=10, check=False)
     assert "Timed out" in result.stderr  # connected, then waited 1 s for nothing: not "Connection refused"
+    # An anonymous client may subscribe to what a board reads, nothing else (the dynamic security plugin).
+    result = subprocess.run([sub, "-p", str(settings.mqtt_port), "-t", "#", "-W", "1"],
+                            capture_output=True, text=True, timeout=10, check=False)
+    assert "All subscription requests were denied" in result.stderr
 
 
 def test_packet_size_limit_is_enforced(broker: Broker, settings: Settings) -> None:
