@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
 import shutil
 import signal
@@ -16,9 +18,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from sensorhub import broker as broker_module
-from sensorhub.broker import BASE_CONFIG, Broker, find_mosquitto, render_config, speaks_notify
+from sensorhub import dynsec
+from sensorhub.broker import BASE_CONFIG, DEVICE_ACL, Broker, find_mosquitto, render_config, speaks_notify
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
+from sensorhub.ingest.service import subscriptions
 from sensorhub.ports import PortError
 from sensorhub.protocol import LIVE_PAYLOAD_MAX, LIVE_TOPIC, MAX_PACKET
 from tests.support import free_port, log_in_as_server, wait_for
@@ -90,6 +94,26 @@ def test_render_config_gives_the_tls_twins_the_same_rules_and_can_close_anonymou
         assert "acl_file" not in blocks[device_port] and "password_file" not in blocks[device_port]
     assert f"acl_file {BASE_CONFIG.parent / 'acl.browsers'}" in blocks["9444"]
     assert "plugin" not in blocks["9001"] and "plugin" not in blocks["9444"]  # browsers' rules unchanged
+
+
+def test_the_dynamic_security_rules_give_the_share_group_to_the_workers_user_only() -> None:
+    """Compiled from mqtt/acl.devices: anonymous clients and the other users get literal rules for their own topics
+    only (a pattern would match `$share/…` filters too); the workers' user gets `$share/sensorhub/<topic>`."""
+    config = dynsec.build_config(DEVICE_ACL.read_text(), dynsec.users("client secret", "web secret", None))
+    rules = {role["rolename"]: role["acls"] for role in config["roles"]}
+    assert config["anonymousGroup"] == "anonymous" and not any(config["defaultACLAccess"][kind] for kind in
+                                                             ("publishClientSend", "publishClientReceive", "subscribe"))
+    for role in ("anonymous", "user-device", "user-sensorhub-web"):
+        assert all(rule["acltype"] != "subscribePattern" and not rule["topic"].startswith("$") for rule in rules[role])
+    assert {rule["topic"] for rule in rules["anonymous"] if rule["acltype"] == "subscribeLiteral"} == {
+        "state/nameAssign", "led/command"}
+    shared = {rule["topic"] for rule in rules["user-sensorhub"]
+              if rule["acltype"] == "subscribeLiteral" and rule["topic"].startswith("$share/")}
+    assert shared == {topic for topic, _qos in subscriptions(1)}  # exactly what the workers subscribe to
+    users = {client["username"]: client for client in config["clients"]}
+    assert set(users) == {"sensorhub", "sensorhub-web"}  # `device` only with SENSORHUB_DEVICE_PASSWORD
+    salt = base64.b64decode(users["sensorhub"]["salt"])
+    assert len(salt) == 12 and users["sensorhub"]["password"] == dynsec.hash_password("client secret", salt)["password"]
 
 
 def test_without_the_dynamic_security_plugin_the_device_port_falls_back_to_the_acl_file(tmp_path: Path) -> None:
@@ -264,3 +288,18 @@ def _try_connect(port: int) -> mqtt.Client | None:
         return connect(port)
     except (OSError, AssertionError):
         return None
+
+
+def test_without_the_plugin_the_broker_starts_on_the_acl_file_and_says_the_share_group_is_open(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(dynsec, "find_plugin", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="sensorhub.broker"), Broker(settings):
+        assert "dynamic security plugin" in caplog.text and "share group" in caplog.text
+        anonymous = connect(settings.mqtt_port)
+        granted: list[list[object]] = []
+        anonymous.on_subscribe = lambda _c, _u, _mid, codes, _p: granted.append(codes)
+        anonymous.subscribe("$share/sensorhub/photoresistor/status", qos=1)
+        wait_for(lambda: granted, 5, what="the SUBACK")
+        assert not granted[0][0].is_failure  # type: ignore[attr-defined]  # what the plugin closes
+        anonymous.loop_stop()
+        anonymous.disconnect()
