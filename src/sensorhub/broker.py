@@ -118,7 +118,7 @@ def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | N
         if plugin is not None:
             return [f"plugin {plugin}"]
         return ["# No dynamic security plugin here: the ACL file, which accepts every SUBSCRIBE.",
-                f"password_file {passwd or PASSWD}", f"acl_file {DEVICE_ACL}"]
+                f"password_file {passwd or Path(_DEFAULTS.state_dir) / BROKER_DIR / PASSWD}", f"acl_file {DEVICE_ACL}"]
     if line.startswith("plugin_opt_config_file"):
         if plugin is None:
             return []
