@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
 import shutil
 import signal
@@ -16,9 +18,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from sensorhub import broker as broker_module
-from sensorhub.broker import BASE_CONFIG, Broker, find_mosquitto, render_config, speaks_notify
+from sensorhub import dynsec
+from sensorhub.broker import BASE_CONFIG, DEVICE_ACL, Broker, find_mosquitto, render_config, speaks_notify
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
+from sensorhub.ingest.service import subscriptions
 from sensorhub.ports import PortError
 from sensorhub.protocol import LIVE_PAYLOAD_MAX, LIVE_TOPIC, MAX_PACKET
 from tests.support import free_port, log_in_as_server, wait_for
@@ -74,7 +78,8 @@ def test_render_config_overrides_ports_log_and_limit(tmp_path: Path) -> None:
 def test_render_config_gives_the_tls_twins_the_same_rules_and_can_close_anonymous_access(tmp_path: Path) -> None:
     cert, key, passwd = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "passwd"
     settings = Settings().replace(mqtt_tls_port=8884, mqtt_wss_port=9444, device_password="long enough")
-    text = render_config(settings, tmp_path / "b.log", passwd=passwd, tls=(cert, key))
+    plugin = tmp_path / "mosquitto_dynamic_security.so"
+    text = render_config(settings, tmp_path / "b.log", passwd=passwd, tls=(cert, key), plugin=plugin)
     blocks = {block.split("\n", 1)[0]: block for block in text.split("\nlistener ")[1:]}
     assert set(blocks) == {"1883", "9001", "8884", "9444"}
     for plain, secure in (("1883", "8884"), ("9001", "9444")):
@@ -83,8 +88,40 @@ def test_render_config_gives_the_tls_twins_the_same_rules_and_can_close_anonymou
         assert f"certfile {cert}" in blocks[secure] and f"keyfile {key}" in blocks[secure]
     assert "allow_anonymous false" in blocks["1883"] and "allow_anonymous false" in blocks["8884"]
     assert "allow_anonymous true" in blocks["9001"]  # browsers stay anonymous, and read-only
-    assert f"password_file {passwd}" in blocks["1883"]
+    for device_port in ("1883", "8884"):
+        assert f"plugin {plugin}" in blocks[device_port]
+        assert f"plugin_opt_config_file {tmp_path / 'dynamic-security.json'}" in blocks[device_port]
+        assert "acl_file" not in blocks[device_port] and "password_file" not in blocks[device_port]
     assert f"acl_file {BASE_CONFIG.parent / 'acl.browsers'}" in blocks["9444"]
+    assert "plugin" not in blocks["9001"] and "plugin" not in blocks["9444"]  # browsers' rules unchanged
+
+
+def test_the_dynamic_security_rules_give_the_share_group_to_the_workers_user_only() -> None:
+    """Compiled from mqtt/acl.devices: anonymous clients and the other users get literal rules for their own topics
+    only (a pattern would match `$share/…` filters too); the workers' user gets `$share/sensorhub/<topic>`."""
+    config = dynsec.build_config(DEVICE_ACL.read_text(), dynsec.users("client secret", "web secret", None))
+    rules = {role["rolename"]: role["acls"] for role in config["roles"]}
+    assert config["anonymousGroup"] == "anonymous" and not any(config["defaultACLAccess"][kind] for kind in
+                                                             ("publishClientSend", "publishClientReceive", "subscribe"))
+    for role in ("anonymous", "user-device", "user-sensorhub-web"):
+        assert all(rule["acltype"] != "subscribePattern" and not rule["topic"].startswith("$") for rule in rules[role])
+    assert {rule["topic"] for rule in rules["anonymous"] if rule["acltype"] == "subscribeLiteral"} == {
+        "state/nameAssign", "led/command"}
+    shared = {rule["topic"] for rule in rules["user-sensorhub"]
+              if rule["acltype"] == "subscribeLiteral" and rule["topic"].startswith("$share/")}
+    assert shared == {topic for topic, _qos in subscriptions(1)}  # exactly what the workers subscribe to
+    users = {client["username"]: client for client in config["clients"]}
+    assert set(users) == {"sensorhub", "sensorhub-web"}  # `device` only with SENSORHUB_DEVICE_PASSWORD
+    salt = base64.b64decode(users["sensorhub"]["salt"])
+    assert len(salt) == 12 and users["sensorhub"]["password"] == dynsec.hash_password("client secret", salt)["password"]
+
+
+def test_without_the_dynamic_security_plugin_the_device_port_falls_back_to_the_acl_file(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    text = render_config(Settings(), tmp_path / "b.log", passwd=passwd, plugin=None)
+    device = text.split("\nlistener ")[1]
+    assert f"password_file {passwd}" in device and f"acl_file {BASE_CONFIG.parent / 'acl.devices'}" in device
+    assert "plugin" not in device.replace("# No dynamic security plugin", "")
 
 
 def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings: Settings) -> None:
@@ -107,9 +144,13 @@ def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings
 def test_mosquitto_sub_connects(broker: Broker, settings: Settings) -> None:
     sub = shutil.which("mosquitto_sub")
     assert sub, "mosquitto-clients is not installed"
-    result = subprocess.run([sub, "-p", str(settings.mqtt_port), "-t", "#", "-W", "1"],
+    result = subprocess.run([sub, "-p", str(settings.mqtt_port), "-t", "state/nameAssign", "-W", "1"],
                             capture_output=True, text=True, timeout=10, check=False)
     assert "Timed out" in result.stderr  # connected, then waited 1 s for nothing: not "Connection refused"
+    # An anonymous client may subscribe to what a board reads, nothing else (the dynamic security plugin).
+    result = subprocess.run([sub, "-p", str(settings.mqtt_port), "-t", "#", "-W", "1"],
+                            capture_output=True, text=True, timeout=10, check=False)
+    assert "All subscription requests were denied" in result.stderr
 
 
 def test_packet_size_limit_is_enforced(broker: Broker, settings: Settings) -> None:
@@ -247,3 +288,18 @@ def _try_connect(port: int) -> mqtt.Client | None:
         return connect(port)
     except (OSError, AssertionError):
         return None
+
+
+def test_without_the_plugin_the_broker_starts_on_the_acl_file_and_says_the_share_group_is_open(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(dynsec, "find_plugin", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="sensorhub.broker"), Broker(settings):
+        assert "dynamic security plugin" in caplog.text and "share group" in caplog.text
+        anonymous = connect(settings.mqtt_port)
+        granted: list[list[object]] = []
+        anonymous.on_subscribe = lambda _c, _u, _mid, codes, _p: granted.append(codes)
+        anonymous.subscribe("$share/sensorhub/photoresistor/status", qos=1)
+        wait_for(lambda: granted, 5, what="the SUBACK")
+        assert not granted[0][0].is_failure  # type: ignore[attr-defined]  # what the plugin closes
+        anonymous.loop_stop()
+        anonymous.disconnect()

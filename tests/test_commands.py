@@ -8,7 +8,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from flask.testing import FlaskClient
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import Engine, text
 
 from sensorhub.broker import Broker
@@ -24,7 +25,7 @@ from sensorhub.commands import COMMAND_TOPIC, LedRequest, RenameRequest, format_
 from sensorhub.config import Settings
 from sensorhub.credentials import WEB_MQTT_SECRET, WEB_USER, web_mqtt_password
 from sensorhub.errors import BrokerRelayError, ClientNotRunning
-from sensorhub.ingest.service import IngestClient
+from sensorhub.ingest.service import IngestClient, subscriptions
 from sensorhub.protocol import Topic
 from sensorhub.web import create_app
 from sensorhub.web.relay import BrokerRelay
@@ -281,3 +282,90 @@ def test_a_command_travels_as_the_documented_line_with_its_expiry(settings: Sett
     finally:
         reader.disconnect()
         reader.loop_stop()
+
+
+# -- the workers' share group is theirs alone ----------------------------------------------------------------------
+
+
+def share_intruders(settings: Settings, count: int) -> tuple[list[mqtt.Client], list[str]]:
+    """`count` anonymous MQTT 5 clients, each subscribing to every shared filter the workers use (the five device
+    channels and the command topic, `$share/sensorhub/…`), one SUBSCRIBE a filter (under max_packet_size); with
+    the SUBACKs' reason codes."""
+    filters = [topic for topic, _qos in subscriptions(1)]
+    clients: list[mqtt.Client] = []
+    reasons: list[str] = []
+    for _ in range(count):
+        client, _acks = publisher(settings, None)
+        answered: dict[int, list[Any]] = {}
+        client.on_subscribe = lambda _c, _u, mid, codes, _p, answered=answered: answered.__setitem__(mid, codes)
+        mids = [client.subscribe(topic, options=SubscribeOptions(qos=1))[1] for topic in filters]
+        wait_for(lambda answered=answered, mids=mids: all(mid in answered for mid in mids), 5, what="the SUBACKs")
+        reasons += [str(code) for mid in mids for code in answered[mid]]
+        clients.append(client)
+    return clients, reasons
+
+
+def settled(value: Callable[[], int], target: int, timeout: float = 30, idle: float = 2) -> int:
+    """`value()` once it reaches `target`, or once it has not changed for `idle` seconds (what was lost stays lost)."""
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while last != target and time.monotonic() < deadline and time.monotonic() - since < idle:
+        time.sleep(0.05)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+def test_anonymous_clients_cannot_take_a_share_of_the_workers_readings_joins_or_commands(
+        settings: Settings, tmp_path: Path, workers: list[IngestClient], engine: Engine) -> None:
+    """10 anonymous clients subscribe to `$share/sensorhub/<channel>` for every channel and the command topic: the
+    broker refuses them (dynamic security plugin), so with two workers in the group every join of 10 boards is
+    answered, 10,000 QoS 1 readings are stored (0 lost), and every LED command the API answers 202 reaches its
+    board. (Mosquitto 2.0.11's acl_file accepted those SUBSCRIBEs and dropped the intruders' turns.)"""
+    intruders, reasons = share_intruders(settings, 10)
+    boards = [RawDevice(settings.mqtt_port, f"02:00:00:00:0D:{n:02X}") for n in range(10)]
+    try:
+        for board in boards:  # the MAC joins, all at once, as boards powering up together
+            board.client = board._connect()
+            board._subscribe(Topic.NAME_ASSIGN, 2)
+            board.publish(Topic.JOIN, board.mac, qos=2)
+        answered = settled(lambda: sum(not board.assignments.empty() for board in boards), len(boards))
+        named = [board for board in boards if not board.assignments.empty()]
+        for board in named:
+            board.name, board.session = board.assignments.get()
+            board.start_session()
+        online = settled(lambda: sum(device_online(engine, board.name) is not None for board in named), len(named))
+        per_board = 10_000 // max(len(named), 1)  # 10,000 readings from the boards that got a name
+        sent = [board.reading(Topic.PHOTORESISTOR_STATUS, n % 101, qos=1) for n in range(per_board) for board in named]
+        for info in sent:
+            info.wait_for_publish(30)
+        stored = settled(lambda: light_readings(engine), len(sent))
+        client = api_client(web_machine(settings, tmp_path))
+        accepted = []
+        for board in named:
+            ident = device_online(engine, board.name)
+            if ident is not None and client.post(f"/api/devices/{ident}/led", json={"on": True}).status_code == 202:
+                accepted.append(board)
+        commanded = settled(lambda: sum(bool(mine(board)) for board in accepted), len(accepted))
+        print(f"intruders' SUBACKs: {sorted(set(reasons))}; joins answered {answered}/{len(boards)}, online "
+              f"{online}; readings stored {stored:,}/{len(sent):,}; LED commands 202 {len(accepted)}, "
+              f"reached a board {commanded}")
+        assert (answered, online) == (len(boards), len(boards))
+        assert stored == len(sent) == 10_000
+        assert commanded == len(accepted) == len(boards)
+        assert all(mine(board) == [f"{board.name};{board.session};1".encode()] for board in boards)
+        assert set(reasons) == {"Not authorized"}, reasons  # MQTT 5 reason code 0x87
+        assert [worker.drops.snapshot() for worker in workers] == [{}, {}]
+    finally:
+        for board in boards:
+            board.close()
+        for intruder in intruders:
+            intruder.disconnect()
+            intruder.loop_stop()
+
+
+def light_readings(engine: Engine) -> int:
+    """How many light readings the database holds."""
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM light_reading")).scalar_one())

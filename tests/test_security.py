@@ -351,11 +351,13 @@ def test_secrets_and_the_pipe_are_private(stack: Stack) -> None:
     state = Path(stack.settings.state_dir)
     assert state.stat().st_mode & 0o022 == 0
     for private in (client_secret_path(stack.settings), state / "web.secret", stack.settings.fifo_path,
-                    state / "mosquitto" / "passwd", Path(stack.settings.database_url.removeprefix("sqlite:///"))):
+                    state / "mosquitto" / "passwd", state / "mosquitto" / "dynamic-security.json",
+                    Path(stack.settings.database_url.removeprefix("sqlite:///"))):
         assert private.stat().st_mode & 0o077 == 0, f"{private} is open to other users"
     passwd = (state / "mosquitto" / "passwd").read_text()
     assert passwd.startswith(f"{CLIENT_USER}:$7$")  # salted PBKDF2-SHA512, hashed by mosquitto_passwd
     assert client_password(stack.settings) not in passwd
+    assert client_password(stack.settings) not in (state / "mosquitto" / "dynamic-security.json").read_text()
 
 
 # -- a web visitor without an account ----------------------------------------------------------------------------

@@ -14,8 +14,16 @@ import time
 from pathlib import Path
 from typing import IO, NoReturn
 
+from sensorhub import dynsec
 from sensorhub.config import Settings
-from sensorhub.credentials import BROKER_DIR, PASSWD, mosquitto_account, write_broker_passwd
+from sensorhub.credentials import (
+    BROKER_DIR,
+    PASSWD,
+    client_password,
+    mosquitto_account,
+    web_mqtt_password,
+    write_broker_passwd,
+)
 from sensorhub.errors import BrokerError
 from sensorhub.ports import ensure_free
 from sensorhub.process import NOTIFY_ENV, NotifySocket
@@ -25,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BASE_CONFIG = PROJECT_ROOT / "mqtt" / "mosquitto.conf"
+#: The device listeners' rules: compiled for the dynamic security plugin, or the ACL file itself without it.
+DEVICE_ACL = PROJECT_ROOT / "mqtt" / "acl.devices"
 _DEFAULTS = Settings()
 # Debian puts mosquitto in /usr/sbin, which is not on an ordinary user's PATH.
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"])
@@ -49,21 +59,24 @@ def speaks_notify(program: str) -> bool:
 
 
 def render_config(settings: Settings, log_file: Path, base: str | None = None, *,
-                  passwd: Path | None = None, tls: tuple[Path, Path] | None = None) -> str:
+                  passwd: Path | None = None, tls: tuple[Path, Path] | None = None,
+                  plugin: Path | None = None) -> str:
     """The base configuration with ports, paths, connection limit and access rules taken from `settings`.
 
-    Paths become absolute (the generated copy runs from any directory). With a device password, the device
-    listeners refuse anonymous clients; with TLS, every listener gets a twin on its TLS port with the
-    same rules.
+    Paths become absolute (the generated copy runs from any directory). The device listeners load the dynamic
+    security `plugin` found on this machine; without one (None), they fall back to the password file and
+    mqtt/acl.devices, which cannot keep other clients out of the workers' share group. With a device password,
+    the device listeners refuse anonymous clients; with TLS, every listener gets a twin on its TLS port with
+    the same rules.
     """
     text = BASE_CONFIG.read_text() if base is None else base
     preamble, blocks = _listener_blocks(text.splitlines())
     ports = {_DEFAULTS.mqtt_port: settings.mqtt_port, _DEFAULTS.mqtt_ws_port: settings.mqtt_ws_port}
     tls_ports = {_DEFAULTS.mqtt_port: settings.mqtt_tls_port, _DEFAULTS.mqtt_ws_port: settings.mqtt_wss_port}
-    out = [_render_line(line, settings, log_file, passwd) for line in preamble]
+    out = [rendered for line in preamble for rendered in _render_line(line, settings, log_file, passwd, plugin)]
     for port, block in blocks:
-        body = [_render_line(line, settings, log_file, passwd) for line in block[1:]]
-        if settings.device_password and any(line.startswith("password_file") for line in body):
+        body = [rendered for line in block[1:] for rendered in _render_line(line, settings, log_file, passwd, plugin)]
+        if settings.device_password and any(line.startswith(("password_file", "plugin ")) for line in body):
             body = ["allow_anonymous false" if line == "allow_anonymous true" else line for line in body]
         out += [f"listener {ports.get(port, port)}", *body]
         if tls is not None:
@@ -89,18 +102,29 @@ def _listener_blocks(lines: list[str]) -> tuple[list[str], list[tuple[int, list[
     return preamble, blocks
 
 
-def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | None) -> str:
+def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | None,
+                 plugin: Path | None) -> list[str]:
     if re.fullmatch(r"max_connections\s+-?\d+", line):
-        return f"max_connections {settings.broker_max_connections}"
+        return [f"max_connections {settings.broker_max_connections}"]
     if re.fullmatch(r"log_dest\s+file\s+.*", line):
-        return f"log_dest file {log_file}"
+        return [f"log_dest file {log_file}"]
     if (match := re.fullmatch(r"acl_file\s+(\S+)", line)) and not Path(match[1]).is_absolute():
-        return f"acl_file {PROJECT_ROOT / match[1]}"
+        return [f"acl_file {PROJECT_ROOT / match[1]}"]
     if line.startswith("password_file") and passwd is not None:
-        return f"password_file {passwd}"
+        return [f"password_file {passwd}"]
     if line.startswith("persistence_location") and passwd is not None:
-        return f"persistence_location {passwd.parent}/"
-    return line
+        return [f"persistence_location {passwd.parent}/"]
+    if re.fullmatch(rf"plugin\s+{re.escape(dynsec.PLUGIN)}", line):
+        if plugin is not None:
+            return [f"plugin {plugin}"]
+        return ["# No dynamic security plugin here: the ACL file, which accepts every SUBSCRIBE.",
+                f"password_file {passwd or Path(_DEFAULTS.state_dir) / BROKER_DIR / PASSWD}", f"acl_file {DEVICE_ACL}"]
+    if line.startswith("plugin_opt_config_file"):
+        if plugin is None:
+            return []
+        if passwd is not None:
+            return [f"plugin_opt_config_file {passwd.parent / dynsec.CONFIG_NAME}"]
+    return [line]
 
 
 def _prepare_log_file(log_file: Path) -> None:
@@ -164,6 +188,17 @@ class Broker:
         log_file = Path(self.settings.broker_log).resolve()
         _prepare_log_file(log_file)
         passwd = write_broker_passwd(self.settings).resolve()
+        plugin = dynsec.find_plugin()
+        if plugin is not None:
+            account = mosquitto_account()
+            dynsec.write_config(passwd.parent / dynsec.CONFIG_NAME, DEVICE_ACL,
+                                dynsec.users(client_password(self.settings), web_mqtt_password(self.settings),
+                                             self.settings.device_password),
+                                (account.pw_uid, account.pw_gid) if account is not None else None)
+        else:
+            logger.warning("Mosquitto's dynamic security plugin (%s) is not installed: the device port falls back "
+                           "to %s, which cannot keep other clients out of the ingest workers' share group "
+                           "(docs/security.md)", dynsec.PLUGIN, DEVICE_ACL.relative_to(PROJECT_ROOT))
         tls = _copy_tls_files(self.settings, passwd.parent) if self.settings.tls else None
         user_line = _user_line([log_file, passwd, BASE_CONFIG])
         as_specified = (
@@ -175,6 +210,7 @@ class Broker:
             and not self.settings.device_password
             and tls is None
             and user_line is None
+            and plugin is not None and dynsec.found_by_name(plugin)
         )
         if as_specified:
             return BASE_CONFIG, PROJECT_ROOT
@@ -184,7 +220,7 @@ class Broker:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="sensorhub-broker-")
             path = Path(self._tmpdir.name) / "mosquitto.conf"
             os.chmod(self._tmpdir.name, 0o755)
-        text = render_config(self.settings, log_file, passwd=passwd, tls=tls)
+        text = render_config(self.settings, log_file, passwd=passwd, tls=tls, plugin=plugin)
         if user_line:
             text = f"{user_line}\n{text}"
         path.write_text(text)

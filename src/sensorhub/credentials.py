@@ -7,6 +7,8 @@
       ledpipe                  the LED command pipe (0600, made by the ingest client)
       mosquitto/               the broker's own directory (owned by the mosquitto user when started as root)
         passwd                 the broker's password file: salted PBKDF2 hashes made by mosquitto_passwd
+        dynamic-security.json  the device listeners' users (salted PBKDF2 hashes) and rules, for Mosquitto's dynamic
+                               security plugin (sensorhub.dynsec, compiled from mqtt/acl.devices)
 """
 
 from __future__ import annotations

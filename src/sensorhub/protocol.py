@@ -83,6 +83,9 @@ DEVICE_TOPICS: Final[tuple[Topic, ...]] = (Topic.JOIN, Topic.LEAVE, Topic.LED_ST
 #: What the ingest client subscribes to. QoS 2 everywhere: a subscription's QoS is a maximum, so each
 #: message arrives at the QoS its device used and is never downgraded.
 SERVER_SUBSCRIPTIONS: Final[tuple[tuple[str, int], ...]] = tuple((str(t), 2) for t in DEVICE_TOPICS)
+#: The MQTT 5 shared-subscription group of the ingest workers (`$share/sensorhub/<channel>`): the broker hands each
+#: message to one of them. Only their broker user may join it (sensorhub.dynsec, docs/security.md).
+SHARE_GROUP: Final = "sensorhub"
 #: The broker's `max_packet_size` (mqtt/mosquitto.conf): it disconnects a client that sends a longer packet.
 MAX_PACKET: Final = 200
 #: The server's feed of stored readings for the /capteurs page: after each commit, the ingest client publishes

@@ -41,7 +41,7 @@ from sensorhub.ingest.summary import Summary
 from sensorhub.ingest.writer import Watchdog, Writer
 from sensorhub.mqttclient import REFUSED_LOGIN, no_delay
 from sensorhub.process import notify
-from sensorhub.protocol import SERVER_SUBSCRIPTIONS, parse_server_message
+from sensorhub.protocol import SERVER_SUBSCRIPTIONS, SHARE_GROUP, parse_server_message
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ RECONNECT_MIN = 0.1
 RECONNECT_MAX = 0.5
 #: Out of reach for this long, the broker is taken as down (a shorter blip changes nothing on the pages).
 OUTAGE_GRACE = 2.0
-#: The MQTT 5 shared-subscription group of the ingest workers: the broker hands each message to one of them.
-SHARE_GROUP = "sensorhub"
 #: Exit status when the database writer cannot go on.
 WRITER_FAILED = 3
 #: How long the writer may show no sign of life while messages wait before the client gives up on it.
