@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from sensorhub.commands import LedRequest, RenameRequest
+from sensorhub.commands import LedRequest, Outcome, RenameRequest, Reply
 from sensorhub.db import dialect
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
 from sensorhub.db.space import MIB, database_dir, database_space
@@ -75,6 +75,8 @@ RETRY_MAX = 2.0
 
 Publish = Callable[[str, bytes, int], object]
 Ack = Callable[[int, int], object]
+#: Answers a command from the broker with its outcome (sensorhub.ingest.service).
+Answer = Callable[[Reply, Outcome], object]
 
 _INSERT_DEVICE = (
     "INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, last_seen) "
@@ -157,8 +159,11 @@ class Writer:
     def __init__(self, engine: Engine, publish: Publish, ack: Ack, drops: Drops, *,
                  presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX,
                  history: History | None = None, purger: Purger | None = None,
-                 metrics: IngestMetrics | None = None, shared: bool = False, linger: float = LINGER) -> None:
+                 metrics: IngestMetrics | None = None, shared: bool = False, linger: float = LINGER,
+                 answer: Answer | None = None) -> None:
         self.engine = engine
+        #: Answers the commands that asked for an answer, once their batch is committed.
+        self.answer = answer
         #: How long a batch of QoS 0 readings waits for more (LINGER).
         self.linger = linger
         #: One of several workers on this database: joins and renames are decided under a lock, on the
@@ -270,6 +275,8 @@ class Writer:
                 batch.append(first)
                 stopping = self._gather(batch)
             if batch:
+                batch = self._drop_late(batch)
+            if batch:
                 self._write(batch)
             self._maybe_sweep()
             self._maybe_purge(busy=not self.queue.empty())
@@ -296,6 +303,22 @@ class Writer:
             batch.append(item)
             lingering = lingering and _lingers(item)
         return False
+
+    def _drop_late(self, batch: list[Inbound]) -> list[Inbound]:
+        """Drop, rather than carry out, the commands whose web server has stopped waiting for an answer (it told
+        its caller they failed); acknowledged at once, since nothing of them is stored."""
+        now = time.monotonic()
+        if not any(item.reply is not None and item.reply.deadline < now for item in batch):
+            return batch
+        kept = []
+        for item in batch:
+            if item.reply is not None and item.reply.deadline < now:
+                self.drops.add("command-late", f"{item.message!r}: its web server no longer waits for it")
+                if item.qos:
+                    self._call(self.ack, item.mid, item.qos)
+            else:
+                kept.append(item)
+        return kept
 
     def _maybe_sweep(self) -> None:
         due = self.sessions.sweep_due
@@ -577,6 +600,9 @@ class Writer:
             self._call(self.ack, mid, qos)
         for topic, payload, qos in done.publishes:
             self._call(self.publish, topic, payload, qos)
+        if self.answer is not None:  # after the LED commands they report on
+            for reply, outcome in done.replies:
+                self._call(self.answer, reply, outcome)
         # What was stored, for the live pages: a few messages a batch rather than one per reading.
         for payload in format_live((device_id, kind, value) for kind, rows in done.readings.items()
                                    for device_id, _stamp, value in rows):
