@@ -61,7 +61,8 @@ class Reply:
 
     topic: str
     correlation: bytes
-    #: time.monotonic() after which the web server has stopped waiting: the command is dropped, not carried out.
+    #: time.monotonic() after which the command is dropped, not carried out: its answer would reach the web
+    #: server after it stopped waiting (and told its caller the command failed).
     deadline: float
 
 
