@@ -275,8 +275,6 @@ class Writer:
                 batch.append(first)
                 stopping = self._gather(batch)
             if batch:
-                batch = self._drop_late(batch)
-            if batch:
                 self._write(batch)
             self._maybe_sweep()
             self._maybe_purge(busy=not self.queue.empty())
@@ -304,9 +302,10 @@ class Writer:
             lingering = lingering and _lingers(item)
         return False
 
-    def _drop_late(self, batch: list[Inbound]) -> list[Inbound]:
+    def _drop_late(self, batch: Sequence[Inbound]) -> Sequence[Inbound]:
         """Drop, rather than carry out, the commands whose web server has stopped waiting for an answer (it told
-        its caller they failed); acknowledged at once, since nothing of them is stored."""
+        its caller they failed), at each attempt at a batch (a database that cannot be written holds it back);
+        acknowledged at once, since nothing of them is stored."""
         now = time.monotonic()
         if not any(item.reply is not None and item.reply.deadline < now for item in batch):
             return batch
@@ -331,6 +330,9 @@ class Writer:
         conflicts = 0
         while True:
             self.heartbeat = time.monotonic()
+            batch = self._drop_late(batch)
+            if not batch:
+                return
             try:
                 started = time.perf_counter()
                 done = self._transaction(batch)
