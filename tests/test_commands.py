@@ -17,11 +17,21 @@ import paho.mqtt.client as mqtt
 import pytest
 from flask.testing import FlaskClient
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import Engine, text
 
 from sensorhub.broker import Broker
-from sensorhub.commands import COMMAND_TOPIC, LedRequest, RenameRequest, format_command
+from sensorhub.commands import (
+    COMMAND_EXPIRY,
+    COMMAND_TOPIC,
+    REPLY_PREFIX,
+    LedRequest,
+    Outcome,
+    RenameRequest,
+    format_command,
+)
 from sensorhub.config import Settings
 from sensorhub.credentials import WEB_MQTT_SECRET, WEB_USER, web_mqtt_password
 from sensorhub.errors import BrokerRelayError, ClientNotRunning
@@ -133,9 +143,10 @@ def test_a_led_command_for_a_board_that_left_is_refused_by_the_worker(
         ident = wait_for(lambda: worker.writer.sessions.by_session_name.get(board.name), 10).id
         wait_for(lambda: worker.writer.sessions.by_id[ident].online, 10, what="online")
         relay = BrokerRelay(web_machine(settings, tmp_path))
-        relay.send(LedRequest(ident, "1.000000", True))  # a session the board is not in
-        wait_for(lambda: worker.drops.snapshot().get("pipe-offline"), 10, what="the command refused")
-        relay.send(LedRequest(ident, board.session, False))
+        # A session the board is not in: the worker answers so.
+        assert relay.send(LedRequest(ident, "1.000000", True)) is Outcome.OFFLINE
+        assert worker.drops.snapshot().get("pipe-offline") == 1
+        assert relay.send(LedRequest(ident, board.session, False)) is Outcome.SENT
         wait_for(lambda: board.commands, 10, what="the LED command")
         assert board.commands == [f"{board.name};{board.session};0".encode()]
         relay.close()
@@ -255,13 +266,23 @@ def device_online(engine: Engine, name: str) -> int | None:
 
 
 def test_a_command_travels_as_the_documented_line_with_its_expiry(settings: Settings, broker: Broker) -> None:
-    """What the ingest client's user receives on the command topic: the pipe's JSON line, QoS 1, and a message
-    expiry (a LED command nobody took within 10 s is dropped by the broker)."""
+    """What the ingest client's user receives on the command topic: the pipe's JSON line, QoS 1, a message
+    expiry of 1 s (a command nobody took by then is dropped by the broker: the web server stops waiting after
+    3 s), and where to answer: the web server process's reply topic, and Correlation Data that the answer
+    carries back with the outcome."""
     received: list[mqtt.MQTTMessage] = []
     subscribed = threading.Event()
     reader = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     log_in_as_server(reader, settings)
-    reader.on_message = lambda _c, _u, message: received.append(message)
+
+    def answer(_client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        received.append(message)
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.CorrelationData = message.properties.CorrelationData  # type: ignore[union-attr]
+        outcome = Outcome.SENT if b'"led"' in message.payload else Outcome.TAKEN
+        reader.publish(message.properties.ResponseTopic, outcome.value, 1, properties=properties)  # type: ignore[union-attr]
+
+    reader.on_message = answer
     reader.on_subscribe = lambda *_args: subscribed.set()
     reader.connect("127.0.0.1", settings.mqtt_port)
     reader.loop_start()
@@ -270,14 +291,16 @@ def test_a_command_travels_as_the_documented_line_with_its_expiry(settings: Sett
         reader.subscribe(COMMAND_TOPIC, 1)
         assert subscribed.wait(5)
         relay = BrokerRelay(settings.replace(commands="broker"))
-        relay.send(LedRequest(5, "1.000000", True))
-        relay = BrokerRelay(settings.replace(commands="broker"))
-        relay.send(RenameRequest(5, "salle C"))
-        wait_for(lambda: len(received) == 2, 5, what="the commands")
+        assert relay.send(LedRequest(5, "1.000000", True)) is Outcome.SENT
+        assert relay.send(RenameRequest(5, "salle C")) is Outcome.TAKEN
         assert [message.payload for message in received] == [
             b'{"cmd":"led","device":5,"session":"1.000000","on":true}', b'{"cmd":"rename","device":5,"name":"salle C"}']
         assert [message.qos for message in received] == [1, 1]
-        assert [message.properties.MessageExpiryInterval for message in received] == [10, 3600]  # type: ignore[union-attr]
+        properties = [message.properties for message in received]
+        assert [p.MessageExpiryInterval for p in properties] == [COMMAND_EXPIRY] * 2  # type: ignore[union-attr]
+        topics = {p.ResponseTopic for p in properties}  # type: ignore[union-attr]
+        assert len(topics) == 1 and re.fullmatch(r"sensorhub/replies/[0-9a-f]{16}", topics.pop())
+        assert len({p.CorrelationData for p in properties}) == 2  # type: ignore[union-attr]
         relay.close()
     finally:
         reader.disconnect()
@@ -369,3 +392,117 @@ def light_readings(engine: Engine) -> int:
     """How many light readings the database holds."""
     with engine.connect() as conn:
         return int(conn.execute(text("SELECT count(*) FROM light_reading")).scalar_one())
+
+
+def test_the_api_says_what_the_worker_did_with_a_led_command(
+        settings: Settings, tmp_path: Path, broker: Broker, engine: Engine) -> None:
+    """Through the broker, the web server (gunicorn) answers with the worker's outcome: 202 "sent" once the worker
+    published the board's `led/command`; 409 when the database said the board is online but the worker finds it
+    offline in that session (it left after the web server read its row: played here by writing the row back
+    to online), and then nothing is published."""
+    worker = IngestClient(settings)
+    worker.start(wait_ready=10)
+    gone, staying = (RawDevice(settings.mqtt_port, f"02:00:00:00:0D:0{n}") for n in (1, 2))
+    elsewhere = web_machine(settings, tmp_path)
+    try:
+        gone.join()
+        staying.join()
+        gone_id = wait_for(lambda: device_online(engine, gone.name), 10, what="online")
+        staying_id = wait_for(lambda: device_online(engine, staying.name), 10, what="online")
+        gone.leave()
+        wait_for(lambda: device_online(engine, gone.name) is None, 10, what="offline")
+        with engine.begin() as conn:  # what the web server reads before the leave is committed
+            conn.execute(text("UPDATE device SET online = TRUE WHERE id = :id"), {"id": gone_id})
+        with web_server(elsewhere, workers=1):
+            visitor = Browser(WebSite(elsewhere))
+            status, body = visitor.post_json(f"/api/devices/{gone_id}/led", {"on": True})
+            assert (status, body) == (409, {"error": f"l'appareil « {gone.name} » n'est plus en ligne pour le client "
+                                                     f"d'ingestion (parti, ou revenu dans une nouvelle session) : "
+                                                     f"commande non envoyée"})
+            status, body = visitor.post_json(f"/api/devices/{staying_id}/led", {"on": True})
+            assert (status, body) == (202, {"status": "sent"})
+        # The board hears every led/command: the only one is its own, so none went out for the board that left.
+        wait_for(lambda: staying.commands, 5, what="the LED command")
+        assert staying.commands == [f"{staying.name};{staying.session};1".encode()]
+        assert worker.drops.snapshot() == {"pipe-offline": 1}
+    finally:
+        gone.close()
+        staying.close()
+        worker.stop()
+
+
+def test_a_command_no_worker_answers_fails_and_is_never_carried_out(
+        settings: Settings, tmp_path: Path, workers: list[IngestClient], engine: Engine) -> None:
+    """Every worker stopped, their sessions kept by the broker: the broker takes the command (it queues it for
+    them), and the API answers 503 once it has waited 3 s for an answer. Workers coming back afterwards do not
+    switch the LED: the command expired at the broker first."""
+    board = RawDevice(settings.mqtt_port, "02:00:00:00:0D:10")
+    elsewhere = web_machine(settings, tmp_path)
+    try:
+        board.join()
+        ident = wait_for(lambda: device_online(engine, board.name), 10, what="online")
+        with web_server(elsewhere, workers=1):
+            visitor = Browser(WebSite(elsewhere))
+            assert visitor.post_json(f"/api/devices/{ident}/led", {"on": True})[0] == 202
+            wait_for(lambda: board.commands, 5, what="the first LED command")
+            for worker in workers:
+                worker.stop()
+            started = time.monotonic()
+            status, body = visitor.post_json(f"/api/devices/{ident}/led", {"on": False})
+            waited = time.monotonic() - started
+            assert (status, body) == (503, {"error": "aucun client d'ingestion n'a pris la commande dans les 3 s "
+                                                     "(tous arrêtés, ou débordés) : elle est abandonnée et ne sera "
+                                                     "pas exécutée"})
+            assert 3 <= waited < 4.5
+            # Back, with the sessions the broker kept (the fixture stops these).
+            workers[:] = [IngestClient(settings.replace(worker=number)) for number in (1, 2)]
+            for worker in workers:
+                worker.start(wait_ready=10)
+            assert visitor.post_json(f"/api/devices/{ident}/led", {"on": True}) == (202, {"status": "sent"})
+        wait_for(lambda: len(board.commands) == 2, 5, what="the third LED command")
+        time.sleep(0.2)
+        assert board.commands == [f"{board.name};{board.session};1".encode()] * 2  # never the "off"
+    finally:
+        board.close()
+
+
+def test_only_the_workers_answer_and_only_under_the_reply_topics(
+        settings: Settings, tmp_path: Path, broker: Broker, engine: Engine) -> None:
+    """The answers travel where only the web server's user may read them, and only the workers' user may write
+    them: an anonymous client overhears none, the web server's user cannot forge one. A command asking for its
+    answer anywhere else (`led/command`, where boards listen) is dropped, not carried out. The longest command
+    and its request properties stay under the broker's max_packet_size."""
+    worker = IngestClient(settings)
+    worker.start(wait_ready=10)
+    board = RawDevice(settings.mqtt_port, "02:00:00:00:0D:20")
+    anonymous, _anonymous_acks = publisher(settings, None)
+    web, web_acks = publisher(settings, (WEB_USER, web_mqtt_password(settings)))
+    overheard: list[str] = []
+    anonymous.on_message = lambda _c, _u, message: overheard.append(message.topic)
+    relay = BrokerRelay(web_machine(settings, tmp_path))
+    try:
+        board.join()
+        ident = wait_for(lambda: worker.writer.sessions.by_session_name.get(board.name), 10).id
+        wait_for(lambda: worker.writer.sessions.by_id[ident].online, 10, what="online")
+        anonymous.subscribe(f"{REPLY_PREFIX}#", 1)
+        forged = web.publish(f"{REPLY_PREFIX}0123456789abcdef", Outcome.SENT.value, qos=1)
+        wait_for(lambda: forged.mid in web_acks, 5, what="the PUBACK")
+        assert web_acks[forged.mid].is_failure  # "Not authorized"
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.ResponseTopic = Topic.LED_COMMAND
+        properties.CorrelationData = b"1234"
+        web.publish(COMMAND_TOPIC, format_command(LedRequest(ident, board.session, False)), qos=1,
+                    properties=properties).wait_for_publish(5)
+        wait_for(lambda: worker.drops.snapshot().get("reply-topic"), 5, what="the command dropped")
+        assert relay.send(LedRequest(ident, board.session, True)) is Outcome.SENT
+        assert relay.send(RenameRequest(2**63 - 1, "\\" * 29)) is Outcome.UNKNOWN  # 113 bytes of JSON
+        wait_for(lambda: board.commands, 5, what="the LED command")
+        assert board.commands == [f"{board.name};{board.session};1".encode()]
+        assert overheard == []
+    finally:
+        relay.close()
+        for client in (anonymous, web):
+            client.disconnect()
+            client.loop_stop()
+        board.close()
+        worker.stop()

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, text
 
 from sensorhub.db.engine import make_engine
 from sensorhub.db.models import format_micros
-from sensorhub.db.presence import Outcome, bring_back, set_presence, sweep
+from sensorhub.db.presence import Applied, bring_back, set_presence, sweep
 from sensorhub.db.schema import upgrade
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound, Message, SweepDue
@@ -192,12 +192,12 @@ def state(engine: Engine) -> tuple[bool, bool, str]:
 def test_of_a_join_and_a_leave_the_later_wins_in_whatever_order_they_are_applied(row: Engine) -> None:
     join, leave = format_micros(T0 + 10), format_micros(T0 + 20)
     with row.begin() as conn:
-        assert set_presence(conn, 1, "1.000000", False, leave) is Outcome.CURRENT  # offline already
-        assert set_presence(conn, 1, "1.000000", True, join) is Outcome.STALE  # older than the leave
+        assert set_presence(conn, 1, "1.000000", False, leave) is Applied.CURRENT  # offline already
+        assert set_presence(conn, 1, "1.000000", True, join) is Applied.STALE  # older than the leave
     assert state(row) == (False, False, leave)
     with row.begin() as conn:
-        assert set_presence(conn, 1, "1.000000", True, format_micros(T0 + 30)) is Outcome.CHANGED
-        assert set_presence(conn, 1, "2.000000", False, format_micros(T0 + 40)) is Outcome.STALE  # another session
+        assert set_presence(conn, 1, "1.000000", True, format_micros(T0 + 30)) is Applied.CHANGED
+        assert set_presence(conn, 1, "2.000000", False, format_micros(T0 + 40)) is Applied.STALE  # another session
     assert state(row)[0] is True
 
 
@@ -207,11 +207,11 @@ def test_a_sweep_takes_only_devices_nobody_heard_and_a_lost_one_comes_back_in_it
         set_presence(conn, 1, "1.000000", True, format_micros(T0 + 10))
         assert sweep(conn, format_micros(T0), lost=True) == []  # heard at T0 + 0: not before T0
         assert sweep(conn, format_micros(T0 + 100), lost=True) == [(1, "1.000000", "a")]
-        assert bring_back(conn, 1, "2.000000", format_micros(T0 + 200)) is Outcome.STALE
+        assert bring_back(conn, 1, "2.000000", format_micros(T0 + 200)) is Applied.STALE
     assert state(row) == (False, True, format_micros(T0 + 100))
     with row.begin() as conn:
-        assert bring_back(conn, 1, "1.000000", format_micros(T0 + 50)) is Outcome.CHANGED
-        assert bring_back(conn, 1, "1.000000", format_micros(T0 + 60)) is Outcome.STALE  # not lost any more
+        assert bring_back(conn, 1, "1.000000", format_micros(T0 + 50)) is Applied.CHANGED
+        assert bring_back(conn, 1, "1.000000", format_micros(T0 + 60)) is Applied.STALE  # not lost any more
     assert state(row) == (True, False, format_micros(T0 + 100))  # presence_at never goes back
 
 

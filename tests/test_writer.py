@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import OperationalError
 
-from sensorhub.commands import LedRequest, RenameRequest
+from sensorhub.commands import LedRequest, Outcome, RenameRequest, Reply
 from sensorhub.db import dialect
 from sensorhub.db.engine import sqlite_path
 from sensorhub.db.latest import refresh_latest
@@ -521,5 +521,38 @@ def test_qos0_readings_wait_a_little_for_company_and_acknowledged_messages_do_no
         started.submit(light(name, session, [13], qos=1, first_mid=40)[0])
         wait_for(lambda: paho.acks == [(40, 1)], 5, what="the QoS 1 reading acknowledged")
         assert time.monotonic() - asked < 1.5, "a QoS 1 reading waited for the linger"
+    finally:
+        started.stop(10)
+
+
+def test_commands_are_answered_after_commit_and_dropped_once_their_web_server_stopped_waiting(
+        engine: Engine, paho: Recorder) -> None:
+    """A command from the broker gets its outcome once committed, after the board's `led/command`; one whose web
+    server has stopped waiting (its deadline passed in the queue) is dropped and acknowledged, not carried out."""
+    answers: list[tuple[Reply, Outcome]] = []
+
+    def answer(reply: Reply, outcome: Outcome) -> None:
+        answers.append((reply, outcome))
+        paho.publishes.append((reply.topic, outcome.value.encode(), 1))  # to see the order
+
+    drops = Drops()
+    started = Writer(engine, paho.publish, paho.ack, drops, answer=answer)
+    started.start()
+    try:
+        name, session = joined(started, paho)
+        device = started.sessions.by_session_name[name].id
+        waiting, late = (Reply("sensorhub/replies/0123456789abcdef", number, time.monotonic() + delay)
+                         for number, delay in ((b"\0\0\0\1", 60.0), (b"\0\0\0\2", -1.0)))
+        started.submit(Inbound(LedRequest(device, "1.000000", True), now(), 11, 1, waiting))
+        started.submit(Inbound(LedRequest(device, session, False), now(), 12, 1, late))
+        started.submit(Inbound(RenameRequest(device, "salle B"), now(), 13, 1, waiting))
+        started.submit(Inbound(LedRequest(device, session, True), now(), 14, 1, waiting))
+        wait_for(lambda: len(answers) == 3, 5, what="the answers")
+        assert [outcome for _reply, outcome in answers] == [Outcome.OFFLINE, Outcome.RENAMED, Outcome.SENT]
+        command = paho.publishes.index((Topic.LED_COMMAND, f"{name};{session};1".encode(), 1))
+        assert command < paho.publishes.index(("sensorhub/replies/0123456789abcdef", b"sent", 1))
+        assert not any(payload.endswith(b";0") for _topic, payload, _qos in paho.publishes)
+        wait_for(lambda: {11, 12, 13, 14} <= {mid for mid, _qos in paho.acks}, 5, what="the acknowledgements")
+        assert drops.snapshot() == {"pipe-offline": 1, "command-late": 1}
     finally:
         started.stop(10)

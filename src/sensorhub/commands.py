@@ -6,6 +6,10 @@ client's may read (`mqtt/acl.devices`). Either way, the same line:
 
     {"cmd": "led", "device": 3, "session": "1743946777.603371", "on": true}
     {"cmd": "rename", "device": 3, "name": "salle B"}
+
+Through the broker, a command is an MQTT 5 request: its Response Topic (under REPLY_PREFIX, the web server
+process's own) and Correlation Data tell the worker that takes it where to answer, once its batch is
+committed, with the engine's Outcome as the payload (`sent`, `offline`, ...). The pipe is one way: no answer.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import select
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final
 
 from sensorhub.errors import PayloadError, PipeError
@@ -24,11 +29,41 @@ MAX_COMMAND: Final = 512
 assert MAX_COMMAND < select.PIPE_BUF
 #: The server-only broker topic of the commands (SENSORHUB_COMMANDS=broker).
 COMMAND_TOPIC: Final = "sensorhub/commands"
-#: A LED command not taken by a worker within this many seconds is dropped by the broker (MQTT 5 message
-#: expiry): switching a LED minutes after the click would surprise more than not switching it.
-LED_EXPIRY: Final = 10
-#: A rename waits longer for a worker: the page said it is pending, and it takes effect at the next session.
-RENAME_EXPIRY: Final = 3600
+#: The workers' answers to the web server's commands: REPLY_PREFIX + the key of one web server process. Only
+#: the workers' broker user may publish there, only the web server's may read (`mqtt/acl.devices`).
+REPLY_PREFIX: Final = "sensorhub/replies/"
+#: A command not taken by a worker within this many seconds is dropped by the broker (MQTT 5 message expiry).
+#: The broker counts whole seconds and drops a message only once the second after its expiry has begun, so a
+#: worker may still get it up to COMMAND_EXPIRY + 1 s after the web server published it: the web server waits
+#: longer than that for the answer (sensorhub.web.relay.REPLY_WAIT), and a command it gave up on is never
+#: carried out by a worker that comes back later.
+COMMAND_EXPIRY: Final = 1
+
+
+class Outcome(StrEnum):
+    """What the worker that took a command did with it: the payload of its answer."""
+
+    #: LED: published on `led/command` to the device, online in the command's session.
+    SENT = "sent"
+    #: Rename: recorded in the database (or the device already had that name).
+    RENAMED = "renamed"
+    #: LED: the device is not online in the command's session (it left, or joined again since).
+    OFFLINE = "offline"
+    #: No device has that id.
+    UNKNOWN = "unknown"
+    #: Rename: another device has that name, or uses it in its current session.
+    TAKEN = "taken"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Where and how to answer a command that came through the broker, and until when it is worth carrying out."""
+
+    topic: str
+    correlation: bytes
+    #: time.monotonic() after which the command is dropped, not carried out: its answer would reach the web
+    #: server after it stopped waiting (and told its caller the command failed).
+    deadline: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +122,3 @@ def parse_command(line: bytes) -> Command:
             raise PayloadError("rename command needs a string 'name'", "pipe-field")
         return RenameRequest(device, check_name(name))
     raise PayloadError(f"unknown command {str(kind)[:20]!r} or wrong fields", "pipe-field")
-
-
-def expiry(command: Command) -> int:
-    """Seconds the broker keeps `command` for a worker before dropping it."""
-    return LED_EXPIRY if isinstance(command, LedRequest) else RENAME_EXPIRY

@@ -35,6 +35,10 @@ class BrokerRelayError(CommandError):
     """The broker cannot take a command of the web server (out of reach, refused its password)."""
 
 
+class NoReply(CommandError):
+    """The broker took a command of the web server, and no ingest worker answered in time (it expires unexecuted)."""
+
+
 class IngestError(SensorhubError):
     """The ingest client cannot go on (refused by the broker, a component of it stopped)."""
 

@@ -46,7 +46,7 @@ _SWEEP = (
 LOST = "SELECT id, session_id FROM device WHERE lost"
 
 
-class Outcome(Enum):
+class Applied(Enum):
     """What the database did with one presence change."""
 
     CHANGED = "changed"  # the row took the new value
@@ -54,18 +54,18 @@ class Outcome(Enum):
     STALE = "stale"  # a later decision, or another session, is in the row: this worker's view is behind
 
 
-def set_presence(conn: Connection, device_id: int, session_id: str, online: bool, at: str) -> Outcome:
+def set_presence(conn: Connection, device_id: int, session_id: str, online: bool, at: str) -> Applied:
     """Apply a join (`online`) or a leave to the row of `device_id`, in `session_id`, decided at `at`."""
     if _run(conn, _CHANGE, (online, at, device_id, session_id, at, online)):
-        return Outcome.CHANGED
+        return Applied.CHANGED
     if _run(conn, _STAMP, (at, device_id, session_id, at)):
-        return Outcome.CURRENT
-    return Outcome.STALE
+        return Applied.CURRENT
+    return Applied.STALE
 
 
-def bring_back(conn: Connection, device_id: int, session_id: str, at: str) -> Outcome:
+def bring_back(conn: Connection, device_id: int, session_id: str, at: str) -> Applied:
     """A lost device heard from in `session_id` at `at`: online again, unless something decided otherwise."""
-    return Outcome.CHANGED if _run(conn, _BACK, (at, at, device_id, session_id)) else Outcome.STALE
+    return Applied.CHANGED if _run(conn, _BACK, (at, at, device_id, session_id)) else Applied.STALE
 
 
 def sweep(conn: Connection, since: str, lost: bool) -> list[tuple[int, str, str]]:

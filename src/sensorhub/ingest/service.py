@@ -1,5 +1,6 @@
 """The ingest client: paho callbacks parse and enqueue; the writer stores; the pipe or the broker's server-only
-topic brings the web server's LED commands and renames.
+topic brings the web server's LED commands and renames, and a command from the broker is answered on its
+MQTT 5 Response Topic once its batch is committed.
 
 If the database writer dies or stops making progress, the client says so in one line and exits with
 status 3 (WRITER_FAILED) without acknowledging anything more: what it had not acknowledged stays in its
@@ -25,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from sensorhub import credentials
-from sensorhub.commands import COMMAND_TOPIC, Command, parse_command
+from sensorhub.commands import COMMAND_TOPIC, REPLY_PREFIX, Command, Outcome, Reply, parse_command
 from sensorhub.config import Settings
 from sensorhub.credentials import CLIENT_USER, client_password, client_secret_path
 from sensorhub.db.engine import check_schema, make_engine
@@ -57,6 +58,10 @@ OUTAGE_GRACE = 2.0
 WRITER_FAILED = 3
 #: How long the writer may show no sign of life while messages wait before the client gives up on it.
 STALL_TIMEOUT = 60.0
+#: A command from the broker is carried out only within its remaining message expiry plus this many seconds of
+#: its arrival: the broker counts whole seconds, and its web server waits more than a second longer than the
+#: expiry (commands.COMMAND_EXPIRY), so the answer still reaches it.
+LATE_GRACE = 0.5
 
 
 class IngestClient:
@@ -95,7 +100,7 @@ class IngestClient:
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
                              presence_timeout=3 * settings.keepalive,
                              purger=Purger(settings.retention_days, settings.rollup_retention_days),
-                             metrics=self.metrics, shared=bool(settings.worker))
+                             metrics=self.metrics, shared=bool(settings.worker), answer=self._answer)
         self.metrics.watch(self.writer)
         self.beacon = Beacon(settings, self._health_facts, self.metrics.registry)
         self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)
@@ -257,9 +262,11 @@ class IngestClient:
             return  # not acknowledged: delivered again to the next start
         received = time.time_ns() // 1000
         topic = message.topic
+        reply = None
         try:
             if topic == COMMAND_TOPIC:
                 parsed: Message = parse_command(cast(bytes, message.payload))
+                reply = self._reply_to(message)
             else:
                 parsed = parse_server_message(topic, cast(bytes, message.payload))
         except PayloadError as err:
@@ -268,7 +275,22 @@ class IngestClient:
                 client.ack(message.mid, message.qos)
             return
         # Acknowledged by the writer once committed; if it was given up on, never (the broker keeps it).
-        self.writer.submit(Inbound(parsed, received, message.mid, message.qos))
+        self.writer.submit(Inbound(parsed, received, message.mid, message.qos, reply))
+
+    @staticmethod
+    def _reply_to(message: mqtt.MQTTMessage) -> Reply | None:
+        """Where the web server wants the answer to a command (None: it wants none), and until when."""
+        properties = message.properties
+        topic = getattr(properties, "ResponseTopic", None)
+        if topic is None:
+            return None
+        if not isinstance(topic, str) or not topic.startswith(REPLY_PREFIX) or "+" in topic or "#" in topic:
+            # Never an answer where boards listen, whatever a command asks.
+            raise PayloadError(f"a command asks for its answer on {str(topic)[:80]!r}", "reply-topic")
+        correlation = getattr(properties, "CorrelationData", b"")
+        # The broker leaves the expiry out once less than a second of it remains.
+        remaining = getattr(properties, "MessageExpiryInterval", 0)
+        return Reply(topic, bytes(correlation), time.monotonic() + remaining + LATE_GRACE)
 
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason: ReasonCode,
                     _properties: Properties | None) -> None:
@@ -290,6 +312,13 @@ class IngestClient:
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> None:
         self.mqtt.publish(topic, payload, qos)
+
+    def _answer(self, reply: Reply, outcome: Outcome) -> None:
+        """Tell the web server that sent a command what became of it (after the batch was committed)."""
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if reply.correlation:
+            properties.CorrelationData = reply.correlation
+        self.mqtt.publish(reply.topic, outcome.value.encode("ascii"), 1, properties=properties)
 
     # -- the writer cannot go on ---------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from sensorhub.commands import LedRequest, RenameRequest
+from sensorhub.commands import LedRequest, Outcome, RenameRequest, Reply
 from sensorhub.db.models import format_micros
 from sensorhub.protocol import (
     KIND_TOPICS,
@@ -85,12 +85,14 @@ Message = (Reading | MacJoin | SessionRef | Leave | LedRequest | RenameRequest |
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass takes 3 times longer to build, once per message
 class Inbound:
-    """A message, when it arrived (µs since the epoch) and how to acknowledge it (QoS 0: nothing to do)."""
+    """A message, when it arrived (µs since the epoch) and how to acknowledge it (QoS 0: nothing to do); a
+    command from the broker, where to answer it."""
 
     message: Message
     at: int
     mid: int = 0
     qos: int = 0
+    reply: Reply | None = None
 
 
 #: Messages after which a batch is cut: a sweep sees every reading before it in the database, and what comes
@@ -220,6 +222,8 @@ class Decisions:
     notes: list[str] = field(default_factory=list)
     #: The presence changes the database took (filled in by the writer: another worker may have decided first).
     presence: list[Presence] = field(default_factory=list)
+    #: (where to answer, outcome) of each command that asked for an answer, to send once committed.
+    replies: list[tuple[Reply, Outcome]] = field(default_factory=list)
 
     @property
     def stored(self) -> int:
@@ -333,12 +337,15 @@ class Sessions:
                     if device.lost:
                         self._back(out, device)
             else:
-                self._other(out, message, item.at)
+                outcome = self._other(out, message, item.at)
+                if item.reply is not None and outcome is not None:
+                    out.replies.append((item.reply, outcome))
             if item.qos:
                 acks.append((item.mid, item.qos))
         return out
 
-    def _other(self, out: Decisions, message: Message, at: int) -> None:
+    def _other(self, out: Decisions, message: Message, at: int) -> Outcome | None:
+        """Apply one message other than a reading; a command's outcome."""
         match message:
             case MacJoin(mac):
                 self._mac_join(out, mac, at)
@@ -359,9 +366,9 @@ class Sessions:
                     device.online = False
                     device.lost = False
             case LedRequest(device_id, session, on):
-                self._led(out, device_id, session, on)
+                return self._led(out, device_id, session, on)
             case RenameRequest(device_id, name):
-                self._rename(out, device_id, name)
+                return self._rename(out, device_id, name)
             case BrokerSessionLost():
                 # Devices not heard from within the presence timeout may have left while nobody listened.
                 self.sweep_since = at
@@ -373,6 +380,7 @@ class Sessions:
                 self._sweep(out, at)
             case Reading():  # pragma: no cover - handled by apply
                 raise AssertionError("readings take the hot path")
+        return None
 
     def _drop_stale(self, out: Decisions, device: Device | None, name: str, session: str, what: str) -> None:
         if device is None:
@@ -435,30 +443,36 @@ class Sessions:
         out.publishes.append((Topic.NAME_ASSIGN, format_name_assign(mac, device.session_name, session),
                               QOS[Topic.NAME_ASSIGN]))
 
-    def _led(self, out: Decisions, device_id: int, session: str, on: bool) -> None:
+    def _led(self, out: Decisions, device_id: int, session: str, on: bool) -> Outcome:
         device = self.by_id.get(device_id)
         if device is None:
             out.drops.append(("pipe-unknown-device", f"command for unknown device {device_id}"))
+            return Outcome.UNKNOWN
         elif not device.online or device.session_id != session:
             out.drops.append(("pipe-offline", f"LED command for {device.name}, which is not online in that session"))
+            return Outcome.OFFLINE
         else:
             out.publishes.append((Topic.LED_COMMAND, format_led_command(device.session_name, session, on),
                                   QOS[Topic.LED_COMMAND]))
+            return Outcome.SENT
 
-    def _rename(self, out: Decisions, device_id: int, name: str) -> None:
+    def _rename(self, out: Decisions, device_id: int, name: str) -> Outcome:
         device = self.by_id.get(device_id)
         if device is None:
             out.drops.append(("pipe-unknown-device", f"command for unknown device {device_id}"))
+            return Outcome.UNKNOWN
         elif name == device.name:
-            return
+            return Outcome.RENAMED
         elif self.name_taken(name, device.id):
             out.drops.append(("pipe-name-taken", f"cannot rename {device.name} to {name!r}: taken"))
+            return Outcome.TAKEN
         else:
             del self.by_name[device.name]
             out.notes.append(f"device {device.name} renamed {name} (from its next session)")
             device.name = name
             self.by_name[name] = device
             out.changes.append(Rename(device.id, name))
+            return Outcome.RENAMED
 
     def _sweep(self, out: Decisions, at: int) -> None:
         if self.sweep_due is None or at < self.sweep_due:

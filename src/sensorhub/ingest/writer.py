@@ -32,10 +32,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from sensorhub.commands import LedRequest, RenameRequest
+from sensorhub.commands import LedRequest, Outcome, RenameRequest, Reply
 from sensorhub.db import dialect
 from sensorhub.db.models import format_micros, parse_timestamp, to_micros
-from sensorhub.db.presence import Outcome, bring_back, lost_devices, set_presence, sweep
+from sensorhub.db.presence import Applied, bring_back, lost_devices, set_presence, sweep
 from sensorhub.db.space import MIB, database_dir, database_space
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
@@ -79,6 +79,8 @@ RETRY_MAX = 2.0
 
 Publish = Callable[[str, bytes, int], object]
 Ack = Callable[[int, int], object]
+#: Answers a command from the broker with its outcome (sensorhub.ingest.service).
+Answer = Callable[[Reply, Outcome], object]
 
 _INSERT_DEVICE = (
     "INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, last_seen, presence_at) "
@@ -159,8 +161,11 @@ class Writer:
     def __init__(self, engine: Engine, publish: Publish, ack: Ack, drops: Drops, *,
                  presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX,
                  history: History | None = None, purger: Purger | None = None,
-                 metrics: IngestMetrics | None = None, shared: bool = False, linger: float = LINGER) -> None:
+                 metrics: IngestMetrics | None = None, shared: bool = False, linger: float = LINGER,
+                 answer: Answer | None = None) -> None:
         self.engine = engine
+        #: Answers the commands that asked for an answer, once their batch is committed.
+        self.answer = answer
         #: How long a batch of QoS 0 readings waits for more (LINGER).
         self.linger = linger
         self._shared = shared
@@ -323,6 +328,23 @@ class Writer:
             lingering = lingering and _lingers(item)
         return False
 
+    def _drop_late(self, batch: Sequence[Inbound]) -> Sequence[Inbound]:
+        """Drop, rather than carry out, the commands whose web server has stopped waiting for an answer (it told
+        its caller they failed), at each attempt at a batch (a database that cannot be written holds it back);
+        acknowledged at once, since nothing of them is stored."""
+        now = time.monotonic()
+        if not any(item.reply is not None and item.reply.deadline < now for item in batch):
+            return batch
+        kept = []
+        for item in batch:
+            if item.reply is not None and item.reply.deadline < now:
+                self.drops.add("command-late", f"{item.message!r}: its web server no longer waits for it")
+                if item.qos:
+                    self._call(self.ack, item.mid, item.qos)
+            else:
+                kept.append(item)
+        return kept
+
     def _maybe_sweep(self) -> None:
         due = self.sessions.sweep_due
         if due is not None and _now_us() >= due:
@@ -334,6 +356,9 @@ class Writer:
         conflicts = 0
         while True:
             self.heartbeat = time.monotonic()
+            batch = self._drop_late(batch)
+            if not batch:
+                return
             try:
                 started = time.perf_counter()
                 done = self._transaction(batch)
@@ -496,12 +521,12 @@ class Writer:
                         events.append((Event.STARTED, device_id, session_id, stamp))
                     case Presence(device_id, online, at, session_id, cause):
                         stamp = format_micros(at)
-                        outcome = (bring_back(conn, device_id, session_id, stamp) if cause is Cause.BACK
+                        applied = (bring_back(conn, device_id, session_id, stamp) if cause is Cause.BACK
                                    else set_presence(conn, device_id, session_id, online, stamp))
-                        if outcome is Outcome.CHANGED:
+                        if applied is Applied.CHANGED:
                             done.presence.append(change)
                             events.append((Event.ONLINE if online else Event.ENDED, device_id, session_id, stamp))
-                        elif outcome is Outcome.STALE:
+                        elif applied is Applied.STALE:
                             stale.add(device_id)
                     case Rename(device_id, name):
                         dialect.execute(conn, _RENAME, (name, device_id))
@@ -645,6 +670,9 @@ class Writer:
             self._call(self.ack, mid, qos)
         for topic, payload, qos in done.publishes:
             self._call(self.publish, topic, payload, qos)
+        if self.answer is not None:  # after the LED commands they report on
+            for reply, outcome in done.replies:
+                self._call(self.answer, reply, outcome)
         # What was stored, for the live pages: a few messages a batch rather than one per reading.
         for payload in format_live((device_id, kind, value) for kind, rows in done.readings.items()
                                    for device_id, _stamp, value in rows):

@@ -1,4 +1,5 @@
-"""The JSON API: devices, their history and counts; LED and rename commands relayed through the pipe.
+"""The JSON API: devices, their history and counts; LED and rename commands relayed to the ingest workers
+(through the pipe, or through the broker, where the worker that takes a command answers with its outcome).
 
 Every route is described in docs/api.md (tests/test_docs.py fails when one is missing) and listed by GET /api.
 """
@@ -13,15 +14,16 @@ from typing import Any
 import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from sensorhub.commands import LedRequest, RenameRequest
+from sensorhub.commands import LedRequest, Outcome, RenameRequest
 from sensorhub.db import history, queries
 from sensorhub.db.space import database_space
-from sensorhub.errors import ClientNotRunning, CommandError
+from sensorhub.errors import ClientNotRunning, CommandError, NoReply
 from sensorhub.protocol import Kind
 from sensorhub.rules import NAME_RULE
 from sensorhub.web.auth import control_required, visitor
 from sensorhub.web.conditional import conditional
 from sensorhub.web.present import device_history_json, device_json, device_records_json, iso
+from sensorhub.web.relay import REPLY_WAIT
 from sensorhub.web.state import web_state
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ RENAME_WAIT = 2.0
 _RENAME_POLL = 0.05
 
 CLIENT_NOT_RUNNING = "le client d'ingestion ne tourne pas : commande non transmise (lancez `make client`)"
+NO_REPLY = ("aucun client d'ingestion n'a pris la commande dans les {wait:.0f} s (tous arrêtés, ou débordés) : "
+            "elle est abandonnée et ne sera pas exécutée")
 
 Answer = tuple[Response, int]
 
@@ -87,15 +91,31 @@ def _unknown(device_id: int) -> ApiError:
     return ApiError(f"aucun appareil n'a l'identifiant {device_id}", 404)
 
 
-def _relay(command: LedRequest | RenameRequest) -> None:
+def _relay(command: LedRequest | RenameRequest) -> Outcome | None:
+    """Hand `command` to the ingest workers: the outcome a worker answered (broker), None through the pipe."""
     try:
-        web_state().relay.send(command)
+        return web_state().relay.send(command)
     except ClientNotRunning as err:
         logger.warning("command not relayed: %s", err)
         raise ApiError(CLIENT_NOT_RUNNING, 503) from err
+    except NoReply as err:
+        logger.warning("command not carried out: %s", err)
+        raise ApiError(NO_REPLY.format(wait=REPLY_WAIT), 503) from err
     except CommandError as err:
         logger.warning("command not relayed: %s", err)
         raise ApiError(f"commande non transmise au client d'ingestion : {err}", 503) from err
+
+
+def _refused(outcome: Outcome, name: str, new_name: str = "") -> ApiError:
+    """The API's answer to a worker that did not carry a command out."""
+    if outcome is Outcome.OFFLINE:
+        return ApiError(f"l'appareil « {name} » n'est plus en ligne pour le client d'ingestion (parti, ou revenu "
+                        f"dans une nouvelle session) : commande non envoyée", 409)
+    if outcome is Outcome.UNKNOWN:
+        return ApiError(f"le client d'ingestion ne connaît pas l'appareil « {name} » : commande non envoyée", 409)
+    if outcome is Outcome.TAKEN:
+        return ApiError(f"le nom « {new_name} » est déjà utilisé par un autre appareil", 409)
+    return ApiError(f"réponse inattendue du client d'ingestion ({outcome.value}) : commande non exécutée", 503)
 
 
 _PLACEHOLDER = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
@@ -172,7 +192,11 @@ def stats() -> Response:
 @bp.post("/devices/<id:device_id>/led")
 @control_required
 def led(device_id: int) -> Answer:
-    """Relay `{"on": true|false}` to an online device through the ingest client; 202 once handed over."""
+    """Relay `{"on": true|false}` to an online device: 202 once in the pipe, or (broker) once a worker sent it.
+
+    Through the broker, the worker that took the command answers: 409 if it finds the device offline in the
+    command's session (or unknown), 503 if no worker answers within REPLY_WAIT (the command then expires).
+    """
     on = _json_object({"on"})["on"]
     if not isinstance(on, bool):
         raise ApiError("le champ 'on' vaut true ou false")
@@ -182,16 +206,25 @@ def led(device_id: int) -> Answer:
         raise _unknown(device_id)
     if not found.online:
         raise ApiError(f"l'appareil « {found.name} » est hors ligne", 409)
-    _relay(LedRequest(found.id, found.session_id, on))
-    logger.info("LED %s relayed to %s (device %d, session %s) for %s from %s", "on" if on else "off", found.name,
-                found.id, found.session_id, visitor().label, request.remote_addr)
-    return jsonify(status="relayed"), 202
+    outcome = _relay(LedRequest(found.id, found.session_id, on))
+    if outcome is not None and outcome is not Outcome.SENT:
+        logger.info("LED %s for %s (device %d, session %s) not sent: %s (for %s from %s)", "on" if on else "off",
+                    found.name, found.id, found.session_id, outcome.value, visitor().label, request.remote_addr)
+        raise _refused(outcome, found.name)
+    logger.info("LED %s %s to %s (device %d, session %s) for %s from %s", "on" if on else "off",
+                "relayed" if outcome is None else "sent", found.name, found.id, found.session_id, visitor().label,
+                request.remote_addr)
+    return jsonify(status="relayed" if outcome is None else "sent"), 202
 
 
 @bp.post("/devices/<id:device_id>/name")
 @control_required
 def rename(device_id: int) -> Answer:
-    """Rename a device: 200 with the device once the ingest client recorded it, 202 if still pending."""
+    """Rename a device: 200 with the device once the ingest client recorded it, 202 if still pending.
+
+    Through the broker, the worker that took it answers: 409 if it finds the name taken (or the device unknown),
+    503 if no worker answers within REPLY_WAIT (the rename then expires, not recorded).
+    """
     name = _json_object({"name"})["name"]
     if not isinstance(name, str):
         raise ApiError("le champ 'name' est une chaîne de caractères")
@@ -207,7 +240,11 @@ def rename(device_id: int) -> Answer:
     if taken:
         raise ApiError(f"le nom « {name} » est déjà utilisé par un autre appareil", 409)
     if current != name:
-        _relay(RenameRequest(device_id, name))
+        outcome = _relay(RenameRequest(device_id, name))
+        if outcome is not None and outcome is not Outcome.RENAMED:
+            logger.info("rename of %s (device %d) to %r refused by the ingest client: %s (for %s from %s)", current,
+                        device_id, name, outcome.value, visitor().label, request.remote_addr)
+            raise _refused(outcome, current, name)
         logger.info("rename of %s (device %d) to %r relayed for %s from %s", current, device_id, name,
                     visitor().label, request.remote_addr)
         if not _wait_for_name(device_id, name):
