@@ -104,7 +104,12 @@ def test_the_dynamic_security_rules_give_the_share_group_to_the_workers_user_onl
     assert config["anonymousGroup"] == "anonymous" and not any(config["defaultACLAccess"][kind] for kind in
                                                              ("publishClientSend", "publishClientReceive", "subscribe"))
     for role in ("anonymous", "user-device", "user-sensorhub-web"):
-        assert all(rule["acltype"] != "subscribePattern" and not rule["topic"].startswith("$") for rule in rules[role])
+        for rule in rules[role]:  # a pattern starting with a wildcard would match `$share/…` filters too
+            assert not rule["topic"].startswith(("$", "+", "#")), rule
+    assert [rule["topic"] for rule in rules["user-sensorhub-web"] if rule["acltype"] == "subscribePattern"] == [
+        "sensorhub/replies/#"]  # its own replies, under a fixed first level
+    with pytest.raises(BrokerError, match="share group"):
+        dynsec.build_config("user sensorhub-web\ntopic read +/replies/#\n", {})
     assert {rule["topic"] for rule in rules["anonymous"] if rule["acltype"] == "subscribeLiteral"} == {
         "state/nameAssign", "led/command"}
     shared = {rule["topic"] for rule in rules["user-sensorhub"]

@@ -89,13 +89,24 @@ def _acl(kind: str, topic: str) -> dict[str, Any]:
 def _rules(section: Section) -> list[dict[str, Any]]:
     rules = [_acl("publishClientSend", topic) for topic in section.write]
     for topic in section.read:
-        rules += [_acl("subscribeLiteral", topic), _acl("publishClientReceive", topic)]
+        rules += [_acl(_subscribe(topic), topic), _acl("publishClientReceive", topic)]
     if section.user == CLIENT_USER:
         # The workers' share group, theirs alone; and, as before, any subscription (delivery still follows
         # the `topic read` lines above: publishClientReceive is denied by default).
         rules += [_acl("subscribeLiteral", f"$share/{SHARE_GROUP}/{topic}") for topic in section.read]
         rules.append(_acl("subscribePattern", "#"))
     return rules
+
+
+def _subscribe(topic: str) -> str:
+    """The subscribe rule of a `topic read` line: literal, or a pattern for a filter with wildcards below a fixed
+    first level (`sensorhub/replies/#`). A pattern starting with a wildcard would match `$share/…` filters too."""
+    if "+" not in topic and "#" not in topic:
+        return "subscribeLiteral"
+    if topic.split("/", 1)[0] in ("+", "#"):
+        raise BrokerError(f"the ACL line `topic read {topic}` would let its user into the workers' share group: "
+                          f"start it with a fixed level")
+    return "subscribePattern"
 
 
 def hash_password(password: str, salt: bytes | None = None) -> dict[str, Any]:
