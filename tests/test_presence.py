@@ -9,15 +9,19 @@ connected in its current session.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
+from sensorhub.broker import Broker
+from sensorhub.config import Settings
 from sensorhub.db.engine import make_engine
 from sensorhub.db.models import format_micros
 from sensorhub.db.presence import Applied, bring_back, set_presence, sweep
@@ -26,6 +30,9 @@ from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound, Message, SweepDue
 from sensorhub.ingest.writer import Writer
 from sensorhub.protocol import Kind, Leave, MacJoin, Reading, SessionRef, Topic, parse_name_assign
+from sensorhub.simulator.fleet import Fleet
+from sensorhub.web import create_app
+from tests.stack import check_not_died, sensorhub, start
 from tests.support import both_databases
 
 T0 = 1_780_000_000_000_000
@@ -236,3 +243,64 @@ def test_a_device_lost_by_one_worker_is_brought_back_by_the_worker_that_hears_it
     finally:
         first.writer.close()
         second.writer.close()
+
+
+# -- end to end: real workers, a real broker, 200 boards ----------------------------------------------------------
+
+
+def online_macs(client: FlaskClient) -> set[str]:
+    """The MACs /api/devices shows online."""
+    answer = client.get("/api/devices")
+    assert answer.status_code == 200, answer.data
+    return {device["mac"] for device in answer.get_json() if device["online"]}
+
+
+def shown_within(client: FlaskClient, expected: set[str], seconds: float, what: str) -> float:
+    """How long /api/devices took to show exactly `expected` online; fail after `seconds`."""
+    started = time.monotonic()
+    while (shown := online_macs(client)) != expected:
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"{what}: after {seconds} s /api/devices shows {len(shown)} online, "
+                                 f"{len(shown - expected)} of them gone, {len(expected - shown)} connected missing")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.mark.integration
+@both_databases
+@pytest.mark.parametrize("count", [2, 3])
+def test_with_several_workers_the_api_shows_exactly_the_boards_connected(
+        settings: Settings, engine: Engine, count: int) -> None:
+    """200 boards join through `count` workers, half of them leave, the broker is killed once and restarted: each
+    time /api/devices shows exactly the boards connected within 2 s of the boards having done so."""
+    broker = Broker(settings)
+    broker.start()
+    workers = [start(sensorhub(f"worker{n}", ["client"], settings.replace(worker=n))) for n in range(1, count + 1)]
+    client = create_app(settings).test_client()
+    try:
+        with Fleet(settings, count=200, interval=1.0, seed=2200 + count, button_every=None) as fleet:
+            fleet.wait_joined(60)
+            macs = {device.mac for device in fleet.devices}
+            shown_within(client, macs, 2, "after the joins")
+            for index in range(0, 200, 2):
+                fleet.leave(index)
+            staying = {device.mac for device in fleet.devices[1::2]}
+            shown_within(client, staying, 2, "after half of them left")
+            sessions = [device.sessions for device in fleet.devices]
+            assert broker.process is not None
+            broker.process.kill()  # no Will for anyone: the boards that stay come back with new sessions
+            broker.process.wait()
+            broker = Broker(settings)
+            broker.start()
+            back = [device for device in fleet.devices[1::2]]
+            deadline = time.monotonic() + 60
+            while not all(device.joined and device.sessions > sessions[device.index] for device in back):
+                assert time.monotonic() < deadline, "the boards did not come back within 60 s"
+                time.sleep(0.02)
+            shown_within(client, staying, 2, "after the broker restart")
+        for worker in workers:
+            check_not_died(worker)
+    finally:
+        for worker in workers:
+            worker.stop()
+        broker.stop()
