@@ -60,6 +60,11 @@ class Killed:
     killed_at: int
     seconds: float
     restarted_output: str
+    #: Duplicates whose first copy was stored before the kill and the second after it (the killed worker's
+    #: committed but unacknowledged messages, bounded by the broker's in-flight window of 20); the rest have
+    #: another cause. And how many times the publisher connected (a reconnection resends what it had in flight).
+    across_kill: int = 0
+    publisher_connects: int = 0
 
 
 def kill_one_of_two(settings: Settings, engine: Engine, devices: int) -> Killed:
@@ -84,6 +89,8 @@ def kill_one_of_two(settings: Settings, engine: Engine, devices: int) -> Killed:
     workers = {n: sensorhub(f"client{n}", ["client"], settings.replace(worker=n)) for n in (1, 2)}
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     publisher.max_inflight_messages_set(1000)
+    connects = [0]
+    publisher.on_connect = lambda *_args: connects.__setitem__(0, connects[0] + 1)
     try:
         for worker in workers.values():
             start(worker)
@@ -98,6 +105,8 @@ def kill_one_of_two(settings: Settings, engine: Engine, devices: int) -> Killed:
         process.kill()  # its unacknowledged messages stay queued in its session at the broker
         process.wait()
         killed_at = stored()[1]
+        with engine.connect() as conn:
+            last_before_kill = int(conn.execute(text("SELECT max(id) FROM light_reading")).scalar_one())
         time.sleep(2)
         workers[2] = start(sensorhub("client2", ["client"], settings.replace(worker=2)))
         sending.join(300)
@@ -105,13 +114,19 @@ def kill_one_of_two(settings: Settings, engine: Engine, devices: int) -> Killed:
         elapsed = time.monotonic() - started
         time.sleep(1)  # what still arrives is a duplicate: count it too
         rows, distinct = stored()
+        with engine.connect() as conn:
+            across = int(conn.execute(text(
+                "SELECT count(*) FROM (SELECT min(id) AS first, max(id) AS last FROM light_reading WHERE id > :base "
+                "GROUP BY device_id, value HAVING count(*) > 1) AS twice WHERE first <= :kill AND last > :kill"),
+                {"base": base, "kill": last_before_kill}).scalar_one())
     finally:
         publisher.disconnect()
         publisher.loop_stop()
         for worker in workers.values():
             worker.stop()
         broker.stop()
-    return Killed(total, distinct, rows - distinct, killed_at, round(elapsed, 1), workers[2].output())
+    return Killed(total, distinct, rows - distinct, killed_at, round(elapsed, 1), workers[2].output(), across,
+                  connects[0])
 
 
 def worker_kill(sizes: Sizes) -> Figure:
@@ -125,7 +140,9 @@ def worker_kill(sizes: Sizes) -> Figure:
         finally:
             engine.dispose()
     data = {"sent": run.sent, "stored": run.stored, "lost": run.sent - run.stored, "duplicates": run.duplicates,
-            "killed_at": run.killed_at, "seconds": run.seconds}
+            "killed_at": run.killed_at, "seconds": run.seconds, "across_kill": run.across_kill,
+            "publisher_connects": run.publisher_connects}
     return Figure("worker_kill", f"kill -9 of 1 of 2 workers, {run.sent:,} QoS 1 readings",
-                  f"{run.stored:,} of {run.sent:,} stored, {run.duplicates} duplicate(s), killed at {run.killed_at:,}, "
-                  f"{run.seconds:.1f} s", "0 lost", run.stored == run.sent, data)
+                  f"{run.stored:,} of {run.sent:,} stored, {run.duplicates} duplicate(s) ({run.across_kill} across "
+                  f"the kill), killed at {run.killed_at:,}, {run.seconds:.1f} s", "0 lost", run.stored == run.sent,
+                  data)

@@ -219,11 +219,54 @@ def test_two_workers_one_killed_mid_stream_lose_nothing_and_the_restarted_one_ta
 
     run = kill_one_of_two(settings, engine, devices=200)
     print(f"{run.sent:,} QoS 1 readings, worker 2 SIGKILLed after {run.killed_at:,}: {run.stored:,} stored, "
-          f"{run.duplicates} duplicate(s)")
+          f"{run.duplicates} duplicate(s), {run.across_kill} across the kill, publisher connected "
+          f"{run.publisher_connects} time(s)")
     assert run.stored == run.sent == 20_000  # nothing lost
+    # What the kill can duplicate: messages committed but not acknowledged, at most the broker's in-flight window.
+    assert run.across_kill <= 20
+    if run.publisher_connects == 1:  # a publisher that reconnects sends its own unacknowledged messages again
+        assert run.duplicates == run.across_kill
     stopped = run.restarted_output.split("ingest client stopped")[-1].split("\n")[0]
     assert "ingest client stopped; stored" in run.restarted_output
     assert "'light': 0}" not in stopped  # it took its share
+
+
+def test_the_broker_sends_a_worker_at_most_20_messages_it_has_not_acknowledged(
+        broker: Broker, settings: Settings) -> None:
+    """The bound on what a killed worker duplicates: a connection made as the ingest client makes it (MQTT 5, no
+    Receive Maximum, acknowledging by hand once committed) gets 20 QoS 1 messages and no more until it acknowledges
+    one: Mosquitto's max_inflight_messages. A worker killed holds at most 20 committed and unacknowledged."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from sensorhub.credentials import CLIENT_USER, client_password
+
+    received: list[int] = []
+    worker = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="window-probe", protocol=mqtt.MQTTv5,
+                         manual_ack=True)
+    worker.username_pw_set(CLIENT_USER, client_password(settings))
+    worker.on_message = lambda _c, _u, message: received.append(message.mid)
+    worker.connect("127.0.0.1", settings.mqtt_port)
+    worker.loop_start()
+    board = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    board.connect("127.0.0.1", settings.mqtt_port)
+    board.loop_start()
+    try:
+        wait_for(worker.is_connected, 5, what="the probe connected")
+        subscribed = worker.subscribe(str(Topic.PHOTORESISTOR_STATUS), qos=1)
+        assert subscribed[0] == mqtt.MQTT_ERR_SUCCESS
+        time.sleep(0.3)
+        for value in range(100):
+            board.publish(str(Topic.PHOTORESISTOR_STATUS), f"capteur01;1.000000;{value}", qos=1)
+        wait_for(lambda: len(received) >= 20, 5, what="the first window")
+        time.sleep(0.5)  # nothing more comes before an acknowledgement
+        assert len(received) == 20
+        worker.ack(received[0], 1)
+        wait_for(lambda: len(received) >= 21, 5, what=f"one more once one is acknowledged ({received})")
+    finally:
+        for client in (worker, board):
+            client.disconnect()
+            client.loop_stop()
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
