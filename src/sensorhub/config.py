@@ -83,6 +83,13 @@ def _count(value: str) -> int:
     return number
 
 
+def _connections(value: str) -> int:
+    number = _int(value)
+    if not 10 <= number <= 100_000:
+        raise ValueError("use a number of connections from 10 to 100000")
+    return number
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -186,8 +193,10 @@ class Settings:
         "gunicorn worker processes (0: one per two CPU cores and per 512 MiB of memory, at least 1, at most 4).",
         _count,
     )
-    web_threads: int = setting(
-        "0", "Threads per gunicorn worker (0: 8 with a single worker on 1 GiB or more, else 4).", _count
+    web_connections: int = setting(
+        "1000",
+        "Connections one gunicorn worker holds at once (gevent: a slow or idle client costs a few KiB, no thread).",
+        _connections,
     )
     fifo: str = setting(
         "",
