@@ -3,10 +3,12 @@ workers) as subprocesses on one SQLite file, shared by the module's tests."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ from sensorhub.broker import Broker
 from sensorhub.commands import LedRequest
 from sensorhub.config import Settings
 from sensorhub.db.engine import init_db, make_engine
+from sensorhub.errors import ConfigError
 from sensorhub.health import write_heartbeat
 from sensorhub.ingest.ledpipe import send_command
 from sensorhub.process import Child
@@ -34,7 +37,7 @@ from sensorhub.protocol import Topic
 from sensorhub.telemetry import heartbeat_path
 from sensorhub.web import create_app
 from tests.devices import RawDevice
-from tests.stack import ROOT, check_not_died, sensorhub, start, web_url
+from tests.stack import ROOT, check_not_died, sensorhub, start, web_server, web_url
 from tests.support import settings_for, wait_for
 
 pytestmark = pytest.mark.integration
@@ -281,3 +284,78 @@ def test_healthz_and_metrics_need_no_login_on_a_private_site(settings: Settings,
     assert metrics.status_code == 200 and b"sensorhub_client_up 0.0" in metrics.data
     # The requests just made, counted by route and status, in this app's own registry (no gunicorn here).
     assert b'sensorhub_http_requests_total{method="GET",route="/healthz",status="503"} 1.0' in metrics.data
+
+
+# -- who sees what: SENSORHUB_METRICS_TOKEN, SENSORHUB_METRICS_FROM -------------------------------------------------
+
+TOKEN = "metrics-token-0123456789"
+
+
+def lan_address() -> str:
+    """This machine's address on its network (not loopback), to visit the web server as another host would."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # sends nothing: the route chooses the address
+            address = str(probe.getsockname()[0])
+    except OSError:
+        address = "127.0.0.1"
+    if ipaddress.ip_address(address).is_loopback:
+        pytest.skip("this machine has no network address besides loopback")
+    return address
+
+
+def get(host: str, port: int, path: str, token: str | None = None) -> tuple[int, dict[str, str], str]:
+    """Status, headers and body of GET http://HOST:PORT/PATH, with a bearer token if given."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://{host}:{port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status), dict(answer.headers), answer.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read().decode()
+
+
+def test_health_details_and_metrics_are_for_the_server_itself_or_the_token(settings: Settings, engine: Engine) -> None:
+    """Neither broker nor client runs, so /healthz says where it looked for the broker: a visitor from the network
+    sees which checks fail, not that host and port; /metrics opens to SENSORHUB_METRICS_FROM and the token."""
+    lan = lan_address()
+    settings = settings.replace(metrics_token=TOKEN, metrics_from="127.0.0.1,::1")
+    where = f"127.0.0.1:{settings.mqtt_port}"
+    port = settings.web_port
+    with web_server(settings, workers=1):
+        status, _, body = get(lan, port, "/healthz")
+        assert status == 503 and where not in body
+        assert json.loads(body) == {"status": "unhealthy", "problems": ["client", "broker"], "checks": {
+            "database": {"ok": True}, "client": {"ok": False}, "broker": {"ok": False}}}
+        for host, token in ((lan, TOKEN), ("127.0.0.1", None)):
+            status, _, body = get(host, port, "/healthz", token)
+            assert status == 503 and f"broker: cannot reach it at {where}: " in "".join(json.loads(body)["problems"])
+
+        for token in (None, "wrong-token-0123456789", TOKEN.upper()):
+            status, headers, body = get(lan, port, "/metrics", token)
+            assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer") and "sensorhub_" not in body
+        for host, token in ((lan, TOKEN), ("127.0.0.1", None)):
+            status, _, body = get(host, port, "/metrics", token)
+            assert status == 200 and "sensorhub_client_up 0.0" in body
+
+
+def test_by_default_metrics_are_open_and_health_details_stay_on_the_server(settings: Settings, engine: Engine) -> None:
+    """A fresh install: /metrics answers everyone (counts, no names nor addresses), /healthz's details only the
+    server itself; SENSORHUB_METRICS_FROM empty and no token closes /metrics to everyone."""
+    visitor = {"REMOTE_ADDR": "192.168.1.20"}
+    web = create_app(settings).test_client()
+    assert web.get("/metrics", environ_base=visitor).status_code == 200
+    assert web.get("/metrics", environ_base={"REMOTE_ADDR": "2001:db8::1"}).status_code == 200
+    assert web.get("/healthz", environ_base=visitor).json["problems"] == ["client", "broker"]  # type: ignore[index]
+    assert "detail" in web.get("/healthz", environ_base={"REMOTE_ADDR": "::ffff:127.0.0.1"}).json["checks"]["broker"]  # type: ignore[index]
+    closed = create_app(settings.replace(metrics_from="")).test_client()
+    assert closed.get("/metrics", environ_base=visitor).status_code == 403
+    assert closed.get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 403
+    lan = create_app(settings.replace(metrics_from="192.168.1.0/24")).test_client()
+    assert lan.get("/metrics", environ_base=visitor).status_code == 200
+    assert lan.get("/metrics", environ_base={"REMOTE_ADDR": "192.168.2.20"}).status_code == 403
+    for name, value in (("SENSORHUB_METRICS_FROM", "192.168.1.0/33"), ("SENSORHUB_METRICS_TOKEN", "short")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.load({name: value})
+    with pytest.raises(ConfigError, match=r"\(hidden\)"):
+        Settings.load({"SENSORHUB_METRICS_TOKEN": "has a space in it, sadly"})

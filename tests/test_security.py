@@ -541,6 +541,85 @@ def test_the_readme_and_the_security_page_document_what_is_enforced() -> None:
     assert "docs/security.md" in (ROOT / "README.md").read_text()
 
 
+# -- slow clients, headers ---------------------------------------------------------------------------------------
+
+#: The start of a request whose headers never end.
+HALF_REQUEST = b"GET /capteurs HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\n"
+#: A TLS record header announcing a 512-byte ClientHello, and its first bytes only.
+HALF_HANDSHAKE = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+SLOW_CLIENTS = 200
+
+
+def hold_slow_clients(port: int, payload: bytes, count: int = SLOW_CLIENTS) -> list[socket.socket]:
+    """`count` connections that each send `payload` and then nothing."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(payload)
+        held.append(sock)
+    time.sleep(0.5)  # the server has accepted them and started reading
+    return held
+
+
+def answer_time(url: str, context: ssl.SSLContext | None = None, timeout: float = 5.0) -> float:
+    """Seconds until GET `url` is answered 200 (`timeout` if it is not answered by then)."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as answer:
+            answer.read()
+            assert answer.status == 200
+    except (TimeoutError, urllib.error.URLError, OSError):
+        return timeout
+    return time.monotonic() - started
+
+
+def test_slow_http_clients_leave_the_pages_answering(stack: Stack) -> None:
+    """200 connections sending half a request (slowloris) do not hold the web server's workers."""
+    assert answer_time(stack.url("/capteurs")) < 1
+    held = hold_slow_clients(stack.settings.web_port, HALF_REQUEST)
+    try:
+        waited = [answer_time(stack.url("/capteurs")) for _ in range(3)]
+        assert max(waited) < 1, f"/capteurs answered in {waited} s with {SLOW_CLIENTS} slow clients"
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_half_tls_handshakes_leave_the_pages_answering(certificate: Settings, engine: Engine) -> None:
+    """The same under TLS, with connections stopping in the middle of their ClientHello."""
+    settings = certificate
+    context = ssl.create_default_context(cafile=settings.tls_cert)
+    url = f"https://127.0.0.1:{settings.web_port}/capteurs"
+    with web_server_tls(settings):
+        assert answer_time(url, context) < 1
+        held = hold_slow_clients(settings.web_port, HALF_HANDSHAKE)
+        try:
+            waited = [answer_time(url, context) for _ in range(3)]
+            assert max(waited) < 1, f"/capteurs answered in {waited} s with {SLOW_CLIENTS} half handshakes"
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_http_answers_name_no_server_and_send_no_hsts(stack: Stack) -> None:
+    for path in ("/capteurs", "/api/devices", "/nowhere"):
+        status, headers, _ = Browser(stack).request("GET", path)
+        assert status in (200, 404)
+        assert "Server" not in headers, f"{path}: Server: {headers['Server']}"
+        assert "Strict-Transport-Security" not in headers  # only over HTTPS (RFC 6797 section 7.2)
+
+
+def test_https_answers_send_hsts_and_name_no_server(certificate: Settings, engine: Engine) -> None:
+    settings = certificate
+    context = ssl.create_default_context(cafile=settings.tls_cert)
+    with web_server_tls(settings):
+        for path in ("/capteurs", "/api/devices"):
+            with urllib.request.urlopen(f"https://127.0.0.1:{settings.web_port}{path}", context=context,
+                                        timeout=5) as answer:
+                assert answer.headers["Strict-Transport-Security"] == "max-age=31536000"
+                assert "Server" not in answer.headers, answer.headers["Server"]
+
+
 # -- the same, in Chromium ---------------------------------------------------------------------------------------
 
 

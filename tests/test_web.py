@@ -830,18 +830,20 @@ def test_gunicorn_configuration(settings: Settings) -> None:
     options = gunicorn_options(settings.replace(web_host="0.0.0.0", web_port=8000), workers=3)
     assert options["bind"] == ["0.0.0.0:8000"]
     assert options["preload_app"] is True  # one app, one secret key for every worker
-    assert options["workers"] == 3 and options["worker_class"] == "gthread"
+    # Greenlets: a slow client holds no thread (docs/security.md, tests/test_security.py).
+    assert options["workers"] == 3 and options["worker_class"] == "gevent"
+    assert options["worker_connections"] == 1000
     assert gunicorn_options(settings.replace(web_host="::"), 1)["bind"] == [f"[::]:{settings.web_port}"]
 
 
-def test_web_workers_and_threads_fit_the_machine_unless_set(settings: Settings) -> None:
+def test_web_workers_fit_the_machine_unless_set(settings: Settings) -> None:
     gib = 2**30
-    assert web_sizing(settings, cpus=4, memory=4 * gib) == (2, 4)  # Raspberry Pi 4
-    assert web_sizing(settings, cpus=4, memory=gib // 2) == (1, 4)  # Pi Zero 2 W
-    assert web_sizing(settings, cpus=2, memory=8 * gib) == (1, 8)  # a small VM
-    assert web_sizing(settings, cpus=32, memory=64 * gib) == (4, 4)  # a big server: the devices need no more
-    assert web_sizing(settings.replace(web_workers=3, web_threads=2), cpus=2, memory=gib) == (3, 2)
-    assert web_sizing(settings.replace(web_workers=3), workers=5, cpus=2, memory=gib) == (5, 4)  # --workers
+    assert web_sizing(settings, cpus=4, memory=4 * gib) == 2  # Raspberry Pi 4
+    assert web_sizing(settings, cpus=4, memory=gib // 2) == 1  # Pi Zero 2 W
+    assert web_sizing(settings, cpus=2, memory=8 * gib) == 1  # a small VM
+    assert web_sizing(settings, cpus=32, memory=64 * gib) == 4  # a big server: the devices need no more
+    assert web_sizing(settings.replace(web_workers=3), cpus=2, memory=gib) == 3
+    assert web_sizing(settings.replace(web_workers=3), workers=5, cpus=2, memory=gib) == 5  # --workers
 
 
 def test_secret_key_comes_from_the_settings(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import re
@@ -83,6 +84,13 @@ def _count(value: str) -> int:
     return number
 
 
+def _connections(value: str) -> int:
+    number = _int(value)
+    if not 10 <= number <= 100_000:
+        raise ValueError("use a number of connections from 10 to 100000")
+    return number
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -152,6 +160,32 @@ def _password(value: str) -> str:
     return value
 
 
+def _token(value: str) -> str:
+    token = value.strip()
+    if token and (len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token):
+        raise ValueError("use at least 16 printable ASCII characters without spaces (e.g. `openssl rand -hex 16`)")
+    return token
+
+
+#: SENSORHUB_METRICS_FROM's word for every address.
+ALL_ADDRESSES = "all"
+
+
+def _networks(value: str) -> str:
+    text = value.strip()
+    if text.lower() == ALL_ADDRESSES:
+        return ALL_ADDRESSES
+    networks = []
+    for item in re.split(r"[,\s]+", text):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip("[]"), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an address or network (e.g. 127.0.0.1,::1,192.168.1.0/24)") from None
+    return ",".join(networks)
+
+
 def _flag(value: str) -> bool:
     text = value.strip().lower()
     if text in ("1", "true", "yes", "on"):
@@ -186,8 +220,10 @@ class Settings:
         "gunicorn worker processes (0: one per two CPU cores and per 512 MiB of memory, at least 1, at most 4).",
         _count,
     )
-    web_threads: int = setting(
-        "0", "Threads per gunicorn worker (0: 8 with a single worker on 1 GiB or more, else 4).", _count
+    web_connections: int = setting(
+        "1000",
+        "Connections one gunicorn worker holds at once (gevent: a slow or idle client costs a few KiB, no thread).",
+        _connections,
     )
     fifo: str = setting(
         "",
@@ -248,6 +284,18 @@ class Settings:
     tls_key: str = setting("", "PEM private key of SENSORHUB_TLS_CERT.", _optional_path)
     mqtt_tls_port: int = setting("8883", "Broker MQTT over TLS port (with SENSORHUB_TLS_CERT).", _port)
     mqtt_wss_port: int = setting("9443", "Broker secure WebSockets port (with SENSORHUB_TLS_CERT).", _port)
+    metrics_token: str = setting(
+        "",
+        "Bearer token opening `/metrics` from any address and the details of `/healthz` (sent as `Authorization: "
+        "Bearer TOKEN`); empty: none.",
+        _token,
+    )
+    metrics_from: str = setting(
+        "all",
+        "Addresses and networks that read `/metrics` without the token, comma-separated (e.g. "
+        "`127.0.0.1,::1,192.168.1.0/24`); `all`: everyone; empty: only with SENSORHUB_METRICS_TOKEN.",
+        _networks,
+    )
     retention_days: int = setting(
         "0",
         "Days of raw readings kept; older ones are deleted by the ingest client, a little at a time "
@@ -311,6 +359,12 @@ class Settings:
         return bool(self.tls_cert)
 
     @property
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """SENSORHUB_METRICS_FROM as networks (`all`: every IPv4 and IPv6 address)."""
+        text = "0.0.0.0/0,::/0" if self.metrics_from == ALL_ADDRESSES else self.metrics_from
+        return tuple(ipaddress.ip_network(item) for item in text.split(",") if item)
+
+    @property
     def log_level_number(self) -> int:
         """The logging module's number for log_level."""
         return int(logging.getLevelName(self.log_level))
@@ -343,7 +397,7 @@ def _as_text(value: Any) -> str:
 
 
 #: Settings whose value is never echoed in an error message.
-SECRET_SETTINGS = frozenset({"secret_key", "device_password"})
+SECRET_SETTINGS = frozenset({"secret_key", "device_password", "metrics_token"})
 
 SETTINGS: tuple[SettingSpec, ...] = tuple(
     SettingSpec(f.name, f.metadata["default"], f.metadata["help"], f.metadata["parse"])

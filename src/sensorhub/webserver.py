@@ -97,6 +97,7 @@ def _run_master(settings: Settings, workers: int | None, sock: socket.socket) ->
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        cooperate()
         from sensorhub.web.serve import serve
 
         serve(settings, workers=workers, fd=sock.fileno())
@@ -111,6 +112,26 @@ def _run_master(settings: Settings, workers: int | None, sock: socket.socket) ->
     finally:
         logging.shutdown()
         os._exit(code)
+
+
+def cooperate() -> None:
+    """Make blocking calls yield to gevent's loop, before the app (SQLAlchemy, psycopg, paho, ssl) is imported.
+
+    gunicorn's gevent workers would patch after the fork, too late for what the preloaded app created; psycopg
+    chooses its cooperative wait function only if `select` is patched when it is imported.
+    """
+    import ssl
+    import warnings
+
+    from gevent import hub, monkey
+
+    with warnings.catch_warnings():
+        # ssl was imported by this watcher (the TLS check) but no socket was wrapped yet.
+        warnings.simplefilter("ignore", monkey.MonkeyPatchWarning)
+        monkey.patch_all()
+    # A client that leaves in the middle of its TLS handshake ends its greenlet with an SSLError, which gevent would
+    # print with a traceback: a scanner or a slow-client attack would fill the log with them.
+    hub.Hub.NOT_ERROR = (*hub.Hub.NOT_ERROR, ssl.SSLError, ConnectionError, TimeoutError)
 
 
 def _wait(pid: int) -> int:

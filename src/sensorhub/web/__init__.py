@@ -7,7 +7,7 @@ import os
 from importlib import import_module
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.routing import IntegerConverter
 
@@ -29,6 +29,10 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+#: Browsers that saw it over HTTPS use only HTTPS for this host for a year (not its subdomains: other devices).
+HSTS = "max-age=31536000"
+
+
 class IdConverter(IntegerConverter):
     """`<id:device_id>`: a database id, so at most 2**63 - 1; anything larger is a plain 404, not a crash."""
 
@@ -40,6 +44,8 @@ def _security_headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.is_secure:  # HTTPS served by gunicorn (SENSORHUB_TLS_CERT); never over plain HTTP (RFC 6797 §7.2)
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
     return response
 
 

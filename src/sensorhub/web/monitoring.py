@@ -7,6 +7,8 @@ client's figures come from the file it replaces every second, re-exported as the
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import os
 import time
@@ -121,12 +123,44 @@ def current_health(settings: Settings) -> health.Health:
     return health.check(settings, ping)
 
 
+def _peer() -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's address (an IPv4 address seen through an IPv6 socket as itself)."""
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _has_token(settings: Settings) -> bool:
+    """Whether the request carries SENSORHUB_METRICS_TOKEN as a bearer token."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return bool(settings.metrics_token) and scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), settings.metrics_token.encode())
+
+
+def may_see_health_details(settings: Settings) -> bool:
+    """The server itself (loopback) or a holder of the metrics token: the checks' details name hosts and ports."""
+    peer = _peer()
+    return (peer is not None and peer.is_loopback) or _has_token(settings)
+
+
+def may_scrape(settings: Settings) -> bool:
+    """A holder of the metrics token, or an address of SENSORHUB_METRICS_FROM."""
+    peer = _peer()
+    return _has_token(settings) or (peer is not None and any(
+        peer.version == network.version and peer in network for network in settings.metrics_networks))
+
+
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
-    """Health: 200 if the database answers, the broker is reachable and the ingest client runs; 503 saying what
-    is wrong otherwise."""
-    found = current_health(web_state().settings)
-    response = jsonify(found.as_json())
+    """Health: 200 if the database answers, the broker is reachable and the ingest client runs; 503 naming what is
+    wrong otherwise (with the details only for the server itself or the metrics token)."""
+    settings = web_state().settings
+    found = current_health(settings)
+    response = jsonify(found.as_json(details=may_see_health_details(settings)))
     response.headers["Cache-Control"] = "no-store"
     return response, 200 if found.ok else 503
 
@@ -134,13 +168,21 @@ def healthz() -> tuple[Response, int]:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Metrics in the Prometheus text format: the web server's and the ingest client's."""
+    settings = web_state().settings
+    if not may_scrape(settings):
+        if settings.metrics_token:
+            return Response("/metrics needs the token of SENSORHUB_METRICS_TOKEN\n", status=401,
+                            content_type="text/plain; charset=utf-8",
+                            headers={"WWW-Authenticate": 'Bearer realm="sensorhub metrics"'})
+        return Response("/metrics is not open to this address (SENSORHUB_METRICS_FROM)\n", status=403,
+                        content_type="text/plain; charset=utf-8")
     registry = CollectorRegistry()
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
         MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     else:
         registry.register(_Registry(current_app.extensions[METRICS_EXTENSION].registry))
-    registry.register(ClientFile(client_metrics_path(web_state().settings)))
+    registry.register(ClientFile(client_metrics_path(settings)))
     # The text format, or OpenMetrics when the scraper asks for it (Prometheus does).
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     return Response(encode(registry), content_type=content_type, headers={"Cache-Control": "no-store"})

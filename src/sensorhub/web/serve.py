@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
+from gunicorn.http import wsgi as gunicorn_wsgi
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub import accounts
@@ -40,18 +41,16 @@ def _memory_bytes() -> int:
 
 
 def web_sizing(settings: Settings, workers: int | None = None, cpus: int | None = None,
-               memory: int | None = None) -> tuple[int, int]:
-    """(workers, threads) for gunicorn: the --workers flag, else the settings, else from the CPU count and memory.
+               memory: int | None = None) -> int:
+    """gunicorn's worker count: the --workers flag, else the settings, else from the CPU count and memory.
 
-    A Raspberry Pi 3 or 4 (4 cores, 1 GiB or more) gets 2 workers of 4 threads, a Pi Zero 2 (512 MiB) or a
-    2-core machine 1 worker of 8 threads: one process per two cores, since the broker, the ingest client and
-    the devices' traffic need the others, and threads serve concurrent requests for a few MiB each.
+    A Raspberry Pi 3 or 4 (4 cores, 1 GiB or more) gets 2 workers, a Pi Zero 2 (512 MiB) or a 2-core machine 1:
+    one process per two cores, since the broker, the ingest client and the devices' traffic need the others.
+    Each worker serves its connections concurrently in greenlets (gevent), a few KiB each.
     """
     cpus = cpus or os.cpu_count() or 1
     memory = memory or _memory_bytes()
-    count = workers or settings.web_workers or max(1, min(MAX_AUTO_WORKERS, cpus // 2, memory // MEMORY_PER_WORKER))
-    threads = settings.web_threads or (8 if count == 1 and memory >= 1024 * MIB else 4)
-    return count, threads
+    return workers or settings.web_workers or max(1, min(MAX_AUTO_WORKERS, cpus // 2, memory // MEMORY_PER_WORKER))
 
 
 def _url(host: str, port: int, secure: bool = False) -> str:
@@ -89,6 +88,22 @@ def _say_who_controls(settings: Settings) -> None:
     else:
         logger.warning("no web account: anyone who opens the pages can switch LEDs and rename devices; "
                        "`sensorhub user add NAME` reserves the controls to accounts")
+
+
+def _without_server_header() -> None:
+    """gunicorn names itself in a `Server:` header of every answer (no setting turns it off): leave it out.
+
+    Nothing needs it, and it tells a scanner which software (and which advisories) to try.
+    """
+    default_headers = gunicorn_wsgi.Response.default_headers
+    if getattr(default_headers, "sensorhub", False):
+        return
+
+    def headers(self: Any) -> list[str]:
+        return [line for line in default_headers(self) if not line.lower().startswith("server:")]
+
+    headers.sensorhub = True  # type: ignore[attr-defined]
+    gunicorn_wsgi.Response.default_headers = headers
 
 
 class _StderrAccessLogger(glogging.Logger):  # type: ignore[misc]
@@ -130,22 +145,24 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return self._app
 
 
-def gunicorn_options(settings: Settings, workers: int, fd: int | None = None, threads: int = 4) -> dict[str, Any]:
+def gunicorn_options(settings: Settings, workers: int, fd: int | None = None) -> dict[str, Any]:
     """gunicorn's settings for `settings`; with `fd`, it serves on that already listening socket."""
     host = settings.web_host
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     url = _url(host, settings.web_port, settings.tls)
 
     def when_ready(_server: Any) -> None:
-        logger.info("web server ready on %s (listening on %s:%d, %d worker%s of %d threads)", url, host,
-                    settings.web_port, workers, "s" if workers > 1 else "", threads)
+        logger.info("web server ready on %s (listening on %s:%d, %d worker%s of up to %d connections)", url, host,
+                    settings.web_port, workers, "s" if workers > 1 else "", settings.web_connections)
         notify("READY=1")
 
     options: dict[str, Any] = {
         "bind": [f"fd://{fd}" if fd is not None else f"{bind_host}:{settings.web_port}"],
         "workers": workers,
-        "worker_class": "gthread",
-        "threads": threads,
+        # Greenlets, not threads: a client that sends half a request (or half a TLS handshake) holds a few KiB,
+        # not one of a handful of threads (docs/security.md). The master monkey-patches first (sensorhub.webserver).
+        "worker_class": "gevent",
+        "worker_connections": settings.web_connections,
         # One app object, built before the fork: every worker signs CSRF tokens with the same key.
         "preload_app": True,
         "accesslog": "-",
@@ -175,9 +192,9 @@ def serve(settings: Settings, debug: bool = False, workers: int | None = None, f
     if settings.tls:
         check_tls_files(settings)
     _warn_about_setup(settings)
+    _without_server_header()
     app = create_app(settings)
-    count, threads = web_sizing(settings, workers)
-    _Gunicorn(app, gunicorn_options(settings, count, fd, threads)).run()
+    _Gunicorn(app, gunicorn_options(settings, web_sizing(settings, workers), fd)).run()
 
 
 def _serve_debug(settings: Settings) -> None:
