@@ -7,6 +7,8 @@ limit) start their own broker.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import socket
@@ -33,6 +35,7 @@ from sqlalchemy import Engine, func, select
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.credentials import CLIENT_USER, DEVICE_USER, client_id, client_password, client_secret_path
+from sensorhub.db import history
 from sensorhub.db.engine import init_db, make_engine
 from sensorhub.db.models import Device, LightReading
 from sensorhub.ingest.service import IngestClient
@@ -404,6 +407,45 @@ def test_failed_logins_are_throttled_per_address(stack: Stack, account: str) -> 
     finally:  # other tests log in from the same address
         with sqlite3.connect(Path(stack.settings.state_dir) / "web-logins.sqlite3") as throttle:
             throttle.execute("DELETE FROM failure")
+
+
+FORMULA = '=HYPERLINK("http://e.vl","x")'  # 29 characters: a name the rules accept
+
+
+def test_a_device_name_cannot_smuggle_a_formula_into_the_csv_exports(stack: Stack, device: RawDevice) -> None:
+    visitor = Browser(stack)
+    number = device_id(stack.engine, device.name)
+    assert visitor.post_json(f"/api/devices/{number}/name", {"name": FORMULA})[0] in (200, 202)
+    wait_for(lambda: queries_name(stack.engine, number) == FORMULA, 5, what="the rename recorded")
+    device.reading(Topic.PHOTORESISTOR_STATUS, 42, qos=1)
+    wait_for(lambda: light_values(stack.engine, device.name) == [42], 5, what="the reading stored")
+    span = {"from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+    query = urllib.parse.urlencode(span)
+    exports = {
+        "fleet": visitor.request("GET", f"/api/export.csv?{query}&device={number}")[2],
+        "device": visitor.request("GET", f"/api/devices/{number}/readings.csv?{query}&kind=light")[2],
+        "cli": run_cli(stack.settings, "export", "--from", span["from"], "--to", span["to"], "--device",
+                       str(number)).stdout,
+    }
+    for where, text in exports.items():
+        rows = list(csv.reader(io.StringIO(text)))
+        assert rows[0] == ["at", "device_id", "device_name", "kind", "value"], where
+        assert rows[1][1:] == [str(number), "'" + FORMULA, "light", "42"], (where, rows)
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("=1+1", "'=1+1"), ("+33 6", "'+33 6"), ("-2+3", "'-2+3"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"),
+    ("\rx", "'\rx"), ("a=b", "a=b"), ("salle B", "salle B"), ("x,y", "x,y"), ("'=quoted'", "'=quoted'")])
+def test_every_export_cell_a_spreadsheet_would_run_is_neutralised(name: str, shown: str) -> None:
+    row = ("2026-12-04 10:00:00.000000", 1, "light", 7)
+    text = "".join(history.csv_chunks(iter([row]), {1: name}))
+    assert list(csv.reader(io.StringIO(text, newline="")))[1] == [
+        "2026-12-04T10:00:00.000000+00:00", "1", shown, "light", "7"]
+
+
+def queries_name(engine: Engine, number: int) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(select(Device.name).where(Device.id == number)).scalar_one_or_none()
 
 
 def test_malformed_requests_get_clear_answers(stack: Stack) -> None:

@@ -221,7 +221,7 @@ CSV_CHUNK = 2000
 
 def csv_chunks(rows: Iterator[ExportRow], names: dict[int, str]) -> Iterator[str]:
     """CSV text (RFC 4180, CRLF, times in ISO 8601 UTC) of export rows, header first, CSV_CHUNK lines a chunk."""
-    quoted = {device_id: _csv_field(name) for device_id, name in names.items()}
+    quoted = {device_id: csv_field(name) for device_id, name in names.items()}
     yield CSV_HEADER
     chunk: list[str] = []
     for at, device_id, kind, value in rows:
@@ -233,7 +233,19 @@ def csv_chunks(rows: Iterator[ExportRow], names: dict[int, str]) -> Iterator[str
         yield "".join(chunk)
 
 
-def _csv_field(text: str) -> str:
+#: A cell starting with one of these is a formula to a spreadsheet (Excel, LibreOffice, Google Sheets).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_field(text: str) -> str:
+    """One text cell of every CSV export: neutralised if a spreadsheet would run it, then quoted as RFC 4180 wants.
+
+    A cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading single quote (OWASP, "CSV
+    injection"): a device named `=HYPERLINK(...)` shows as that text, never as a formula. Only the free-text
+    column (the device's name) goes through here; the numbers (ids, values 0 to 100) are never negative.
+    """
+    if text.startswith(FORMULA_STARTS):
+        text = "'" + text
     if any(c in text for c in ',"\r\n') or text != text.strip():
         return '"' + text.replace('"', '""') + '"'
     return text
