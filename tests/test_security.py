@@ -16,11 +16,13 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -404,9 +406,8 @@ def test_failed_logins_are_throttled_per_address(stack: Stack, account: str) -> 
         status, headers, page = visitor.login(account, PASSWORD)  # even the right one, until the minute is over
         assert status == 429 and int(headers["Retry-After"]) > 0 and "réessayez dans" in page
         assert "failed login" in stack.web.output()
-    finally:  # other tests log in from the same address
-        with sqlite3.connect(Path(stack.settings.state_dir) / "web-logins.sqlite3") as throttle:
-            throttle.execute("DELETE FROM failure")
+    finally:
+        forget_failed_logins(stack)
 
 
 FORMULA = '=HYPERLINK("http://e.vl","x")'  # 29 characters: a name the rules accept
@@ -446,6 +447,35 @@ def test_every_export_cell_a_spreadsheet_would_run_is_neutralised(name: str, sho
 def queries_name(engine: Engine, number: int) -> str | None:
     with engine.connect() as conn:
         return conn.execute(select(Device.name).where(Device.id == number)).scalar_one_or_none()
+
+
+def test_parallel_wrong_passwords_are_checked_five_times_at_most(stack: Stack, account: str) -> None:
+    # 40 visitors at once, through the 2 gunicorn worker processes of 4 threads: the count must not race.
+    visitors = [Browser(stack) for _ in range(40)]
+    for each in visitors:
+        each.page("/login")
+    before = stack.web.output().count(f"failed login for {account!r}")
+    start = threading.Barrier(len(visitors))
+
+    def attempt(each: Browser) -> int:
+        form = urllib.parse.urlencode({"csrf_token": each.token, "name": account, "password": "wrong password",
+                                       "next": "/capteurs"}).encode()
+        start.wait()
+        return each.request("POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"})[0]
+
+    try:
+        with ThreadPoolExecutor(len(visitors)) as pool:
+            statuses = sorted(pool.map(attempt, visitors))
+        checked = stack.web.output().count(f"failed login for {account!r}") - before
+        assert (statuses.count(401), statuses.count(429), checked) == (5, 35, 5), statuses
+    finally:
+        forget_failed_logins(stack)
+
+
+def forget_failed_logins(stack: Stack) -> None:
+    """Other tests log in from the same address."""
+    with sqlite3.connect(Path(stack.settings.state_dir) / "web-logins.sqlite3") as throttle:
+        throttle.execute("DELETE FROM failure")
 
 
 def test_malformed_requests_get_clear_answers(stack: Stack) -> None:

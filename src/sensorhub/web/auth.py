@@ -139,8 +139,9 @@ def login_post() -> Response | tuple[str, int]:
     target = _safe_next(request.form.get("next"))
     throttle = _throttle()
     address = request.remote_addr or "?"
-    waited = throttle.blocked_for(address)
-    if waited:
+    attempt = throttle.attempt(address)  # counted before the password is checked: parallel attempts cannot race
+    if attempt is None:
+        waited = throttle.blocked_for(address)
         logger.warning("login refused for %s: too many failed attempts", address)
         page = render_template("login.html", page="login", next=target,
                                error=f"Trop d'essais : réessayez dans {int(waited) + 1} s.")
@@ -152,10 +153,10 @@ def login_post() -> Response | tuple[str, int]:
     with web_state().database.connect() as conn:
         stamp = accounts.verify(conn, name, password) if name and password else None
     if stamp is None:
-        throttle.failed(address)
         logger.warning("failed login for %r from %s", name, address)
         return render_template("login.html", page="login", next=target,
                                error="Nom ou mot de passe incorrect."), 401
+    throttle.succeeded(attempt)
     session.clear()  # a fresh session: no fixation
     session.permanent = True
     session["user"] = name
@@ -175,7 +176,12 @@ def logout() -> Response:
 
 
 class LoginThrottle:
-    """Failed logins per client address, shared by every web server process through a small SQLite file.
+    """Login attempts per client address, shared by every web server process through a small SQLite file.
+
+    An attempt takes its place in the count before its password is checked, in one write transaction that
+    SQLite serialises across processes (BEGIN IMMEDIATE: the gunicorn workers wait for each other there), so 40
+    parallel attempts get exactly THROTTLE_LIMIT checks, not as many as slipped in between a count and an insert.
+    A right password gives its place back: only failures, and attempts still being checked, count.
 
     It is the web server's own file in the state directory: the sensorhub database stays written by the
     ingest client only.
@@ -185,28 +191,45 @@ class LoginThrottle:
         self.path = path
         self.limit = limit
         self.window = window
-        with closing(self._connect()) as conn, conn:
+        with closing(self._connect()) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS failure (address TEXT NOT NULL, at REAL NOT NULL)")
             conn.execute("CREATE INDEX IF NOT EXISTS failure_address ON failure (address, at)")
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=5)
+        # Autocommit mode: each method opens its own transaction explicitly.
+        return sqlite3.connect(self.path, timeout=10, isolation_level=None)
+
+    def attempt(self, address: str) -> int | None:
+        """Count an attempt from `address` if fewer than `limit` are counted in the window: its id, else None."""
+        now = time.time()
+        with closing(self._connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM failure WHERE at < ?", (now - self.window,))
+                cursor = conn.execute(
+                    "INSERT INTO failure (address, at) SELECT ?, ? "
+                    "WHERE (SELECT count(*) FROM failure WHERE address = ? AND at >= ?) < ?",
+                    (address, now, address, now - self.window, self.limit))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    def succeeded(self, attempt: int) -> None:
+        """A right password: the attempt no longer counts."""
+        with closing(self._connect()) as conn:
+            conn.execute("DELETE FROM failure WHERE rowid = ?", (attempt,))
 
     def blocked_for(self, address: str) -> float:
         """Seconds until `address` may try again (0: now)."""
         now = time.time()
-        with closing(self._connect()) as conn, conn:
-            conn.execute("DELETE FROM failure WHERE at < ?", (now - self.window,))
-            rows = conn.execute("SELECT at FROM failure WHERE address = ? ORDER BY at DESC LIMIT ?",
-                                (address, self.limit)).fetchall()
+        with closing(self._connect()) as conn:
+            rows = conn.execute("SELECT at FROM failure WHERE address = ? AND at >= ? ORDER BY at DESC LIMIT ?",
+                                (address, now - self.window, self.limit)).fetchall()
         if len(rows) < self.limit:
             return 0.0
         return max(0.0, float(rows[-1][0]) + self.window - now)
-
-    def failed(self, address: str) -> None:
-        """Count one failed attempt."""
-        with closing(self._connect()) as conn, conn:
-            conn.execute("INSERT INTO failure (address, at) VALUES (?, ?)", (address, time.time()))
 
 
 def _throttle() -> LoginThrottle:
