@@ -129,6 +129,21 @@ def test_without_the_dynamic_security_plugin_the_device_port_falls_back_to_the_a
     assert "plugin" not in device.replace("# No dynamic security plugin", "")
 
 
+def test_the_broker_log_is_its_owners_only_even_when_it_existed(settings: Settings) -> None:
+    """It shows every client id, the ingest client's too (docs/security.md)."""
+    log = Path(settings.broker_log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("an older log\n")
+    os.chmod(log, 0o644)
+    broker = Broker(settings)
+    broker.start()
+    try:
+        assert log.stat().st_mode & 0o777 == 0o600
+    finally:
+        broker.stop()
+    assert log.read_text().startswith("an older log\n")
+
+
 def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings: Settings) -> None:
     received: list[bytes] = []
     ws = connect(settings.mqtt_ws_port, transport="websockets")

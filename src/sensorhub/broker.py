@@ -128,10 +128,12 @@ def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | N
 
 
 def _prepare_log_file(log_file: Path) -> None:
-    """Create the log file and, as root, hand it to the user mosquitto drops to before opening it."""
+    """Create the log file, readable by its owner only (it shows every client id, the ingest client's too), also
+    when it already exists; as root, hand it to the user mosquitto drops to before opening it."""
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        log_file.touch(exist_ok=True)
+        log_file.touch(mode=0o600, exist_ok=True)
+        os.chmod(log_file, 0o600)
         account = mosquitto_account()
         if account is not None:
             os.chown(log_file, account.pw_uid, account.pw_gid)
