@@ -245,6 +245,24 @@ def test_a_device_lost_by_one_worker_is_brought_back_by_the_worker_that_hears_it
         second.writer.close()
 
 
+@both_databases
+def test_a_join_taken_after_the_later_leave_by_another_worker_changes_nothing(engine: Engine) -> None:
+    """Found by the model above: the leave moved last_seen on, and the worker taking the older join afterwards
+    stamped it after that (as the only worker does, for whom processing order is event order): online."""
+    first, second = Worker(engine), Worker(engine)
+    try:
+        first.inbox.append(Inbound(MacJoin(MACS[1]), T0))
+        [(_mac, name, session)] = first.take(1)
+        second.inbox.append(Inbound(SessionRef(name, session), T0 + 10))
+        first.inbox.append(Inbound(Leave(name, session), T0 + 20))
+        first.take(1)
+        second.take(1)
+        assert devices(engine)[MACS[1]] == (False, session)
+    finally:
+        first.writer.close()
+        second.writer.close()
+
+
 # -- end to end: real workers, a real broker, 200 boards ----------------------------------------------------------
 
 

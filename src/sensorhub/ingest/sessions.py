@@ -352,17 +352,17 @@ class Sessions:
             case SessionRef(name, session):
                 device = self._current(out, name, session, "join")
                 if device is not None:
-                    self._seen(out, device, at)
+                    stamp = self._seen(out, device, at)
                     if not device.online or not self.exact:
-                        out.changes.append(Presence(device.id, True, device.last_seen_us, session, Cause.JOIN))
+                        out.changes.append(Presence(device.id, True, stamp, session, Cause.JOIN))
                     device.online = True
                     device.lost = False
             case Leave(name, session):
                 device = self._current(out, name, session, "leave")
                 if device is not None:
-                    self._seen(out, device, at)
+                    stamp = self._seen(out, device, at)
                     if device.online or device.lost or not self.exact:
-                        out.changes.append(Presence(device.id, False, device.last_seen_us, session, Cause.LEAVE))
+                        out.changes.append(Presence(device.id, False, stamp, session, Cause.LEAVE))
                     device.online = False
                     device.lost = False
             case LedRequest(device_id, session, on):
@@ -396,12 +396,18 @@ class Sessions:
             return None
         return device
 
-    def _seen(self, out: Decisions, device: Device, at: int) -> None:
-        """Count a join or a leave at `at`: stamped after whatever this device did before, and after the presence
-        decision it follows (a sweep stamps its own time, which a clock stepped back may not have reached)."""
-        floor = max(device.last_seen_us, device.presence_us)
-        device.last_seen_us = device.presence_us = at if at > floor else floor + 1
+    def _seen(self, out: Decisions, device: Device, at: int) -> int:
+        """Count a join, a leave or a MAC join at `at` (last_seen only moves forward); the time its presence
+        decision is stamped with. The only worker stamps it after whatever the device did before and after the
+        presence decision it follows (a sweep stamps its own time, which a clock stepped back may not have
+        reached): its order of processing is the order of events. With several workers it is not: the message's
+        own time is its stamp, so that a message older than another worker's decision stays older."""
+        floor = max(device.last_seen_us, device.presence_us) if self.exact else device.last_seen_us
+        device.last_seen_us = at if at > floor else floor + 1
         out.seen[device.id] = device
+        stamp = device.last_seen_us if self.exact else at
+        device.presence_us = max(device.presence_us, stamp)
+        return stamp
 
     def _back(self, out: Decisions, device: Device) -> None:
         """A device marked offline while the broker was out of reach is heard from in its session."""
@@ -438,8 +444,8 @@ class Sessions:
             device.session_id = session
             device.online = False
             device.lost = False
-            self._seen(out, device, at)
-            out.changes.append(NewSession(device.id, session, device.session_name, device.last_seen_us))
+            stamp = self._seen(out, device, at)
+            out.changes.append(NewSession(device.id, session, device.session_name, stamp))
         out.publishes.append((Topic.NAME_ASSIGN, format_name_assign(mac, device.session_name, session),
                               QOS[Topic.NAME_ASSIGN]))
 
