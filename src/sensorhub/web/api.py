@@ -150,12 +150,11 @@ def index() -> Response:
 
 @bp.get("/devices")
 def devices() -> Response:
-    """Every device (or `?online=1|0`, `?q=` on name or MAC) with its latest values, most recently seen first.
-
-    Once accounts exist, `?q=` matches names only for visitors who are not logged in: a MAC they cannot see
-    must not be guessable prefix by prefix either."""
+    """Every device (or `?online=1|0`, `?q=` on name or MAC) with its latest values, most recently seen first."""
     online = _online_flag()
     query = request.args.get("q", "").strip()[:64]
+    # Once accounts exist, `?q=` matches names only for visitors who are not logged in: a MAC they cannot see
+    # must not come back prefix by prefix either (docs/security.md).
     private = visitor().sees_private
     with web_state().database.connect() as conn:
         rows = queries.device_records(conn, online=online, query=query, by_mac=private)
