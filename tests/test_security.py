@@ -398,6 +398,37 @@ def test_with_an_account_anonymous_visitors_can_look_but_not_command(stack: Stac
     assert device.commands == []
 
 
+def found_by(visitor: Browser, query: str, number: int) -> tuple[bool, bool]:
+    """Whether `?q=query` finds device `number` on /api/devices and on /historique."""
+    listed = visitor.json(f"/api/devices?q={urllib.parse.quote(query)}")
+    page = visitor.page(f"/historique?q={urllib.parse.quote(query)}")
+    return any(d["id"] == number for d in listed), f'id="appareil-{number}"' in page
+
+
+def test_with_an_account_anonymous_visitors_cannot_search_by_mac_nor_see_session_times(
+        stack: Stack, device: RawDevice, account: str) -> None:
+    """A MAC hidden from a visitor was still found back prefix by prefix through `?q=`; the session times on
+    /appareil/<id> were the session ids (issue 23)."""
+    number = device_id(stack.engine, device.name)
+    prefix = device.mac[:14]  # e.g. 02:5E:C0:00:00, one hex digit short of the whole MAC
+    with stack.engine.connect() as conn:
+        [current] = [s for s in history.sessions(conn, number) if s.session_id == device.session]
+    started = f'<time datetime="{current.started_at.isoformat(timespec="microseconds")}'
+    anonymous = Browser(stack)
+    assert found_by(anonymous, device.name, number) == (True, True)  # names are still searched
+    assert found_by(anonymous, prefix, number) == (False, False)
+    assert found_by(anonymous, device.mac.lower(), number) == (False, False)
+    page = anonymous.page(f"/appareil/{number}")
+    sessions = page[page.index('id="sessions-titre"'):]  # "Arrivé le" above is the device's, not a session's
+    assert "Nommé le" not in sessions and started not in sessions and "data-sessions-hidden" in sessions
+    assert device.session not in page and device.mac not in page
+    logged_in = Browser(stack)
+    assert logged_in.login(account, PASSWORD)[0] == 302
+    assert found_by(logged_in, prefix, number) == (True, True)
+    sessions = logged_in.page(f"/appareil/{number}").split('id="sessions-titre"')[1]
+    assert "Nommé le" in sessions and started in sessions and f"session {device.session}" in sessions
+
+
 def test_failed_logins_are_throttled_per_address(stack: Stack, account: str) -> None:
     visitor = Browser(stack)
     try:

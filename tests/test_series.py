@@ -251,7 +251,8 @@ def test_anonymous_visitors_see_the_device_page_without_private_fields(client: F
     accounts.add(engine, "alice", "correct horse battery")
     html = client.get(f"/appareil/{fleet['one']}").get_data(as_text=True)
     assert "salle, 1" in html and "02:00:00:00:00:01" not in html and "1764380000.000001" not in html
-    assert "en cours" in html
+    # nor the times of its sessions (issue 23: a session id used to be the time it started)
+    assert "Nommé le" not in html and "2026-11-29T01:00:00" not in html and "data-sessions-hidden" in html
 
 
 def test_accueil_shows_the_database_size_and_oldest_reading(client: FlaskClient, fleet: dict[str, Any]) -> None:

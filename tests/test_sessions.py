@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
@@ -29,6 +32,8 @@ from sensorhub.ingest.sessions import (
     wire,
 )
 from sensorhub.protocol import (
+    MAX_SESSION,
+    SESSION_RULE,
     Kind,
     Leave,
     MacJoin,
@@ -55,6 +60,12 @@ def assigned(decisions: Decisions) -> list[tuple[str, str, str]]:
             assign = parse_name_assign(payload)
             found.append((assign.mac, assign.name, assign.session))
     return found
+
+
+def counting_sessions() -> Callable[[str | None], str]:
+    """A repeatable source of session ids for an engine: s1, s2, s3..."""
+    numbers = itertools.count(1)
+    return lambda _previous: f"s{next(numbers)}"
 
 
 class Harness:
@@ -142,22 +153,39 @@ class Harness:
 def test_a_new_mac_gets_a_name_and_a_session_and_is_online_once_it_joins_in_it() -> None:
     h = Harness()
     decisions = h.send(MacJoin(MACS[0]), qos=2)
-    assert assigned(decisions) == [(MACS[0], "capteur01", "1743946777.604371")]
+    [(mac, name, session)] = assigned(decisions)
+    assert (mac, name) == (MACS[0], "capteur01") and h.table[1]["session_id"] == session
     assert decisions.acks == [(1, 2)]
     assert decisions.notes == [f"new device {MACS[0]}: capteur01"]
     assert h.table[1]["online"] is False
-    decisions = h.send(SessionRef("capteur01", "1743946777.604371"))
+    decisions = h.send(SessionRef("capteur01", session))
     assert decisions.changes == [Presence(1, True)] and h.table[1]["online"] is True
-    decisions = h.send(Reading(Kind.LIGHT, "capteur01", "1743946777.604371", 58))
+    decisions = h.send(Reading(Kind.LIGHT, "capteur01", session, 58))
     assert decisions.readings[Kind.LIGHT] == [(1, format_micros(h.now), 58)] and decisions.stored == 1
     assert h.table[1]["last_seen"] == format_micros(h.now)
+
+
+def test_a_session_id_is_not_the_time_of_its_join() -> None:
+    """The session ids used to be the join's time in µs, which /appareil/<id> showed to anyone (issue 23): now
+    random, at most 17 characters, valid for SESSION_RULE, and none the same as an earlier one."""
+    h = Harness()
+    handed_out: list[str] = []
+    for _ in range(50):
+        decisions = h.send(MacJoin(MACS[0]))
+        joined = h.now / 1e6
+        [(_, _, session)] = assigned(decisions)
+        assert len(session) <= MAX_SESSION and SESSION_RULE.problem(session) is None
+        assert session not in handed_out
+        handed_out.append(session)
+        if re.fullmatch(r"\d+(\.\d*)?", session):  # a number: not the time of the join, to within a second
+            assert abs(float(session) - joined) > 1, f"{session} is the time of its join"
 
 
 def test_a_known_mac_keeps_its_name_and_gets_a_new_session_offline() -> None:
     h = Harness()
     name, session = h.join(MACS[0])
     [(_, again, new_session)] = assigned(h.send(MacJoin(MACS[0])))
-    assert again == name and new_session > session
+    assert again == name and new_session != session
     assert h.table[1]["online"] is False and h.table[1]["session_id"] == new_session
     assert len(h.table) == 1
 
@@ -245,7 +273,7 @@ def test_concurrent_joins_of_one_mac_leave_only_the_last_session_current() -> No
     h = Harness()
     decisions = h.send(MacJoin(MACS[0]), MacJoin(MACS[0]), qos=2)
     (_, name, first), (_, same, second) = assigned(decisions)
-    assert same == name and second > first and len(h.table) == 1
+    assert same == name and second != first and len(h.table) == 1
     assert h.send(SessionRef(name, first)).drops[0][0] == "out-of-band"
     assert h.send(SessionRef(name, second)).changes == [Presence(1, True)]
 
@@ -349,8 +377,9 @@ def check_invariants(h: Harness) -> None:
     assert len(engine.by_mac) == len(engine.by_id) == len(engine.by_name) == len(engine.by_session_name)
 
 
-def check_one(before: Sessions, message: Message, decisions: Decisions, after: Sessions, qos: int) -> None:
-    """What one message must have decided, given the state before it."""
+def check_one(before: Sessions, message: Message, decisions: Decisions, after: Sessions, qos: int,
+              handed_out: frozenset[str] = frozenset()) -> None:
+    """What one message must have decided, given the state before it and the session ids `handed_out` so far."""
     assert decisions.acks == ([(1, qos)] if qos else [])
     drops = [reason for reason, _ in decisions.drops]
     match message:
@@ -370,7 +399,8 @@ def check_one(before: Sessions, message: Message, decisions: Decisions, after: S
             if previous is None:
                 assert device.id == before.next_id and device.id not in before.by_id
             else:
-                assert int(session.replace(".", "")) > int(previous.session_id.replace(".", ""))
+                assert session != previous.session_id
+            assert session not in handed_out  # a new session id is none of the earlier ones
         case SessionRef(name, session) | Leave(name, session):
             current = before.by_session_name.get(name)
             if current is not None and current.session_id == session:
@@ -405,7 +435,8 @@ def test_any_history_keeps_the_rules(data: st.DataObject) -> None:
         before = copy.deepcopy(h.engine)
         decisions = h.engine.apply([Inbound(message, h.now, 1 if qos else 0, qos)])
         h.write(decisions)
-        check_one(before, message, decisions, h.engine, qos)
+        check_one(before, message, decisions, h.engine, qos,
+                  frozenset(session for _, session in world.refs()))
         for mac, name, session in assigned(decisions):
             world.sessions.setdefault(mac, []).append((name, session))
         check_invariants(h)
@@ -416,7 +447,9 @@ def test_any_history_keeps_the_rules(data: st.DataObject) -> None:
 def test_a_batch_decides_what_its_messages_decide_one_by_one(data: st.DataObject) -> None:
     """The writer retries a failed batch one message at a time: that must not change any decision."""
     world = World()
-    whole, single = Harness(), Harness()
+    # Session ids are random: each engine draws the same repeatable ones, so that their decisions compare.
+    whole, single = (Harness(Sessions(presence_timeout_us=15_000_000, new_session=counting_sessions()))
+                     for _ in range(2))
     for _ in range(data.draw(st.integers(1, 6))):
         batch = []
         for number in range(data.draw(st.integers(1, 8))):

@@ -100,7 +100,7 @@ class ScriptedServer:
             join = parse_join(seen.payload)
             if isinstance(join, MacJoin):
                 name = self.names.setdefault(join.mac, f"capteur{len(self.names) + 1:02d}")
-                self._session = new_session_id(self._session, time.time())
+                self._session = new_session_id(self._session)
                 self._publish("state/nameAssign", format_name_assign(join.mac, name, self._session), 2)
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> mqtt.MQTTMessageInfo:

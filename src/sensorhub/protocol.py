@@ -6,6 +6,8 @@ The sizes of the payloads derive from those of their fields, whose rules are in 
 from __future__ import annotations
 
 import re
+import secrets
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -340,15 +342,18 @@ def format_led_command(name: str, session: str, on: bool) -> bytes:
     return f"{name};{session};{1 if on else 0}".encode("ascii")
 
 
-def new_session_id(previous: str | None, now: float) -> str:
-    """A session id in the specification's form (`1743946777.603371`), later than `previous`.
+#: The characters of a session id the server hands out: letters and digits, in SESSION_RULE and easy on a firmware.
+SESSION_ALPHABET: Final = string.ascii_letters + string.digits
 
-    Microseconds since the epoch: 17 characters until the year 2286. Never equal to the previous id,
-    even if the clock stands still or goes back (a Raspberry Pi without RTC before NTP).
+
+def new_session_id(previous: str | None = None) -> str:
+    """A new session id: MAX_SESSION (17) random letters and digits from `secrets`, never equal to `previous`.
+
+    About 101 bits of chance: nothing a visitor sees (not the time the device was named, which the specification's
+    example `1743946777.603371` is, and which /appareil/<id> shows) tells it. A session id is only ever compared
+    for equality, so it need not grow.
     """
-    micros = int(now * 1_000_000)
-    if previous:
-        seconds, _, fraction = previous.partition(".")
-        if seconds.isdigit() and fraction.isdigit() and len(fraction) == 6:
-            micros = max(micros, int(seconds) * 1_000_000 + int(fraction) + 1)
-    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+    while True:
+        session = "".join(secrets.choice(SESSION_ALPHABET) for _ in range(MAX_SESSION))
+        if session != previous:
+            return session

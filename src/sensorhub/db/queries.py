@@ -138,20 +138,24 @@ def _row(row: Any) -> DeviceRow:
     )
 
 
-def _matches(query: str) -> ColumnElement[bool]:
-    return or_(Device.name.icontains(query, autoescape=True), Device.mac.icontains(query, autoescape=True))
+def _matches(query: str, by_mac: bool) -> ColumnElement[bool]:
+    """Devices whose name (and, with `by_mac`, whose MAC address) contains `query`, ignoring case."""
+    by_name = Device.name.icontains(query, autoescape=True)
+    return or_(by_name, Device.mac.icontains(query, autoescape=True)) if by_mac else by_name
 
 
 _NEWEST_FIRST = (Device.last_seen.desc(), Device.id.desc())
 
 
-def list_devices(conn: Connection, *, online: bool | None = None, query: str = "") -> list[DeviceRow]:
-    """Devices, most recently seen first, with their latest values; optionally only (not) online ones."""
+def list_devices(conn: Connection, *, online: bool | None = None, query: str = "",
+                 by_mac: bool = True) -> list[DeviceRow]:
+    """Devices, most recently seen first, with their latest values; optionally only (not) online ones, only those
+    whose name (or, with `by_mac`, MAC address) contains `query`."""
     stmt = _device_select().order_by(*_NEWEST_FIRST)
     if online is not None:
         stmt = stmt.where(Device.online == online)
     if query:
-        stmt = stmt.where(_matches(query))
+        stmt = stmt.where(_matches(query, by_mac))
     return [_row(row) for row in conn.execute(stmt)]
 
 
@@ -160,7 +164,7 @@ def _as_stored(column: Any, label: str) -> Any:
     return type_coerce(column, String()).label(label)
 
 
-def device_records(conn: Connection, *, online: bool | None = None, query: str = "",
+def device_records(conn: Connection, *, online: bool | None = None, query: str = "", by_mac: bool = True,
                    latest: bool = True) -> Sequence[Row[Any]]:
     """What `list_devices` finds, as plain rows for a large list: the same columns and order, but `joined_at`
     and `last_seen` as their stored UTC text; without `latest`, no led/button/light columns (no reading is read)."""
@@ -174,7 +178,7 @@ def device_records(conn: Connection, *, online: bool | None = None, query: str =
     if online is not None:
         stmt = stmt.where(Device.online == online)
     if query:
-        stmt = stmt.where(_matches(query))
+        stmt = stmt.where(_matches(query, by_mac))
     return conn.execute(stmt).all()  # one fetchall, not a fetch per row
 
 
@@ -237,7 +241,7 @@ def with_histories(conn: Connection, devices: Sequence[DeviceRow], limit: int = 
 
 
 def history_page(
-    conn: Connection, *, before: Cursor | None = None, query: str = "", size: int = PAGE_SIZE
+    conn: Connection, *, before: Cursor | None = None, query: str = "", by_mac: bool = True, size: int = PAGE_SIZE
 ) -> Page:
     """A page of devices in (last_seen DESC, id DESC) order after `before`, with their histories."""
     stmt = _device_select().order_by(*_NEWEST_FIRST).limit(size + 1)
@@ -246,7 +250,7 @@ def history_page(
         after = tuple_(type_coerce(before.last_seen, Device.last_seen.type), before.id)
         stmt = stmt.where(tuple_(Device.last_seen, Device.id) < after)
     if query:
-        stmt = stmt.where(_matches(query))
+        stmt = stmt.where(_matches(query, by_mac))
     rows = [_row(row) for row in conn.execute(stmt)]
     more = len(rows) > size
     rows = rows[:size]

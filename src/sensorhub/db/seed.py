@@ -34,7 +34,7 @@ def seed(engine: Engine, devices: int = 4, hours: int = 24, rng: random.Random |
             last = now - timedelta(minutes=rng.randint(1, 30))
             device = Device(
                 name=name, session_name=name, mac=mac, online=False,
-                session_id=new_session_id(None, last.timestamp()), joined_at=joined, last_seen=last,
+                session_id=new_session_id(), joined_at=joined, last_seen=last,
             )
             session.add(device)
             session.flush()

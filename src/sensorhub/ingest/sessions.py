@@ -4,7 +4,7 @@
 insert or update, messages to publish, acknowledgements to send once committed, and what was discarded
 and why. It keeps the current sessions in memory (a copy of the device table, which stays the authority:
 the writer rebuilds the engine from it whenever a batch fails) and reads no clock: every message carries
-its time of arrival.
+its time of arrival. Its one source of chance is the session ids it hands out (protocol.new_session_id).
 
 Presence is the database's to decide, not the engine's: with several workers, the join of a board may reach one
 worker and its leave another, so an engine's `online` is only what it last saw. The engine says what a message
@@ -15,7 +15,7 @@ says which); `Decisions.presence` then holds what the database took.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -235,8 +235,10 @@ class Sessions:
     """The devices and their current sessions; `apply` is the only way they change."""
 
     def __init__(self, devices: Iterable[Device] = (), next_id: int = 1, presence_timeout_us: int = 15_000_000,
-                 *, exact: bool = True) -> None:
+                 *, exact: bool = True, new_session: Callable[[str | None], str] = new_session_id) -> None:
         self.presence_timeout_us = presence_timeout_us
+        #: Where session ids come from: random ones (protocol.new_session_id); a test may make them repeatable.
+        self.new_session = new_session
         #: The only worker on its database: what the engine holds is what the database holds, so a join of a
         #: device already online here, or a leave of one offline here, changes nothing and is not written.
         #: With several workers (False), every join and leave in a current session goes to the database.
@@ -430,13 +432,13 @@ class Sessions:
             device_id = self.next_id
             self.next_id += 1
             name = self._default_name(device_id)
-            session = new_session_id(None, at / 1e6)
+            session = self.new_session(None)
             device = Device(device_id, name, name, mac, session, False, at, at, presence_us=at)
             self._index(device)
             out.changes.append(NewDevice(device_id, name, mac, session, at))
             out.notes.append(f"new device {mac}: {name}")
         else:
-            session = new_session_id(device.session_id, at / 1e6)
+            session = self.new_session(device.session_id)
             if device.session_name != device.name:  # a rename takes effect with the new session
                 del self.by_session_name[device.session_name]
                 device.session_name = device.name

@@ -13,6 +13,7 @@ from sensorhub.db import history, queries
 from sensorhub.errors import DatabaseError
 from sensorhub.protocol import MAX_NAME, QOS, Kind, Topic, browser_data
 from sensorhub.web import vendor
+from sensorhub.web.auth import visitor
 from sensorhub.web.conditional import conditional
 from sensorhub.web.state import web_state
 
@@ -103,7 +104,7 @@ def historique() -> str:
         except ValueError:
             abort(400)
     with web_state().database.connect() as conn:
-        page = queries.history_page(conn, before=before, query=query)
+        page = queries.history_page(conn, before=before, query=query, by_mac=visitor().sees_private)
     return render_template(
         "historique.html", page="historique", result=page, query=query, first_page=before is None,
         max_name=MAX_NAME,
