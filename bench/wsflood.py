@@ -185,7 +185,8 @@ def run_variant(global_extra: str, listener_extra: str, mib: int, unfinished: in
         log = Path(directory) / "mosquitto.log"
         tcp, ws = free_port(), free_port()
         conf = Path(directory) / "mosquitto.conf"
-        conf.write_text(GLOBAL.format(user="user root\n" if os.geteuid() == 0 else "", log=log, tcp=tcp, ws=ws, global_extra=global_extra,
+        user = "user root\n" if os.geteuid() == 0 else ""  # the temporary directory is ours only
+        conf.write_text(GLOBAL.format(user=user, log=log, tcp=tcp, ws=ws, global_extra=global_extra,
                                       listener_extra=listener_extra))
         process = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stderr=subprocess.DEVNULL)
         try:
