@@ -126,7 +126,21 @@ def test_without_the_dynamic_security_plugin_the_device_port_falls_back_to_the_a
     text = render_config(Settings(), tmp_path / "b.log", passwd=passwd, plugin=None)
     device = text.split("\nlistener ")[1]
     assert f"password_file {passwd}" in device and f"acl_file {BASE_CONFIG.parent / 'acl.devices'}" in device
-    assert "plugin" not in device.replace("# No dynamic security plugin", "")
+    assert not [line for line in device.splitlines() if line.startswith("plugin")]
+
+
+def test_every_listener_loads_the_plugin_reserving_the_ingest_client_s_ids(tmp_path: Path) -> None:
+    built = tmp_path / "sensorhub_reserve.so"
+    text = render_config(Settings().replace(tls_cert="c.pem", tls_key="k.pem"), tmp_path / "b.log",
+                         passwd=tmp_path / "passwd", tls=(tmp_path / "c.pem", tmp_path / "k.pem"),
+                         plugin=tmp_path / dynsec.PLUGIN, reserved_ids=built)
+    listeners = text.split("\nlistener ")[1:]
+    assert len(listeners) == 4  # TCP, TLS, WebSockets, secure WebSockets
+    for listener in listeners:
+        assert f"plugin {built}\nplugin_opt_reserve1 sensorhub-ingest- sensorhub\n" in listener
+    # Without it (no C compiler), the lines are left out rather than make the broker fail to start.
+    without = render_config(Settings(), tmp_path / "b.log", plugin=None)
+    assert not [line for line in without.splitlines() if "reserve" in line and not line.startswith("#")]
 
 
 def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings: Settings) -> None:
@@ -242,6 +256,16 @@ def test_busy_port_names_the_port_and_the_setting(settings: Settings) -> None:
         squatter.listen()
         with pytest.raises(PortError, match=f"port {settings.mqtt_ws_port} .*SENSORHUB_MQTT_WS_PORT"):
             Broker(settings).start()
+
+
+def test_the_broker_log_is_its_owners_only_even_when_it_existed(settings: Settings) -> None:
+    # It shows every client id, the ingest client's too (docs/security.md).
+    log = Path(settings.broker_log)
+    log.write_text("an older log\n")
+    os.chmod(log, 0o644)
+    with Broker(settings):
+        assert log.stat().st_mode & 0o777 == 0o600
+    assert log.read_text().startswith("an older log\n")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root makes mosquitto drop privileges")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, NoReturn
 
-from sensorhub import dynsec
+from sensorhub import dynsec, reserve
 from sensorhub.config import Settings
 from sensorhub.credentials import (
     BROKER_DIR,
@@ -60,12 +60,14 @@ def speaks_notify(program: str) -> bool:
 
 def render_config(settings: Settings, log_file: Path, base: str | None = None, *,
                   passwd: Path | None = None, tls: tuple[Path, Path] | None = None,
-                  plugin: Path | None = None) -> str:
+                  plugin: Path | None = None, reserved_ids: Path | None = None) -> str:
     """The base configuration with ports, paths, connection limit and access rules taken from `settings`.
 
     Paths become absolute (the generated copy runs from any directory). The device listeners load the dynamic
     security `plugin` found on this machine; without one (None), they fall back to the password file and
-    mqtt/acl.devices, which cannot keep other clients out of the workers' share group. With a device password,
+    mqtt/acl.devices, which cannot keep other clients out of the workers' share group. Every listener loads
+    sensorhub's plugin reserving the ingest client's ids (`reserved_ids`, compiled by `reserve.build`; its lines are
+    left out when it could not be built). With a device password,
     the device listeners refuse anonymous clients; with TLS, every listener gets a twin on its TLS port with
     the same rules.
     """
@@ -73,10 +75,14 @@ def render_config(settings: Settings, log_file: Path, base: str | None = None, *
     preamble, blocks = _listener_blocks(text.splitlines())
     ports = {_DEFAULTS.mqtt_port: settings.mqtt_port, _DEFAULTS.mqtt_ws_port: settings.mqtt_ws_port}
     tls_ports = {_DEFAULTS.mqtt_port: settings.mqtt_tls_port, _DEFAULTS.mqtt_ws_port: settings.mqtt_wss_port}
-    out = [rendered for line in preamble for rendered in _render_line(line, settings, log_file, passwd, plugin)]
+    out = [rendered for line in preamble
+           for rendered in _render_line(line, settings, log_file, passwd, plugin, reserved_ids)]
     for port, block in blocks:
-        body = [rendered for line in block[1:] for rendered in _render_line(line, settings, log_file, passwd, plugin)]
-        if settings.device_password and any(line.startswith(("password_file", "plugin ")) for line in body):
+        body = [rendered for line in block[1:]
+                for rendered in _render_line(line, settings, log_file, passwd, plugin, reserved_ids)]
+        if settings.device_password and any(line.startswith("password_file") or
+                                            (line.startswith("plugin ") and line.endswith(dynsec.PLUGIN))
+                                            for line in body):
             body = ["allow_anonymous false" if line == "allow_anonymous true" else line for line in body]
         out += [f"listener {ports.get(port, port)}", *body]
         if tls is not None:
@@ -103,7 +109,7 @@ def _listener_blocks(lines: list[str]) -> tuple[list[str], list[tuple[int, list[
 
 
 def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | None,
-                 plugin: Path | None) -> list[str]:
+                 plugin: Path | None, reserved_ids: Path | None) -> list[str]:
     if re.fullmatch(r"max_connections\s+-?\d+", line):
         return [f"max_connections {settings.broker_max_connections}"]
     if re.fullmatch(r"log_dest\s+file\s+.*", line):
@@ -114,6 +120,10 @@ def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | N
         return [f"password_file {passwd}"]
     if line.startswith("persistence_location") and passwd is not None:
         return [f"persistence_location {passwd.parent}/"]
+    if re.fullmatch(rf"plugin\s+\S*{re.escape(reserve.NAME)}", line):
+        return [f"plugin {reserved_ids}"] if reserved_ids is not None else []
+    if line.startswith("plugin_opt_reserve"):
+        return [line] if reserved_ids is not None else []
     if re.fullmatch(rf"plugin\s+{re.escape(dynsec.PLUGIN)}", line):
         if plugin is not None:
             return [f"plugin {plugin}"]
@@ -128,10 +138,12 @@ def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | N
 
 
 def _prepare_log_file(log_file: Path) -> None:
-    """Create the log file and, as root, hand it to the user mosquitto drops to before opening it."""
+    """Create the log file, readable by its owner only (it shows every client id, the ingest client's too), also
+    when it exists already, and, as root, hand it to the user mosquitto drops to before opening it."""
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        log_file.touch(exist_ok=True)
+        log_file.touch(mode=0o600, exist_ok=True)
+        os.chmod(log_file, 0o600)
         account = mosquitto_account()
         if account is not None:
             os.chown(log_file, account.pw_uid, account.pw_gid)
@@ -199,6 +211,7 @@ class Broker:
             logger.warning("Mosquitto's dynamic security plugin (%s) is not installed: the device port falls back "
                            "to %s, which cannot keep other clients out of the ingest workers' share group "
                            "(docs/security.md)", dynsec.PLUGIN, DEVICE_ACL.relative_to(PROJECT_ROOT))
+        reserved_ids = reserve.build(passwd.parent)
         tls = _copy_tls_files(self.settings, passwd.parent) if self.settings.tls else None
         user_line = _user_line([log_file, passwd, BASE_CONFIG])
         as_specified = (
@@ -211,6 +224,7 @@ class Broker:
             and tls is None
             and user_line is None
             and plugin is not None and dynsec.found_by_name(plugin)
+            and reserved_ids is not None
         )
         if as_specified:
             return BASE_CONFIG, PROJECT_ROOT
@@ -220,7 +234,7 @@ class Broker:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="sensorhub-broker-")
             path = Path(self._tmpdir.name) / "mosquitto.conf"
             os.chmod(self._tmpdir.name, 0o755)
-        text = render_config(self.settings, log_file, passwd=passwd, tls=tls, plugin=plugin)
+        text = render_config(self.settings, log_file, passwd=passwd, tls=tls, plugin=plugin, reserved_ids=reserved_ids)
         if user_line:
             text = f"{user_line}\n{text}"
         path.write_text(text)
