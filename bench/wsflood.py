@@ -6,7 +6,8 @@ PUBLISH whose header announces N MiB, then the N MiB streamed in 64 KiB frames; 
 and stop half way, keeping their connections open. The broker's resident memory (VmRSS) is read from /proc
 before, after the complete packet and after the unfinished ones, and a fresh WebSockets client must still connect.
 
-Each variant of the WebSockets listener runs in a bare Mosquitto on free ports, with the project's global options.
+Each variant of the WebSockets listener runs in a bare Mosquitto on free ports, with the project's global options;
+with the guard (sensorhub.wsguard, as `sensorhub broker` runs it), the clients connect to the guard's port.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 from bench.stack import free_port
 from sensorhub.broker import find_mosquitto
+from sensorhub.protocol import MAX_PACKET
+from sensorhub.wsguard import Listener, WsGuard
 
 MIB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -173,14 +176,17 @@ protocol websockets
 {listener_extra}
 """
 
+GUARD = "sensorhub.wsguard in front (now)"
 VARIANTS: dict[str, tuple[str, str]] = {
     "max_packet_size 200 (as shipped)": ("", ""),
+    GUARD: ("", ""),
     "websockets_headers_size 1024": ("", "websockets_headers_size 1024"),
     "memory_limit 64 MiB": (f"memory_limit {64 * MIB}", ""),
 }
 
 
-def run_variant(global_extra: str, listener_extra: str, mib: int, unfinished: int) -> dict[str, object]:
+def run_variant(global_extra: str, listener_extra: str, mib: int, unfinished: int,
+                guarded: bool = False) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="wsflood-") as directory:
         log = Path(directory) / "mosquitto.log"
         tcp, ws = free_port(), free_port()
@@ -195,7 +201,15 @@ def run_variant(global_extra: str, listener_extra: str, mib: int, unfinished: in
                 if process.poll() is not None or time.monotonic() > deadline:
                     return {"error": log.read_text() if log.exists() else "did not start"}
                 time.sleep(0.05)
-            result = flood(ws, process.pid, mib, unfinished)
+            guard = None
+            if guarded:  # mosquitto's listener on a loopback port; the clients go to the guard's
+                guard = WsGuard([Listener(free_port())], ws, MAX_PACKET)
+                guard.start()
+            try:
+                result = flood(guard.listeners[0].port if guard else ws, process.pid, mib, unfinished)
+            finally:
+                if guard is not None:
+                    guard.stop()
             result["log"] = [line for line in log.read_text().splitlines() if "flood-complete" in line][-2:]
             return result
         finally:
@@ -212,7 +226,7 @@ def main() -> None:
     for name, (global_extra, listener_extra) in VARIANTS.items():
         if args.only and args.only not in name:
             continue
-        print(name, run_variant(global_extra, listener_extra, args.mib, args.unfinished), flush=True)
+        print(name, run_variant(global_extra, listener_extra, args.mib, args.unfinished, name == GUARD), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from bench import wsflood
 from sensorhub import broker as broker_module
 from sensorhub import dynsec
 from sensorhub.broker import BASE_CONFIG, DEVICE_ACL, Broker, find_mosquitto, render_config, speaks_notify
@@ -209,6 +210,31 @@ def test_the_live_feeds_longest_payload_is_the_longest_the_broker_takes(broker: 
     wait_for(lambda: "disconnected due to oversize packet" in log.read_text(), 5, what="the oversize packet refused")
     time.sleep(0.2)
     assert received == [longest]
+    for client in (page, server):
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_an_oversized_packet_over_websockets_is_refused_before_the_broker_buffers_it(broker: Broker,
+                                                                                     settings: Settings) -> None:
+    """Mosquitto 2.0.11 buffers a whole WebSockets packet whatever max_packet_size says: one anonymous client
+    announcing 100 MiB and 4 more sending half of theirs made it hold about 200 MiB (bench.wsflood). The guard in
+    front of the WebSockets port closes each one at its packet's header; the broker goes on serving."""
+    assert broker.process is not None
+    before = wsflood.rss(broker.process.pid)
+    result = wsflood.flood(settings.mqtt_ws_port, broker.process.pid, mib=100, unfinished=4)
+    growth = (float(str(result["after_unfinished_mib"])) * wsflood.MIB - before) / wsflood.MIB
+    assert growth < 50, f"the broker grew by {growth:.0f} MiB: {result}"
+    assert float(str(result["sent_mib"])) < 50, "the oversized packet was taken in"
+    assert result["serves"]
+    # Pages still follow the live feed over WebSockets, and boards connect over TCP.
+    received: list[bytes] = []
+    page = connect(settings.mqtt_ws_port, transport="websockets")
+    page.on_message = lambda _c, _u, msg: received.append(msg.payload)
+    subscribe(page, LIVE_TOPIC)
+    server = connect(settings.mqtt_port, login=settings)
+    server.publish(LIVE_TOPIC, b"7;p;42").wait_for_publish(5)
+    wait_for(lambda: received == [b"7;p;42"], 5, what="the live feed over WebSockets after the flood")
     for client in (page, server):
         client.loop_stop()
         client.disconnect()

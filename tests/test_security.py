@@ -14,6 +14,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -210,10 +211,17 @@ def test_the_websockets_port_is_read_only(stack: Stack, device: RawDevice) -> No
         (Topic.LEAVE, format_session_ref(device.name, device.session)),
         (Topic.NAME_ASSIGN, format_name_assign(device.mac, "pirate", device.session)),
         (Topic.JOIN, b"02:BA:D0:00:00:01"),
-        (Topic.LEAVE, b"x" * 10_000),  # Mosquitto 2.0 does not apply max_packet_size to WebSockets
     ]
     for topic, payload in forged:
         browser.publish(topic, payload, qos=1).wait_for_publish(5)
+    # An oversized packet gets its sender disconnected, as on the device port (sensorhub's guard: Mosquitto 2.0
+    # does not apply max_packet_size to WebSockets).
+    oversize = mqtt_client(stack.settings.mqtt_ws_port, "websockets")
+    dropped = threading.Event()
+    oversize.on_disconnect = lambda *_args: dropped.set()
+    oversize.publish(Topic.LEAVE, b"x" * 10_000, qos=1)
+    assert dropped.wait(5), "a 10,000-byte packet over WebSockets was taken"
+    close(oversize)
     # What the browser may do still works: it hears a real reading, from the ingest client's live feed once
     # stored (not on the device's channel)...
     device.reading(Topic.PHOTORESISTOR_STATUS, 42).wait_for_publish(5)
