@@ -64,10 +64,8 @@ def broker(settings: Settings) -> None:
     from sensorhub.broker import Broker
 
     broker = Broker(settings)
-    if broker.can_become_mosquitto():
-        click.echo("broker starting; Ctrl-C stops it", err=True)
-        broker.become_mosquitto()
-    # A mosquitto that cannot say READY=1: this process starts it, watches its log, and says it for it.
+    # This process stays beside mosquitto: it runs the guard of the WebSockets port (sensorhub.wsguard), which
+    # applies max_packet_size there, and says READY=1 once both are up.
     # SIGTERM (from `sensorhub run`, systemd, kill) stops mosquitto too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with broker as running:
