@@ -545,7 +545,7 @@ def test_api_index_lists_the_api_routes_with_their_docstrings(app: Flask, client
         assert body["documentation"] == "docs/api.md"
         listed = [(r["method"], r["path"]) for r in body["routes"]]
         assert listed == [("GET", "/api"), ("GET", "/api/devices"), ("GET", "/api/devices/<device_id>"),
-                          ("GET", "/api/stats"), ("POST", "/api/devices/<device_id>/led"),
+                          ("GET", "/api/stats"), ("GET", "/api/live-token"), ("POST", "/api/devices/<device_id>/led"),
                           ("POST", "/api/devices/<device_id>/name"), ("GET", "/api/devices/<device_id>/readings"),
                           ("GET", "/api/devices/<device_id>/readings.csv"), ("GET", "/api/export.csv")]
     described = {r["path"]: r["description"] for r in body["routes"] if r["method"] == "GET"}

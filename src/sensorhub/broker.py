@@ -13,10 +13,11 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from sensorhub import dynsec, reserve
+from sensorhub import dynsec, livetoken, reserve
 from sensorhub.config import Settings
 from sensorhub.credentials import (
     BROKER_DIR,
@@ -24,6 +25,7 @@ from sensorhub.credentials import (
     client_password,
     mosquitto_account,
     web_mqtt_password,
+    web_secret_key,
     write_broker_passwd,
 )
 from sensorhub.errors import BrokerError
@@ -292,7 +294,12 @@ class Broker:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self._tls[0], self._tls[1])
             listeners.append(Listener(self.settings.mqtt_wss_port, context))
-        self.guard = WsGuard(listeners, self.ws_upstream, MAX_PACKET)
+        authorize: Callable[[bytes], bool] | None = None
+        if self.settings.web_private:
+            # Only pages served to a logged-in visitor carry a token signed with the web server's key.
+            key = web_secret_key(self.settings)
+            authorize = lambda line: livetoken.valid(key, livetoken.from_request_line(line))  # noqa: E731
+        self.guard = WsGuard(listeners, self.ws_upstream, MAX_PACKET, authorize)
         try:
             self.guard.start()
         except OSError as err:

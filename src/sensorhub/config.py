@@ -277,7 +277,9 @@ class Settings:
         "Password of the broker user `device`; set, boards must log in with it (no anonymous access).",
         _password,
     )
-    web_private: bool = setting("0", "1: every page and API needs a login (once an account exists).", _flag)
+    web_private: bool = setting(
+        "0", "1: every page and API needs a login (once an account exists), and the WebSockets port a token that "
+        "only logged-in pages get.", _flag)
     tls_cert: str = setting(
         "", "PEM certificate: adds MQTT over TLS and secure WebSockets listeners and serves HTTPS.", _optional_path
     )

@@ -11,6 +11,9 @@ the client's WebSocket frames as they stream by, follows the MQTT packets inside
 length), and closes the connection as soon as a packet announces more than `max_packet_size` bytes, before
 Mosquitto has seen its header. Everything else goes through unchanged, both ways; the guard itself holds at most
 one read (64 KiB) per direction and connection, with back-pressure.
+
+With `SENSORHUB_WEB_PRIVATE=1` it also checks the upgrade request's token (sensorhub.livetoken) and answers 401
+to a request without a valid one, so that only pages served to a logged-in visitor open the live stream.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import contextlib
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
+#: Said to an upgrade request whose token is missing or no longer valid (private mode).
+UNAUTHORIZED = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 #: The longest HTTP upgrade request accepted (browsers send about 600 bytes), and how long it may take.
 HEADER_LIMIT = 16 * 1024
 HEADER_TIMEOUT = 10.0
@@ -123,11 +129,15 @@ class Listener:
 class WsGuard:
     """The guard, in a thread of its own: `start()` returns once every listener is open."""
 
-    def __init__(self, listeners: list[Listener], upstream_port: int, max_packet: int) -> None:
+    def __init__(self, listeners: list[Listener], upstream_port: int, max_packet: int,
+                 authorize: Callable[[bytes], bool] | None = None) -> None:
         self.listeners = listeners
         self.upstream_port = upstream_port
         self.max_packet = max_packet
+        #: Given the upgrade request's first line, whether it may go on (None: every request may).
+        self.authorize = authorize
         self.refused = 0
+        self.unauthorized = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -177,6 +187,12 @@ class WsGuard:
         upstream: asyncio.StreamWriter | None = None
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEADER_TIMEOUT)
+            if self.authorize is not None and not self.authorize(head.split(b"\r\n", 1)[0]):
+                self.unauthorized += 1
+                logger.debug("refused the WebSockets upgrade of %s: no valid live-stream token", _address(peer))
+                writer.write(UNAUTHORIZED)
+                await writer.drain()
+                return
             up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             upstream.write(head)
             frames = FrameReader(MqttLengths(self.max_packet))
