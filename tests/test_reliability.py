@@ -18,7 +18,8 @@ from sqlalchemy import Engine, text
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.ingest.service import IngestClient
 from sensorhub.protocol import Topic
 from sensorhub.web import create_app

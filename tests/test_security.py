@@ -47,8 +47,9 @@ from sensorhub.credentials import (
     web_mqtt_password,
 )
 from sensorhub.db import history
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
 from sensorhub.db.models import Device, LightReading
+from sensorhub.db.schema import init_db
 from sensorhub.ingest.service import IngestClient
 from sensorhub.process import Child
 from sensorhub.protocol import (

@@ -790,7 +790,8 @@ def test_database_without_schema(settings: Settings) -> None:
 def test_the_database_appears_after_start(settings: Settings) -> None:
     client = create_app(settings).test_client()
     assert client.get("/api/devices").status_code == 503
-    from sensorhub.db.engine import init_db, make_engine
+    from sensorhub.db.engine import make_engine
+    from sensorhub.db.schema import init_db
     engine = make_engine(settings.database_url, create_dir=True)
     init_db(engine)
     engine.dispose()

@@ -139,8 +139,8 @@ def db() -> None:
 @pass_settings
 def db_init(settings: Settings) -> None:
     """Create the database and its schema (idempotent)."""
-    from sensorhub.db.engine import init_db, make_engine
-    from sensorhub.db.schema import display_url
+    from sensorhub.db.engine import make_engine
+    from sensorhub.db.schema import display_url, init_db
 
     engine = make_engine(settings.database_url, create_dir=True)
     init_db(engine)
@@ -152,7 +152,8 @@ def db_init(settings: Settings) -> None:
 @pass_settings
 def db_seed(settings: Settings, devices: int) -> None:
     """Add plausible dummy devices and readings."""
-    from sensorhub.db.engine import check_schema, make_engine
+    from sensorhub.db.engine import make_engine
+    from sensorhub.db.schema import check_schema
     from sensorhub.db.seed import seed
 
     engine = make_engine(settings.database_url)
@@ -192,9 +193,9 @@ def db_reset(settings: Settings, yes: bool) -> None:
     """Delete every device and reading, then recreate an empty schema (web accounts are kept)."""
     from sqlalchemy import MetaData, insert, select
 
-    from sensorhub.db.engine import init_db, make_engine
+    from sensorhub.db.engine import make_engine
     from sensorhub.db.models import WebUser
-    from sensorhub.db.schema import check_schema, display_url
+    from sensorhub.db.schema import check_schema, display_url, init_db
 
     if not yes:
         click.confirm(f"Delete ALL devices and readings in {display_url(settings.database_url)}?", abort=True)

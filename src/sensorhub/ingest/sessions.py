@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from sensorhub.commands import LedRequest, Outcome, RenameRequest, Reply
-from sensorhub.db.models import format_micros
 from sensorhub.protocol import (
     KIND_TOPICS,
     QOS,
@@ -37,6 +36,7 @@ from sensorhub.protocol import (
     new_session_id,
 )
 from sensorhub.rules import name_taken
+from sensorhub.timestamps import format_micros
 
 
 @dataclass(slots=True)
