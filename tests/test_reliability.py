@@ -1,4 +1,4 @@
-"""Faults an operator meets (docs/reliability.md): the processes and files behind sensorhub fail, nothing is lost and
+"""Faults an operator meets (README, "Reliability"): the processes and files behind sensorhub fail, nothing is lost and
 nothing false is shown."""
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ class Device(Base):
     session_id: Mapped[str] = mapped_column(String(MAX_SESSION))
     joined_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime())
-    # Presence is decided where every worker sees it (ingest/presence.py): the time of the message that last
+    # Presence is decided where every worker sees it (db/presence.py): the time of the message that last
     # set `online` in this session (NULL: none yet; stored text like `last_seen`), so that of two workers
     # deciding it the later message wins; and whether the device was marked offline only because the broker
     # was out of reach (a reading in its session brings it back).

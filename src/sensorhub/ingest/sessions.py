@@ -9,7 +9,7 @@ its time of arrival. Its one source of chance is the session ids it hands out (p
 Presence is the database's to decide, not the engine's: with several workers, the join of a board may reach one
 worker and its leave another, so an engine's `online` is only what it last saw. The engine says what a message
 asks (`Presence`: this device joined, left, was heard again; `Sweep`: devices nobody heard from since a time go
-offline) and the writer applies it in the database on a condition that every worker sees (ingest/presence.py
+offline) and the writer applies it in the database on a condition that every worker sees (db/presence.py
 says which); `Decisions.presence` then holds what the database took.
 """
 
