@@ -69,8 +69,7 @@ def one_restart(delays: tuple[float, float], how: signal.Signals, readings: int)
             if how is signal.SIGKILL:
                 broker.process.send_signal(signal.SIGUSR1)  # what the autosave does every 30 s
                 time.sleep(0.5)
-            broker.process.send_signal(how)
-            broker.process.wait()
+            broker.crash(how)
             broker = Broker(settings)
             broker.start()
             back = time.monotonic()

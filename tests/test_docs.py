@@ -15,9 +15,9 @@ from sqlalchemy import Engine
 from sensorhub.config import Settings
 from sensorhub.web import create_app
 from sensorhub.web.api import routes
+from tests.factories import add_device
 from tests.stack import ROOT, web_server, web_url
 from tests.support import tracked_files
-from tests.test_web import add_device
 
 #: Built in two pieces so that this file does not match itself.
 OUTSIDE = "../" + "shared/"

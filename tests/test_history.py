@@ -38,9 +38,9 @@ from sensorhub.protocol import Topic
 from sensorhub.timestamps import format_micros, to_micros
 from sensorhub.web import create_app
 from tests.devices import RawDevice
+from tests.factories import add_device, add_readings
 from tests.stack import ROOT
 from tests.support import both_databases, wait_for
-from tests.test_web import add_device, add_readings
 
 pytestmark = pytest.mark.integration
 

@@ -140,7 +140,7 @@ def test_micros_of_reads_the_stored_form() -> None:
 
 @both_databases
 def test_upsert_and_rebuild_agree_with_the_brute_force_computation(engine: Engine) -> None:
-    from tests.test_web import add_device
+    from tests.factories import add_device
 
     joined = datetime.fromtimestamp(T0 / 1e6 - 3600, UTC)
     devices = [add_device(engine, f"capteur{i}", i, joined=joined, online=False) for i in (1, 2)]

@@ -19,8 +19,8 @@ from sensorhub.config import Settings
 from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
 from sensorhub.db.rollups import rebuild
 from sensorhub.web import create_app
+from tests.factories import add_device, add_readings
 from tests.support import both_databases
-from tests.test_web import add_device, add_readings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 START = NOW - timedelta(hours=3)
