@@ -1,0 +1,161 @@
+"""The web state (sensorhub.webstate): login sessions and the login throttle, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from sensorhub.config import Settings
+from sensorhub.webstate import (
+    STATE_FILE,
+    LoginSessions,
+    LoginThrottle,
+    WebStateStore,
+    end_account_sessions,
+    login_session,
+    web_state_url,
+)
+from tests.pgcluster import Cluster
+
+_DATABASES = itertools.count(1)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty web state database: a SQLite file, or a PostgreSQL database of the session's cluster."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / STATE_FILE}"
+        return
+    cluster: Cluster = request.getfixturevalue("postgresql")
+    name = f"webstate{next(_DATABASES)}"
+    yield cluster.create_database(name)
+    cluster.drop_database(name)
+
+
+@pytest.fixture
+def store(state_url: str) -> Iterator[WebStateStore]:
+    store = WebStateStore(state_url)
+    store.setup()
+    yield store
+    store.dispose()
+
+
+def stored(store: WebStateStore) -> list[tuple[str, str, float, float]]:
+    with store.read() as conn:
+        return [(r.id_hash, r.account, r.created_at, r.expires_at) for r in conn.execute(select(login_session))]
+
+
+def test_a_session_is_kept_as_a_hash_and_ends_at_logout(store: WebStateStore) -> None:
+    clock = Clock()
+    sessions = LoginSessions(store, 7 * 86400, clock)
+    token = sessions.open("alice")
+    assert len(token) >= 43 and sessions.account(token) == "alice"
+    [(id_hash, account, created, expires)] = stored(store)
+    assert id_hash == hashlib.sha256(token.encode()).hexdigest() and token not in id_hash
+    assert (account, created, expires) == ("alice", clock.now, clock.now + 7 * 86400)
+    assert sessions.account(token + "x") is None and sessions.account("") is None
+    assert sessions.end(token) and sessions.account(token) is None and stored(store) == []
+    assert not sessions.end(token)
+
+
+def test_a_password_change_ends_every_session_of_the_account_only(store: WebStateStore) -> None:
+    sessions = LoginSessions(store, 3600)
+    alice, alice_again, bob = sessions.open("alice"), sessions.open("alice"), sessions.open("bob")
+    assert sessions.end_all("alice") == 2
+    assert [sessions.account(t) for t in (alice, alice_again, bob)] == [None, None, "bob"]
+
+
+def test_an_expired_session_is_refused_and_deleted(store: WebStateStore) -> None:
+    clock = Clock()
+    sessions = LoginSessions(store, 7 * 86400, clock)
+    old, other = sessions.open("alice"), sessions.open("bob")
+    clock.now += 7 * 86400 - 1
+    assert sessions.account(old) == "alice"
+    clock.now += 1  # the lifetime is over, to the second
+    assert sessions.account(old) is None and [row[1] for row in stored(store)] == ["bob"]
+    fresh = sessions.open("carol")  # a login deletes every expired row on the way
+    assert [row[1] for row in stored(store)] == ["carol"] and sessions.account(other) is None
+    assert sessions.account(fresh) == "carol"
+
+
+def test_the_throttle_counts_parallel_attempts_exactly(state_url: str) -> None:
+    # 8 stores: as many processes (or hosts) with their own connections, 40 attempts at once.
+    stores = [WebStateStore(state_url) for _ in range(8)]
+    for each in stores:
+        each.setup()
+    start = threading.Barrier(40)
+
+    def attempt(number: int) -> int | None:
+        throttle = LoginThrottle(stores[number % len(stores)])
+        start.wait()
+        return throttle.attempt("192.0.2.7")
+
+    try:
+        with ThreadPoolExecutor(40) as pool:
+            ids = list(pool.map(attempt, range(40)))
+        counted = [i for i in ids if i is not None]
+        assert len(counted) == 5 and len(set(counted)) == 5
+        throttle = LoginThrottle(stores[0])
+        assert 59 < throttle.blocked_for("192.0.2.7") <= 60 and throttle.blocked_for("192.0.2.8") == 0
+        assert throttle.attempt("192.0.2.8") is not None  # another address has its own count
+        throttle.succeeded(counted[0])  # a right password gives its place back
+        assert throttle.blocked_for("192.0.2.7") == 0 and throttle.attempt("192.0.2.7") is not None
+        assert throttle.attempt("192.0.2.7") is None
+    finally:
+        for each in stores:
+            each.dispose()
+
+
+def test_failed_attempts_are_forgotten_after_the_window(store: WebStateStore) -> None:
+    clock = Clock()
+    throttle = LoginThrottle(store, limit=2, window=60, clock=clock)
+    assert throttle.attempt("a") is not None and throttle.attempt("a") is not None and throttle.attempt("a") is None
+    clock.now += 59
+    assert throttle.attempt("a") is None and throttle.blocked_for("a") == pytest.approx(1)
+    clock.now += 1
+    assert throttle.attempt("a") is not None
+
+
+def test_many_processes_may_create_the_tables_at_once(state_url: str) -> None:
+    stores = [WebStateStore(state_url) for _ in range(6)]
+    start = threading.Barrier(len(stores))
+
+    def setup(store: WebStateStore) -> None:
+        start.wait()
+        store.setup()
+
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            list(pool.map(setup, stores))
+        assert LoginSessions(stores[0], 60).account(LoginSessions(stores[1], 60).open("alice")) == "alice"
+    finally:
+        for each in stores:
+            each.dispose()
+
+
+def test_end_account_sessions_leaves_a_missing_state_file_alone(settings: Settings) -> None:
+    assert end_account_sessions(settings, "alice") == 0
+    assert not (Path(settings.state_dir) / STATE_FILE).exists()
+    store = WebStateStore(web_state_url(settings))
+    store.setup()
+    sessions = LoginSessions(store, 60)
+    token = sessions.open("alice")
+    assert end_account_sessions(settings, "alice") == 1 and sessions.account(token) is None
+    store.dispose()
