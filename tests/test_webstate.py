@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, select
 
+from sensorhub import accounts
 from sensorhub.config import Settings
+from sensorhub.web import create_app
 from sensorhub.webstate import (
     STATE_FILE,
     LoginSessions,
@@ -24,6 +29,7 @@ from sensorhub.webstate import (
 )
 from tests.pgcluster import Cluster
 
+PASSWORD = "correct horse battery"
 _DATABASES = itertools.count(1)
 
 
@@ -148,6 +154,65 @@ def test_many_processes_may_create_the_tables_at_once(state_url: str) -> None:
     finally:
         for each in stores:
             each.dispose()
+
+
+# -- the web app and the CLI -------------------------------------------------------------------------------------
+
+
+def log_in(client: FlaskClient, name: str, password: str = PASSWORD) -> int:
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token
+    return int(client.post("/login", data={"csrf_token": token[1], "name": name, "password": password}).status_code)
+
+
+def logged_in_as(app: Flask, cookie: str) -> bool:
+    """Whether a visitor holding `cookie` is logged in (the page names the account)."""
+    client = app.test_client()
+    client.set_cookie("sensorhub_session", cookie)
+    return ">alice<" in client.get("/capteurs").get_data(as_text=True)
+
+
+def test_the_app_keeps_its_state_in_the_state_directory_and_drops_the_old_throttle_file(
+        settings: Settings, engine: Engine) -> None:
+    old = Path(settings.state_dir) / "web-logins.sqlite3"
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_bytes(b"")
+    create_app(settings)
+    path = Path(settings.state_dir) / STATE_FILE
+    assert web_state_url(settings) == f"sqlite:///{path}"
+    assert path.stat().st_mode & 0o777 == 0o600 and not old.exists()
+
+
+def test_web_servers_sharing_a_postgresql_web_state_share_logins(settings: Settings, engine: Engine,
+                                                                  postgresql: Cluster, tmp_path: Path) -> None:
+    # Two web servers (two state directories, as on two hosts) behind one proxy: no sticky sessions.
+    url = postgresql.create_database(f"webstate{next(_DATABASES)}")
+    try:
+        shared = settings.replace(web_state_url=url, secret_key="the same key on every web server, 32+ chars")
+        one = create_app(shared)
+        other = create_app(shared.replace(state_dir=str(tmp_path / "other-host")))
+        accounts.add(engine, "alice", PASSWORD)
+        client = one.test_client()
+        assert log_in(client, "alice") == 302
+        cookie = client.get_cookie("sensorhub_session")
+        assert cookie is not None and logged_in_as(one, cookie.value) and logged_in_as(other, cookie.value)
+        assert not (tmp_path / "other-host" / STATE_FILE).exists()
+        # Logging out on one host ends the session on the other.
+        second = other.test_client()
+        second.set_cookie("sensorhub_session", cookie.value)
+        token = re.search(r'<meta name="csrf-token" content="([^"]+)"', second.get("/capteurs").get_data(as_text=True))
+        assert token and second.post("/logout", data={"csrf_token": token[1]}).status_code == 302
+        assert not logged_in_as(one, cookie.value) and not logged_in_as(other, cookie.value)
+        # The throttle is shared too: 5 failures on one host, the 6th attempt refused on the other.
+        for _ in range(5):
+            assert log_in(one.test_client(), "alice", "wrong password") == 401
+        assert log_in(other.test_client(), "alice") == 429
+    finally:
+        for app in (locals().get("one"), locals().get("other")):
+            if isinstance(app, Flask):
+                app.extensions["sensorhub"].throttle.store.dispose()
+        postgresql.drop_database(url.rsplit("/", 1)[1])
 
 
 def test_end_account_sessions_leaves_a_missing_state_file_alone(settings: Settings) -> None:
