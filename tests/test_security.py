@@ -655,6 +655,10 @@ def test_a_login_ends_with_logout_a_password_change_or_expiry(stack: Stack, devi
     with closing(sqlite3.connect(web_state_file(stack))) as state, state:
         state.execute("UPDATE web_login_session SET expires_at = ?", (time.time() - 1,))
     assert command(replayed(visitor)) == 401 and command(visitor) == 401 and rows() == []
+    # Removing the account ends its sessions too (the controls then open to everyone: no account is left).
+    visitor = logged_in()
+    assert "1 login session(s) ended" in run_cli(stack.settings, "user", "remove", account).stdout
+    assert rows() == [] and f">{account}<" not in visitor.page("/capteurs")
 
 
 def test_user_commands_refuse_what_they_cannot_do(stack: Stack, account: str) -> None:
