@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import re
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,9 @@ from sensorhub.webstate import (
     web_state_url,
 )
 from tests.pgcluster import Cluster
+from tests.stack import web_server, web_url
+from tests.support import free_port
+from tests.visitor import Browser
 
 PASSWORD = "correct horse battery"
 _DATABASES = itertools.count(1)
@@ -224,3 +228,61 @@ def test_end_account_sessions_leaves_a_missing_state_file_alone(settings: Settin
     token = sessions.open("alice")
     assert end_account_sessions(settings, "alice") == 1 and sessions.account(token) is None
     store.dispose()
+
+
+# -- several real web servers sharing a PostgreSQL web state -----------------------------------------------------
+
+
+class Server:
+    """Where one of the web servers listens (for tests.visitor.Browser)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def url(self, path: str) -> str:
+        """Absolute URL of `path` on this web server."""
+        return web_url(self.settings, path)
+
+
+@pytest.mark.integration
+def test_two_gunicorn_servers_share_logins_and_count_failures_exactly_on_postgresql(
+        settings: Settings, engine: Engine, postgresql: Cluster, tmp_path: Path) -> None:
+    # Two hosts' web servers (their own state directories and ports, 2 gevent workers each) behind no sticky proxy.
+    url = postgresql.create_database(f"webstate{next(_DATABASES)}")
+    shared = settings.replace(web_state_url=url, secret_key="the same key on every web server, 32+ chars")
+    other = shared.replace(state_dir=str(tmp_path / "other-host"), web_port=free_port())
+    accounts.add(engine, "alice", PASSWORD)
+    try:
+        with web_server(shared, workers=2) as one_process, web_server(other, workers=2):
+            one, two = Server(shared), Server(other)
+            # 40 wrong passwords at once, half to each server: exactly 5 checked, wherever they land.
+            visitors = [Browser(one if i % 2 else two) for i in range(40)]
+            for each in visitors:
+                each.page("/login")
+            start = threading.Barrier(len(visitors))
+
+            def attempt(each: Browser) -> int:
+                form = urllib.parse.urlencode({"csrf_token": each.token, "name": "alice",
+                                               "password": "wrong password"}).encode()
+                start.wait()
+                return each.request("POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"})[0]
+
+            with ThreadPoolExecutor(len(visitors)) as pool:
+                statuses = sorted(pool.map(attempt, visitors))
+            assert (statuses.count(401), statuses.count(429)) == (5, 35), statuses
+            LoginThrottle(store := WebStateStore(url)).forget()
+            store.dispose()
+            # Logged in through one server, the cookie works on the other; logging out there ends it everywhere.
+            visitor = Browser(one)
+            assert visitor.login("alice", PASSWORD)[0] == 302
+            elsewhere = Browser(two)
+            for cookie in visitor.jar:
+                elsewhere.jar.set_cookie(cookie)
+            assert ">alice<" in visitor.page("/capteurs") and ">alice<" in elsewhere.page("/capteurs")
+            form = urllib.parse.urlencode({"csrf_token": elsewhere.token}).encode()
+            assert elsewhere.request("POST", "/logout", form,
+                                     {"Content-Type": "application/x-www-form-urlencoded"})[0] == 302
+            assert ">alice<" not in visitor.page("/capteurs")
+            assert "failed login" in one_process.output()
+    finally:
+        postgresql.drop_database(url.rsplit("/", 1)[1])
