@@ -4,7 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SENSORHUB := $(BIN)/sensorhub
-PY_STAMP := $(VENV)/.installed
+# `make install` sets up everything the tests need as well; `make install DEV=0` only what sensorhub needs to run
+# (a production machine): requirements.lock, without pytest, Playwright or mypy. Both locks are hashed (pip-compile).
+DEV ?= 1
+LOCK := $(if $(filter 0,$(DEV)),requirements.lock,requirements-dev.lock)
+PY_STAMP := $(VENV)/.installed-$(basename $(LOCK))
 JS_STAMP := node_modules/.installed
 DB_FILE := db/db.sqlite3
 
@@ -17,12 +21,13 @@ help: ## List the targets
 
 install: $(PY_STAMP) $(JS_STAMP) ## Set up .venv/ (Python packages) and node_modules/ (browser libraries)
 
-$(PY_STAMP): pyproject.toml requirements.lock
+$(PY_STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "sensorhub needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r $(LOCK)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@rm -f $(VENV)/.installed*
 	@touch $@
 
 $(JS_STAMP): package.json package-lock.json
@@ -60,9 +65,10 @@ run: install ## Run everything (broker, client, web) with DEMO=3 virtual devices
 simulate: $(PY_STAMP) ## Run virtual ESP32s (DEVICES=3 INTERVAL=2)
 	$(SENSORHUB) simulate --devices $${DEVICES:-3} --interval $${INTERVAL:-2}
 
-lint: $(PY_STAMP) ## Check style (ruff) and types (mypy)
+lint: $(PY_STAMP) ## Check style (ruff), types (mypy) and which way imports go (lint-imports)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: install lint ## Run every test (unit, integration, browser) and a quick benchmark smoke run
 	$(BIN)/pytest $(PYTEST_ARGS)

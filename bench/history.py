@@ -26,13 +26,14 @@ from bench.scenarios import Figure, Load, Sizes, latency, percentile
 from bench.stack import Stack
 from bench.web import full_scans
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
 from sensorhub.db.latest import refresh_latest
-from sensorhub.db.models import format_micros
 from sensorhub.db.rollups import rebuild
-from sensorhub.ingest.history import History
+from sensorhub.db.schema import init_db
+from sensorhub.ingest.bookkeeping import History
 from sensorhub.ingest.retention import Purger
 from sensorhub.protocol import Kind
+from sensorhub.timestamps import format_micros
 from sensorhub.web import create_app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bench.scenarios import Figure, Sizes
 from bench.stack import scratch_settings
 from sensorhub.broker import Broker
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.ingest import service
 from sensorhub.ingest.service import IngestClient
 from sensorhub.protocol import Topic, format_reading, format_session_ref, parse_name_assign

@@ -13,9 +13,10 @@ from sqlalchemy import Engine, event
 
 from bench.scenarios import Figure, Sizes, percentile
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
 from sensorhub.db.latest import refresh_sql
-from sensorhub.db.models import format_micros
+from sensorhub.db.schema import init_db
+from sensorhub.timestamps import format_micros
 from sensorhub.web import create_app
 
 #: Share of readings per kind (light readings come every few seconds; LED and button events are rarer).

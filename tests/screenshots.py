@@ -22,7 +22,8 @@ from sqlalchemy import text
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.ports import PortError, ensure_free
 from sensorhub.simulator import Fleet
 from tests.stack import ROOT, ingest_client, web_server, web_url
@@ -65,8 +66,8 @@ def _open_capteurs(page: Page, url: Callable[[str], str], devices: int) -> None:
 def demo_week(engine: Any) -> int:
     """A device that left an hour ago after a week of readings (light every 5 minutes, LED on in the evening)."""
     from sensorhub.db.latest import refresh_latest
-    from sensorhub.db.models import format_micros
     from sensorhub.db.rollups import rebuild
+    from sensorhub.timestamps import format_micros
 
     now = int(time.time()) * 1_000_000
     start = now - 7 * 86_400_000_000

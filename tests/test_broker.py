@@ -17,6 +17,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from bench import wsflood
 from sensorhub import broker as broker_module
 from sensorhub import dynsec
 from sensorhub.broker import BASE_CONFIG, DEVICE_ACL, Broker, find_mosquitto, render_config, speaks_notify
@@ -126,22 +127,21 @@ def test_without_the_dynamic_security_plugin_the_device_port_falls_back_to_the_a
     text = render_config(Settings(), tmp_path / "b.log", passwd=passwd, plugin=None)
     device = text.split("\nlistener ")[1]
     assert f"password_file {passwd}" in device and f"acl_file {BASE_CONFIG.parent / 'acl.devices'}" in device
-    assert "plugin" not in device.replace("# No dynamic security plugin", "")
+    assert not [line for line in device.splitlines() if line.startswith("plugin")]
 
 
-def test_the_broker_log_is_its_owners_only_even_when_it_existed(settings: Settings) -> None:
-    """It shows every client id, the ingest client's too (docs/security.md)."""
-    log = Path(settings.broker_log)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("an older log\n")
-    os.chmod(log, 0o644)
-    broker = Broker(settings)
-    broker.start()
-    try:
-        assert log.stat().st_mode & 0o777 == 0o600
-    finally:
-        broker.stop()
-    assert log.read_text().startswith("an older log\n")
+def test_every_listener_loads_the_plugin_reserving_the_ingest_client_s_ids(tmp_path: Path) -> None:
+    built = tmp_path / "sensorhub_reserve.so"
+    text = render_config(Settings().replace(tls_cert="c.pem", tls_key="k.pem"), tmp_path / "b.log",
+                         passwd=tmp_path / "passwd", tls=(tmp_path / "c.pem", tmp_path / "k.pem"),
+                         plugin=tmp_path / dynsec.PLUGIN, reserved_ids=built)
+    listeners = text.split("\nlistener ")[1:]
+    assert len(listeners) == 4  # TCP, TLS, WebSockets, secure WebSockets
+    for listener in listeners:
+        assert f"plugin {built}\nplugin_opt_reserve1 sensorhub-ingest- sensorhub\n" in listener
+    # Without it (no C compiler), the lines are left out rather than make the broker fail to start.
+    without = render_config(Settings(), tmp_path / "b.log", plugin=None)
+    assert not [line for line in without.splitlines() if "reserve" in line and not line.startswith("#")]
 
 
 def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings: Settings) -> None:
@@ -215,6 +215,31 @@ def test_the_live_feeds_longest_payload_is_the_longest_the_broker_takes(broker: 
         client.disconnect()
 
 
+def test_an_oversized_packet_over_websockets_is_refused_before_the_broker_buffers_it(broker: Broker,
+                                                                                     settings: Settings) -> None:
+    """Mosquitto 2.0.11 buffers a whole WebSockets packet whatever max_packet_size says: one anonymous client
+    announcing 100 MiB and 4 more sending half of theirs made it hold about 200 MiB (bench.wsflood). The guard in
+    front of the WebSockets port closes each one at its packet's header; the broker goes on serving."""
+    assert broker.process is not None
+    before = wsflood.rss(broker.process.pid)
+    result = wsflood.flood(settings.mqtt_ws_port, broker.process.pid, mib=100, unfinished=4)
+    growth = (float(str(result["after_unfinished_mib"])) * wsflood.MIB - before) / wsflood.MIB
+    assert growth < 50, f"the broker grew by {growth:.0f} MiB: {result}"
+    assert float(str(result["sent_mib"])) < 50, "the oversized packet was taken in"
+    assert result["serves"]
+    # Pages still follow the live feed over WebSockets, and boards connect over TCP.
+    received: list[bytes] = []
+    page = connect(settings.mqtt_ws_port, transport="websockets")
+    page.on_message = lambda _c, _u, msg: received.append(msg.payload)
+    subscribe(page, LIVE_TOPIC)
+    server = connect(settings.mqtt_port, login=settings)
+    server.publish(LIVE_TOPIC, b"7;p;42").wait_for_publish(5)
+    wait_for(lambda: received == [b"7;p;42"], 5, what="the live feed over WebSockets after the flood")
+    for client in (page, server):
+        client.loop_stop()
+        client.disconnect()
+
+
 def test_connection_limit(settings: Settings) -> None:
     limited = settings.replace(broker_max_connections=2)
     with Broker(limited):
@@ -257,6 +282,16 @@ def test_busy_port_names_the_port_and_the_setting(settings: Settings) -> None:
         squatter.listen()
         with pytest.raises(PortError, match=f"port {settings.mqtt_ws_port} .*SENSORHUB_MQTT_WS_PORT"):
             Broker(settings).start()
+
+
+def test_the_broker_log_is_its_owners_only_even_when_it_existed(settings: Settings) -> None:
+    # It shows every client id, the ingest client's too (docs/security.md).
+    log = Path(settings.broker_log)
+    log.write_text("an older log\n")
+    os.chmod(log, 0o644)
+    with Broker(settings):
+        assert log.stat().st_mode & 0o777 == 0o600
+    assert log.read_text().startswith("an older log\n")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root makes mosquitto drop privileges")

@@ -563,8 +563,8 @@ def thirty_days(engine: Any) -> int:
     from sqlalchemy import text
 
     from sensorhub.db.latest import refresh_latest
-    from sensorhub.db.models import format_micros, to_micros
     from sensorhub.db.rollups import rebuild
+    from sensorhub.timestamps import format_micros, to_micros
     from tests.test_web import add_device
 
     now = datetime.now(UTC)

@@ -17,11 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sensorhub.config import Settings
-from sensorhub.db.engine import check_schema, init_db, make_engine, sqlite_path
-from sensorhub.db.models import Device, DeviceSession, LightReading, RollupHour, format_timestamp
+from sensorhub.db.engine import make_engine, sqlite_path
+from sensorhub.db.models import Device, DeviceSession, LightReading, RollupHour
+from sensorhub.db.schema import check_schema, init_db
 from sensorhub.db.schema import check_schema as check_url
 from sensorhub.db.seed import seed
 from sensorhub.errors import DatabaseError
+from sensorhub.timestamps import format_timestamp
 from tests.pgcluster import Cluster
 from tests.support import both_databases, free_port, settings_for
 

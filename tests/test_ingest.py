@@ -25,9 +25,9 @@ from sensorhub.commands import LedRequest, RenameRequest
 from sensorhub.config import Settings
 from sensorhub.db.engine import sqlite_path
 from sensorhub.errors import ClientNotRunning
-from sensorhub.ingest.ledpipe import send_command
 from sensorhub.ingest.service import WRITER_FAILED, IngestClient
 from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
+from sensorhub.pipe import send_command
 from sensorhub.protocol import LIVE_PAYLOAD_MAX, LIVE_TOPIC, Reading, Topic
 from tests.devices import RawDevice
 from tests.stack import ingest_client, sensorhub, start

@@ -23,7 +23,6 @@ from sqlalchemy import Engine, text
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import make_engine
-from sensorhub.db.models import format_micros
 from sensorhub.db.presence import Applied, bring_back, set_presence, sweep
 from sensorhub.db.schema import upgrade
 from sensorhub.ingest.drops import Drops
@@ -31,6 +30,7 @@ from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbo
 from sensorhub.ingest.writer import Writer
 from sensorhub.protocol import Kind, Leave, MacJoin, Reading, SessionRef, Topic, parse_name_assign
 from sensorhub.simulator.fleet import Fleet
+from sensorhub.timestamps import format_micros
 from sensorhub.web import create_app
 from tests.stack import check_not_died, sensorhub, start
 from tests.support import both_databases

@@ -1,4 +1,4 @@
-"""Faults an operator meets (docs/reliability.md): the processes and files behind sensorhub fail, nothing is lost and
+"""Faults an operator meets (README, "Reliability"): the processes and files behind sensorhub fail, nothing is lost and
 nothing false is shown."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from sqlalchemy import Engine, text
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.ingest.service import IngestClient
 from sensorhub.protocol import Topic
 from sensorhub.web import create_app

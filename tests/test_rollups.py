@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
-from sensorhub.db.models import format_micros
+from sensorhub.buckets import SIZES, Bucket, Last, micros_of, roll
 from sensorhub.db.rollups import rebuild, upsert
-from sensorhub.ingest.rollups import SIZES, Bucket, Last, micros_of, roll
+from sensorhub.timestamps import format_micros
 from tests.support import both_databases
 
 T0 = int(datetime(2026, 11, 28, 22, 58, tzinfo=UTC).timestamp()) * 1_000_000

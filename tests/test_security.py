@@ -35,6 +35,7 @@ from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import Engine, func, select
 
@@ -43,14 +44,17 @@ from sensorhub.config import Settings
 from sensorhub.credentials import (
     CLIENT_USER,
     DEVICE_USER,
+    WEB_USER,
     client_id,
     client_password,
     client_secret_path,
+    web_mqtt_password,
     web_secret_key,
 )
 from sensorhub.db import history
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
 from sensorhub.db.models import Device, LightReading
+from sensorhub.db.schema import init_db
 from sensorhub.ingest.service import IngestClient
 from sensorhub.process import Child
 from sensorhub.protocol import (
@@ -217,10 +221,17 @@ def test_the_websockets_port_is_read_only(stack: Stack, device: RawDevice) -> No
         (Topic.LEAVE, format_session_ref(device.name, device.session)),
         (Topic.NAME_ASSIGN, format_name_assign(device.mac, "pirate", device.session)),
         (Topic.JOIN, b"02:BA:D0:00:00:01"),
-        (Topic.LEAVE, b"x" * 10_000),  # Mosquitto 2.0 does not apply max_packet_size to WebSockets
     ]
     for topic, payload in forged:
         browser.publish(topic, payload, qos=1).wait_for_publish(5)
+    # An oversized packet gets its sender disconnected, as on the device port (sensorhub's guard: Mosquitto 2.0
+    # does not apply max_packet_size to WebSockets).
+    oversize = mqtt_client(stack.settings.mqtt_ws_port, "websockets")
+    dropped = threading.Event()
+    oversize.on_disconnect = lambda *_args: dropped.set()
+    oversize.publish(Topic.LEAVE, b"x" * 10_000, qos=1)
+    assert dropped.wait(5), "a 10,000-byte packet over WebSockets was taken"
+    close(oversize)
     # What the browser may do still works: it hears a real reading, from the ingest client's live feed once
     # stored (not on the device's channel)...
     device.reading(Topic.PHOTORESISTOR_STATUS, 42).wait_for_publish(5)
@@ -296,6 +307,52 @@ def test_nobody_can_take_the_ingest_client_s_connection_over(stack: Stack) -> No
     assert "lost the broker connection" not in stack.client.output()
     board.close()
     close(*impostors)
+
+
+def impostor(port: int, identifier: str, transport: str = "tcp", user: tuple[str, str] | None = None) -> str:
+    """One attempt to connect with `identifier` (persistent session, to inherit the owner's): the CONNACK's reason,
+    or "no answer". The client is closed at once (no reconnection)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identifier, transport=transport,
+                         protocol=mqtt.MQTTv5)
+    if user is not None:
+        client.username_pw_set(*user)
+    answers: list[str] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: answers.append(str(reason))
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 3600
+    client.connect("127.0.0.1", port, keepalive=5, clean_start=False, properties=properties)
+    client.loop_start()
+    try:
+        wait_for(lambda: answers, 3, what="a CONNACK")
+    except AssertionError:
+        pass
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return answers[0] if answers else "no answer"
+
+
+def test_nobody_else_may_connect_with_the_ingest_client_s_id(stack: Stack, device: RawDevice) -> None:
+    """Anyone who reads the id (in the broker's log, say) and connects with it is refused: the client stays
+    connected and keeps storing. The broker's log, which shows every client id, is its owner's only."""
+    log = Path(stack.settings.broker_log)
+    assert log.stat().st_mode & 0o777 == 0o600, f"the broker log is {oct(log.stat().st_mode & 0o777)}"
+    real = client_id(client_password(stack.settings))
+    before = log.read_text().count(f"{real} already connected")
+    attempts = {
+        "anonymous, device port": impostor(stack.settings.mqtt_port, real),
+        "anonymous, WebSockets": impostor(stack.settings.mqtt_ws_port, real, "websockets"),
+        f"user {WEB_USER}": impostor(stack.settings.mqtt_port, real,
+                                      user=(WEB_USER, web_mqtt_password(stack.settings))),
+        "anonymous, a worker's id": impostor(stack.settings.mqtt_port, f"{real}-w1"),
+    }
+    assert attempts == dict.fromkeys(attempts, "Not authorized")
+    assert log.read_text().count(f"{real} already connected") == before, "the ingest client was kicked"
+    assert "lost the broker connection" not in stack.client.output()
+    device.reading(Topic.PHOTORESISTOR_STATUS, 17).wait_for_publish(5)
+    wait_for(lambda: light_values(stack.engine, device.name) == [17], 5, what="the reading stored")
+    # A board running the specification's firmware connects anonymously with its own id, as before.
+    assert impostor(stack.settings.mqtt_port, "ESP32-5EC0111112") == "Success"
 
 
 @pytest.mark.parametrize(("limit", "locked_out"), [(20, True), (-1, False)])

@@ -545,7 +545,7 @@ def test_api_index_lists_the_api_routes_with_their_docstrings(app: Flask, client
         assert body["documentation"] == "docs/api.md"
         listed = [(r["method"], r["path"]) for r in body["routes"]]
         assert listed == [("GET", "/api"), ("GET", "/api/devices"), ("GET", "/api/devices/<device_id>"),
-                          ("GET", "/api/stats"), ("POST", "/api/devices/<device_id>/led"),
+                          ("GET", "/api/stats"), ("GET", "/api/live-token"), ("POST", "/api/devices/<device_id>/led"),
                           ("POST", "/api/devices/<device_id>/name"), ("GET", "/api/devices/<device_id>/readings"),
                           ("GET", "/api/devices/<device_id>/readings.csv"), ("GET", "/api/export.csv")]
     described = {r["path"]: r["description"] for r in body["routes"] if r["method"] == "GET"}
@@ -790,7 +790,8 @@ def test_database_without_schema(settings: Settings) -> None:
 def test_the_database_appears_after_start(settings: Settings) -> None:
     client = create_app(settings).test_client()
     assert client.get("/api/devices").status_code == 503
-    from sensorhub.db.engine import init_db, make_engine
+    from sensorhub.db.engine import make_engine
+    from sensorhub.db.schema import init_db
     engine = make_engine(settings.database_url, create_dir=True)
     init_db(engine)
     engine.dispose()

@@ -8,13 +8,16 @@ import os
 import re
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO
 
-from sensorhub import dynsec
+from sensorhub import dynsec, livetoken, reserve
 from sensorhub.config import Settings
 from sensorhub.credentials import (
     BROKER_DIR,
@@ -22,12 +25,15 @@ from sensorhub.credentials import (
     client_password,
     mosquitto_account,
     web_mqtt_password,
+    web_secret_key,
     write_broker_passwd,
 )
 from sensorhub.errors import BrokerError
 from sensorhub.ports import ensure_free
 from sensorhub.process import NOTIFY_ENV, NotifySocket
+from sensorhub.protocol import MAX_PACKET
 from sensorhub.tls import check_tls_files
+from sensorhub.wsguard import Listener, WsGuard
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +66,16 @@ def speaks_notify(program: str) -> bool:
 
 def render_config(settings: Settings, log_file: Path, base: str | None = None, *,
                   passwd: Path | None = None, tls: tuple[Path, Path] | None = None,
-                  plugin: Path | None = None) -> str:
+                  plugin: Path | None = None, reserved_ids: Path | None = None, ws_upstream: int | None = None) -> str:
     """The base configuration with ports, paths, connection limit and access rules taken from `settings`.
 
     Paths become absolute (the generated copy runs from any directory). The device listeners load the dynamic
     security `plugin` found on this machine; without one (None), they fall back to the password file and
-    mqtt/acl.devices, which cannot keep other clients out of the workers' share group. With a device password,
+    mqtt/acl.devices, which cannot keep other clients out of the workers' share group. Every listener loads
+    sensorhub's plugin reserving the ingest client's ids (`reserved_ids`, compiled by `reserve.build`; its lines are
+    left out when it could not be built). With `ws_upstream`, a WebSockets listener listens on that port of the
+    loopback interface instead, without a TLS twin: the guard (sensorhub.wsguard) takes its public ports. With a
+    device password,
     the device listeners refuse anonymous clients; with TLS, every listener gets a twin on its TLS port with
     the same rules.
     """
@@ -73,11 +83,20 @@ def render_config(settings: Settings, log_file: Path, base: str | None = None, *
     preamble, blocks = _listener_blocks(text.splitlines())
     ports = {_DEFAULTS.mqtt_port: settings.mqtt_port, _DEFAULTS.mqtt_ws_port: settings.mqtt_ws_port}
     tls_ports = {_DEFAULTS.mqtt_port: settings.mqtt_tls_port, _DEFAULTS.mqtt_ws_port: settings.mqtt_wss_port}
-    out = [rendered for line in preamble for rendered in _render_line(line, settings, log_file, passwd, plugin)]
+    out = [rendered for line in preamble
+           for rendered in _render_line(line, settings, log_file, passwd, plugin, reserved_ids)]
     for port, block in blocks:
-        body = [rendered for line in block[1:] for rendered in _render_line(line, settings, log_file, passwd, plugin)]
-        if settings.device_password and any(line.startswith(("password_file", "plugin ")) for line in body):
+        body = [rendered for line in block[1:]
+                for rendered in _render_line(line, settings, log_file, passwd, plugin, reserved_ids)]
+        if settings.device_password and any(line.startswith("password_file") or
+                                            (line.startswith("plugin ") and line.endswith(dynsec.PLUGIN))
+                                            for line in body):
             body = ["allow_anonymous false" if line == "allow_anonymous true" else line for line in body]
+        websockets = "protocol websockets" in body
+        if websockets and ws_upstream is not None:
+            out += ["# Reached through sensorhub's guard only (sensorhub.wsguard), which takes the public port.",
+                    f"listener {ws_upstream} 127.0.0.1", *body]
+            continue
         out += [f"listener {ports.get(port, port)}", *body]
         if tls is not None:
             while out and not out[-1].strip():
@@ -103,7 +122,7 @@ def _listener_blocks(lines: list[str]) -> tuple[list[str], list[tuple[int, list[
 
 
 def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | None,
-                 plugin: Path | None) -> list[str]:
+                 plugin: Path | None, reserved_ids: Path | None) -> list[str]:
     if re.fullmatch(r"max_connections\s+-?\d+", line):
         return [f"max_connections {settings.broker_max_connections}"]
     if re.fullmatch(r"log_dest\s+file\s+.*", line):
@@ -114,6 +133,10 @@ def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | N
         return [f"password_file {passwd}"]
     if line.startswith("persistence_location") and passwd is not None:
         return [f"persistence_location {passwd.parent}/"]
+    if re.fullmatch(rf"plugin\s+\S*{re.escape(reserve.NAME)}", line):
+        return [f"plugin {reserved_ids}"] if reserved_ids is not None else []
+    if line.startswith("plugin_opt_reserve"):
+        return [line] if reserved_ids is not None else []
     if re.fullmatch(rf"plugin\s+{re.escape(dynsec.PLUGIN)}", line):
         if plugin is not None:
             return [f"plugin {plugin}"]
@@ -183,10 +206,14 @@ class Broker:
         self.process: subprocess.Popen[bytes] | None = None
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self.config_path = BASE_CONFIG
+        self.guard: WsGuard | None = None
+        self._tls: tuple[Path, Path] | None = None
+        #: The loopback port of mosquitto's WebSockets listener, behind the guard (chosen at each start).
+        self.ws_upstream = 0
 
-    def _config(self, keep: bool = False) -> tuple[Path, Path]:
-        """The configuration to run and the directory to run it from; with `keep`, a generated configuration
-        goes to the state directory (beside the password file) rather than to a directory removed on stop."""
+    def _config(self) -> tuple[Path, Path]:
+        """The configuration to run (a copy of mqtt/mosquitto.conf, in a directory removed on stop) and the
+        directory to run it from."""
         log_file = Path(self.settings.broker_log).resolve()
         _prepare_log_file(log_file)
         passwd = write_broker_passwd(self.settings).resolve()
@@ -201,28 +228,17 @@ class Broker:
             logger.warning("Mosquitto's dynamic security plugin (%s) is not installed: the device port falls back "
                            "to %s, which cannot keep other clients out of the ingest workers' share group "
                            "(docs/security.md)", dynsec.PLUGIN, DEVICE_ACL.relative_to(PROJECT_ROOT))
+        reserved_ids = reserve.build(passwd.parent)
         tls = _copy_tls_files(self.settings, passwd.parent) if self.settings.tls else None
+        self._tls = tls
+        self.ws_upstream = _loopback_port()
         user_line = _user_line([log_file, passwd, BASE_CONFIG])
-        as_specified = (
-            self.settings.mqtt_port == _DEFAULTS.mqtt_port
-            and self.settings.mqtt_ws_port == _DEFAULTS.mqtt_ws_port
-            and self.settings.broker_max_connections == _DEFAULTS.broker_max_connections
-            and log_file == (PROJECT_ROOT / _DEFAULTS.broker_log).resolve()
-            and passwd == (PROJECT_ROOT / _DEFAULTS.state_dir / BROKER_DIR / PASSWD).resolve()
-            and not self.settings.device_password
-            and tls is None
-            and user_line is None
-            and plugin is not None and dynsec.found_by_name(plugin)
-        )
-        if as_specified:
-            return BASE_CONFIG, PROJECT_ROOT
-        if keep:
-            path = passwd.parent / "mosquitto.conf"
-        else:
-            self._tmpdir = tempfile.TemporaryDirectory(prefix="sensorhub-broker-")
-            path = Path(self._tmpdir.name) / "mosquitto.conf"
-            os.chmod(self._tmpdir.name, 0o755)
-        text = render_config(self.settings, log_file, passwd=passwd, tls=tls, plugin=plugin)
+        # Always a copy: the WebSockets listener moves to the loopback interface, behind the guard.
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="sensorhub-broker-")
+        path = Path(self._tmpdir.name) / "mosquitto.conf"
+        os.chmod(self._tmpdir.name, 0o755)
+        text = render_config(self.settings, log_file, passwd=passwd, tls=tls, plugin=plugin, reserved_ids=reserved_ids,
+                             ws_upstream=self.ws_upstream)
         if user_line:
             text = f"{user_line}\n{text}"
         path.write_text(text)
@@ -236,22 +252,6 @@ class Broker:
             ensure_free(self.settings.mqtt_tls_port, "SENSORHUB_MQTT_TLS_PORT", "MQTT over TLS")
             ensure_free(self.settings.mqtt_wss_port, "SENSORHUB_MQTT_WSS_PORT", "MQTT over secure WebSockets")
         return program
-
-    def can_become_mosquitto(self) -> bool:
-        """Whether `become_mosquitto` may be used: this mosquitto says READY=1 itself."""
-        return speaks_notify(find_mosquitto())
-
-    def become_mosquitto(self) -> NoReturn:
-        """Replace this process with mosquitto (same pid, signals and environment): no Python process stays
-        beside the broker only to watch it (about 30 MiB). Mosquitto then sends READY=1 to NOTIFY_SOCKET."""
-        program = self._check_ports()
-        self.config_path, cwd = self._config(keep=True)
-        logger.info("starting %s -c %s: MQTT on port %d, WebSockets on port %d (log: %s)", program,
-                    self.config_path, self.settings.mqtt_port, self.settings.mqtt_ws_port, self.settings.broker_log)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        os.chdir(cwd)
-        os.execv(program, [program, "-c", str(self.config_path)])
 
     def start(self, timeout: float = 10.0) -> None:
         """Start mosquitto and return once it listens on both ports."""
@@ -280,11 +280,31 @@ class Broker:
         finally:
             if notify is not None:
                 notify.close()
+        self._start_guard()
         tls = (f", TLS on port {self.settings.mqtt_tls_port}, secure WebSockets on port "
                f"{self.settings.mqtt_wss_port}" if self.settings.tls else "")
         access = "boards log in as `device`" if self.settings.device_password else "boards connect anonymously"
         logger.info("broker ready: MQTT on port %d, WebSockets on port %d%s; %s (log: %s)",
                     self.settings.mqtt_port, self.settings.mqtt_ws_port, tls, access, self.settings.broker_log)
+
+    def _start_guard(self) -> None:
+        """The guard on the public WebSockets port(s), in front of mosquitto's loopback listener."""
+        listeners = [Listener(self.settings.mqtt_ws_port)]
+        if self._tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self._tls[0], self._tls[1])
+            listeners.append(Listener(self.settings.mqtt_wss_port, context))
+        authorize: Callable[[bytes], bool] | None = None
+        if self.settings.web_private:
+            # Only pages served to a logged-in visitor carry a token signed with the web server's key.
+            key = web_secret_key(self.settings)
+            authorize = lambda line: livetoken.valid(key, livetoken.from_request_line(line))  # noqa: E731
+        self.guard = WsGuard(listeners, self.ws_upstream, MAX_PACKET, authorize)
+        try:
+            self.guard.start()
+        except OSError as err:
+            self.stop()
+            raise BrokerError(f"cannot open the WebSockets port {self.settings.mqtt_ws_port}: {err.strerror}") from err
 
     def _ready(self, notify: NotifySocket | None, log: Path, offset: int) -> bool:
         if notify is None:
@@ -307,7 +327,10 @@ class Broker:
         return self.process.wait()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop mosquitto (SIGTERM, then SIGKILL) and remove the generated configuration."""
+        """Stop the guard and mosquitto (SIGTERM, then SIGKILL) and remove the generated configuration."""
+        if self.guard is not None:
+            self.guard.stop()
+            self.guard = None
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -325,6 +348,13 @@ class Broker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _loopback_port() -> int:
+    """A free TCP port on 127.0.0.1, for mosquitto's WebSockets listener behind the guard."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _running_line(log: Path, offset: int) -> bool:

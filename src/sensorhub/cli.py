@@ -64,10 +64,8 @@ def broker(settings: Settings) -> None:
     from sensorhub.broker import Broker
 
     broker = Broker(settings)
-    if broker.can_become_mosquitto():
-        click.echo("broker starting; Ctrl-C stops it", err=True)
-        broker.become_mosquitto()
-    # A mosquitto that cannot say READY=1: this process starts it, watches its log, and says it for it.
+    # This process stays beside mosquitto: it runs the guard of the WebSockets port (sensorhub.wsguard), which
+    # applies max_packet_size there, and says READY=1 once both are up.
     # SIGTERM (from `sensorhub run`, systemd, kill) stops mosquitto too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with broker as running:
@@ -141,8 +139,8 @@ def db() -> None:
 @pass_settings
 def db_init(settings: Settings) -> None:
     """Create the database and its schema (idempotent)."""
-    from sensorhub.db.engine import init_db, make_engine
-    from sensorhub.db.schema import display_url
+    from sensorhub.db.engine import make_engine
+    from sensorhub.db.schema import display_url, init_db
 
     engine = make_engine(settings.database_url, create_dir=True)
     init_db(engine)
@@ -154,7 +152,8 @@ def db_init(settings: Settings) -> None:
 @pass_settings
 def db_seed(settings: Settings, devices: int) -> None:
     """Add plausible dummy devices and readings."""
-    from sensorhub.db.engine import check_schema, make_engine
+    from sensorhub.db.engine import make_engine
+    from sensorhub.db.schema import check_schema
     from sensorhub.db.seed import seed
 
     engine = make_engine(settings.database_url)
@@ -194,9 +193,9 @@ def db_reset(settings: Settings, yes: bool) -> None:
     """Delete every device and reading, then recreate an empty schema (web accounts are kept)."""
     from sqlalchemy import MetaData, insert, select
 
-    from sensorhub.db.engine import init_db, make_engine
+    from sensorhub.db.engine import make_engine
     from sensorhub.db.models import WebUser
-    from sensorhub.db.schema import check_schema, display_url
+    from sensorhub.db.schema import check_schema, display_url, init_db
 
     if not yes:
         click.confirm(f"Delete ALL devices and readings in {display_url(settings.database_url)}?", abort=True)

@@ -288,7 +288,9 @@ class Settings:
         "Password of the broker user `device`; set, boards must log in with it (no anonymous access).",
         _password,
     )
-    web_private: bool = setting("0", "1: every page and API needs a login (once an account exists).", _flag)
+    web_private: bool = setting(
+        "0", "1: every page and API needs a login (once an account exists), and the WebSockets port a token that "
+        "only logged-in pages get.", _flag)
     web_session_days: int = setting(
         "7",
         "Days a web login lasts (1 to 365), counted from the login; logging out or `sensorhub user passwd` "

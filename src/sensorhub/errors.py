@@ -49,3 +49,9 @@ class PayloadError(SensorhubError, ValueError):
     def __init__(self, message: str, reason: str = "invalid") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def reason(err: BaseException) -> str:
+    """The first line of what went wrong: the database driver's own message when SQLAlchemy wraps one."""
+    orig = getattr(err, "orig", None)
+    return str(orig if orig is not None else err).splitlines()[0]

@@ -16,18 +16,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, String, func, select, type_coerce
 
+from sensorhub.buckets import Bucket, Key, bucket_start, credit
 from sensorhub.db.engine import sqlite_path
-from sensorhub.db.models import (
-    READING_MODELS,
-    ROLLUP_MODELS,
-    Device,
-    DeviceSession,
-    format_timestamp,
-    parse_timestamp,
-    to_micros,
-)
-from sensorhub.ingest.rollups import Bucket, Key, bucket_start, credit
+from sensorhub.db.models import READING_MODELS, ROLLUP_MODELS, Device, DeviceSession
 from sensorhub.protocol import Kind
+from sensorhub.timestamps import format_timestamp, parse_timestamp, to_micros
 
 #: `bucket=auto` picks the finest bucket that gives at most this many points.
 AUTO_POINTS = 1000

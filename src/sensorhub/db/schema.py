@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub.db.engine import make_engine, sqlite_path
-from sensorhub.errors import DatabaseError
+from sensorhub.errors import DatabaseError, reason
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _look_engine(url: str) -> Found:
             if "alembic_version" in tables:
                 revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as err:
-        raise DatabaseError(f"cannot open the database {engine.url!r}: {_reason(err)}") from err
+        raise DatabaseError(f"cannot open the database {engine.url!r}: {reason(err)}") from err
     finally:
         engine.dispose()
     return _classify(tables, revision, None)
@@ -146,8 +146,16 @@ def display_url(url: str) -> str:
     return str(sqlite_path(url) or make_url(url).render_as_string(hide_password=True))
 
 
-def check_schema(url: str) -> None:
-    """Raise DatabaseError, in one line saying what to do, unless the database is at the newest revision."""
+def init_db(engine: Engine) -> None:
+    """Create the schema, or bring it to the newest revision (idempotent)."""
+    upgrade(engine.url.render_as_string(hide_password=False))
+    logger.info("database ready at %s", engine.url)
+
+
+def check_schema(database: Engine | str) -> None:
+    """Raise DatabaseError, in one line saying what to do, unless the database (an engine or a URL) is at the
+    newest revision."""
+    url = database if isinstance(database, str) else database.url.render_as_string(hide_password=False)
     found = look(url)
     where = display_url(url)
     match found.state:
@@ -186,7 +194,7 @@ def upgrade(url: str) -> tuple[str | None, str]:
                 command.stamp(config, BASELINE)
             command.upgrade(config, "head")
     except SQLAlchemyError as err:
-        raise DatabaseError(f"cannot upgrade the database {engine.url!r}: {_reason(err)}") from err
+        raise DatabaseError(f"cannot upgrade the database {engine.url!r}: {reason(err)}") from err
     finally:
         engine.dispose()
     after = head()
@@ -211,7 +219,3 @@ def migrated_engine(url: str) -> Engine:
     upgrade(url)
     return make_engine(url)
 
-
-def _reason(err: BaseException) -> str:
-    orig = getattr(err, "orig", None)
-    return str(orig if orig is not None else err).splitlines()[0]

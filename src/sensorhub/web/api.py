@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
+from sensorhub import livetoken
 from sensorhub.commands import LedRequest, Outcome, RenameRequest
 from sensorhub.db import history, queries
 from sensorhub.db.space import database_space
@@ -190,6 +191,17 @@ def stats() -> Response:
         db_bytes=size, oldest=None if first is None else iso(first),
         disk_free_bytes=None if space is None else space.free, disk_low=space is not None and space.low,
     )
+
+
+@bp.get("/live-token")
+def live_token() -> Response:
+    """A token for the live stream's WebSocket URL (`?token=`), valid 5 minutes; needed in private mode."""
+    settings = web_state().settings
+    token = livetoken.issue(current_app.config["SECRET_KEY"])
+    response = jsonify(token=token, parameter=livetoken.PARAMETER, seconds=livetoken.TOKEN_SECONDS,
+                       required=settings.web_private)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.post("/devices/<id:device_id>/led")

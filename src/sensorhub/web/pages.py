@@ -6,9 +6,10 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, abort, render_template, request
+from flask import Blueprint, Response, abort, current_app, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from sensorhub import livetoken
 from sensorhub.db import history, queries
 from sensorhub.errors import DatabaseError
 from sensorhub.protocol import MAX_NAME, QOS, Kind, Topic, browser_data
@@ -88,6 +89,8 @@ def capteurs() -> str:
     return render_template(
         "capteurs.html", page="capteurs", cards=_online_cards(), mqtt_ws_port=settings.mqtt_ws_port,
         mqtt_wss_port=settings.mqtt_wss_port,
+        # Private mode: the broker's WebSockets guard lets a page in only with a token it got from us.
+        live_token=livetoken.issue(current_app.config["SECRET_KEY"]) if settings.web_private else "",
         keepalive=settings.keepalive, vendor_missing=vendor.missing(), max_name=MAX_NAME,
     )
 

@@ -14,6 +14,9 @@ import {initLayoutToggle, initRename, postJSON, protocol, showName, sleep} from 
 const {topics: TOPIC, separator: SEPARATOR, live: LIVE} = protocol();
 const LED_CONFIRM_MS = 5000;
 const RECONCILE_AGAIN_MS = 3000;
+// Private mode: the broker's WebSockets port opens only with a token from the web server, valid 5 minutes for
+// opening a connection; the page keeps a fresh one for its reconnections.
+const TOKEN_REFRESH_MS = 60 * 1000;
 const EVENT_MEMORY_MS = 10 * 60 * 1000;
 
 const container = document.querySelector('[data-live]');
@@ -316,7 +319,24 @@ function connect() {
   const secure = window.location.protocol === 'https:';
   const port = secure ? container.dataset.wssPort : container.dataset.wsPort;
   const url = `${secure ? 'wss' : 'ws'}://${window.location.hostname}:${port}`;
+  let token = container.dataset.liveToken || '';
+  let sessionEnded = false;
+  if (token) {
+    setInterval(async () => {
+      try {
+        const response = await fetch('/api/live-token', {cache: 'no-store', credentials: 'same-origin'});
+        if (response.status === 401) {
+          sessionEnded = true;
+          return;
+        }
+        if (response.ok) token = (await response.json()).token;
+      } catch (err) {
+        console.warn('live token:', err.message); // the web server is away: keep the last one meanwhile
+      }
+    }, TOKEN_REFRESH_MS);
+  }
   const client = window.mqtt.connect(url, {
+    transformWsUrl: (wsUrl) => (token ? `${wsUrl}?token=${encodeURIComponent(token)}` : wsUrl),
     protocolVersion: 5,
     clean: true,
     keepalive: Number(container.dataset.keepalive) || 5,
@@ -328,6 +348,10 @@ function connect() {
   let everConnected = false;
   const lost = () => {
     setLiveStatus('lost', 'Connexion au broker perdue');
+    if (sessionEnded) {
+      showBanner('Votre session a pris fin : reconnectez-vous (/login) pour suivre les capteurs en direct.');
+      return;
+    }
     showBanner(everConnected
       ? `Connexion au broker MQTT perdue (${url}) : reconnexion en cours, les données affichées ne sont plus à jour.`
       : `Impossible de joindre le broker MQTT (${url}) : nouvel essai toutes les 2 secondes.`);

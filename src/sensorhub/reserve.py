@@ -1,0 +1,80 @@
+"""sensorhub's Mosquitto plugin reserving the ingest client's client ids to its broker user (mosquitto_reserve.c).
+
+Mosquitto 2.0.11 disconnects a connected client as soon as another one connects with the same client id, whoever
+that is: its dynamic security plugin can bind a user to a client id (`clientid`), not keep other clients off it,
+and `clientid_prefixes` would refuse every board whose id lacks the prefix (docs/security.md). The plugin,
+compiled here with the system's C compiler against Mosquitto's own headers (mosquitto-dev) into the broker's
+directory, refuses a CONNECT whose client id starts with `sensorhub-ingest-` unless it logs in as user `sensorhub`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from sensorhub.credentials import CLIENT_USER
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("mosquitto_reserve.c")
+#: Every ingest worker's client id starts with it (credentials.client_id, `-w<n>` for the others).
+INGEST_PREFIX = "sensorhub-ingest-"
+#: (prefix, user) pairs given to the plugin.
+RESERVED = ((INGEST_PREFIX, CLIENT_USER),)
+#: What building the plugin needs on Debian: a C compiler and the installed Mosquitto's plugin headers.
+BUILD_PACKAGES = "gcc mosquitto-dev libmosquitto-dev"
+_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/local/bin"])
+
+
+def find_compiler() -> str | None:
+    """The system's C compiler (cc, gcc or clang), or None."""
+    for name in ("cc", "gcc", "clang"):
+        path = shutil.which(name, path=_SEARCH_PATH)
+        if path is not None:
+            return path
+    return None
+
+
+#: The compiled plugin's name in the broker's directory (mqtt/mosquitto.conf loads var/mosquitto/sensorhub_reserve.so).
+NAME = "sensorhub_reserve.so"
+
+
+def build(directory: Path) -> Path | None:
+    """The compiled plugin in `directory` (rebuilt when its source changed), or None without a C compiler or when
+    it does not compile (a warning says what the broker then cannot refuse)."""
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()
+    target = directory / NAME
+    stamp = directory / f"{NAME}.sha256"
+    if target.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return target
+    compiler = find_compiler()
+    if compiler is None:
+        logger.warning("no C compiler (sudo apt-get install %s): the broker cannot reserve the ingest client's "
+                       "client id to its user, any client could connect with it (docs/security.md)", BUILD_PACKAGES)
+        return None
+    temporary = directory / f".{NAME}.tmp"
+    result = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(temporary), str(SOURCE)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        errors = [line for line in lines if "error" in line] or lines or ["failed"]
+        logger.warning("could not build the broker plugin %s (%s; it needs sudo apt-get install %s): any client "
+                       "could connect with the ingest client's id (docs/security.md)", SOURCE.name, errors[0],
+                       BUILD_PACKAGES)
+        temporary.unlink(missing_ok=True)
+        return None
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, target)
+    stamp.write_text(digest + "\n")
+    return target
+
+
+def config_lines(plugin: Path) -> list[str]:
+    """The listener lines loading the plugin with the reserved prefixes."""
+    return [f"plugin {plugin}",
+            *(f"plugin_opt_reserve{number} {prefix} {user}" for number, (prefix, user) in enumerate(RESERVED, 1))]
