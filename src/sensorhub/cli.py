@@ -315,7 +315,7 @@ def user_passwd(settings: Settings, name: str) -> None:
     if name not in {account.name for account in accounts.list_accounts(engine)}:
         raise accounts.AccountError(f"no account is called {name!r} (`sensorhub user list`)")
     accounts.set_password(engine, name, _new_password(name))
-    click.echo(f"password of {name} changed")
+    click.echo(f"password of {name} changed; {_end_sessions(settings, name)}")
 
 
 @user.command("remove")
@@ -328,7 +328,25 @@ def user_remove(settings: Settings, name: str) -> None:
     engine = _accounts_engine(settings)
     accounts.remove(engine, name)
     left = len(accounts.list_accounts(engine))
-    click.echo(f"account {name} removed" + ("" if left else "; no account left: the controls are open to everyone"))
+    click.echo(f"account {name} removed; {_end_sessions(settings, name)}"
+               + ("" if left else "; no account left: the controls are open to everyone"))
+
+
+def _end_sessions(settings: Settings, name: str) -> str:
+    """Delete the account's login sessions from the web state: what happened, for the user."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sensorhub.errors import SensorhubError
+    from sensorhub.webstate import end_account_sessions
+
+    try:
+        ended = end_account_sessions(settings, name)
+    except (SQLAlchemyError, SensorhubError, OSError) as err:
+        # The sessions still end: each one remembers the password it was opened with (the sensor database's word).
+        click.echo(f"sensorhub: warning: cannot reach the web state to delete the login sessions of {name} "
+                   f"({str(err).splitlines()[0]}); they are refused anyway", err=True)
+        return "its login sessions are refused"
+    return f"{ended} login session(s) ended"
 
 
 @user.command("list")
