@@ -43,6 +43,10 @@ class IngestError(SensorhubError):
     """The ingest client cannot go on (refused by the broker, a component of it stopped)."""
 
 
+class UnknownDevice(SensorhubError, LookupError):
+    """No device has the id asked for."""
+
+
 class PayloadError(SensorhubError, ValueError):
     """An MQTT payload or pipe command does not follow the protocol; `reason` is a short counter key."""
 

@@ -19,7 +19,7 @@ from urllib.request import pathname2url
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -219,3 +219,24 @@ def migrated_engine(url: str) -> Engine:
     upgrade(url)
     return make_engine(url)
 
+
+def reset(url: str) -> int:
+    """Delete every device and reading, then recreate an empty schema; web accounts are kept (they are
+    configuration, not recorded data). Refuses a database that is not sensorhub's. Returns how many accounts."""
+    from sensorhub.db.models import WebUser
+
+    check_schema(url)  # never drop the tables of something that is not ours
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            accounts = [dict(row) for row in conn.execute(select(WebUser.__table__)).mappings()]
+            tables = MetaData()
+            tables.reflect(conn)
+            tables.drop_all(conn)
+        init_db(engine)
+        if accounts:
+            with engine.begin() as conn:
+                conn.execute(insert(WebUser), accounts)
+    finally:
+        engine.dispose()
+    return len(accounts)
