@@ -39,6 +39,7 @@ from sensorhub.db.presence import Applied, bring_back, lost_devices, set_presenc
 from sensorhub.db.space import MIB, database_dir, database_space
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.history import Event, History, SessionEvent
+from sensorhub.ingest.limits import Limits
 from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import (
@@ -139,13 +140,15 @@ _DEVICE_ROWS = (
 )
 
 
-def load_sessions(conn: Connection, presence_timeout_us: int, *, exact: bool = True) -> Sessions:
+def load_sessions(conn: Connection, presence_timeout_us: int, *, exact: bool = True,
+                  limits: Limits | None = None) -> Sessions:
     """A session engine holding the device table as it is now (`exact`: the only worker on it)."""
     conn.rollback()
     devices = [_device(row) for row in conn.exec_driver_sql(_DEVICE_ROWS)]
     seq = conn.exec_driver_sql(dialect.LAST_DEVICE_ID[conn.dialect.name]).scalar()
     conn.rollback()
-    return Sessions(devices, next_id=int(seq or 0) + 1, presence_timeout_us=presence_timeout_us, exact=exact)
+    return Sessions(devices, next_id=int(seq or 0) + 1, presence_timeout_us=presence_timeout_us, exact=exact,
+                    limits=limits)
 
 
 def _device(row: Any) -> Device:
@@ -162,8 +165,10 @@ class Writer:
                  presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX,
                  history: History | None = None, purger: Purger | None = None,
                  metrics: IngestMetrics | None = None, shared: bool = False, linger: float = LINGER,
-                 answer: Answer | None = None) -> None:
+                 answer: Answer | None = None, limits: Limits | None = None) -> None:
         self.engine = engine
+        #: The flood limits (ingest/limits.py; none by default), kept across the engines rebuilt from the database.
+        self.limits = limits if limits is not None else Limits.of()
         #: Answers the commands that asked for an answer, once their batch is committed.
         self.answer = answer
         #: How long a batch of QoS 0 readings waits for more (LINGER).
@@ -181,7 +186,7 @@ class Writer:
         self.batch_max = batch_max
         self.queue: queue.Queue[Inbound | None] = queue.Queue(maxsize=queue_max)
         self.stats = WriterStats()
-        self.sessions = Sessions(presence_timeout_us=self.presence_timeout_us, exact=not shared)
+        self.sessions = Sessions(presence_timeout_us=self.presence_timeout_us, exact=not shared, limits=self.limits)
         #: Set when the writer is given up on: `submit` stops waiting for room and refuses.
         self.failed = threading.Event()
         #: time.monotonic() of the writer's last sign of life (the Watchdog reads it).
@@ -220,7 +225,7 @@ class Writer:
     def open(self) -> None:
         """Connect and load the sessions from the database (what `start` does before its thread runs)."""
         self._conn = self.engine.connect()
-        self.sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared)
+        self.sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared, limits=self.limits)
         self.stats.online = sum(1 for device in self.sessions.by_id.values() if device.online)
         self.history.load(self._conn)
         self._conn.rollback()
@@ -409,7 +414,7 @@ class Writer:
         assert self._conn is not None
         try:
             self._conn.rollback()
-            sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared)
+            sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared, limits=self.limits)
             self.history.load(self._conn)
             self._conn.rollback()
         except OperationalError as err:
@@ -558,8 +563,10 @@ class Writer:
         except BaseException:
             conn.rollback()
             self.history.discard()
+            self.limits.rollback()  # a retried batch is limited once, not once per attempt
             raise
         self.history.committed()
+        self.limits.commit()
         return done
 
     def _sweep(self, conn: Connection, change: Sweep, done: Decisions, events: list[SessionEvent]) -> None:
