@@ -103,12 +103,6 @@ _SET_LAST_SEEN = (
 _NO_READING = (None, None)
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
 _QUARANTINE = "INSERT INTO quarantine (received_at, topic, payload, reason) VALUES (?, ?, ?, ?)"
-#: Taken, with several workers, by a transaction that may hand out device ids or names (then released by its
-#: commit): SQLite's write lock through a write that changes nothing; on PostgreSQL an advisory lock.
-_DEVICE_LOCK = {
-    "sqlite": "DELETE FROM quarantine WHERE id = -1",
-    "postgresql": "SELECT pg_advisory_xact_lock(1616)",
-}
 #: Attempts again, on the engine rebuilt from the database, of a batch handing out device ids or names that
 #: the database refused: joins arriving at several workers at once can collide more than once.
 CONFLICT_RETRIES = 3
@@ -631,7 +625,7 @@ class Writer:
         next_id = sessions.next_id
         if locked:
             conn.rollback()
-            conn.exec_driver_sql(_DEVICE_LOCK[conn.dialect.name])
+            conn.exec_driver_sql(dialect.DEVICE_LOCK[conn.dialect.name])
             next_id = int(conn.exec_driver_sql(dialect.LAST_DEVICE_ID[conn.dialect.name]).scalar() or 0) + 1
             names.update(default_name(device_id) for device_id in range(next_id, next_id + len(macs)))
         names.update(name for name, _session in stale)
@@ -655,6 +649,11 @@ class Writer:
             if stale:
                 self.stats.rechecked += 1
                 logger.debug("the database knows sessions this worker did not: %d row(s) read", len(devices))
+        if macs:
+            # A MAC this engine knows but the database no longer holds: another worker's retention deleted it
+            # (a device that never came online); its join now makes a new device.
+            found = {device.mac for device in devices}
+            sessions.forget([sessions.by_mac[mac].id for mac in macs - found if mac in sessions.by_mac])
         sessions.upsert(devices, next_id)
 
     def _after_commit(self, done: Decisions, size: int) -> None:
@@ -704,6 +703,10 @@ class Writer:
         except SQLAlchemyError as err:
             logger.warning("retention purge failed (%s); retrying later", _reason(err))
             self.purger.delay(5.0)
+        finally:
+            deleted = self.purger.take_deleted_devices()
+            if deleted:
+                self.sessions.forget(deleted)
 
     def _call(self, action: Callable[..., object], *args: object) -> None:
         """Acknowledge or publish; what is committed stays committed whatever paho says."""
