@@ -115,6 +115,8 @@ def test_a_flooding_session_is_capped_while_a_board_alongside_loses_nothing(tmp_
                  what="every flooded reading stored or counted as rate-limited in /metrics")
         elapsed = time.monotonic() - started
         stored = len(light_values(running_stack, flooder.name))
+        print(f"{stored:,} of {flood_count:,} flooded readings stored in {elapsed:.1f} s, "
+              f"{running_stack.discarded('rate-limited'):,.0f} rate-limited")
         assert 1000 <= stored <= 1000 + 50 * (elapsed + 1), f"{stored} of {flood_count} stored in {elapsed:.1f} s"
         assert running_stack.discarded("rate-limited") == flood_count - stored
         wait_for(lambda: len(led_values(running_stack, board.name)) == 30, 10, what="the board's 30 readings")
@@ -142,6 +144,8 @@ def test_random_mac_joins_create_at_most_the_bound_a_minute(tmp_path: Path) -> N
             info.wait_for_publish(10)
         wait_for(lambda: devices(running_stack) - 1 + running_stack.discarded("new-device-limit") >= len(macs), 30,
                  interval=0.5, what="every join decided")
+        print(f"{devices(running_stack)} devices after 1 + {len(macs)} new MACs, "
+              f"{running_stack.discarded('new-device-limit'):.0f} refused")
         assert devices(running_stack) == 60
         assert running_stack.discarded("new-device-limit") == len(macs) - 59
         warnings = running_stack.log("(new-device-limit)")
