@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from bench.scenarios import Figure, Sizes
-from bench.stack import free_port, raise_open_files
+from bench.stack import NO_FLOOD_LIMITS, free_port, raise_open_files
 from sensorhub.config import Settings
 from sensorhub.process import Child
 from sensorhub.simulator import Fleet
@@ -104,6 +104,7 @@ def _settings(directory: Path) -> Settings:
         database_url=f"sqlite:///{directory / 'db.sqlite3'}", mqtt_port=free_port(), mqtt_ws_port=free_port(),
         web_port=free_port(), web_host="127.0.0.1", fifo=str(directory / "led.fifo"),
         broker_log=str(directory / "mosquitto.log"), state_dir=str(directory / "var"), broker_max_connections=-1,
+        **NO_FLOOD_LIMITS,  # 100 new devices joining at once
     )
 
 

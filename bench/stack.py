@@ -25,13 +25,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: The bench measures the client's throughput with synthetic boards far beyond a real one (100 devices sending 100
+#: readings a second each, 100,000 readings at once, 2,000 new devices joining together): with the default flood
+#: limits it would measure them instead. They are set as high as they go, so that every reading and join still
+#: pays for its check (ingest/limits.py) but none is refused.
+NO_FLOOD_LIMITS: dict[str, Any] = {"readings_per_second": 1_000_000.0, "readings_burst": 1_000_000,
+                                   "new_devices_per_minute": 1_000_000}
+
+
 def scratch_settings(directory: Path, **changes: Any) -> Settings:
     """Settings of a bench run of its own in `directory`: a new SQLite file, state directory and broker log, free
     ports, quiet logs; `changes` on top."""
     return Settings().replace(
         database_url=f"sqlite:///{directory / 'db.sqlite3'}", mqtt_port=free_port(), mqtt_ws_port=free_port(),
         fifo=str(directory / "var" / "ledpipe"), broker_log=str(directory / "mosquitto.log"),
-        state_dir=str(directory / "var"), broker_max_connections=-1, log_level="WARNING", **changes)
+        state_dir=str(directory / "var"), broker_max_connections=-1, log_level="WARNING",
+        **{**NO_FLOOD_LIMITS, **changes})
 
 
 def raise_open_files() -> None:
@@ -57,7 +66,7 @@ class Stack:
             database_url=database_url or f"sqlite:///{self.dir / 'db.sqlite3'}",
             mqtt_port=free_port(), mqtt_ws_port=free_port(), web_port=free_port(), web_host="127.0.0.1",
             fifo=str(self.dir / "led.fifo"), broker_log=str(self.dir / "mosquitto.log"),
-            state_dir=str(self.dir / "var"), broker_max_connections=-1, log_level="INFO",
+            state_dir=str(self.dir / "var"), broker_max_connections=-1, log_level="INFO", **NO_FLOOD_LIMITS,
         )
         self.log_path = self.dir / "stack.log"
         self._log: io.TextIOWrapper | None = None

@@ -30,6 +30,7 @@ def session_names(fleet: Fleet) -> list[str]:
 
 def test_300_devices_are_listed_follow_joins_and_leaves_and_keep_their_led_toggle(
         settings: Settings, broker: Broker, engine: Any, browser: Browser) -> None:
+    settings = settings.replace(new_devices_per_minute=0)  # 300 new boards at once: beyond the default 60 a minute
     with ingest_client(settings) as _client, web_server(settings, workers=2) as _web:
         fleet = Fleet(settings, DEVICES, interval=3.0, seed=314, button_every=None)
         newcomer = Fleet(settings, 1, interval=3.0, seed=315, button_every=None)

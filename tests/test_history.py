@@ -32,9 +32,12 @@ from sensorhub.db.models import LedReading, LightReading
 from sensorhub.db.rollups import rebuild
 from sensorhub.errors import DatabaseError
 from sensorhub.ingest import retention
+from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.service import IngestClient
-from sensorhub.protocol import Topic
+from sensorhub.ingest.sessions import Inbound
+from sensorhub.ingest.writer import Writer
+from sensorhub.protocol import Kind, MacJoin, Reading, SessionRef, Topic
 from sensorhub.timestamps import format_micros, to_micros
 from sensorhub.web import create_app
 from tests.devices import RawDevice
@@ -348,3 +351,38 @@ def test_retention_that_purges_a_devices_newest_readings_leaves_its_latest_value
     assert purger.stats.readings == 700 + 1
     assert [row[:3] for row in after] == [(gone, 1, None), (kept, None, 7)]
     assert after[0][3] is None
+
+
+@both_databases
+def test_stray_devices_are_purged_and_forgotten_and_the_others_kept(engine: Engine, settings: Settings) -> None:
+    """A device named by a MAC join 30 h ago and never heard from since goes; one that came online, one that sent a
+    reading, one whose MAC joined again an hour ago, and a stray of 20 h stay."""
+    now = datetime.now(UTC)
+    hours_ago = [to_micros(now - timedelta(hours=h)) for h in (30, 20, 1)]
+    published: list[bytes] = []
+    purger = Purger(0, 0, now_us=lambda: to_micros(now), stray_hours=24)
+    writer = Writer(engine, lambda _t, payload, _q: published.append(payload), lambda _m, _q: None, Drops(),
+                    purger=purger)
+    macs = [f"02:57:00:00:00:0{n}" for n in range(1, 6)]
+    writer.open()
+    writer.process([Inbound(MacJoin(mac), hours_ago[0] + n) for n, mac in enumerate(macs[:4])])
+    names = {mac: (name, session) for mac, name, session in (p.decode().split(";") for p in published)}
+    writer.process([Inbound(SessionRef(*names[macs[1]]), hours_ago[0] + 10),
+                    Inbound(Reading(Kind.LIGHT, *names[macs[2]], 42), hours_ago[0] + 11),
+                    Inbound(MacJoin(macs[4]), hours_ago[1]),
+                    Inbound(MacJoin(macs[3]), hours_ago[2])])
+    writer.close()
+    stray_id = writer.sessions.by_mac[macs[0]].id
+    purger.delay(0)
+    writer.start()
+    try:
+        wait_for(lambda: purger.stats.devices, 10, what="the stray purged")
+        wait_for(lambda: macs[0] not in writer.sessions.by_mac, 5, what="the stray forgotten by the writer")
+    finally:
+        writer.stop()
+    with engine.connect() as conn:
+        left = set(conn.execute(text("SELECT mac FROM device")).scalars())
+        sessions = conn.execute(text("SELECT count(*) FROM device_session WHERE device_id = :id"),
+                                {"id": stray_id}).scalar_one()
+    assert left == set(macs[1:]) and sessions == 0
+    assert purger.stats.devices == 1 and stray_id not in writer.sessions.by_id

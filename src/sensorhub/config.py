@@ -67,6 +67,30 @@ def _session_days(value: str) -> int:
     return days
 
 
+def _number(value: str) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not 0 <= number <= 1_000_000:  # also refuses nan and inf
+        raise ValueError("a number between 0 (off) and 1000000")
+    return number
+
+
+def _burst(value: str) -> int:
+    number = _int(value)
+    if not 1 <= number <= 1_000_000:
+        raise ValueError("a number of readings between 1 and 1000000")
+    return number
+
+
+def _per_minute(value: str) -> int:
+    number = _int(value)
+    if not 0 <= number <= 1_000_000:
+        raise ValueError("a number between 0 (no limit) and 1000000")
+    return number
+
+
 def _megabytes(value: str) -> int:
     size = _int(value)
     if not 0 <= size <= 10_000_000:
@@ -330,6 +354,29 @@ class Settings:
     )
     rollup_retention_days: int = setting(
         "0", "Days of 1-minute and 1-hour roll-ups kept (0 = keep everything).", _days
+    )
+    readings_per_second: float = setting(
+        "50",
+        "Readings a board may send per second in its session, on average (a real board sends about one); what "
+        "goes over is discarded and counted (`rate-limited` in /metrics). 0: no limit. Each worker limits what it "
+        "receives.",
+        _number,
+    )
+    readings_burst: int = setting(
+        "1000", "Readings a board may send at once above SENSORHUB_READINGS_PER_SECOND (its bucket's size).", _burst
+    )
+    new_devices_per_minute: int = setting(
+        "60",
+        "New devices (joins of a MAC never seen) created in any minute at most; a join beyond it gets no name and "
+        "is counted (`new-device-limit` in /metrics), the board asks again later. Known boards are never limited. "
+        "0: no limit. Per worker.",
+        _per_minute,
+    )
+    stray_device_hours: float = setting(
+        "24",
+        "Hours after which a device that was named by a MAC join but never came online nor sent a reading, and "
+        "was not heard from since, is deleted by the ingest client (one log line says how many). 0: never.",
+        _number,
     )
     low_space_mib: int = setting(
         "200", "Free space (MiB) on the database's disk under which start-up and /api/stats warn.", _megabytes

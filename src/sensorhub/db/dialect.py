@@ -24,6 +24,12 @@ LAST_DEVICE_ID = {
     "sqlite": "SELECT seq FROM sqlite_sequence WHERE name = 'device'",
     "postgresql": _PG_LAST_DEVICE_ID,
 }
+#: Taken, with several workers, by a transaction that may hand out device ids or names, or delete devices (then
+#: released by its commit): SQLite's write lock through a write that changes nothing; on PostgreSQL an advisory lock.
+DEVICE_LOCK = {
+    "sqlite": "DELETE FROM quarantine WHERE id = -1",
+    "postgresql": "SELECT pg_advisory_xact_lock(1616)",
+}
 _COLUMNS = "(device_id, at, value)"
 
 

@@ -36,6 +36,7 @@ from sensorhub.errors import IngestError, PayloadError
 from sensorhub.ingest.beacon import Beacon
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.ledpipe import PipeReader
+from sensorhub.ingest.limits import Limits
 from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound, Message
@@ -100,8 +101,11 @@ class IngestClient:
         self.metrics = IngestMetrics()
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
                              presence_timeout=3 * settings.keepalive,
-                             purger=Purger(settings.retention_days, settings.rollup_retention_days),
-                             metrics=self.metrics, shared=bool(settings.worker), answer=self._answer)
+                             purger=Purger(settings.retention_days, settings.rollup_retention_days,
+                                           stray_hours=settings.stray_device_hours),
+                             metrics=self.metrics, shared=bool(settings.worker), answer=self._answer,
+                             limits=Limits.of(settings.readings_per_second, settings.readings_burst,
+                                              settings.new_devices_per_minute))
         self.metrics.watch(self.writer)
         self.beacon = Beacon(settings, self._health_facts, self.metrics.registry)
         self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)

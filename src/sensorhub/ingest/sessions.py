@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from sensorhub.commands import LedRequest, Outcome, RenameRequest, Reply
+from sensorhub.ingest.limits import Limits
 from sensorhub.protocol import (
     KIND_TOPICS,
     QOS,
@@ -235,8 +236,11 @@ class Sessions:
     """The devices and their current sessions; `apply` is the only way they change."""
 
     def __init__(self, devices: Iterable[Device] = (), next_id: int = 1, presence_timeout_us: int = 15_000_000,
-                 *, exact: bool = True, new_session: Callable[[str | None], str] = new_session_id) -> None:
+                 *, exact: bool = True, new_session: Callable[[str | None], str] = new_session_id,
+                 limits: Limits | None = None) -> None:
         self.presence_timeout_us = presence_timeout_us
+        #: The flood limits (ingest/limits.py), shared with the engines rebuilt after this one; none by default.
+        self.limits = limits if limits is not None else Limits.of()
         #: Where session ids come from: random ones (protocol.new_session_id); a test may make them repeatable.
         self.new_session = new_session
         #: The only worker on its database: what the engine holds is what the database holds, so a join of a
@@ -284,6 +288,21 @@ class Sessions:
             self._index(device)
         self.next_id = max(self.next_id, next_id, *(device.id + 1 for device in devices))
 
+    def forget(self, device_ids: Iterable[int]) -> None:
+        """The database no longer holds these devices (retention deleted them, or another worker did)."""
+        gone = []
+        for device_id in device_ids:
+            device = self.by_id.pop(device_id, None)
+            if device is None:
+                continue
+            gone.append(device_id)
+            for index, key in ((self.by_mac, device.mac), (self.by_name, device.name),
+                               (self.by_session_name, device.session_name)):
+                if index.get(key) is device:
+                    del index[key]
+            self._lost.discard(device_id)
+        self.limits.readings.forget(gone)
+
     def mark_lost(self, lost: Iterable[tuple[int, str]]) -> None:
         """Take the devices the database says are lost (device id, session), and only those, as lost."""
         lost_now = dict(lost)
@@ -323,12 +342,17 @@ class Sessions:
         readings = out.readings
         acks = out.acks
         by_session_name = self.by_session_name
+        limit = self.limits.readings
+        allow = limit.allow if limit.enabled else None
         for item in batch:
             message = item.message
             if type(message) is Reading:  # the hot path: most messages are readings
                 device = by_session_name.get(message.name)
                 if device is None or device.session_id != message.session:
                     self._drop_stale(out, device, message.name, message.session, f"{message.kind.value} reading")
+                elif allow is not None and not allow(device.id, item.at):
+                    out.drops.append(("rate-limited", f"{message.kind.value} reading from {message.name!r}: over "
+                                                      f"{limit.rate:g} readings/s (burst {limit.burst:.0f})"))
                 else:
                     # Each device's stamps increase strictly, whatever the clock does (NTP steps it back and
                     # forth on a board-sized computer): the database checks that order.
@@ -429,6 +453,12 @@ class Sessions:
     def _mac_join(self, out: Decisions, mac: str, at: int) -> None:
         device = self.by_mac.get(mac)
         if device is None:
+            if not self.limits.new_devices.allow(at):
+                # No name, nothing stored: the board asks again later (boards already known are never limited).
+                out.drops.append(("new-device-limit", f"join of new MAC {mac} refused: "
+                                                      f"{self.limits.new_devices.per_minute} new devices in the "
+                                                      "last minute already"))
+                return
             device_id = self.next_id
             self.next_id += 1
             name = self._default_name(device_id)

@@ -38,6 +38,7 @@ from sensorhub.db.presence import Applied, bring_back, lost_devices, set_presenc
 from sensorhub.db.space import MIB, database_dir, database_space
 from sensorhub.ingest.bookkeeping import Event, History, SessionEvent
 from sensorhub.ingest.drops import Drops
+from sensorhub.ingest.limits import Limits
 from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import (
@@ -102,12 +103,6 @@ _SET_LAST_SEEN = (
 _NO_READING = (None, None)
 _RENAME = "UPDATE device SET name = ? WHERE id = ?"
 _QUARANTINE = "INSERT INTO quarantine (received_at, topic, payload, reason) VALUES (?, ?, ?, ?)"
-#: Taken, with several workers, by a transaction that may hand out device ids or names (then released by its
-#: commit): SQLite's write lock through a write that changes nothing; on PostgreSQL an advisory lock.
-_DEVICE_LOCK = {
-    "sqlite": "DELETE FROM quarantine WHERE id = -1",
-    "postgresql": "SELECT pg_advisory_xact_lock(1616)",
-}
 #: Attempts again, on the engine rebuilt from the database, of a batch handing out device ids or names that
 #: the database refused: joins arriving at several workers at once can collide more than once.
 CONFLICT_RETRIES = 3
@@ -139,13 +134,15 @@ _DEVICE_ROWS = (
 )
 
 
-def load_sessions(conn: Connection, presence_timeout_us: int, *, exact: bool = True) -> Sessions:
+def load_sessions(conn: Connection, presence_timeout_us: int, *, exact: bool = True,
+                  limits: Limits | None = None) -> Sessions:
     """A session engine holding the device table as it is now (`exact`: the only worker on it)."""
     conn.rollback()
     devices = [_device(row) for row in conn.exec_driver_sql(_DEVICE_ROWS)]
     seq = conn.exec_driver_sql(dialect.LAST_DEVICE_ID[conn.dialect.name]).scalar()
     conn.rollback()
-    return Sessions(devices, next_id=int(seq or 0) + 1, presence_timeout_us=presence_timeout_us, exact=exact)
+    return Sessions(devices, next_id=int(seq or 0) + 1, presence_timeout_us=presence_timeout_us, exact=exact,
+                    limits=limits)
 
 
 def _device(row: Any) -> Device:
@@ -162,8 +159,10 @@ class Writer:
                  presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX,
                  history: History | None = None, purger: Purger | None = None,
                  metrics: IngestMetrics | None = None, shared: bool = False, linger: float = LINGER,
-                 answer: Answer | None = None) -> None:
+                 answer: Answer | None = None, limits: Limits | None = None) -> None:
         self.engine = engine
+        #: The flood limits (ingest/limits.py; none by default), kept across the engines rebuilt from the database.
+        self.limits = limits if limits is not None else Limits.of()
         #: Answers the commands that asked for an answer, once their batch is committed.
         self.answer = answer
         #: How long a batch of QoS 0 readings waits for more (LINGER).
@@ -181,7 +180,7 @@ class Writer:
         self.batch_max = batch_max
         self.queue: queue.Queue[Inbound | None] = queue.Queue(maxsize=queue_max)
         self.stats = WriterStats()
-        self.sessions = Sessions(presence_timeout_us=self.presence_timeout_us, exact=not shared)
+        self.sessions = Sessions(presence_timeout_us=self.presence_timeout_us, exact=not shared, limits=self.limits)
         #: Set when the writer is given up on: `submit` stops waiting for room and refuses.
         self.failed = threading.Event()
         #: time.monotonic() of the writer's last sign of life (the Watchdog reads it).
@@ -220,7 +219,7 @@ class Writer:
     def open(self) -> None:
         """Connect and load the sessions from the database (what `start` does before its thread runs)."""
         self._conn = self.engine.connect()
-        self.sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared)
+        self.sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared, limits=self.limits)
         self.stats.online = sum(1 for device in self.sessions.by_id.values() if device.online)
         self.history.load(self._conn)
         self._conn.rollback()
@@ -409,7 +408,7 @@ class Writer:
         assert self._conn is not None
         try:
             self._conn.rollback()
-            sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared)
+            sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared, limits=self.limits)
             self.history.load(self._conn)
             self._conn.rollback()
         except OperationalError as err:
@@ -558,8 +557,10 @@ class Writer:
         except BaseException:
             conn.rollback()
             self.history.discard()
+            self.limits.rollback()  # a retried batch is limited once, not once per attempt
             raise
         self.history.committed()
+        self.limits.commit()
         return done
 
     def _sweep(self, conn: Connection, change: Sweep, done: Decisions, events: list[SessionEvent]) -> None:
@@ -624,7 +625,7 @@ class Writer:
         next_id = sessions.next_id
         if locked:
             conn.rollback()
-            conn.exec_driver_sql(_DEVICE_LOCK[conn.dialect.name])
+            conn.exec_driver_sql(dialect.DEVICE_LOCK[conn.dialect.name])
             next_id = int(conn.exec_driver_sql(dialect.LAST_DEVICE_ID[conn.dialect.name]).scalar() or 0) + 1
             names.update(default_name(device_id) for device_id in range(next_id, next_id + len(macs)))
         names.update(name for name, _session in stale)
@@ -648,6 +649,11 @@ class Writer:
             if stale:
                 self.stats.rechecked += 1
                 logger.debug("the database knows sessions this worker did not: %d row(s) read", len(devices))
+        if macs:
+            # A MAC this engine knows but the database no longer holds: another worker's retention deleted it
+            # (a device that never came online); its join now makes a new device.
+            found = {device.mac for device in devices}
+            sessions.forget([sessions.by_mac[mac].id for mac in macs - found if mac in sessions.by_mac])
         sessions.upsert(devices, next_id)
 
     def _after_commit(self, done: Decisions, size: int) -> None:
@@ -697,6 +703,10 @@ class Writer:
         except SQLAlchemyError as err:
             logger.warning("retention purge failed (%s); retrying later", _reason(err))
             self.purger.delay(5.0)
+        finally:
+            deleted = self.purger.take_deleted_devices()
+            if deleted:
+                self.sessions.forget(deleted)
 
     def _call(self, action: Callable[..., object], *args: object) -> None:
         """Acknowledge or publish; what is committed stays committed whatever paho says."""
