@@ -348,8 +348,10 @@ def memory(stack: Stack, load: Load, sizes: Sizes) -> Figure:
     return Figure(
         "client_memory", f"ingest client memory, {sent:,} readings queued behind a locked database",
         f"{baseline / 2**20:.0f} MiB -> peak {peak / 2**20:.0f} MiB (+{grown:.0f} MiB); {stored:,} stored afterwards",
-        f"grows <= {bound:.0f} MiB ({QUEUE_MAX:,} queued x {QUEUED_BYTES} B), all stored",
-        stored == sent and grown <= bound,
+        f"grows <= {bound:.0f} MiB ({QUEUE_MAX:,} queued x {QUEUED_BYTES} B), {QUEUE_MAX:,} at least stored",
+        # Beyond QUEUE_MAX waiting, QoS 0 readings are shed and counted so that paho never stops answering the
+        # broker (ingest/inbox.py): the flood's first QUEUE_MAX readings are all stored.
+        stored >= min(sent, QUEUE_MAX) and grown <= bound,
         {"baseline_mib": round(baseline / 2**20), "peak_mib": round(peak / 2**20), "grown_mib": round(grown, 1),
          "bound_mib": round(bound), "queue_max": QUEUE_MAX, "sent": sent, "stored": stored},
     )

@@ -418,12 +418,54 @@ def writer_dies_on(monkeypatch: pytest.MonkeyPatch) -> set[int]:
     return values
 
 
+#: How long the database stays locked: 5 keepalives of the tests' settings (the broker drops a client silent for 1.5).
+OUTAGE_S = 10.0
+
+
+def test_a_long_database_outage_keeps_the_broker_connection_and_loses_no_acknowledged_reading(
+        settings: Settings, engine: Engine, broker: Broker) -> None:
+    """The database stays locked while a board floods QoS 0 readings beyond the writer's room and sends 60 QoS 1
+    ones: paho's network thread never waits for room (ingest/inbox.py), so it goes on answering the broker's
+    keepalive and the client is never dropped; the QoS 0 readings without room are counted, every QoS 1 one is
+    stored once the lock goes. (Before, paho waited in `submit` and the broker dropped the client.)"""
+    client = IngestClient(settings, queue_max=50)
+    client.start(wait_ready=10)
+    board = RawDevice(settings.mqtt_port, "02:00:00:00:00:D1")
+    log = Path(settings.broker_log)
+    try:
+        name, _ = board.join()
+        wait_for(lambda: online(engine, name), 5)
+        offset = log.stat().st_size
+        path = sqlite_path(str(engine.url))
+        assert path is not None
+        locker = sqlite3.connect(path, timeout=5, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            for value in range(300):
+                board.reading(Topic.PHOTORESISTOR_STATUS, value % 101, qos=0)
+            sent = [board.reading(Topic.LED_STATUS, value % 2, qos=1) for value in range(60)]
+            for info in sent:
+                info.wait_for_publish(10)  # the broker has them all
+            time.sleep(OUTAGE_S)
+            dropped = [line for line in log.read_text(errors="replace")[offset:].splitlines()
+                       if "sensorhub-ingest" in line and ("timeout" in line or "disconnect" in line.lower())]
+            assert dropped == [], f"the broker dropped the ingest client: {dropped}"
+            assert client.mqtt.is_connected()
+            assert client.drops.snapshot().get("queue-full", 0) > 0, "no QoS 0 reading was shed: the room was enough"
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        wait_for(lambda: len(values(engine, "led_reading", name)) == 60, 30, what="every QoS 1 reading stored")
+    finally:
+        client.stop()
+        board.close()
+
+
 def test_a_dead_writer_makes_the_client_leave_without_acknowledging_and_nothing_is_lost(
         settings: Settings, engine: Engine, broker: Broker, writer_dies_on: set[int],
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     statuses: list[int] = []
     client = IngestClient(settings, on_fatal=statuses.append)
-    client.writer.queue.maxsize = 5  # paho is left waiting for room when the writer dies
     client.start(wait_ready=10)
     device = RawDevice(settings.mqtt_port, "02:00:00:00:00:C0")
     try:

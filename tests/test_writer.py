@@ -14,13 +14,14 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from sensorhub.commands import LedRequest, Outcome, RenameRequest, Reply
-from sensorhub.db import dialect
+from sensorhub.db import dialect, writes
 from sensorhub.db.engine import sqlite_path
 from sensorhub.db.latest import refresh_latest
 from sensorhub.ingest import writer as writer_module
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
-from sensorhub.ingest.writer import Watchdog, Writer
+from sensorhub.ingest.watchdog import Watchdog
+from sensorhub.ingest.writer import Writer
 from sensorhub.protocol import LIVE_TOPIC, Kind, MacJoin, Reading, SessionRef, Topic
 from tests.pgcluster import Cluster
 from tests.support import both_databases, wait_for
@@ -87,10 +88,7 @@ def stored(engine: Engine) -> list[int]:
 
 def submit_all(writer: Writer, items: list[Inbound]) -> None:
     """Queue items so that the writer takes them as one batch."""
-    with writer.queue.mutex:  # hold the writer off until everything is queued
-        writer.queue.queue.extend(items)
-        writer.queue.unfinished_tasks += len(items)
-        writer.queue.not_empty.notify()
+    writer.queue.put_many(items)
 
 
 @pytest.fixture
@@ -127,7 +125,8 @@ def test_an_engine_exception_quarantines_only_its_message(writer: Writer, paho: 
     assert writer.drops.snapshot() == {"quarantined": 1}
     assert quarantined(engine) == [("photoresistor/status", f"{name};{session};66",
                                     "writer-error: RuntimeError: engine bug on 66")]
-    assert writer.stats.failed_batches == 2 and writer.stats.quarantined == 1 and writer.alive  # the batch, then 66
+    # The batch, then 66 alone.
+    assert writer.stats.failed_batches == 2 and writer.quarantine.quarantined == 1 and writer.alive
     submit_all(writer, light(name, session, [50], first_mid=9))
     wait_for(lambda: stored(engine)[-1:] == [50], 5, what="the writer to go on")
 
@@ -165,7 +164,7 @@ def test_a_refused_message_that_cannot_be_quarantined_stays_unacknowledged(write
                           "BEGIN SELECT RAISE(ABORT, 'no room'); END"))
     submit_all(writer, light(name, session, [41, 42, 43]))
     wait_for(lambda: stored(engine) == [41, 43], 5, what="the others stored")
-    wait_for(lambda: writer.stats.discarded == 1, 5)
+    wait_for(lambda: writer.quarantine.discarded == 1, 5)
     assert sorted(paho.acks[acked_before:]) == [(1, 1), (3, 1)], "42 is left with the broker, unacknowledged"
     assert writer.drops.snapshot() == {"db-rejected": 1} and writer.alive
 
@@ -345,7 +344,7 @@ def test_a_join_another_worker_got_first_is_applied_again_not_quarantined(
     wait_for(lambda: recorder.acks, 5, what="the join acknowledged")
     assert recorder.acks == [(7, 2)]
     assert recorder.publishes[0][1].decode().startswith("02:00:00:00:00:02;capteur02;")
-    assert second.stats.failed_batches == 1 and second.stats.quarantined == 0
+    assert second.stats.failed_batches == 1 and second.quarantine.quarantined == 0
     assert second.drops.snapshot() == {} and quarantined(engine) == []
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT id, name, mac FROM device ORDER BY id")).all()
@@ -489,13 +488,13 @@ def test_an_older_batch_never_replaces_a_newer_latest_value(writer: Writer, paho
         seen = conn.execute(text("SELECT last_seen FROM device WHERE id = 1")).scalar_one()
         older = "2000-01-01 00:00:00.000000"
         # (last_seen x2, then per kind led, button, light: stamp, value, stamp, stamp; device id)
-        dialect.execute(conn, writer_module._SET_LAST_SEEN, [
+        dialect.execute(conn, writes.SET_LAST_SEEN, [
             (older, older, older, 1, older, older, None, None, None, None, older, 99, older, older, 1)])
         conn.commit()
         row = conn.execute(text(LATEST)).one()
         assert (row[0], row[1], row[2], row[5]) == (1, None, 40, newest)  # led was unknown: taken; light kept
         assert conn.execute(text("SELECT last_seen FROM device WHERE id = 1")).scalar_one() == seen
-        dialect.execute(conn, writer_module._SET_LAST_SEEN, [
+        dialect.execute(conn, writes.SET_LAST_SEEN, [
             (older, older, None, None, None, None, None, None, None, None, newest, 77, newest, newest, 1)])
         conn.commit()
         assert conn.execute(text("SELECT last_light FROM device WHERE id = 1")).scalar_one() == 77  # same stamp

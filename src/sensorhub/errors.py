@@ -58,4 +58,4 @@ class PayloadError(SensorhubError, ValueError):
 def reason(err: BaseException) -> str:
     """The first line of what went wrong: the database driver's own message when SQLAlchemy wraps one."""
     orig = getattr(err, "orig", None)
-    return str(orig if orig is not None else err).splitlines()[0]
+    return (str(orig if orig is not None else err) or type(err).__name__).splitlines()[0]

@@ -41,7 +41,8 @@ from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound, Message
 from sensorhub.ingest.summary import Summary
-from sensorhub.ingest.writer import Watchdog, Writer
+from sensorhub.ingest.watchdog import Watchdog
+from sensorhub.ingest.writer import QUEUE_MAX, Writer
 from sensorhub.mqttclient import REFUSED_LOGIN, no_delay
 from sensorhub.process import notify
 from sensorhub.protocol import SERVER_SUBSCRIPTIONS, SHARE_GROUP, parse_server_message
@@ -58,6 +59,8 @@ RECONNECT_MAX = 0.5
 OUTAGE_GRACE = 2.0
 #: Exit status when the database writer cannot go on.
 WRITER_FAILED = 3
+#: How long stopping may take (the writer commits what is queued: up to 30 s) before the process leaves anyway.
+STOP_DEADLINE = 45.0
 #: How long the writer may show no sign of life while messages wait before the client gives up on it.
 STALL_TIMEOUT = 60.0
 #: A command from the broker is carried out only within its remaining message expiry plus this many seconds of
@@ -70,7 +73,8 @@ class IngestClient:
     """The long-running server-side MQTT client, usable in-process (tests) or through `run_client`."""
 
     def __init__(self, settings: Settings, client_id: str | None = None, *,
-                 on_fatal: Callable[[int], object] | None = None, stall_timeout: float = STALL_TIMEOUT) -> None:
+                 on_fatal: Callable[[int], object] | None = None, stall_timeout: float = STALL_TIMEOUT,
+                 queue_max: int = QUEUE_MAX) -> None:
         self.settings = settings
         self.drops = Drops()
         self.engine = make_engine(settings.database_url)
@@ -105,7 +109,7 @@ class IngestClient:
                                            stray_hours=settings.stray_device_hours),
                              metrics=self.metrics, shared=bool(settings.worker), answer=self._answer,
                              limits=Limits.of(settings.readings_per_second, settings.readings_burst,
-                                              settings.new_devices_per_minute))
+                                              settings.new_devices_per_minute), queue_max=queue_max)
         self.metrics.watch(self.writer)
         self.beacon = Beacon(settings, self._health_facts, self.metrics.registry)
         self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)
@@ -166,8 +170,9 @@ class IngestClient:
         self.mqtt.disconnect()
         self.mqtt.loop_stop()
         self.engine.dispose()
-        logger.info("ingest client stopped; stored %s; discarded %s", self.writer.stats.stored,
-                    self.drops.snapshot() or "nothing")
+        if not self.writer.failed.is_set():  # after a writer failure, its CRITICAL line stays the last word
+            logger.info("ingest client stopped; stored %s; discarded %s", self.writer.stats.stored,
+                        self.drops.snapshot() or "nothing")
 
     # -- paho callbacks: parse and enqueue, nothing more ---------------------------------------------
 
@@ -365,14 +370,25 @@ def _exit_now(status: int) -> None:
 
 
 def run_client(settings: Settings) -> None:
-    """Run the ingest client until SIGINT or SIGTERM, then stop cleanly."""
-    client = IngestClient(settings, on_fatal=_exit_now)
+    """Run the ingest client until SIGINT or SIGTERM, or until it cannot go on; then stop it, within STOP_DEADLINE.
+
+    The main thread owns the shutdown: a watchdog that gives up on the writer only asks for it (the client leaves
+    the broker without acknowledging anything more, then this thread stops the rest and exits with
+    WRITER_FAILED). Should stopping take longer than STOP_DEADLINE (a writer stuck in the database), the process
+    exits anyway, with that status (1 for a plain stop).
+    """
+    gave_up: list[int] = []
     done = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s; stopping", signal.Signals(signum).name)
         done.set()
 
+    def _writer_gone(status: int) -> None:
+        gave_up.append(status)
+        done.set()
+
+    client = IngestClient(settings, on_fatal=_writer_gone)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     client.start()
@@ -380,8 +396,6 @@ def run_client(settings: Settings) -> None:
     summary = Summary(client.writer.stats, settings.summary_every) if settings.summary_every else None
     try:
         while not done.wait(0.5):
-            if client.writer.failed.is_set():
-                continue  # the watchdog is leaving the broker and ends the process with WRITER_FAILED
             if client.failed.is_set():
                 break
             if not client.pipe.alive:
@@ -394,6 +408,18 @@ def run_client(settings: Settings) -> None:
                 dropped = client.drops.snapshot()
                 logger.info("stored so far %s; discarded %s", client.writer.stats.stored, dropped or "nothing")
     finally:
+        deadline = threading.Timer(STOP_DEADLINE, _stop_overdue, args=(gave_up[0] if gave_up else 1,))
+        deadline.daemon = True
+        deadline.start()
         client.stop()
+        deadline.cancel()
+    if gave_up:
+        raise SystemExit(gave_up[0])
     if client.fatal:
         raise IngestError(client.fatal)
+
+
+def _stop_overdue(status: int) -> None:
+    """Stopping took longer than STOP_DEADLINE: leave anyway (what is unacknowledged stays with the broker)."""
+    logger.critical("the ingest client did not stop within %.0f s; exiting with status %d", STOP_DEADLINE, status)
+    _exit_now(status)

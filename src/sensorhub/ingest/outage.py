@@ -1,0 +1,92 @@
+"""A database that cannot be written (locked, full, gone): what the writer says about it, and the WAL's space."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
+
+from sensorhub.db.space import MIB, database_dir, database_space
+from sensorhub.errors import reason
+
+logger = logging.getLogger(__name__)
+
+#: While the database cannot be written, one line about it at most this often (seconds).
+OUTAGE_LOG_EVERY = 60.0
+
+
+def is_full(err: BaseException) -> bool:
+    """Whether the database says the disk (or its size limit) is full."""
+    orig = getattr(err, "orig", err)
+    code = getattr(orig, "sqlite_errorcode", None)
+    text = str(orig).lower()
+    return code == 13 or "full" in text or "no space left" in text  # SQLITE_FULL; PostgreSQL's ENOSPC
+
+
+class Outage:
+    """Whether the database can be written now; says so at most once a minute while it cannot, and gives the
+    WAL's space back to the file system when the disk was full (SQLite)."""
+
+    def __init__(self, url: str, waiting: Callable[[], int], clock: Callable[[], float] = time.monotonic) -> None:
+        self.url = url
+        #: Where the SQLite file lives (None on a server database: no WAL to truncate, no disk of ours).
+        self.db_dir = database_dir(url)
+        self._waiting = waiting
+        self._clock = clock
+        #: Since when (clock) the database cannot be written, and when that was last said.
+        self.since: float | None = None
+        self._said = 0.0
+        #: Give the WAL's space back once the backlog is written (after the disk was full).
+        self.truncate_when_idle = False
+
+    def blocked(self, conn: Connection, err: OperationalError, retry_in: float) -> None:
+        """A batch could not be written: say why (the first time, then once a minute); make room in the WAL."""
+        now = self._clock()
+        first = self.since is None
+        if first:
+            self.since = now
+        full = is_full(err)
+        logger.debug("the database cannot be written: %s", reason(err))
+        if full:
+            self.truncate_wal(conn)
+        if first or now - self._said >= OUTAGE_LOG_EVERY:
+            self._said = now
+            space = database_space(self.url)
+            free = "unknown space" if space is None else f"{space.free / MIB:.1f} MiB"
+            waiting = self._waiting()
+            if full:
+                logger.error("the disk holding the database is full (%s free in %s): nothing is acknowledged, "
+                             "%d message(s) wait here and the rest with the broker; writing resumes by itself "
+                             "once space is freed", free, self.db_dir, waiting)
+            else:
+                logger.error("cannot write to the database (%s); retrying every %.1f s, nothing acknowledged, "
+                             "%d message(s) waiting", reason(err), retry_in, waiting)
+
+    def written(self, conn: Connection) -> None:
+        """A batch was written: if the database could not be written before, say it can again."""
+        if self.since is None:
+            return
+        logger.warning("writing to the database again after %.0f s", self._clock() - self.since)
+        self.since = None
+        self.truncate_wal(conn)
+        self.truncate_when_idle = True  # and again once the backlog is in
+
+    def idle(self, conn: Connection) -> None:
+        """Nothing waits: the moment to give the WAL's space back, once, after an outage."""
+        if self.truncate_when_idle:
+            self.truncate_when_idle = False
+            self.truncate_wal(conn)
+
+    def truncate_wal(self, conn: Connection) -> None:
+        """Give the WAL file's space back to the file system (it only works when no reader holds it)."""
+        if self.db_dir is None:
+            return
+        try:
+            conn.rollback()
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.rollback()
+        except Exception as err:  # best effort: the next attempt tries again
+            logger.debug("WAL checkpoint failed: %s", reason(err))
