@@ -152,7 +152,7 @@ async function fetchCards(lacking, since) {
       const [card] = parseCards(await response.text());
       const current = cardById(id);
       if (card && !(current && newerThan(current, since))) placeCard(card, replace);
-    } catch (err) {
+    } catch {
       // the next reconciliation tries again
     }
   };
@@ -178,7 +178,7 @@ async function fetchJoined(name, session) {
         if (card) placeCard(card, true);
         return;
       }
-    } catch (err) {
+    } catch {
       // the web server restarts or the network hiccups: try again
     }
   }

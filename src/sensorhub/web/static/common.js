@@ -30,13 +30,13 @@ export async function postJSON(url, payload) {
       headers: {'Content-Type': 'application/json', Accept: 'application/json', 'X-CSRFToken': csrfToken()},
       body: JSON.stringify(payload),
     });
-  } catch (err) {
+  } catch {
     return {status: 0, body: {error: 'le serveur web ne répond pas'}};
   }
   let body;
   try {
     body = await response.json();
-  } catch (err) {
+  } catch {
     body = {error: `réponse inattendue du serveur web (HTTP ${response.status})`};
   }
   return {status: response.status, body};
@@ -47,7 +47,7 @@ function readLayout() {
   try {
     const stored = localStorage.getItem(LAYOUT_KEY);
     return stored === 'list' || stored === 'grid' ? stored : null;
-  } catch (err) {
+  } catch {
     return null;
   }
 }
@@ -55,7 +55,7 @@ function readLayout() {
 function storeLayout(layout) {
   try {
     localStorage.setItem(LAYOUT_KEY, layout);
-  } catch (err) {
+  } catch {
     // private browsing: the choice lasts until the page is left
   }
 }
@@ -182,7 +182,7 @@ async function waitForName(card, form, name) {
           return;
         }
       }
-    } catch (err) {
+    } catch {
       // keep trying
     }
   }

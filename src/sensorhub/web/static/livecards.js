@@ -25,7 +25,7 @@ function readPoints(card) {
   try {
     const points = JSON.parse(card.dataset.light || '[]');
     return points.map((point) => ({at: Date.parse(point.at), value: point.value}));
-  } catch (err) {
+  } catch {
     return [];
   }
 }
