@@ -142,17 +142,17 @@ export function initFilter(container) {
   return apply;
 }
 
-// The server's name rule (protocol.NAME_RULE), checked in the same order to answer at once.
-export function nameProblem(name) {
-  const rule = protocol().name;
-  const say = rule.messages;
-  if (!name) return say.empty;
-  if (name.length > rule.maxLength) return say['too-long'];
-  if (new RegExp(`[^${rule.characters}]`).test(name)) return say.characters;
-  if (name.includes(protocol().separator)) return say.separator;
-  if (rule.spaces && (name.startsWith(' ') || name.endsWith(' '))) return say['edge-spaces'];
+// A text rule of the server (rules.TextRule.browser_data): the French message of the first part of it that
+// `text` breaks, or null. The parts, their order and their patterns are the server's, as data.
+export function ruleProblem(rule, text) {
+  for (const [code, pattern] of rule.checks) {
+    if (new RegExp(pattern, 'u').test(text)) return rule.messages[code];
+  }
   return null;
 }
+
+// The name rule (rules.NAME_RULE), checked in the page to answer at once; the server checks it again.
+export const nameProblem = (name) => ruleProblem(protocol().name, name);
 
 function setStatus(form, text, isError = false) {
   const status = form.querySelector('.rename-status');
