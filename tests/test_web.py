@@ -252,7 +252,8 @@ def test_pages_carry_a_content_security_policy(client: FlaskClient) -> None:
 
 
 def test_static_files_are_served(client: FlaskClient) -> None:
-    for name in ("style.css", "common.js", "capteurs.js", "historique.js", "favicon.svg"):
+    for name in ("style.css", "common.js", "capteurs.js", "live.js", "reconcile.js", "ledcontrol.js", "livecards.js",
+                 "fleetview.js", "historique.js", "favicon.svg"):
         response = client.get(f"/static/{name}")
         assert response.status_code == 200, name
         response.close()
