@@ -66,9 +66,10 @@ run: install ## Run everything (broker, client, web) with DEMO=3 virtual devices
 simulate: $(PY_STAMP) ## Run virtual ESP32s (DEVICES=3 INTERVAL=2)
 	$(SENSORHUB) simulate --devices $${DEVICES:-3} --interval $${INTERVAL:-2}
 
-lint: $(PY_STAMP) $(JS_STAMP) ## Check style (ruff, ESLint) and types (mypy)
+lint: $(PY_STAMP) $(JS_STAMP) ## Check style (ruff, ESLint), types (mypy) and which way imports go (lint-imports)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	npx --no-install eslint .
 
 test: install lint ## Run every test (unit, integration, browser) and a quick benchmark smoke run

@@ -20,9 +20,10 @@ from bench.stack import scratch_settings
 from sensorhub.broker import Broker
 from sensorhub.commands import LedRequest
 from sensorhub.credentials import CLIENT_USER, client_password
-from sensorhub.db.engine import init_db, make_engine
-from sensorhub.ingest.ledpipe import send_command
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.ingest.service import IngestClient
+from sensorhub.pipe import send_command
 from sensorhub.protocol import Topic, format_led_command, format_session_ref, parse_name_assign
 from sensorhub.web.relay import BrokerRelay
 

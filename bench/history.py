@@ -20,20 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event
 
 from bench.scenarios import Figure, Load, Sizes, latency, percentile
 from bench.stack import Stack
 from bench.web import full_scans
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
 from sensorhub.db.latest import refresh_latest
-from sensorhub.db.models import format_micros
 from sensorhub.db.rollups import rebuild
-from sensorhub.ingest.history import History
+from sensorhub.db.schema import init_db
+from sensorhub.ingest.bookkeeping import History
 from sensorhub.ingest.retention import Purger
 from sensorhub.protocol import Kind
+from sensorhub.timestamps import format_micros
 from sensorhub.web import create_app
+from tests.factories import device_row, insert_devices, mac_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_US = 86_400 * 1_000_000
@@ -70,13 +72,7 @@ def build_month(path: Path, devices: int, readings: int, rng: random.Random) -> 
     start = now - 30 * DAY_US
     db = sqlite3.connect(path)
     db.execute("PRAGMA synchronous = OFF")
-    db.executemany(
-        "INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, last_seen) "
-        "VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
-        [(i, f"capteur{i:04d}", f"capteur{i:04d}", ":".join(f"{(i >> s) & 255:02X}" for s in (40, 32, 24, 16, 8, 0)),
-          f"{(start - DAY_US) // 1_000_000}.{i:06d}", format_micros(start - DAY_US), format_micros(now))
-         for i in range(1, devices + 1)],
-    )
+    insert_devices(db, [device_row(i, joined_us=start - DAY_US, last_seen_us=now) for i in range(1, devices + 1)])
     per_device = readings // devices
     light_count, pairs = int(per_device * 0.8), max(1, int(per_device * 0.05))
     for device in range(1, devices + 1):
@@ -290,10 +286,8 @@ def _writer_batches(engine: Engine, sizes: HistorySizes, history: History) -> fl
     """µs per reading of the writer's insert + roll-up upsert + commit, for light readings from 100 devices."""
     now = time.time_ns() // 1000
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, "
-                          "last_seen) VALUES (:i, :n, :n, :m, 1, '1.000001', :j, :j)"),
-                     [{"i": i, "n": f"capteur{i:03d}", "m": f"02:00:00:00:00:{i:02X}",
-                       "j": format_micros(now - DAY_US)} for i in range(1, 101)])
+        insert_devices(conn, [device_row(i, joined_us=now - DAY_US, name=f"capteur{i:03d}", session="1.000001")
+                              for i in range(1, 101)])
     rng = random.Random(3)
     elapsed = 0.0
     moment = now - DAY_US // 2
@@ -359,10 +353,9 @@ def _old_readings(path: Path, count: int) -> None:
     now = time.time_ns() // 1000
     db = sqlite3.connect(path)
     db.execute("PRAGMA synchronous = OFF")
-    db.executemany("INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, last_seen) "
-                   "VALUES (?, ?, ?, ?, 0, '1.000001', ?, ?)",
-                   [(i, f"ancien{i:03d}", f"ancien{i:03d}", f"06:00:00:00:00:{i:02X}", format_micros(now - 10 * DAY_US),
-                     format_micros(now - DAY_US)) for i in range(1, 101)])
+    insert_devices(db, [device_row(i, joined_us=now - 10 * DAY_US, last_seen_us=now - DAY_US, online=False,
+                                   name=f"ancien{i:03d}", mac=mac_of(i, first=0x06), session="1.000001")
+                        for i in range(1, 101)])
     per_device = count // 100
     step = 7 * DAY_US // per_device
     for device in range(1, 101):

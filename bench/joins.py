@@ -20,24 +20,16 @@ from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.sessions import Inbound
 from sensorhub.ingest.writer import Writer
 from sensorhub.protocol import MacJoin
-
-
-def mac(number: int) -> str:
-    """A MAC address for device `number`."""
-    return ":".join(f"{byte:02X}" for byte in (2, 0, 0, number >> 16 & 255, number >> 8 & 255, number & 255))
+from tests.factories import device_row, insert_devices, mac_of
 
 
 def fill(engine: Engine, devices: int) -> None:
     """Insert `devices` offline devices, as a writer would have."""
-    rows = [(n, f"capteur{n:02d}", f"capteur{n:02d}", mac(n), f"1743946777.{n % 1_000_000:06d}",
-             "2026-11-29 08:00:00.000000", "2026-11-29 08:00:01.000000") for n in range(1, devices + 1)]
+    joined = 1_795_939_200_000_000  # 2026-11-29 08:00:00 UTC
+    rows = [device_row(n, joined_us=joined, last_seen_us=joined + 1_000_000, online=False, name=f"capteur{n:02d}",
+                       session=f"1743946777.{n % 1_000_000:06d}") for n in range(1, devices + 1)]
     with engine.begin() as conn:
-        cursor = conn.connection.cursor()
-        style = "?" if conn.dialect.name == "sqlite" else "%s"
-        cursor.executemany("INSERT INTO device (id, name, session_name, mac, session_id, online, joined_at, last_seen)"
-                           f" VALUES ({', '.join([style] * 3)}, {style}, {style}, false, {style}, {style})", rows)
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('device', 'id'), {devices})")
+        insert_devices(conn, rows)
 
 
 def measure(url: str, devices: int, joins: int) -> float:
@@ -55,7 +47,8 @@ def measure(url: str, devices: int, joins: int) -> float:
     try:
         started = time.monotonic()
         for n in range(joins):
-            writers[n % 2].submit(Inbound(MacJoin(mac(1 + n * (devices // joins))), time.time_ns() // 1000, n + 1, 2))
+            join = MacJoin(mac_of(1 + n * (devices // joins)))
+            writers[n % 2].submit(Inbound(join, time.time_ns() // 1000, n + 1, 2))
         while len(acked) < joins:
             time.sleep(0.001)
         return joins / (time.monotonic() - started)

@@ -16,7 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bench.scenarios import Figure, Sizes
 from bench.stack import scratch_settings
 from sensorhub.broker import Broker
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.ingest import service
 from sensorhub.ingest.service import IngestClient
 from sensorhub.protocol import Topic, format_reading, format_session_ref, parse_name_assign
@@ -68,8 +69,7 @@ def one_restart(delays: tuple[float, float], how: signal.Signals, readings: int)
             if how is signal.SIGKILL:
                 broker.process.send_signal(signal.SIGUSR1)  # what the autosave does every 30 s
                 time.sleep(0.5)
-            broker.process.send_signal(how)
-            broker.process.wait()
+            broker.crash(how)
             broker = Broker(settings)
             broker.start()
             back = time.monotonic()

@@ -15,9 +15,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.loadgen import publish, split
 from bench.stack import Stack
-from sensorhub.db.models import parse_timestamp, to_micros
 from sensorhub.protocol import Topic, format_reading
 from sensorhub.simulator import Fleet
+from sensorhub.timestamps import parse_timestamp, to_micros
 
 
 @dataclass

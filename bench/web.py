@@ -13,10 +13,12 @@ from sqlalchemy import Engine, event
 
 from bench.scenarios import Figure, Sizes, percentile
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
 from sensorhub.db.latest import refresh_sql
-from sensorhub.db.models import format_micros
+from sensorhub.db.schema import init_db
+from sensorhub.timestamps import format_micros
 from sensorhub.web import create_app
+from tests.factories import device_row, insert_devices
 
 #: Share of readings per kind (light readings come every few seconds; LED and button events are rarer).
 MIX = {"light_reading": 0.8, "button_reading": 0.1, "led_reading": 0.1}
@@ -32,13 +34,8 @@ def build(path: Path, devices: int, readings: int, rng: random.Random) -> None:
     joined = now - 31 * day
     db = sqlite3.connect(path)
     db.execute("PRAGMA synchronous = OFF")
-    db.executemany(
-        "INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, last_seen) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(i, f"capteur{i:04d}", f"capteur{i:04d}", ":".join(f"{(i >> s) & 255:02X}" for s in (40, 32, 24, 16, 8, 0)),
-          i % 3 == 0, f"{(now - day) // 1_000_000}.{i:06d}", format_micros(joined),
-          format_micros(now - rng.randrange(day))) for i in range(1, devices + 1)],
-    )
+    insert_devices(db, [device_row(i, joined_us=joined, last_seen_us=now - rng.randrange(day), online=i % 3 == 0,
+                                   session=f"{(now - day) // 1_000_000}.{i:06d}") for i in range(1, devices + 1)])
     per_device = readings // devices
     for table, share in MIX.items():
         count = max(1, int(per_device * share))

@@ -20,7 +20,8 @@ from bench.scenarios import Figure, Sizes
 from bench.stack import scratch_settings
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.db.seed import seed
 from sensorhub.protocol import Topic
 from tests.stack import sensorhub, start

@@ -17,8 +17,8 @@ from sqlalchemy import Engine
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
-from sensorhub.db.schema import upgrade
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db, upgrade
 from tests.pgcluster import Cluster, binaries
 from tests.stack import ROOT
 from tests.support import CHROMIUM, CHROMIUM_ARGS, digests, settings_for, tracked_files

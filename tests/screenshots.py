@@ -22,7 +22,8 @@ from sqlalchemy import text
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.ports import PortError, ensure_free
 from sensorhub.simulator import Fleet
 from tests.stack import ROOT, ingest_client, web_server, web_url
@@ -65,17 +66,17 @@ def _open_capteurs(page: Page, url: Callable[[str], str], devices: int) -> None:
 def demo_week(engine: Any) -> int:
     """A device that left an hour ago after a week of readings (light every 5 minutes, LED on in the evening)."""
     from sensorhub.db.latest import refresh_latest
-    from sensorhub.db.models import format_micros
     from sensorhub.db.rollups import rebuild
+    from sensorhub.timestamps import format_micros
+    from tests.factories import device_row, insert_devices
 
     now = int(time.time()) * 1_000_000
     start = now - 7 * 86_400_000_000
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO device (name, session_name, mac, online, session_id, joined_at, last_seen) "
-                          "VALUES ('salle B', 'salle B', '02:5E:00:00:00:01', 0, :s, :j, :l)"),
-                     {"s": f"{start // 1_000_000}.000001", "j": format_micros(start - 1),
-                      "l": format_micros(now - 3_600_000_000)})
-        device = int(conn.execute(text("SELECT id FROM device WHERE name = 'salle B'")).scalar_one())
+        device = int(conn.execute(text("SELECT COALESCE(MAX(id), 0) + 1 FROM device")).scalar_one())
+        insert_devices(conn, [device_row(device, joined_us=start - 1, last_seen_us=now - 3_600_000_000, online=False,
+                                         name="salle B", mac="02:5E:00:00:00:01",
+                                         session=f"{start // 1_000_000}.000001")])
         light, led = [], []
         for n in range(7 * 288 - 12):
             at = start + n * 300_000_000

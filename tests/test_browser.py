@@ -564,9 +564,9 @@ def thirty_days(engine: Any) -> int:
     from sqlalchemy import text
 
     from sensorhub.db.latest import refresh_latest
-    from sensorhub.db.models import format_micros, to_micros
     from sensorhub.db.rollups import rebuild
-    from tests.test_web import add_device
+    from sensorhub.timestamps import format_micros, to_micros
+    from tests.factories import add_device
 
     now = datetime.now(UTC)
     device = add_device(engine, "salle B", 1, joined=now - timedelta(days=31), online=False, last_seen=now)

@@ -63,6 +63,9 @@ def test_environment_overrides_default_and_flag_overrides_environment() -> None:
         ("SENSORHUB_MQTT_HOST", "bad host!", "not a host name"),
         ("SENSORHUB_WEB_PRIVATE", "maybe", "use 1 or 0"),
         ("SENSORHUB_MQTT_TLS_PORT", "0", "between 1 and 65535"),
+        ("SENSORHUB_WEB_SESSION_DAYS", "0", "between 1 and 365"),
+        ("SENSORHUB_WEB_SESSION_DAYS", "366", "between 1 and 365"),
+        ("SENSORHUB_WEB_STATE_URL", "mysql://x/y", "use SQLite (sqlite:///path) or PostgreSQL"),
     ],
 )
 def test_invalid_values_name_the_variable(env: str, value: str, message: str) -> None:
@@ -88,6 +91,15 @@ def test_tls_certificate_and_key_go_together() -> None:
         Settings.load(environ={"SENSORHUB_TLS_CERT": "/etc/cert.pem"})
     both = Settings.load(environ={"SENSORHUB_TLS_CERT": "/c.pem", "SENSORHUB_TLS_KEY": "/k.pem"})
     assert both.tls and not Settings().tls
+
+
+def test_web_sessions_last_a_week_and_the_web_state_is_not_the_sensor_database() -> None:
+    assert Settings().web_session_days == 7 and Settings().web_state_url == ""
+    assert Settings.load(environ={"SENSORHUB_WEB_SESSION_DAYS": "365"}).web_session_days == 365
+    url = "postgresql+psycopg://web:pw@db/web_state"
+    assert Settings.load(environ={"SENSORHUB_WEB_STATE_URL": url}).web_state_url == url
+    with pytest.raises(ConfigError, match="SENSORHUB_WEB_STATE_URL must not be the sensor database"):
+        Settings.load(environ={"SENSORHUB_WEB_STATE_URL": url, "SENSORHUB_DATABASE_URL": url})
 
 
 def test_flags_round_trip_through_the_environment() -> None:

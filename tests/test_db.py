@@ -17,24 +17,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sensorhub.config import Settings
-from sensorhub.db.engine import check_schema, init_db, make_engine, sqlite_path
-from sensorhub.db.models import Device, DeviceSession, LightReading, RollupHour, format_timestamp
+from sensorhub.db.engine import make_engine, sqlite_path
+from sensorhub.db.models import Device, DeviceSession, LightReading, RollupHour
+from sensorhub.db.schema import check_schema, init_db
 from sensorhub.db.schema import check_schema as check_url
 from sensorhub.db.seed import seed
 from sensorhub.errors import DatabaseError
+from sensorhub.timestamps import format_timestamp
+from tests.factories import add_device
 from tests.pgcluster import Cluster
 from tests.support import both_databases, free_port, settings_for
-
-
-def add_device(engine: Engine, name: str = "capteur01", mac: str = "61:EC:ED:3B:25:B1",
-               joined: datetime | None = None) -> int:
-    joined = joined or datetime.now(UTC) - timedelta(minutes=5)
-    with Session(engine) as session, session.begin():
-        device = Device(name=name, session_name=name, mac=mac, online=True, session_id="1743946777.603371",
-                        joined_at=joined, last_seen=joined)
-        session.add(device)
-        session.flush()
-        return device.id
 
 
 def sqlite_shell(engine: Engine, sql: str) -> subprocess.CompletedProcess[str]:

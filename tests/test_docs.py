@@ -15,9 +15,9 @@ from sqlalchemy import Engine
 from sensorhub.config import Settings
 from sensorhub.web import create_app
 from sensorhub.web.api import routes
+from tests.factories import add_device
 from tests.stack import ROOT, web_server, web_url
 from tests.support import tracked_files
-from tests.test_web import add_device
 
 #: Built in two pieces so that this file does not match itself.
 OUTSIDE = "../" + "shared/"
@@ -127,3 +127,28 @@ def test_the_documented_csrf_recipes_work(settings: Settings, engine: Engine, tm
         ran = subprocess.run([sys.executable, "-c", python.replace("http://localhost:8000", base)],
                              capture_output=True, text=True, timeout=30, env=env)
         assert ran.stdout.startswith("(503, ") and accepted in ran.stdout, ran.stdout + ran.stderr
+
+
+#: A path of the repository named in a comment, a docstring or a page (`db/presence.py` is relative to
+#: src/sensorhub, `mqtt/dist/…` to node_modules), optionally `::test_name`.
+REFERENCE = re.compile(
+    r"(?<![\w/.-])((?:src/sensorhub|tests|docs|bench|mqtt|deploy|db|ingest|web|simulator|static|templates)/"
+    r"[\w./-]*\w\.(?:py|md|js|conf|c|html|css|toml|json|service))(?![\w.])(?:::(\w+))?")
+REFERENCE_BASES = ("", "src/sensorhub/", "src/sensorhub/web/", "node_modules/")
+
+
+def test_every_file_named_in_comments_and_docs_exists() -> None:
+    wrong = []
+    for path in tracked_files(ROOT):
+        name = path.relative_to(ROOT)
+        if (path.suffix not in {".py", ".md", ".js", ".conf", ".c", ".html", ".toml"} or "vendor" in path.parts
+                or not path.is_file()):  # deleted, not yet committed
+            continue
+        for match in REFERENCE.finditer(path.read_text(errors="replace")):
+            found = next((ROOT / base / match[1] for base in REFERENCE_BASES if (ROOT / base / match[1]).is_file()),
+                         None)
+            if found is None:
+                wrong.append(f"{name}: {match[1]}")
+            elif match[2] and not re.search(rf"def {match[2]}\b", found.read_text()):
+                wrong.append(f"{name}: {match[1]}::{match[2]}")
+    assert wrong == [], f"these files or tests do not exist: {wrong}"

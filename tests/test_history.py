@@ -28,18 +28,19 @@ from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.backup import backup
 from sensorhub.db.latest import refresh_latest
-from sensorhub.db.models import LedReading, LightReading, format_micros, to_micros
+from sensorhub.db.models import LedReading, LightReading
 from sensorhub.db.rollups import rebuild
 from sensorhub.errors import DatabaseError
 from sensorhub.ingest import retention
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.service import IngestClient
 from sensorhub.protocol import Topic
+from sensorhub.timestamps import format_micros, to_micros
 from sensorhub.web import create_app
 from tests.devices import RawDevice
+from tests.factories import add_device, add_readings
 from tests.stack import ROOT
 from tests.support import both_databases, wait_for
-from tests.test_web import add_device, add_readings
 
 pytestmark = pytest.mark.integration
 

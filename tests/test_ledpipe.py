@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from sensorhub.commands import MAX_COMMAND, Command, LedRequest, RenameRequest, format_command, parse_command
 from sensorhub.errors import ClientNotRunning, PayloadError, PipeError
-from sensorhub.ingest.ledpipe import PipeReader, ensure_fifo, send_command
+from sensorhub.ingest.ledpipe import PipeReader
+from sensorhub.pipe import ensure_fifo, send_command
 from sensorhub.protocol import MAX_NAME, name_problem
 from tests.support import wait_for
 

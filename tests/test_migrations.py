@@ -22,9 +22,10 @@ from sqlalchemy.engine import make_url
 from sensorhub.config import Settings
 from sensorhub.db import postgres
 from sensorhub.db.engine import make_engine
-from sensorhub.db.models import Base, to_micros
+from sensorhub.db.models import Base
 from sensorhub.db.schema import BASELINE, State, alembic_config, check_schema, head, look, revisions, upgrade
 from sensorhub.errors import DatabaseError
+from sensorhub.timestamps import to_micros
 from tests.pgcluster import Cluster
 
 RELEASE_1 = Path(__file__).parent / "data" / "schema-release-1.sql"

@@ -28,10 +28,11 @@ from sensorhub import accounts, health
 from sensorhub.broker import Broker
 from sensorhub.commands import LedRequest
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.errors import ConfigError
 from sensorhub.health import write_heartbeat
-from sensorhub.ingest.ledpipe import send_command
+from sensorhub.pipe import send_command
 from sensorhub.process import Child
 from sensorhub.protocol import Topic
 from sensorhub.telemetry import heartbeat_path

@@ -23,7 +23,6 @@ from sqlalchemy import Engine, text
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import make_engine
-from sensorhub.db.models import format_micros
 from sensorhub.db.presence import Applied, bring_back, set_presence, sweep
 from sensorhub.db.schema import upgrade
 from sensorhub.ingest.drops import Drops
@@ -31,7 +30,9 @@ from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbo
 from sensorhub.ingest.writer import Writer
 from sensorhub.protocol import Kind, Leave, MacJoin, Reading, SessionRef, Topic, parse_name_assign
 from sensorhub.simulator.fleet import Fleet
+from sensorhub.timestamps import format_micros
 from sensorhub.web import create_app
+from tests.factories import device_row, insert_devices
 from tests.stack import check_not_died, sensorhub, start
 from tests.support import both_databases
 
@@ -183,9 +184,8 @@ def row(engine: Engine) -> Iterator[Engine]:
     """One device in session "1.000000", offline, its presence decided at T0."""
     stamp = format_micros(T0)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO device (id, name, session_name, mac, online, session_id, joined_at, last_seen,"
-                          " presence_at) VALUES (1, 'a', 'a', '02:00:00:00:00:01', FALSE, '1.000000', :at, :at, :at)"),
-                     {"at": stamp})
+        insert_devices(conn, [device_row(1, joined_us=T0, online=False, name="a", session="1.000000")])
+        conn.execute(text("UPDATE device SET presence_at = :at WHERE id = 1"), {"at": stamp})
     yield engine
 
 
@@ -305,9 +305,7 @@ def test_with_several_workers_the_api_shows_exactly_the_boards_connected(
             staying = {device.mac for device in fleet.devices[1::2]}
             shown_within(client, staying, 2, "after half of them left")
             sessions = [device.sessions for device in fleet.devices]
-            assert broker.process is not None
-            broker.process.kill()  # no Will for anyone: the boards that stay come back with new sessions
-            broker.process.wait()
+            broker.crash()  # no Will for anyone: the boards that stay come back with new sessions
             broker = Broker(settings)
             broker.start()
             back = [device for device in fleet.devices[1::2]]

@@ -20,7 +20,8 @@ from sensorhub import accounts, livetoken
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.credentials import web_secret_key
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.process import Child
 from sensorhub.protocol import LIVE_TOPIC, Topic
 from tests.devices import RawDevice

@@ -1,4 +1,4 @@
-"""Faults an operator meets (docs/reliability.md): the processes and files behind sensorhub fail, nothing is lost and
+"""Faults an operator meets (README, "Reliability"): the processes and files behind sensorhub fail, nothing is lost and
 nothing false is shown."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from sqlalchemy import Engine, text
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.ingest.service import IngestClient
 from sensorhub.protocol import Topic
 from sensorhub.web import create_app
@@ -87,8 +88,7 @@ def test_after_a_broker_restart_a_board_joining_at_once_gets_its_name_and_loses_
         broker.process.send_signal(signal.SIGUSR1)
         wait_for(lambda: any((Path(settings.state_dir) / "mosquitto").glob("*.db")), 5, what="the broker's save")
         time.sleep(0.2)
-        broker.process.kill()
-        broker.process.wait()
+        broker.crash()
     else:
         broker.stop()  # a clean stop saves the sessions
     restarted = Broker(settings)

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
-from sensorhub.db.models import format_micros
+from sensorhub.buckets import SIZES, Bucket, Last, micros_of, roll
 from sensorhub.db.rollups import rebuild, upsert
-from sensorhub.ingest.rollups import SIZES, Bucket, Last, micros_of, roll
+from sensorhub.timestamps import format_micros
 from tests.support import both_databases
 
 T0 = int(datetime(2026, 11, 28, 22, 58, tzinfo=UTC).timestamp()) * 1_000_000
@@ -140,7 +140,7 @@ def test_micros_of_reads_the_stored_form() -> None:
 
 @both_databases
 def test_upsert_and_rebuild_agree_with_the_brute_force_computation(engine: Engine) -> None:
-    from tests.test_web import add_device
+    from tests.factories import add_device
 
     joined = datetime.fromtimestamp(T0 / 1e6 - 3600, UTC)
     devices = [add_device(engine, f"capteur{i}", i, joined=joined, online=False) for i in (1, 2)]

@@ -8,6 +8,7 @@ limit) start their own broker.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import re
@@ -23,12 +24,15 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -45,10 +49,12 @@ from sensorhub.credentials import (
     client_password,
     client_secret_path,
     web_mqtt_password,
+    web_secret_key,
 )
 from sensorhub.db import history
-from sensorhub.db.engine import init_db, make_engine
+from sensorhub.db.engine import make_engine
 from sensorhub.db.models import Device, LightReading
+from sensorhub.db.schema import init_db
 from sensorhub.ingest.service import IngestClient
 from sensorhub.process import Child
 from sensorhub.protocol import (
@@ -567,8 +573,13 @@ def test_parallel_wrong_passwords_are_checked_five_times_at_most(stack: Stack, a
 
 def forget_failed_logins(stack: Stack) -> None:
     """Other tests log in from the same address."""
-    with sqlite3.connect(Path(stack.settings.state_dir) / "web-logins.sqlite3") as throttle:
-        throttle.execute("DELETE FROM failure")
+    with closing(sqlite3.connect(web_state_file(stack))) as state, state:
+        state.execute("DELETE FROM web_login_failure")
+
+
+def web_state_file(stack: Stack) -> Path:
+    """The web server's own state (login sessions, failed logins): never the sensor database."""
+    return Path(stack.settings.state_dir) / "web-state.sqlite3"
 
 
 def test_malformed_requests_get_clear_answers(stack: Stack) -> None:
@@ -635,6 +646,76 @@ def test_a_logged_in_user_commands_and_is_named_in_the_log(stack: Stack, device:
     # A password change ends the sessions opened with the old one.
     run_cli(stack.settings, "user", "passwd", account, input="another password 2\nanother password 2\n")
     assert visitor.post_json(f"/api/devices/{device_id(stack.engine, device.name)}/led", {"on": False})[0] == 401
+
+
+def test_a_login_ends_with_logout_a_password_change_or_expiry(stack: Stack, device: RawDevice, account: str) -> None:
+    number = device_id(stack.engine, device.name)
+    password = PASSWORD
+
+    def command(visitor: Browser) -> int:
+        return int(visitor.post_json(f"/api/devices/{number}/led", {"on": True})[0])
+
+    def logged_in() -> Browser:
+        visitor = Browser(stack)
+        assert visitor.login(account, password)[0] == 302
+        visitor.page("/capteurs")  # the new session's CSRF token
+        assert command(visitor) == 202
+        return visitor
+
+    def replayed(visitor: Browser) -> Browser:
+        """Another visitor holding a copy of `visitor`'s cookie, as a thief or a shared computer would."""
+        thief = Browser(stack)
+        for cookie in visitor.jar:
+            thief.jar.set_cookie(cookie)
+        return thief
+
+    def rows() -> list[tuple[str, ...]]:
+        with closing(sqlite3.connect(web_state_file(stack))) as state:
+            return [tuple(str(v) for v in row) for row in state.execute("SELECT * FROM web_login_session")]
+
+    def session_id(visitor: Browser) -> str:
+        """The id the signed cookie carries (Flask's session serializer, with the server's key)."""
+        decoder = Flask("decoder")
+        decoder.secret_key = web_secret_key(stack.settings)
+        cookie = next(c for c in visitor.jar if c.name == "sensorhub_session")
+        serializer = SecureCookieSessionInterface().get_signing_serializer(decoder)
+        assert serializer is not None and cookie.value is not None
+        return str(serializer.loads(cookie.value)["sid"])
+
+    # Logging out ends the session for every copy of the cookie, not just in the browser that logged out.
+    visitor = logged_in()
+    stolen = replayed(visitor)
+    assert command(stolen) == 202
+    assert visitor.request("POST", "/logout", urllib.parse.urlencode({"csrf_token": visitor.token}).encode(),
+                           {"Content-Type": "application/x-www-form-urlencoded"})[0] == 302
+    assert command(stolen) == 401 and f">{account}<" not in stolen.page("/capteurs")
+    visitor.token = ""  # the token of its new, anonymous session
+    assert command(visitor) == 401 and rows() == []
+    # The cookie lasts SENSORHUB_WEB_SESSION_DAYS (7), no longer; the web state keeps the id's SHA-256 only.
+    visitor = logged_in()
+    cookie = next(c for c in visitor.jar if c.name == "sensorhub_session")
+    assert cookie.expires is not None and 6.9 * 86400 < cookie.expires - time.time() <= 7 * 86400
+    token = session_id(visitor)
+    [row] = rows()
+    assert row[0] == hashlib.sha256(token.encode()).hexdigest() and row[1] == account
+    assert not any(token in value for value in row)
+    # A password change ends every session of the account.
+    second = logged_in()
+    stolen = replayed(second)
+    assert len(rows()) == 2
+    password = "another password 2"
+    changed = run_cli(stack.settings, "user", "passwd", account, input=f"{password}\n{password}\n")
+    assert "2 login session(s) ended" in changed.stdout
+    assert [command(visitor), command(second), command(stolen)] == [401, 401, 401] and rows() == []
+    # Expiry: the web state's word counts, whatever the cookie says; the expired row goes.
+    visitor = logged_in()
+    with closing(sqlite3.connect(web_state_file(stack))) as state, state:
+        state.execute("UPDATE web_login_session SET expires_at = ?", (time.time() - 1,))
+    assert command(replayed(visitor)) == 401 and command(visitor) == 401 and rows() == []
+    # Removing the account ends its sessions too (the controls then open to everyone: no account is left).
+    visitor = logged_in()
+    assert "1 login session(s) ended" in run_cli(stack.settings, "user", "remove", account).stdout
+    assert rows() == [] and f">{account}<" not in visitor.page("/capteurs")
 
 
 def test_user_commands_refuse_what_they_cannot_do(stack: Stack, account: str) -> None:

@@ -20,9 +20,9 @@ from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
 from sensorhub.db.rollups import rebuild
 from sensorhub.web import create_app
 from sensorhub.web.pages import DEFAULT_RANGE, RANGES
+from tests.factories import add_device, add_readings
 from tests.stack import ROOT
 from tests.support import both_databases
-from tests.test_web import add_device, add_readings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 START = NOW - timedelta(hours=3)

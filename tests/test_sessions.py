@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensorhub.commands import LedRequest, RenameRequest
-from sensorhub.db.models import format_micros
 from sensorhub.ingest.sessions import (
     BrokerSessionLost,
     BrokerUnreachable,
@@ -45,6 +44,7 @@ from sensorhub.protocol import (
     format_led_command,
     parse_name_assign,
 )
+from sensorhub.timestamps import format_micros
 
 T0 = 1_743_946_777_603_371
 MACS = ["61:EC:ED:3B:25:B1", "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"]

@@ -21,59 +21,26 @@ from typing import Any
 import pytest
 from flask import Flask, jsonify
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, insert, text, update
+from sqlalchemy import Engine, text, update
 from sqlalchemy.exc import InternalError, OperationalError
-from sqlalchemy.orm import Session
 
 from sensorhub.config import Settings
-from sensorhub.db.latest import refresh_latest
 from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
 from sensorhub.ports import PortError, ensure_free
 from sensorhub.protocol import MAX_NAME, NAME_RULE, Topic, browser_data
 from sensorhub.web import create_app
 from sensorhub.web.serve import gunicorn_options, web_sizing
 from sensorhub.web.state import web_state
+from tests.factories import SESSION, add_device, add_readings, mac_of
 from tests.stack import ROOT
 from tests.support import both_databases
 
-SESSION = "1743946777.603371"
 STATIC = ROOT / "src" / "sensorhub" / "web" / "static"
 XSS_NAME = "<script>x</script>"
 XSS_ATTR_NAME = "'\"><img src=x onerror=1>"
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
-
-
-def mac_of(index: int) -> str:
-    return f"02:00:00:00:{index // 256:02X}:{index % 256:02X}"
-
-
-def add_device(engine: Engine, name: str, index: int = 1, *, online: bool = True, session: str = SESSION,
-               joined: datetime | None = None, last_seen: datetime | None = None,
-               display_name: str | None = None) -> int:
-    """Insert a device (as the ingest client would); `display_name` renames it after its session started."""
-    joined = joined or datetime.now(UTC) - timedelta(hours=2)
-    with Session(engine) as session_, session_.begin():
-        device = Device(name=name, session_name=name, mac=mac_of(index), online=online, session_id=session,
-                        joined_at=joined, last_seen=last_seen or joined)
-        session_.add(device)
-        session_.flush()
-        device_id = device.id
-    if display_name is not None:
-        with engine.begin() as conn:
-            conn.execute(update(Device).where(Device.id == device_id).values(name=display_name))
-    return device_id
-
-
-def add_readings(engine: Engine, model: Any, device_id: int, values: list[int], start: datetime,
-                 step: timedelta = timedelta(seconds=1)) -> list[datetime]:
-    moments = [start + step * (i + 1) for i in range(len(values))]
-    with engine.begin() as conn:
-        conn.execute(insert(model), [{"device_id": device_id, "at": at, "value": v}
-                                     for at, v in zip(moments, values, strict=True)])
-        refresh_latest(conn, [device_id])  # as the ingest client keeps them
-    return moments
 
 
 def csrf_token(client: FlaskClient, path: str = "/accueil") -> str:
@@ -804,7 +771,8 @@ def test_database_without_schema(settings: Settings) -> None:
 def test_the_database_appears_after_start(settings: Settings) -> None:
     client = create_app(settings).test_client()
     assert client.get("/api/devices").status_code == 503
-    from sensorhub.db.engine import init_db, make_engine
+    from sensorhub.db.engine import make_engine
+    from sensorhub.db.schema import init_db
     engine = make_engine(settings.database_url, create_dir=True)
     init_db(engine)
     engine.dispose()

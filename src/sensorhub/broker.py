@@ -326,6 +326,14 @@ class Broker:
         assert self.process is not None
         return self.process.wait()
 
+    def crash(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send mosquitto `sig` (SIGKILL: a crash, no Will, nothing saved) and wait for it to end, its guard with it,
+        as `sensorhub broker` ends when its mosquitto does (tests and benchmarks)."""
+        assert self.process is not None, "the broker was not started"
+        self.process.send_signal(sig)
+        self.process.wait()
+        self.stop()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the guard and mosquitto (SIGTERM, then SIGKILL) and remove the generated configuration."""
         if self.guard is not None:

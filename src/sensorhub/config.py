@@ -60,6 +60,13 @@ def _days(value: str) -> int:
     return days
 
 
+def _session_days(value: str) -> int:
+    days = _int(value)
+    if not 1 <= days <= 365:
+        raise ValueError("a number of days between 1 and 365")
+    return days
+
+
 def _megabytes(value: str) -> int:
     size = _int(value)
     if not 0 <= size <= 10_000_000:
@@ -130,6 +137,10 @@ def _database_url(value: str) -> str:
 def _without_password(value: str) -> str:
     """A database URL with its password masked (any other value unchanged), for error messages."""
     return re.sub(r"^([\w+]+://[^:/@]*:)[^@]*@", r"\1***@", value)
+
+
+def _optional_database_url(value: str) -> str:
+    return _database_url(value) if value.strip() else ""
 
 
 def _host(value: str) -> str:
@@ -280,6 +291,19 @@ class Settings:
     web_private: bool = setting(
         "0", "1: every page and API needs a login (once an account exists), and the WebSockets port a token that "
         "only logged-in pages get.", _flag)
+    web_session_days: int = setting(
+        "7",
+        "Days a web login lasts (1 to 365), counted from the login; logging out or `sensorhub user passwd` "
+        "ends it sooner.",
+        _session_days,
+    )
+    web_state_url: str = setting(
+        "",
+        "SQLAlchemy URL of the web servers' own writable state (login sessions, failed-login counts); empty: "
+        "`web-state.sqlite3` in the state directory. Several web servers must share one: "
+        "postgresql+psycopg://… (not the sensor database, which they only read).",
+        _optional_database_url,
+    )
     tls_cert: str = setting(
         "", "PEM certificate: adds MQTT over TLS and secure WebSockets listeners and serves HTTPS.", _optional_path
     )
@@ -340,6 +364,9 @@ class Settings:
         settings = cls(**values)
         if bool(settings.tls_cert) != bool(settings.tls_key):
             raise ConfigError("SENSORHUB_TLS_CERT and SENSORHUB_TLS_KEY go together: set both or neither")
+        if settings.web_state_url and settings.web_state_url == settings.database_url:
+            raise ConfigError("SENSORHUB_WEB_STATE_URL must not be the sensor database (SENSORHUB_DATABASE_URL): "
+                              "the web servers only read that one; give them a database of their own")
         return settings
 
     def replace(self, **changes: Any) -> Settings:

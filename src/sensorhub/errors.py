@@ -43,9 +43,19 @@ class IngestError(SensorhubError):
     """The ingest client cannot go on (refused by the broker, a component of it stopped)."""
 
 
+class UnknownDevice(SensorhubError, LookupError):
+    """No device has the id asked for."""
+
+
 class PayloadError(SensorhubError, ValueError):
     """An MQTT payload or pipe command does not follow the protocol; `reason` is a short counter key."""
 
     def __init__(self, message: str, reason: str = "invalid") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def reason(err: BaseException) -> str:
+    """The first line of what went wrong: the database driver's own message when SQLAlchemy wraps one."""
+    orig = getattr(err, "orig", None)
+    return str(orig if orig is not None else err).splitlines()[0]

@@ -30,7 +30,7 @@ from typing import IO
 from sensorhub.broker import INSTALL_HINT, find_mosquitto
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError, ConfigError, DatabaseError, SensorhubError
-from sensorhub.ingest.ledpipe import ensure_fifo
+from sensorhub.pipe import ensure_fifo
 from sensorhub.ports import ensure_free, wait_free
 from sensorhub.process import READY_TIMEOUT, STOP_TIMEOUT, Child, ComponentError, notify
 from sensorhub.tls import check_tls_files

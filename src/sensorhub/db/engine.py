@@ -83,23 +83,3 @@ def _postgresql_engine(url: str, *, read_only: bool) -> Engine:
             "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "sensorhub", "options": options})
     except ImportError as err:
         raise DatabaseError(f"the PostgreSQL driver is missing ({err}): run `make install` (psycopg)") from err
-
-
-def init_db(engine: Engine) -> None:
-    """Create the schema, or bring it to the newest revision (idempotent; sensorhub.db.schema)."""
-    from sensorhub.db.schema import upgrade
-
-    upgrade(engine.url.render_as_string(hide_password=False))
-    logger.info("database ready at %s", engine.url)
-
-
-def check_schema(engine: Engine) -> None:
-    """Raise DatabaseError, in one line, unless the database holds sensorhub's newest schema."""
-    from sensorhub.db.schema import check_schema as check
-
-    check(engine.url.render_as_string(hide_password=False))
-
-
-def _reason(err: BaseException) -> str:
-    orig = getattr(err, "orig", None)
-    return str(orig if orig is not None else err).splitlines()[0]

@@ -12,22 +12,16 @@ import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy import Connection, Engine, Select, String, func, select, type_coerce
 
+from sensorhub.buckets import Bucket, Key, bucket_start, credit
 from sensorhub.db.engine import sqlite_path
-from sensorhub.db.models import (
-    READING_MODELS,
-    ROLLUP_MODELS,
-    Device,
-    DeviceSession,
-    format_timestamp,
-    parse_timestamp,
-    to_micros,
-)
-from sensorhub.ingest.rollups import Bucket, Key, bucket_start, credit
+from sensorhub.db.models import READING_MODELS, ROLLUP_MODELS, Device, DeviceSession
+from sensorhub.errors import UnknownDevice
 from sensorhub.protocol import Kind
+from sensorhub.timestamps import format_timestamp, parse_timestamp, to_micros
 
 #: `bucket=auto` picks the finest bucket that gives at most this many points.
 AUTO_POINTS = 1000
@@ -249,6 +243,22 @@ def csv_field(text: str) -> str:
     if any(c in text for c in ',"\r\n') or text != text.strip():
         return '"' + text.replace('"', '""') + '"'
     return text
+
+
+def write_export(conn: Connection, out: TextIO, start: datetime, end: datetime, kinds: Sequence[Kind],
+                 device_id: int | None = None) -> int:
+    """Write the CSV export of [start, end) (every device, or `device_id`) to `out`; how many readings.
+
+    Raises UnknownDevice for a device id that does not exist."""
+    wanted = None if device_id is None else [device_id]
+    names = device_names(conn, wanted)
+    if device_id is not None and device_id not in names:
+        raise UnknownDevice(f"no device has the id {device_id}")
+    lines = 0
+    for chunk in csv_chunks(export_rows(conn, start, end, kinds, wanted), names):
+        out.write(chunk)
+        lines += chunk.count("\n")
+    return lines - 1  # the header
 
 
 def device_names(conn: Connection, device_ids: Sequence[int] | None = None) -> dict[int, str]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -23,52 +22,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sensorhub.protocol import Kind
 from sensorhub.rules import MAC_LENGTH, MAX_NAME, MAX_SESSION, NAME_RULE, SESSION_RULE
+from sensorhub.timestamps import TIMESTAMP_GLOB, format_timestamp
 
-#: How every timestamp is stored: UTC, fixed width, so text order is time order and the sqlite3 shell
-#: shows readable values. The triggers in engine.py rely on this exact shape.
-TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-TIMESTAMP_GLOB = (
-    "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9] [0-2][0-9]:[0-5][0-9]:[0-5][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]"
-)
 MAC_GLOB = ":".join(["[0-9A-F][0-9A-F]"] * 6)
-
-
-def format_timestamp(moment: datetime) -> str:
-    """The stored form of an aware datetime."""
-    if moment.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-
-
-def parse_timestamp(text: str) -> datetime:
-    """An aware UTC datetime from its stored form."""
-    return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_second_cache: dict[int, str] = {}
-
-
-def format_micros(micros: int) -> str:
-    """The stored form of a time given in microseconds since the epoch (exact, and fast on hot paths)."""
-    seconds, fraction = divmod(micros, 1_000_000)
-    prefix = _second_cache.get(seconds)
-    if prefix is None:
-        if len(_second_cache) > 256:
-            _second_cache.clear()
-        prefix = _second_cache[seconds] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
-    return f"{prefix}.{fraction:06d}"
-
-
-def to_micros(moment: datetime) -> int:
-    """Microseconds since the epoch of an aware datetime (exact)."""
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_micros(micros: int) -> datetime:
-    """The aware UTC datetime of a time in microseconds since the epoch (exact)."""
-    return _EPOCH + timedelta(microseconds=micros)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -128,7 +84,7 @@ class Device(Base):
     session_id: Mapped[str] = mapped_column(String(MAX_SESSION))
     joined_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime())
-    # Presence is decided where every worker sees it (ingest/presence.py): the time of the message that last
+    # Presence is decided where every worker sees it (db/presence.py): the time of the message that last
     # set `online` in this session (NULL: none yet; stored text like `last_seen`), so that of two workers
     # deciding it the later message wins; and whether the device was marked offline only because the broker
     # was out of reach (a reading in its session brings it back).

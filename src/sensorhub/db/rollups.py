@@ -2,7 +2,7 @@
 
 The upsert is plain `INSERT … ON CONFLICT … DO UPDATE`, which SQLite and PostgreSQL both accept. The rebuild
 (migration 0004, `sensorhub db seed`, the benchmark's builder) aggregates counts in SQL and computes the LED
-and button on-time with the same pure code as the writer (`sensorhub.ingest.rollups`).
+and button on-time with the same pure code as the writer (`sensorhub.buckets`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, text
 
-from sensorhub.ingest.rollups import STATEFUL, Bucket, Key, Last, Row, roll
+from sensorhub.buckets import STATEFUL, Bucket, Key, Last, Row, roll
 
 logger = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from urllib.request import pathname2url
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub.db.engine import make_engine, sqlite_path
-from sensorhub.errors import DatabaseError
+from sensorhub.errors import DatabaseError, reason
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _look_engine(url: str) -> Found:
             if "alembic_version" in tables:
                 revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as err:
-        raise DatabaseError(f"cannot open the database {engine.url!r}: {_reason(err)}") from err
+        raise DatabaseError(f"cannot open the database {engine.url!r}: {reason(err)}") from err
     finally:
         engine.dispose()
     return _classify(tables, revision, None)
@@ -146,8 +146,16 @@ def display_url(url: str) -> str:
     return str(sqlite_path(url) or make_url(url).render_as_string(hide_password=True))
 
 
-def check_schema(url: str) -> None:
-    """Raise DatabaseError, in one line saying what to do, unless the database is at the newest revision."""
+def init_db(engine: Engine) -> None:
+    """Create the schema, or bring it to the newest revision (idempotent)."""
+    upgrade(engine.url.render_as_string(hide_password=False))
+    logger.info("database ready at %s", engine.url)
+
+
+def check_schema(database: Engine | str) -> None:
+    """Raise DatabaseError, in one line saying what to do, unless the database (an engine or a URL) is at the
+    newest revision."""
+    url = database if isinstance(database, str) else database.url.render_as_string(hide_password=False)
     found = look(url)
     where = display_url(url)
     match found.state:
@@ -186,7 +194,7 @@ def upgrade(url: str) -> tuple[str | None, str]:
                 command.stamp(config, BASELINE)
             command.upgrade(config, "head")
     except SQLAlchemyError as err:
-        raise DatabaseError(f"cannot upgrade the database {engine.url!r}: {_reason(err)}") from err
+        raise DatabaseError(f"cannot upgrade the database {engine.url!r}: {reason(err)}") from err
     finally:
         engine.dispose()
     after = head()
@@ -212,6 +220,23 @@ def migrated_engine(url: str) -> Engine:
     return make_engine(url)
 
 
-def _reason(err: BaseException) -> str:
-    orig = getattr(err, "orig", None)
-    return str(orig if orig is not None else err).splitlines()[0]
+def reset(url: str) -> int:
+    """Delete every device and reading, then recreate an empty schema; web accounts are kept (they are
+    configuration, not recorded data). Refuses a database that is not sensorhub's. Returns how many accounts."""
+    from sensorhub.db.models import WebUser
+
+    check_schema(url)  # never drop the tables of something that is not ours
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            accounts = [dict(row) for row in conn.execute(select(WebUser.__table__)).mappings()]
+            tables = MetaData()
+            tables.reflect(conn)
+            tables.drop_all(conn)
+        init_db(engine)
+        if accounts:
+            with engine.begin() as conn:
+                conn.execute(insert(WebUser), accounts)
+    finally:
+        engine.dispose()
+    return len(accounts)

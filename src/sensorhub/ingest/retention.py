@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, TextClause, text
 
 from sensorhub.db.latest import COLUMNS, refresh_sql
-from sensorhub.db.models import format_micros
 from sensorhub.protocol import Kind
+from sensorhub.timestamps import format_micros
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from sensorhub import credentials
 from sensorhub.commands import COMMAND_TOPIC, REPLY_PREFIX, Command, Outcome, Reply, parse_command
 from sensorhub.config import Settings
 from sensorhub.credentials import CLIENT_USER, client_password, client_secret_path
-from sensorhub.db.engine import check_schema, make_engine
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import check_schema
 from sensorhub.db.space import warn_if_low
 from sensorhub.errors import IngestError, PayloadError
 from sensorhub.ingest.beacon import Beacon

@@ -9,7 +9,7 @@ its time of arrival. Its one source of chance is the session ids it hands out (p
 Presence is the database's to decide, not the engine's: with several workers, the join of a board may reach one
 worker and its leave another, so an engine's `online` is only what it last saw. The engine says what a message
 asks (`Presence`: this device joined, left, was heard again; `Sweep`: devices nobody heard from since a time go
-offline) and the writer applies it in the database on a condition that every worker sees (ingest/presence.py
+offline) and the writer applies it in the database on a condition that every worker sees (db/presence.py
 says which); `Decisions.presence` then holds what the database took.
 """
 
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from sensorhub.commands import LedRequest, Outcome, RenameRequest, Reply
-from sensorhub.db.models import format_micros
 from sensorhub.protocol import (
     KIND_TOPICS,
     QOS,
@@ -37,6 +36,7 @@ from sensorhub.protocol import (
     new_session_id,
 )
 from sensorhub.rules import name_taken
+from sensorhub.timestamps import format_micros
 
 
 @dataclass(slots=True)

@@ -34,11 +34,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from sensorhub.commands import LedRequest, Outcome, RenameRequest, Reply
 from sensorhub.db import dialect
-from sensorhub.db.models import format_micros, parse_timestamp, to_micros
 from sensorhub.db.presence import Applied, bring_back, lost_devices, set_presence, sweep
 from sensorhub.db.space import MIB, database_dir, database_space
+from sensorhub.ingest.bookkeeping import Event, History, SessionEvent
 from sensorhub.ingest.drops import Drops
-from sensorhub.ingest.history import Event, History, SessionEvent
 from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
 from sensorhub.ingest.sessions import (
@@ -58,6 +57,7 @@ from sensorhub.ingest.sessions import (
     wire,
 )
 from sensorhub.protocol import LIVE_TOPIC, Kind, Leave, MacJoin, Reading, SessionRef, format_live
+from sensorhub.timestamps import format_micros, parse_timestamp, to_micros
 
 logger = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from importlib import import_module
 from typing import Any
 
@@ -18,6 +19,7 @@ from sensorhub.web.errors import register_error_handlers
 from sensorhub.web.present import register_filters
 from sensorhub.web.relay import make_relay
 from sensorhub.web.state import EXTENSION, WebState
+from sensorhub.webstate import LoginSessions, LoginThrottle, WebStateStore, drop_old_throttle_file, web_state_url
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +69,21 @@ def create_app(settings: Settings | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SECURE=settings.tls,
+        # A logged-in cookie lasts as long as its login (the web state's expires_at, checked on every request).
+        PERMANENT_SESSION_LIFETIME=timedelta(days=settings.web_session_days),
         MAX_CONTENT_LENGTH=16 * 1024,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    throttle_file = state_dir(settings) / "web-logins.sqlite3"
-    throttle = auth.LoginThrottle(throttle_file)
-    os.chmod(throttle_file, 0o600)  # it holds client addresses
-    app.extensions[EXTENSION] = WebState(settings, ReadOnlyDatabase(settings.database_url), make_relay(settings),
-                                         throttle)
+    store = WebStateStore(web_state_url(settings))
+    store.setup()
+    store.dispose()  # gunicorn forks after this: each worker opens its own connections
+    if store.path is not None:
+        os.chmod(store.path, 0o600)  # it holds client addresses and session hashes
+    drop_old_throttle_file(state_dir(settings))
+    app.extensions[EXTENSION] = WebState(
+        settings, ReadOnlyDatabase(settings.database_url), make_relay(settings), LoginThrottle(store),
+        LoginSessions(store, timedelta(days=settings.web_session_days).total_seconds()))
     CSRFProtect(app)
     register_filters(app)
     register_error_handlers(app)

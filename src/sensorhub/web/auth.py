@@ -8,13 +8,9 @@ session id, and SENSORHUB_WEB_PRIVATE=1 closes every page and API as well.
 from __future__ import annotations
 
 import logging
-import sqlite3
-import time
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass
 from functools import wraps
-from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -25,14 +21,12 @@ from werkzeug.wrappers import Response
 from sensorhub import accounts
 from sensorhub.errors import DatabaseError
 from sensorhub.web.state import web_state
+from sensorhub.webstate import LoginSessions, LoginThrottle
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 
-#: Failed logins allowed per client address in THROTTLE_WINDOW seconds; more answer 429.
-THROTTLE_LIMIT = 5
-THROTTLE_WINDOW = 60.0
 #: Reachable without a login even when the site is private.
 #: /healthz and /metrics too: monitoring logs in nowhere, and they show no device, name nor address.
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.login_post", "auth.logout", "static", "monitoring.healthz",
@@ -86,8 +80,12 @@ def _lookup() -> Visitor:
         with web_state().database.connect() as conn:
             if not accounts.any_account(conn):
                 return Visitor(False, None)
-            name = session.get("user")
-            if isinstance(name, str) and session.get("stamp") == accounts.current_stamp(conn, name):
+            name, token = session.get("user"), session.get("sid")
+            # The password it was opened with (ends it on the sensor database's word, wherever `user passwd` ran)
+            # and its row in the web state (ends it at logout, password change and expiry, for every cookie copy).
+            if (isinstance(name, str) and isinstance(token, str)
+                    and session.get("stamp") == accounts.current_stamp(conn, name)
+                    and _sessions().account(token) == name):
                 return Visitor(True, name)
     except OperationalError as err:
         if "no such table: web_user" not in str(err):
@@ -157,79 +155,26 @@ def login_post() -> Response | tuple[str, int]:
         return render_template("login.html", page="login", next=target,
                                error="Nom ou mot de passe incorrect."), 401
     throttle.succeeded(attempt)
+    token = _sessions().open(name)
     session.clear()  # a fresh session: no fixation
-    session.permanent = True
+    session.permanent = True  # the cookie expires with the login (PERMANENT_SESSION_LIFETIME)
     session["user"] = name
     session["stamp"] = stamp
+    session["sid"] = token
     logger.info("%s logged in from %s", name, address)
     return redirect(target)
 
 
 @bp.post("/logout")
 def logout() -> Response:
-    """End the session."""
-    name = session.get("user")
+    """End the session, in the web state too: a copy of its cookie is anonymous from now on."""
+    name, token = session.get("user"), session.get("sid")
     session.clear()
+    if isinstance(token, str):
+        _sessions().end(token)
     if name:
         logger.info("%s logged out", name)
     return redirect(url_for("pages.capteurs"))
-
-
-class LoginThrottle:
-    """Login attempts per client address, shared by every web server process through a small SQLite file.
-
-    An attempt takes its place in the count before its password is checked, in one write transaction that
-    SQLite serialises across processes (BEGIN IMMEDIATE: the gunicorn workers wait for each other there), so 40
-    parallel attempts get exactly THROTTLE_LIMIT checks, not as many as slipped in between a count and an insert.
-    A right password gives its place back: only failures, and attempts still being checked, count.
-
-    It is the web server's own file in the state directory: the sensorhub database stays written by the
-    ingest client only.
-    """
-
-    def __init__(self, path: Path, limit: int = THROTTLE_LIMIT, window: float = THROTTLE_WINDOW) -> None:
-        self.path = path
-        self.limit = limit
-        self.window = window
-        with closing(self._connect()) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS failure (address TEXT NOT NULL, at REAL NOT NULL)")
-            conn.execute("CREATE INDEX IF NOT EXISTS failure_address ON failure (address, at)")
-
-    def _connect(self) -> sqlite3.Connection:
-        # Autocommit mode: each method opens its own transaction explicitly.
-        return sqlite3.connect(self.path, timeout=10, isolation_level=None)
-
-    def attempt(self, address: str) -> int | None:
-        """Count an attempt from `address` if fewer than `limit` are counted in the window: its id, else None."""
-        now = time.time()
-        with closing(self._connect()) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("DELETE FROM failure WHERE at < ?", (now - self.window,))
-                cursor = conn.execute(
-                    "INSERT INTO failure (address, at) SELECT ?, ? "
-                    "WHERE (SELECT count(*) FROM failure WHERE address = ? AND at >= ?) < ?",
-                    (address, now, address, now - self.window, self.limit))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return cursor.lastrowid if cursor.rowcount == 1 else None
-
-    def succeeded(self, attempt: int) -> None:
-        """A right password: the attempt no longer counts."""
-        with closing(self._connect()) as conn:
-            conn.execute("DELETE FROM failure WHERE rowid = ?", (attempt,))
-
-    def blocked_for(self, address: str) -> float:
-        """Seconds until `address` may try again (0: now)."""
-        now = time.time()
-        with closing(self._connect()) as conn:
-            rows = conn.execute("SELECT at FROM failure WHERE address = ? AND at >= ? ORDER BY at DESC LIMIT ?",
-                                (address, now - self.window, self.limit)).fetchall()
-        if len(rows) < self.limit:
-            return 0.0
-        return max(0.0, float(rows[-1][0]) + self.window - now)
 
 
 def _throttle() -> LoginThrottle:
@@ -237,3 +182,10 @@ def _throttle() -> LoginThrottle:
     if state.throttle is None:
         raise RuntimeError("the login throttle was not set up")
     return state.throttle
+
+
+def _sessions() -> LoginSessions:
+    state = web_state()
+    if state.sessions is None:
+        raise RuntimeError("the login sessions were not set up")
+    return state.sessions

@@ -35,8 +35,8 @@ from sensorhub.commands import COMMAND_EXPIRY, COMMAND_TOPIC, REPLY_PREFIX, Comm
 from sensorhub.config import Settings
 from sensorhub.credentials import WEB_USER, web_mqtt_password, web_mqtt_secret_path
 from sensorhub.errors import BrokerRelayError, ClientNotRunning, NoReply
-from sensorhub.ingest.ledpipe import send_command
 from sensorhub.mqttclient import REFUSED_LOGIN, no_delay
+from sensorhub.pipe import send_command
 
 logger = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ def _rollup_table(table: str) -> None:
 
 def _session_start(session_id: str, joined_at: str, last_seen: str) -> str:
     """When the current session started: its id is the time it was handed out, in µs (protocol.new_session_id)."""
-    from sensorhub.db.models import format_micros
+    from sensorhub.timestamps import format_micros
 
     seconds, _, fraction = session_id.partition(".")
     if seconds.isdigit() and fraction.isdigit() and len(fraction) == 6:

@@ -2,7 +2,7 @@
 
 The writer calls `stage` with what a batch inserts (its reading rows and session events) just before it
 commits, `committed` once the commit succeeded and `load` whenever it reloads its state from the database.
-The arithmetic is in rollups.py; this module only reads and writes.
+The arithmetic is in sensorhub/buckets.py; this module only reads and writes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from enum import IntEnum
 
 from sqlalchemy import Connection, text
 
+from sensorhub.buckets import STATEFUL, Last, Row, micros_of, roll
 from sensorhub.db.rollups import upsert
-from sensorhub.ingest.rollups import STATEFUL, Last, Row, micros_of, roll
 from sensorhub.protocol import Kind
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Roll-up arithmetic, pure: a batch of readings in, the 1-minute and 1-hour bucket changes out.
 
 The writer feeds each committed batch through `roll` and upserts what it returns in the same transaction
-(`history.py`); the migration and the benchmark's bulk builder feed whole tables through it. No I/O here,
+(`ingest/bookkeeping.py`); the migration and the benchmark's bulk builder feed whole tables through it. No I/O here,
 so that tests compare it with a brute-force computation (tests/test_rollups.py).
 
 Every bucket keeps the count, minimum, maximum and sum of the readings whose time falls in it. For the LED
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sensorhub.db.models import format_micros
+from sensorhub.timestamps import format_micros
 
 #: Bucket sizes, in microseconds, by the name the API uses.
 SIZES: dict[str, int] = {"1m": 60_000_000, "1h": 3_600_000_000}

@@ -1,0 +1,36 @@
+"""The `sensorhub` command: run, broker, client, web, db, simulate, user, tls, status, service, export.
+
+Each module of this package adds its commands to the group of `base.py`; the logic they call lives in the
+modules of sensorhub (docs/code.md), not here.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from sensorhub.cli import accounts, database, machine, programs
+from sensorhub.cli.base import cli
+from sensorhub.errors import SensorhubError
+from sensorhub.process import die_with_parent
+
+__all__ = ["accounts", "cli", "database", "machine", "main", "programs"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning sensorhub errors into one line and exit status 2."""
+    die_with_parent()
+    try:
+        cli.main(args=argv, prog_name="sensorhub", standalone_mode=False)
+    except SensorhubError as err:
+        click.echo(f"sensorhub: error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

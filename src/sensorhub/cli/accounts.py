@@ -1,0 +1,102 @@
+"""`sensorhub user ...`: the web accounts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from sensorhub.cli.base import cli, pass_settings
+from sensorhub.config import Settings
+from sensorhub.errors import SensorhubError
+
+
+@cli.group()
+def user() -> None:
+    """Web accounts: with at least one, the LED and rename controls need a login."""
+
+
+def _accounts_engine(settings: Settings) -> Any:
+    from sensorhub.db.engine import make_engine
+    from sensorhub.db.schema import check_schema
+
+    check_schema(settings.database_url)
+    return make_engine(settings.database_url)
+
+
+def _new_password(name: str) -> str:
+    from sensorhub.accounts import check_password
+
+    password: str = click.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True,
+                                 err=True)
+    return check_password(password)
+
+
+@user.command("add")
+@click.argument("name")
+@pass_settings
+def user_add(settings: Settings, name: str) -> None:
+    """Create the account NAME (asks for its password twice)."""
+    from sensorhub import accounts
+
+    accounts.check_name(name)
+    accounts.add(_accounts_engine(settings), name, _new_password(name))
+    click.echo(f"account {name} added: the LED and rename controls now need a login")
+
+
+@user.command("passwd")
+@click.argument("name")
+@pass_settings
+def user_passwd(settings: Settings, name: str) -> None:
+    """Change the password of NAME (its open sessions end)."""
+    from sensorhub import accounts
+
+    engine = _accounts_engine(settings)
+    if name not in {account.name for account in accounts.list_accounts(engine)}:
+        raise accounts.AccountError(f"no account is called {name!r} (`sensorhub user list`)")
+    accounts.set_password(engine, name, _new_password(name))
+    click.echo(f"password of {name} changed; {_end_sessions(settings, name)}")
+
+
+@user.command("remove")
+@click.argument("name")
+@pass_settings
+def user_remove(settings: Settings, name: str) -> None:
+    """Delete the account NAME (its open sessions end)."""
+    from sensorhub import accounts
+
+    engine = _accounts_engine(settings)
+    accounts.remove(engine, name)
+    left = len(accounts.list_accounts(engine))
+    click.echo(f"account {name} removed; {_end_sessions(settings, name)}"
+               + ("" if left else "; no account left: the controls are open to everyone"))
+
+
+def _end_sessions(settings: Settings, name: str) -> str:
+    """Delete the account's login sessions from the web state: what happened, for the user."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sensorhub.webstate import end_account_sessions
+
+    try:
+        ended = end_account_sessions(settings, name)
+    except (SQLAlchemyError, SensorhubError, OSError) as err:
+        # The sessions still end: each one remembers the password it was opened with (the sensor database's word).
+        click.echo(f"sensorhub: warning: cannot reach the web state to delete the login sessions of {name} "
+                   f"({str(err).splitlines()[0]}); they are refused anyway", err=True)
+        return "its login sessions are refused"
+    return f"{ended} login session(s) ended"
+
+
+@user.command("list")
+@pass_settings
+def user_list(settings: Settings) -> None:
+    """List the accounts."""
+    from sensorhub import accounts
+
+    found = accounts.list_accounts(_accounts_engine(settings))
+    if not found:
+        click.echo("no account: the LED and rename controls are open to everyone (`sensorhub user add NAME`)")
+    for account in found:
+        click.echo(f"{account.name}\tcreated {account.created_at:%Y-%m-%d %H:%M} UTC"
+                   f"\tpassword changed {account.changed_at:%Y-%m-%d %H:%M} UTC")
