@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, abort, current_app, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from sensorhub import livetoken
+from sensorhub import buckets, livetoken
 from sensorhub.db import history, queries
 from sensorhub.errors import DatabaseError
 from sensorhub.protocol import MAX_NAME, QOS, Kind, Topic, browser_data
@@ -126,6 +126,8 @@ class Range(NamedTuple):
 RANGES = {"1h": Range("1 h", 3600), "24h": Range("24 h", 86400), "7j": Range("7 j", 7 * 86400),
           "30j": Range("30 j", 30 * 86400)}
 DEFAULT_RANGE = "24h"
+#: The width of each aggregated bucket the readings API may answer with, for the device page's step series.
+BUCKET_MS = {name: micros // 1000 for name, micros in buckets.SIZES.items()}
 
 
 @bp.get("/appareil/<id:device_id>")
@@ -139,7 +141,8 @@ def appareil(device_id: int) -> str:
     period = request.args.get("periode", DEFAULT_RANGE)
     return render_template(
         "appareil.html", page="appareil", device=device, sessions=sessions, ranges=RANGES,
-        period=period if period in RANGES else DEFAULT_RANGE, vendor_missing=vendor.missing(), max_name=MAX_NAME,
+        period=period if period in RANGES else DEFAULT_RANGE, bucket_ms=BUCKET_MS, vendor_missing=vendor.missing(),
+        max_name=MAX_NAME,
     )
 
 

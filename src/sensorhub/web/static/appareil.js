@@ -6,7 +6,8 @@ import {formatLocal, formatUtc} from './common.js';
 
 const root = document.querySelector('[data-device-page]');
 const deviceId = root.dataset.deviceId;
-const BUCKET_MS = {'1m': 60e3, '1h': 3600e3};
+// The width of each aggregated bucket, as the server rolls them up (sensorhub.buckets): name -> milliseconds.
+const BUCKET_MS = JSON.parse(root.dataset.bucketMs);
 const BUCKET_LABELS = {raw: 'mesures', '1m': 'minutes (min, moyenne, max)', '1h': 'heures (min, moyenne, max)'};
 const KIND_LABELS = {led: 'LED allumée', button: 'Bouton appuyé'};
 const COLORS = {light: '#0f766e', band: 'rgba(15, 118, 110, 0.18)', led: '#a16207', button: '#4338ca'};
