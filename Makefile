@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 SENSORHUB := $(BIN)/sensorhub
 # `make install` sets up everything the tests need as well; `make install DEV=0` only what sensorhub needs to run
-# (a production machine): requirements.lock, without pytest, Playwright or mypy. Both locks are hashed (pip-compile).
+# (a production machine): requirements.lock, without pytest, Playwright or mypy, and node_modules without ESLint.
+# Both Python locks are hashed (pip-compile).
 DEV ?= 1
 LOCK := $(if $(filter 0,$(DEV)),requirements.lock,requirements-dev.lock)
 PY_STAMP := $(VENV)/.installed-$(basename $(LOCK))
@@ -34,7 +35,7 @@ $(JS_STAMP): package.json package-lock.json
 	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 18 or newer (sudo apt-get install nodejs npm)"; exit 1; }
 	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 18 ? 1 : 0)' || \
 	  { echo "sensorhub needs Node.js 18 or newer to install its browser libraries; node is $$(node --version)"; exit 1; }
-	npm ci --no-audit --no-fund --loglevel=error
+	npm ci --no-audit --no-fund --loglevel=error $(if $(filter 0,$(DEV)),--omit=dev)
 	$(BIN)/python -m sensorhub.web.vendor
 	@touch $@
 
@@ -65,10 +66,11 @@ run: install ## Run everything (broker, client, web) with DEMO=3 virtual devices
 simulate: $(PY_STAMP) ## Run virtual ESP32s (DEVICES=3 INTERVAL=2)
 	$(SENSORHUB) simulate --devices $${DEVICES:-3} --interval $${INTERVAL:-2}
 
-lint: $(PY_STAMP) ## Check style (ruff), types (mypy) and which way imports go (lint-imports)
+lint: $(PY_STAMP) $(JS_STAMP) ## Check style (ruff, ESLint), types (mypy) and which way imports go (lint-imports)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+	npx --no-install eslint .
 
 test: install lint ## Run every test (unit, integration, browser) and a quick benchmark smoke run
 	$(BIN)/pytest $(PYTEST_ARGS)

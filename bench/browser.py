@@ -9,7 +9,7 @@ from playwright.sync_api import sync_playwright
 from bench.scenarios import Figure, Sizes, percentile
 from bench.stack import Stack
 from sensorhub.simulator import Fleet
-from tests.support import CHROMIUM, CHROMIUM_ARGS
+from tests.support import CHROMIUM, CHROMIUM_ARGS, COUNT_RECONCILIATIONS
 
 WATCH = """() => {
     window.__updates = [];
@@ -31,10 +31,11 @@ def browser_latency(stack: Stack, sizes: Sizes, devices: int = 10) -> Figure:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page()
+            page.add_init_script(COUNT_RECONCILIATIONS)
             page.goto(f"http://127.0.0.1:{stack.settings.web_port}/capteurs")
             page.locator("[data-card]").nth(devices - 1).wait_for(timeout=20_000)
             page.locator("[data-live-status][data-state='live']").wait_for(timeout=20_000)
-            page.locator("[data-live][data-reconciled]").wait_for(timeout=20_000)  # the server's list applied
+            page.wait_for_function("() => window.__reconciliations > 0", timeout=20_000)  # the server's list applied
             page.evaluate(WATCH)
             for event in range(sizes.browser_events):
                 index = event % devices

@@ -24,6 +24,12 @@ both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], in
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
+#: For `add_init_script`: counts /capteurs's reconciliations with the server's list (the `sensorhub:reconciled`
+#: events of static/reconcile.js) in `window.__reconciliations`, from before the page's own scripts run.
+COUNT_RECONCILIATIONS = """
+window.__reconciliations = 0;
+document.addEventListener('sensorhub:reconciled', () => { window.__reconciliations += 1; });
+"""
 
 
 def settings_for(directory: Path) -> Settings:

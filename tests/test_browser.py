@@ -23,7 +23,7 @@ from sensorhub.simulator import Fleet
 from tests import screenshots
 from tests.screenshots import DESKTOP, PHONE
 from tests.stack import ingest_client, web_server, web_url
-from tests.support import wait_for
+from tests.support import COUNT_RECONCILIATIONS, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -76,6 +76,7 @@ def fleets(stack: Stack) -> Iterator[Callable[..., Fleet]]:
 def new_page(browser: Browser, viewport: dict[str, int] | None = None,
              timezone: str | None = None) -> tuple[Page, list[str]]:
     context = browser.new_context(viewport=viewport or DESKTOP, timezone_id=timezone)  # type: ignore[arg-type]
+    context.add_init_script(COUNT_RECONCILIATIONS)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
@@ -315,9 +316,9 @@ def test_joins_and_leaves_during_the_reconciliation_fetch_are_kept(
         page.wait_for_timeout(50)
     joined = name_of(later[0], 0)
     # The cards right after each reconciliation: the stale list first, the true one 3 s after connecting.
-    for generation in ("1", "2"):
+    for generation in (1, 2):
         shown = page.wait_for_function(
-            """([generation, names]) => document.querySelector('[data-live]').dataset.reconciled === generation
+            """([generation, names]) => window.__reconciliations === generation
                 && names.map((name) => Boolean(document.querySelector(`[data-card][data-session-name='${name}']`)))""",
             arg=[generation, [joined, leaving]], timeout=6_000).json_value()
         assert shown == [True, False], f"after reconciliation {generation}: {joined} shown, {leaving} gone"

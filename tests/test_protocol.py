@@ -281,6 +281,28 @@ def test_the_databases_check_is_the_same_rule(rule: TextRule, text: str) -> None
     assert bool(accepted) == (rule.problem(text) is None), (text, rule.problem(text))
 
 
+def first_problem(rule: TextRule, text: str) -> str | None:
+    """The rule's parts in the order its messages promise, written out (what `problem` did before its patterns)."""
+    if not text:
+        return "empty"
+    if len(text) > rule.max_length:
+        return "too-long"
+    if not text.isascii() or not text.isprintable() or (not rule.spaces and " " in text):
+        return "characters"
+    if ";" in text:
+        return "separator"
+    if rule.spaces and (text[0] == " " or text[-1] == " "):
+        return "edge-spaces"
+    return None
+
+
+@pytest.mark.parametrize("rule", [NAME_RULE, SESSION_RULE], ids=lambda r: r.label)
+@given(text=st.one_of(tricky, st.text(max_size=32), st.sampled_from(["a\n", " \n", "a \n", "\n"])))
+def test_the_rules_patterns_find_the_first_problem(rule: TextRule, text: str) -> None:
+    # The patterns are what the browser runs too (browser_data): the same code, in the same order.
+    assert rule.problem(text) == first_problem(rule, text), text
+
+
 @pytest.mark.parametrize("rule", [NAME_RULE, SESSION_RULE], ids=lambda r: r.label)
 @given(text=st.one_of(tricky, st.text(max_size=32)))
 def test_the_hot_paths_check_is_the_same_rule(rule: TextRule, text: str) -> None:

@@ -874,12 +874,13 @@ def test_in_the_browser_anonymous_visitors_watch_and_users_log_in_to_command(sta
                                                                              account: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.support import CHROMIUM, CHROMIUM_ARGS
+    from tests.support import CHROMIUM, CHROMIUM_ARGS, COUNT_RECONCILIATIONS
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
+            page.add_init_script(COUNT_RECONCILIATIONS)
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
             page.goto(stack.url("/capteurs"))
@@ -898,8 +899,11 @@ def test_in_the_browser_anonymous_visitors_watch_and_users_log_in_to_command(sta
                     if (!cards.some((c) => c.dataset.sessionName === name)) window.__evicted = true;
                 }).observe(document.querySelector('[data-cards]'), {childList: true});
             }""", device.name)
+            # The page cannot tell a stale Will from this session's: it asks the server (a reconciliation 0.5 s
+            # later), once its two reconciliations after connecting are done.
+            page.wait_for_function("() => window.__reconciliations >= 2", timeout=10_000)
             device.publish(Topic.LEAVE, format_session_ref(device.name, "1.000000"), qos=2).wait_for_publish(5)
-            page.wait_for_timeout(1_000)
+            page.wait_for_function("() => window.__reconciliations >= 3", timeout=5_000)
             assert page.evaluate("window.__evicted") is False, "a stale Will removed the card"
             # Log in from the header link, come back to /capteurs, and switch the LED.
             page.get_by_role("link", name="Se connecter").first.click()

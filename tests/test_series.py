@@ -4,7 +4,9 @@ real SQLite database whose roll-ups are built as the migration builds them)."""
 from __future__ import annotations
 
 import csv
+import html as htmllib
 import io
+import json
 import re
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -14,12 +16,14 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, text, update
 
-from sensorhub import accounts
+from sensorhub import accounts, buckets
 from sensorhub.config import Settings
 from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
 from sensorhub.db.rollups import rebuild
 from sensorhub.web import create_app
+from sensorhub.web.pages import DEFAULT_RANGE, RANGES
 from tests.factories import add_device, add_readings
+from tests.stack import ROOT
 from tests.support import both_databases
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -235,6 +239,22 @@ def test_the_device_page_has_its_ranges_csv_link_and_sessions(client: FlaskClien
     assert client.get(f"/appareil/{fleet['one']}?periode=7j").get_data(as_text=True).count(
         'data-range="7j" aria-pressed="true"') == 1
     assert client.get("/appareil/99").status_code == 404
+
+
+def test_the_device_pages_ranges_and_buckets_are_written_once(client: FlaskClient, fleet: dict[str, Any]) -> None:
+    # The script takes each range's span from its button (pages.RANGES): no key or duration of its own.
+    html = client.get(f"/appareil/{fleet['one']}").get_data(as_text=True)
+    spans = dict(re.findall(r'data-range="(\w+)" aria-pressed="\w+"\s+data-span-ms="(\d+)"', html))
+    assert spans == {key: str(span.seconds * 1000) for key, span in RANGES.items()}
+    assert f'data-period="{DEFAULT_RANGE}"' in html
+    script = (ROOT / "src" / "sensorhub" / "web" / "static" / "appareil.js").read_text()
+    for key in set(RANGES) - {"1h"}:  # '1h' is also a bucket's name (the API's), which the script knows
+        assert f"'{key}'" not in script, key
+    assert "86400" not in script and "3600e3 *" not in script and "60e3" not in script
+    # The buckets' widths (for the step series' share of time on) are the roll-ups' own.
+    found = re.search(r'data-bucket-ms="([^"]*)"', html)
+    assert found is not None
+    assert json.loads(htmllib.unescape(found[1])) == {name: micros // 1000 for name, micros in buckets.SIZES.items()}
 
 
 def test_every_card_links_to_its_device_page(client: FlaskClient, fleet: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import InternalError, OperationalError
 from sensorhub.config import Settings
 from sensorhub.db.models import ButtonReading, Device, LedReading, LightReading
 from sensorhub.ports import PortError, ensure_free
-from sensorhub.protocol import MAX_NAME, Topic, browser_data
+from sensorhub.protocol import MAX_NAME, NAME_RULE, Topic, browser_data
 from sensorhub.web import create_app
 from sensorhub.web.serve import gunicorn_options, web_sizing
 from sensorhub.web.state import web_state
@@ -204,10 +204,11 @@ def test_pages_carry_the_protocol_as_data_for_their_scripts(client: FlaskClient)
     assert data["subscriptions"]["state/join"] == {"qos": 2}
     assert data["topics"]["PHOTORESISTOR_STATUS"] == "photoresistor/status"
     assert data["name"]["maxLength"] == MAX_NAME and data["name"]["messages"]["separator"].endswith("« ; »")
-    for script in ("common.js", "capteurs.js"):  # nothing of it copied into the scripts
-        source = (STATIC / script).read_text()
-        for copied in ("state/join", "led/status", "photoresistor/status", "29", "qos: 2", "caractères"):
-            assert copied not in source, f"{copied!r} in {script}"
+    for script in sorted(STATIC.glob("*.js")):  # nothing of it copied into the scripts
+        source = script.read_text()
+        for copied in ("state/join", "led/status", "photoresistor/status", "29", "qos: 2", "caractères",
+                       "edge-spaces", "too-long"):
+            assert copied not in source, f"{copied!r} in {script.name}"
 
 
 def test_pages_carry_a_content_security_policy(client: FlaskClient) -> None:
@@ -218,7 +219,8 @@ def test_pages_carry_a_content_security_policy(client: FlaskClient) -> None:
 
 
 def test_static_files_are_served(client: FlaskClient) -> None:
-    for name in ("style.css", "common.js", "capteurs.js", "historique.js", "favicon.svg"):
+    for name in ("style.css", "common.js", "capteurs.js", "live.js", "reconcile.js", "ledcontrol.js", "livecards.js",
+                 "fleetview.js", "historique.js", "favicon.svg"):
         response = client.get(f"/static/{name}")
         assert response.status_code == 200, name
         response.close()
@@ -240,6 +242,18 @@ def test_the_filter_count_speaks_french(tmp_path: Path) -> None:
     labels = run_js(tmp_path, "common", "[0, 1, 2, 3].map((n) => m.countLabel(n, 3)).concat(m.countLabel(1, 1))")
     assert labels == ["0 appareil affiché sur 3", "1 appareil affiché sur 3", "2 appareils affichés sur 3",
                       "3 appareils affichés sur 3", "1 appareil affiché sur 1"]
+
+
+def test_the_pages_check_a_name_with_the_servers_rule(tmp_path: Path) -> None:
+    # The browser runs the rule's patterns from browser_data (common.js has no rule of its own): the same
+    # message as the API for edges, spaces, the separator, control and non-ASCII characters, astral ones included.
+    names = ["", "salle B", "a" * MAX_NAME, "a" * (MAX_NAME + 1), "a" * (MAX_NAME - 1) + "\U0001f600", " salle",
+             "salle ", " ", "a;b", ";", "é", "a\n", " \n", "a \n", "\t", "\x7f", "~!", "a  b", "\u2028", "; ",
+             ";" * 40, "\U0001f600" * 15]
+    rule = browser_data()["name"]
+    found = run_js(tmp_path, "common", f"{json.dumps(names)}.map((name) => m.ruleProblem({json.dumps(rule)}, name))")
+    expected = [None if (code := NAME_RULE.problem(name)) is None else NAME_RULE.messages[code].fr for name in names]
+    assert found == expected
 
 
 def test_the_layout_toggle_names_the_layout_it_switches_to(client: FlaskClient) -> None:

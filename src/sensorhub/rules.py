@@ -6,6 +6,7 @@ and the browser's checks (rendered into each page by protocol.browser_data) all 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -39,6 +40,7 @@ class TextRule:
     messages: Mapping[str, Message]
     #: Whether `text` follows the rule: `problem(text) is None` as one expression, for the hot path.
     accepts: Callable[[str], bool] = field(init=False, repr=False, compare=False)
+    _compiled: tuple[tuple[str, re.Pattern[str]], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         longest = self.max_length
@@ -51,19 +53,27 @@ class TextRule:
                 return (0 < len(text) <= longest and text.isascii() and text.isprintable() and " " not in text
                         and SEPARATOR not in text)
         object.__setattr__(self, "accepts", accepts)
+        object.__setattr__(self, "_compiled", tuple((code, re.compile(pattern)) for code, pattern in self.checks))
+
+    @property
+    def checks(self) -> tuple[tuple[str, str], ...]:
+        r"""The rule's parts in the order they are checked: (code, pattern that finds text breaking it).
+
+        The patterns mean the same to Python's `re` and to JavaScript's `RegExp` with flag `u` (a character is
+        a code point in both): no `$`, which Python also matches before a final newline, but `(?![\s\S])`.
+        `problem` runs them here, the pages' scripts in the browser (browser_data): one rule, one order.
+        """
+        found = [("empty", r"^(?![\s\S])"), ("too-long", rf"^[\s\S]{{{self.max_length + 1}}}"),
+                 ("characters", f"[^{self.characters}]"), ("separator", f"[{SEPARATOR}]")]
+        if self.spaces:
+            found.append(("edge-spaces", r"^ | (?![\s\S])"))
+        return tuple(found)
 
     def problem(self, text: str) -> str | None:
         """The code of the first part of the rule `text` breaks (a key of `messages`), or None."""
-        if not text:
-            return "empty"
-        if len(text) > self.max_length:
-            return "too-long"
-        if not text.isascii() or not text.isprintable() or (not self.spaces and " " in text):
-            return "characters"
-        if SEPARATOR in text:
-            return "separator"
-        if self.spaces and (text[0] == " " or text[-1] == " "):
-            return "edge-spaces"
+        for code, pattern in self._compiled:
+            if pattern.search(text):
+                return code
         return None
 
     @property
@@ -81,7 +91,7 @@ class TextRule:
 
     def browser_data(self) -> dict[str, object]:
         """The rule for the web pages' scripts, with the French messages they show."""
-        return {"maxLength": self.max_length, "characters": self.characters, "spaces": self.spaces,
+        return {"maxLength": self.max_length, "checks": [list(check) for check in self.checks],
                 "messages": {code: message.fr for code, message in self.messages.items()}}
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from sensorhub import livetoken
+from sensorhub import buckets, livetoken
 from sensorhub.db import history, queries
 from sensorhub.errors import DatabaseError
 from sensorhub.protocol import MAX_NAME, QOS, Kind, Topic, browser_data
@@ -114,8 +114,20 @@ def historique() -> str:
     )
 
 
-#: The ranges the device page offers, by the name in its `?periode=` (a custom range is `?du=…&au=…`).
-RANGES = {"1h": "1 h", "24h": "24 h", "7j": "7 j", "30j": "30 j"}
+class Range(NamedTuple):
+    """A range the device page offers: its button's label and how far back from now it reaches."""
+
+    label: str
+    seconds: int
+
+
+#: The ranges the device page offers, by the name in its `?periode=` (a custom range is `?du=…&au=…`). Its
+#: script reads them from the buttons (data-range, data-span-ms): they are written here only.
+RANGES = {"1h": Range("1 h", 3600), "24h": Range("24 h", 86400), "7j": Range("7 j", 7 * 86400),
+          "30j": Range("30 j", 30 * 86400)}
+DEFAULT_RANGE = "24h"
+#: The width of each aggregated bucket the readings API may answer with, for the device page's step series.
+BUCKET_MS = {name: micros // 1000 for name, micros in buckets.SIZES.items()}
 
 
 @bp.get("/appareil/<id:device_id>")
@@ -126,10 +138,11 @@ def appareil(device_id: int) -> str:
         if device is None:
             abort(404)
         sessions = history.sessions(conn, device_id)
-    period = request.args.get("periode", "24h")
+    period = request.args.get("periode", DEFAULT_RANGE)
     return render_template(
         "appareil.html", page="appareil", device=device, sessions=sessions, ranges=RANGES,
-        period=period if period in RANGES else "24h", vendor_missing=vendor.missing(), max_name=MAX_NAME,
+        period=period if period in RANGES else DEFAULT_RANGE, bucket_ms=BUCKET_MS, vendor_missing=vendor.missing(),
+        max_name=MAX_NAME,
     )
 
 

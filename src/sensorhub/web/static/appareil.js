@@ -6,8 +6,8 @@ import {formatLocal, formatUtc} from './common.js';
 
 const root = document.querySelector('[data-device-page]');
 const deviceId = root.dataset.deviceId;
-const SPANS = {'1h': 3600e3, '24h': 86400e3, '7j': 7 * 86400e3, '30j': 30 * 86400e3};
-const BUCKET_MS = {'1m': 60e3, '1h': 3600e3};
+// The width of each aggregated bucket, as the server rolls them up (sensorhub.buckets): name -> milliseconds.
+const BUCKET_MS = JSON.parse(root.dataset.bucketMs);
 const BUCKET_LABELS = {raw: 'mesures', '1m': 'minutes (min, moyenne, max)', '1h': 'heures (min, moyenne, max)'};
 const KIND_LABELS = {led: 'LED allumée', button: 'Bouton appuyé'};
 const COLORS = {light: '#0f766e', band: 'rgba(15, 118, 110, 0.18)', led: '#a16207', button: '#4338ca'};
@@ -16,10 +16,13 @@ const errorBox = document.querySelector('[data-chart-error]');
 const csvLink = document.querySelector('[data-csv]');
 const customForm = document.querySelector('[data-custom-range]');
 const rangeButtons = [...document.querySelectorAll('[data-range]')];
+// The ranges offered, as the server wrote them on their buttons (web/pages.py RANGES): key -> milliseconds.
+const SPANS = Object.fromEntries(rangeButtons.filter((button) => button.dataset.spanMs)
+  .map((button) => [button.dataset.range, Number(button.dataset.spanMs)]));
 const notes = {light: document.querySelector('[data-note="light"]'), state: document.querySelector('[data-note="state"]')};
 const charts = {};
 let generation = 0;
-let current = null; // {from: Date, to: Date, key: '24h' | 'custom'}
+let current = null; // {from: Date, to: Date, key: a range's key (data-range) or 'custom'}
 
 const two = (n) => String(n).padStart(2, '0');
 
@@ -222,5 +225,5 @@ if (from && to && !Number.isNaN(from.getTime()) && !Number.isNaN(to.getTime()) &
   customForm.elements.to.value = localInput(to);
   load(from, to, 'custom');
 } else {
-  loadSpan(SPANS[root.dataset.period] ? root.dataset.period : '24h');
+  loadSpan(root.dataset.period); // one of the ranges: the server checked `?periode=`
 }

@@ -30,13 +30,13 @@ export async function postJSON(url, payload) {
       headers: {'Content-Type': 'application/json', Accept: 'application/json', 'X-CSRFToken': csrfToken()},
       body: JSON.stringify(payload),
     });
-  } catch (err) {
+  } catch {
     return {status: 0, body: {error: 'le serveur web ne répond pas'}};
   }
   let body;
   try {
     body = await response.json();
-  } catch (err) {
+  } catch {
     body = {error: `réponse inattendue du serveur web (HTTP ${response.status})`};
   }
   return {status: response.status, body};
@@ -47,7 +47,7 @@ function readLayout() {
   try {
     const stored = localStorage.getItem(LAYOUT_KEY);
     return stored === 'list' || stored === 'grid' ? stored : null;
-  } catch (err) {
+  } catch {
     return null;
   }
 }
@@ -55,7 +55,7 @@ function readLayout() {
 function storeLayout(layout) {
   try {
     localStorage.setItem(LAYOUT_KEY, layout);
-  } catch (err) {
+  } catch {
     // private browsing: the choice lasts until the page is left
   }
 }
@@ -142,17 +142,17 @@ export function initFilter(container) {
   return apply;
 }
 
-// The server's name rule (protocol.NAME_RULE), checked in the same order to answer at once.
-export function nameProblem(name) {
-  const rule = protocol().name;
-  const say = rule.messages;
-  if (!name) return say.empty;
-  if (name.length > rule.maxLength) return say['too-long'];
-  if (new RegExp(`[^${rule.characters}]`).test(name)) return say.characters;
-  if (name.includes(protocol().separator)) return say.separator;
-  if (rule.spaces && (name.startsWith(' ') || name.endsWith(' '))) return say['edge-spaces'];
+// A text rule of the server (rules.TextRule.browser_data): the French message of the first part of it that
+// `text` breaks, or null. The parts, their order and their patterns are the server's, as data.
+export function ruleProblem(rule, text) {
+  for (const [code, pattern] of rule.checks) {
+    if (new RegExp(pattern, 'u').test(text)) return rule.messages[code];
+  }
   return null;
 }
+
+// The name rule (rules.NAME_RULE), checked in the page to answer at once; the server checks it again.
+export const nameProblem = (name) => ruleProblem(protocol().name, name);
 
 function setStatus(form, text, isError = false) {
   const status = form.querySelector('.rename-status');
@@ -182,7 +182,7 @@ async function waitForName(card, form, name) {
           return;
         }
       }
-    } catch (err) {
+    } catch {
       // keep trying
     }
   }

@@ -8,10 +8,10 @@ const CHART_POINTS = 10;
 // A chart is redrawn at most this often (a device at 20 readings/s would otherwise cost a redraw per frame);
 // the value next to it changes at every frame.
 const CHART_REDRAW_MS = 500;
-// Time a frame may spend creating or redrawing charts, in a large fleet: the charts in view fall due together,
-// and jumping down the list created 20 charts in one task of 330 ms; 4 a frame still made tasks of 80 to 134 ms
-// on a busy machine (a chart's creation lays the page out). A frame draws charts until this is spent (one at
-// least); the others follow in the next frames. A small fleet draws all its charts at once, as it always did.
+// Time a frame may spend creating or redrawing charts, in a large fleet: the charts in view fall due together
+// when one jumps down the list, and a chart's creation lays the page out. A frame draws charts until this is
+// spent (one at least); the others follow in the next frames. A small fleet draws all its charts at once, as it
+// always did. The long tasks that set it are in docs/performance.md ("Finishing issue 14", "The live feed").
 const CHART_BUDGET_MS = 12;
 // Cards a little outside the viewport get their chart already, so that scrolling shows it drawn.
 const CHART_MARGIN = '300px 0px';
@@ -25,7 +25,7 @@ function readPoints(card) {
   try {
     const points = JSON.parse(card.dataset.light || '[]');
     return points.map((point) => ({at: Date.parse(point.at), value: point.value}));
-  } catch (err) {
+  } catch {
     return [];
   }
 }
