@@ -26,7 +26,7 @@ from sensorhub.db.engine import make_engine
 from sensorhub.db.presence import Applied, bring_back, set_presence, sweep
 from sensorhub.db.schema import upgrade
 from sensorhub.ingest.drops import Drops
-from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound, Message, SweepDue
+from sensorhub.ingest.sessions import BrokerOutage, BrokerSessionLost, Inbound, Incoming, SweepDue
 from sensorhub.ingest.writer import Writer
 from sensorhub.protocol import Kind, Leave, MacJoin, Reading, SessionRef, Topic, parse_name_assign
 from sensorhub.simulator.fleet import Fleet
@@ -85,7 +85,7 @@ class Model:
     now: int = T0
     log: list[str] = field(default_factory=list)
 
-    def send(self, worker: int, message: Message) -> None:
+    def send(self, worker: int, message: Incoming) -> None:
         self.now += 10
         self.workers[worker].inbox.append(Inbound(message, self.now))
         self.log.append(f"{message} -> worker {worker}")
@@ -233,7 +233,7 @@ def test_a_device_lost_by_one_worker_is_brought_back_by_the_worker_that_hears_it
         second.inbox.append(Inbound(SessionRef(name, session), T0 + 10))
         second.take(1)
         assert devices(engine)[MACS[0]] == (True, session)
-        first.inbox.append(Inbound(BrokerUnreachable(T0 + 100), T0 + 2_000))
+        first.inbox.append(Inbound(BrokerOutage(T0 + 100), T0 + 2_000))
         first.take(1)
         assert devices(engine)[MACS[0]] == (False, session)
         second.inbox.append(Inbound(Reading(Kind.LIGHT, name, session, 7), T0 + 3_000))

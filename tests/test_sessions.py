@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 
 from sensorhub.commands import LedRequest, RenameRequest
 from sensorhub.ingest.sessions import (
+    BrokerOutage,
     BrokerSessionLost,
-    BrokerUnreachable,
     Cause,
     Decisions,
     Device,
     Inbound,
-    Message,
+    Incoming,
     NewDevice,
     NewSession,
     Presence,
@@ -84,7 +84,7 @@ class Harness:
                 "session_id": device.session_id, "online": device.online, "lost": device.lost,
                 "joined_at": format_micros(device.joined_us), "last_seen": format_micros(device.last_seen_us)}
 
-    def send(self, *messages: Message, qos: int = 0, step: int = 1000) -> Decisions:
+    def send(self, *messages: Incoming, qos: int = 0, step: int = 1000) -> Decisions:
         batch = []
         for number, message in enumerate(messages):
             self.now += step
@@ -330,7 +330,7 @@ class World:
         return [ref for refs in self.sessions.values() for ref in refs]
 
 
-def draw_message(data: st.DataObject, world: World, engine: Sessions) -> Message:
+def draw_message(data: st.DataObject, world: World, engine: Sessions) -> Incoming:
     """A message devices, the web page or the broker could send now, often stale, sometimes nonsense."""
     refs = world.refs()
     ref = data.draw(st.sampled_from(refs)) if refs and data.draw(st.integers(0, 9)) else (
@@ -356,7 +356,7 @@ def draw_message(data: st.DataObject, world: World, engine: Sessions) -> Message
         case "lost":
             return BrokerSessionLost()
         case "unreachable":
-            return BrokerUnreachable(T0 + data.draw(st.integers(0, 60_000_000)))
+            return BrokerOutage(T0 + data.draw(st.integers(0, 60_000_000)))
     return SweepDue()
 
 
@@ -377,7 +377,7 @@ def check_invariants(h: Harness) -> None:
     assert len(engine.by_mac) == len(engine.by_id) == len(engine.by_name) == len(engine.by_session_name)
 
 
-def check_one(before: Sessions, message: Message, decisions: Decisions, after: Sessions, qos: int,
+def check_one(before: Sessions, message: Incoming, decisions: Decisions, after: Sessions, qos: int,
               handed_out: frozenset[str] = frozenset()) -> None:
     """What one message must have decided, given the state before it and the session ids `handed_out` so far."""
     assert decisions.acks == ([(1, qos)] if qos else [])
@@ -496,12 +496,12 @@ def test_the_broker_out_of_reach_takes_every_device_offline_until_it_is_heard_fr
     h = Harness()
     first, first_session = h.join(MACS[0])
     second, second_session = h.join(MACS[1])
-    decisions = h.send(BrokerUnreachable(h.now + 1))
+    decisions = h.send(BrokerOutage(h.now + 1))
     assert decisions.changes == [Sweep(h.now - 999, lost=True)]
     assert decisions.presence == [Presence(1, False), Presence(2, False)]
     assert [change.session_id for change in decisions.presence] == [first_session, second_session]
     assert not h.table[1]["online"] and not h.table[2]["online"]
-    assert h.send(BrokerUnreachable(h.now)).presence == []  # nothing more to do
+    assert h.send(BrokerOutage(h.now)).presence == []  # nothing more to do
     # A reading in its session shows the first device was there all along; it is stored too.
     decisions = h.send(Reading(Kind.LIGHT, first, first_session, 40))
     assert decisions.changes == [Presence(1, True)] and decisions.stored == 1 and h.table[1]["online"]
@@ -516,7 +516,7 @@ def test_the_broker_out_of_reach_takes_every_device_offline_until_it_is_heard_fr
 def test_a_device_that_left_during_the_outage_is_not_brought_back_by_a_late_reading() -> None:
     h = Harness()
     name, session = h.join(MACS[0])
-    h.send(BrokerUnreachable(h.now + 1))
+    h.send(BrokerOutage(h.now + 1))
     assert h.send(Leave(name, session)).presence == []  # offline already: only `lost` is cleared
     decisions = h.send(Reading(Kind.LIGHT, name, session, 3))
     assert decisions.changes == [] and decisions.stored == 1 and not h.table[1]["online"]

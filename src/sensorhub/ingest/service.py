@@ -39,7 +39,7 @@ from sensorhub.ingest.ledpipe import PipeReader
 from sensorhub.ingest.limits import Limits
 from sensorhub.ingest.metrics import IngestMetrics
 from sensorhub.ingest.retention import Purger
-from sensorhub.ingest.sessions import BrokerSessionLost, BrokerUnreachable, Inbound, Message
+from sensorhub.ingest.sessions import BrokerOutage, BrokerSessionLost, Inbound, Incoming
 from sensorhub.ingest.summary import Summary
 from sensorhub.ingest.watchdog import Watchdog
 from sensorhub.ingest.writer import QUEUE_MAX, Writer
@@ -245,7 +245,7 @@ class IngestClient:
             return
         logger.warning("the broker has been out of reach for %.0f s: devices are shown offline until they are "
                        "heard from again", OUTAGE_GRACE)
-        self.writer.submit(Inbound(BrokerUnreachable(self._outage_since), time.time_ns() // 1000))
+        self.writer.submit(Inbound(BrokerOutage(self._outage_since), time.time_ns() // 1000))
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, reasons: list[ReasonCode],
                       _properties: Properties | None) -> None:
@@ -275,7 +275,7 @@ class IngestClient:
         reply = None
         try:
             if topic == COMMAND_TOPIC:
-                parsed: Message = parse_command(cast(bytes, message.payload))
+                parsed: Incoming = parse_command(cast(bytes, message.payload))
                 reply = self._reply_to(message)
             else:
                 parsed = parse_server_message(topic, cast(bytes, message.payload))

@@ -67,7 +67,7 @@ class BrokerSessionLost:
 
 
 @dataclass(frozen=True, slots=True)
-class BrokerUnreachable:
+class BrokerOutage:
     """The broker has been out of reach since `since` (µs since the epoch): the boards' Wills are lost with it, so
     every online device that no worker heard from since then goes offline until it is heard from again."""
 
@@ -80,8 +80,9 @@ class SweepDue:
     go offline."""
 
 
-Message = (Reading | MacJoin | SessionRef | Leave | LedRequest | RenameRequest | BrokerSessionLost
-           | BrokerUnreachable | SweepDue)
+#: Everything the writer takes: what the devices and the web server send, and the client's own events.
+Incoming = (Reading | MacJoin | SessionRef | Leave | LedRequest | RenameRequest | BrokerSessionLost
+            | BrokerOutage | SweepDue)
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass takes 3 times longer to build, once per message
@@ -89,7 +90,7 @@ class Inbound:
     """A message, when it arrived (µs since the epoch) and how to acknowledge it (QoS 0: nothing to do); a
     command from the broker, where to answer it."""
 
-    message: Message
+    message: Incoming
     at: int
     mid: int = 0
     qos: int = 0
@@ -98,7 +99,7 @@ class Inbound:
 
 #: Messages after which a batch is cut: a sweep sees every reading before it in the database, and what comes
 #: after it is decided on what it took.
-_CUTS = (BrokerSessionLost, BrokerUnreachable, SweepDue)
+_CUTS = (BrokerSessionLost, BrokerOutage, SweepDue)
 
 
 def cut_at_sweeps(batch: list[Inbound]) -> list[list[Inbound]]:
@@ -119,7 +120,7 @@ def default_name(device_id: int) -> str:
     return f"capteur{device_id:02d}"
 
 
-def wire(message: Message) -> tuple[str, str]:
+def wire(message: Incoming) -> tuple[str, str]:
     """The channel and payload a message came as (for the quarantine); the pipe's commands as `pipe`."""
     match message:
         case Reading(kind, name, session, value):
@@ -370,7 +371,7 @@ class Sessions:
                 acks.append((item.mid, item.qos))
         return out
 
-    def _other(self, out: Decisions, message: Message, at: int) -> Outcome | None:
+    def _other(self, out: Decisions, message: Incoming, at: int) -> Outcome | None:
         """Apply one message other than a reading; a command's outcome."""
         match message:
             case MacJoin(mac):
@@ -399,7 +400,7 @@ class Sessions:
                 # Devices not heard from within the presence timeout may have left while nobody listened.
                 self.sweep_since = at
                 self.sweep_due = at + self.presence_timeout_us
-            case BrokerUnreachable(since):
+            case BrokerOutage(since):
                 out.changes.append(Sweep(since, lost=True))
                 self.sweep_due = None  # what the sweep would take, this one takes
             case SweepDue():
