@@ -72,8 +72,11 @@ lint: $(PY_STAMP) $(JS_STAMP) ## Check style (ruff, ESLint), types (mypy) and wh
 	$(BIN)/lint-imports --no-cache
 	npx --no-install eslint .
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test module per process at a time: most of their time is
+# spent waiting on real services, so 3 keep a 2-core machine busy. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 3
 test: install lint ## Run every test (unit, integration, browser) and a quick benchmark smoke run
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 bench: install ## Measure throughput, loss and latency (prints a table and a JSON line)
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,3 +101,19 @@ def tracked_files(root: Path, under: str = "") -> list[Path]:
 def digests(paths: list[Path]) -> dict[Path, str]:
     """SHA-256 of each file that exists."""
     return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in paths if path.is_file()}
+
+
+def quick_bench(*only: str) -> Any:
+    """Run `python -m bench --quick --only ...` and return its JSON report, after checking its header and that no
+    figure failed to be measured (met or not: nothing is timed in the tests)."""
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", *only],
+                            cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("sensorhub benchmark (quick smoke run) on ")
+    assert "cores" in lines[0] and "mosquitto" in lines[0]
+    assert lines[1].split()[:3] == ["figure", "measured", "target"]
+    report = json.loads(lines[-1])
+    for key, figure in report["figures"].items():
+        assert not figure["value"].startswith("FAILED"), f"{key}: {figure['value']}"
+    return report

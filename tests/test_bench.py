@@ -1,4 +1,9 @@
-"""A smoke run of the benchmark (`python -m bench --quick`) so that it cannot rot. Nothing here is timed."""
+"""A smoke run of the benchmark (`python -m bench --quick`) so that it cannot rot. Nothing here is timed.
+
+The scenarios are split over tests/test_bench*.py so that the parallel run (pytest-xdist, a module per worker)
+spreads them: here the ingest scenarios; test_bench_pages.py the pages and the history; test_bench_faults.py
+broker restarts, commands, worker kills and the footprint; test_bench_scale.py the scale-out comparison.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,19 @@ from pathlib import Path
 import pytest
 
 from bench.scenarios import PROBE_WINDOW_US, match_probes
+from tests.support import quick_bench
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = {"sustained_qos0", "sustained_qos1", "burst_qos1", "latency_p99_ms", "devices_2000", "web_p99_ms",
-           "client_memory", "browser_p99_ms", "history_api_p99_ms", "export_rows_per_s", "rollup_cost_us",
-           "retention_p99_ms", "broker_restart", "fleet_dom_slow", "fleet_dom_fast", "fleet_join_ms",
-           "fleet_long_tasks", "fleet_listed_s", "fleet_heap_mb", "fleet_server_p99_ms", "footprint_idle",
-           "footprint_loaded", "commands", "worker_kill"}
+#: The ingest scenarios, smoke-run here; the others in tests/test_bench_pages.py and tests/test_bench_faults.py.
+INGEST = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "web", "memory")
+
+
+def test_the_smoke_runs_cover_every_scenario() -> None:
+    from bench.__main__ import SCENARIOS
+    from tests.test_bench_faults import FAULTS
+    from tests.test_bench_pages import PAGES
+
+    assert sorted(INGEST + PAGES + FAULTS) == sorted(SCENARIOS)
 
 
 
@@ -36,20 +47,12 @@ def test_each_latency_probe_is_matched_to_its_own_row() -> None:
 
 
 @pytest.mark.integration
-def test_quick_bench_measures_every_figure() -> None:
-    result = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("sensorhub benchmark (quick smoke run) on ")
-    assert "cores" in lines[0] and "mosquitto" in lines[0]
-    assert lines[1].split()[:3] == ["figure", "measured", "target"]
-    report = json.loads(lines[-1])
+def test_the_ingest_scenarios_lose_nothing() -> None:
+    report = quick_bench(*INGEST)
     assert report["quick"] is True and report["machine"]["cores"] >= 1
     figures = report["figures"]
-    assert set(figures) == FIGURES
-    for key, figure in figures.items():
-        assert not figure["value"].startswith("FAILED"), f"{key}: {figure['value']}"
+    assert set(figures) == {"sustained_qos0", "sustained_qos1", "burst_qos1", "latency_p99_ms", "devices_2000",
+                            "web_p99_ms", "client_memory"}
     # correctness, not speed: nothing may be lost even in a smoke run
     for key in ("sustained_qos0", "sustained_qos1", "devices_2000"):
         assert figures[key]["lost"] == 0, figures[key]
@@ -57,20 +60,10 @@ def test_quick_bench_measures_every_figure() -> None:
     assert figures["burst_qos1"]["stored"] == figures["burst_qos1"]["sent"]
     assert figures["client_memory"]["stored"] == figures["client_memory"]["sent"]
     assert figures["web_p99_ms"]["full_scans"] == []
-    assert figures["history_api_p99_ms"]["full_scans"] == []
-    assert figures["history_api_p99_ms"]["30 days, auto"]["max_points"] <= 1000
-    assert figures["export_rows_per_s"]["rows"] > 0
-    for how in ("now_SIGTERM", "now_SIGKILL"):  # a board joining right after a broker restart: named, nothing lost
-        restart = figures["broker_restart"][how]
-        assert restart["name_s"] is not None and restart["stored"] == restart["sent"] > 0, restart
-    assert figures["retention_p99_ms"]["measured"] == figures["retention_p99_ms"]["probes"]
-    # every LED command reached the board, by each path (a lost one fails the scenario)
-    assert [figures["commands"][path]["count"] for path in ("direct", "pipe", "broker")] == [30, 30, 30]
-    assert figures["worker_kill"]["lost"] == 0 and figures["worker_kill"]["stored"] == figures["worker_kill"]["sent"]
 
 
 @pytest.mark.integration
-def test_quick_bench_on_postgresql_loses_nothing() -> None:
+def test_the_ingest_scenarios_on_postgresql_lose_nothing() -> None:
     from tests.pgcluster import binaries
 
     if binaries() is None:
@@ -85,18 +78,3 @@ def test_quick_bench_on_postgresql_loses_nothing() -> None:
     assert figures["sustained_qos0"]["lost"] == figures["sustained_qos1"]["lost"] == 0
     assert figures["sustained_qos0"]["duplicated"] == 0
     assert figures["burst_qos1"]["stored"] == figures["burst_qos1"]["sent"]
-
-
-@pytest.mark.integration
-def test_quick_scale_out_bench_compares_with_the_bare_subscribers() -> None:
-    result = subprocess.run([sys.executable, "-m", "bench", "--scenario", "scale-out", "--quick"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["scenario"] == "scale-out"
-    assert {"scale_out_sqlite_1w_qos0", "scale_out_sqlite_1w_qos1", "scale_out_sqlite_2w_qos0",
-            "scale_out_sqlite_2w_qos1"} <= set(report["figures"])
-    for key, figure in report["figures"].items():
-        assert figure["lost"] == 0, (key, figure)
-        assert figure["paho_received"] == figure["mosquitto_sub_received"] == figure["sent"], (key, figure)
-        assert figure["fraction_of_paho"] > 0 and figure["fraction_of_mosquitto_sub"] > 0
