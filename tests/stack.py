@@ -7,15 +7,23 @@ stop the process (SIGTERM, then SIGKILL) on the way out.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import Engine
+
+from sensorhub.broker import Broker
 from sensorhub.config import Settings
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.process import Child, ComponentError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +87,39 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 def web_url(settings: Settings, path: str = "/") -> str:
     """URL of `path` on the web server of `settings`, through the loopback address."""
     return f"http://127.0.0.1:{settings.web_port}{path}"
+
+
+@dataclass
+class Stack:
+    """Broker, ingest client and web server running for the tests of a module (`running_stack`)."""
+
+    settings: Settings
+    engine: Engine
+    broker: Broker
+    client: Child
+    web: Child
+
+    def url(self, path: str) -> str:
+        """Absolute URL of `path` on the web server."""
+        return web_url(self.settings, path)
+
+    def api(self, path: str) -> Any:
+        """GET a JSON API path."""
+        with urllib.request.urlopen(self.url(path), timeout=5) as response:
+            return json.load(response)
+
+
+@contextmanager
+def running_stack(settings: Settings, *, workers: int = 2,
+                  prepare: Callable[[Engine], object] | None = None) -> Iterator[Stack]:
+    """The database (created, then `prepare`d: accounts, rows), the broker, `sensorhub client` and `sensorhub web`
+    with `workers` gunicorn workers, all of `settings`; stopped in the reverse order."""
+    engine = make_engine(settings.database_url, create_dir=True)
+    try:
+        init_db(engine)
+        if prepare is not None:
+            prepare(engine)
+        with Broker(settings) as broker, ingest_client(settings) as client, web_server(settings, workers) as web:
+            yield Stack(settings, engine, broker, client, web)
+    finally:
+        engine.dispose()

@@ -9,23 +9,17 @@ import re
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import Engine
 
 from sensorhub import accounts, livetoken
 from sensorhub.broker import Broker
-from sensorhub.config import Settings
 from sensorhub.credentials import web_secret_key
-from sensorhub.db.engine import make_engine
-from sensorhub.db.schema import init_db
-from sensorhub.process import Child
 from sensorhub.protocol import LIVE_TOPIC, Topic
 from tests.devices import RawDevice
-from tests.stack import ingest_client, web_server, web_url
+from tests.stack import Stack, running_stack
 from tests.support import settings_for, wait_for
 from tests.visitor import Browser
 
@@ -35,29 +29,12 @@ PASSWORD = "correct horse battery"
 ACCOUNT = "carol"
 
 
-@dataclass
-class PrivateStack:
-    """Broker, client and web server with SENSORHUB_WEB_PRIVATE=1 and one account."""
-
-    settings: Settings
-    engine: Engine
-    client: Child
-    web: Child
-
-    def url(self, path: str) -> str:
-        """Absolute URL of `path` on the web server."""
-        return web_url(self.settings, path)
-
-
 @pytest.fixture(scope="module")
-def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateStack]:
+def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Broker, client and web server with SENSORHUB_WEB_PRIVATE=1 and one account."""
     settings = settings_for(tmp_path_factory.mktemp("private")).replace(web_private=True)
-    engine = make_engine(settings.database_url, create_dir=True)
-    init_db(engine)
-    accounts.add(engine, ACCOUNT, PASSWORD)
-    with Broker(settings), ingest_client(settings) as client, web_server(settings, workers=1) as web:
-        yield PrivateStack(settings, engine, client, web)
-    engine.dispose()
+    with running_stack(settings, workers=1, prepare=lambda engine: accounts.add(engine, ACCOUNT, PASSWORD)) as running:
+        yield running
 
 
 def live_client(port: int, token: str | None) -> tuple[mqtt.Client, list[bytes]]:
@@ -90,7 +67,7 @@ def opens(port: int, token: str | None) -> bool:
         client.loop_stop()
 
 
-def test_without_a_token_the_websockets_port_refuses_everyone(private: PrivateStack) -> None:
+def test_without_a_token_the_websockets_port_refuses_everyone(private: Stack) -> None:
     port = private.settings.mqtt_ws_port
     assert not opens(port, None)
     assert not opens(port, "")
@@ -99,7 +76,7 @@ def test_without_a_token_the_websockets_port_refuses_everyone(private: PrivateSt
     assert not opens(port, livetoken.issue("not the web server's key"))
 
 
-def test_a_logged_in_visitor_gets_a_token_that_opens_the_live_stream(private: PrivateStack) -> None:
+def test_a_logged_in_visitor_gets_a_token_that_opens_the_live_stream(private: Stack) -> None:
     anonymous = Browser(private)
     status, _, _ = anonymous.request("GET", "/api/live-token")
     assert status == 401
@@ -130,7 +107,7 @@ def test_a_logged_in_visitor_gets_a_token_that_opens_the_live_stream(private: Pr
         client.loop_stop()
 
 
-def test_a_token_expires(private: PrivateStack) -> None:
+def test_a_token_expires(private: Stack) -> None:
     key = web_secret_key(private.settings)
     token = livetoken.issue(key)
     assert livetoken.valid(key, token)
@@ -142,7 +119,7 @@ def test_a_token_expires(private: PrivateStack) -> None:
 
 
 @pytest.mark.browser
-def test_in_the_browser_a_logged_in_page_is_live(private: PrivateStack) -> None:
+def test_in_the_browser_a_logged_in_page_is_live(private: Stack) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     from tests.support import CHROMIUM, CHROMIUM_ARGS

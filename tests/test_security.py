@@ -25,7 +25,6 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +51,8 @@ from sensorhub.credentials import (
     web_secret_key,
 )
 from sensorhub.db import history
-from sensorhub.db.engine import make_engine
 from sensorhub.db.models import Device, LightReading
-from sensorhub.db.schema import init_db
 from sensorhub.ingest.service import IngestClient
-from sensorhub.process import Child
 from sensorhub.protocol import (
     LIVE_TOPIC,
     Topic,
@@ -67,7 +63,7 @@ from sensorhub.protocol import (
 )
 from sensorhub.simulator import Fleet
 from tests.devices import RawDevice
-from tests.stack import ROOT, ingest_client, web_server, web_url
+from tests.stack import ROOT, Stack, running_stack, web_server
 from tests.support import log_in_as_server, settings_for, wait_for
 from tests.visitor import Browser
 
@@ -79,28 +75,10 @@ PASSWORD = "correct horse battery"
 # -- the shared stack --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Stack:
-    """Broker, client and web server of this module."""
-
-    settings: Settings
-    engine: Engine
-    client: Child
-    web: Child
-
-    def url(self, path: str) -> str:
-        """Absolute URL of `path` on the web server."""
-        return web_url(self.settings, path)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = settings_for(tmp_path_factory.mktemp("security"))
-    engine = make_engine(settings.database_url, create_dir=True)
-    init_db(engine)
-    with Broker(settings), ingest_client(settings) as client, web_server(settings, workers=2) as web:
-        yield Stack(settings, engine, client, web)
-    engine.dispose()
+    with running_stack(settings_for(tmp_path_factory.mktemp("security"))) as running:
+        yield running
 
 
 _macs = iter(range(1, 10_000))
