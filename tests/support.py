@@ -117,3 +117,29 @@ def quick_bench(*only: str) -> Any:
     for key, figure in report["figures"].items():
         assert not figure["value"].startswith("FAILED"), f"{key}: {figure['value']}"
     return report
+
+
+def connects(port: int, transport: str = "tcp", ca: str | None = None, client: Any = None) -> bool:
+    """Whether an MQTT client (`client`, or a new MQTT 5 one) gets a CONNACK on `port` within 3 s."""
+    import ssl
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    if client is None:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, transport=transport, protocol=mqtt.MQTTv5)
+    if ca is not None:
+        client.tls_set(ca_certs=ca)
+    try:
+        client.connect("127.0.0.1", port, keepalive=5)
+    except (OSError, mqtt.WebsocketConnectionError, ssl.SSLError):
+        return False
+    client.loop_start()
+    try:
+        wait_for(client.is_connected, 3)
+        return True
+    except AssertionError:
+        return False
+    finally:
+        client.disconnect()
+        client.loop_stop()

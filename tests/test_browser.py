@@ -4,12 +4,9 @@ virtual devices."""
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +15,10 @@ from playwright.sync_api import Browser, Locator, Page, Route, expect
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
-from sensorhub.process import Child
 from sensorhub.simulator import Fleet
 from tests import screenshots
 from tests.screenshots import DESKTOP, PHONE
-from tests.stack import ingest_client, web_server, web_url
+from tests.stack import Stack, ingest_client, web_server, web_url
 from tests.support import COUNT_RECONCILIATIONS, wait_for
 
 pytestmark = pytest.mark.browser
@@ -30,29 +26,10 @@ pytestmark = pytest.mark.browser
 _seeds = itertools.count(101)
 
 
-@dataclass
-class Stack:
-    """The running components of one test."""
-
-    settings: Settings
-    client: Child
-    web: Child
-
-    def url(self, path: str) -> str:
-        """Absolute URL of `path` on the web server."""
-        return web_url(self.settings, path)
-
-    def api(self, path: str) -> Any:
-        """GET a JSON API path."""
-        with urllib.request.urlopen(self.url(path), timeout=5) as response:
-            return json.load(response)
-
-
-
 @pytest.fixture
 def stack(settings: Settings, broker: Broker, engine: Any) -> Iterator[Stack]:
     with ingest_client(settings) as client, web_server(settings, workers=2) as web:
-        yield Stack(settings, client, web)
+        yield Stack(settings, engine, broker, client, web)
 
 
 @pytest.fixture

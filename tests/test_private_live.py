@@ -20,7 +20,7 @@ from sensorhub.credentials import web_secret_key
 from sensorhub.protocol import LIVE_TOPIC, Topic
 from tests.devices import RawDevice
 from tests.stack import Stack, running_stack
-from tests.support import settings_for, wait_for
+from tests.support import connects, settings_for, wait_for
 from tests.visitor import Browser
 
 pytestmark = pytest.mark.integration
@@ -51,20 +51,7 @@ def live_client(port: int, token: str | None) -> tuple[mqtt.Client, list[bytes]]
 
 def opens(port: int, token: str | None) -> bool:
     """Whether the WebSockets port lets a client with `token` (None: without one) connect within 3 s."""
-    client, _ = live_client(port, token)
-    try:
-        client.connect("127.0.0.1", port, keepalive=5)
-    except (OSError, mqtt.WebsocketConnectionError):
-        return False
-    client.loop_start()
-    try:
-        wait_for(client.is_connected, 3)
-        return True
-    except AssertionError:
-        return False
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    return connects(port, client=live_client(port, token)[0])
 
 
 def test_without_a_token_the_websockets_port_refuses_everyone(private: Stack) -> None:

@@ -64,7 +64,7 @@ from sensorhub.protocol import (
 from sensorhub.simulator import Fleet
 from tests.devices import RawDevice
 from tests.stack import ROOT, Stack, running_stack, web_server
-from tests.support import log_in_as_server, settings_for, wait_for
+from tests.support import connects, log_in_as_server, settings_for, wait_for
 from tests.visitor import Browser
 
 pytestmark = pytest.mark.integration
@@ -146,26 +146,6 @@ def subscribe(client: mqtt.Client, topics: list[tuple[str, int]]) -> None:
     client.on_subscribe = lambda _c, _u, mid, _r, _p: acknowledged.append(mid)
     _, mid = client.subscribe(topics)
     wait_for(lambda: mid in acknowledged, 5, what="the SUBACK")
-
-
-def connects(port: int, transport: str = "tcp", ca: str | None = None) -> bool:
-    """Whether an MQTT client gets a CONNACK on `port` within 3 s."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, transport=transport, protocol=mqtt.MQTTv5)
-    if ca is not None:
-        client.tls_set(ca_certs=ca)
-    try:
-        client.connect("127.0.0.1", port, keepalive=5)
-    except (OSError, mqtt.WebsocketConnectionError, ssl.SSLError):
-        return False
-    client.loop_start()
-    try:
-        wait_for(client.is_connected, 3)
-        return True
-    except AssertionError:
-        return False
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def close(*clients: mqtt.Client) -> None:
