@@ -143,3 +143,27 @@ def connects(port: int, transport: str = "tcp", ca: str | None = None, client: A
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def finishes(action: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
+    """Run `action` in a thread and return what it returns (or raise what it raises); fail the test if it is still
+    running after `timeout` seconds: for "never waits" checks, without timing what should take no time."""
+    import threading
+
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, action()))
+        except BaseException as err:  # handed to the test's thread
+            outcome.append((False, err))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise AssertionError(f"{what or action} was still waiting after {timeout} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]

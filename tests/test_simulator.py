@@ -359,11 +359,8 @@ def test_devices_join_again_after_a_broker_restart(settings: Settings, broker: B
 def test_two_hundred_devices_join_within_seconds(settings: Settings, server: ScriptedServer,
                                                  fleets: Callable[..., Fleet]) -> None:
     assert settings.broker_max_connections == -1
-    started = time.monotonic()
     fleet = fleets(settings, count=200, interval=30)
-    fleet.wait_joined(30)
-    elapsed = time.monotonic() - started
-    assert elapsed < 6, f"200 devices took {elapsed:.1f} s to join"
+    fleet.wait_joined(30)  # how fast: `make bench` (devices_2000), not a test
     refs = {format_session_ref(d.name or "", d.session or "") for d in fleet.devices}
     assert len(refs) == 200
     wait_for(lambda: refs <= {s.payload for s in server.seen("state/join")}, 5, what="200 session joins")
