@@ -15,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,11 @@ from sensorhub.db.schema import init_db
 from sensorhub.errors import ConfigError
 from sensorhub.health import write_heartbeat
 from sensorhub.pipe import send_command
-from sensorhub.process import Child
 from sensorhub.protocol import Topic
 from sensorhub.telemetry import heartbeat_path
 from sensorhub.web import create_app
 from tests.devices import RawDevice
-from tests.stack import ROOT, check_not_died, sensorhub, start, web_server, web_url
+from tests.stack import ROOT, Stack, check_not_died, sensorhub, start, web_server, web_url
 from tests.support import settings_for, wait_for
 
 pytestmark = pytest.mark.integration
@@ -50,21 +48,10 @@ PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=unders
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-@dataclass
-class Stack:
-    """The running parts; a test may stop one and must leave it running again."""
-
-    settings: Settings
-    engine: Engine
-    broker: Broker
-    client: Child
-    web: Child
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Broker, ingest client and web server, logging JSON at INFO, their heartbeat and metrics in a runtime
-    directory of their own."""
+    directory of their own; a test may stop one and must leave it running again."""
     directory = tmp_path_factory.mktemp("monitoring")
     settings = settings_for(directory).replace(log_format="json", log_level="INFO", runtime_dir=str(directory / "run"))
     engine = make_engine(settings.database_url, create_dir=True)

@@ -245,17 +245,22 @@ def csv_field(text: str) -> str:
     return text
 
 
+def export_csv(conn: Connection, start: datetime, end: datetime, kinds: Sequence[Kind],
+               device_ids: Sequence[int] | None = None) -> Iterator[str]:
+    """The CSV export of [start, end) (every device, or `device_ids`), header first, CSV_CHUNK lines a chunk."""
+    return csv_chunks(export_rows(conn, start, end, kinds, device_ids), device_names(conn, device_ids))
+
+
 def write_export(conn: Connection, out: TextIO, start: datetime, end: datetime, kinds: Sequence[Kind],
                  device_id: int | None = None) -> int:
     """Write the CSV export of [start, end) (every device, or `device_id`) to `out`; how many readings.
 
     Raises UnknownDevice for a device id that does not exist."""
     wanted = None if device_id is None else [device_id]
-    names = device_names(conn, wanted)
-    if device_id is not None and device_id not in names:
+    if wanted is not None and not device_names(conn, wanted):
         raise UnknownDevice(f"no device has the id {device_id}")
     lines = 0
-    for chunk in csv_chunks(export_rows(conn, start, end, kinds, wanted), names):
+    for chunk in export_csv(conn, start, end, kinds, wanted):
         out.write(chunk)
         lines += chunk.count("\n")
     return lines - 1  # the header

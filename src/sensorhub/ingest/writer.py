@@ -132,7 +132,7 @@ class Writer:
         self.drops = drops
         self.presence_timeout_us = int(presence_timeout * 1_000_000)
         self.batch_max = batch_max
-        self.queue: Inbox[Inbound | None] = Inbox(queue_max, _takes_room)
+        self.queue: Inbox[Inbound | None] = Inbox(queue_max, _qos0_reading)
         self.stats = WriterStats()
         self.sessions = Sessions(presence_timeout_us=self.presence_timeout_us, exact=not shared, limits=self.limits)
         #: Set when the writer is given up on: `submit` stops waiting for room and refuses.
@@ -261,7 +261,7 @@ class Writer:
         """Add what is queued to `batch`, waiting up to `linger` for more while it holds only QoS 0 readings;
         True if the writer is asked to stop."""
         deadline = time.monotonic() + self.linger
-        lingering = self.linger > 0 and _lingers(batch[0])
+        lingering = self.linger > 0 and _qos0_reading(batch[0])
         while len(batch) < self.batch_max:
             try:
                 if lingering:
@@ -274,7 +274,7 @@ class Writer:
             if item is _STOP:
                 return True
             batch.append(item)
-            lingering = lingering and _lingers(item)
+            lingering = lingering and _qos0_reading(item)
         return False
 
     def _drop_late(self, batch: Sequence[Inbound]) -> Sequence[Inbound]:
@@ -516,14 +516,9 @@ class Writer:
             logger.error("could not %s %s: %s", getattr(action, "__name__", "call"), args[:2], err)
 
 
-def _takes_room(item: Inbound | None) -> bool:
-    """Whether `item` takes a place in the inbox's room: a QoS 0 reading (the only kind it may shed)."""
+def _qos0_reading(item: Inbound | None) -> bool:
+    """A QoS 0 reading: the only kind a batch may wait for company with, and the only kind the inbox may shed."""
     return item is not None and not item.qos and type(item.message) is Reading
-
-
-def _lingers(item: Inbound) -> bool:
-    """Whether a batch holding `item` may wait for more: a QoS 0 reading may, nothing else."""
-    return not item.qos and isinstance(item.message, Reading)
 
 
 def _hands_out(batch: Sequence[Inbound]) -> bool:

@@ -141,8 +141,7 @@ def _csv_answer(filename: str, start: datetime, end: datetime, kinds: Sequence[K
     def generate() -> Iterator[str]:
         # One read transaction for the whole file: a consistent snapshot, however long the download.
         with database.connect() as conn:
-            names = history.device_names(conn, device_ids)
-            yield from history.csv_chunks(history.export_rows(conn, start, end, kinds, device_ids), names)
+            yield from history.export_csv(conn, start, end, kinds, device_ids)
 
     response = Response(generate(), mimetype="text/csv")
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
