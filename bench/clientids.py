@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.stack import free_port
+from bench.ports import free_port
 from sensorhub import dynsec, reserve
 from sensorhub.broker import DEVICE_ACL, PROJECT_ROOT, find_mosquitto
 from sensorhub.credentials import CLIENT_USER, WEB_USER

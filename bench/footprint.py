@@ -18,8 +18,9 @@ from pathlib import Path
 
 import psutil
 
+from bench.ports import free_port
 from bench.scenarios import Figure, Sizes
-from bench.stack import NO_FLOOD_LIMITS, free_port, raise_open_files
+from bench.stack import NO_FLOOD_LIMITS, raise_open_files
 from sensorhub.config import Settings
 from sensorhub.process import Child
 from sensorhub.simulator import Fleet

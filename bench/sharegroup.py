@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bench.stack import free_port
+from bench.ports import free_port
 from sensorhub import dynsec
 from sensorhub.broker import DEVICE_ACL, find_mosquitto
 from sensorhub.credentials import CLIENT_USER, find_mosquitto_passwd

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import resource
-import socket
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -13,17 +12,10 @@ from typing import Any
 
 import psutil
 
+from bench.ports import free_port
 from sensorhub.config import Settings
 from sensorhub.db.dialect import placeholders
 from sensorhub.supervisor import COMPONENTS, Supervisor
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
-
 
 #: The bench measures the client's throughput with synthetic boards far beyond a real one (100 devices sending 100
 #: readings a second each, 100,000 readings at once, 2,000 new devices joining together): with the default flood

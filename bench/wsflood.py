@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.stack import free_port
+from bench.ports import free_port
 from sensorhub.broker import find_mosquitto
 from sensorhub.protocol import MAX_PACKET
 from sensorhub.wsguard import Listener, WsGuard

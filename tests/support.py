@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from bench.ports import free_port
 from sensorhub.config import Settings
 from sensorhub.credentials import CLIENT_USER, client_password
 
@@ -55,20 +55,6 @@ def settings_for(directory: Path) -> Settings:
 def log_in_as_server(client: Any, settings: Settings) -> None:
     """Give a paho client the ingest client's broker user: only it may publish nameAssign and led/command."""
     client.username_pw_set(CLIENT_USER, client_password(settings))
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (on IPv4 and IPv6)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("", 0))
-            port = int(sock.getsockname()[1])
-        try:
-            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock6:
-                sock6.bind(("::", port))
-        except OSError:
-            continue
-        return port
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:

@@ -26,7 +26,7 @@ from sensorhub.errors import BrokerError
 from sensorhub.ingest.service import subscriptions
 from sensorhub.ports import PortError
 from sensorhub.protocol import LIVE_PAYLOAD_MAX, LIVE_TOPIC, MAX_PACKET
-from tests.support import free_port, log_in_as_server, wait_for
+from tests.support import connects, free_port, log_in_as_server, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -281,6 +281,33 @@ def test_busy_port_names_the_port_and_the_setting(settings: Settings) -> None:
         squatter.bind(("0.0.0.0", settings.mqtt_ws_port))
         squatter.listen()
         with pytest.raises(PortError, match=f"port {settings.mqtt_ws_port} .*SENSORHUB_MQTT_WS_PORT"):
+            Broker(settings).start()
+
+
+def test_a_loopback_port_taken_behind_the_guard_is_replaced(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    # Another program's connection can take the loopback port between its choice and mosquitto's bind.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        choices = iter([taken, free_port()])
+        monkeypatch.setattr(broker_module, "_loopback_port", lambda: next(choices))
+        with caplog.at_level(logging.INFO, logger="sensorhub.broker"), Broker(settings) as running:
+            assert running.ws_upstream != taken
+            assert connects(settings.mqtt_ws_port, transport="websockets")
+        assert f"loopback port {taken} behind the WebSockets guard was taken" in caplog.text
+
+
+def test_a_busy_port_after_the_check_is_not_mistaken_for_the_loopback_one(settings: Settings,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # A public port taken after the check (which passed) is the user's problem: said, not retried.
+    monkeypatch.setattr(Broker, "_check_ports", lambda self: find_mosquitto())
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("0.0.0.0", settings.mqtt_port))
+        squatter.listen()
+        with pytest.raises(BrokerError, match="a port is already in use"):
             Broker(settings).start()
 
 

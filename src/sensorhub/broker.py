@@ -256,6 +256,27 @@ class Broker:
     def start(self, timeout: float = 10.0) -> None:
         """Start mosquitto and return once it listens on both ports."""
         program = self._check_ports()
+        for attempt in range(_UPSTREAM_ATTEMPTS):
+            try:
+                self._launch(program, timeout)
+                break
+            except _UpstreamTaken:
+                # The loopback port was free when chosen; another program's connection took it since.
+                logger.info("the loopback port %d behind the WebSockets guard was taken meanwhile: another one",
+                            self.ws_upstream)
+                self.stop()
+                if attempt == _UPSTREAM_ATTEMPTS - 1:
+                    raise BrokerError(f"mosquitto could not listen: loopback port {self.ws_upstream} behind the "
+                                      "WebSockets guard is in use") from None
+        self._start_guard()
+        tls = (f", TLS on port {self.settings.mqtt_tls_port}, secure WebSockets on port "
+               f"{self.settings.mqtt_wss_port}" if self.settings.tls else "")
+        access = "boards log in as `device`" if self.settings.device_password else "boards connect anonymously"
+        logger.info("broker ready: MQTT on port %d, WebSockets on port %d%s; %s (log: %s)",
+                    self.settings.mqtt_port, self.settings.mqtt_ws_port, tls, access, self.settings.broker_log)
+
+    def _launch(self, program: str, timeout: float) -> None:
+        """Write the configuration, start mosquitto and wait for its READY (or its log's running line)."""
         self.config_path, cwd = self._config()
         log = Path(self.settings.broker_log)
         offset = log.stat().st_size
@@ -273,6 +294,8 @@ class Broker:
             deadline = time.monotonic() + timeout
             while not self._ready(notify, log, offset):
                 if self.process.poll() is not None:
+                    if _taken_port(log, offset) == self.ws_upstream:
+                        raise _UpstreamTaken
                     raise BrokerError(self._failure())
                 if time.monotonic() > deadline:
                     self.stop()
@@ -280,12 +303,6 @@ class Broker:
         finally:
             if notify is not None:
                 notify.close()
-        self._start_guard()
-        tls = (f", TLS on port {self.settings.mqtt_tls_port}, secure WebSockets on port "
-               f"{self.settings.mqtt_wss_port}" if self.settings.tls else "")
-        access = "boards log in as `device`" if self.settings.device_password else "boards connect anonymously"
-        logger.info("broker ready: MQTT on port %d, WebSockets on port %d%s; %s (log: %s)",
-                    self.settings.mqtt_port, self.settings.mqtt_ws_port, tls, access, self.settings.broker_log)
 
     def _start_guard(self) -> None:
         """The guard on the public WebSockets port(s), in front of mosquitto's loopback listener."""
@@ -356,6 +373,25 @@ class Broker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: How many loopback ports `Broker.start` tries behind the guard before it gives up.
+_UPSTREAM_ATTEMPTS = 3
+
+
+class _UpstreamTaken(Exception):
+    """Mosquitto could not listen on the loopback port chosen for it behind the WebSockets guard."""
+
+
+def _taken_port(log: Path, offset: int) -> int | None:
+    """The port mosquitto failed to open since `offset` of its log ("Address already in use"), if that was why."""
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        text = handle.read()
+    # Mosquitto 2.0 says so in two ways: its own sockets, and libwebsockets' listener.
+    found = (re.search(rb"listen socket on port (\d+)\.\s*\n[^\n]*Error: Address already in use", text)
+             or re.search(rb"Error: Unable to create websockets listener on port (\d+)", text))
+    return int(found.group(1)) if found else None
 
 
 def _loopback_port() -> int:
