@@ -1,4 +1,4 @@
-"""Typed SQLAlchemy 2.x models: devices and their LED, push-button and photoresistor readings."""
+"""Typed SQLAlchemy 2.x models: devices and their LED, push-button and photoresistor readings; alerts."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
     PrimaryKeyConstraint,
     String,
+    Text,
     TypeDecorator,
     false,
     text,
@@ -238,6 +240,119 @@ class DeviceSession(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime())
     online_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class AlertRule(Base):
+    """A condition on the readings or presence of some devices, and what to do when it holds (docs/alerts.md).
+
+    `selector` picks the devices: `all`, `list` (`devices`: their ids, comma-separated) or `pattern` (`devices`: a
+    shell pattern matched against the name, `*` and `?`, case-insensitive). The rule fires for a device when
+    `value operator trigger_value` has held for `for_seconds`, and clears once `value operator clear_value` (the
+    hysteresis: `clear_value` NULL means `trigger_value`) has stopped holding for `clear_for_seconds`. `silence`
+    fires when a device online sent nothing for `trigger_value` seconds; `presence` is 1 online, 0 offline.
+    """
+
+    __tablename__ = "alert_rule"
+    __table_args__ = (
+        CheckConstraint("length(name) BETWEEN 1 AND 64", name="alert_rule_name"),
+        CheckConstraint("selector IN ('all', 'list', 'pattern')", name="alert_rule_selector"),
+        CheckConstraint("metric IN ('light', 'led', 'button', 'presence', 'silence')", name="alert_rule_metric"),
+        CheckConstraint("operator IN ('>', '>=', '<', '<=', '==', '!=')", name="alert_rule_operator"),
+        CheckConstraint("severity IN ('info', 'warning', 'critical')", name="alert_rule_severity"),
+        CheckConstraint("for_seconds >= 0 AND clear_for_seconds >= 0", name="alert_rule_durations"),
+        CheckConstraint("repeat_seconds IS NULL OR repeat_seconds >= 1", name="alert_rule_repeat"),
+        _timestamp_check("created_at"),
+        _timestamp_check("changed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    selector: Mapped[str] = mapped_column(String(8), default="all")
+    devices: Mapped[str] = mapped_column(String(1024), default="")
+    metric: Mapped[str] = mapped_column(String(8))
+    operator: Mapped[str] = mapped_column(String(2))
+    trigger_value: Mapped[float] = mapped_column(Float)
+    clear_value: Mapped[float | None] = mapped_column(Float, default=None)
+    for_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    clear_for_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    severity: Mapped[str] = mapped_column(String(8), default="warning")
+    repeat_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Alert(Base):
+    """One alert of a rule for a device, from the moment its condition began to hold until it cleared.
+
+    `state` is `pending` (the condition holds, for less than the rule's `for_seconds`), `firing`, `clearing`
+    (the clear condition holds, for less than `clear_for_seconds`) or `resolved`; a pending alert whose
+    condition stops holding is deleted (nothing happened). At most one alert per rule and device is not
+    resolved (a partial unique index: the database refuses a second). `due_at` is when the alert clock next has
+    something to do with it: fire, resolve, or remind while firing; NULL when nothing is due.
+    """
+
+    __tablename__ = "alert"
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'firing', 'clearing', 'resolved')", name="alert_state"),
+        _timestamp_check("since"),
+        Index("ux_alert_active", "rule_id", "device_id", unique=True,
+              sqlite_where=text("state <> 'resolved'"), postgresql_where=text("state <> 'resolved'")),
+        Index("ix_alert_due", "due_at", sqlite_where=text("due_at IS NOT NULL"),
+              postgresql_where=text("due_at IS NOT NULL")),
+        Index("ix_alert_device", "device_id", "state"),
+        Index("ix_alert_resolved", "resolved_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule_id: Mapped[int] = mapped_column(ForeignKey("alert_rule.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("device.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(8))
+    #: Times are stored text (timestamps.format_micros), as `presence_at`.
+    since: Mapped[str] = mapped_column(String(26))
+    fired_at: Mapped[str | None] = mapped_column(String(26), default=None)
+    clearing_since: Mapped[str | None] = mapped_column(String(26), default=None)
+    resolved_at: Mapped[str | None] = mapped_column(String(26), default=None)
+    due_at: Mapped[str | None] = mapped_column(String(26), default=None)
+    #: The value that made it fire, and the last one seen while it was active.
+    value: Mapped[float | None] = mapped_column(Float, default=None)
+    last_value: Mapped[float | None] = mapped_column(Float, default=None)
+    acked_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    acked_at: Mapped[str | None] = mapped_column(String(26), default=None)
+    snoozed_until: Mapped[str | None] = mapped_column(String(26), default=None)
+    notified_at: Mapped[str | None] = mapped_column(String(26), default=None)
+    reminders: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AlertOutbox(Base):
+    """A notification to deliver, written in the transaction that changed the alert; kept once delivered.
+
+    `id` is the notification's identity, sent with it so that a receiver can drop a repeat (delivery is at
+    least once). `payload` is the JSON the channel formats; `claimed_until` is a worker's lease on the row
+    while it delivers it (several workers share the outbox).
+    """
+
+    __tablename__ = "alert_outbox"
+    __table_args__ = (
+        CheckConstraint("channel IN ('webhook', 'email', 'mqtt')", name="alert_outbox_channel"),
+        CheckConstraint("event IN ('firing', 'resolved', 'reminder')", name="alert_outbox_event"),
+        _timestamp_check("created_at"),
+        Index("ix_alert_outbox_due", "next_attempt_at", sqlite_where=text("delivered_at IS NULL"),
+              postgresql_where=text("delivered_at IS NULL")),
+        Index("ix_alert_outbox_created", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alert.id", ondelete="SET NULL"), default=None)
+    channel: Mapped[str] = mapped_column(String(8))
+    event: Mapped[str] = mapped_column(String(8))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[str] = mapped_column(String(26))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[str] = mapped_column(String(26))
+    claimed_until: Mapped[str | None] = mapped_column(String(26), default=None)
+    delivered_at: Mapped[str | None] = mapped_column(String(26), default=None)
+    last_error: Mapped[str | None] = mapped_column(String(512), default=None)
 
 
 READING_MODELS: dict[Kind, type[LedReading] | type[ButtonReading] | type[LightReading]] = {

@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
+from sensorhub.alerting import Metric
 from sensorhub.commands import Outcome, RenameRequest, Reply
 from sensorhub.db import dialect, writes
 from sensorhub.db.presence import Applied, bring_back, set_presence, sweep
 from sensorhub.errors import reason
+from sensorhub.ingest.alerts import Alerts
 from sensorhub.ingest.bookkeeping import Event, History, SessionEvent
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.inbox import Empty, Inbox
@@ -113,8 +115,11 @@ class Writer:
                  presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX,
                  history: History | None = None, purger: Purger | None = None,
                  metrics: IngestMetrics | None = None, shared: bool = False, linger: float = LINGER,
-                 answer: Answer | None = None, limits: Limits | None = None) -> None:
+                 answer: Answer | None = None, limits: Limits | None = None, alerts: Alerts | None = None) -> None:
         self.engine = engine
+        #: Alert rules evaluated in each batch's transaction, and the alert clock between batches.
+        self.alerts = alerts if alerts is not None else Alerts()
+        self.alerts.shared = shared
         #: The flood limits (ingest/limits.py; none by default), kept across the engines rebuilt from the database.
         self.limits = limits if limits is not None else Limits.of()
         #: Answers the commands that asked for an answer, once their batch is committed.
@@ -154,6 +159,7 @@ class Writer:
     def shared(self, shared: bool) -> None:
         self._shared = shared
         self.sessions.exact = not shared
+        self.alerts.shared = shared
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -169,6 +175,7 @@ class Writer:
         self.sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared, limits=self.limits)
         self.stats.online = sum(1 for device in self.sessions.by_id.values() if device.online)
         self.history.load(self._conn)
+        self.alerts.load(self._conn)
         self._conn.rollback()
         self.heartbeat = time.monotonic()
 
@@ -234,6 +241,7 @@ class Writer:
         while True:
             self.heartbeat = time.monotonic()
             timeout = 0.01 if self.purger.pending else 0.5  # purging while idle: look for messages often
+            timeout = min(timeout, self.alerts.clock_due())
             due = self.sessions.sweep_due
             if due is not None:
                 timeout = max(0.0, min(timeout, (due - _now_us()) / 1e6))
@@ -243,6 +251,7 @@ class Writer:
                 if self._conn is not None:
                     self.outage.idle(self._conn)
                 self._maybe_sweep()
+                self._maybe_tick()
                 self._maybe_purge(busy=False)
                 continue
             batch: list[Inbound] = []
@@ -252,6 +261,7 @@ class Writer:
                 stopping = self._gather(batch)
             self.process(batch)
             self._maybe_sweep()
+            self._maybe_tick()
             self._maybe_purge(busy=not self.queue.empty())
             if stopping:
                 logger.info("database writer stopped after storing %s", self.stats.stored)
@@ -362,6 +372,7 @@ class Writer:
             self._conn.rollback()
             sessions = load_sessions(self._conn, self.presence_timeout_us, exact=not self.shared, limits=self.limits)
             self.history.load(self._conn)
+            self.alerts.load(self._conn)
             self._conn.rollback()
         except OperationalError as err:
             logger.debug("reloading the sessions failed too: %s", reason(err))
@@ -430,6 +441,7 @@ class Writer:
                 self._sweep(conn, change, done, events)
             if stale:
                 reread(conn, self.sessions, stale)
+            self._stage_alerts(conn, done)
             self.history.stage(conn, done.readings, events)
             conn.commit()
         except BaseException:
@@ -440,6 +452,35 @@ class Writer:
         self.history.committed()
         self.limits.commit()
         return done
+
+    def _stage_alerts(self, conn: Connection, done: Decisions) -> None:
+        """Evaluate the alert rules on what the batch stores, in its transaction."""
+        renamed = [change.id for change in done.changes if isinstance(change, Rename)]
+        if renamed:
+            self.alerts.renamed(renamed)
+        if not self.alerts.any:
+            return
+        by_id = self.sessions.by_id
+        self.alerts.stage(conn, {_METRICS[kind]: rows for kind, rows in done.readings.items() if rows},
+                          [(change.id, change.online, change.at) for change in done.presence], done.seen.keys(),
+                          lambda device_id: device.name if (device := by_id.get(device_id)) is not None else None)
+
+    def _maybe_tick(self) -> None:
+        if self.alerts.clock_due() <= 0:
+            self.clock()
+
+    def clock(self, now_us: int | None = None) -> int:
+        """Run the alert clock now (the writer thread does every CLOCK_PERIOD; a test seam with `now_us`); how many
+        alerts changed. A failure is said and tried again at the next period."""
+        if self._conn is None:
+            return 0
+        try:
+            return self.alerts.tick(self._conn, now_us)
+        except SQLAlchemyError as err:
+            self._conn.rollback()
+            logger.warning("the alert clock failed (%s); trying again shortly", reason(err))
+            self._reload()
+            return 0
 
     def _sweep(self, conn: Connection, change: Sweep, done: Decisions, events: list[SessionEvent]) -> None:
         """Take offline the devices nobody heard from since `change.since`."""
@@ -514,6 +555,9 @@ class Writer:
             action(*args)
         except Exception as err:
             logger.error("could not %s %s: %s", getattr(action, "__name__", "call"), args[:2], err)
+
+
+_METRICS = {Kind.LED: Metric.LED, Kind.BUTTON: Metric.BUTTON, Kind.LIGHT: Metric.LIGHT}
 
 
 def _qos0_reading(item: Inbound | None) -> bool:
