@@ -248,8 +248,8 @@ class Tracker:
     against, and the calm interval of each device and metric (recomputed when a rule or an alert changes)."""
 
     rules: dict[int, Rule] = field(default_factory=dict)
-    #: (rule id, device id) -> the alert not resolved.
-    active: dict[tuple[int, int], Active] = field(default_factory=dict)
+    #: device id -> rule id -> the alert not resolved.
+    active: dict[int, dict[int, Active]] = field(default_factory=dict)
     #: (device id, metric) -> the rules that apply, found on first use for each device.
     _applicable: dict[tuple[int, Metric], tuple[Rule, ...]] = field(default_factory=dict)
     _calm: dict[tuple[int, Metric], tuple[float, float]] = field(default_factory=dict)
@@ -260,6 +260,11 @@ class Tracker:
         self._applicable.clear()
         self._calm.clear()
 
+    def get(self, rule_id: int, device_id: int) -> Active | None:
+        """The alert of `rule_id` for `device_id` not resolved, if any."""
+        found = self.active.get(device_id)
+        return None if found is None else found.get(rule_id)
+
     def set_active(self, alerts: Iterable[tuple[int, int, int, State, int | None]],
                    devices: Iterable[int] | None = None) -> None:
         """Replace what is known of the alerts not resolved (of `devices`; None: all): (alert id, rule id, device id,
@@ -268,32 +273,36 @@ class Tracker:
             self.active = {}
             self._calm.clear()
         else:
-            chosen = set(devices)
-            for key in [key for key in self.active if key[1] in chosen]:
-                del self.active[key]
-            for calm_key in [calm_key for calm_key in self._calm if calm_key[0] in chosen]:
-                del self._calm[calm_key]
+            for device_id in devices:
+                if self.active.pop(device_id, None) is not None:
+                    self._forget_calm(device_id)
         for alert_id, rule_id, device_id, state, due_us in alerts:
-            self.active[(rule_id, device_id)] = Active(alert_id, state, due_us)
-            rule = self.rules.get(rule_id)
-            if rule is not None:
-                self._calm.pop((device_id, rule.metric), None)
+            self.active.setdefault(device_id, {})[rule_id] = Active(alert_id, state, due_us)
+            self._forget_calm(device_id)
 
     def update(self, rule_id: int, device_id: int, active: Active | None) -> None:
         """An alert changed (None: resolved or cancelled)."""
         if active is None:
-            self.active.pop((rule_id, device_id), None)
+            found = self.active.get(device_id)
+            if found is not None:
+                found.pop(rule_id, None)
+                if not found:
+                    del self.active[device_id]
         else:
-            self.active[(rule_id, device_id)] = active
+            self.active.setdefault(device_id, {})[rule_id] = active
         rule = self.rules.get(rule_id)
         if rule is not None:
             self._calm.pop((device_id, rule.metric), None)
 
+    def _forget_calm(self, device_id: int) -> None:
+        for metric in Metric:
+            self._calm.pop((device_id, metric), None)
+
     def forget_device(self, device_id: int) -> None:
         """A device was renamed or deleted: which rules apply is found again."""
-        for key in [key for key in self._applicable if key[0] == device_id]:
-            del self._applicable[key]
-            self._calm.pop(key, None)
+        for metric in Metric:
+            self._applicable.pop((device_id, metric), None)
+            self._calm.pop((device_id, metric), None)
 
     def applicable(self, device_id: int, name: str, metric: Metric) -> tuple[Rule, ...]:
         """The enabled rules on `metric` that select this device."""
@@ -312,7 +321,7 @@ class Tracker:
         if found is None:
             low, high = -math.inf, math.inf
             for rule in self.applicable(device_id, name, metric):
-                active = self.active.get((rule.id, device_id))
+                active = self.get(rule.id, device_id)
                 rule_low, rule_high = calm_interval(rule, active.state if active is not None else None)
                 low, high = max(low, rule_low), min(high, rule_high)
             found = (low, high) if low < high else _NOWHERE
@@ -327,7 +336,7 @@ class Tracker:
             return ()
         found = []
         for rule in self.applicable(device_id, name, metric):
-            active = self.active.get((rule.id, device_id))
+            active = self.get(rule.id, device_id)
             change = step(rule, active.state if active is not None else None, value)
             if change is not Step.NOTHING:
                 found.append((rule, active, change))

@@ -270,8 +270,9 @@ def snooze(conn: Connection, alert_id: int, until_us: int) -> bool:
     """No reminders until `until_us`. False if the alert is not active."""
     until = format_micros(until_us)
     return conn.execute(text(
-        "UPDATE alert SET snoozed_until = :until, due_at = CASE WHEN state = 'firing' AND acked_at IS NULL AND "
-        "due_at IS NOT NULL AND due_at < :until THEN :until ELSE due_at END WHERE id = :id AND state <> 'resolved'"),
+        "UPDATE alert SET snoozed_until = CAST(:until AS VARCHAR(26)), due_at = CASE WHEN state = 'firing' AND "
+        "acked_at IS NULL AND due_at IS NOT NULL AND due_at < CAST(:until AS VARCHAR(26)) THEN "
+        "CAST(:until AS VARCHAR(26)) ELSE due_at END WHERE id = :id AND state <> 'resolved'"),
         {"until": until, "id": alert_id}).rowcount == 1
 
 

@@ -170,7 +170,7 @@ class Alerts:
         now = _now_us()
         for device_id in heard:
             for rule in silences:
-                active = self.tracker.active.get((rule.id, device_id))
+                active = self.tracker.get(rule.id, device_id)
                 if active is None:
                     continue
                 if active.state is State.PENDING:
@@ -225,7 +225,7 @@ class Alerts:
                     if opened is not None:
                         self.stats.fired += 1
                         changed += 1
-                        self.tracker.active[(rule.id, device_id)] = Active(opened[0], opened[1])
+                        self.tracker.update(rule.id, device_id, Active(opened[0], opened[1]))
                         logger.info("alert %r fired: %s silent for %g s", rule.name, name, rule.trigger)
         conn.commit()
         return changed
