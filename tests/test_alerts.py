@@ -325,3 +325,18 @@ def test_a_pattern_rule_follows_a_rename(engine: Engine, writer: Writer) -> None
     writer.process([Inbound(RenameRequest(board.id, "salle B"), board.tick())])
     writer.process(board.light([95]))
     assert alerts(engine) == [("firing", 95.0)]
+
+
+@both_databases
+def test_delivered_notifications_are_deleted_after_the_keeping_time_and_waiting_ones_never(engine: Engine,
+                                                                                          writer: Writer) -> None:
+    add_rule(engine, writer, clear=70.0)
+    board = Board(writer, time.time_ns() // 1000 - 40 * 86_400 * SECOND)  # forty days ago
+    writer.process(board.light([90, 60]))  # fired and resolved then: two notifications
+    with engine.begin() as conn:
+        first = conn.execute(text("SELECT id FROM alert_outbox WHERE event = 'firing'")).scalar_one()
+        db.delivered(conn, first, board.at)
+    restarted = make_writer(engine)  # the clock purges at its first look, then hourly
+    restarted.clock()
+    restarted.close()
+    assert outbox(engine) == ["resolved"]  # the one never delivered stays, however old

@@ -372,6 +372,14 @@ def failed(conn: Connection, notification_id: str, error: str, retry_at_us: int)
     conn.commit()
 
 
+def purge_delivered(conn: Connection, before_us: int, limit: int = 1000) -> int:
+    """Delete up to `limit` notifications delivered and made before `before_us`; not committed."""
+    return conn.execute(text(
+        "DELETE FROM alert_outbox WHERE id IN (SELECT id FROM alert_outbox WHERE delivered_at IS NOT NULL AND "
+        "created_at < :before ORDER BY created_at LIMIT :limit)"),
+        {"before": format_micros(before_us), "limit": limit}).rowcount
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelState:
     """How a channel is doing: what waits, since when, and its last error."""

@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 #: line or the web page, alerts another worker scheduled, silences.
 CLOCK_PERIOD = 0.5
 
+#: Delivered notifications are kept this long (what was sent, for the pages and for an audit), then deleted a
+#: thousand at a time by the clock, once an hour.
+OUTBOX_KEEP_DAYS = 30
+_PURGE_PERIOD = 3600.0
+
 #: The rows of one kind of reading in a batch: (device id, stored time, value).
 Rows = Sequence[tuple[int, str, int]]
 
@@ -52,8 +57,9 @@ class Alerts:
         self.stats = AlertStats()
         self._version: tuple[int, str] | None = None
         self._rules: dict[int, Rule] = {}
-        #: time.monotonic() of the clock's next look, and the earliest due time it knows of (µs).
+        #: time.monotonic() of the clock's next look, and of its next purge of delivered notifications.
         self._next_look = 0.0
+        self._next_purge = 0.0
 
     @property
     def any(self) -> bool:
@@ -75,6 +81,12 @@ class Alerts:
         """Devices changed names: the pattern rules that select them are found again."""
         for device_id in device_ids:
             self.tracker.forget_device(device_id)
+
+    def deleted(self, device_ids: Iterable[int]) -> None:
+        """Devices were deleted (their alerts with them, ON DELETE CASCADE)."""
+        gone = list(device_ids)
+        self.tracker.set_active([], gone)
+        self.renamed(gone)
 
     # -- in the batch's transaction ----------------------------------------------------------------------------
 
@@ -195,6 +207,12 @@ class Alerts:
         if db.rules_version(conn) != self._version:
             self.load(conn)
             logger.info("alert rules reloaded: %d enabled", len(self._rules))
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + _PURGE_PERIOD
+            purged = db.purge_delivered(conn, now - OUTBOX_KEEP_DAYS * 86_400 * 1_000_000)
+            if purged:
+                logger.info("deleted %d notifications delivered more than %d days ago", purged, OUTBOX_KEEP_DAYS)
+            conn.commit()
         if not self._rules:
             conn.rollback()
             return 0

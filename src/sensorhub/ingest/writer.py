@@ -548,6 +548,7 @@ class Writer:
             deleted = self.purger.take_deleted_devices()
             if deleted:
                 self.sessions.forget(deleted)
+                self.alerts.deleted(deleted)
 
     def _call(self, action: Callable[..., object], *args: object) -> None:
         """Acknowledge or publish; what is committed stays committed whatever paho says."""
