@@ -688,6 +688,24 @@ def test_user_commands_refuse_what_they_cannot_do(stack: Stack, account: str) ->
     assert missing.returncode == 2 and "no account is called 'nobody'" in missing.stderr
 
 
+def test_accounts_without_prompts(stack: Stack, account: str) -> None:
+    # A script gives the password on standard input; what cannot be done is refused before any prompt.
+    added = run_cli(stack.settings, "user", "add", "erin", "--password-stdin", input=f"{PASSWORD}\n")
+    assert "account erin added" in added.stdout and "Password" not in added.stderr
+    assert "erin" in run_cli(stack.settings, "user", "list").stdout
+    for args, expected in [(("user", "add", account), "already exists"),
+                           (("user", "passwd", "nobody"), "no account is called 'nobody'")]:
+        refused = run_cli(stack.settings, *args, check=False)  # nothing on stdin: a prompt would fail differently
+        assert refused.returncode == 2 and expected in refused.stderr and "Password" not in refused.stderr
+    short = run_cli(stack.settings, "user", "add", "frank", "--password-stdin", input="short\n", check=False)
+    assert short.returncode == 2 and "at least 10 characters" in short.stderr
+    empty = run_cli(stack.settings, "user", "add", "frank", "--password-stdin", check=False)
+    assert empty.returncode == 2 and "nothing on standard input" in empty.stderr
+    changed = run_cli(stack.settings, "user", "passwd", "erin", "--password-stdin", input="another long one\n")
+    assert "password of erin changed" in changed.stdout
+    assert "frank" not in run_cli(stack.settings, "user", "list").stdout
+
+
 # -- TLS on demand -----------------------------------------------------------------------------------------------
 
 

@@ -24,37 +24,53 @@ def _accounts_engine(settings: Settings) -> Any:
     return make_engine(settings.database_url)
 
 
-def _new_password(name: str) -> str:
+def _new_password(name: str, from_stdin: bool) -> str:
+    """The new password: one line of standard input (`--password-stdin`), or asked twice without echo."""
     from sensorhub.accounts import check_password
 
+    if from_stdin:
+        line = click.get_text_stream("stdin").readline()
+        if not line:
+            raise click.UsageError("--password-stdin: nothing on standard input (give the password on one line)")
+        return check_password(line.rstrip("\r\n"))
     password: str = click.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True,
                                  err=True)
     return check_password(password)
 
 
+_PASSWORD_STDIN = click.option("--password-stdin", "password_stdin", is_flag=True,
+                               help="Read the password from the first line of standard input (scripts; no prompt).")
+
+
 @user.command("add")
 @click.argument("name")
+@_PASSWORD_STDIN
 @pass_settings
-def user_add(settings: Settings, name: str) -> None:
-    """Create the account NAME (asks for its password twice)."""
+def user_add(settings: Settings, name: str, password_stdin: bool) -> None:
+    """Create the account NAME (asks for its password twice, or reads it with --password-stdin)."""
     from sensorhub import accounts
 
     accounts.check_name(name)
-    accounts.add(_accounts_engine(settings), name, _new_password(name))
+    engine = _accounts_engine(settings)
+    if name in {account.name for account in accounts.list_accounts(engine)}:
+        raise accounts.AccountError(f"account {name!r} already exists (change its password with "
+                                    f"`sensorhub user passwd {name}`)")
+    accounts.add(engine, name, _new_password(name, password_stdin))
     click.echo(f"account {name} added: the LED and rename controls now need a login")
 
 
 @user.command("passwd")
 @click.argument("name")
+@_PASSWORD_STDIN
 @pass_settings
-def user_passwd(settings: Settings, name: str) -> None:
-    """Change the password of NAME (its open sessions end)."""
+def user_passwd(settings: Settings, name: str, password_stdin: bool) -> None:
+    """Change the password of NAME (its open sessions end); --password-stdin reads it from standard input."""
     from sensorhub import accounts
 
     engine = _accounts_engine(settings)
     if name not in {account.name for account in accounts.list_accounts(engine)}:
         raise accounts.AccountError(f"no account is called {name!r} (`sensorhub user list`)")
-    accounts.set_password(engine, name, _new_password(name))
+    accounts.set_password(engine, name, _new_password(name, password_stdin))
     click.echo(f"password of {name} changed; {_end_sessions(settings, name)}")
 
 
