@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -16,7 +17,8 @@ def user() -> None:
     """Web accounts: with at least one, the LED and rename controls need a login."""
 
 
-def _accounts_engine(settings: Settings) -> Any:
+def accounts_engine(settings: Settings) -> Any:
+    """The sensor database's engine, once its schema is checked (accounts and tokens live there)."""
     from sensorhub.db.engine import make_engine
     from sensorhub.db.schema import check_schema
 
@@ -29,7 +31,7 @@ def _new_password(name: str, from_stdin: bool) -> str:
     from sensorhub.accounts import check_password
 
     if from_stdin:
-        line = click.get_text_stream("stdin").readline()
+        line = sys.stdin.readline()
         if not line:
             raise click.UsageError("--password-stdin: nothing on standard input (give the password on one line)")
         return check_password(line.rstrip("\r\n"))
@@ -51,7 +53,7 @@ def user_add(settings: Settings, name: str, password_stdin: bool) -> None:
     from sensorhub import accounts
 
     accounts.check_name(name)
-    engine = _accounts_engine(settings)
+    engine = accounts_engine(settings)
     if name in {account.name for account in accounts.list_accounts(engine)}:
         raise accounts.AccountError(f"account {name!r} already exists (change its password with "
                                     f"`sensorhub user passwd {name}`)")
@@ -67,7 +69,7 @@ def user_passwd(settings: Settings, name: str, password_stdin: bool) -> None:
     """Change the password of NAME (its open sessions end); --password-stdin reads it from standard input."""
     from sensorhub import accounts
 
-    engine = _accounts_engine(settings)
+    engine = accounts_engine(settings)
     if name not in {account.name for account in accounts.list_accounts(engine)}:
         raise accounts.AccountError(f"no account is called {name!r} (`sensorhub user list`)")
     accounts.set_password(engine, name, _new_password(name, password_stdin))
@@ -81,7 +83,7 @@ def user_remove(settings: Settings, name: str) -> None:
     """Delete the account NAME (its open sessions end)."""
     from sensorhub import accounts
 
-    engine = _accounts_engine(settings)
+    engine = accounts_engine(settings)
     accounts.remove(engine, name)
     left = len(accounts.list_accounts(engine))
     click.echo(f"account {name} removed; {_end_sessions(settings, name)}"
@@ -110,7 +112,7 @@ def user_list(settings: Settings) -> None:
     """List the accounts."""
     from sensorhub import accounts
 
-    found = accounts.list_accounts(_accounts_engine(settings))
+    found = accounts.list_accounts(accounts_engine(settings))
     if not found:
         click.echo("no account: the LED and rename controls are open to everyone (`sensorhub user add NAME`)")
     for account in found:

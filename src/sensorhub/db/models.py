@@ -165,6 +165,26 @@ class WebUser(Base):
     changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class ApiToken(Base):
+    """A bearer token for scripts (`sensorhub token add`): only its SHA-256 digest is kept; read-only ones cannot
+    switch LEDs, rename devices nor change alerts."""
+
+    __tablename__ = "api_token"
+    __table_args__ = (
+        CheckConstraint("length(name) BETWEEN 1 AND 64 AND name NOT GLOB '*[^A-Za-z0-9._@-]*'", name="token_name"),
+        CheckConstraint("length(digest) = 64", name="token_digest"),
+        _timestamp_check("created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The token's first characters, to tell tokens apart in `token list` (never enough to use one).
+    prefix: Mapped[str] = mapped_column(String(12))
+    read_only: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 class Quarantine(Base):
     """A valid message the database refused, kept with the reason rather than dropped once acknowledged."""
 

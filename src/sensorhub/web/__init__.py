@@ -72,6 +72,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         # A logged-in cookie lasts as long as its login (the web state's expires_at, checked on every request).
         PERMANENT_SESSION_LIFETIME=timedelta(days=settings.web_session_days),
         MAX_CONTENT_LENGTH=16 * 1024,
+        # CSRF is checked by _check_csrf: not for a request carrying an API token (no cookie, no forgery).
+        WTF_CSRF_CHECK_DEFAULT=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
@@ -84,7 +86,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions[EXTENSION] = WebState(
         settings, ReadOnlyDatabase(settings.database_url), make_relay(settings), LoginThrottle(store),
         LoginSessions(store, timedelta(days=settings.web_session_days).total_seconds()))
-    CSRFProtect(app)
+    csrf = CSRFProtect(app)
+
+    def check_csrf() -> None:
+        if app.config.get("WTF_CSRF_ENABLED", True) and auth.bearer() is None:
+            csrf.protect(apply_exemptions=True)
+
+    app.before_request(auth.check_bearer)
+    app.before_request(check_csrf)
     register_filters(app)
     register_error_handlers(app)
     monitoring.init_app(app)

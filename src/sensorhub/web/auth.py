@@ -3,6 +3,10 @@
 With no account, the controls stay open to everyone (as the specification has it) and the pages say so.
 With at least one, the LED and rename POSTs need a login, anonymous visitors see no MAC address nor
 session id, and SENSORHUB_WEB_PRIVATE=1 closes every page and API as well.
+
+A script sends `Authorization: Bearer <token>` instead (sensorhub/tokens.py): it counts as logged in (a
+read-only token reads only), needs no cookie nor CSRF token, and a token that is not one is refused (401)
+rather than taken for an anonymous visitor.
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ from functools import wraps
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import Blueprint, g, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, g, jsonify, redirect, render_template, request, session, url_for
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from werkzeug.wrappers import Response
 
-from sensorhub import accounts
+from sensorhub import accounts, tokens
 from sensorhub.errors import DatabaseError
 from sensorhub.web.state import web_state
 from sensorhub.webstate import LoginSessions, LoginThrottle
@@ -32,6 +36,9 @@ bp = Blueprint("auth", __name__)
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.login_post", "auth.logout", "static", "monitoring.healthz",
                               "monitoring.metrics"})
 LOGIN_REQUIRED = "connectez-vous pour piloter les appareils (/login)"
+READ_ONLY_TOKEN = "jeton d'API en lecture seule : il ne peut pas piloter les appareils"
+BAD_TOKEN = "jeton d'API inconnu ou révoqué (sensorhub token list)"
+BEARER = "Bearer "
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,21 +49,39 @@ class Visitor:
 
     accounts: bool
     user: str | None
+    #: The API token the request carries (its name), and whether it reads only.
+    token: str | None = None
+    read_only: bool = False
 
     @property
     def may_control(self) -> bool:
         """Whether the LED and rename controls are open to this visitor."""
+        if self.token is not None:
+            return not self.read_only
         return not self.accounts or self.user is not None
 
     @property
     def sees_private(self) -> bool:
         """Whether MAC addresses and session ids are shown (not to anonymous visitors once accounts exist)."""
-        return self.may_control
+        return self.token is not None or not self.accounts or self.user is not None
+
+    @property
+    def signed_in(self) -> bool:
+        """A logged-in account or an API token: what a private site lets in."""
+        return self.user is not None or self.token is not None
 
     @property
     def label(self) -> str:
         """Who made a command, for the logs."""
+        if self.token is not None:
+            return f"token {self.token}"
         return self.user if self.user else "anyone (no accounts)"
+
+
+def bearer() -> str | None:
+    """The token of the request's `Authorization: Bearer` header, if it has one."""
+    header = request.headers.get("Authorization", "")
+    return header[len(BEARER):].strip() if header.startswith(BEARER) else None
 
 
 def visitor() -> Visitor:
@@ -76,6 +101,13 @@ def template_visitor() -> Visitor:
 
 
 def _lookup() -> Visitor:
+    secret = bearer()
+    if secret is not None:
+        with web_state().database.connect() as conn:
+            found = tokens.verify(conn, secret)
+            if found is None:
+                abort(401)  # check_bearer has answered already; a safety net for other callers
+            return Visitor(accounts.any_account(conn), None, found.name, found.read_only)
     try:
         with web_state().database.connect() as conn:
             if not accounts.any_account(conn):
@@ -99,11 +131,34 @@ def control_required(view: F) -> F:
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not visitor().may_control:
+        current = visitor()
+        if not current.may_control:
+            if current.token is not None:
+                return jsonify(error=READ_ONLY_TOKEN), 403
             return jsonify(error=LOGIN_REQUIRED), 401
         return view(*args, **kwargs)
 
     return cast(F, wrapper)
+
+
+def check_bearer() -> tuple[Response, int] | None:
+    """Refuse a request whose bearer token is not one (before CSRF and the private site's redirect)."""
+    secret = bearer()
+    if secret is None:
+        return None
+    try:
+        with web_state().database.connect() as conn:
+            known = tokens.verify(conn, secret) is not None
+    except OperationalError as err:
+        if "no such table: api_token" not in str(err):
+            raise
+        known = False  # a database made before tokens existed: `make db` adds the table
+    if not known:
+        logger.warning("request with an unknown API token from %s", request.remote_addr or "?")
+        response = jsonify(error=BAD_TOKEN)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="sensorhub", error="invalid_token"'
+        return response, 401
+    return None
 
 
 def guard_private_site() -> Response | tuple[Response, int] | None:
@@ -111,7 +166,7 @@ def guard_private_site() -> Response | tuple[Response, int] | None:
     if not web_state().settings.web_private or request.endpoint in PUBLIC_ENDPOINTS:
         return None
     current = visitor()
-    if not current.accounts or current.user is not None:
+    if not current.accounts or current.signed_in:
         return None
     if request.path.startswith("/api/") or request.path.startswith("/sensor/"):
         return jsonify(error="connectez-vous pour consulter ce site (/login)"), 401
