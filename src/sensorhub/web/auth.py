@@ -35,6 +35,8 @@ bp = Blueprint("auth", __name__)
 #: /healthz and /metrics too: monitoring logs in nowhere, and they show no device, name nor address.
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.login_post", "auth.logout", "static", "monitoring.healthz",
                               "monitoring.metrics"})
+#: Their bearer token is SENSORHUB_METRICS_TOKEN (web/monitoring.py), not an API token.
+MONITORING_ENDPOINTS = frozenset({"monitoring.healthz", "monitoring.metrics"})
 LOGIN_REQUIRED = "connectez-vous pour piloter les appareils (/login)"
 READ_ONLY_TOKEN = "jeton d'API en lecture seule : il ne peut pas piloter les appareils"
 BAD_TOKEN = "jeton d'API inconnu ou révoqué (sensorhub token list)"
@@ -102,7 +104,7 @@ def template_visitor() -> Visitor:
 
 def _lookup() -> Visitor:
     secret = bearer()
-    if secret is not None:
+    if secret is not None and request.endpoint not in MONITORING_ENDPOINTS:
         with web_state().database.connect() as conn:
             found = tokens.verify(conn, secret)
             if found is None:
@@ -144,8 +146,8 @@ def control_required(view: F) -> F:
 def check_bearer() -> tuple[Response, int] | None:
     """Refuse a request whose bearer token is not one (before CSRF and the private site's redirect)."""
     secret = bearer()
-    if secret is None:
-        return None
+    if secret is None or request.endpoint in MONITORING_ENDPOINTS:
+        return None  # /healthz and /metrics check their own token (SENSORHUB_METRICS_TOKEN)
     try:
         with web_state().database.connect() as conn:
             known = tokens.verify(conn, secret) is not None
