@@ -142,3 +142,16 @@ def test_run_workers_starts_one_client_component_per_worker(settings: Settings) 
     assert [child.name for child in several.components] == ["broker", "client1", "client2", "client3", "web"]
     assert [several.component(f"client{n}").env["SENSORHUB_WORKER"] for n in (1, 2, 3)] == ["1", "2", "3"]
     assert Supervisor(settings).component("client").env["SENSORHUB_WORKER"] == "0"
+
+
+def test_the_demo_boards_are_not_the_simulators_boards(settings: Settings) -> None:
+    # `make simulate` beside `make run`: with the same MACs each would kick the other's boards off the broker.
+    from sensorhub.simulator import default_seed
+    from sensorhub.simulator.device import DEMO
+    from sensorhub.simulator.fleet import unique_macs
+    from sensorhub.supervisor import Supervisor
+
+    command = Supervisor(settings, demo=3).component("devices").argv
+    demo_seed = int(command[command.index("--seed") + 1])
+    assert demo_seed == default_seed(DEMO) != default_seed()
+    assert not set(unique_macs(demo_seed, 50)) & set(unique_macs(default_seed(), 50))

@@ -33,6 +33,7 @@ from sensorhub.errors import BrokerError, ConfigError, DatabaseError, SensorhubE
 from sensorhub.pipe import ensure_fifo
 from sensorhub.ports import ensure_free, wait_free
 from sensorhub.process import READY_TIMEOUT, STOP_TIMEOUT, Child, ComponentError, notify
+from sensorhub.simulator.device import DEMO, default_seed
 from sensorhub.tls import check_tls_files
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ class Supervisor:
             "broker": [*python, "broker"],
             "client": [*python, "client"],
             "web": [*python, "web"],
-            "devices": [*python, "simulate", "--devices", str(demo), "--interval", "2"],
+            "devices": [*python, "simulate", "--devices", str(demo), "--interval", "2", "--seed",
+                        str(default_seed(DEMO))],
         }
         self.components: list[Child] = []
         for name in components:

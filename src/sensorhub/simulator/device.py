@@ -64,9 +64,16 @@ class NoNameAssigned(SimulatorError):
     """No state/nameAssign answered the MAC join in time."""
 
 
-def default_seed() -> int:
-    """A seed derived from this machine's host name: a user's devices keep their MACs, hence their names."""
-    digest = hashlib.sha256(socket.gethostname().encode()).digest()
+#: Whose virtual boards: `make run`'s demo and `make simulate` beside it must not share MACs (each would kick the
+#: other's boards off the broker, and none would be added).
+DEMO = "demo"
+SIMULATE = "simulate"
+
+
+def default_seed(role: str = SIMULATE) -> int:
+    """A seed derived from this machine's host name and `role`: a user's devices keep their MACs, hence their
+    names, and the demo's differ from `sensorhub simulate`'s."""
+    digest = hashlib.sha256(f"{socket.gethostname()}:{role}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
 
