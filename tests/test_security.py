@@ -717,6 +717,16 @@ def certificate(settings: Settings) -> Settings:
     return settings.replace(tls_cert=str(cert), tls_key=str(key))
 
 
+def test_a_certificate_is_replaced_only_with_force(certificate: Settings) -> None:
+    # Boards and browsers may trust it already: as `db backup`, replacing a file is asked for.
+    before = Path(certificate.tls_cert).read_bytes()
+    again = run_cli(certificate, "tls", "self-signed", check=False)
+    assert again.returncode == 2 and "already exist" in again.stderr and "--force" in again.stderr
+    assert Path(certificate.tls_cert).read_bytes() == before
+    run_cli(certificate, "tls", "self-signed", "--force")
+    assert Path(certificate.tls_cert).read_bytes() != before
+
+
 def test_tls_listeners_accept_a_trusting_client_and_refuse_plain_ones(certificate: Settings, engine: Engine) -> None:
     settings = certificate
     with Broker(settings):

@@ -22,18 +22,26 @@ def tls() -> None:
 @click.option("--key", type=click.Path(dir_okay=False), default=None,
               help="Private key file [default: tls/key.pem in the state directory].")
 @click.option("--name", "names", multiple=True, help="Another DNS name or address to include (repeatable).")
+@click.option("--force", is_flag=True, help="Replace the certificate and key if they exist.")
 @pass_settings
-def tls_self_signed(settings: Settings, cert: str | None, key: str | None, names: tuple[str, ...]) -> None:
+def tls_self_signed(settings: Settings, cert: str | None, key: str | None, names: tuple[str, ...],
+                    force: bool) -> None:
     """Make a self-signed certificate for this machine's names and LAN addresses, to try TLS out."""
     import ipaddress
     from pathlib import Path
 
     from sensorhub.credentials import state_dir
+    from sensorhub.errors import ConfigError
     from sensorhub.tls import machine_names, make_self_signed
 
     directory = state_dir(settings) / "tls"
     cert_path = Path(cert) if cert else directory / "cert.pem"
     key_path = Path(key) if key else directory / "key.pem"
+    existing = [str(path) for path in (cert_path, key_path) if path.exists()]
+    if existing and not force:
+        # As `db backup`: boards and browsers may trust this certificate already; replacing it is a choice.
+        raise ConfigError(f"{' and '.join(existing)} already exist(s): pass --force to replace them, or choose "
+                       "other files with --cert and --key")
     dns, addresses = machine_names()
     for extra in names:
         try:
