@@ -1,6 +1,6 @@
 """The dispatcher: one thread per channel, each with its own database connection, delivering the outbox's rows.
 
-Each thread loops: take (`claim`) a few due rows of its channel for a lease, deliver each, then mark it
+Each thread loops: take (`claim`) the next due row of its channel for a lease (BATCH), deliver each, then mark it
 `delivered`, or `failed` with the error and the time of its next attempt (1 s, doubling at each attempt up to
 SENSORHUB_NOTIFY_RETRY_MAX). After a failure the channel pauses as well (the same doubling, counted in failures
 in a row) and gives back the rows it had taken, so a receiver that is down is tried once per pause, not once per
@@ -29,8 +29,9 @@ from sensorhub.notify.channel import Channel, DeliveryError
 
 logger = logging.getLogger(__name__)
 
-#: Rows taken at once by a channel's thread.
-BATCH = 5
+#: Rows a channel's thread takes at once: one, so that a worker stopped (or killed) in the middle of a slow
+#: delivery holds no other notification behind its lease.
+BATCH = 1
 #: Seconds between two looks at the outbox when nothing was due.
 POLL = 0.5
 #: The first wait after a failure (s); it doubles up to the ceiling (SENSORHUB_NOTIFY_RETRY_MAX).
