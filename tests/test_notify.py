@@ -260,6 +260,20 @@ def test_webhook_posts_the_rendered_template_with_the_id_header(settings: Settin
     assert dispatcher.stats["webhook"].delivered == 1 and dispatcher.stats["webhook"].failed == 0
 
 
+def test_only_a_2xx_answer_is_delivery(settings: Settings) -> None:
+    """An error status or a redirect (which would turn the POST into a GET) is a failure, said in one line."""
+    for status, words in ((503, "HTTP 503"), (302, "HTTP 302"), (404, "HTTP 404")):
+        answering = Receiver(free_port(), status=status).start()
+        try:
+            with pytest.raises(DeliveryError, match=words):
+                Webhook(webhook_settings(settings, answering.url)).send(SAMPLE)
+        finally:
+            answering.stop()
+        assert answering.ids() == [SAMPLE["id"]]  # sent once, never followed elsewhere
+    with pytest.raises(DeliveryError, match="cannot reach the webhook"):
+        Webhook(webhook_settings(settings, f"http://127.0.0.1:{free_port()}/")).send(SAMPLE)
+
+
 # -- e-mail --------------------------------------------------------------------------------------------------------
 
 
