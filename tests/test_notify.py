@@ -32,7 +32,7 @@ from sensorhub.notify.channel import SAMPLE, DeliveryError
 from sensorhub.notify.dispatcher import Dispatcher, backoff
 from sensorhub.notify.email import Email
 from sensorhub.notify.metrics import NotifyCollector
-from sensorhub.notify.mqtt import ALERTS_PREFIX, alert_topic, compact, payload_room
+from sensorhub.notify.mqtt import ALERTS_PREFIX, MqttChannel, alert_topic, compact, payload_room
 from sensorhub.notify.webhook import ID_HEADER, Webhook
 from sensorhub.protocol import Topic
 from sensorhub.tls import make_self_signed
@@ -419,6 +419,26 @@ def test_mqtt_notifications_reach_a_subscriber_and_cannot_be_forged(settings: Se
     assert payload == {"id": notification, "event": "firing", "severity": "warning", "alert": payload["alert"],
                        "value": 5.0, "rule": "dark room"}
     assert delivered is not None and received[0].qos == 1 and not received[0].retain
+
+
+def test_a_notification_the_broker_refuses_is_a_failure(settings: Settings, broker: Broker) -> None:
+    """Published by a client that may not (anonymous): the broker's PUBACK says 0x87, and the channel says so."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    channel = MqttChannel(client, timeout=10)
+    client.on_publish = lambda _c, _u, mid, reason, _p: channel.published(mid, reason)
+    connected = threading.Event()
+    client.on_connect = lambda _c, _u, _f, _r, _p: connected.set()
+    client.connect("127.0.0.1", settings.mqtt_port, keepalive=5)
+    client.loop_start()
+    try:
+        assert connected.wait(10)
+        with pytest.raises(DeliveryError, match="refused sensorhub/alerts/capteur01: Not authorized"):
+            channel.send(SAMPLE)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    with pytest.raises(DeliveryError, match="not connected to the broker"):
+        channel.send(SAMPLE)
 
 
 # -- a channel that fails ------------------------------------------------------------------------------------------
