@@ -35,6 +35,7 @@ from sensorhub.notify.metrics import NotifyCollector
 from sensorhub.notify.mqtt import ALERTS_PREFIX, MqttChannel, alert_topic, compact, payload_room
 from sensorhub.notify.webhook import ID_HEADER, Webhook
 from sensorhub.protocol import Topic
+from sensorhub.timestamps import format_micros
 from sensorhub.tls import make_self_signed
 from tests.devices import RawDevice
 from tests.factories import add_device
@@ -505,6 +506,25 @@ def test_a_failing_channel_does_not_hold_another(settings: Settings, engine: Eng
         server.stop()
     assert sorted(receiver.ids()) == sorted(ids[1::2])  # fire_alerts orders them by channel: email, webhook
     wait_for(lambda: all(row[0] for row in outbox_rows(engine).values()), 10, what="all marked delivered")
+
+
+def test_a_notification_that_cannot_be_formatted_does_not_stop_its_channel(settings: Settings, engine: Engine,
+                                                                           receiver: Receiver,
+                                                                           dispatchers: list[Dispatcher]) -> None:
+    """A row whose payload lacks what the template needs (a bug, a hand-edited row), older than the others: kept
+    with its error, retried, and those behind it delivered."""
+    earlier = format_micros(time.time_ns() // 1000 - 1_000_000)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO alert_outbox (id, channel, event, payload, created_at, attempts, "
+                          "next_attempt_at) VALUES ('broken', 'webhook', 'firing', :payload, :at, 0, :at)"),
+                     {"at": earlier, "payload": json.dumps({"id": "broken"})})
+    good = fire_alerts(engine, 1, ("webhook",))
+    hooked = webhook_settings(settings, receiver.url)
+    dispatcher = run(dispatchers, hooked, {"webhook": Webhook(hooked)})
+    wait_for(lambda: receiver.ids() == good, 10, what="the good notification")
+    delivered, attempts, error = outbox_rows(engine)["broken"]
+    assert delivered is None and attempts >= 1 and (error or "").startswith("KeyError")
+    assert dispatcher.alive
 
 
 @both_databases

@@ -1,13 +1,14 @@
 """The dispatcher: one thread per channel, each with its own database connection, delivering the outbox's rows.
 
-Each thread loops: take (`claim`) the next due row of its channel for a lease (BATCH), deliver each, then mark it
+Each thread loops: take (`claim`) the next due row of its channel for a lease (BATCH), deliver it, then mark it
 `delivered`, or `failed` with the error and the time of its next attempt (1 s, doubling at each attempt up to
-SENSORHUB_NOTIFY_RETRY_MAX). After a failure the channel pauses as well (the same doubling, counted in failures
+SENSORHUB_NOTIFY_RETRY_MAX). After a failure the channel pauses as well (half as long, doubling with the failures
 in a row) and gives back the rows it had taken, so a receiver that is down is tried once per pause, not once per
-waiting notification. A thread never touches the writer's connection nor waits for it, and a failing channel
-holds only its own thread. Several ingest workers each run one: the lease keeps two from sending a row at the
-same time; delivery is at least once (a worker stopped between the receiver's answer and `delivered` sends it
-again), which the notification's id lets a receiver see.
+waiting notification, and a notification that always fails does not hold those behind it. A thread never
+touches the writer's connection nor waits for it, and a failing channel holds only its own thread. Several
+ingest workers each run one: the lease keeps two from sending a row at the same time; delivery is at least once
+(a worker stopped between the receiver's answer and `delivered` sends it again), which the notification's id
+lets a receiver see.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class Dispatcher:
         self.waiting: dict[str, int] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: Database failures in a row, per channel (reset by a successful look at the outbox).
+        self._database_failures = dict.fromkeys(self.channels, 0)
 
     def start(self) -> None:
         """Start one thread per channel."""
@@ -113,18 +116,16 @@ class Dispatcher:
 
     def _run(self, name: str) -> None:
         """Deliver `name`'s notifications until stopped; a database that fails is tried again."""
-        database_failures = 0
         while not self._stop.is_set():
             try:
                 with self.engine.connect() as conn:
-                    database_failures = 0
                     self._loop(conn, name)
             except SQLAlchemyError as err:
-                database_failures += 1
-                pause = backoff(database_failures, 0.2, 5.0) * random.uniform(0.5, 1.0)
-                if database_failures in (1, 10) or database_failures % 100 == 0:
+                failures = self._database_failures[name] = self._database_failures[name] + 1
+                if failures in (1, 10) or failures % 100 == 0:
                     logger.warning("notifications (%s): the database failed (%s); trying again", name, reason(err))
-                self._stop.wait(pause)
+                # Jitter: workers failing together (a lock) do not retry together.
+                self._stop.wait(backoff(failures, 0.2, 5.0) * random.uniform(0.5, 1.0))
             except Exception:  # never a silent end: the channel's notifications would wait forever
                 logger.exception("notifications (%s): unexpected failure; going on in 5 s", name)
                 self._stop.wait(5.0)
@@ -140,6 +141,7 @@ class Dispatcher:
                 self._count(conn)
                 counted = time.monotonic()
             taken = outbox.claim(conn, name, _now_us(), lease, BATCH)
+            self._database_failures[name] = 0
             if not taken:
                 self._stop.wait(self.poll)
                 continue
@@ -149,18 +151,24 @@ class Dispatcher:
                     return
                 try:
                     channel.send(notification.payload)
-                except DeliveryError as err:
+                except Exception as err:  # DeliveryError; anything else is a bug, kept apart like a refusal
+                    if not isinstance(err, DeliveryError):
+                        logger.exception("notifications (%s): sending %s failed unexpectedly", name, notification.id)
+                    error = str(err) if isinstance(err, DeliveryError) else f"{type(err).__name__}: {err}"
                     failures += 1
                     stats.failed += 1
                     wait = backoff(notification.attempts + 1, self.retry_first, self.retry_max)
-                    outbox.failed(conn, notification.id, str(err), _now_us() + round(wait * 1_000_000))
+                    outbox.failed(conn, notification.id, error, _now_us() + round(wait * 1_000_000))
                     outbox.release(conn, [n.id for n in taken[index + 1:]])
                     if not stats.failing:
-                        logger.warning("notifications (%s) failing: %s; kept and tried again", name, err)
+                        logger.warning("notifications (%s) failing: %s; kept and tried again", name, error)
                     stats.failing = True
                     self._count(conn)
                     counted = time.monotonic()
-                    self._stop.wait(backoff(failures, self.retry_first, self.retry_max))
+                    # Half the notification's own wait: another one due meanwhile is tried before it comes again (a
+                    # notification that always fails does not hold the others), a channel that is down is tried
+                    # once per pause, not once per waiting notification.
+                    self._stop.wait(backoff(failures, self.retry_first, self.retry_max) / 2)
                     break
                 outbox.delivered(conn, notification.id, _now_us())
                 stats.delivered += 1
