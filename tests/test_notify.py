@@ -53,7 +53,7 @@ def fire_alerts(engine: Engine, count: int, channels: tuple[str, ...], *, device
     now = time.time_ns() // 1000
     with engine.connect() as conn:
         found = conn.execute(text("SELECT id FROM device WHERE name = :name"), {"name": device}).scalar()
-    device_id = int(found) if found is not None else add_device(engine, device, index=abs(hash(device)) % 200 + 1)
+    device_id = int(found) if found is not None else add_device(engine, device)
     ids: list[str] = []
     with engine.connect() as conn:
         start = int(conn.execute(text("SELECT count(*) FROM alert_rule")).scalar() or 0)
@@ -198,9 +198,13 @@ def test_bad_notification_settings_stop_start_up_in_one_line() -> None:
                                   "mail", "SENSORHUB_NOTIFY_SMTP_FROM": "a@b.c", "SENSORHUB_NOTIFY_SMTP_TO":
                                   "x@y.z, w@y.z", "SENSORHUB_NOTIFY_MQTT": "0"})
     assert configured(both) == ("webhook", "email") and both.smtp_port == 587 and both.notify_smtp_to == "x@y.z,w@y.z"
-    # A JSON content type wants a template that gives JSON: said at start, not at the first alert.
+    # A JSON content type wants a template that gives JSON: said at start, not at the first alert; so is a CA file
+    # that cannot be read.
     with pytest.raises(ConfigError, match="does not give JSON"):
         Webhook(both.replace(notify_webhook_template='{"text": $text}'))
+    for channel in (Webhook, Email):
+        with pytest.raises(ConfigError, match=r"SENSORHUB_NOTIFY_CA_FILE='/nonexistent\.pem' cannot be used"):
+            channel(both.replace(notify_ca_file="/nonexistent.pem"))
 
 
 def test_templates_escape_for_json_and_leave_text_alone() -> None:

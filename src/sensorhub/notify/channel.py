@@ -8,6 +8,8 @@ import ssl
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from sensorhub.errors import ConfigError
+
 #: ntfy's priorities (1 to 5) for our severities; Gotify reads them as low to normal.
 PRIORITIES = {"info": "3", "warning": "4", "critical": "5"}
 
@@ -53,7 +55,10 @@ def placeholders(payload: Mapping[str, Any]) -> dict[str, str]:
 
 def tls_context(ca_file: str) -> ssl.SSLContext:
     """Certificates checked against `ca_file` (empty: the system's authorities), host names too."""
-    return ssl.create_default_context(cafile=ca_file or None)
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as err:  # missing, unreadable, not PEM
+        raise ConfigError(f"SENSORHUB_NOTIFY_CA_FILE={ca_file!r} cannot be used: {err.strerror or err}") from None
 
 
 #: A notification as enqueue writes it, for checking templates at start and for tests.
