@@ -512,6 +512,46 @@ def test_a_failing_channel_does_not_hold_another(settings: Settings, engine: Eng
     wait_for(lambda: all(row[0] for row in outbox_rows(engine).values()), 10, what="all marked delivered")
 
 
+def test_a_stuck_webhook_slows_neither_ingest_nor_the_mqtt_channel(settings: Settings, engine: Engine,
+                                                                   broker: Broker, receiver: Receiver) -> None:
+    """The real ingest client with a webhook that never answers: readings are stored as before, the MQTT
+    notification goes out, and the webhook still holds its first request."""
+    receiver.hold.clear()
+    hooked = settings.replace(notify_webhook_url=receiver.url)
+    with engine.connect() as conn:
+        db.add_rule(conn, Rule(id=0, name="dark room", metric=Metric.LIGHT, operator="<", trigger=20.0, clear=30.0),
+                    time.time_ns() // 1000)
+        conn.commit()
+    watcher, received = subscriber(settings.mqtt_port, ALERTS_PREFIX + "#")
+    client = IngestClient(hooked)
+    client.start(wait_ready=10)
+    board = RawDevice(settings.mqtt_port, "02:00:00:00:00:0b")
+    try:
+        assert client.writer.alerts.channels == ("webhook", "mqtt")
+        board.join()
+        board.reading(Topic.PHOTORESISTOR_STATUS, 5, qos=1).wait_for_publish(5)
+        wait_for(lambda: receiver.arrived, 10, what="the webhook's request")
+        for value in range(40):  # still dark: the alert stays firing, nothing more to notify
+            board.reading(Topic.PHOTORESISTOR_STATUS, value % 19, qos=1).wait_for_publish(5)
+
+        def stored() -> int:
+            with engine.connect() as conn:
+                return int(conn.execute(text("SELECT count(*) FROM light_reading")).scalar() or 0)
+
+        wait_for(lambda: stored() == 41, 15, what="every reading stored")
+        wait_for(lambda: received, 15, what="the MQTT notification")
+        assert len(receiver.arrived) == 1 and receiver.requests == []  # the webhook: still in its first request
+        receiver.hold.set()
+        wait_for(lambda: all(row[0] for row in outbox_rows(engine).values()), 15, what="both delivered")
+    finally:
+        receiver.hold.set()
+        board.close()
+        client.stop()
+        watcher.disconnect()
+        watcher.loop_stop()
+    assert len(receiver.requests) == 1 and len(received) == 1
+
+
 def test_a_notification_that_cannot_be_formatted_does_not_stop_its_channel(settings: Settings, engine: Engine,
                                                                            receiver: Receiver,
                                                                            dispatchers: list[Dispatcher]) -> None:
