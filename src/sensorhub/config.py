@@ -7,6 +7,8 @@ import ipaddress
 import logging
 import os
 import re
+import string
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +176,9 @@ def _host(value: str) -> str:
     return host
 
 
+def _optional_host(value: str) -> str:
+    return _host(value) if value.strip() else ""
+
 def _path(value: str) -> str:
     path = value.strip()
     if not path or "\0" in path:
@@ -219,6 +224,86 @@ def _networks(value: str) -> str:
         except ValueError:
             raise ValueError(f"{item!r} is not an address or network (e.g. 127.0.0.1,::1,192.168.1.0/24)") from None
     return ",".join(networks)
+
+
+#: The placeholders of SENSORHUB_NOTIFY_WEBHOOK_TEMPLATE and SENSORHUB_NOTIFY_WEBHOOK_HEADERS (docs/alerts.md).
+WEBHOOK_PLACEHOLDERS = ("id", "event", "severity", "priority", "title", "text", "rule", "device", "mac", "value",
+                        "alert", "json")
+
+
+def _template(value: str) -> str:
+    template = string.Template(value)
+    if not template.is_valid():
+        raise ValueError("a `$` not followed by a placeholder name (write `$$` for a dollar sign)")
+    unknown = sorted(set(template.get_identifiers()) - set(WEBHOOK_PLACEHOLDERS))
+    if unknown:
+        known = ", ".join("$" + name for name in WEBHOOK_PLACEHOLDERS)
+        raise ValueError(f"unknown placeholder ${unknown[0]} (known: {known})")
+    return value
+
+
+def _webhook_url(value: str) -> str:
+    url = value.strip()
+    if not url:
+        return ""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("use an http:// or https:// URL (e.g. https://ntfy.sh/my-topic)")
+    return url
+
+
+def _content_type(value: str) -> str:
+    text = value.strip()
+    if not re.fullmatch(r"[\w.+-]+/[\w.+-]+(\s*;\s*[\w-]+=[\w.\-\"]+)*", text):
+        raise ValueError("not a media type (e.g. application/json or text/plain; charset=utf-8)")
+    return text
+
+
+def _headers(value: str) -> str:
+    for item in re.split(r"[;\n]", value):
+        if not item.strip():
+            continue
+        name, colon, header = item.partition(":")
+        if not colon or not re.fullmatch(r"[A-Za-z0-9-]+", name.strip()):
+            raise ValueError(f"{item.strip()[:40]!r} is not `Name: value` (headers separated by `;` or new lines)")
+        _template(header)
+    return value.strip()
+
+
+def _smtp_port(value: str) -> int:
+    return 0 if value.strip() == "0" else _port(value)
+
+
+def _smtp_security(value: str) -> str:
+    text = value.strip().lower()
+    if text not in ("starttls", "tls", "none"):
+        raise ValueError("use starttls, tls or none")
+    return text
+
+
+def _addresses(value: str) -> str:
+    addresses = [item.strip() for item in value.split(",") if item.strip()]
+    for address in addresses:
+        if not re.fullmatch(r"[^@\s<>,]+@[^@\s<>,]+", address):
+            raise ValueError(f"{address!r} is not an e-mail address")
+    return ",".join(addresses)
+
+
+def _address(value: str) -> str:
+    address = _addresses(value)
+    if "," in address:
+        raise ValueError("one address")
+    return address
+
+
+def _retry_max(value: str) -> float:
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        raise ValueError("not a number of seconds") from None
+    if not 1 <= seconds <= 86_400:
+        raise ValueError("a number of seconds between 1 and 86400")
+    return seconds
 
 
 def _flag(value: str) -> bool:
@@ -389,6 +474,63 @@ class Settings:
         _worker,
     )
 
+    notify_webhook_url: str = setting(
+        "",
+        "Alert notifications: the URL each one is POSTed to (http:// or https://; empty: no webhook). docs/alerts.md "
+        "has ntfy, Gotify and Slack examples.",
+        _webhook_url,
+    )
+    notify_webhook_template: str = setting(
+        "$json",
+        "The webhook's body, with placeholders $text, $title, $severity, $priority, $event, $rule, $device, $mac, "
+        "$value, $alert, $id and $json (the whole notification); values are JSON-escaped when the content type is "
+        "JSON.",
+        _template,
+    )
+    notify_webhook_content_type: str = setting(
+        "application/json", "The webhook's Content-Type (e.g. text/plain for ntfy).", _content_type
+    )
+    notify_webhook_headers: str = setting(
+        "",
+        "More webhook headers, `Name: value` separated by `;` or new lines, with the body's placeholders (e.g. "
+        "`Title: $title; Priority: $priority`).",
+        _headers,
+    )
+    notify_smtp_host: str = setting(
+        "", "Alert notifications by e-mail: the SMTP server (empty: no e-mail).", _optional_host
+    )
+    notify_smtp_port: int = setting(
+        "0", "The SMTP server's port (0: 587 with starttls, 465 with tls, 25 with none).", _smtp_port
+    )
+    notify_smtp_security: str = setting(
+        "starttls", "`starttls` (STARTTLS on a plain connection), `tls` (TLS from the start) or `none`.",
+        _smtp_security,
+    )
+    notify_smtp_user: str = setting("", "SMTP login (empty: none).", _text)
+    notify_smtp_password: str = setting("", "SMTP password of SENSORHUB_NOTIFY_SMTP_USER.", _text)
+    notify_smtp_from: str = setting("", "The notifications' From address (needed with an SMTP server).", _address)
+    notify_smtp_to: str = setting(
+        "", "Where notifications are sent, comma-separated (needed with an SMTP server).", _addresses
+    )
+    notify_ca_file: str = setting(
+        "",
+        "PEM file of the certificate authorities trusted for the webhook's https:// and the SMTP server's TLS "
+        "(empty: the system's).",
+        _optional_path,
+    )
+    notify_mqtt: bool = setting(
+        "1",
+        "1: each alert notification is also published on `sensorhub/alerts/<device name>` (QoS 1, not retained), "
+        "for automations; 0: not.",
+        _flag,
+    )
+    notify_retry_max: float = setting(
+        "60",
+        "Longest wait (s) between two attempts at a notification its channel refused (the wait doubles from 1 s); "
+        "a notification is kept until delivered.",
+        _retry_max,
+    )
+
     @classmethod
     def load(
         cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
@@ -414,6 +556,7 @@ class Settings:
         if settings.web_state_url and settings.web_state_url == settings.database_url:
             raise ConfigError("SENSORHUB_WEB_STATE_URL must not be the sensor database (SENSORHUB_DATABASE_URL): "
                               "the web servers only read that one; give them a database of their own")
+        _check_smtp(settings)
         return settings
 
     def replace(self, **changes: Any) -> Settings:
@@ -441,9 +584,36 @@ class Settings:
         return tuple(ipaddress.ip_network(item) for item in text.split(",") if item)
 
     @property
+    def smtp_port(self) -> int:
+        """SENSORHUB_NOTIFY_SMTP_PORT, or the usual port of its security."""
+        return self.notify_smtp_port or {"starttls": 587, "tls": 465, "none": 25}[self.notify_smtp_security]
+
+    @property
     def log_level_number(self) -> int:
         """The logging module's number for log_level."""
         return int(logging.getLevelName(self.log_level))
+
+
+def _check_smtp(settings: Settings) -> None:
+    """The SMTP settings that only make sense together."""
+    if not settings.notify_smtp_host:
+        return
+    for name in ("notify_smtp_from", "notify_smtp_to"):
+        if not getattr(settings, name):
+            raise ConfigError(f"SENSORHUB_NOTIFY_SMTP_HOST is set: {ENV_PREFIX}{name.upper()} must be set too")
+    if bool(settings.notify_smtp_user) != bool(settings.notify_smtp_password):
+        raise ConfigError("SENSORHUB_NOTIFY_SMTP_USER and SENSORHUB_NOTIFY_SMTP_PASSWORD go together: set both or "
+                          "neither")
+    if settings.notify_smtp_password and settings.notify_smtp_security == "none":
+        raise ConfigError("SENSORHUB_NOTIFY_SMTP_SECURITY=none would send SENSORHUB_NOTIFY_SMTP_PASSWORD in clear: "
+                          "use starttls or tls")
+
+
+def configured(settings: Settings) -> tuple[str, ...]:
+    """The notification channels the settings enable, in the outbox's order ('webhook', 'email', 'mqtt')."""
+    enabled = {"webhook": bool(settings.notify_webhook_url), "email": bool(settings.notify_smtp_host),
+               "mqtt": settings.notify_mqtt}
+    return tuple(channel for channel, on in enabled.items() if on)
 
 
 @dataclass(frozen=True)
@@ -473,7 +643,8 @@ def _as_text(value: Any) -> str:
 
 
 #: Settings whose value is never echoed in an error message.
-SECRET_SETTINGS = frozenset({"secret_key", "device_password", "metrics_token"})
+SECRET_SETTINGS = frozenset({"secret_key", "device_password", "metrics_token", "notify_smtp_password",
+                             "notify_webhook_url", "notify_webhook_headers"})
 
 SETTINGS: tuple[SettingSpec, ...] = tuple(
     SettingSpec(f.name, f.metadata["default"], f.metadata["help"], f.metadata["parse"])

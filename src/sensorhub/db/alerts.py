@@ -401,3 +401,12 @@ def channel_states(conn: Connection) -> list[ChannelState]:
             "NOT NULL ORDER BY next_attempt_at DESC LIMIT 1"), {"channel": channel}).scalar()
         found.append(ChannelState(str(channel), int(waiting), oldest, error))
     return found
+
+
+def release(conn: Connection, notification_ids: Sequence[str]) -> None:
+    """Give back the lease on notifications taken but not tried (a worker stopping, a channel failing): another
+    worker, or this one, takes them again at once. Commits."""
+    for notification_id in notification_ids:
+        conn.execute(text("UPDATE alert_outbox SET claimed_until = NULL WHERE id = :id AND delivered_at IS NULL"),
+                     {"id": notification_id})
+    conn.commit()

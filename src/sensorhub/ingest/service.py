@@ -27,12 +27,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from sensorhub import credentials
 from sensorhub.commands import COMMAND_TOPIC, REPLY_PREFIX, Command, Outcome, Reply, parse_command
-from sensorhub.config import Settings
+from sensorhub.config import Settings, configured
 from sensorhub.credentials import CLIENT_USER, client_password, client_secret_path
 from sensorhub.db.engine import make_engine
 from sensorhub.db.schema import check_schema
 from sensorhub.db.space import warn_if_low
 from sensorhub.errors import IngestError, PayloadError
+from sensorhub.ingest.alerts import Alerts
 from sensorhub.ingest.beacon import Beacon
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.ledpipe import PipeReader
@@ -44,6 +45,10 @@ from sensorhub.ingest.summary import Summary
 from sensorhub.ingest.watchdog import Watchdog
 from sensorhub.ingest.writer import QUEUE_MAX, Writer
 from sensorhub.mqttclient import REFUSED_LOGIN, no_delay
+from sensorhub.notify.channels import make_channels
+from sensorhub.notify.dispatcher import Dispatcher
+from sensorhub.notify.metrics import NotifyCollector
+from sensorhub.notify.mqtt import MqttChannel
 from sensorhub.process import notify
 from sensorhub.protocol import SERVER_SUBSCRIPTIONS, SHARE_GROUP, parse_server_message
 
@@ -103,13 +108,22 @@ class IngestClient:
         self.mqtt.on_publish = self._on_publish
         self.mqtt.on_socket_open = no_delay
         self.metrics = IngestMetrics()
+        # Alert notifications: written to the outbox in the writer's transactions, one row per channel the
+        # settings enable, and delivered by the dispatcher's threads on their own database connection.
+        channels = configured(settings)
+        self.notify_mqtt = MqttChannel(self.mqtt) if "mqtt" in channels else None
+        self.dispatcher = Dispatcher(settings.database_url, make_channels(settings, self.notify_mqtt),
+                                     retry_max=settings.notify_retry_max) if channels else None
+        if self.dispatcher is not None:
+            self.metrics.registry.register(NotifyCollector(self.dispatcher))
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
                              presence_timeout=3 * settings.keepalive,
                              purger=Purger(settings.retention_days, settings.rollup_retention_days,
                                            stray_hours=settings.stray_device_hours),
                              metrics=self.metrics, shared=bool(settings.worker), answer=self._answer,
                              limits=Limits.of(settings.readings_per_second, settings.readings_burst,
-                                              settings.new_devices_per_minute), queue_max=queue_max)
+                                              settings.new_devices_per_minute), queue_max=queue_max,
+                             alerts=Alerts(channels))
         self.metrics.watch(self.writer)
         self.beacon = Beacon(settings, self._health_facts, self.metrics.registry)
         self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)
@@ -146,6 +160,8 @@ class IngestClient:
         self.mqtt.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=self.settings.keepalive,
                                 clean_start=False, properties=properties)
         self.mqtt.loop_start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
         if wait_ready is not None and not self.ready.wait(wait_ready):
             raise TimeoutError(f"the ingest client did not get ready within {wait_ready} s")
 
@@ -155,6 +171,8 @@ class IngestClient:
         # start (QoS 1/2; QoS 0 is lost, as with any disconnection).
         self._stopping = True
         self.beacon.stop()
+        if self.dispatcher is not None:  # first: its MQTT channel publishes through our connection
+            self.dispatcher.stop()
         self.watchdog.stop()
         self.pipe.stop()  # before the writer: it hands the writer every command still in the pipe
         self.writer.stop()  # commits and acknowledges everything received before
@@ -306,6 +324,8 @@ class IngestClient:
                     _properties: Properties | None) -> None:
         if reason.is_failure:
             self.drops.add("publish-denied", f"the broker refused our message {mid}: {reason}")
+        if self.notify_mqtt is not None:
+            self.notify_mqtt.published(mid, reason)
 
     def _health_facts(self) -> dict[str, Any]:
         """What the heartbeat says (sensorhub.health reads it)."""
