@@ -94,8 +94,10 @@ def _name_taken(name: str) -> ApiError:
 
 @bp.get("/alerts")
 def alerts_index() -> Response:
-    """Active alerts (firing, clearing, pending; the most urgent first), the latest resolved ones (`?limit=`, 50 at
-    most) and the notification channels that have notifications waiting."""
+    """Active alerts (the most urgent first), the latest resolved ones (`?limit=`, 50 at most), waiting channels.
+
+    Active: firing, then clearing, then pending; channels: those with notifications not delivered yet.
+    """
     limit = request.args.get("limit", str(alertviews.HISTORY_LENGTH))
     if not limit.isdigit() or not 0 <= int(limit) <= alertviews.HISTORY_LENGTH:
         raise ApiError(f"le paramètre limit est un nombre de 0 à {alertviews.HISTORY_LENGTH}", parameter="limit")
