@@ -395,7 +395,7 @@ def test_once_accounts_exist_only_logged_in_visitors_decide(app: Flask, engine: 
     assert "par alice" in alice.get("/alertes").get_data(as_text=True)
 
 
-def test_the_web_server_writes_decisions_on_its_own_small_engine(app: Flask, client: FlaskClient,
+def test_the_web_server_writes_decisions_on_its_own_small_engine_and_only_there(app: Flask, client: FlaskClient,
                                                                   scene: dict[str, Any]) -> None:
     send(client, "POST", f"/api/alerts/{scene['firing']}/ack", {})
     with app.app_context():
@@ -405,6 +405,15 @@ def test_the_web_server_writes_decisions_on_its_own_small_engine(app: Flask, cli
     assert reader is not writer and writer.pool.size() == 1  # type: ignore[attr-defined]
     with reader.connect() as conn, pytest.raises(Exception, match=r"readonly|read-only|attempt to write"):
         conn.execute(text("UPDATE alert SET acked_by = 'x'"))
+    # The writable engine writes the alerts' tables, and nothing else (an authorizer, on SQLite).
+    with writer.begin() as conn:
+        conn.execute(text("UPDATE alert SET acked_by = 'x' WHERE id = :id"), {"id": scene["firing"]})
+    for statement in ("UPDATE device SET name = 'x'", "DELETE FROM light_reading", "DELETE FROM web_user",
+                      "INSERT INTO device_session (device_id, session_id, started_at) VALUES (1, 's', 'x')"):
+        with writer.begin() as conn, pytest.raises(Exception, match="not authorized"):
+            conn.execute(text(statement))
+    with writer.connect() as conn:
+        assert conn.execute(text("SELECT name FROM device WHERE id = 1")).scalar_one() == "salle1"
 
 
 # -- the rule edits (pure) ---------------------------------------------------------------------------------------

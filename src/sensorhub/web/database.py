@@ -4,11 +4,13 @@ everything, and one small writable engine for what people decide about alerts (`
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, event
 
 from sensorhub.db.engine import make_engine, sqlite_path
 from sensorhub.errors import DatabaseError
@@ -16,6 +18,21 @@ from sensorhub.errors import DatabaseError
 logger = logging.getLogger(__name__)
 
 MISSING_MESSAGE = "base de données absente : lancez `make db`"
+
+
+#: The tables the web server's decisions may write (`alert_outbox`: a deleted rule's alerts leave their
+#: notifications, whose `alert_id` the foreign key sets to NULL).
+DECISION_TABLES = frozenset({"alert_rule", "alert", "alert_outbox"})
+_WRITES = frozenset({sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE})
+
+
+def _only_alert_writes(dbapi_connection: Any, _record: Any) -> None:
+    def authorize(action: int, table: str | None, *_: Any) -> int:
+        if action in _WRITES and table not in DECISION_TABLES and not (table or "").startswith("sqlite_"):
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    dbapi_connection.set_authorizer(authorize)
 
 
 class DatabaseMissing(DatabaseError):
@@ -43,10 +60,15 @@ class ReadOnlyDatabase:
                     path = sqlite_path(self.url)
                     if path is not None and not path.exists():
                         raise DatabaseMissing(f"{MISSING_MESSAGE} (aucun fichier {path})")
-                    self._engine = make_engine(self.url, read_only=self.read_only, pool_size=self.pool_size)
+                    engine = make_engine(self.url, read_only=self.read_only, pool_size=self.pool_size)
+                    self._prepare(engine)
+                    self._engine = engine
                     logger.info("%s the database %s", "reading" if self.read_only else "writing alert decisions to",
                                 self._engine.url)
         return self._engine
+
+    def _prepare(self, engine: Engine) -> None:
+        """Set up a new engine before its first use (nothing to do: `read_only` says all)."""
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -68,6 +90,13 @@ class DecisionDatabase(ReadOnlyDatabase):
 
     read_only = False
     pool_size = 1
+
+    def _prepare(self, engine: Engine) -> None:
+        """On SQLite, each connection refuses to write any table but the alerts' (an authorizer): a mistake in the
+        web server cannot touch readings, devices nor accounts through it. PostgreSQL has no per-connection
+        equivalent short of a role of its own (docs/security.md)."""
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _only_alert_writes)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
