@@ -4,11 +4,15 @@
 
 from __future__ import annotations
 
+import http.cookiejar
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -25,12 +29,14 @@ from sensorhub.alertedit import edited, field_of
 from sensorhub.alerting import Metric, Rule, RuleError, Severity
 from sensorhub.config import Settings
 from sensorhub.db import alerts, alertviews
+from sensorhub.protocol import Topic
 from sensorhub.timestamps import format_micros, to_micros
 from sensorhub.web import create_app
 from sensorhub.web.state import web_state
+from tests.devices import RawDevice
 from tests.factories import add_device
-from tests.stack import web_server, web_url
-from tests.support import both_databases
+from tests.stack import running_stack, web_server, web_url
+from tests.support import both_databases, wait_for
 
 PASSWORD = "correct horse battery"
 NOW_US = time.time_ns() // 1000
@@ -545,3 +551,61 @@ def test_adding_a_rule_and_acknowledging_an_alert_in_the_page(settings: Settings
         assert alert_row(engine, alert_id)["acked_by"] == "anonyme"
         context.close()
     assert errors == []
+
+
+# -- on the real stack -------------------------------------------------------------------------------------------
+
+
+class Browserless:
+    """What a script does with the API (docs/api.md, "Scripts and CSRF"): a cookie jar and the page's token."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        with self.opener.open(web_url(settings, "/accueil"), timeout=10) as page:
+            found = re.search(r'<meta name="csrf-token" content="([^"]+)"', page.read().decode())
+        assert found
+        self.token = found[1]
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(web_url(self.settings, path), data=data, method=method, headers={
+            "Content-Type": "application/json", "X-CSRFToken": self.token})
+        try:
+            with self.opener.open(request, timeout=10) as answer:
+                return answer.status, json.load(answer)
+        except urllib.error.HTTPError as err:
+            return err.code, json.load(err)
+
+
+@pytest.mark.integration
+def test_a_rule_added_through_the_web_server_fires_in_the_ingest_client_and_is_acknowledged(
+        settings: Settings) -> None:
+    with running_stack(settings, workers=1) as stack:
+        device = RawDevice(settings.mqtt_port, "02:00:00:00:00:A1")
+        try:
+            name, _ = device.join()
+            wait_for(lambda: stack.api("/api/devices?online=1"), 10, what="the device online")
+            script = Browserless(settings)
+            status, rule = script.call("POST", "/api/alerts/rules", {
+                "name": "sombre", "metric": "light", "operator": "<", "trigger": 10, "clear": 20})
+            assert status == 201, rule
+
+            def firing() -> list[Any]:
+                # The workers reload their rules within ~0.5 s: a dark reading until one of them counts.
+                device.reading(Topic.PHOTORESISTOR_STATUS, 5, qos=1).wait_for_publish(5)
+                return [a for a in stack.api("/api/alerts")["active"] if a["state"] == "firing"]
+
+            [alert] = wait_for(firing, 15, interval=0.3, what="the rule to fire")
+            assert alert["device"]["name"] == name and alert["rule"]["id"] == rule["id"] and alert["value"] == 5
+            with urllib.request.urlopen(stack.url("/accueil"), timeout=5) as page:
+                assert re.search(r"data-alert-badge[^>]*>1<", page.read().decode())
+            status, acked = script.call("POST", f"/api/alerts/{alert['id']}/ack", {})
+            assert status == 200 and acked["acked_by"] == "anonyme"
+            device.reading(Topic.PHOTORESISTOR_STATUS, 15, qos=1).wait_for_publish(5)  # between the thresholds
+            device.reading(Topic.PHOTORESISTOR_STATUS, 25, qos=1).wait_for_publish(5)  # above the clear value
+            history = wait_for(lambda: stack.api("/api/alerts")["history"], 10, what="the alert to resolve")
+            assert [a["id"] for a in history] == [alert["id"]] and history[0]["last_value"] == 25
+            assert history[0]["acked_by"] == "anonyme" and stack.api("/api/alerts")["active"] == []
+        finally:
+            device.close()
