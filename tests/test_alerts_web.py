@@ -198,6 +198,16 @@ def test_the_alertes_page_shows_active_alerts_first_then_channels_history_and_ru
     assert "alertes.js" in html
 
 
+def test_names_are_escaped_in_the_page_and_its_data(client: FlaskClient, engine: Engine) -> None:
+    name = "'\"><img src=x onerror=alert(1)>"
+    device = add_device(engine, "salle1", display_name="<b>x</b>")
+    open_alert(engine, make_rule(engine, name, selector="pattern", devices="<i>*"), device)
+    html = client.get("/alertes").get_data(as_text=True)
+    assert "<img" not in html and "<b>x</b>" not in html and "<i>*" not in html
+    found = re.search(r'data-rule-json="([^"]*)"', html)
+    assert found and json.loads(found[1].replace("&#34;", '"').replace("&amp;", "&"))["name"] == name
+
+
 def test_the_badge_counts_firing_alerts_on_every_page(client: FlaskClient, engine: Engine) -> None:
     assert "data-alert-badge" not in client.get("/accueil").get_data(as_text=True)
     device = add_device(engine, "salle1")

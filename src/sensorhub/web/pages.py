@@ -245,5 +245,4 @@ def alertes() -> str:
         "alertes.html", page="alertes", active=active, resolved=resolved, channels=channels,
         rules=[rule_fields(rule) for rule in rules], now=format_micros(time.time_ns() // 1000),
         operators=OPERATORS, metrics=METRIC_LABELS, severities=SEVERITY_LABELS, selectors=SELECTOR_LABELS,
-        states=STATE_LABELS,
     )
