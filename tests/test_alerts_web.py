@@ -198,6 +198,27 @@ def test_the_alertes_page_shows_active_alerts_first_then_channels_history_and_ru
     assert "alertes.js" in html
 
 
+def test_the_history_is_paged_newest_first(client: FlaskClient, engine: Engine) -> None:
+    device = add_device(engine, "salle1")
+    rule = make_rule(engine, "sombre")
+    ids = []
+    for i in range(alertviews.HISTORY_LENGTH + 2):
+        alert_id = open_alert(engine, rule, device, ago_s=10_000 - i)
+        with engine.begin() as conn:
+            assert alerts.resolve(conn, alert_id, NOW_US - (5_000 - i) * 10**6, channels=())
+        ids.append(alert_id)
+    first = client.get("/alertes").get_data(as_text=True)
+    shown = [int(i) for i in re.findall(r'data-resolved-alert="(\d+)"', first)]
+    assert shown == ids[::-1][:alertviews.HISTORY_LENGTH] and 'href="/alertes?page=2#historique-titre"' in first
+    second = client.get("/alertes?page=2").get_data(as_text=True)
+    assert [int(i) for i in re.findall(r'data-resolved-alert="(\d+)"', second)] == ids[1::-1]
+    assert "?page=3" not in second and 'href="/alertes#historique-titre">← Plus récentes' in second
+    assert [a["id"] for a in client.get("/api/alerts?limit=2&offset=50").json["history"]] == ids[1::-1]
+    for bad in ("0", "x", "1001"):
+        assert client.get(f"/alertes?page={bad}").status_code == 400
+    assert client.get("/api/alerts?offset=-1").status_code == 400
+
+
 def test_names_are_escaped_in_the_page_and_its_data(client: FlaskClient, engine: Engine) -> None:
     name = "'\"><img src=x onerror=alert(1)>"
     device = add_device(engine, "salle1", display_name="<b>x</b>")

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: The longest snooze (a longer silence is a rule to disable).
 MAX_SNOOZE_MINUTES = 30 * 24 * 60
+#: How far back `GET /api/alerts?offset=` pages the history.
+MAX_OFFSET = 50_000
 #: Who acknowledged, when nobody is logged in (no accounts).
 ANONYMOUS = "anonyme"
 
@@ -94,17 +96,20 @@ def _name_taken(name: str) -> ApiError:
 
 @bp.get("/alerts")
 def alerts_index() -> Response:
-    """Active alerts (the most urgent first), the latest resolved ones (`?limit=`, 50 at most), waiting channels.
+    """Active alerts (the most urgent first), the latest resolved ones (`?limit=`, `?offset=`), waiting channels.
 
     Active: firing, then clearing, then pending; channels: those with notifications not delivered yet.
     """
     limit = request.args.get("limit", str(alertviews.HISTORY_LENGTH))
     if not limit.isdigit() or not 0 <= int(limit) <= alertviews.HISTORY_LENGTH:
         raise ApiError(f"le paramètre limit est un nombre de 0 à {alertviews.HISTORY_LENGTH}", parameter="limit")
+    offset = request.args.get("offset", "0")
+    if not offset.isdigit() or int(offset) > MAX_OFFSET:
+        raise ApiError(f"le paramètre offset est un nombre de 0 à {MAX_OFFSET}", parameter="offset")
     private = visitor().sees_private
     with web_state().database.connect() as conn:
         active = alertviews.active(conn)
-        resolved = alertviews.history(conn, int(limit))
+        resolved = alertviews.history(conn, int(limit), int(offset))
         channels = alerts.channel_states(conn)
     return jsonify(
         active=[alert_json(row, private) for row in active], history=[alert_json(row, private) for row in resolved],

@@ -233,16 +233,26 @@ def alert_number(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+#: The history's pages go this far back (50 alerts each); older ones are in the database (`alert`).
+MAX_HISTORY_PAGE = 1000
+
+
 @bp.get("/alertes")
 def alertes() -> str:
-    """Active alerts first (acknowledge, snooze), the notification channels' health, the history and the rules."""
+    """Active alerts first (acknowledge, snooze), the notification channels' health, the history (`?page=`, 50
+    resolved alerts each, the newest first) and the rules."""
+    number = request.args.get("page", "1")
+    if not number.isdigit() or not 1 <= int(number) <= MAX_HISTORY_PAGE:
+        abort(400)
+    size = alertviews.HISTORY_LENGTH
     with web_state().database.connect() as conn:
         active = alertviews.active(conn)
-        resolved = alertviews.history(conn)
+        resolved = alertviews.history(conn, size + 1, (int(number) - 1) * size)  # one more: is there a next page?
         channels = alerts.channel_states(conn)
         rules = alerts.load_rules(conn)
     return render_template(
-        "alertes.html", page="alertes", active=active, resolved=resolved, channels=channels,
+        "alertes.html", page="alertes", active=active, resolved=resolved[:size], history_page=int(number),
+        more_history=len(resolved) > size, channels=channels,
         rules=[rule_fields(rule) for rule in rules], now=format_micros(time.time_ns() // 1000),
         operators=OPERATORS, metrics=METRIC_LABELS, severities=SEVERITY_LABELS, selectors=SELECTOR_LABELS,
     )
