@@ -196,6 +196,9 @@ def test_the_alertes_page_shows_active_alerts_first_then_channels_history_and_ru
                   "selector", "devices", "enabled"):
         assert f'name="{field}"' in rules, field
     assert "alertes.js" in html
+    for tag in re.findall(r"<script\b[^>]*>", html):  # no inline code (the CSP allows none): data, or files
+        assert "src=" in tag or 'type="application/json"' in tag, tag
+    assert "http://" not in html and "https://" not in html
 
 
 def test_the_history_is_paged_newest_first(client: FlaskClient, engine: Engine) -> None:
