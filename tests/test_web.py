@@ -528,7 +528,10 @@ def test_api_index_lists_the_api_routes_with_their_docstrings(app: Flask, client
         assert listed == [("GET", "/api"), ("GET", "/api/devices"), ("GET", "/api/devices/<device_id>"),
                           ("GET", "/api/stats"), ("GET", "/api/live-token"), ("POST", "/api/devices/<device_id>/led"),
                           ("POST", "/api/devices/<device_id>/name"), ("GET", "/api/devices/<device_id>/readings"),
-                          ("GET", "/api/devices/<device_id>/readings.csv"), ("GET", "/api/export.csv")]
+                          ("GET", "/api/devices/<device_id>/readings.csv"), ("GET", "/api/export.csv"),
+                          ("GET", "/api/alerts"), ("GET", "/api/alerts/rules"), ("POST", "/api/alerts/rules"),
+                          ("PUT", "/api/alerts/rules/<rule_id>"), ("DELETE", "/api/alerts/rules/<rule_id>"),
+                          ("POST", "/api/alerts/<alert_id>/ack"), ("POST", "/api/alerts/<alert_id>/snooze")]
     described = {r["path"]: r["description"] for r in body["routes"] if r["method"] == "GET"}
     assert api.devices.__doc__ is not None and described["/api/devices"] == api.devices.__doc__
     assert all(r["description"] for r in body["routes"])

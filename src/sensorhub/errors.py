@@ -59,3 +59,7 @@ def reason(err: BaseException) -> str:
     """The first line of what went wrong: the database driver's own message when SQLAlchemy wraps one."""
     orig = getattr(err, "orig", None)
     return (str(orig if orig is not None else err) or type(err).__name__).splitlines()[0]
+
+
+class AlertError(SensorhubError):
+    """An alert rule or an alert cannot be changed as asked (a refused rule, an unknown id, a resolved alert)."""

@@ -1,4 +1,4 @@
-"""The `sensorhub` command: run, broker, client, web, db, simulate, user, token, tls, status, service, export.
+"""The `sensorhub` command: run, broker, client, web, db, simulate, user, token, alert, tls, status, service, export.
 
 Each module of this package adds its commands to the group of `base.py`; the logic they call lives in the
 modules of sensorhub (docs/code.md), not here.
@@ -10,12 +10,12 @@ import sys
 
 import click
 
-from sensorhub.cli import accounts, database, machine, programs, tokens
+from sensorhub.cli import accounts, alerts, database, machine, programs, tokens
 from sensorhub.cli.base import cli
 from sensorhub.errors import SensorhubError
 from sensorhub.process import die_with_parent
 
-__all__ = ["accounts", "cli", "database", "machine", "main", "programs", "tokens"]
+__all__ = ["accounts", "alerts", "cli", "database", "machine", "main", "programs", "tokens"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -269,11 +269,12 @@ def acknowledge(conn: Connection, alert_id: int, who: str, now_us: int) -> bool:
 def snooze(conn: Connection, alert_id: int, until_us: int) -> bool:
     """No reminders until `until_us`. False if the alert is not active."""
     until = format_micros(until_us)
+    # One parameter per use: PostgreSQL deduces a type for each, and `:until` in both the comparison and the
+    # CASE's result was refused ("inconsistent types deduced for parameter").
     return conn.execute(text(
-        "UPDATE alert SET snoozed_until = CAST(:until AS VARCHAR(26)), due_at = CASE WHEN state = 'firing' AND "
-        "acked_at IS NULL AND due_at IS NOT NULL AND due_at < CAST(:until AS VARCHAR(26)) THEN "
-        "CAST(:until AS VARCHAR(26)) ELSE due_at END WHERE id = :id AND state <> 'resolved'"),
-        {"until": until, "id": alert_id}).rowcount == 1
+        "UPDATE alert SET snoozed_until = :until, due_at = CASE WHEN state = 'firing' AND acked_at IS NULL AND "
+        "due_at IS NOT NULL AND due_at < :bound THEN :due ELSE due_at END WHERE id = :id AND state <> 'resolved'"),
+        {"until": until, "bound": until, "due": until, "id": alert_id}).rowcount == 1
 
 
 # -- the outbox --------------------------------------------------------------------------------------------------

@@ -52,10 +52,13 @@ def _set_pragmas(dbapi_connection: Any, _record: Any, *, read_only: bool) -> Non
         cursor.close()
 
 
-def make_engine(url: str, *, read_only: bool = False, create_dir: bool = False) -> Engine:
-    """An engine for `url`; `read_only` engines refuse every write (the web server's)."""
+def make_engine(url: str, *, read_only: bool = False, create_dir: bool = False,
+                pool_size: int | None = None) -> Engine:
+    """An engine for `url`; `read_only` engines refuse every write (the web server's); `pool_size` keeps at most
+    that many idle connections (and as many more while busy) instead of SQLAlchemy's 5 + 10."""
+    pool = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": pool_size}
     if make_url(url).get_backend_name() == "postgresql":
-        return _postgresql_engine(url, read_only=read_only)
+        return _postgresql_engine(url, read_only=read_only, pool=pool)
     path = sqlite_path(url)
     if path is not None:
         if create_dir:
@@ -70,16 +73,16 @@ def make_engine(url: str, *, read_only: bool = False, create_dir: bool = False) 
                 raise DatabaseError(f"cannot create the database {path}: {err.strerror}") from err
         elif not path.exists():
             raise DatabaseError(f"no database at {path}: create it with `make db` (sensorhub db init)")
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, **pool)
     event.listen(engine, "connect", lambda c, r: _set_pragmas(c, r, read_only=read_only))
     return engine
 
 
-def _postgresql_engine(url: str, *, read_only: bool) -> Engine:
+def _postgresql_engine(url: str, *, read_only: bool, pool: dict[str, int]) -> Engine:
     options = "-c default_transaction_read_only=on" if read_only else ""
     try:
         # pre_ping: a pooled connection that PostgreSQL closed (restart, idle timeout) is replaced, not failed.
         return create_engine(url, pool_pre_ping=True, connect_args={
-            "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "sensorhub", "options": options})
+            "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "sensorhub", "options": options}, **pool)
     except ImportError as err:
         raise DatabaseError(f"the PostgreSQL driver is missing ({err}): run `make install` (psycopg)") from err

@@ -1,4 +1,5 @@
-"""The Flask web server: pages, card fragments and JSON API, read-only on the database."""
+"""The Flask web server: pages, card fragments and JSON API, read-only on the database but for people's alert
+decisions (rules, acknowledgements, snoozes: `database.DecisionDatabase`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from werkzeug.routing import IntegerConverter
 
 from sensorhub.config import Settings
 from sensorhub.credentials import state_dir, web_secret_key
-from sensorhub.web.database import ReadOnlyDatabase
+from sensorhub.web.database import DecisionDatabase, ReadOnlyDatabase
 from sensorhub.web.errors import register_error_handlers
 from sensorhub.web.present import register_filters
 from sensorhub.web.relay import make_relay
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from sensorhub.web import api, auth, monitoring, pages
 
     import_module("sensorhub.web.series")  # adds the readings and CSV routes to the API blueprint
+    import_module("sensorhub.web.alerts")  # adds the alerts' routes to the API blueprint
 
     settings = settings if settings is not None else Settings.load()
     app = Flask(__name__)
@@ -85,7 +87,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     drop_old_throttle_file(state_dir(settings))
     app.extensions[EXTENSION] = WebState(
         settings, ReadOnlyDatabase(settings.database_url), make_relay(settings), LoginThrottle(store),
-        LoginSessions(store, timedelta(days=settings.web_session_days).total_seconds()))
+        LoginSessions(store, timedelta(days=settings.web_session_days).total_seconds()),
+        DecisionDatabase(settings.database_url))
     csrf = CSRFProtect(app)
 
     def check_csrf() -> None:
@@ -102,5 +105,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(auth.bp)
     app.before_request(auth.guard_private_site)
     app.jinja_env.globals["visitor"] = auth.template_visitor
+    app.jinja_env.globals["active_alert_count"] = pages.active_alert_count
     app.after_request(_security_headers)
     return app

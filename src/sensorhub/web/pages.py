@@ -1,8 +1,9 @@
-"""The HTML pages (Accueil, Capteurs, Historique) and the card fragments /capteurs fetches."""
+"""The HTML pages (Accueil, Capteurs, Historique, Alertes) and the card fragments /capteurs fetches."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -10,12 +11,16 @@ from flask import Blueprint, Response, abort, current_app, render_template, requ
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub import buckets, livetoken
-from sensorhub.db import history, queries
+from sensorhub.alertedit import rule_fields
+from sensorhub.alerting import OPERATORS, Metric, Severity
+from sensorhub.db import alerts, alertviews, history, queries
 from sensorhub.errors import DatabaseError
 from sensorhub.protocol import MAX_NAME, QOS, Kind, Topic, browser_data
+from sensorhub.timestamps import format_micros
 from sensorhub.web import vendor
 from sensorhub.web.auth import visitor
 from sensorhub.web.conditional import conditional
+from sensorhub.web.present import stored_iso
 from sensorhub.web.state import web_state
 
 logger = logging.getLogger(__name__)
@@ -75,19 +80,31 @@ def _database_facts() -> dict[str, Any] | None:
 CARD_HISTORY = (Kind.LIGHT,)
 
 
-def _online_cards() -> list[queries.DeviceHistory]:
-    """Online devices in name order (the page inserts newcomers at their place in that order)."""
+def _online_cards() -> tuple[list[queries.DeviceHistory], dict[int, alertviews.DeviceAlerts]]:
+    """Online devices in name order (the page inserts newcomers at their place in that order), and their firing
+    or clearing alerts."""
     with web_state().database.connect() as conn:
         devices = sorted(queries.list_devices(conn, online=True), key=lambda d: (d.name.lower(), d.id))
-        return queries.with_histories(conn, devices, kinds=CARD_HISTORY)
+        return queries.with_histories(conn, devices, kinds=CARD_HISTORY), alertviews.active_by_device(conn)
+
+
+def active_alert_count() -> int | None:
+    """The navigation's badge: firing and clearing alerts; None without a database (or its alert tables)."""
+    try:
+        with web_state().database.connect() as conn:
+            return alertviews.active_count(conn)
+    except (DatabaseError, SQLAlchemyError) as err:
+        logger.debug("no alert count for the navigation: %s", err)
+        return None
 
 
 @bp.get("/capteurs")
 def capteurs() -> str:
     """The devices online now; the page's script keeps it live through MQTT over WebSockets."""
     settings = web_state().settings
+    cards, device_alerts = _online_cards()
     return render_template(
-        "capteurs.html", page="capteurs", cards=_online_cards(), mqtt_ws_port=settings.mqtt_ws_port,
+        "capteurs.html", page="capteurs", cards=cards, alerts=device_alerts, mqtt_ws_port=settings.mqtt_ws_port,
         mqtt_wss_port=settings.mqtt_wss_port,
         # Private mode: the broker's WebSockets guard lets a page in only with a token it got from us.
         live_token=livetoken.issue(current_app.config["SECRET_KEY"]) if settings.web_private else "",
@@ -138,9 +155,10 @@ def appareil(device_id: int) -> str:
         if device is None:
             abort(404)
         sessions = history.sessions(conn, device_id)
+        device_alerts = alertviews.active(conn, device_id)
     period = request.args.get("periode", DEFAULT_RANGE)
     return render_template(
-        "appareil.html", page="appareil", device=device, sessions=sessions, ranges=RANGES,
+        "appareil.html", page="appareil", device=device, sessions=sessions, alerts=device_alerts, ranges=RANGES,
         period=period if period in RANGES else DEFAULT_RANGE, bucket_ms=BUCKET_MS, vendor_missing=vendor.missing(),
         max_name=MAX_NAME,
     )
@@ -154,7 +172,8 @@ def online_fragment() -> Response:
         with web_state().database.connect() as conn:
             devices = queries.device_records(conn, online=True, latest=False)
         return conditional(render_template("_sensor_stubs.html", devices=devices))
-    return conditional(render_template("_sensor_cards.html", cards=_online_cards(), max_name=MAX_NAME))
+    cards, device_alerts = _online_cards()
+    return conditional(render_template("_sensor_cards.html", cards=cards, alerts=device_alerts, max_name=MAX_NAME))
 
 
 @bp.get("/sensor/<id:device_id>")
@@ -162,9 +181,10 @@ def sensor_fragment(device_id: int) -> Response:
     """The card of one device, online or not (its `data-online` says which)."""
     with web_state().database.connect() as conn:
         found = queries.device_history(conn, device_id)
+        device_alerts = alertviews.active_by_device(conn, [device_id])
     if found is None:
         abort(404)
-    return conditional(render_template("_sensor_card.html", card=found, max_name=MAX_NAME))
+    return conditional(render_template("_sensor_card.html", card=found, alerts=device_alerts, max_name=MAX_NAME))
 
 
 @bp.get("/sensor/by-session")
@@ -179,4 +199,60 @@ def sensor_by_session() -> Response:
         if device is None:
             abort(404)
         found = queries.with_histories(conn, [device], kinds=CARD_HISTORY)[0]
-    return conditional(render_template("_sensor_card.html", card=found, max_name=MAX_NAME))
+        device_alerts = alertviews.active_by_device(conn, [device.id])
+    return conditional(render_template("_sensor_card.html", card=found, alerts=device_alerts, max_name=MAX_NAME))
+
+
+#: The /alertes page's labels (French) for the states, severities and metrics the database stores.
+STATE_LABELS = {"firing": "déclenchée", "clearing": "en voie de retour", "pending": "en attente", "resolved": "résolue"}
+SEVERITY_LABELS = {Severity.INFO.value: "info", Severity.WARNING.value: "avertissement",
+                   Severity.CRITICAL.value: "critique"}
+METRIC_LABELS = {Metric.LIGHT.value: "lumière (%)", Metric.LED.value: "LED (0 / 1)",
+                 Metric.BUTTON.value: "bouton (0 / 1)", Metric.PRESENCE.value: "présence (1 en ligne, 0 hors ligne)",
+                 Metric.SILENCE.value: "silence (secondes sans mesure)"}
+SELECTOR_LABELS = {"all": "tous les appareils", "list": "liste d'identifiants", "pattern": "motif sur le nom"}
+
+
+@bp.app_context_processor
+def _alert_labels() -> dict[str, object]:
+    """The alerts' French labels, for /alertes and the device page."""
+    return {"STATE_LABELS": STATE_LABELS, "SEVERITY_LABELS": SEVERITY_LABELS}
+
+
+@bp.app_template_filter("stored_iso")
+def _stored_iso(stored: str | None) -> str:
+    """A stored UTC time text as ISO 8601 (for <time datetime>), or an empty string."""
+    return "" if stored is None else stored_iso(stored)
+
+
+@bp.app_template_filter("alert_number")
+def alert_number(value: float | None) -> str:
+    """`12`, `12.5` (a value or threshold as the rules write it), or a dash."""
+    if value is None:
+        return "—"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+#: The history's pages go this far back (50 alerts each); older ones are in the database (`alert`).
+MAX_HISTORY_PAGE = 1000
+
+
+@bp.get("/alertes")
+def alertes() -> str:
+    """Active alerts first (acknowledge, snooze), the notification channels' health, the history (`?page=`, 50
+    resolved alerts each, the newest first) and the rules."""
+    number = request.args.get("page", "1")
+    if not number.isdigit() or not 1 <= int(number) <= MAX_HISTORY_PAGE:
+        abort(400)
+    size = alertviews.HISTORY_LENGTH
+    with web_state().database.connect() as conn:
+        active = alertviews.active(conn)
+        resolved = alertviews.history(conn, size + 1, (int(number) - 1) * size)  # one more: is there a next page?
+        channels = alerts.channel_states(conn)
+        rules = alerts.load_rules(conn)
+    return render_template(
+        "alertes.html", page="alertes", active=active, resolved=resolved[:size], history_page=int(number),
+        more_history=len(resolved) > size, channels=channels,
+        rules=[rule_fields(rule) for rule in rules], now=format_micros(time.time_ns() // 1000),
+        operators=OPERATORS, metrics=METRIC_LABELS, severities=SEVERITY_LABELS, selectors=SELECTOR_LABELS,
+    )
