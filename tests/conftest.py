@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, expect, sync_playwright
 from sqlalchemy import Engine
 
 from sensorhub.broker import Broker
@@ -24,6 +24,9 @@ from tests.stack import ROOT
 from tests.support import CHROMIUM, CHROMIUM_ARGS, digests, settings_for, tracked_files
 
 _DATABASES = itertools.count(1)
+# Playwright's assertions wait 5 s by default: a 2-core machine running the suite on 4 processes can take
+# longer to render a page. A waiting assertion returns as soon as it holds, so this only matters on failure.
+expect.set_options(timeout=15_000)
 MIGRATED = "sensorhub_migrated"
 
 

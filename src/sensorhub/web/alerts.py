@@ -217,7 +217,8 @@ def alert_ack(alert_id: int) -> Answer:
         if body:
             raise ApiError(f"champ inconnu : {sorted(body)[0][:30]!r}")
     found = _active_alert(alert_id)
-    who = visitor().user or ANONYMOUS
+    current = visitor()
+    who = current.user or (f"token {current.token}" if current.token is not None else ANONYMOUS)
     with decisions().begin() as conn:
         changed = alerts.acknowledge(conn, alert_id, who, now_us())
     if not changed:
