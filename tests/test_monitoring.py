@@ -347,3 +347,21 @@ def test_by_default_metrics_are_open_and_health_details_stay_on_the_server(setti
             Settings.load({name: value})
     with pytest.raises(ConfigError, match=r"\(hidden\)"):
         Settings.load({"SENSORHUB_METRICS_TOKEN": "has a space in it, sadly"})
+
+
+def test_the_clients_heartbeat_and_metrics_files_are_its_owners_only(settings: Settings) -> None:
+    # The metrics name the database and count what each device sent: not for the machine's other users.
+    from prometheus_client import CollectorRegistry, Counter
+
+    from sensorhub.ingest.beacon import Beacon
+    from sensorhub.telemetry import client_metrics_path
+
+    registry = CollectorRegistry()
+    Counter("sensorhub_probe", "A counter.", registry=registry).inc()
+    beacon = Beacon(settings, lambda: {"broker": True}, registry, interval=3600)
+    beacon.start()
+    for path in (heartbeat_path(settings), client_metrics_path(settings)):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert "sensorhub_probe_total 1.0" in client_metrics_path(settings).read_text()
+    beacon.stop()
+    assert not client_metrics_path(settings).exists()

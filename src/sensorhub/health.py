@@ -22,14 +22,18 @@ from sensorhub.telemetry import STALE_AFTER, heartbeat_path
 BROKER_PROBE_TIMEOUT = 2.0
 
 
-def write_heartbeat(path: Path, facts: dict[str, Any]) -> None:
-    """Replace the heartbeat file atomically (a reader never sees half of it)."""
-    body = json.dumps({"pid": os.getpid(), "at": time.time(), **facts}, separators=(",", ":"))
+def write_private(path: Path, body: str | bytes) -> None:
+    """Replace `path` atomically (a reader never sees half of it) with a file only its owner may read."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(body)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(body.encode() if isinstance(body, str) else body)
     os.replace(temporary, path)
+
+
+def write_heartbeat(path: Path, facts: dict[str, Any]) -> None:
+    """Replace the heartbeat file (owner only, atomically)."""
+    write_private(path, json.dumps({"pid": os.getpid(), "at": time.time(), **facts}, separators=(",", ":")))
 
 
 def read_heartbeat(path: Path) -> dict[str, Any] | None:

@@ -8,10 +8,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest
 
 from sensorhub.config import Settings
-from sensorhub.health import write_heartbeat
+from sensorhub.health import write_heartbeat, write_private
 from sensorhub.telemetry import BEAT, client_metrics_path, heartbeat_path, runtime_dir
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ class Beacon:
         """Write both files once; a failure (a full disk) is logged once, and the client goes on."""
         try:
             write_heartbeat(heartbeat_path(self.settings), self.facts())
-            write_to_textfile(str(client_metrics_path(self.settings)), self.registry)
+            # Owner only, as the heartbeat: the metrics name the database and count what each device sent.
+            write_private(client_metrics_path(self.settings), generate_latest(self.registry))
         except OSError as err:
             if not self._failing:
                 logger.error("cannot write the heartbeat and metrics files in %s: %s; /healthz will say the client "
