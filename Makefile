@@ -39,8 +39,14 @@ $(JS_STAMP): package.json package-lock.json
 	$(BIN)/python -m sensorhub.web.vendor
 	@touch $@
 
-clean: ## Remove the SQLite database (all recorded data!)
-	rm -f $(DB_FILE) $(DB_FILE)-wal $(DB_FILE)-shm
+clean: ## Remove the SQLite database, keeping a copy in db/backups/ first (accounts and readings included)
+	@if [ -f $(DB_FILE) ]; then \
+	  mkdir -p db/backups && copy=db/backups/db-$$(date -u +%Y%m%dT%H%M%SZ).sqlite3 && \
+	  python3 -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))' \
+	    $(DB_FILE) $$copy && chmod 600 $$copy && \
+	  rm -f $(DB_FILE) $(DB_FILE)-wal $(DB_FILE)-shm && \
+	  echo "database removed; a copy is kept in $$copy (restore: cp $$copy $(DB_FILE))"; \
+	else echo "no database at $(DB_FILE): nothing to remove"; fi
 
 db: $(PY_STAMP) ## Create the SQLite database (idempotent)
 	$(SENSORHUB) db init

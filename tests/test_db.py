@@ -274,3 +274,29 @@ def test_on_postgresql_backup_points_to_pg_dump_and_accounts_work(settings: Sett
     listed = subprocess.run([sys.executable, "-m", "sensorhub", "user", "list"], env=env, capture_output=True,
                             text=True, timeout=60, check=False)
     assert "alice" in listed.stdout and "sensorhub-test-password" not in listed.stdout + listed.stderr
+
+
+def test_make_clean_keeps_a_copy_before_it_removes_the_database(tmp_path: Path) -> None:
+    # `make clean` used to delete every reading and account at once.
+    import sqlite3
+
+    from tests.stack import ROOT
+
+    (tmp_path / "db").mkdir()
+    with sqlite3.connect(tmp_path / "db" / "db.sqlite3") as conn:
+        conn.execute("CREATE TABLE kept (value)")
+        conn.execute("INSERT INTO kept VALUES ('a reading')")
+    conn.close()
+    result = subprocess.run(["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-C", str(tmp_path),
+                             "clean"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "db" / "db.sqlite3").exists()
+    copies = list((tmp_path / "db" / "backups").glob("db-*.sqlite3"))
+    assert len(copies) == 1 and str(copies[0].relative_to(tmp_path)) in result.stdout
+    assert copies[0].stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(copies[0]) as conn:
+        assert conn.execute("SELECT value FROM kept").fetchall() == [("a reading",)]
+    conn.close()
+    again = subprocess.run(["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-C", str(tmp_path),
+                            "clean"], capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 0 and "nothing to remove" in again.stdout
