@@ -278,8 +278,6 @@ def test_on_postgresql_backup_points_to_pg_dump_and_accounts_work(settings: Sett
 
 def test_make_clean_keeps_a_copy_before_it_removes_the_database(tmp_path: Path) -> None:
     # `make clean` used to delete every reading and account at once.
-    import sqlite3
-
     from tests.stack import ROOT
 
     (tmp_path / "db").mkdir()

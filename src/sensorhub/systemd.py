@@ -187,6 +187,8 @@ def plan(executable: Path, root: Path) -> tuple[list[File], File]:
 
 
 Echo = Callable[[str], object]
+#: Exists exactly when systemd is the init system (sd_booted(3)).
+SYSTEMD_RUN_DIR = Path("/run/systemd/system")
 
 
 def _run(command: list[str], dry_run: bool, echo: Echo, check: bool = True) -> None:
@@ -242,14 +244,23 @@ def install(executable: Path, root: Path = Path("/"), *, dry_run: bool = False, 
         _run(["systemctl", "daemon-reload"], dry_run, echo)
         if start:
             _run(["systemctl", "enable", "--now", *UNITS], dry_run, echo)
-        if shutil.which("systemctl") and _active("mosquitto.service"):
+        if not systemd_running():
+            echo("note: systemd is not running on this machine (no /run/systemd/system): the units take effect on a "
+                 "machine booted with it")
+        elif _active("mosquitto.service"):
             logger.warning("Debian's own mosquitto service runs and holds port 1883: "
                            "`sudo systemctl disable --now mosquitto`")
     return [file.path for file in files]
 
 
+def systemd_running() -> bool:
+    """Whether this machine was booted with systemd (its documented test: sd_booted(3))."""
+    return SYSTEMD_RUN_DIR.is_dir() and shutil.which("systemctl") is not None
+
+
 def _active(name: str) -> bool:
-    return subprocess.run(["systemctl", "is-active", "--quiet", name], check=False).returncode == 0
+    return subprocess.run(["systemctl", "is-active", "--quiet", name], check=False, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
 
 
 def uninstall(root: Path = Path("/"), *, dry_run: bool = False, echo: Echo = print) -> list[Path]:
