@@ -238,6 +238,7 @@ def test_an_anonymous_client_cannot_name_boards_or_command_them(stack: Stack, de
 
 def test_a_retained_message_disconnects_its_sender_and_is_not_kept(stack: Stack) -> None:
     forger = mqtt_client(stack.settings.mqtt_port)
+    forger.reconnect_delay_set(0.05, 0.05)  # type: ignore[arg-type]  # hung up on below: stopping it takes no second
     reasons: list[str] = []
     forger.on_disconnect = lambda _c, _u, _f, reason, _p: reasons.append(str(reason))
     forger.publish(Topic.JOIN, b"02:BA:D0:00:00:02", qos=1, retain=True)
