@@ -110,7 +110,7 @@ def test_a_flooding_session_is_capped_while_a_board_alongside_loses_nothing(tmp_
                 board.reading(Topic.LED_STATUS, (number // 1000) % 2, qos=1)
         for number in range(20, 30):
             board.reading(Topic.LED_STATUS, number % 2, qos=1).wait_for_publish(5)
-            time.sleep(0.2)
+            time.sleep(0.2)  # kept: the board's own pace (5 a second) while the flood is limited is what is tested
         wait_for(lambda: len(light_values(running_stack, flooder.name))
                  + running_stack.discarded("rate-limited") >= flood_count, 60, interval=0.5,
                  what="every flooded reading stored or counted as rate-limited in /metrics")

@@ -88,11 +88,11 @@ def test_published_readings_come_back_exactly_and_roll_up(ingest: IngestClient, 
     for value in light[:60]:
         device.reading(Topic.PHOTORESISTOR_STATUS, value, qos=1)
     device.reading(Topic.BUTTON_STATUS, 1, qos=1)
-    time.sleep(0.3)
+    time.sleep(0.3)  # kept: a press that lasts (readings are stamped on arrival; on-times are checked below)
     device.reading(Topic.BUTTON_STATUS, 0, qos=1)
     for value in light[60:]:
         device.reading(Topic.PHOTORESISTOR_STATUS, value, qos=1)
-    time.sleep(0.2)
+    time.sleep(0.2)  # kept: the LED on for a while, so that its on-time below is not zero
     device.reading(Topic.LED_STATUS, 0, qos=1)
     wait_for(lambda: stored(engine, "light_reading") == 120 and stored(engine, "led_reading") == 2, 10,
              what="every reading stored")
@@ -269,7 +269,7 @@ def test_a_backup_during_a_stream_is_consistent_and_holds_what_was_committed(
             for device in devices:
                 device.reading(Topic.PHOTORESISTOR_STATUS, value % 101)
             value += 1
-            time.sleep(0.001)
+            time.sleep(0.001)  # kept: a stream's pace, while the backup runs
 
     streamer = threading.Thread(target=stream)
     streamer.start()

@@ -6,12 +6,13 @@ Real broker (with its WebSockets guard), ingest client, gunicorn and, for the pa
 from __future__ import annotations
 
 import re
-import time
+import threading
 import urllib.parse
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
+from itsdangerous import TimestampSigner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sensorhub import accounts, livetoken
@@ -77,12 +78,14 @@ def test_a_logged_in_visitor_gets_a_token_that_opens_the_live_stream(private: St
     assert embedded is not None and livetoken.valid(web_secret_key(private.settings), embedded[1])
     assert opens(private.settings.mqtt_ws_port, embedded[1])
     client, received = live_client(private.settings.mqtt_ws_port, answer["token"])
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
     client.connect("127.0.0.1", private.settings.mqtt_ws_port, keepalive=5)
     client.loop_start()
     board = RawDevice(private.settings.mqtt_port, "02:5E:C0:AA:00:01")
     try:
         wait_for(client.is_connected, 5, what="the live stream with a token")
-        time.sleep(0.3)  # the SUBACK
+        assert subscribed.wait(5), "no SUBACK for the live feed"
         board.join()
         wait_for(lambda: any(board.mac.encode() in payload for payload in received), 10, what="the join, live")
         board.reading(Topic.PHOTORESISTOR_STATUS, 42).wait_for_publish(5)
@@ -94,12 +97,17 @@ def test_a_logged_in_visitor_gets_a_token_that_opens_the_live_stream(private: St
         client.loop_stop()
 
 
-def test_a_token_expires(private: Stack) -> None:
+def test_a_token_expires(private: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the signer's clock (itsdangerous reads the time through `get_timestamp`), moved by hand."""
     key = web_secret_key(private.settings)
+    now = [1_800_000_000]
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda _signer: now[0])
     token = livetoken.issue(key)
     assert livetoken.valid(key, token)
-    time.sleep(1.1)
-    assert not livetoken.valid(key, token, max_age=0), "a token older than its lifetime still opened the stream"
+    now[0] += livetoken.TOKEN_SECONDS
+    assert livetoken.valid(key, token), "a token expired before the end of its lifetime"
+    now[0] += 1
+    assert not livetoken.valid(key, token), "a token older than its lifetime still opened the stream"
     assert livetoken.from_request_line(b"GET /?token=" + token.encode() + b" HTTP/1.1") == token
     assert livetoken.from_request_line(b"GET / HTTP/1.1") is None
     assert livetoken.from_request_line(b"garbage") is None

@@ -167,6 +167,24 @@ def readings(server: ScriptedServer, device: VirtualDevice, kind: Kind) -> list[
     return found
 
 
+_sentinels = itertools.count(1)
+
+
+def sentinel(server: ScriptedServer, settings: Settings) -> None:
+    """Publish a message the scripted server reads (QoS 1, from a connection of its own) and wait until it has it:
+    anything the broker had routed to the server before (its one subscription, delivered in order) has arrived."""
+    payload = f"sentinel;{next(_sentinels)}".encode()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", settings.mqtt_port, keepalive=5)
+    client.loop_start()
+    try:
+        client.publish("photoresistor/status", payload, qos=1).wait_for_publish(5)
+        server.wait_seen("photoresistor/status", payload)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def connections(settings: Settings, client_id: str) -> list[str]:
     """The broker log's connection events of one client: ('connected', 'p5'), ('disconnected', ...), ..."""
     log = Path(settings.broker_log).read_text()
@@ -294,8 +312,9 @@ def test_crash_makes_the_broker_publish_the_will(settings: Settings, server: Scr
     assert crashed.sent["state/leave"] == 0  # so the broker published it: the Will
     assert crashed.stopped and not crashed.joined and other.joined
     assert connections(settings, crashed.client_id)[-1] == "closed its"  # no DISCONNECT
-    time.sleep(1.0)
-    assert len(server.seen("state/join", crashed)) == 2  # stays stopped: no new join
+    # Stays stopped, no new join: its loop has ended (`stopped` is set as it returns; a device never runs twice),
+    # and the Will came after all it had published, so the joins seen are every join it made.
+    assert len(server.seen("state/join", crashed)) == crashed.sent["state/join"] == 2
 
 
 def test_leave_publishes_state_leave_then_disconnects(settings: Settings, server: ScriptedServer,
@@ -307,8 +326,9 @@ def test_leave_publishes_state_leave_then_disconnects(settings: Settings, server
     fleet.leave(0)
     (leave,) = server.wait_seen("state/leave", ref)
     assert leave.qos == 2 and leaving.sent["state/leave"] == 1
-    assert connections(settings, leaving.client_id)[-1] == "disconnected"  # a DISCONNECT: no Will
-    time.sleep(0.6)
+    wait_for(lambda: connections(settings, leaving.client_id)[-1] == "disconnected", 5,  # a DISCONNECT: no Will
+             what="the broker to read its DISCONNECT")
+    sentinel(server, settings)  # routed after the broker read its last packet: all it sent has reached the server
     assert len(server.seen("state/leave", leaving)) == 1
     assert [s for s in server.seen(device=leaving) if s.at > leave.at] == []  # nothing after the leave
     assert leaving.stopped and other.joined

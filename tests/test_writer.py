@@ -240,7 +240,7 @@ def test_a_writer_that_dies_is_reported_once_and_acknowledges_nothing(
     poison.add(3)
     submit_all(writer, light(name, session, [1, 2, 3]))
     wait_for(lambda: failures, 5, what="the watchdog")
-    time.sleep(0.2)  # it reports once, not again
+    assert not watchdog.step(), "a second look reported again"  # what its thread does next, at once: never again
     assert failures == ["the database writer thread died (0 message(s) queued)"]
     assert len(paho.acks) == acked_before and stored(engine) == []
     assert writer.failed.is_set() and not writer.alive
@@ -250,27 +250,31 @@ def test_a_writer_that_dies_is_reported_once_and_acknowledges_nothing(
 
 def test_a_writer_that_stops_making_progress_is_reported(writer: Writer, paho: Recorder,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stepped by hand on a clock that reads a minute past the writer's last sign of life: no thread, no waiting."""
     name, session = joined(writer, paho)
-    release = threading.Event()
+    release, stuck = threading.Event(), threading.Event()
     apply = Sessions.apply
 
     def hanging_apply(self: Sessions, batch: Sequence[Inbound]) -> Decisions:
+        stuck.set()
         release.wait(10)  # stuck in a call that never returns
         return apply(self, batch)
 
     monkeypatch.setattr(Sessions, "apply", hanging_apply)
     failures: list[str] = []
-    watchdog = Watchdog(writer, failures.append, stall_timeout=0.3, interval=0.05)
-    watchdog.start()
-    writer.submit(light(name, session, [1])[0])
-    time.sleep(0.6)
-    assert failures == [], "nothing queued behind it yet: a slow batch is not a stall"
-    writer.submit(light(name, session, [2])[0])
-    wait_for(lambda: failures, 5, what="the watchdog")
-    assert failures[0].startswith("the database writer made no progress for ")
-    assert failures[0].endswith("with 1 message(s) queued")
-    release.set()
-    watchdog.stop()
+    watchdog = Watchdog(writer, failures.append, stall_timeout=60, clock=lambda: writer.heartbeat + 61)
+    try:
+        writer.submit(light(name, session, [1])[0])
+        wait_for(stuck.is_set, 5, what="the writer stuck in its batch")
+        assert not watchdog.step() and failures == [], "nothing queued behind it yet: a slow batch is not a stall"
+        assert not writer.failed.is_set()
+        writer.submit(light(name, session, [2])[0])
+        assert watchdog.step()
+        assert failures == ["the database writer made no progress for 61 s with 1 message(s) queued"]
+        assert writer.failed.is_set()
+        assert not watchdog.step() and len(failures) == 1  # once
+    finally:
+        release.set()
 
 
 @both_databases
@@ -511,7 +515,7 @@ def test_qos0_readings_wait_a_little_for_company_and_acknowledged_messages_do_no
         batches = started.stats.batches
         for item in light(name, session, [10, 11, 12], qos=0):
             started.submit(item)
-            time.sleep(0.05)  # each well inside the linger
+            time.sleep(0.05)  # kept: arrivals spread in time, each well inside the linger, are what is tested
         wait_for(lambda: started.stats.stored["light"] == 3, 5, what="the three QoS 0 readings")
         assert started.stats.batches == batches + 1
         live = [payload for topic, payload, _qos in paho.publishes if topic == LIVE_TOPIC]

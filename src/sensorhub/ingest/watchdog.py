@@ -27,11 +27,14 @@ class Watchdog:
     work queued for `stall_timeout` seconds (a retrying writer makes progress: it beats at each attempt)."""
 
     def __init__(self, writer: Watched, on_failure: Callable[[str], object], *, stall_timeout: float = 60.0,
-                 interval: float = 0.5) -> None:
+                 interval: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         self.writer = writer
         self.on_failure = on_failure
         self.stall_timeout = stall_timeout
         self.interval = interval
+        #: What the writer's heartbeat is measured against (time.monotonic; a test seam).
+        self.clock = clock
+        self._reported = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -51,16 +54,26 @@ class Watchdog:
         writer = self.writer
         if not writer.alive:
             return f"the database writer thread died ({writer.waiting()} message(s) queued)"
-        stalled = time.monotonic() - writer.heartbeat
+        stalled = self.clock() - writer.heartbeat
         if stalled > self.stall_timeout and writer.waiting() > 0:
             return (f"the database writer made no progress for {stalled:.0f} s with {writer.waiting()} "
                     "message(s) queued")
         return None
 
+    def step(self) -> bool:
+        """One look at the writer, as the watching thread takes one every `interval` (a test seam: no thread, no
+        waiting): on a problem, give the writer up and call `on_failure`, only once; True if this call did."""
+        if self._reported:
+            return False
+        problem = self.problem()
+        if problem is None or self._stop.is_set():
+            return False
+        self._reported = True
+        self.writer.failed.set()
+        self.on_failure(problem)
+        return True
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            problem = self.problem()
-            if problem is not None and not self._stop.is_set():
-                self.writer.failed.set()
-                self.on_failure(problem)
+            if self.step():
                 return
