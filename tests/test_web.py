@@ -535,6 +535,9 @@ def test_api_index_lists_the_api_routes_with_their_docstrings(app: Flask, client
     described = {r["path"]: r["description"] for r in body["routes"] if r["method"] == "GET"}
     assert api.devices.__doc__ is not None and described["/api/devices"] == api.devices.__doc__
     assert all(r["description"] for r in body["routes"])
+    # Whole sentences: the first line alone cut `/api/stats`'s in the middle ("...; the").
+    assert all(r["description"].endswith((".", ")")) for r in body["routes"]), body["routes"]
+    assert described["/api/stats"].endswith("free space on its disk and whether that is low.")
     assert not any(r["path"].startswith(("/static", "/sensor", "/accueil")) for r in body["routes"])
 
 

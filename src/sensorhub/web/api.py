@@ -6,6 +6,7 @@ Every route is described in docs/api.md (tests/test_docs.py fails when one is mi
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import time
@@ -136,10 +137,10 @@ def routes(app: Flask, blueprint: str | None = None) -> list[dict[str, str]]:
         if rule.endpoint == "static" or (blueprint is not None and rule.endpoint.split(".")[0] != blueprint):
             continue
         view = app.view_functions[rule.endpoint]
-        description = (view.__doc__ or "").strip().splitlines()
+        # The docstring's first paragraph, whole: its first line alone may stop mid-sentence.
+        description = " ".join(inspect.cleandoc(view.__doc__ or "").split("\n\n")[0].split())
         for method in sorted((rule.methods or set()) - _IMPLICIT_METHODS):
-            listed.append({"method": method, "path": doc_path(rule.rule),
-                           "description": description[0] if description else ""})
+            listed.append({"method": method, "path": doc_path(rule.rule), "description": description})
     return listed
 
 
@@ -207,7 +208,10 @@ def live_token() -> Response:
 @bp.post("/devices/<id:device_id>/led")
 @control_required
 def led(device_id: int) -> Answer:
-    """Relay `{"on": true|false}` to an online device: 202 once in the pipe, or (broker) once a worker sent it.
+    """Switch an online device's LED (`{"on": true|false}`): 202 once the ingest client has the command.
+
+    On one machine the command goes through the ingest client's pipe (503 if no ingest client reads it); through
+    the broker (SENSORHUB_COMMANDS=broker), 202 comes once a worker sent it to the board.
 
     Through the broker, the worker that took the command answers: 409 if it finds the device offline in the
     command's session (or unknown), 503 if no worker answers within REPLY_WAIT (the command then expires).
