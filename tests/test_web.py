@@ -244,6 +244,14 @@ def test_the_filter_count_speaks_french(tmp_path: Path) -> None:
                       "3 appareils affichés sur 3", "1 appareil affiché sur 1"]
 
 
+def test_the_device_page_counts_its_points_in_french(tmp_path: Path) -> None:
+    # "1 mesures" was shown under a chart of one reading.
+    labels = run_js(tmp_path, "common", "[[0, 'raw'], [1, 'raw'], [2, 'raw'], [1, '1h'], [5, '1m']]"
+                    ".map(([n, b]) => m.seriesLabel(n, b))")
+    assert labels == ["aucune mesure", "1 mesure", "2 mesures", "1 heure (min, moyenne, max)",
+                      "5 minutes (min, moyenne, max)"]
+
+
 def test_the_pages_check_a_name_with_the_servers_rule(tmp_path: Path) -> None:
     # The browser runs the rule's patterns from browser_data (common.js has no rule of its own): the same
     # message as the API for edges, spaces, the separator, control and non-ASCII characters, astral ones included.

@@ -2,13 +2,12 @@
 // the LED and the button are step series (on = 100 %; once aggregated, the share of each bucket spent on). The
 // server picks the bucket (raw, 1 minute, 1 hour) so that a range never gives more than 1,000 points.
 // Times on the axis are the browser's; the tooltip gives the UTC time too.
-import {formatLocal, formatUtc} from './common.js';
+import {formatLocal, formatUtc, seriesLabel} from './common.js';
 
 const root = document.querySelector('[data-device-page]');
 const deviceId = root.dataset.deviceId;
 // The width of each aggregated bucket, as the server rolls them up (sensorhub.buckets): name -> milliseconds.
 const BUCKET_MS = JSON.parse(root.dataset.bucketMs);
-const BUCKET_LABELS = {raw: 'mesures', '1m': 'minutes (min, moyenne, max)', '1h': 'heures (min, moyenne, max)'};
 const KIND_LABELS = {led: 'LED allumée', button: 'Bouton appuyé'};
 const COLORS = {light: '#0f766e', band: 'rgba(15, 118, 110, 0.18)', led: '#a16207', button: '#4338ca'};
 const summary = document.querySelector('[data-summary]');
@@ -123,9 +122,7 @@ function draw(name, datasets, options) {
 }
 
 function describe(series) {
-  const count = series.points.length;
-  if (!count) return 'aucune mesure';
-  return `${count} ${BUCKET_LABELS[series.bucket]}`;
+  return seriesLabel(series.points.length, series.bucket);
 }
 
 async function load(from, to, key) {

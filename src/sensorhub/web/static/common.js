@@ -113,6 +113,20 @@ export function countLabel(shown, total) {
   return `${shown} appareil${plural} affiché${plural} sur ${total}`;
 }
 
+// [one, several] per bucket width: "1 mesure", "12 mesures", "1 heure (min, moyenne, max)".
+const BUCKET_LABELS = {
+  raw: ['mesure', 'mesures'],
+  '1m': ['minute (min, moyenne, max)', 'minutes (min, moyenne, max)'],
+  '1h': ['heure (min, moyenne, max)', 'heures (min, moyenne, max)'],
+};
+
+// How many points a chart shows, in words ("aucune mesure" for none).
+export function seriesLabel(count, bucket) {
+  if (!count) return 'aucune mesure';
+  const [one, several] = BUCKET_LABELS[bucket];
+  return `${count} ${count === 1 ? one : several}`;
+}
+
 export function cardMatches(card, text) {
   if (!text) return true;
   const name = (card.dataset.name || '').toLowerCase();
