@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,9 @@ def test_required_settings_and_defaults() -> None:
         assert table[env] == default
     loaded = Settings.load(environ={})
     assert loaded.mqtt_port == 1883 and loaded.web_port == 8000 and loaded.broker_max_connections == 20
-    assert loaded == Settings()
-    assert loaded.fifo_path == Path("var/ledpipe")
+    # Relative paths start from the checkout sensorhub runs from, wherever the command is typed.
+    assert loaded == Settings().anchored(ROOT)
+    assert loaded.fifo_path == ROOT / "var/ledpipe" and loaded.database_url == f"sqlite:///{ROOT}/db/db.sqlite3"
     assert Settings.load(environ={"SENSORHUB_STATE_DIR": "/srv/x"}).fifo_path == Path("/srv/x/ledpipe")
     assert Settings.load(environ={"SENSORHUB_FIFO": "/run/p"}).fifo_path == Path("/run/p")
 
@@ -141,5 +143,37 @@ def test_readme_settings_table_is_generated_from_the_code() -> None:
 
 
 def test_environ_round_trips() -> None:
-    settings = Settings().replace(mqtt_port=1999, fifo="/tmp/x")
+    settings = Settings().replace(mqtt_port=1999, fifo="/tmp/x").anchored(ROOT)
     assert Settings.load(environ=settings.environ()) == settings
+
+
+def test_relative_paths_start_from_the_projects_home_and_absolute_ones_stay(tmp_path: Path) -> None:
+    home = {"SENSORHUB_HOME": str(tmp_path)}
+    loaded = Settings.load(environ={**home, "SENSORHUB_DATABASE_URL": "sqlite:///data/x.sqlite3?mode=ro",
+                                    "SENSORHUB_BROKER_LOG": "logs/b.log", "SENSORHUB_TLS_CERT": "/etc/c.pem",
+                                    "SENSORHUB_TLS_KEY": "k.pem"})
+    assert loaded.database_url == f"sqlite:///{tmp_path}/data/x.sqlite3?mode=ro"
+    assert loaded.state_dir == str(tmp_path / "var") and loaded.broker_log == str(tmp_path / "logs/b.log")
+    assert loaded.tls_cert == "/etc/c.pem" and loaded.tls_key == str(tmp_path / "k.pem")
+    for url in ("sqlite:////abs/db.sqlite3", "sqlite:///:memory:", "postgresql+psycopg://u:p@h/db"):
+        assert Settings.load(environ={**home, "SENSORHUB_DATABASE_URL": url}).database_url == url
+
+
+def test_the_command_line_finds_the_projects_database_from_another_directory(tmp_path: Path) -> None:
+    # It used to say "no database" (or make a second, empty one) anywhere but in the project directory.
+    home = tmp_path / "project"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SENSORHUB_")}
+    env["SENSORHUB_HOME"] = str(home)
+    made = subprocess.run([sys.executable, "-m", "sensorhub", "db", "init"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert made.returncode == 0, made.stderr
+    assert (home / "db" / "db.sqlite3").is_file() and not (tmp_path / "db").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    listed = subprocess.run([sys.executable, "-m", "sensorhub", "user", "list"], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert listed.returncode == 0 and "no account" in listed.stdout, listed.stderr
+    missing = subprocess.run([sys.executable, "-m", "sensorhub", "user", "list"], cwd=elsewhere,
+                             env={**env, "SENSORHUB_HOME": str(tmp_path / "nowhere")}, capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and str(tmp_path / "nowhere" / "db" / "db.sqlite3") in missing.stderr

@@ -324,6 +324,13 @@ def setting(default: str, help: str, parse: Callable[[str], Any]) -> Any:
 class Settings:
     """Every setting of sensorhub. The field list below *is* the settings table."""
 
+    home: str = setting(
+        "",
+        "Directory the other settings' relative paths start from (the database file, the state directory, the "
+        "broker log, ...). Empty: the sensorhub checkout this program runs from, else the current directory; "
+        "so the command line finds the project's database and accounts from any directory.",
+        _optional_path,
+    )
     database_url: str = setting(
         "sqlite:///db/db.sqlite3", "SQLAlchemy URL of the database: SQLite or PostgreSQL (postgresql+psycopg://…).",
         _database_url
@@ -551,6 +558,7 @@ class Settings:
                 shown = "(hidden)" if spec.name in SECRET_SETTINGS else repr(_without_password(str(raw)))
                 raise ConfigError(f"{source}={shown} is invalid: {err}") from None
         settings = cls(**values)
+        settings = settings.anchored(project_home(settings.home))
         if bool(settings.tls_cert) != bool(settings.tls_key):
             raise ConfigError("SENSORHUB_TLS_CERT and SENSORHUB_TLS_KEY go together: set both or neither")
         if settings.web_state_url and settings.web_state_url == settings.database_url:
@@ -558,6 +566,20 @@ class Settings:
                               "the web servers only read that one; give them a database of their own")
         _check_smtp(settings)
         return settings
+
+    def anchored(self, base: Path) -> Settings:
+        """These settings with every relative path (and SQLite file of a URL) made absolute from `base`."""
+        changes: dict[str, str] = {}
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if value and not Path(value).expanduser().is_absolute():
+                changes[name] = str(base / value)
+        for name in _URL_FIELDS:
+            found = _RELATIVE_SQLITE.match(getattr(self, name))
+            if found is not None:
+                path, query = found["path"].partition("?")[::2]
+                changes[name] = f"{found['scheme']}:///{base / path}" + (f"?{query}" if query else "")
+        return self.replace(**changes) if changes else self
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with some settings changed (used by tests and the supervisor)."""
@@ -643,6 +665,26 @@ def _as_text(value: Any) -> str:
 
 
 #: Settings whose value is never echoed in an error message.
+#: Settings that are file paths, and database URLs that may name a SQLite file: relative ones start from the
+#: project's home (SENSORHUB_HOME).
+_PATH_FIELDS = ("state_dir", "runtime_dir", "broker_log", "fifo", "tls_cert", "tls_key", "notify_ca_file")
+_URL_FIELDS = ("database_url", "web_state_url")
+#: `sqlite:///relative/path` (three slashes: relative; four: absolute), not `:memory:`.
+_RELATIVE_SQLITE = re.compile(r"(?P<scheme>sqlite(?:\+\w+)?):///(?P<path>(?!/)(?!:memory:)[^/].*)$")
+#: This module's checkout, when sensorhub runs from one (an editable install: `make install`).
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def project_home(home: str = "") -> Path:
+    """Where relative paths start: SENSORHUB_HOME, else the checkout sensorhub runs from, else the current
+    directory (an installed package away from its project)."""
+    if home:
+        return Path(home).expanduser().resolve()
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "src" / "sensorhub").is_dir():
+        return _CHECKOUT
+    return Path.cwd()
+
+
 SECRET_SETTINGS = frozenset({"secret_key", "device_password", "metrics_token", "notify_smtp_password",
                              "notify_webhook_url", "notify_webhook_headers"})
 
