@@ -241,6 +241,7 @@ def ingest_cost(sizes: AlertSizes) -> Figure:
         ">= 90 % of the rate without rules, 0 lost, at most one active alert per rule and device",
         ratio >= 0.9 and lost == 0 and doubled == 0,
         {"without_per_s": [round(r) for r in without], "with_per_s": [round(r) for r in with_rules],
+         "lost_without": [p.lost for p in phases if not p.rules], "lost_with": [p.lost for p in phases if p.rules],
          "ratio": round(ratio, 3), "lost": lost, "duplicated": duplicated, "cpu_us_without": round(cpu_without, 1),
          "cpu_us_with": round(cpu_with, 1), "fired": fired, "resolved": resolved, "doubled": doubled,
          "rules": sizes.rules, "devices": sizes.devices},
