@@ -85,6 +85,7 @@ TEST_WORKERS ?= 4
 test: install lint ## Run every test (unit, integration, browser) and a quick benchmark smoke run
 	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
+# One scenario (or a few): `make bench BENCH_ARGS="--scenario alerts"` (`--quick`: small numbers; see docs/performance.md).
 bench: install ## Measure throughput, loss and latency (prints a table and a JSON line)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -3,7 +3,8 @@ issues, print a table and one JSON line. `--quick` runs each scenario with small
 suite does). `--postgresql` measures the writer's figures on PostgreSQL instead of SQLite: a cluster of Debian's
 `postgresql` package, started in a temporary directory with PostgreSQL's default durability (fsync on), one
 database per scenario. `--scenario scale-out` runs on its own: sensorhub against a bare paho subscriber and
-mosquitto_sub, on SQLite and PostgreSQL (bench/scaleout.py)."""
+mosquitto_sub, on SQLite and PostgreSQL (bench/scaleout.py). `--scenario alerts` measures what 100 alert rules over
+1,000 devices cost ingest and how soon a silence rule fires for 10,000 devices (bench/alerts.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from bench.stack import Stack
 
 SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "web", "memory", "browser",
              "history", "export", "rollups", "retention", "broker_restart", "fleet-browser", "footprint", "commands",
-             "worker_kill")
+             "worker_kill", "alerts")
 #: What `--postgresql` measures: the writer's rates (the other scenarios read the SQLite file directly).
 POSTGRESQL_SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1")
 #: Scenarios that run on their own, with their own stacks and references.
@@ -112,6 +113,10 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None],
         from bench.workerkill import worker_kill
 
         attempt("worker_kill", lambda: worker_kill(sizes))
+    if "alerts" in only:
+        from bench.alerts import run_alerts
+
+        attempt("alerts", lambda: run_alerts(quick=sizes is QUICK))
     if only & {"history", "export", "rollups", "retention"}:
         from bench.history import HISTORY_FULL, HISTORY_QUICK, run_history
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
@@ -24,6 +25,8 @@ class Share:
     rate: float  # messages per second for this process (0: as fast as possible)
     qos: int
     topic: str = Topic.PHOTORESISTOR_STATUS
+    #: Each device's values, cycled (parallel to `devices`); empty: 0 to 100 and again, for every device.
+    values: tuple[tuple[int, ...], ...] = ()
 
 
 def _publish(share: Share, results: mp.Queue[tuple[int, float, float]]) -> None:
@@ -35,14 +38,14 @@ def _publish(share: Share, results: mp.Queue[tuple[int, float, float]]) -> None:
     while not client.is_connected():
         time.sleep(0.01)
     prefixes = [f"{name};{session};".encode() for name, session in share.devices]
-    values = [str(v).encode() for v in range(101)]
+    ramp = tuple(str(v).encode() for v in range(101))
+    cycles = [tuple(str(v).encode() for v in seq) for seq in share.values] or [ramp] * len(prefixes)
     start = time.perf_counter()
     sent = 0
     chunk = max(1, int(share.rate / 200)) if share.rate else 500
     for number in range(share.per_device):
-        value = values[number % 101]
-        for prefix in prefixes:
-            client.publish(share.topic, prefix + value, share.qos)
+        for prefix, cycle in zip(prefixes, cycles, strict=True):
+            client.publish(share.topic, prefix + cycle[number % len(cycle)], share.qos)
             sent += 1
             if sent % chunk == 0:
                 if share.rate:
@@ -92,7 +95,11 @@ def _result(results: mp.Queue[tuple[int, float, float]], processes: list[BasePro
 
 
 def split(port: int, devices: list[tuple[str, str]], per_device: int, rate: float, qos: int,
-          processes: int) -> list[Share]:
-    """Share the devices between `processes` publishers."""
+          processes: int, values: Mapping[str, tuple[int, ...]] | None = None,
+          topic: str = Topic.PHOTORESISTOR_STATUS) -> list[Share]:
+    """Share the devices between `processes` publishers; `values`: each device's values by name (default: the
+    0-100 ramp)."""
     groups = [tuple(devices[i::processes]) for i in range(processes)]
-    return [Share(port, group, per_device, rate * len(group) / len(devices), qos) for group in groups if group]
+    return [Share(port, group, per_device, rate * len(group) / len(devices), qos, topic,
+                  tuple(values[name] for name, _session in group) if values is not None else ())
+            for group in groups if group]

@@ -20,6 +20,8 @@ from tests.support import quick_bench
 ROOT = Path(__file__).resolve().parents[1]
 #: The ingest scenarios, smoke-run here; the others in tests/test_bench_pages.py and tests/test_bench_faults.py.
 INGEST = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "web", "memory")
+#: The alert rules' cost (bench/alerts.py), smoke-run on its own.
+ALERTS = ("alerts",)
 
 
 def test_the_smoke_runs_cover_every_scenario() -> None:
@@ -27,7 +29,7 @@ def test_the_smoke_runs_cover_every_scenario() -> None:
     from tests.test_bench_faults import FAULTS
     from tests.test_bench_pages import PAGES
 
-    assert sorted(INGEST + PAGES + FAULTS) == sorted(SCENARIOS)
+    assert sorted(INGEST + ALERTS + PAGES + FAULTS) == sorted(SCENARIOS)
 
 
 
@@ -44,6 +46,19 @@ def test_each_latency_probe_is_matched_to_its_own_row() -> None:
     assert all(abs(delay - 4.0) < 0.01 for delay in delays), "a probe was paired with another probe's row"
     late = {0: (t0 + 5, int((t0 + PROBE_WINDOW_US / 1e6 + 0.5) * 1e6), 0)}  # outside the probe's window
     assert match_probes(probes[:1], late) == ([], 1)
+
+
+@pytest.mark.integration
+def test_the_alerts_scenario_loses_nothing_and_fires_each_alert_once() -> None:
+    figures = quick_bench(*ALERTS)["figures"]
+    assert set(figures) == {"alerts_ingest", "alerts_writer", "alerts_silence"}
+    ingest = figures["alerts_ingest"]
+    assert ingest["lost"] == 0 and ingest["duplicated"] == 0, ingest
+    assert len(ingest["without_per_s"]) == len(ingest["with_per_s"]) >= 1
+    assert ingest["fired"] > 0 and ingest["doubled"] == 0, ingest  # some rules fired, never twice at once
+    silence = figures["alerts_silence"]
+    # every silent device's alert fired once, none before its silence was due, each with its notification
+    assert silence["fired"] == silence["devices"] == silence["outbox"] > 0 and silence["early"] == 0, silence
 
 
 @pytest.mark.integration

@@ -18,6 +18,7 @@ rules and the states) cost one comparison: `Tracker.calm`.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -118,7 +119,7 @@ class Rule:
 
     def device_ids(self) -> frozenset[int]:
         """The ids of a `list` rule."""
-        return frozenset(int(part) for part in self.devices.split(",") if part.strip())
+        return _listed(self.devices)
 
     def selects(self, device_id: int, name: str) -> bool:
         """Whether the rule applies to this device."""
@@ -141,6 +142,12 @@ class Rule:
         if self.clear_for_seconds:
             text += f", clear after {_number(self.clear_for_seconds)} s"
         return text
+
+
+@functools.lru_cache(maxsize=4096)
+def _listed(devices: str) -> frozenset[int]:
+    """A `list` rule's ids, parsed once (`selects` asks for each device of the fleet)."""
+    return frozenset(int(part) for part in devices.split(",") if part.strip())
 
 
 def _number(value: float) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, text
 
 from sensorhub.alerting import Metric, Rule, Severity, State
 from sensorhub.buckets import micros_of
+from sensorhub.db.dialect import execute
 from sensorhub.timestamps import format_micros
 
 #: The channels a notification can go through (alert_outbox.channel).
@@ -138,6 +139,32 @@ def open_alert(conn: Connection, rule: Rule, device_id: int, at_us: int, value: 
     if firing:
         enqueue(conn, alert_id, "firing", at_us, channels)
     return alert_id, State.FIRING if firing else State.PENDING
+
+
+def open_alerts(conn: Connection, rule: Rule, device_ids: Iterable[int], at_us: int, value: float,
+                channels: Sequence[str]) -> list[tuple[int, int, State]]:
+    """`open_alert` for many devices at once (the alert clock's silences): one statement, the notifications of the
+    firing ones in one more. (alert id, device id, state) of each alert opened; a device whose rule already has an
+    active alert (another worker opened it first) is left out."""
+    ids = sorted({int(i) for i in device_ids})
+    if not ids:
+        return []
+    stamp = format_micros(at_us)
+    firing = rule.for_seconds <= 0
+    state = State.FIRING if firing else State.PENDING
+    # INSERT ... SELECT: SQLite needs the WHERE for its parser to tell ON CONFLICT from a join's ON.
+    rows = conn.execute(text(
+        "INSERT INTO alert (rule_id, device_id, state, since, fired_at, due_at, value, last_value, notified_at, "
+        "reminders) SELECT :rule, d.id, :state, :since, :fired, :due, :value, :value, :notified, 0 FROM device d "
+        f"WHERE d.id IN ({', '.join(map(str, ids))}) "
+        "ON CONFLICT (rule_id, device_id) WHERE state <> 'resolved' DO NOTHING RETURNING id, device_id"),
+        {"rule": rule.id, "state": state.value, "since": stamp, "fired": stamp if firing else None,
+         "due": _reminder_due(rule, at_us) if firing else _plus(at_us, rule.for_seconds), "value": value,
+         "notified": stamp if firing else None}).all()
+    opened = [(int(alert_id), int(device_id), state) for alert_id, device_id in rows]
+    if firing:
+        enqueue_many(conn, [alert_id for alert_id, _device, _state in opened], "firing", at_us, channels)
+    return opened
 
 
 def cancel(conn: Connection, alert_id: int) -> bool:
@@ -280,13 +307,19 @@ def snooze(conn: Connection, alert_id: int, until_us: int) -> bool:
 # -- the outbox --------------------------------------------------------------------------------------------------
 
 
+_PAYLOAD_QUERY = (
+    "SELECT a.id, a.state, a.since, a.fired_at, a.resolved_at, a.value, a.last_value, a.reminders, r.id, r.name, "
+    "r.metric, r.operator, r.trigger_value, r.clear_value, r.severity, d.id, d.name, d.mac "
+    "FROM alert a JOIN alert_rule r ON r.id = a.rule_id JOIN device d ON d.id = a.device_id")
+
+
 def payload(conn: Connection, alert_id: int, event: str) -> dict[str, object]:
     """What a notification says: the alert, its rule and its device."""
-    row = conn.execute(text(
-        "SELECT a.id, a.state, a.since, a.fired_at, a.resolved_at, a.value, a.last_value, a.reminders, r.id, r.name, "
-        "r.metric, r.operator, r.trigger_value, r.clear_value, r.severity, d.id, d.name, d.mac "
-        "FROM alert a JOIN alert_rule r ON r.id = a.rule_id JOIN device d ON d.id = a.device_id WHERE a.id = :id"),
-        {"id": alert_id}).one()
+    return _payload_of(conn.execute(text(_PAYLOAD_QUERY + " WHERE a.id = :id"), {"id": alert_id}).one(), event)
+
+
+def _payload_of(row: Sequence[Any], event: str) -> dict[str, object]:
+    """The payload of a row of _PAYLOAD_QUERY."""
     (_id, state, since, fired_at, resolved_at, value, last_value, reminders, rule_id, rule_name, metric, operator,
      trigger, clear, severity, device_id, device_name, mac) = row
     shown = last_value if event == "resolved" else value
@@ -294,7 +327,7 @@ def payload(conn: Connection, alert_id: int, event: str) -> dict[str, object]:
     text_line = f"[{severity}] {rule_name} {words} on {device_name}"
     if shown is not None and metric != "silence":
         text_line += f" ({metric} {_number(shown)})"
-    return {"event": event, "alert": int(alert_id), "state": state, "severity": severity, "since": since,
+    return {"event": event, "alert": int(_id), "state": state, "severity": severity, "since": since,
             "fired_at": fired_at, "resolved_at": resolved_at, "value": value, "last_value": last_value,
             "reminders": int(reminders),
             "rule": {"id": int(rule_id), "name": rule_name, "metric": metric, "operator": operator,
@@ -306,23 +339,44 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+#: Straight to the driver (sensorhub.db.dialect): SQLAlchemy's parameter processing cost more than the insert.
+_OUTBOX_INSERT = ("INSERT INTO alert_outbox (id, alert_id, channel, event, payload, created_at, attempts, "
+                  "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)")
+
+
 def enqueue(conn: Connection, alert_id: int, event: str, at_us: int, channels: Sequence[str]) -> list[str]:
     """One outbox row per channel for this alert's `event`, in the caller's transaction; their ids."""
     if not channels:
         return []
-    body = payload(conn, alert_id, event)
+    return _insert_outbox(conn, [payload(conn, alert_id, event)], event, at_us, channels)
+
+
+def enqueue_many(conn: Connection, alert_ids: Sequence[int], event: str, at_us: int,
+                 channels: Sequence[str]) -> list[str]:
+    """`enqueue` for many alerts: their payloads in one query, the rows in one executemany."""
+    if not channels or not alert_ids:
+        return []
+    bodies = []
+    ids = sorted({int(i) for i in alert_ids})
+    for start in range(0, len(ids), 10_000):  # a statement of bounded size
+        chosen = ", ".join(map(str, ids[start:start + 10_000]))
+        bodies += [_payload_of(row, event) for row in conn.execute(text(f"{_PAYLOAD_QUERY} WHERE a.id IN ({chosen})"))]
+    return _insert_outbox(conn, bodies, event, at_us, channels)
+
+
+def _insert_outbox(conn: Connection, bodies: Sequence[dict[str, object]], event: str, at_us: int,
+                   channels: Sequence[str]) -> list[str]:
     stamp = format_micros(at_us)
-    ids = []
-    for channel in channels:
-        notification = str(uuid.uuid4())
-        ids.append(notification)
-        conn.execute(text(
-            "INSERT INTO alert_outbox (id, alert_id, channel, event, payload, created_at, attempts, next_attempt_at) "
-            "VALUES (:id, :alert, :channel, :event, :payload, :at, 0, :at)"),
-            {"id": notification, "alert": alert_id, "channel": channel, "event": event,
-             "payload": json.dumps({**body, "id": notification}, separators=(",", ":"), ensure_ascii=False),
-             "at": stamp})
-    return ids
+    rows = []
+    for body in bodies:
+        for channel in channels:
+            notification = str(uuid.uuid4())
+            rows.append((notification, body["alert"], channel, event,
+                         json.dumps({**body, "id": notification}, separators=(",", ":"), ensure_ascii=False), stamp,
+                         stamp))
+    if rows:
+        execute(conn, _OUTBOX_INSERT, rows)
+    return [row[0] for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
