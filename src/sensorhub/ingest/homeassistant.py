@@ -1,0 +1,335 @@
+"""Home Assistant's MQTT discovery: the ingest client speaks for the boards (their firmware cannot change).
+
+Each board is one Home Assistant device (identified by its MAC, named with its sensorhub name) with three
+entities, each announced by its own discovery config `homeassistant/<component>/sensorhub_<MAC>/config` (per-entity
+discovery: every Home Assistant release since 2021 reads it, the newest ones too):
+
+    light          the LED; Home Assistant commands it on sensorhub/ha/<device id>/led/set (ON or OFF)
+    binary_sensor  the button
+    sensor         the light level in %, state_class measurement
+
+States go to topics of ours, sensorhub/ha/<device id>/{led,button,light} (ON/OFF, ON/OFF, 0-100) and
+sensorhub/ha/<device id>/availability (online/offline: the board's presence), after each commit, only for the
+devices a batch changed, coalesced. Our broker refuses retained messages: configs and states are published again
+when Home Assistant announces itself on homeassistant/status (`online`) and when the ingest client connects, after a
+small random delay (many Home Assistant or several workers do not all answer at once). A LED command from Home
+Assistant becomes the same LedRequest the web page sends, in the device's current session: the writer checks
+that the device is online in it, and counts and logs a refusal as it does for the page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from sensorhub.commands import LedRequest
+from sensorhub.config import Settings
+from sensorhub.errors import PayloadError, reason
+from sensorhub.ingest.sessions import Decisions, NewDevice, Rename
+from sensorhub.mqttclient import no_delay
+from sensorhub.protocol import Kind
+
+logger = logging.getLogger(__name__)
+
+#: Home Assistant's default discovery prefix, and the topic of its birth (`online`) and Last Will (`offline`).
+DISCOVERY_PREFIX: Final = "homeassistant"
+BIRTH_TOPIC: Final = f"{DISCOVERY_PREFIX}/status"
+#: Our topics for Home Assistant: states, availability, commands.
+ROOT: Final = "sensorhub/ha"
+COMMAND_FILTER: Final = f"{ROOT}/+/led/set"
+#: Configs and states are published at QoS 1 (not retained: our broker refuses retained messages).
+QOS: Final = 1
+#: After a birth message or our own connection, everything is published again within this many seconds.
+REPUBLISH_DELAY: Final = (0.5, 3.0)
+#: The entities of a board: discovery component, our state topic's last level, its name in Home Assistant.
+ENTITIES: Final[tuple[tuple[str, Kind, str], ...]] = (
+    ("light", Kind.LED, "LED"),
+    ("binary_sensor", Kind.BUTTON, "Bouton"),
+    ("sensor", Kind.LIGHT, "Lumière"),
+)
+_COMMAND_RE: Final = re.compile(rf"{re.escape(ROOT)}/([1-9][0-9]{{0,9}})/led/set")
+
+Publish = Callable[[str, bytes, int], object]
+#: The session a device is in now, or None for an unknown device (read from the writer's engine).
+CurrentSession = Callable[[int], str | None]
+
+
+@dataclass(slots=True)
+class Board:
+    """What Home Assistant is told of one device."""
+
+    id: int
+    mac: str
+    name: str
+    online: bool = False
+    led: int | None = None
+    button: int | None = None
+    light: int | None = None
+
+
+def device_key(mac: str) -> str:
+    """The device's identifier in Home Assistant: stable across renames and database resets (from its MAC)."""
+    return "sensorhub_" + mac.replace(":", "").lower()
+
+
+def base_topic(device_id: int) -> str:
+    """Where a device's states, availability and commands are (topics of ours)."""
+    return f"{ROOT}/{device_id}"
+
+
+def config_topic(component: str, mac: str) -> str:
+    """A discovery config's topic."""
+    return f"{DISCOVERY_PREFIX}/{component}/{device_key(mac)}/config"
+
+
+def _json(body: dict[str, object]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def configs(board: Board) -> list[tuple[str, bytes]]:
+    """The three discovery configs of a board (abbreviated keys, as Home Assistant reads them)."""
+    key = device_key(board.mac)
+    device = {"ids": [key], "name": board.name, "mf": "sensorhub", "mdl": "ESP32",
+              "cns": [["mac", board.mac.lower()]]}
+    out = []
+    for component, kind, name in ENTITIES:
+        body: dict[str, object] = {"~": base_topic(board.id), "name": name, "uniq_id": f"{key}_{kind.value}",
+                                   "stat_t": f"~/{kind.value}", "avty_t": "~/availability", "dev": device}
+        if component == "light":
+            body["cmd_t"] = "~/led/set"
+        elif component == "sensor":
+            body |= {"unit_of_meas": "%", "stat_cla": "measurement"}
+        out.append((config_topic(component, board.mac), _json(body)))
+    return out
+
+
+def removals(mac: str) -> list[tuple[str, bytes]]:
+    """Empty configs: Home Assistant removes the entities (and the device once it has none)."""
+    return [(config_topic(component, mac), b"") for component, _kind, _name in ENTITIES]
+
+
+def state_payload(kind: Kind, value: int) -> bytes:
+    """A reading as Home Assistant's default payloads want it: ON/OFF, or the percentage."""
+    if kind is Kind.LIGHT:
+        return str(value).encode()
+    return b"ON" if value else b"OFF"
+
+
+def states(board: Board) -> list[tuple[str, bytes]]:
+    """A board's availability and known readings."""
+    base = base_topic(board.id)
+    out = [(f"{base}/availability", b"online" if board.online else b"offline")]
+    for kind, value in ((Kind.LED, board.led), (Kind.BUTTON, board.button), (Kind.LIGHT, board.light)):
+        if value is not None:
+            out.append((f"{base}/{kind.value}", state_payload(kind, value)))
+    return out
+
+
+def parse_led_set(topic: str, payload: bytes) -> tuple[int, bool]:
+    """(device id, on) of a command from Home Assistant; PayloadError if it is not one."""
+    match = _COMMAND_RE.fullmatch(topic)
+    if match is None:
+        raise PayloadError(f"not a Home Assistant command topic: {topic[:80]!r}", "ha-topic")
+    word = payload.strip().upper()
+    if word not in (b"ON", b"OFF"):
+        raise PayloadError(f"a Home Assistant LED command is ON or OFF, not {payload[:20]!r}", "ha-payload")
+    return int(match[1]), word == b"ON"
+
+
+_BOARDS = text("SELECT id, mac, name, online, last_led, last_button, last_light FROM device")
+
+
+def load_boards(engine: Engine) -> dict[int, Board]:
+    """Every device as the database holds it now."""
+    with engine.connect() as conn:
+        return {row[0]: Board(row[0], row[1], row[2], bool(row[3]), row[4], row[5], row[6])
+                for row in conn.execute(_BOARDS)}
+
+
+class HomeAssistant:
+    """Tells Home Assistant what the writer committed; turns its LED commands into the web page's LedRequest.
+
+    `committed` and `deleted` run in the writer thread after a commit (cheap: the last value of each device and
+    kind, a few publishes); `republish` runs in a timer thread and reads the devices from the database; a lock
+    orders them and keeps `boards` (what announcing a device again needs: its MAC and name) consistent.
+    """
+
+    def __init__(self, engine: Engine, publish: Publish, current_session: CurrentSession,
+                 delay: tuple[float, float] = REPUBLISH_DELAY) -> None:
+        self.engine = engine
+        self.publish = publish
+        self.current_session = current_session
+        self.delay = delay
+        self.boards: dict[int, Board] = {}
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        #: How many times everything was published (tests wait for it).
+        self.republished = 0
+
+    # -- after each commit (the writer thread) -------------------------------------------------------------
+
+    def committed(self, done: Decisions) -> None:
+        """Publish the states of the devices this batch changed (the last value of each kind), and the configs of
+        devices new or renamed."""
+        announce: list[Board] = []
+        changed: dict[int, list[tuple[str, bytes]]] = {}
+        for presence in done.presence:
+            changed.setdefault(presence.id, []).append(
+                (f"{base_topic(presence.id)}/availability", b"online" if presence.online else b"offline"))
+        for kind, rows in done.readings.items():
+            if rows:
+                last = {device_id: value for device_id, _stamp, value in rows}
+                for device_id, value in last.items():
+                    changed.setdefault(device_id, []).append(
+                        (f"{base_topic(device_id)}/{kind.value}", state_payload(kind, value)))
+        with self._lock:  # ordered with a republish: its older states never come after these
+            boards = self.boards
+            for change in done.changes:
+                if isinstance(change, NewDevice):
+                    boards[change.id] = Board(change.id, change.mac, change.name)
+                    announce.append(boards[change.id])
+                elif isinstance(change, Rename) and (renamed := boards.get(change.id)) is not None:
+                    renamed.name = change.name
+                    announce.append(renamed)
+            for board in announce:
+                self._send(configs(board))
+            for messages in changed.values():
+                self._send(messages)
+
+    def deleted(self, device_ids: Iterable[int]) -> None:
+        """Devices deleted from the database: Home Assistant removes them (empty configs)."""
+        with self._lock:
+            gone = [board for device_id in device_ids if (board := self.boards.pop(device_id, None)) is not None]
+        for board in gone:
+            logger.info("Home Assistant: removing %s", board.name)
+            self._send(removals(board.mac))
+
+    # -- everything again ------------------------------------------------------------------------------
+
+    def birth(self, payload: bytes) -> None:
+        """Home Assistant's status message: when it comes online, publish everything again shortly."""
+        if payload.strip() == b"online":
+            self.schedule()
+
+    def schedule(self) -> None:
+        """Publish every config and state again after a small random delay (once, however often asked)."""
+        with self._lock:
+            if self._timer is not None:
+                return
+            self._timer = threading.Timer(random.uniform(*self.delay), self.republish)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def republish(self) -> None:
+        """Publish every device's configs and states now, as the database holds them (with several workers, each
+        one's commits only reach the Home Assistant of its own batches in between)."""
+        with self._lock:  # a commit's states wait: they are never overtaken by the older ones read here
+            self._timer = None
+            try:
+                boards = load_boards(self.engine)
+            except SQLAlchemyError as err:
+                logger.warning("Home Assistant: cannot read the devices (%s); trying again shortly", reason(err))
+                failed = True
+            else:
+                failed = False
+                self.boards = {board.id: Board(board.id, board.mac, board.name) for board in boards.values()}
+                for board in boards.values():
+                    self._send(configs(board))
+                    self._send(states(board))
+                self.republished += 1
+        if failed:
+            self.schedule()
+        else:
+            logger.info("Home Assistant: announced %d device(s)", len(boards))
+
+    def stop(self) -> None:
+        """Cancel a pending republish."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    # -- commands from Home Assistant ----------------------------------------------------------------
+
+    def command(self, topic: str, payload: bytes) -> LedRequest:
+        """The LedRequest of a Home Assistant command, in the device's current session (the writer checks that
+        the device is online in it); PayloadError if the command is malformed or the device unknown."""
+        device_id, on = parse_led_set(topic, payload)
+        session = self.current_session(device_id)
+        if session is None:
+            raise PayloadError(f"Home Assistant command for unknown device {device_id}", "ha-unknown-device")
+        logger.info("Home Assistant: LED %s for device %d (session %s)", "on" if on else "off", device_id, session)
+        return LedRequest(device_id, session, on)
+
+    def _send(self, messages: Iterable[tuple[str, bytes]]) -> None:
+        for topic, payload in messages:
+            try:
+                self.publish(topic, payload, QOS)
+            except Exception as err:  # what is committed stays committed whatever paho says
+                logger.error("Home Assistant: could not publish %s: %s", topic, err)
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """(host, port) of SENSORHUB_HOMEASSISTANT_URL (mqtt://host[:port], 1883 by default)."""
+    parsed = urlsplit(url)
+    return (parsed.hostname or "localhost"), (parsed.port or 1883)
+
+
+class HaBroker:
+    """The second connection, to Home Assistant's own broker (SENSORHUB_HOMEASSISTANT_URL): it publishes the
+    configs and states there and brings back Home Assistant's birth and LED commands."""
+
+    def __init__(self, settings: Settings, client_id: str, on_message: Callable[[str, bytes], object]) -> None:
+        self.host, self.port = parse_url(settings.homeassistant_url)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        if settings.homeassistant_user:
+            self.client.username_pw_set(settings.homeassistant_user, settings.homeassistant_password or None)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_socket_open = no_delay
+        self.keepalive = settings.keepalive
+        self._on_message_cb = on_message
+        #: Called once connected (and again after each reconnection): publish everything again.
+        self.on_connected: Callable[[], object] | None = None
+
+    def start(self) -> None:
+        """Connect in the background (retrying until the broker answers)."""
+        self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        """Publish on Home Assistant's broker (queued by paho while it is out of reach)."""
+        self.client.publish(topic, payload, qos)
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: mqtt.ConnectFlags, reason: ReasonCode,
+                    _properties: Properties | None) -> None:
+        if reason.is_failure:
+            logger.error("Home Assistant's broker at %s:%d refused the connection: %s", self.host, self.port, reason)
+            return
+        logger.info("connected to Home Assistant's broker at %s:%d", self.host, self.port)
+        client.subscribe([(BIRTH_TOPIC, 1), (COMMAND_FILTER, 1)])
+        if self.on_connected is not None:
+            self.on_connected()
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._on_message_cb(message.topic, bytes(message.payload))

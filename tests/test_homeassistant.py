@@ -1,0 +1,266 @@
+"""Home Assistant's MQTT discovery (SENSORHUB_HOMEASSISTANT): against our real broker and an in-process ingest
+client, with a hand-driven board and a client logged in as the broker user `homeassistant`; then, in
+tests/test_homeassistant_real.py, against a real Home Assistant."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import Engine
+
+from sensorhub.broker import Broker
+from sensorhub.commands import RenameRequest
+from sensorhub.config import Settings
+from sensorhub.credentials import HA_USER, homeassistant_password
+from sensorhub.errors import PayloadError
+from sensorhub.ingest.homeassistant import Board, config_topic, configs, parse_led_set
+from sensorhub.ingest.service import IngestClient
+from sensorhub.ingest.sessions import Inbound
+from sensorhub.protocol import Topic
+from tests.devices import RawDevice
+from tests.support import settings_for, wait_for
+
+MAC = "02:00:00:00:0A:01"
+KEY = "sensorhub_02000000" + "0a01"
+
+
+class HaClient:
+    """An MQTT client logged in as Home Assistant's broker user, recording what it receives."""
+
+    def __init__(self, settings: Settings, password: str | None = None) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.acks: dict[int, Any] = {}
+        self.granted: list[list[Any]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(HA_USER, password or homeassistant_password(settings))
+        self.client.on_message = self._on_message
+        self.client.on_publish = lambda _c, _u, mid, reason, _p: self.acks.__setitem__(mid, reason)
+        self.client.on_subscribe = lambda _c, _u, _mid, reasons, _p: self.granted.append(reasons)
+        self.client.connect("127.0.0.1", settings.mqtt_port)
+        self.client.loop_start()
+        wait_for(self.client.is_connected, 5, what="Home Assistant's client connected")
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((message.topic, bytes(message.payload)))
+
+    def subscribe(self, *topics: str) -> list[Any]:
+        """Subscribe and wait for the SUBACK; its reason codes."""
+        count = len(self.granted)
+        self.client.subscribe([(topic, 1) for topic in topics])
+        wait_for(lambda: len(self.granted) > count, 5, what="SUBACK")
+        return self.granted[count]
+
+    def last(self, topic: str) -> bytes | None:
+        """The last payload received on `topic`."""
+        with self.lock:
+            found = [payload for received, payload in self.messages if received == topic]
+        return found[-1] if found else None
+
+    def clear(self) -> None:
+        """Forget what was received."""
+        with self.lock:
+            self.messages.clear()
+
+    def publish(self, topic: str, payload: bytes | str) -> Any:
+        """Publish at QoS 1 and wait for the PUBACK; its reason code."""
+        info = self.client.publish(topic, payload, qos=1)
+        wait_for(lambda: info.mid in self.acks, 5, what=f"PUBACK for {topic}")
+        return self.acks[info.mid]
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Settings with Home Assistant's discovery on, on our broker (the broker fixture's too)."""
+    return settings.replace(homeassistant=True)
+
+
+@pytest.fixture
+def ha_settings(settings: Settings) -> Settings:
+    """The same settings, under the name the tests read better."""
+    return settings
+
+
+@pytest.fixture
+def worker(ha_settings: Settings, broker: Broker, engine: Engine) -> Iterator[IngestClient]:
+    """An in-process ingest client announcing the boards to Home Assistant, republishing within 0.1 s."""
+    client = IngestClient(ha_settings)
+    assert client.homeassistant is not None
+    client.homeassistant.delay = (0.0, 0.1)
+    client.start(wait_ready=10)
+    yield client
+    client.stop()
+
+
+def joined(worker: IngestClient, board: RawDevice) -> int:
+    """Join `board` and wait until the worker has it online; its device id."""
+    board.join()
+    ident = wait_for(lambda: worker.writer.sessions.by_session_name.get(board.name), 10).id
+    wait_for(lambda: worker.writer.sessions.by_id[ident].online, 10, what="online")
+    return int(ident)
+
+
+def test_configs_are_what_home_assistant_reads() -> None:
+    """Per-entity discovery: one device (its MAC, its name) with a commandable light, a button, a light sensor."""
+    found = {topic: json.loads(payload) for topic, payload in configs(Board(3, MAC, "salle B"))}
+    assert set(found) == {f"homeassistant/{component}/{KEY}/config" for component in ("light", "binary_sensor",
+                                                                                       "sensor")}
+    light = found[config_topic("light", MAC)]
+    assert light["~"] == "sensorhub/ha/3" and light["cmd_t"] == "~/led/set" and light["stat_t"] == "~/led"
+    assert light["avty_t"] == "~/availability"
+    assert light["dev"] == {"ids": [KEY], "name": "salle B", "mf": "sensorhub", "mdl": "ESP32",
+                            "cns": [["mac", MAC.lower()]]}
+    sensor = found[config_topic("sensor", MAC)]
+    assert sensor["unit_of_meas"] == "%" and sensor["stat_cla"] == "measurement" and sensor["stat_t"] == "~/light"
+    assert found[config_topic("binary_sensor", MAC)]["stat_t"] == "~/button"
+    assert len({entity["uniq_id"] for entity in found.values()}) == 3
+    assert parse_led_set("sensorhub/ha/3/led/set", b"ON") == (3, True)
+    assert parse_led_set("sensorhub/ha/12/led/set", b"OFF") == (12, False)
+    for topic, payload in (("sensorhub/ha/3/led/set", b"1"), ("sensorhub/ha/x/led/set", b"ON"),
+                           ("sensorhub/ha/0/led/set", b"ON"), ("sensorhub/ha/3/led/sets", b"ON")):
+        with pytest.raises(PayloadError):
+            parse_led_set(topic, payload)
+
+
+def test_a_board_is_announced_with_its_states_after_each_commit_and_again_at_home_assistants_birth(
+        ha_settings: Settings, worker: IngestClient) -> None:
+    """A board joins: its configs and states reach Home Assistant's user; its birth brings everything again; a
+    rename changes the device's name; leaving makes it unavailable; a deleted device's configs are emptied."""
+    ha = HaClient(ha_settings)
+    board = RawDevice(ha_settings.mqtt_port, MAC)
+    assert worker.homeassistant is not None
+    try:
+        assert all(code.value < 0x80 for code in ha.subscribe("homeassistant/+/+/config", "sensorhub/ha/#"))
+        ident = joined(worker, board)
+        light = config_topic("light", MAC)
+        wait_for(lambda: ha.last(light), 10, what="the light's config")
+        assert json.loads(ha.last(light) or b"")["dev"]["name"] == board.name
+        assert json.loads(ha.last(config_topic("sensor", MAC)) or b"")["unit_of_meas"] == "%"
+        base = f"sensorhub/ha/{ident}"
+        wait_for(lambda: ha.last(f"{base}/availability") == b"online", 10, what="online")
+        board.reading(Topic.LED_STATUS, 1)
+        board.reading(Topic.BUTTON_STATUS, 0)
+        board.reading(Topic.PHOTORESISTOR_STATUS, 42)
+        wait_for(lambda: (ha.last(f"{base}/led"), ha.last(f"{base}/button"), ha.last(f"{base}/light"))
+                 == (b"ON", b"OFF", b"42"), 10, what="the three states")
+
+        ha.clear()
+        republished = worker.homeassistant.republished
+        assert ha.publish("homeassistant/status", "online").value < 0x80
+        wait_for(lambda: worker.homeassistant is not None and worker.homeassistant.republished > republished, 10,
+                 what="the republish")
+        wait_for(lambda: ha.last(f"{base}/light") == b"42", 5, what="the states again")
+        assert ha.last(light) is not None and ha.last(f"{base}/led") == b"ON"
+        assert ha.last(f"{base}/availability") == b"online"
+        assert worker.drops.snapshot() == {}
+
+        ha.clear()
+        worker.writer.submit(Inbound(RenameRequest(ident, "salle B"), 0))
+        wait_for(lambda: ha.last(light), 10, what="the config after the rename")
+        assert json.loads(ha.last(light) or b"")["dev"]["name"] == "salle B"
+
+        board.leave()
+        wait_for(lambda: ha.last(f"{base}/availability") == b"offline", 10, what="offline")
+
+        worker.homeassistant.deleted([ident])
+        wait_for(lambda: ha.last(light) == b"", 10, what="the emptied config")
+        assert ha.last(config_topic("sensor", MAC)) == b"" and ha.last(config_topic("binary_sensor", MAC)) == b""
+    finally:
+        board.close()
+        ha.close()
+
+
+def test_home_assistants_led_commands_reach_a_board_only_online_in_its_session(
+        ha_settings: Settings, worker: IngestClient) -> None:
+    """A command on sensorhub/ha/<id>/led/set goes through the web page's checked path: sent to a board online
+    in its current session, refused (counted) once it left, and an unknown device or payload is counted too."""
+    ha = HaClient(ha_settings)
+    board = RawDevice(ha_settings.mqtt_port, MAC)
+    try:
+        ident = joined(worker, board)
+        assert ha.publish(f"sensorhub/ha/{ident}/led/set", "ON").value < 0x80
+        wait_for(lambda: board.commands, 10, what="the LED command")
+        assert board.commands == [f"{board.name};{board.session};1".encode()]
+        ha.publish(f"sensorhub/ha/{ident}/led/set", "OFF")
+        wait_for(lambda: len(board.commands) == 2, 10, what="the second LED command")
+        assert board.commands[1] == f"{board.name};{board.session};0".encode()
+
+        board.leave()
+        wait_for(lambda: not worker.writer.sessions.by_id[ident].online, 10, what="offline")
+        ha.publish(f"sensorhub/ha/{ident}/led/set", "ON")
+        ha.publish(f"sensorhub/ha/{ident + 40}/led/set", "ON")
+        ha.publish(f"sensorhub/ha/{ident}/led/set", "blink")
+        wait_for(lambda: {"pipe-offline", "ha-unknown-device", "ha-payload"} <= set(worker.drops.snapshot()), 10,
+                 what="the three refusals counted")
+        board.join()  # a new session: the refused command was not kept for it
+        wait_for(lambda: worker.writer.sessions.by_id[ident].online, 10, what="online again")
+        ha.publish(f"sensorhub/ha/{ident}/led/set", "ON")
+        wait_for(lambda: len(board.commands) == 3, 10, what="the command in the new session")
+        assert board.commands[2] == f"{board.name};{board.session};1".encode()
+    finally:
+        board.close()
+        ha.close()
+
+
+def test_the_homeassistant_user_reads_only_its_topics_and_publishes_only_commands_and_its_status(
+        ha_settings: Settings, worker: IngestClient) -> None:
+    """Home Assistant's broker user cannot publish on a board's channels nor read them (nor anything else)."""
+    ha = HaClient(ha_settings)
+    board = RawDevice(ha_settings.mqtt_port, MAC)
+    try:
+        ident = joined(worker, board)
+        for topic in (Topic.LED_COMMAND, Topic.LED_STATUS, Topic.JOIN, Topic.NAME_ASSIGN, "sensorhub/commands",
+                      f"sensorhub/ha/{ident}/led", "homeassistant/light/x/config", "sensorhub/live"):
+            assert ha.publish(str(topic), f"{board.name};{board.session};1").is_failure, topic
+        for topic in ("#", "led/status", "state/#", "sensorhub/#", "sensorhub/live", "$share/sensorhub/led/status"):
+            assert all(code.is_failure for code in ha.subscribe(topic)), topic
+        assert ha.publish(f"sensorhub/ha/{ident}/led/set", "ON").value < 0x80
+        assert ha.publish("homeassistant/status", "offline").value < 0x80
+        # Home Assistant's own filters are granted.
+        granted = ha.subscribe("homeassistant/+/+/config", "homeassistant/+/+/+/config", "homeassistant/status",
+                               f"sensorhub/ha/{ident}/led")
+        assert all(code.value < 0x80 for code in granted)
+        board.reading(Topic.LED_STATUS, 1)
+        wait_for(lambda: ha.last(f"sensorhub/ha/{ident}/led") == b"ON", 10, what="the LED state")
+        assert {topic for topic, _payload in ha.messages} <= {f"sensorhub/ha/{ident}/led", "homeassistant/status",
+                                                              *(topic for topic, _p in configs(Board(ident, MAC, "")))}
+        wait_for(lambda: board.commands, 10, what="the command Home Assistant may send")
+        assert board.commands == [f"{board.name};{board.session};1".encode()]
+    finally:
+        board.close()
+        ha.close()
+
+
+def test_without_the_setting_there_is_no_homeassistant_user(tmp_path: Path) -> None:
+    """SENSORHUB_HOMEASSISTANT off: no secret file, and the broker refuses the user."""
+    settings = settings_for(tmp_path)
+    assert homeassistant_password(settings) is None
+    broker = Broker(settings)
+    broker.start()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    refused: list[Any] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: refused.append(reason)
+    client.username_pw_set(HA_USER, "guess-guess-guess")
+    client.connect("127.0.0.1", settings.mqtt_port)
+    client.loop_start()
+    try:
+        wait_for(lambda: refused, 5, what="CONNACK")
+        assert refused[0].is_failure
+        assert not (tmp_path / "var" / "mqtt-homeassistant.secret").exists()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        broker.stop()
