@@ -55,6 +55,10 @@ COMMAND_FILTER: Final = f"{ROOT}/+/led/set"
 QOS: Final = 1
 #: After a birth message or our own connection, everything is published again within this many seconds.
 REPUBLISH_DELAY: Final = (0.5, 3.0)
+#: Home Assistant subscribes to an entity's state topics only once it has read its config (0.1 to 1 s later,
+#: measured with 2024.3: it gathers subscriptions): states published with the configs are missed (nothing is
+#: retained), so they are published again this many seconds after any config.
+STATES_AFTER_CONFIGS: Final = 2.0
 #: The entities of a board: discovery component, our state topic's last level, its name in Home Assistant.
 ENTITIES: Final[tuple[tuple[str, Kind, str], ...]] = (
     ("light", Kind.LED, "LED"),
@@ -177,6 +181,9 @@ class HomeAssistant:
         self.boards: dict[int, Board] = {}
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self._with_configs = False
+        #: Seconds between configs and their states published again (STATES_AFTER_CONFIGS).
+        self.states_after = STATES_AFTER_CONFIGS
         #: How many times everything was published (tests wait for it).
         self.republished = 0
 
@@ -209,6 +216,8 @@ class HomeAssistant:
                 self._send(configs(board))
             for messages in changed.values():
                 self._send(messages)
+        if announce:
+            self.schedule(self.states_after, with_configs=False)
 
     def deleted(self, device_ids: Iterable[int]) -> None:
         """Devices deleted from the database: Home Assistant removes them (empty configs)."""
@@ -225,36 +234,42 @@ class HomeAssistant:
         if payload.strip() == b"online":
             self.schedule()
 
-    def schedule(self) -> None:
-        """Publish every config and state again after a small random delay (once, however often asked)."""
+    def schedule(self, delay: float | None = None, *, with_configs: bool = True) -> None:
+        """Publish every state, and config unless `with_configs` is False, after `delay` seconds (a small random
+        delay by default); once, however often asked meanwhile."""
         with self._lock:
+            self._with_configs = self._with_configs or with_configs
             if self._timer is not None:
                 return
-            self._timer = threading.Timer(random.uniform(*self.delay), self.republish)
+            self._timer = threading.Timer(random.uniform(*self.delay) if delay is None else delay, self.republish)
             self._timer.daemon = True
             self._timer.start()
 
     def republish(self) -> None:
-        """Publish every device's configs and states now, as the database holds them (with several workers, each
-        one's commits only reach the Home Assistant of its own batches in between)."""
+        """Publish every device's configs (unless only states were asked for) and states now, as the database
+        holds them (with several workers, each one's commits only reach the Home Assistant of its own batches)."""
         with self._lock:  # a commit's states wait: they are never overtaken by the older ones read here
             self._timer = None
+            with_configs, self._with_configs = self._with_configs, False
             try:
                 boards = load_boards(self.engine)
             except SQLAlchemyError as err:
                 logger.warning("Home Assistant: cannot read the devices (%s); trying again shortly", reason(err))
+                self._with_configs = self._with_configs or with_configs
                 failed = True
             else:
                 failed = False
                 self.boards = {board.id: Board(board.id, board.mac, board.name) for board in boards.values()}
                 for board in boards.values():
-                    self._send(configs(board))
+                    if with_configs:
+                        self._send(configs(board))
                     self._send(states(board))
                 self.republished += 1
         if failed:
             self.schedule()
-        else:
+        elif with_configs:
             logger.info("Home Assistant: announced %d device(s)", len(boards))
+            self.schedule(self.states_after, with_configs=False)
 
     def stop(self) -> None:
         """Cancel a pending republish."""
