@@ -98,9 +98,9 @@ def _storage(key: str, data: dict[str, Any], version: int = 1, minor: int = 1) -
     return json.dumps({"version": version, "minor_version": minor, "key": key, "data": data}, indent=1)
 
 
-def write_config(directory: Path, port: int, mqtt_port: int, mqtt_password: str) -> str:
+def write_config(directory: Path, port: int, mqtt_port: int, mqtt_password: str) -> tuple[str, str]:
     """A configuration directory: configuration.yaml, an owner with a long-lived token, the MQTT config entry;
-    the token."""
+    the token and the entry's id."""
     storage = directory / ".storage"
     storage.mkdir(parents=True, exist_ok=True)
     (directory / "configuration.yaml").write_text(_CONFIG.format(port=port))
@@ -120,14 +120,15 @@ def write_config(directory: Path, port: int, mqtt_port: int, mqtt_password: str)
     }))
     (storage / "onboarding").write_text(_storage("onboarding", {"done": ["user", "core_config", "analytics",
                                                                           "integration"]}, version=4))
+    entry_id = secrets.token_hex(16)
     (storage / "core.config_entries").write_text(_storage("core.config_entries", {"entries": [{
-        "entry_id": secrets.token_hex(16), "version": 1, "minor_version": 1, "domain": "mqtt",
+        "entry_id": entry_id, "version": 1, "minor_version": 1, "domain": "mqtt",
         "title": f"127.0.0.1:{mqtt_port}",
         "data": {"broker": "127.0.0.1", "port": mqtt_port, "username": "homeassistant", "password": mqtt_password,
                  "discovery": True},
         "options": {}, "pref_disable_new_entities": False, "pref_disable_polling": False, "source": "user",
         "unique_id": None, "disabled_by": None}]}))
-    return access_token(refresh, jwt_key)
+    return access_token(refresh, jwt_key), entry_id
 
 
 def start(directory: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +17,19 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine
 
+from bench.ports import free_port
 from sensorhub.broker import Broker
 from sensorhub.commands import RenameRequest
 from sensorhub.config import Settings
 from sensorhub.credentials import HA_USER, homeassistant_password
+from sensorhub.db.engine import make_engine
+from sensorhub.db.schema import init_db
 from sensorhub.errors import PayloadError
 from sensorhub.ingest.homeassistant import Board, config_topic, configs, parse_led_set
 from sensorhub.ingest.service import IngestClient
 from sensorhub.ingest.sessions import Inbound
 from sensorhub.protocol import Topic
+from tests import hass
 from tests.devices import RawDevice
 from tests.support import settings_for, wait_for
 
@@ -264,3 +270,132 @@ def test_without_the_setting_there_is_no_homeassistant_user(tmp_path: Path) -> N
         client.disconnect()
         client.loop_stop()
         broker.stop()
+
+
+# -- against a real Home Assistant ---------------------------------------------------------------------------------
+
+#: Installing Home Assistant (first run: ~13 min on a busy 2-core machine, all from PyPI) happens in the first test's
+#: setup; once cached, starting it takes a few seconds.
+REAL_HA_TIMEOUT = 1800
+
+
+@dataclass
+class RealHa:
+    """A real Home Assistant whose MQTT integration logs in to our broker, with our ingest client running."""
+
+    settings: Settings
+    worker: IngestClient
+    api: hass.Api
+    install_seconds: float
+    start_seconds: float
+    entry_id: str
+
+
+@pytest.fixture(scope="session")
+def home_assistant_venv() -> float:
+    """Home Assistant HA_VERSION installed in its cached venv (from PyPI when missing); the seconds it took."""
+    return hass.install()
+
+
+@pytest.fixture(scope="module")
+def real_ha(home_assistant_venv: float, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHa]:
+    """Our broker, an ingest client and one Home Assistant (`hass -c <tmp>` on a free port) for the module."""
+    directory = tmp_path_factory.mktemp("real-ha")
+    settings = settings_for(directory).replace(homeassistant=True, log_level="INFO")
+    engine = make_engine(settings.database_url, create_dir=True)
+    init_db(engine)
+    engine.dispose()
+    broker = Broker(settings)
+    broker.start()
+    worker = IngestClient(settings)
+    assert worker.homeassistant is not None
+    worker.homeassistant.delay = (0.0, 0.2)
+    worker.start(wait_ready=10)
+    port = free_port()
+    password = homeassistant_password(settings)
+    assert password is not None
+    token, entry_id = hass.write_config(directory / "ha", port, settings.mqtt_port, password)
+    log = open(directory / "hass.log", "wb")  # noqa: SIM115 - open for the module's lifetime
+    started = time.monotonic()
+    process = hass.start(directory / "ha", log)
+    api = hass.Api(port, token)
+    try:
+        wait_for(lambda: api.running() or process.poll() is not None, 120, interval=0.25, what="Home Assistant")
+        assert process.poll() is None, f"Home Assistant exited ({process.returncode}): see {directory / 'hass.log'}"
+        yield RealHa(settings, worker, api, home_assistant_venv, time.monotonic() - started, entry_id)
+    finally:
+        hass.stop(process)
+        log.close()
+        worker.stop()
+        broker.stop()
+
+
+def entities(api: hass.Api, device_id: int) -> dict[str, str]:
+    """The states of the entities Home Assistant made from device `device_id`'s configs, by domain."""
+    found = {}
+    for entity_id, state in api.states().items():
+        domain = entity_id.split(".")[0]
+        if domain in ("light", "binary_sensor", "sensor") and entity_id.split(".")[1].startswith("capteur"):
+            found[entity_id] = state["state"]
+    return found
+
+
+@pytest.mark.timeout(REAL_HA_TIMEOUT)
+def test_a_real_home_assistant_shows_a_board_and_switches_its_led(real_ha: RealHa) -> None:
+    """The board's three entities appear in Home Assistant with their states; light.turn_on reaches the board as
+    led/command in its session; the board leaving makes the entities unavailable."""
+    print(f"Home Assistant {hass.HA_VERSION}: install {real_ha.install_seconds:.1f} s (0: cached), "
+          f"start {real_ha.start_seconds:.1f} s")
+    board = RawDevice(real_ha.settings.mqtt_port, "02:00:00:00:0D:01")
+    try:
+        ident = joined(real_ha.worker, board)
+        board.reading(Topic.LED_STATUS, 0)
+        board.reading(Topic.BUTTON_STATUS, 1)
+        board.reading(Topic.PHOTORESISTOR_STATUS, 42)
+        prefix = board.name
+        expected = {f"light.{prefix}_led": "off", f"binary_sensor.{prefix}_bouton": "on",
+                    f"sensor.{prefix}_lumiere": "42"}
+        wait_for(lambda: entities(real_ha.api, ident) == expected, 30, interval=0.25,
+                 what=f"the entities {expected} in Home Assistant")
+        sensor = real_ha.api.states()[f"sensor.{prefix}_lumiere"]["attributes"]
+        assert sensor["unit_of_measurement"] == "%" and sensor["state_class"] == "measurement"
+
+        real_ha.api.call("POST", "/api/services/light/turn_on", {"entity_id": f"light.{prefix}_led"})
+        wait_for(lambda: board.commands, 10, what="the LED command from Home Assistant")
+        assert board.commands == [f"{board.name};{board.session};1".encode()]
+        board.reading(Topic.LED_STATUS, 1)
+        wait_for(lambda: entities(real_ha.api, ident)[f"light.{prefix}_led"] == "on", 10, interval=0.25,
+                 what="the LED on in Home Assistant")
+
+        board.leave()
+        wait_for(lambda: set(entities(real_ha.api, ident).values()) == {"unavailable"}, 10, interval=0.25,
+                 what="the entities unavailable")
+    finally:
+        board.close()
+
+
+@pytest.mark.timeout(REAL_HA_TIMEOUT)
+def test_a_real_home_assistant_reloading_its_mqtt_integration_gets_everything_again(real_ha: RealHa) -> None:
+    """Nothing is retained: Home Assistant's MQTT integration reloaded (it connects again and says `online`) gets
+    the configs and states again, and its commands still reach the board."""
+    board = RawDevice(real_ha.settings.mqtt_port, "02:00:00:00:0D:02")
+    assert real_ha.worker.homeassistant is not None
+    try:
+        ident = joined(real_ha.worker, board)
+        board.reading(Topic.PHOTORESISTOR_STATUS, 7)
+        light = f"sensor.{board.name}_lumiere"
+        wait_for(lambda: entities(real_ha.api, ident).get(light) == "7", 30, interval=0.25, what="the light level")
+        wait_for(lambda: real_ha.worker.homeassistant is not None and real_ha.worker.homeassistant._timer is None, 10,
+                 what="no republish pending")
+        before = real_ha.worker.homeassistant.republished
+        real_ha.api.call("POST", "/api/services/homeassistant/reload_config_entry", {"entry_id": real_ha.entry_id})
+        wait_for(lambda: real_ha.worker.homeassistant is not None and real_ha.worker.homeassistant.republished > before,
+                 30, what="the republish after Home Assistant's birth")
+        wait_for(lambda: entities(real_ha.api, ident).get(light) == "7", 30, interval=0.25,
+                 what="the light level after the reload")
+
+        real_ha.api.call("POST", "/api/services/light/turn_off", {"entity_id": f"light.{board.name}_led"})
+        wait_for(lambda: board.commands, 10, what="the LED command after the reload")
+        assert board.commands == [f"{board.name};{board.session};0".encode()]
+    finally:
+        board.close()
