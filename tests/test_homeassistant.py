@@ -5,6 +5,9 @@ tests/test_homeassistant_real.py, against a real Home Assistant."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +21,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine
 
 from bench.ports import free_port
-from sensorhub.broker import Broker
+from sensorhub.broker import Broker, find_mosquitto
 from sensorhub.commands import RenameRequest
 from sensorhub.config import Settings
-from sensorhub.credentials import HA_USER, homeassistant_password
+from sensorhub.credentials import HA_USER, find_mosquitto_passwd, homeassistant_password
 from sensorhub.db.engine import make_engine
 from sensorhub.db.schema import init_db
 from sensorhub.errors import PayloadError
@@ -40,13 +43,13 @@ KEY = "sensorhub_02000000" + "0a01"
 class HaClient:
     """An MQTT client logged in as Home Assistant's broker user, recording what it receives."""
 
-    def __init__(self, settings: Settings, password: str | None = None) -> None:
+    def __init__(self, settings: Settings, password: str | None = None, login: tuple[str, str] | None = None) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.acks: dict[int, Any] = {}
         self.granted: list[list[Any]] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(HA_USER, password or homeassistant_password(settings))
+        self.client.username_pw_set(*(login or (HA_USER, password or homeassistant_password(settings))))
         self.client.on_message = self._on_message
         self.client.on_publish = lambda _c, _u, mid, reason, _p: self.acks.__setitem__(mid, reason)
         self.client.on_subscribe = lambda _c, _u, _mid, reasons, _p: self.granted.append(reasons)
@@ -109,6 +112,12 @@ def worker(ha_settings: Settings, broker: Broker, engine: Engine) -> Iterator[In
     client.start(wait_ready=10)
     yield client
     client.stop()
+
+
+def port_open(port: int) -> bool:
+    """Whether something listens on `port` of the loopback interface."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def joined(worker: IngestClient, board: RawDevice) -> int:
@@ -399,3 +408,46 @@ def test_a_real_home_assistant_reloading_its_mqtt_integration_gets_everything_ag
         assert board.commands == [f"{board.name};{board.session};0".encode()]
     finally:
         board.close()
+
+
+def test_home_assistants_own_broker_gets_the_boards_and_brings_its_commands(
+        tmp_path: Path, settings: Settings, broker: Broker, engine: Engine) -> None:
+    """SENSORHUB_HOMEASSISTANT_URL: a second connection publishes configs and states on Home Assistant's broker
+    (here a plain Mosquitto with a login) and carries its birth and commands back; our broker has no
+    `homeassistant` user then."""
+    port = free_port()
+    passwd = tmp_path / "ha-passwd"
+    passwd.write_text("ha-user:ha-password-123\n")
+    subprocess.run([find_mosquitto_passwd(), "-U", str(passwd)], check=True)
+    conf = tmp_path / "ha-broker.conf"
+    root = "user root\n" if os.geteuid() == 0 else ""  # as root, mosquitto would drop to a user not reaching tmp_path
+    conf.write_text(f"{root}listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n")
+    theirs = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stderr=subprocess.DEVNULL)
+    wait_for(lambda: port_open(port), 10, what="Home Assistant's broker")
+    own = settings.replace(homeassistant_url=f"mqtt://127.0.0.1:{port}", homeassistant_user="ha-user",
+                           homeassistant_password="ha-password-123")
+    assert homeassistant_password(own) is None
+    client = IngestClient(own)
+    assert client.homeassistant is not None and client.ha_broker is not None
+    client.homeassistant.delay = (0.0, 0.1)
+    client.start(wait_ready=10)
+    ha = HaClient(settings.replace(mqtt_port=port), login=("ha-user", "ha-password-123"))
+    board = RawDevice(settings.mqtt_port, MAC)
+    try:
+        ha.subscribe("homeassistant/+/+/config", "sensorhub/ha/#")
+        ident = joined(client, board)
+        wait_for(lambda: ha.last(config_topic("light", MAC)), 10, what="the config on Home Assistant's broker")
+        board.reading(Topic.PHOTORESISTOR_STATUS, 55)
+        wait_for(lambda: ha.last(f"sensorhub/ha/{ident}/light") == b"55", 10, what="the state there")
+        ha.clear()
+        ha.publish("homeassistant/status", "online")
+        wait_for(lambda: ha.last(config_topic("sensor", MAC)), 10, what="the configs again after the birth")
+        ha.publish(f"sensorhub/ha/{ident}/led/set", "ON")
+        wait_for(lambda: board.commands, 10, what="the command from Home Assistant's broker")
+        assert board.commands == [f"{board.name};{board.session};1".encode()]
+    finally:
+        board.close()
+        ha.close()
+        client.stop()
+        theirs.terminate()
+        theirs.wait(10)
