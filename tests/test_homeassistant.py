@@ -1,6 +1,6 @@
 """Home Assistant's MQTT discovery (SENSORHUB_HOMEASSISTANT): against our real broker and an in-process ingest
-client, with a hand-driven board and a client logged in as the broker user `homeassistant`; then, in
-tests/test_homeassistant_real.py, against a real Home Assistant."""
+client, with a hand-driven board and a client logged in as the broker user `homeassistant`; then, at the end,
+against a real Home Assistant (tests/hass.py installs it once, in a cached venv of its own, from PyPI)."""
 
 from __future__ import annotations
 
