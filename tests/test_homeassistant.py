@@ -451,3 +451,31 @@ def test_home_assistants_own_broker_gets_the_boards_and_brings_its_commands(
         client.stop()
         theirs.terminate()
         theirs.wait(10)
+
+
+def test_a_broker_started_without_the_setting_keeps_the_ingest_client_connected(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The client has SENSORHUB_HOMEASSISTANT=1 but the broker does not (200-byte packets): the configs are not
+    sent (the broker would disconnect the client for each), it says why once, and the boards are served as ever."""
+    plain = settings_for(tmp_path)
+    engine = make_engine(plain.database_url, create_dir=True)
+    init_db(engine)
+    engine.dispose()
+    broker = Broker(plain)
+    broker.start()
+    client = IngestClient(plain.replace(homeassistant=True))
+    assert client.homeassistant is not None
+    client.homeassistant.delay = (0.0, 0.1)
+    client.start(wait_ready=10)
+    board = RawDevice(plain.mqtt_port, MAC)
+    try:
+        joined(client, board)
+        board.reading(Topic.PHOTORESISTOR_STATUS, 12)
+        wait_for(lambda: client.writer.stats.stored["light"] == 1, 10, what="the reading stored")
+        wait_for(lambda: "the broker takes packets of at most 200 bytes" in caplog.text, 10, what="the error")
+        assert caplog.text.count("the broker takes packets of at most") == 1
+        assert client._connections == 1 and client.mqtt.is_connected()
+    finally:
+        board.close()
+        client.stop()
+        broker.stop()

@@ -41,7 +41,7 @@ from sensorhub.config import Settings
 from sensorhub.errors import PayloadError, reason
 from sensorhub.ingest.sessions import Decisions, NewDevice, Rename
 from sensorhub.mqttclient import no_delay
-from sensorhub.protocol import Kind
+from sensorhub.protocol import HA_MAX_PACKET, Kind
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,10 @@ class HomeAssistant:
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._with_configs = False
+        #: The broker's Maximum Packet Size (MQTT 5 CONNACK), when it gave one: a longer message would have it
+        #: disconnect us (paho does not check), so it is not sent.
+        self.max_packet: int | None = None
+        self._too_long_said = False
         #: Seconds between configs and their states published again (STATES_AFTER_CONFIGS).
         self.states_after = STATES_AFTER_CONFIGS
         #: How many times everything was published (tests wait for it).
@@ -292,6 +296,16 @@ class HomeAssistant:
 
     def _send(self, messages: Iterable[tuple[str, bytes]]) -> None:
         for topic, payload in messages:
+            # PUBLISH: type, remaining length (at most 4 bytes), topic length, topic, packet id, properties.
+            size = 1 + 4 + 2 + len(topic.encode()) + 2 + 1 + len(payload)
+            if self.max_packet is not None and size > self.max_packet:
+                if not self._too_long_said:
+                    logger.error("Home Assistant: the broker takes packets of at most %d bytes, a discovery config "
+                                 "needs about 400: nothing is sent to Home Assistant. Start the broker with "
+                                 "SENSORHUB_HOMEASSISTANT=1 too (it then allows %d), or give Home Assistant its own "
+                                 "broker (SENSORHUB_HOMEASSISTANT_URL)", self.max_packet, HA_MAX_PACKET)
+                    self._too_long_said = True
+                continue
             try:
                 self.publish(topic, payload, QOS)
             except Exception as err:  # what is committed stays committed whatever paho says
@@ -314,6 +328,8 @@ class HaBroker:
         if settings.homeassistant_user:
             self.client.username_pw_set(settings.homeassistant_user, settings.homeassistant_password or None)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # What waits for Home Assistant's broker while it is out of reach stays bounded (a republish follows).
+        self.client.max_queued_messages_set(10_000)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_socket_open = no_delay

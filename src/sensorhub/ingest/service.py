@@ -230,6 +230,7 @@ class IngestClient:
             # The broker restarted or forgot us: Wills may have fired while nobody listened.
             self.writer.submit(Inbound(BrokerSessionLost(), time.time_ns() // 1000))
         if self.homeassistant is not None and self.ha_broker is None:
+            self.homeassistant.max_packet = getattr(_properties, "MaximumPacketSize", None)
             self.homeassistant.schedule()  # nothing is retained: Home Assistant may have missed what we said
 
     def _packets(self) -> list[list[tuple[str, int]]]:
