@@ -167,9 +167,12 @@ def load_boards(engine: Engine) -> dict[int, Board]:
 class HomeAssistant:
     """Tells Home Assistant what the writer committed; turns its LED commands into the web page's LedRequest.
 
-    `committed` and `deleted` run in the writer thread after a commit (cheap: the last value of each device and
-    kind, a few publishes); `republish` runs in a timer thread and reads the devices from the database; a lock
-    orders them and keeps `boards` (what announcing a device again needs: its MAC and name) consistent.
+    `committed` and `deleted` run in the writer thread after a commit and only note the last payload of each topic
+    (a dictionary update per device and kind changed: a paho publish costs about 100 µs, which the writer does not
+    pay); a thread of its own publishes what is noted, and what changed again before it got there is sent once.
+    `republish` runs in a timer thread and reads the devices from the database; a lock orders it with the
+    commits (a newer state is never overwritten by an older one) and keeps `boards` (what announcing a device
+    again needs: its MAC and name) consistent.
     """
 
     def __init__(self, engine: Engine, publish: Publish, current_session: CurrentSession,
@@ -190,6 +193,12 @@ class HomeAssistant:
         self.states_after = STATES_AFTER_CONFIGS
         #: How many times everything was published (tests wait for it).
         self.republished = 0
+        #: What waits for the publishing thread: the last payload of each topic, in the order first noted.
+        self._pending: dict[str, bytes] = {}
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
 
     # -- after each commit (the writer thread) -------------------------------------------------------------
 
@@ -276,11 +285,15 @@ class HomeAssistant:
             self.schedule(self.states_after, with_configs=False)
 
     def stop(self) -> None:
-        """Cancel a pending republish."""
+        """Cancel a pending republish; stop the publishing thread."""
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
 
     # -- commands from Home Assistant ----------------------------------------------------------------
 
@@ -295,21 +308,39 @@ class HomeAssistant:
         return LedRequest(device_id, session, on)
 
     def _send(self, messages: Iterable[tuple[str, bytes]]) -> None:
-        for topic, payload in messages:
-            # PUBLISH: type, remaining length (at most 4 bytes), topic length, topic, packet id, properties.
-            size = 1 + 4 + 2 + len(topic.encode()) + 2 + 1 + len(payload)
-            if self.max_packet is not None and size > self.max_packet:
-                if not self._too_long_said:
-                    logger.error("Home Assistant: the broker takes packets of at most %d bytes, a discovery config "
-                                 "needs about 400: nothing is sent to Home Assistant. Start the broker with "
-                                 "SENSORHUB_HOMEASSISTANT=1 too (it then allows %d), or give Home Assistant its own "
-                                 "broker (SENSORHUB_HOMEASSISTANT_URL)", self.max_packet, HA_MAX_PACKET)
-                    self._too_long_said = True
-                continue
-            try:
-                self.publish(topic, payload, QOS)
-            except Exception as err:  # what is committed stays committed whatever paho says
-                logger.error("Home Assistant: could not publish %s: %s", topic, err)
+        """Note messages for the publishing thread (started at the first one)."""
+        with self._pending_lock:
+            for topic, payload in messages:
+                self._pending[topic] = payload
+            if self._thread is None and not self._stopping:
+                self._thread = threading.Thread(target=self._run, name="ha-publisher", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait()
+            self._wake.clear()
+            with self._pending_lock:
+                pending, self._pending = self._pending, {}
+            for topic, payload in pending.items():
+                self._publish_now(topic, payload)
+
+    def _publish_now(self, topic: str, payload: bytes) -> None:
+        # PUBLISH: type, remaining length (at most 4 bytes), topic length, topic, packet id, properties.
+        size = 1 + 4 + 2 + len(topic.encode()) + 2 + 1 + len(payload)
+        if self.max_packet is not None and size > self.max_packet:
+            if not self._too_long_said:
+                logger.error("Home Assistant: the broker takes packets of at most %d bytes, a discovery config "
+                             "needs about 400: nothing is sent to Home Assistant. Start the broker with "
+                             "SENSORHUB_HOMEASSISTANT=1 too (it then allows %d), or give Home Assistant its own "
+                             "broker (SENSORHUB_HOMEASSISTANT_URL)", self.max_packet, HA_MAX_PACKET)
+                self._too_long_said = True
+            return
+        try:
+            self.publish(topic, payload, QOS)
+        except Exception as err:  # what is committed stays committed whatever paho says
+            logger.error("Home Assistant: could not publish %s: %s", topic, err)
 
 
 def parse_url(url: str) -> tuple[str, int]:
