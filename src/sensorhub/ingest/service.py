@@ -35,7 +35,8 @@ from sensorhub.db.space import warn_if_low
 from sensorhub.errors import IngestError, PayloadError
 from sensorhub.ingest.beacon import Beacon
 from sensorhub.ingest.drops import Drops
-from sensorhub.ingest.homeassistant import BIRTH_TOPIC, COMMAND_FILTER, ROOT, HaBroker, HomeAssistant
+from sensorhub.ingest.habroker import HaBroker
+from sensorhub.ingest.homeassistant import BIRTH_TOPIC, COMMAND_FILTER, ROOT, HomeAssistant
 from sensorhub.ingest.ledpipe import PipeReader
 from sensorhub.ingest.limits import Limits
 from sensorhub.ingest.metrics import IngestMetrics
@@ -309,7 +310,7 @@ class IngestClient:
             if topic == COMMAND_TOPIC:
                 parsed: Incoming = parse_command(cast(bytes, message.payload))
                 reply = self._reply_to(message)
-            elif topic.startswith(ROOT) or topic == BIRTH_TOPIC:
+            elif self.homeassistant is not None and (topic.startswith(f"{ROOT}/") or topic == BIRTH_TOPIC):
                 parsed = self._from_ha(topic, cast(bytes, message.payload))
             else:
                 parsed = parse_server_message(topic, cast(bytes, message.payload))
