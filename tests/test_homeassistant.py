@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine
 
 from bench.ports import free_port
-from sensorhub.broker import Broker, find_mosquitto
+from sensorhub.broker import Broker, find_mosquitto, render_config
 from sensorhub.commands import RenameRequest
 from sensorhub.config import Settings
 from sensorhub.credentials import HA_USER, find_mosquitto_passwd, homeassistant_password
@@ -31,7 +31,7 @@ from sensorhub.errors import PayloadError
 from sensorhub.ingest.homeassistant import Board, config_topic, configs, parse_led_set
 from sensorhub.ingest.service import IngestClient
 from sensorhub.ingest.sessions import Inbound
-from sensorhub.protocol import Topic
+from sensorhub.protocol import HA_MAX_PACKET, MAX_PACKET, Topic
 from tests import hass
 from tests.devices import RawDevice
 from tests.support import settings_for, wait_for
@@ -148,6 +148,17 @@ def test_configs_are_what_home_assistant_reads() -> None:
                            ("sensorhub/ha/0/led/set", b"ON"), ("sensorhub/ha/3/led/sets", b"ON")):
         with pytest.raises(PayloadError):
             parse_led_set(topic, payload)
+
+
+def test_the_packet_limit_is_raised_only_for_home_assistant_on_our_broker(tmp_path: Path) -> None:
+    """200 bytes, as the protocol needs; HA_MAX_PACKET with Home Assistant on our broker; 200 again when Home
+    Assistant has its own (SENSORHUB_HOMEASSISTANT_URL)."""
+    plain = Settings()
+    for settings, limit in ((plain, MAX_PACKET), (plain.replace(homeassistant=True), HA_MAX_PACKET),
+                            (plain.replace(homeassistant=True, homeassistant_url="mqtt://ha.local:1883"), MAX_PACKET)):
+        lines = render_config(settings, tmp_path / "b.log").splitlines()
+        assert [line for line in lines if line.startswith("max_packet_size")] == [f"max_packet_size {limit}"]
+    assert max(len(topic) + len(payload) for topic, payload in configs(Board(12345, MAC, "x" * 29))) < 600
 
 
 def test_a_board_is_announced_with_its_states_after_each_commit_and_again_at_home_assistants_birth(
