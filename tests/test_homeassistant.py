@@ -229,7 +229,7 @@ def test_home_assistants_led_commands_reach_a_board_only_online_in_its_session(
         ha.publish(f"sensorhub/ha/{ident}/led/set", "ON")
         ha.publish(f"sensorhub/ha/{ident + 40}/led/set", "ON")
         ha.publish(f"sensorhub/ha/{ident}/led/set", "blink")
-        wait_for(lambda: {"pipe-offline", "ha-unknown-device", "ha-payload"} <= set(worker.drops.snapshot()), 10,
+        wait_for(lambda: {"pipe-offline", "pipe-unknown-device", "ha-payload"} <= set(worker.drops.snapshot()), 10,
                  what="the three refusals counted")
         board.join()  # a new session: the refused command was not kept for it
         wait_for(lambda: worker.writer.sessions.by_id[ident].online, 10, what="online again")
@@ -490,3 +490,38 @@ def test_a_broker_started_without_the_setting_keeps_the_ingest_client_connected(
         board.close()
         client.stop()
         broker.stop()
+
+
+def test_two_workers_share_home_assistants_commands_and_birth(ha_settings: Settings, broker: Broker,
+                                                              engine: Engine) -> None:
+    """Several workers: each command is taken by one of them (shared subscription), which sends it in the board's
+    current session even when the other worker took the board's join; a birth is answered by one of them."""
+    workers = [IngestClient(ha_settings.replace(worker=number)) for number in (1, 2)]
+    for worker in workers:
+        assert worker.homeassistant is not None
+        worker.homeassistant.delay = (0.0, 0.1)
+        worker.start(wait_ready=10)
+    ha = HaClient(ha_settings)
+    board = RawDevice(ha_settings.mqtt_port, MAC)
+    try:
+        ha.subscribe("homeassistant/+/+/config")
+        board.join()
+        ident = wait_for(lambda: next((w.writer.sessions.by_session_name[board.name].id for w in workers
+                                       if board.name in w.writer.sessions.by_session_name), None), 10)
+        wait_for(lambda: any(w.writer.sessions.by_id.get(ident) and w.writer.sessions.by_id[ident].online
+                             for w in workers), 10, what="online")
+        for number in range(6):
+            ha.publish(f"sensorhub/ha/{ident}/led/set", "ON" if number % 2 else "OFF")
+            wait_for(lambda count=number + 1: len(board.commands) == count, 10, what=f"command {number + 1}")
+        assert board.commands == [f"{board.name};{board.session};{number % 2}".encode() for number in range(6)]
+        ha.clear()
+        before = [w.homeassistant.republished for w in workers if w.homeassistant is not None]
+        ha.publish("homeassistant/status", "online")
+        wait_for(lambda: ha.last(config_topic("light", MAC)), 10, what="the configs after the birth")
+        after = [w.homeassistant.republished for w in workers if w.homeassistant is not None]
+        assert sum(after) - sum(before) >= 1
+    finally:
+        board.close()
+        ha.close()
+        for worker in workers:
+            worker.stop()

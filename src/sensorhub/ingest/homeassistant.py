@@ -13,7 +13,7 @@ sensorhub/ha/<device id>/availability (online/offline: the board's presence), af
 devices a batch changed, coalesced. Our broker refuses retained messages: configs and states are published again
 when Home Assistant announces itself on homeassistant/status (`online`) and when the ingest client connects, after a
 small random delay (many Home Assistant or several workers do not all answer at once). A LED command from Home
-Assistant becomes the same LedRequest the web page sends, in the device's current session: the writer checks
+Assistant becomes the same LedRequest the web page sends, for the device's current session: the writer checks
 that the device is online in it, and counts and logs a refusal as it does for the page.
 """
 
@@ -31,7 +31,7 @@ from typing import Final
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from sensorhub.commands import LedRequest
+from sensorhub.commands import CURRENT_SESSION, LedRequest
 from sensorhub.errors import PayloadError, reason
 from sensorhub.ingest.sessions import Decisions, NewDevice, Rename
 from sensorhub.protocol import HA_MAX_PACKET, Kind
@@ -61,8 +61,6 @@ ENTITIES: Final[tuple[tuple[str, Kind, str], ...]] = (
 _COMMAND_RE: Final = re.compile(rf"{re.escape(ROOT)}/([1-9][0-9]{{0,9}})/led/set")
 
 Publish = Callable[[str, bytes, int], object]
-#: The session a device is in now, or None for an unknown device (read from the writer's engine).
-CurrentSession = Callable[[int], str | None]
 
 
 @dataclass(slots=True)
@@ -168,11 +166,9 @@ class HomeAssistant:
     again needs: its MAC and name) consistent.
     """
 
-    def __init__(self, engine: Engine, publish: Publish, current_session: CurrentSession,
-                 delay: tuple[float, float] = REPUBLISH_DELAY) -> None:
+    def __init__(self, engine: Engine, publish: Publish, delay: tuple[float, float] = REPUBLISH_DELAY) -> None:
         self.engine = engine
         self.publish = publish
-        self.current_session = current_session
         self.delay = delay
         self.boards: dict[int, Board] = {}
         self._lock = threading.Lock()
@@ -245,7 +241,7 @@ class HomeAssistant:
         delay by default); once, however often asked meanwhile."""
         with self._lock:
             self._with_configs = self._with_configs or with_configs
-            if self._timer is not None:
+            if self._timer is not None or self._stopping:
                 return
             self._timer = threading.Timer(random.uniform(*self.delay) if delay is None else delay, self.republish)
             self._timer.daemon = True
@@ -280,25 +276,23 @@ class HomeAssistant:
     def stop(self) -> None:
         """Cancel a pending republish; stop the publishing thread."""
         with self._lock:
+            self._stopping = True
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-        self._stopping = True
         self._wake.set()
         if self._thread is not None:
             self._thread.join(5)
 
     # -- commands from Home Assistant ----------------------------------------------------------------
 
-    def command(self, topic: str, payload: bytes) -> LedRequest:
-        """The LedRequest of a Home Assistant command, in the device's current session (the writer checks that
-        the device is online in it); PayloadError if the command is malformed or the device unknown."""
+    @staticmethod
+    def command(topic: str, payload: bytes) -> LedRequest:
+        """The LedRequest of a Home Assistant command, in the device's current session when the writer decides
+        (it checks the device is online in it, as for the web page); PayloadError if the command is malformed."""
         device_id, on = parse_led_set(topic, payload)
-        session = self.current_session(device_id)
-        if session is None:
-            raise PayloadError(f"Home Assistant command for unknown device {device_id}", "ha-unknown-device")
-        logger.info("Home Assistant: LED %s for device %d (session %s)", "on" if on else "off", device_id, session)
-        return LedRequest(device_id, session, on)
+        logger.info("Home Assistant: LED %s for device %d", "on" if on else "off", device_id)
+        return LedRequest(device_id, CURRENT_SESSION, on)
 
     def _send(self, messages: Iterable[tuple[str, bytes]]) -> None:
         """Note messages for the publishing thread (started at the first one)."""

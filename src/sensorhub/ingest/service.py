@@ -99,7 +99,7 @@ class IngestClient:
             else:
                 publish = self._publish
                 self.ha_topics = ha_subscriptions(settings.worker)
-            self.homeassistant = HomeAssistant(self.engine, publish, self._current_session)
+            self.homeassistant = HomeAssistant(self.engine, publish)
             if self.ha_broker is not None:
                 self.ha_broker.on_connected = self.homeassistant.schedule
         self.mqtt = mqtt.Client(CallbackAPIVersion.VERSION2,
@@ -342,11 +342,6 @@ class IngestClient:
                 self.drops.add(err.reason, f"{topic}: {err}")
             return
         self.writer.submit(Inbound(parsed, time.time_ns() // 1000))
-
-    def _current_session(self, device_id: int) -> str | None:
-        """The session a device is in, as the writer's engine knows it (None: unknown device)."""
-        device = self.writer.sessions.by_id.get(device_id)
-        return device.session_id if device is not None else None
 
     @staticmethod
     def _reply_to(message: mqtt.MQTTMessage) -> Reply | None:
