@@ -397,7 +397,7 @@ def test_a_real_home_assistant_shows_a_board_and_switches_its_led(real_ha: RealH
 @pytest.mark.timeout(REAL_HA_TIMEOUT)
 def test_a_real_home_assistant_reloading_its_mqtt_integration_gets_everything_again(real_ha: RealHa) -> None:
     """Nothing is retained: Home Assistant's MQTT integration reloaded (it connects again and says `online`) gets
-    the configs and states again, and its commands still reach the board."""
+    the configs and states again, and its commands still reach the board; a rename renames the device there."""
     board = RawDevice(real_ha.settings.mqtt_port, "02:00:00:00:0D:02")
     assert real_ha.worker.homeassistant is not None
     try:
@@ -417,6 +417,10 @@ def test_a_real_home_assistant_reloading_its_mqtt_integration_gets_everything_ag
         real_ha.api.call("POST", "/api/services/light/turn_off", {"entity_id": f"light.{board.name}_led"})
         wait_for(lambda: board.commands, 10, what="the LED command after the reload")
         assert board.commands == [f"{board.name};{board.session};0".encode()]
+
+        real_ha.worker.writer.submit(Inbound(RenameRequest(ident, "salle B"), 0))
+        wait_for(lambda: real_ha.api.states()[light]["attributes"]["friendly_name"] == "salle B Lumière", 10,
+                 interval=0.25, what="the device renamed in Home Assistant")
     finally:
         board.close()
 
