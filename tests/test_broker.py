@@ -22,7 +22,7 @@ from sensorhub import dynsec
 from sensorhub.broker import BASE_CONFIG, DEVICE_ACL, Broker, find_mosquitto, render_config, speaks_notify
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
-from sensorhub.ingest.service import subscriptions
+from sensorhub.ingest.service import ha_subscriptions, subscriptions
 from sensorhub.ports import PortError
 from sensorhub.protocol import LIVE_PAYLOAD_MAX, LIVE_TOPIC, MAX_PACKET
 from tests.support import connects, free_port, log_in_as_server, wait_for
@@ -103,7 +103,7 @@ def test_the_dynamic_security_rules_give_the_share_group_to_the_workers_user_onl
     rules = {role["rolename"]: role["acls"] for role in config["roles"]}
     assert config["anonymousGroup"] == "anonymous" and not any(config["defaultACLAccess"][kind] for kind in
                                                              ("publishClientSend", "publishClientReceive", "subscribe"))
-    for role in ("anonymous", "user-device", "user-sensorhub-web"):
+    for role in ("anonymous", "user-device", "user-sensorhub-web", "user-homeassistant"):
         for rule in rules[role]:  # a pattern starting with a wildcard would match `$share/…` filters too
             assert not rule["topic"].startswith(("$", "+", "#")), rule
     assert [rule["topic"] for rule in rules["user-sensorhub-web"] if rule["acltype"] == "subscribePattern"] == [
@@ -114,7 +114,8 @@ def test_the_dynamic_security_rules_give_the_share_group_to_the_workers_user_onl
         "state/nameAssign", "led/command"}
     shared = {rule["topic"] for rule in rules["user-sensorhub"]
               if rule["acltype"] == "subscribeLiteral" and rule["topic"].startswith("$share/")}
-    assert shared == {topic for topic, _qos in subscriptions(1)}  # exactly what the workers subscribe to
+    # Exactly what the workers subscribe to (Home Assistant's birth and commands with SENSORHUB_HOMEASSISTANT).
+    assert shared == {topic for topic, _qos in [*subscriptions(1), *ha_subscriptions(1)]}
     users = {client["username"]: client for client in config["clients"]}
     assert set(users) == {"sensorhub", "sensorhub-web"}  # `device` only with SENSORHUB_DEVICE_PASSWORD
     salt = base64.b64decode(users["sensorhub"]["salt"])

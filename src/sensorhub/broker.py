@@ -23,6 +23,7 @@ from sensorhub.credentials import (
     BROKER_DIR,
     PASSWD,
     client_password,
+    homeassistant_password,
     mosquitto_account,
     web_mqtt_password,
     web_secret_key,
@@ -31,7 +32,7 @@ from sensorhub.credentials import (
 from sensorhub.errors import BrokerError
 from sensorhub.ports import ensure_free
 from sensorhub.process import NOTIFY_ENV, NotifySocket
-from sensorhub.protocol import MAX_PACKET
+from sensorhub.protocol import HA_MAX_PACKET, MAX_PACKET
 from sensorhub.tls import check_tls_files
 from sensorhub.wsguard import Listener, WsGuard
 
@@ -125,6 +126,9 @@ def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | N
                  plugin: Path | None, reserved_ids: Path | None) -> list[str]:
     if re.fullmatch(r"max_connections\s+-?\d+", line):
         return [f"max_connections {settings.broker_max_connections}"]
+    if re.fullmatch(r"max_packet_size\s+\d+", line) and settings.homeassistant and not settings.homeassistant_url:
+        return ["# Raised for Home Assistant (SENSORHUB_HOMEASSISTANT): its discovery configs and SUBSCRIBE packets.",
+                f"max_packet_size {HA_MAX_PACKET}"]
     if re.fullmatch(r"log_dest\s+file\s+.*", line):
         return [f"log_dest file {log_file}"]
     if (match := re.fullmatch(r"acl_file\s+(\S+)", line)) and not Path(match[1]).is_absolute():
@@ -222,7 +226,7 @@ class Broker:
             account = mosquitto_account()
             dynsec.write_config(passwd.parent / dynsec.CONFIG_NAME, DEVICE_ACL,
                                 dynsec.users(client_password(self.settings), web_mqtt_password(self.settings),
-                                             self.settings.device_password),
+                                             self.settings.device_password, homeassistant_password(self.settings)),
                                 (account.pw_uid, account.pw_gid) if account is not None else None)
         else:
             logger.warning("Mosquitto's dynamic security plugin (%s) is not installed: the device port falls back "

@@ -66,9 +66,15 @@ class Reply:
     deadline: float
 
 
+#: The session of a LedRequest that means "the one the device is in when the worker decides" (Home Assistant's
+#: commands, which know no session; sensorhub.ingest.homeassistant). Never on the pipe nor the broker's command
+#: topic: `parse_command` refuses an empty session.
+CURRENT_SESSION: Final = ""
+
+
 @dataclass(frozen=True, slots=True)
 class LedRequest:
-    """Switch a device's LED, if it is still online in `session`."""
+    """Switch a device's LED, if it is still online in `session` (CURRENT_SESSION: in its current session)."""
 
     device_id: int
     session: str

@@ -306,6 +306,16 @@ def _retry_max(value: str) -> float:
     return seconds
 
 
+def _mqtt_url(value: str) -> str:
+    text = value.strip()
+    if not text:
+        return ""
+    match = re.fullmatch(r"mqtt://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.%\w]+\])(?::(\d{1,5}))?/?", text)
+    if match is None or (match[2] is not None and not 1 <= int(match[2]) <= 65535):
+        raise ValueError("use mqtt://host:port (e.g. mqtt://homeassistant.local:1883)")
+    return text
+
+
 def _flag(value: str) -> bool:
     text = value.strip().lower()
     if text in ("1", "true", "yes", "on"):
@@ -473,6 +483,14 @@ class Settings:
     low_space_mib: int = setting(
         "200", "Free space (MiB) on the database's disk under which start-up and /api/stats warn.", _megabytes
     )
+    homeassistant: bool = setting(
+        "0", "1: the ingest client announces every board to Home Assistant (MQTT discovery: a light, a button, a "
+        "light sensor per board) and carries out its LED commands (docs/homeassistant.md).", _flag)
+    homeassistant_url: str = setting(
+        "", "Home Assistant's own broker, mqtt://host:port, when it does not use ours (empty: ours, where Home "
+        "Assistant logs in as `homeassistant` with the password of var/mqtt-homeassistant.secret).", _mqtt_url)
+    homeassistant_user: str = setting("", "User on SENSORHUB_HOMEASSISTANT_URL's broker (empty: anonymous).", _text)
+    homeassistant_password: str = setting("", "Password of SENSORHUB_HOMEASSISTANT_USER.", _text)
     worker: int = setting(
         "0",
         "Ingest worker number: 0 = the only one (plain subscriptions); 1..N = one of several sharing the readings "
@@ -686,7 +704,8 @@ def project_home(home: str = "") -> Path:
 
 
 SECRET_SETTINGS = frozenset({"secret_key", "device_password", "metrics_token", "notify_smtp_password",
-                             "notify_webhook_url", "notify_webhook_headers"})
+                             "notify_webhook_url", "notify_webhook_headers",
+                             "homeassistant_password"})
 
 SETTINGS: tuple[SettingSpec, ...] = tuple(
     SettingSpec(f.name, f.metadata["default"], f.metadata["help"], f.metadata["parse"])

@@ -3,6 +3,7 @@
     var/                       the state directory (SENSORHUB_STATE_DIR), writable by its owner only
       mqtt-client.secret       the ingest client's broker password (0600)
       mqtt-web.secret          the web server's broker password, for commands through the broker (0600)
+      mqtt-homeassistant.secret  Home Assistant's broker password, user `homeassistant` (SENSORHUB_HOMEASSISTANT)
       web.secret               the key signing web sessions and CSRF tokens (0600)
       ledpipe                  the LED command pipe (0600, made by the ingest client)
       mosquitto/               the broker's own directory (owned by the mosquitto user when started as root)
@@ -35,6 +36,10 @@ CLIENT_USER = "sensorhub"
 DEVICE_USER = "device"
 #: The broker user of the web server: it may only publish the server-only command topic.
 WEB_USER = "sensorhub-web"
+#: The broker user of Home Assistant (SENSORHUB_HOMEASSISTANT, on our broker): reads the discovery and our
+#: states, publishes only its status and the LED commands (mqtt/acl.devices).
+HA_USER = "homeassistant"
+HA_SECRET = "mqtt-homeassistant.secret"
 CLIENT_SECRET = "mqtt-client.secret"
 WEB_MQTT_SECRET = "mqtt-web.secret"
 WEB_SECRET = "web.secret"
@@ -116,6 +121,18 @@ def web_mqtt_secret_path(settings: Settings) -> Path:
     return state_dir(settings) / WEB_MQTT_SECRET
 
 
+def homeassistant_password(settings: Settings) -> str | None:
+    """Home Assistant's broker password (made at first start), or None when it does not log in to our broker."""
+    if not settings.homeassistant or settings.homeassistant_url:
+        return None
+    return read_or_create_secret(homeassistant_secret_path(settings))
+
+
+def homeassistant_secret_path(settings: Settings) -> Path:
+    """Where Home Assistant's broker password is kept."""
+    return state_dir(settings) / HA_SECRET
+
+
 def client_id(password: str, worker: int = 0) -> str:
     """The ingest client's MQTT client id: stable, so the broker keeps its session, and not guessable from the
     outside, so that no anonymous client can take its connection over by connecting with the same id."""
@@ -172,6 +189,8 @@ def write_broker_passwd(settings: Settings) -> Path:
     lines = [f"{CLIENT_USER}:{client_password(settings)}", f"{WEB_USER}:{web_mqtt_password(settings)}"]
     if settings.device_password:
         lines.append(f"{DEVICE_USER}:{settings.device_password}")
+    if (ha_password := homeassistant_password(settings)) is not None:
+        lines.append(f"{HA_USER}:{ha_password}")
     program = find_mosquitto_passwd()
     fd, temporary = tempfile.mkstemp(prefix=".passwd-", dir=directory)
     try:

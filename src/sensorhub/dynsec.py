@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sensorhub.credentials import CLIENT_USER, DEVICE_USER, WEB_USER
+from sensorhub.credentials import CLIENT_USER, DEVICE_USER, HA_USER, WEB_USER
 from sensorhub.errors import BrokerError
 from sensorhub.protocol import SHARE_GROUP
 
@@ -139,11 +139,14 @@ def build_config(acl_text: str, passwords: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def users(client: str, web: str, device: str | None) -> dict[str, str]:
-    """The broker users and their passwords (the device user only with SENSORHUB_DEVICE_PASSWORD)."""
+def users(client: str, web: str, device: str | None, homeassistant: str | None = None) -> dict[str, str]:
+    """The broker users and their passwords (the device user only with SENSORHUB_DEVICE_PASSWORD, Home
+    Assistant's only with SENSORHUB_HOMEASSISTANT on our broker)."""
     found = {CLIENT_USER: client, WEB_USER: web}
     if device:
         found[DEVICE_USER] = device
+    if homeassistant:
+        found[HA_USER] = homeassistant
     return found
 
 

@@ -90,6 +90,10 @@ SERVER_SUBSCRIPTIONS: Final[tuple[tuple[str, int], ...]] = tuple((str(t), 2) for
 SHARE_GROUP: Final = "sensorhub"
 #: The broker's `max_packet_size` (mqtt/mosquitto.conf): it disconnects a client that sends a longer packet.
 MAX_PACKET: Final = 200
+#: The broker's `max_packet_size` when Home Assistant uses it (SENSORHUB_HOMEASSISTANT without _URL): a discovery
+#: config is about 350 bytes, and Home Assistant subscribes to all its state topics in one packet when it
+#: (re)connects, about 110 bytes a board (docs/homeassistant.md, docs/security.md).
+HA_MAX_PACKET: Final = 16384
 #: The server's feed of stored readings for the /capteurs page: after each commit, the ingest client publishes
 #: what it stored, many readings a message (docs/protocol.md, "The live feed").
 LIVE_TOPIC: Final = "sensorhub/live"

@@ -36,6 +36,8 @@ from sensorhub.errors import IngestError, PayloadError
 from sensorhub.ingest.alerts import Alerts
 from sensorhub.ingest.beacon import Beacon
 from sensorhub.ingest.drops import Drops
+from sensorhub.ingest.habroker import HaBroker
+from sensorhub.ingest.homeassistant import BIRTH_TOPIC, COMMAND_FILTER, ROOT, HomeAssistant
 from sensorhub.ingest.ledpipe import PipeReader
 from sensorhub.ingest.limits import Limits
 from sensorhub.ingest.metrics import IngestMetrics
@@ -91,6 +93,20 @@ class IngestClient:
         base_id = client_id or credentials.client_id(password)
         self.worker = settings.worker
         self.subscriptions = subscriptions(settings.worker)
+        #: Home Assistant's discovery (SENSORHUB_HOMEASSISTANT), on our broker or on its own (`ha_broker`).
+        self.homeassistant: HomeAssistant | None = None
+        self.ha_broker: HaBroker | None = None
+        self.ha_topics: list[tuple[str, int]] = []
+        if settings.homeassistant:
+            if settings.homeassistant_url:
+                self.ha_broker = HaBroker(settings, f"{base_id}-ha{self.worker}", self._on_ha_message)
+                publish = self.ha_broker.publish
+            else:
+                publish = self._publish
+                self.ha_topics = ha_subscriptions(settings.worker)
+            self.homeassistant = HomeAssistant(self.engine, publish)
+            if self.ha_broker is not None:
+                self.ha_broker.on_connected = self.homeassistant.schedule
         self.mqtt = mqtt.Client(CallbackAPIVersion.VERSION2,
                                 client_id=f"{base_id}-w{self.worker}" if self.worker else base_id,
                                 protocol=mqtt.MQTTv5, manual_ack=True)
@@ -123,7 +139,9 @@ class IngestClient:
                              metrics=self.metrics, shared=bool(settings.worker), answer=self._answer,
                              limits=Limits.of(settings.readings_per_second, settings.readings_burst,
                                               settings.new_devices_per_minute), queue_max=queue_max,
-                             alerts=Alerts(channels))
+                             alerts=Alerts(channels),
+                             committed=self.homeassistant.committed if self.homeassistant else None,
+                             deleted=self.homeassistant.deleted if self.homeassistant else None)
         self.metrics.watch(self.writer)
         self.beacon = Beacon(settings, self._health_facts, self.metrics.registry)
         self.watchdog = Watchdog(self.writer, self._writer_failed, stall_timeout=stall_timeout)
@@ -162,6 +180,8 @@ class IngestClient:
         self.mqtt.loop_start()
         if self.dispatcher is not None:
             self.dispatcher.start()
+        if self.ha_broker is not None:
+            self.ha_broker.start()
         if wait_ready is not None and not self.ready.wait(wait_ready):
             raise TimeoutError(f"the ingest client did not get ready within {wait_ready} s")
 
@@ -170,6 +190,10 @@ class IngestClient:
         # From now on, what arrives is neither stored nor acknowledged: the broker delivers it again to the next
         # start (QoS 1/2; QoS 0 is lost, as with any disconnection).
         self._stopping = True
+        if self.homeassistant is not None:
+            self.homeassistant.stop()
+        if self.ha_broker is not None:
+            self.ha_broker.stop()
         self.beacon.stop()
         if self.dispatcher is not None:  # first: its MQTT channel publishes through our connection
             self.dispatcher.stop()
@@ -214,15 +238,24 @@ class IngestClient:
         self.metrics.connected.set(1)
         if self._connections > 1:
             self.metrics.reconnections.inc()
-        # Two SUBSCRIBE packets, each under the broker's max_packet_size (200 bytes): the device channels, then
-        # the command topic. Ready when both are granted (on_subscribe runs on this same thread, after us).
+        # SUBSCRIBE packets each under the broker's max_packet_size (200 bytes): the device channels, the
+        # command topic, Home Assistant's topics. Ready when all are granted (on_subscribe runs on this same
+        # thread, after us).
         self._awaited = {cast(int, client.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in packet])[1])
-                         for packet in (self.subscriptions[:-1], self.subscriptions[-1:])}
+                         for packet in self._packets()}
         logger.info("connected to the broker at %s:%d (session present: %s)", self.settings.mqtt_host,
                     self.settings.mqtt_port, flags.session_present)
         if not flags.session_present:
             # The broker restarted or forgot us: Wills may have fired while nobody listened.
             self.writer.submit(Inbound(BrokerSessionLost(), time.time_ns() // 1000))
+        if self.homeassistant is not None and self.ha_broker is None:
+            self.homeassistant.max_packet = getattr(_properties, "MaximumPacketSize", None)
+            self.homeassistant.schedule()  # nothing is retained: Home Assistant may have missed what we said
+
+    def _packets(self) -> list[list[tuple[str, int]]]:
+        """Our subscriptions, one list per SUBSCRIBE packet."""
+        packets = [self.subscriptions[:-1], self.subscriptions[-1:]]
+        return [*packets, self.ha_topics] if self.ha_topics else packets
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         self.connect_failures += 1
@@ -295,15 +328,38 @@ class IngestClient:
             if topic == COMMAND_TOPIC:
                 parsed: Incoming = parse_command(cast(bytes, message.payload))
                 reply = self._reply_to(message)
+            elif self.homeassistant is not None and (topic.startswith(f"{ROOT}/") or topic == BIRTH_TOPIC):
+                parsed = self._from_ha(topic, cast(bytes, message.payload))
             else:
                 parsed = parse_server_message(topic, cast(bytes, message.payload))
         except PayloadError as err:
-            self.drops.add(err.reason, f"{topic}: {err}")
+            if err.reason != "ha-status":
+                self.drops.add(err.reason, f"{topic}: {err}")
             if message.qos:
                 client.ack(message.mid, message.qos)
             return
         # Acknowledged by the writer once committed; if it was given up on, never (the broker keeps it).
         self.writer.submit(Inbound(parsed, received, message.mid, message.qos, reply))
+
+    def _from_ha(self, topic: str, payload: bytes) -> Incoming:
+        """Home Assistant's birth (PayloadError: nothing to store) or LED command."""
+        assert self.homeassistant is not None
+        if topic == BIRTH_TOPIC:
+            self.homeassistant.birth(payload)
+            raise PayloadError("Home Assistant's status", "ha-status")
+        return self.homeassistant.command(topic, payload)
+
+    def _on_ha_message(self, topic: str, payload: bytes) -> None:
+        """A message from Home Assistant's own broker (SENSORHUB_HOMEASSISTANT_URL): its birth or a command."""
+        if self._stopping:
+            return
+        try:
+            parsed = self._from_ha(topic, payload)
+        except PayloadError as err:
+            if err.reason != "ha-status":
+                self.drops.add(err.reason, f"{topic}: {err}")
+            return
+        self.writer.submit(Inbound(parsed, time.time_ns() // 1000))
 
     @staticmethod
     def _reply_to(message: mqtt.MQTTMessage) -> Reply | None:
@@ -367,6 +423,15 @@ class IngestClient:
         self.mqtt.loop_stop()
         if self._on_fatal is not None:
             self._on_fatal(WRITER_FAILED)
+
+
+def ha_subscriptions(worker: int) -> list[tuple[str, int]]:
+    """Home Assistant's birth and LED commands on our broker (SENSORHUB_HOMEASSISTANT): one SUBSCRIBE packet,
+    shared by several workers (then one of them republishes, one carries out each command)."""
+    topics = [(BIRTH_TOPIC, 1), (COMMAND_FILTER, 1)]
+    if not worker:
+        return topics
+    return [(f"$share/{SHARE_GROUP}/{topic}", qos) for topic, qos in topics]
 
 
 def subscriptions(worker: int) -> list[tuple[str, int]]:

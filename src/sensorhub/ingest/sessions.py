@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from sensorhub.commands import LedRequest, Outcome, RenameRequest, Reply
+from sensorhub.commands import CURRENT_SESSION, LedRequest, Outcome, RenameRequest, Reply
 from sensorhub.ingest.limits import Limits
 from sensorhub.protocol import (
     KIND_TOPICS,
@@ -487,13 +487,14 @@ class Sessions:
         if device is None:
             out.drops.append(("pipe-unknown-device", f"command for unknown device {device_id}"))
             return Outcome.UNKNOWN
-        elif not device.online or device.session_id != session:
+        if session == CURRENT_SESSION:  # decided now, on the engine as refreshed for this batch
+            session = device.session_id
+        if not device.online or device.session_id != session:
             out.drops.append(("pipe-offline", f"LED command for {device.name}, which is not online in that session"))
             return Outcome.OFFLINE
-        else:
-            out.publishes.append((Topic.LED_COMMAND, format_led_command(device.session_name, session, on),
-                                  QOS[Topic.LED_COMMAND]))
-            return Outcome.SENT
+        out.publishes.append((Topic.LED_COMMAND, format_led_command(device.session_name, session, on),
+                              QOS[Topic.LED_COMMAND]))
+        return Outcome.SENT
 
     def _rename(self, out: Decisions, device_id: int, name: str) -> Outcome:
         device = self.by_id.get(device_id)

@@ -84,6 +84,9 @@ Publish = Callable[[str, bytes, int], object]
 Ack = Callable[[int, int], object]
 #: Answers a command from the broker with its outcome (sensorhub.ingest.service).
 Answer = Callable[[Reply, Outcome], object]
+#: Told what each batch committed, and which devices retention deleted (sensorhub.ingest.homeassistant).
+Committed = Callable[[Decisions], object]
+Deleted = Callable[[list[int]], object]
 
 #: Attempts again, on the engine rebuilt from the database, of a batch handing out device ids or names that
 #: the database refused: joins arriving at several workers at once can collide more than once.
@@ -115,8 +118,12 @@ class Writer:
                  presence_timeout: float = 15.0, queue_max: int = QUEUE_MAX, batch_max: int = BATCH_MAX,
                  history: History | None = None, purger: Purger | None = None,
                  metrics: IngestMetrics | None = None, shared: bool = False, linger: float = LINGER,
-                 answer: Answer | None = None, limits: Limits | None = None, alerts: Alerts | None = None) -> None:
+                 answer: Answer | None = None, limits: Limits | None = None, alerts: Alerts | None = None,
+                 committed: Committed | None = None, deleted: Deleted | None = None) -> None:
         self.engine = engine
+        #: Home Assistant's side (ingest/homeassistant.py), told after each commit and each deletion.
+        self.committed = committed
+        self.deleted = deleted
         #: Alert rules evaluated in each batch's transaction, and the alert clock between batches.
         self.alerts = alerts if alerts is not None else Alerts()
         self.alerts.shared = shared
@@ -524,6 +531,8 @@ class Writer:
         for payload in format_live((device_id, kind, value) for kind, rows in done.readings.items()
                                    for device_id, _stamp, value in rows):
             self._call(self.publish, LIVE_TOPIC, payload, 0)
+        if self.committed is not None:
+            self._call(self.committed, done)
 
     def _say_presence(self, change: Presence) -> None:
         device = self.sessions.by_id.get(change.id)
@@ -549,6 +558,8 @@ class Writer:
             if deleted:
                 self.sessions.forget(deleted)
                 self.alerts.deleted(deleted)
+                if self.deleted is not None:
+                    self._call(self.deleted, deleted)
 
     def _call(self, action: Callable[..., object], *args: object) -> None:
         """Acknowledge or publish; what is committed stays committed whatever paho says."""
