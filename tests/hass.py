@@ -186,3 +186,9 @@ def requirements() -> list[str]:
         " todo+=m.get('dependencies',[])+m.get('after_dependencies',[])\nprint(json.dumps(sorted(r)))\n")
     out = subprocess.run([str(CACHE / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True)
     return list(json.loads(out.stdout))
+
+
+if __name__ == "__main__":  # `.ci/run` installs it before `make test`: python -m tests.hass
+    print(f"Home Assistant {HA_VERSION} in {CACHE}: installing (cached once done)", flush=True)
+    took = install(sys.stdout)
+    print(f"Home Assistant {HA_VERSION}: {'cached' if not took else f'installed in {took:.0f} s'}")
