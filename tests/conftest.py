@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 from playwright.sync_api import Browser, expect, sync_playwright
 from sqlalchemy import Engine
 
@@ -19,6 +21,8 @@ from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import make_engine
 from sensorhub.db.schema import init_db, upgrade
+from sensorhub.web import create_app
+from sensorhub.web.state import web_state
 from tests.pgcluster import Cluster, binaries
 from tests.stack import ROOT
 from tests.support import CHROMIUM, CHROMIUM_ARGS, digests, settings_for, tracked_files
@@ -90,6 +94,25 @@ def broker(settings: Settings) -> Iterator[Broker]:
     running.start()
     yield running
     running.stop()
+
+
+@pytest.fixture
+def app(settings: Settings, engine: Engine) -> Iterator[Flask]:
+    """The web application of `settings` on the test's database (Flask's test client: `client`)."""
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    yield app
+    with app.app_context():
+        state = web_state()
+        state.database.dispose()
+        if state.decisions is not None:
+            state.decisions.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """Flask's test client of `app`."""
+    return app.test_client()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,23 +42,6 @@ NOW_US = time.time_ns() // 1000
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def app(settings: Settings, engine: Engine) -> Iterator[Flask]:
-    app = create_app(settings)
-    app.config["TESTING"] = True
-    yield app
-    with app.app_context():
-        state = web_state()
-        state.database.dispose()
-        if state.decisions is not None:
-            state.decisions.dispose()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def token_of(client: FlaskClient, path: str = "/accueil") -> str:

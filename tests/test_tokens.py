@@ -8,17 +8,14 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
 
 from sensorhub import accounts, tokens
 from sensorhub.config import Settings
 from sensorhub.web import create_app
-from sensorhub.web.state import web_state
 from tests.factories import add_device
 from tests.stack import ROOT, web_server
 from tests.support import both_databases
@@ -32,20 +29,6 @@ def cli(settings: Settings, *args: str, check: bool = True) -> subprocess.Comple
     if check:
         assert result.returncode == 0, result.stderr
     return result
-
-
-@pytest.fixture
-def app(settings: Settings, engine: Engine) -> Iterator[Flask]:
-    app = create_app(settings)
-    app.config["TESTING"] = True
-    yield app
-    with app.app_context():
-        web_state().database.dispose()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def bearer(secret: str) -> dict[str, str]:

@@ -108,22 +108,9 @@ class PipeClient:
 # -- fixtures ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def app(settings: Settings, engine: Engine) -> Iterator[Flask]:
-    app = create_app(settings)
-    app.config["TESTING"] = True
-    yield app
-    web_state_of(app).database.dispose()
-
-
 def web_state_of(app: Flask) -> Any:
     with app.app_context():
         return web_state()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 @pytest.fixture

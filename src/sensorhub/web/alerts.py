@@ -21,7 +21,7 @@ from sensorhub.alertedit import edited, field_of, rule_fields
 from sensorhub.alerting import Rule, RuleError
 from sensorhub.db import alerts, alertviews
 from sensorhub.timestamps import format_micros, to_micros
-from sensorhub.web.api import Answer, ApiError, bp
+from sensorhub.web.api import Answer, ApiError, bp, json_body
 from sensorhub.web.auth import control_required, visitor
 from sensorhub.web.database import DecisionDatabase
 from sensorhub.web.present import stored_iso
@@ -70,16 +70,6 @@ def decisions() -> DecisionDatabase:
     return found
 
 
-def _body() -> dict[str, Any]:
-    """The request's JSON object (any fields: the caller checks them)."""
-    if not request.is_json:
-        raise ApiError("envoyez un objet JSON avec l'en-tête Content-Type: application/json")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError("le corps de la requête n'est pas du JSON valide")
-    if not isinstance(body, dict):
-        raise ApiError("le corps de la requête doit être un objet JSON")
-    return body
 
 
 def _refused(err: RuleError) -> ApiError:
@@ -150,7 +140,7 @@ def _store(rule: Rule, rule_id: int | None) -> Rule:
 def rule_add() -> Answer:
     """Add a rule: `{"name", "metric", "operator", "trigger"}` and any other field; 201 with the rule."""
     try:
-        rule = edited(None, _body())
+        rule = edited(None, json_body())
     except RuleError as err:
         raise _refused(err) from err
     stored = _store(rule, None)
@@ -163,7 +153,7 @@ def rule_add() -> Answer:
 @control_required
 def rule_edit(rule_id: int) -> Answer:
     """Change a rule: the fields given (the others keep their value); 200 with the rule."""
-    changes = _body()
+    changes = json_body()
     with web_state().database.connect() as conn:
         current = alerts.find_rule(conn, rule_id)
     if current is None or current.id != rule_id:
@@ -213,7 +203,7 @@ def _answer(alert_id: int) -> Answer:
 def alert_ack(alert_id: int) -> Answer:
     """Acknowledge an active alert (no more reminders), in the name of the logged-in account; 200 with the alert."""
     if request.content_length:
-        body = _body()
+        body = json_body()
         if body:
             raise ApiError(f"champ inconnu : {sorted(body)[0][:30]!r}")
     found = _active_alert(alert_id)
@@ -258,7 +248,7 @@ def snooze_until(body: dict[str, Any], now: int) -> int:
 def alert_snooze(alert_id: int) -> Answer:
     """Snooze an active alert's reminders: `{"until": ISO time}` or `{"minutes": n}`; 200 with the alert."""
     now = now_us()
-    until = snooze_until(_body(), now)
+    until = snooze_until(json_body(), now)
     found = _active_alert(alert_id)
     with decisions().begin() as conn:
         changed = alerts.snooze(conn, alert_id, until)

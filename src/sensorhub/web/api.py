@@ -60,8 +60,8 @@ def _api_error(err: ApiError) -> Answer:
     return jsonify(error=err.message), err.status
 
 
-def _json_object(fields: set[str]) -> dict[str, Any]:
-    """The request's JSON object, which must have exactly `fields`."""
+def json_body() -> dict[str, Any]:
+    """The request's JSON object (any fields: the caller checks them); ApiError (400) if it is not one."""
     if not request.is_json:
         raise ApiError("envoyez un objet JSON avec l'en-tête Content-Type: application/json")
     body = request.get_json(silent=True)
@@ -69,6 +69,12 @@ def _json_object(fields: set[str]) -> dict[str, Any]:
         raise ApiError("le corps de la requête n'est pas du JSON valide")
     if not isinstance(body, dict):
         raise ApiError("le corps de la requête doit être un objet JSON")
+    return body
+
+
+def _json_object(fields: set[str]) -> dict[str, Any]:
+    """The request's JSON object, which must have exactly `fields`."""
+    body = json_body()
     unknown = sorted(set(body) - fields)
     if unknown:
         raise ApiError(f"champ inconnu : {unknown[0][:30]!r}")

@@ -1,29 +1,9 @@
 // /alertes: acknowledge and snooze active alerts, add, edit, enable, disable and delete rules, through the JSON
 // API (CSRF header as every command); the page is reloaded once the server took a change, so what is shown is
 // always what the database holds. Errors (the server's French message) are shown next to what caused them.
-import {csrfToken} from './common.js';
+import {sendJSON} from './common.js';
 
-// Send a JSON body with `method`; always resolves to {status, body} (status 0 when the server cannot be reached).
-async function send(method, url, payload) {
-  let response;
-  try {
-    response = await fetch(url, {
-      method,
-      credentials: 'same-origin',
-      headers: {'Content-Type': 'application/json', Accept: 'application/json', 'X-CSRFToken': csrfToken()},
-      body: payload === undefined ? undefined : JSON.stringify(payload),
-    });
-  } catch {
-    return {status: 0, body: {error: 'le serveur web ne répond pas'}};
-  }
-  let body;
-  try {
-    body = await response.json();
-  } catch {
-    body = {error: `réponse inattendue du serveur web (HTTP ${response.status})`};
-  }
-  return {status: response.status, body};
-}
+const send = sendJSON;
 
 function showError(box, message) {
   if (!box) return;

@@ -20,15 +20,16 @@ export function csrfToken() {
   return meta ? meta.content : '';
 }
 
-// POST a JSON body; always resolves to {status, body} (status 0 when the server cannot be reached).
-export async function postJSON(url, payload) {
+// Send a JSON body (none: `payload` undefined) with `method`; always resolves to {status, body} (status 0 when the
+// server cannot be reached), the CSRF header included.
+export async function sendJSON(method, url, payload) {
   let response;
   try {
     response = await fetch(url, {
-      method: 'POST',
+      method,
       credentials: 'same-origin',
       headers: {'Content-Type': 'application/json', Accept: 'application/json', 'X-CSRFToken': csrfToken()},
-      body: JSON.stringify(payload),
+      body: payload === undefined ? undefined : JSON.stringify(payload),
     });
   } catch {
     return {status: 0, body: {error: 'le serveur web ne répond pas'}};
@@ -40,6 +41,11 @@ export async function postJSON(url, payload) {
     body = {error: `réponse inattendue du serveur web (HTTP ${response.status})`};
   }
   return {status: response.status, body};
+}
+
+// POST a JSON body (sendJSON).
+export function postJSON(url, payload) {
+  return sendJSON('POST', url, payload);
 }
 
 // The layout the visitor chose, or null if they never did.
