@@ -253,6 +253,16 @@ def test_status_names_everything_that_is_missing(tmp_path: Path) -> None:
     assert found.summary() == "unhealthy: client: the ingest client runs but its database writer stopped"
     stale = health.check(settings, lambda: None, now=time.time() + 60)
     assert stale.problems()[0].startswith("client: the ingest client was last seen 6") and not stale.checks[2].ok
+    # A client just (re)started, not connected yet: the broker is asked directly rather than blamed (after a
+    # `kill -9` of the client, /healthz used to say for a moment that the broker could not be reached).
+    write_heartbeat(heartbeat_path(settings), {"broker": False, "writer": True, "queued": 0, "connecting": True})
+    starting = health.check(settings, lambda: None)
+    assert starting.checks[2].detail.startswith(f"cannot reach it at 127.0.0.1:{settings.mqtt_port}")
+    with Broker(settings):
+        starting = health.check(settings, lambda: None)
+        assert starting.checks[2].ok and "the ingest client is connecting to it" in starting.checks[2].detail
+    write_heartbeat(heartbeat_path(settings), {"broker": False, "writer": True, "queued": 0})
+    assert "the ingest client cannot reach it" in health.check(settings, lambda: None).checks[2].detail
 
 
 def test_healthz_and_metrics_need_no_login_on_a_private_site(settings: Settings, engine: Engine) -> None:

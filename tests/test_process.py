@@ -56,6 +56,19 @@ def test_a_component_that_dies_before_it_is_ready_is_reported_with_its_last_line
     child.stop()
 
 
+def test_a_component_killed_by_a_signal_is_said_so_without_an_unrelated_last_line() -> None:
+    # After `kill -9` of the client, `make run` used to print its last periodic summary as if it were the reason.
+    child = python("client", "print('stored 120 readings in the last minute', flush=True); import time; time.sleep(60)")
+    child.start()
+    try:
+        wait_for(lambda: child.lines, 10, what="its first line")
+        os.kill(child.pid, signal.SIGKILL)
+        wait_for(lambda: child.process is not None and child.process.poll() is not None, 10, what="its end")
+        assert child.death() == "client was killed by SIGKILL"
+    finally:
+        child.stop()
+
+
 def test_a_component_that_never_gets_ready_times_out_or_is_cancelled() -> None:
     child = python("slow", "import time; print('waiting for the broker', flush=True); time.sleep(60)")
     child.start()

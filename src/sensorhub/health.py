@@ -98,10 +98,12 @@ def check(settings: Settings, ping_database: Callable[[], object], now: float | 
     else:
         client = Check("client", True, f"seen {max(age, 0):.1f} s ago, {int(beat.get('queued', 0))} message(s) "
                                        "queued")
-    if fresh and beat is not None:
+    if fresh and beat is not None and not beat.get("connecting", False):
         connected = bool(beat.get("broker", False))
         broker = Check("broker", connected, "the ingest client is connected to it" if connected else
                        f"the ingest client cannot reach it at {settings.mqtt_host}:{settings.mqtt_port}")
+    elif fresh:
+        broker = probe_broker(settings, "the ingest client is connecting to it")
     else:
         broker = probe_broker(settings)
     return Health((_database(ping_database), client, broker))
@@ -116,8 +118,8 @@ def _database(ping: Callable[[], object]) -> Check:
     return Check("database", True, "answers")
 
 
-def probe_broker(settings: Settings) -> Check:
-    """Connect to the broker's device port as a board would, and disconnect at once."""
+def probe_broker(settings: Settings, why: str = "the ingest client is not running") -> Check:
+    """Connect to the broker's device port as a board would, and disconnect at once (`why`: why we ask it)."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -139,7 +141,7 @@ def probe_broker(settings: Settings) -> Check:
         _close(client)
     if not answered:
         return Check("broker", False, f"{where} accepts connections but does not answer MQTT")
-    return Check("broker", True, f"answers at {where} (asked directly: the ingest client is not running)")
+    return Check("broker", True, f"answers at {where} (asked directly: {why})")
 
 
 def _close(client: Any) -> None:

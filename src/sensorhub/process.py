@@ -222,8 +222,17 @@ class Child:
         if self._reader is not None:
             self._reader.join(2)  # every line it wrote, up to its end
         status = self.process.poll()
+        when = f" {when}" if when else ""
+        if status is not None and status < 0:
+            # Killed by a signal: it had no last words, and its last line (a periodic summary, say) would read as
+            # the reason.
+            try:
+                name = signal.Signals(-status).name
+            except ValueError:
+                name = f"signal {-status}"
+            return f"{self.name} was killed by {name}{when}"
         how = f"exited with status {status}" if status is not None else "is still running"
-        return f"{self.name} {how}{' ' + when if when else ''}{self._last_line()}"
+        return f"{self.name} {how}{when}{self._last_line()}"
 
     def output(self) -> str:
         """The last output lines kept."""

@@ -386,7 +386,9 @@ class IngestClient:
     def _health_facts(self) -> dict[str, Any]:
         """What the heartbeat says (sensorhub.health reads it)."""
         return {"broker": self._connected, "writer": self.writer.alive and not self.writer.failed.is_set(),
-                "queued": self.writer.queue.qsize()}
+                "queued": self.writer.queue.qsize(),
+                # Not connected yet since it started: whether the broker answers is asked of the broker itself.
+                "connecting": not self._connected and self._connections == 0}
 
     # -- the pipe -----------------------------------------------------------------------------------
 
