@@ -618,3 +618,48 @@ def test_a_devices_30_day_chart_renders_in_local_time(browser: Browser, settings
         finally:
             page.context.close()
     assert errors == []
+
+
+def test_a_new_devices_charts_start_at_its_first_reading_with_bands_and_room_between_labels(
+        browser: Browser, settings: Settings, engine: Any) -> None:
+    # On a fresh demo every period showed a sliver at the right edge; at 375 px the times ran together
+    # ("04:2904:3704:45"); LED and button were drawn as "état 0-100 %".
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import text
+
+    from sensorhub.db.latest import refresh_latest
+    from sensorhub.db.rollups import rebuild
+    from sensorhub.timestamps import format_micros, to_micros
+    from tests.factories import add_device
+
+    now = datetime.now(UTC)
+    device = add_device(engine, "neuf", 1, joined=now - timedelta(minutes=20), last_seen=now)
+    first = to_micros(now - timedelta(minutes=15))
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO light_reading (device_id, at, value) VALUES (:d, :at, :v)"),
+                     [{"d": device, "at": format_micros(first + n * 10_000_000), "v": 40 + n % 20}
+                      for n in range(90)])
+        conn.execute(text("INSERT INTO led_reading (device_id, at, value) VALUES (:d, :at, :v)"),
+                     [{"d": device, "at": format_micros(first + n * 120_000_000), "v": n % 2} for n in range(7)])
+        rebuild(conn)
+        refresh_latest(conn, [device])
+    with web_server(settings, workers=1):
+        page, errors = new_page(browser, viewport=PHONE)
+        try:
+            page.goto(web_url(settings, f"/appareil/{device}?periode=24h"))
+            expect(page.locator('[data-device-page][data-state="ready"]')).to_be_visible(timeout=15_000)
+            scale = page.evaluate("""() => {
+                const x = Chart.getChart(document.querySelector('[data-chart="light"]')).scales.x;
+                return {min: x.min, max: x.max, ticks: x.ticks.length};
+            }""")
+            first_ms = first / 1000
+            assert first_ms - 60_000 <= scale["min"] <= first_ms, scale  # not 24 h before now
+            assert 2 <= scale["ticks"] <= 4, scale  # as many labels as fit at 375 px
+            labels = page.evaluate("""() => Chart.getChart(document.querySelector('[data-chart="state"]'))
+                .scales.y.ticks.map((tick) => tick.label).filter((label) => label)""")
+            assert labels == ["bouton", "LED"], labels
+            no_horizontal_scroll(page)
+        finally:
+            page.context.close()
+    assert errors == []

@@ -1,6 +1,8 @@
-// /appareil/<id>: one device over time. The light is a line (its mean, with the min–max band once aggregated),
-// the LED and the button are step series (on = 100 %; once aggregated, the share of each bucket spent on). The
-// server picks the bucket (raw, 1 minute, 1 hour) so that a range never gives more than 1,000 points.
+// /appareil/<id>: one device over time. The light is a line (its mean, with the min–max band once aggregated).
+// The LED and the button are on/off bands, one above the other, filled while on; once aggregated, the share of
+// each bucket spent on (%). The server picks the bucket (raw, 1 minute, 1 hour) so that a range never gives more
+// than 1,000 points. A preset range starts at the device's first reading when that is later (a new device's
+// readings would otherwise be a sliver at the right edge), and the time axis has as many labels as fit.
 // Times on the axis are the browser's; the tooltip gives the UTC time too.
 import {formatLocal, formatUtc, seriesLabel} from './common.js';
 
@@ -62,12 +64,18 @@ function lightDatasets(series) {
   ];
 }
 
+// Raw states are drawn as bands on a 0–100 scale: the LED's between 55 (off) and 95 (on), the button's between 5
+// and 45, each filled down to its own off line.
+const BANDS = {led: {off: 55, on: 95, middle: 75, name: 'LED'}, button: {off: 5, on: 45, middle: 25, name: 'bouton'}};
+
 // A step series: each value holds until the next one; the last one until the end of the range (or now).
 function stateDataset(series, until) {
   const points = [];
+  const band = BANDS[series.kind];
   if (series.bucket === 'raw') {
-    if (series.previous) points.push({x: Date.parse(series.from), y: series.previous.value * 100});
-    for (const p of series.points) points.push({x: at(p), y: p.value * 100});
+    const y = (value) => (value ? band.on : band.off);
+    if (series.previous) points.push({x: Date.parse(series.from), y: y(series.previous.value)});
+    for (const p of series.points) points.push({x: at(p), y: y(p.value)});
   } else {
     const width = BUCKET_MS[series.bucket];
     for (const p of series.points) {
@@ -75,14 +83,40 @@ function stateDataset(series, until) {
     }
   }
   if (points.length) points.push({x: until, y: points[points.length - 1].y});
+  const raw = series.bucket === 'raw';
   return {
     // Chart.js's 'before': each value holds (horizontally) until the next point, where the line steps.
     label: KIND_LABELS[series.kind], data: points, stepped: 'before', borderColor: COLORS[series.kind],
-    backgroundColor: COLORS[series.kind], borderWidth: 2, pointRadius: 0,
+    backgroundColor: raw ? `${COLORS[series.kind]}55` : COLORS[series.kind], borderWidth: 2, pointRadius: 0,
+    fill: raw ? {value: band.off} : false, sensorhubBand: raw ? series.kind : null,
   };
 }
 
-function chartOptions(from, to, yTitle, legendFilter) {
+// The y axis of the raw states: a label in the middle of each band, none elsewhere.
+function bandTick(value) {
+  const found = Object.values(BANDS).find((band) => band.middle === value);
+  return found ? found.name : '';
+}
+
+// Where the time axis starts: `from`, or for a preset range the first reading when it is later (and nothing came
+// before it in the range).
+function axisStart(from, key, seriesList) {
+  if (key === 'custom' || seriesList.some((series) => series.previous)) return from;
+  const firsts = seriesList.filter((series) => series.points.length).map((series) => at(series.points[0]));
+  if (!firsts.length) return from;
+  const first = Math.min(...firsts);
+  const margin = (Date.now() - first) * 0.02;
+  return new Date(Math.max(from.getTime(), first - margin));
+}
+
+// As many time labels as fit: about one per 90 px of chart (a phone shows 4, not 15 run together).
+function tickLimit(name) {
+  const canvas = document.querySelector(`[data-chart="${name}"]`);
+  const width = canvas?.parentElement?.clientWidth || canvas?.clientWidth || 600;
+  return Math.max(2, Math.min(8, Math.floor(width / 90)));
+}
+
+function chartOptions(from, to, yTitle, legendFilter, name, bands = false) {
   return {
     animation: false,
     responsive: true,
@@ -96,9 +130,12 @@ function chartOptions(from, to, yTitle, legendFilter) {
         // Beyond a day and a half, one tick a day (at midnight, browser time) rather than every 21 hours.
         time: {unit: to - from > 36 * 3600e3 ? 'day' : undefined, displayFormats: {millisecond: 'HH:mm:ss.SSS', second: 'HH:mm:ss', minute: 'HH:mm', hour: 'HH:mm',
           day: 'dd/MM', week: 'dd/MM', month: 'MM/yyyy', quarter: 'MM/yyyy', year: 'yyyy'}},
-        ticks: {maxRotation: 0, autoSkip: true, maxTicksLimit: 8},
+        ticks: {maxRotation: 0, autoSkip: true, autoSkipPadding: 12, maxTicksLimit: tickLimit(name)},
       },
-      y: {min: 0, max: 100, title: {display: true, text: yTitle}, ticks: {callback: (value) => `${value} %`}},
+      y: bands
+        ? {min: 0, max: 100, title: {display: true, text: yTitle}, ticks: {stepSize: 25, callback: bandTick},
+          grid: {display: false}}
+        : {min: 0, max: 100, title: {display: true, text: yTitle}, ticks: {callback: (value) => `${value} %`}},
     },
     plugins: {
       legend: {labels: {filter: legendFilter}},
@@ -108,7 +145,9 @@ function chartOptions(from, to, yTitle, legendFilter) {
             const date = new Date(items[0].parsed.x);
             return [formatLocal(date), formatUtc(date)];
           },
-          label: (item) => `${item.dataset.label} : ${item.parsed.y} %`,
+          label: (item) => (item.dataset.sensorhubBand
+            ? `${item.dataset.label} : ${item.parsed.y === BANDS[item.dataset.sensorhubBand].on ? 'oui' : 'non'}`
+            : `${item.dataset.label} : ${item.parsed.y} %`),
         },
       },
     },
@@ -162,12 +201,14 @@ async function load(from, to, key) {
   // The last state holds until now, or until the device was last heard of if it is offline.
   const heard = root.dataset.online === '1' ? Date.now() : Date.parse(root.dataset.lastSeen);
   const until = Math.min(to.getTime(), heard);
-  draw('light', lightDatasets(light), chartOptions(from, to, 'lumière', (item) => item.text !== 'Minimum'));
+  const start = axisStart(from, key, [light, led, button]);
+  const raw = led.bucket === 'raw' && button.bucket === 'raw';
+  draw('light', lightDatasets(light), chartOptions(start, to, 'lumière', (item) => item.text !== 'Minimum', 'light'));
   draw('state', [stateDataset(led, until), stateDataset(button, until)],
-    chartOptions(from, to, light.bucket === 'raw' && led.bucket === 'raw' ? 'état' : 'part du temps', () => true));
+    chartOptions(start, to, raw ? 'allumée / appuyé' : 'part du temps', () => true, 'state', raw));
   notes.light.textContent = light.bucket === 'raw' ? '' : 'La bande montre le minimum et le maximum de chaque période.';
-  notes.state.textContent = led.bucket === 'raw' && button.bucket === 'raw'
-    ? '100 % : LED allumée, bouton appuyé ; 0 % : éteinte, relâché.'
+  notes.state.textContent = raw
+    ? 'Bande pleine : LED allumée, bouton appuyé ; trait bas : éteinte, relâché.'
     : 'Part de chaque période passée LED allumée, bouton appuyé.';
   const text = `Du ${formatLocal(from)} au ${formatLocal(to)} (heure de votre navigateur). Lumière : ${describe(light)} ;`
     + ` LED : ${describe(led)} ; bouton : ${describe(button)}.`;
