@@ -155,3 +155,12 @@ def test_the_demo_boards_are_not_the_simulators_boards(settings: Settings) -> No
     demo_seed = int(command[command.index("--seed") + 1])
     assert demo_seed == default_seed(DEMO) != default_seed()
     assert not set(unique_macs(demo_seed, 50)) & set(unique_macs(default_seed(), 50))
+
+
+def test_the_start_up_lines_name_the_tls_ports(settings: Settings) -> None:
+    from sensorhub.supervisor import tls_ports
+
+    assert tls_ports(settings) == ""
+    with_tls = settings.replace(tls_cert="/etc/c.pem", tls_key="/etc/k.pem")
+    said = tls_ports(with_tls)
+    assert f"TLS to port {with_tls.mqtt_tls_port}" in said and f"port {with_tls.mqtt_wss_port}" in said

@@ -165,7 +165,9 @@ class Supervisor:
                      f"them up every {self.settings.summary_every:g} s")
         if self.settings.web_host in ("0.0.0.0", "::"):
             self.say(f"from other computers on the network: {self.url(_lan_address())}; ESP32s connect to "
-                     f"{_lan_address()} port {self.settings.mqtt_port}")
+                     f"{_lan_address()} port {self.settings.mqtt_port}{tls_ports(self.settings)}")
+        elif self.settings.tls:
+            self.say(f"ESP32s connect to port {self.settings.mqtt_port}{tls_ports(self.settings)}")
         notify("READY=1")
 
     def url(self, host: str | None = None) -> str:
@@ -257,6 +259,15 @@ def _lan_address() -> str:
             return str(probe.getsockname()[0])
         except OSError:
             return "127.0.0.1"
+
+
+def tls_ports(settings: Settings) -> str:
+    """The TLS ports for the start-up lines, when there are: boards and scripts that trust the certificate use
+    them ("" without TLS)."""
+    if not settings.tls:
+        return ""
+    return (f", or over TLS to port {settings.mqtt_tls_port} (browsers' live updates: secure WebSockets on port "
+            f"{settings.mqtt_wss_port})")
 
 
 def run_all(settings: Settings, demo: int = 0, workers: int = 1) -> int:
