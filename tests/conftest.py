@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import settings as hypothesis_profile
 from playwright.sync_api import Browser, expect, sync_playwright
 from sqlalchemy import Engine
 
@@ -31,6 +32,9 @@ _DATABASES = itertools.count(1)
 # Playwright's assertions wait 5 s by default: a 2-core machine running the suite on 4 processes can take
 # longer to render a page. A waiting assertion returns as soon as it holds, so this only matters on failure.
 expect.set_options(timeout=15_000)
+# No wall-clock limit on a Hypothesis example either (its default is 200 ms): a loaded machine took 520 ms.
+hypothesis_profile.register_profile("sensorhub", deadline=None)
+hypothesis_profile.load_profile("sensorhub")
 MIGRATED = "sensorhub_migrated"
 
 

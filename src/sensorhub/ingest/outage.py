@@ -75,18 +75,21 @@ class Outage:
         self.truncate_when_idle = True  # and again once the backlog is in
 
     def idle(self, conn: Connection) -> None:
-        """Nothing waits: the moment to give the WAL's space back, once, after an outage."""
-        if self.truncate_when_idle:
+        """Nothing waits: the moment to give the WAL's space back after an outage, until it is given back (a reader
+        of another thread or process, such as the notification dispatcher, may hold it at one moment)."""
+        if self.truncate_when_idle and self.truncate_wal(conn):
             self.truncate_when_idle = False
-            self.truncate_wal(conn)
 
-    def truncate_wal(self, conn: Connection) -> None:
-        """Give the WAL file's space back to the file system (it only works when no reader holds it)."""
+    def truncate_wal(self, conn: Connection) -> bool:
+        """Give the WAL file's space back to the file system; False if a reader held it (try again later)."""
         if self.db_dir is None:
-            return
+            return True
         try:
             conn.rollback()
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            row = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
             conn.rollback()
         except Exception as err:  # best effort: the next attempt tries again
             logger.debug("WAL checkpoint failed: %s", reason(err))
+            return False
+        # (busy, pages in the WAL, pages checkpointed): busy 1 means a reader kept it from finishing.
+        return row is None or int(row[0]) == 0
