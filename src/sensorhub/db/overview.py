@@ -10,15 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Integer, and_, case, func, select
+from sqlalchemy import Connection, Integer, and_, case, func, select, text
 
-from sensorhub.db.models import Device, DeviceSession, RollupMinute
+from sensorhub.db.models import Device, DeviceSession
 from sensorhub.protocol import Kind
+from sensorhub.timestamps import format_timestamp, parse_timestamp
 
 #: How many joins and leaves, and how many silent devices, the overview lists at most.
 LIST_LENGTH = 10
 #: The traffic chart's span, in 1-minute buckets.
 TRAFFIC_MINUTES = 60
+#: Readings per minute since `:first`: for each device (CROSS JOIN keeps SQLite's planner from scanning the
+#: roll-ups), its three kinds' rows from `:first` on, through the primary key (device_id, kind, start).
+TRAFFIC_SQL = ("SELECT r.start, sum(r.count) FROM device d CROSS JOIN rollup_minute r "
+               "WHERE r.device_id = d.id AND r.kind IN ({kinds}) AND r.start >= :first GROUP BY r.start"
+               .format(kinds=", ".join(f"'{kind.value}'" for kind in Kind)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +94,8 @@ def traffic(conn: Connection, now: datetime, minutes: int = TRAFFIC_MINUTES) -> 
     """Readings per minute over the last `minutes` minutes, the current one included, oldest first (0 when none)."""
     last = _minute(now)
     first = last - timedelta(minutes=minutes - 1)
-    rows = conn.execute(select(RollupMinute.start, func.sum(RollupMinute.count))
-                        .select_from(Device).join(RollupMinute, RollupMinute.device_id == Device.id)
-                        .where(RollupMinute.kind.in_([kind.value for kind in Kind]), RollupMinute.start >= first)
-                        .group_by(RollupMinute.start))
-    counts = {_minute(row[0]): int(row[1] or 0) for row in rows}
+    rows = conn.execute(text(TRAFFIC_SQL), {"first": format_timestamp(first)})
+    counts = {_minute(parse_timestamp(str(row[0]))): int(row[1] or 0) for row in rows}
     return [Minute(start, counts.get(start, 0))
             for start in (first + timedelta(minutes=i) for i in range(minutes))]
 
