@@ -15,6 +15,7 @@ from sensorhub.db import alerts, overview, rollups
 from sensorhub.db.models import LightReading
 from sensorhub.timestamps import format_timestamp, to_micros
 from tests.factories import add_device, add_readings, mac_of
+from tests.support import both_databases
 
 
 def count_of(html: str, name: str) -> int:
@@ -35,6 +36,7 @@ def add_session(engine: Engine, device_id: int, started: datetime, online: datet
                       "ended": None if ended is None else format_timestamp(ended)})
 
 
+@both_databases
 def test_counts_online_offline_and_silent(client: FlaskClient, engine: Engine, settings: Settings) -> None:
     now = datetime.now(UTC)
     add_device(engine, "vivant", 1, last_seen=now - timedelta(seconds=5))
@@ -60,6 +62,7 @@ def test_a_shorter_silence_setting_makes_more_devices_silent(settings: Settings,
     assert client.get("/api/overview").get_json()["database"]["devices"]["silent"] == 1
 
 
+@both_databases
 def test_readings_per_minute_come_from_the_rollups(engine: Engine) -> None:
     now = datetime(2026, 12, 4, 12, 30, 20, tzinfo=UTC)
     device = add_device(engine, "capteur", 1, joined=now - timedelta(hours=3), last_seen=now)
@@ -95,6 +98,7 @@ def test_the_page_draws_the_last_hour_and_the_rate(client: FlaskClient, engine: 
     assert html.count("<rect ") == 60 and 'height="80.0"' in html  # the busiest minute fills the chart
 
 
+@both_databases
 def test_the_latest_joins_and_leaves_newest_first(client: FlaskClient, engine: Engine) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     first = add_device(engine, "ancien", 1, online=False, joined=now - timedelta(hours=3),
@@ -121,6 +125,7 @@ def test_the_latest_joins_and_leaves_newest_first(client: FlaskClient, engine: E
     assert listed[:3] == [("left", "perdu"), ("joined", "nouveau"), ("left", "ancien")]
 
 
+@both_databases
 def test_active_alerts_and_their_devices_are_shown(client: FlaskClient, engine: Engine) -> None:
     device = add_device(engine, "salle", 1)
     add_device(engine, "cave", 2)
@@ -159,6 +164,7 @@ def test_visitors_not_logged_in_see_no_mac_once_accounts_exist(client: FlaskClie
     assert "muet" in body and mac_of(1) not in body
 
 
+@both_databases
 def test_an_empty_database_gives_zeros(client: FlaskClient) -> None:
     body = client.get("/api/overview").get_json()
     assert body["database"]["devices"] == {"online": 0, "offline": 0, "silent": 0, "total": 0}
