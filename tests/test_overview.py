@@ -151,17 +151,29 @@ def test_without_alerts_the_overview_says_so(client: FlaskClient, engine: Engine
     assert "Aucun : pas d'alerte en cours" in html
 
 
-def test_visitors_not_logged_in_see_no_mac_once_accounts_exist(client: FlaskClient, engine: Engine) -> None:
+def test_visitors_not_logged_in_see_no_mac_nor_session_times_once_accounts_exist(client: FlaskClient,
+                                                                                 engine: Engine) -> None:
     now = datetime.now(UTC)
     device = add_device(engine, "muet", 1, last_seen=now - timedelta(hours=1))
     add_session(engine, device, now - timedelta(hours=2), now - timedelta(hours=2), None)
     assert mac_of(1) in client.get("/accueil").get_data(as_text=True)  # no accounts: everyone sees them
     assert client.get("/api/overview").get_json()["database"]["silent_devices"][0]["mac"] == mac_of(1)
+    assert client.get("/api/overview").get_json()["database"]["events"]
     accounts.add(engine, "alice", "correct horse battery")
     html = client.get("/accueil").get_data(as_text=True)
     assert "muet" in html and mac_of(1) not in html
+    # nor the times of sessions (issue 23: a session id used to be the time it started)
+    assert "data-events-hidden" in html and 'data-event="joined"' not in html
     body = client.get("/api/overview").get_data(as_text=True)
     assert "muet" in body and mac_of(1) not in body
+    assert client.get("/api/overview").get_json()["database"]["events"] is None
+    login = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', login)
+    assert token
+    form = {"csrf_token": token[1], "name": "alice", "password": "correct horse battery"}
+    assert client.post("/login", data=form).status_code == 302
+    html = client.get("/accueil").get_data(as_text=True)
+    assert mac_of(1) in html and 'data-event="joined"' in html and "data-events-hidden" not in html
 
 
 @both_databases

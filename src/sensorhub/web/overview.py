@@ -45,7 +45,7 @@ def _database_part(now: datetime, silent_seconds: int, private: bool) -> dict[st
         with state.database.connect() as conn:
             counts = overview.presence(conn, now, silent_seconds)
             minutes = overview.traffic(conn, now)
-            events = overview.joins_and_leaves(conn)
+            events = overview.joins_and_leaves(conn) if private else []
             silent = overview.silent_devices(conn, now, silent_seconds)
             size = history.database_bytes(state.database.engine(), conn)
             first = history.oldest(conn)
@@ -77,8 +77,9 @@ def _database_part(now: datetime, silent_seconds: int, private: bool) -> dict[st
         "readings_per_minute": [{"start": iso(m.start), "count": m.count} for m in minutes],
         "db_bytes": size,
         "oldest": None if first is None else iso(first),
+        # Session times are private like MACs (docs/security.md: an old session id was the time it started).
         "events": [{"event": e.kind, "at": iso(e.at), "device": device(e.device_id, e.name, e.mac)}
-                   for e in events],
+                   for e in events] if private else None,
         "silent_devices": [{**device(s.device_id, s.name, s.mac), "last_seen": iso(s.last_seen)} for s in silent],
         "alerts": {
             "active": alarming,
