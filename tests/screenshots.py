@@ -33,7 +33,7 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 812}
 #: File name -> viewport.
 SHOTS = {"capteurs.png": DESKTOP, "historique.png": DESKTOP, "appareil.png": DESKTOP, "accueil.png": DESKTOP,
-         "capteurs-mobile.png": PHONE}
+         "aide.png": DESKTOP, "capteurs-mobile.png": PHONE}
 DEFAULT_DIR = ROOT / "docs" / "screenshots"
 #: The virtual devices of `make screenshots` (the same MAC addresses and light levels every time).
 SEED = 7
@@ -94,7 +94,7 @@ def demo_week(engine: Any) -> int:
 
 def take(browser: Browser, url: Callable[[str], str], fleet: Fleet, out: Path,
          history_device: int | None = None) -> list[Path]:
-    """Screenshot /capteurs (desktop and 375 px), /historique, a device's page and /accueil into `out`.
+    """Screenshot /capteurs (desktop and 375 px), /historique, a device's page, /accueil and /aide into `out`.
 
     The device page is `history_device`'s over 7 days if given, else the first live device's last hour.
     """
@@ -123,8 +123,11 @@ def take(browser: Browser, url: Callable[[str], str], fleet: Fleet, out: Path,
         expect(page.locator('[data-device-page][data-state="ready"]')).to_be_visible(timeout=10_000)
         page.screenshot(path=out / "appareil.png", full_page=True)
         page.goto(url("/accueil"))
-        expect(page.locator(".channels tbody tr")).to_have_count(7)
+        expect(page.locator('[data-count="online"]')).to_have_text(str(len(names)))
         page.screenshot(path=out / "accueil.png", full_page=True)
+        page.goto(url("/aide"))
+        expect(page.locator(".channels tbody tr")).to_have_count(7)
+        page.screenshot(path=out / "aide.png", full_page=True)
     finally:
         context.close()
     phone = browser.new_context(viewport=PHONE)  # type: ignore[arg-type]

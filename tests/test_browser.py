@@ -451,7 +451,7 @@ def test_a_375px_phone_needs_no_horizontal_scrolling(browser: Browser, stack: St
         phone.locator("[data-layout-toggle]").click()
         no_horizontal_scroll(phone)
         phone.locator("[data-layout-toggle]").click()
-        for path in ("/historique", "/accueil"):
+        for path in ("/historique", "/accueil", "/aide"):
             phone.goto(stack.url(path))
             no_horizontal_scroll(phone)
     finally:
@@ -461,7 +461,7 @@ def test_a_375px_phone_needs_no_horizontal_scrolling(browser: Browser, stack: St
 
 @pytest.fixture
 def site(settings: Settings, engine: Any) -> Iterator[Callable[[str], str]]:
-    """The web server alone (enough for /accueil): a function giving a path's URL."""
+    """The web server alone (enough for /aide): a function giving a path's URL."""
     with web_server(settings, workers=1):
         yield lambda path: web_url(settings, path)
 
@@ -496,7 +496,7 @@ def test_the_channels_table_fits_its_box_or_scrolls_and_breaks_no_word(browser: 
                                                                       width: int) -> None:
     page, errors = new_page(browser, {"width": width, "height": 800})
     try:
-        page.goto(site("/accueil"))
+        page.goto(site("/aide"))
         expect(page.locator(".channels tbody tr")).to_have_count(7)
         layout = page.evaluate(CHANNELS_LAYOUT)
         assert layout["broken"] == [], f"words broken across lines at {width} px"

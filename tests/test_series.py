@@ -275,8 +275,8 @@ def test_anonymous_visitors_see_the_device_page_without_private_fields(client: F
     assert "Nommé le" not in html and "2026-11-29T01:00:00" not in html and "data-sessions-hidden" in html
 
 
-def test_accueil_shows_the_database_size_and_oldest_reading(client: FlaskClient, fleet: dict[str, Any]) -> None:
-    html = client.get("/accueil").get_data(as_text=True)
+def test_aide_shows_the_database_size_and_oldest_reading(client: FlaskClient, fleet: dict[str, Any]) -> None:
+    html = client.get("/aide").get_data(as_text=True)
     assert "Taille sur le disque" in html and re.search(r'data-db-bytes="\d+">[\d,]+ (ko|Mo)<', html)
     assert f'<time datetime="{iso(fleet["light"][0][0])}">' in html
     assert "Conservation des mesures brutes</dt><dd>illimitée" in html

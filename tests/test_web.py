@@ -131,8 +131,9 @@ def applying_pipe(settings: Settings, engine: Engine) -> Iterator[PipeClient]:
 
 
 @pytest.mark.parametrize(("path", "heading"), [
-    ("/", "Un réseau de capteurs ESP32"),
-    ("/accueil", "Un réseau de capteurs ESP32"),
+    ("/", "Vue d'ensemble"),
+    ("/accueil", "Vue d'ensemble"),
+    ("/aide", "Un réseau de capteurs ESP32"),
     ("/capteurs", "Capteurs connectés"),
     ("/historique", "Historique"),
 ])
@@ -142,14 +143,14 @@ def test_pages_answer_in_french(client: FlaskClient, path: str, heading: str) ->
     html = response.get_data(as_text=True)
     assert '<html lang="fr">' in html
     assert heading in html
-    for label in ("Accueil", "Capteurs", "Historique"):
+    for label in ("Accueil", "Capteurs", "Historique", "Aide"):
         assert f">{label}</a>" in html
     assert "Ce site a besoin de JavaScript" in html  # the <noscript> warning
     assert re.search(r'<meta name="csrf-token" content="[^"]+">', html)
 
 
-def test_accueil_explains_how_to_connect_a_device(client: FlaskClient, settings: Settings) -> None:
-    html = client.get("/accueil", base_url="http://192.168.1.20:8000").get_data(as_text=True)
+def test_aide_explains_how_to_connect_a_device(client: FlaskClient, settings: Settings) -> None:
+    html = client.get("/aide", base_url="http://192.168.1.20:8000").get_data(as_text=True)
     assert "192.168.1.20" in html  # the broker address is the host the page came from
     assert f"<code>{settings.mqtt_port}</code>" in html
     assert f"<code>{settings.mqtt_ws_port}</code>" in html
@@ -161,14 +162,14 @@ def test_accueil_explains_how_to_connect_a_device(client: FlaskClient, settings:
     assert "strictement moins de 12 s" in html
 
 
-def test_accueil_hints_at_the_lan_address_when_browsed_locally(client: FlaskClient) -> None:
-    html = client.get("/accueil", base_url="http://127.0.0.1:8000").get_data(as_text=True)
+def test_aide_hints_at_the_lan_address_when_browsed_locally(client: FlaskClient) -> None:
+    html = client.get("/aide", base_url="http://127.0.0.1:8000").get_data(as_text=True)
     assert "adresse IP de cette machine sur le réseau local" in html
 
 
 def test_no_external_url_and_no_inline_script(client: FlaskClient, engine: Engine) -> None:
     add_device(engine, "capteur01")
-    for path in ("/accueil", "/capteurs", "/historique", "/sensor/1", "/sensor/online"):
+    for path in ("/accueil", "/aide", "/capteurs", "/historique", "/sensor/1", "/sensor/online"):
         html = client.get(path).get_data(as_text=True)
         assert not re.search(r"(?:src|href)=\"(?:https?:)?//", html), path
         assert "http://" not in html and "https://" not in html, path
@@ -521,7 +522,8 @@ def test_api_index_lists_the_api_routes_with_their_docstrings(app: Flask, client
         assert body["documentation"] == "docs/api.md"
         listed = [(r["method"], r["path"]) for r in body["routes"]]
         assert listed == [("GET", "/api"), ("GET", "/api/devices"), ("GET", "/api/devices/<device_id>"),
-                          ("GET", "/api/stats"), ("GET", "/api/live-token"), ("POST", "/api/devices/<device_id>/led"),
+                          ("GET", "/api/stats"), ("GET", "/api/overview"), ("GET", "/api/live-token"),
+                          ("POST", "/api/devices/<device_id>/led"),
                           ("POST", "/api/devices/<device_id>/name"), ("GET", "/api/devices/<device_id>/readings"),
                           ("GET", "/api/devices/<device_id>/readings.csv"), ("GET", "/api/export.csv"),
                           ("GET", "/api/alerts"), ("GET", "/api/alerts/rules"), ("POST", "/api/alerts/rules"),
@@ -536,8 +538,8 @@ def test_api_index_lists_the_api_routes_with_their_docstrings(app: Flask, client
     assert not any(r["path"].startswith(("/static", "/sensor", "/accueil")) for r in body["routes"])
 
 
-def test_the_footer_and_accueil_link_the_api_index(client: FlaskClient) -> None:
-    html = client.get("/accueil").get_data(as_text=True)
+def test_the_footer_and_aide_link_the_api_index(client: FlaskClient) -> None:
+    html = client.get("/aide").get_data(as_text=True)
     assert '<a href="/api">API JSON</a>' in html
     assert '<a href="/api">/api</a>' in html and "docs/api.md" in html
 
@@ -743,7 +745,10 @@ def test_rename_without_ingest_client(client: FlaskClient, engine: Engine) -> No
 def test_missing_database_gives_a_clear_message(settings: Settings) -> None:
     app = create_app(settings)  # no `engine` fixture: the file does not exist
     client = app.test_client()
-    assert client.get("/accueil").status_code == 200
+    for path in ("/", "/accueil", "/aide"):
+        assert client.get(path).status_code == 200, path
+    assert "data-no-database" in client.get("/accueil").get_data(as_text=True)
+    assert client.get("/api/overview").get_json()["database"] is None
     for path in ("/capteurs", "/historique"):
         response = client.get(path)
         assert response.status_code == 503

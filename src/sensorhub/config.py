@@ -110,6 +110,13 @@ def _interval(value: str) -> float:
     return seconds
 
 
+def _silent(value: str) -> int:
+    seconds = _int(value)
+    if not 1 <= seconds <= 86_400:
+        raise ValueError("use a number of seconds between 1 and 86400")
+    return seconds
+
+
 def _count(value: str) -> int:
     number = _int(value)
     if not 0 <= number <= 64:
@@ -447,6 +454,12 @@ class Settings:
         "Addresses and networks that read `/metrics` without the token, comma-separated (e.g. "
         "`127.0.0.1,::1,192.168.1.0/24`); `all`: everyone; empty: only with SENSORHUB_METRICS_TOKEN.",
         _networks,
+    )
+    silent_seconds: int = setting(
+        "300",
+        "Seconds without a message after which an online device counts as silent on the overview (`/accueil`, "
+        "`/api/overview`).",
+        _silent,
     )
     retention_days: int = setting(
         "0",

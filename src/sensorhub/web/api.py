@@ -22,7 +22,8 @@ from sensorhub.db.space import database_space
 from sensorhub.errors import ClientNotRunning, CommandError, NoReply
 from sensorhub.protocol import Kind
 from sensorhub.rules import NAME_RULE
-from sensorhub.web.auth import control_required, visitor
+from sensorhub.web import overview
+from sensorhub.web.auth import control_required, template_visitor, visitor
 from sensorhub.web.conditional import conditional
 from sensorhub.web.present import device_history_json, device_json, device_records_json, iso
 from sensorhub.web.relay import REPLY_WAIT
@@ -198,6 +199,14 @@ def stats() -> Response:
         db_bytes=size, oldest=None if first is None else iso(first),
         disk_free_bytes=None if space is None else space.free, disk_low=space is not None and space.low,
     )
+
+
+@bp.get("/overview")
+def overview_() -> Response:
+    """How the fleet is doing: devices online, offline and silent, readings per second and per minute over the last
+    hour, the database's size and oldest reading, the health checks, the latest joins and leaves, active alerts and
+    the devices to look at (`database` is null without a database)."""
+    return jsonify(overview.gather(template_visitor().sees_private))  # no database: no accounts
 
 
 @bp.get("/live-token")

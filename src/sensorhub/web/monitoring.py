@@ -23,12 +23,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from sensorhub import health
 from sensorhub.config import Settings
-from sensorhub.errors import DatabaseError
 from sensorhub.telemetry import MULTIPROC_ENV, STALE_AFTER, client_metrics_path
 from sensorhub.web.api import doc_path
-from sensorhub.web.database import DatabaseMissing
+from sensorhub.web.overview import current_health
 from sensorhub.web.state import web_state
 
 logger = logging.getLogger(__name__)
@@ -108,19 +106,6 @@ def _measured(response: Response) -> Response:
         metrics.requests.labels(route, request.method, str(response.status_code)).inc()
         metrics.duration.labels(route, request.method).observe(time.perf_counter() - started)
     return response
-
-
-def current_health(settings: Settings) -> health.Health:
-    """The checks of sensorhub.health, with the web server's read-only database."""
-
-    def ping() -> None:
-        try:
-            with web_state().database.connect() as conn:
-                conn.exec_driver_sql("SELECT 1 FROM device LIMIT 1").all()
-        except DatabaseMissing:  # its message is for the pages, in French
-            raise DatabaseError("no database yet: create it with `make db` (sensorhub db init)") from None
-
-    return health.check(settings, ping)
 
 
 def _peer() -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

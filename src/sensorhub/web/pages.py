@@ -1,4 +1,4 @@
-"""The HTML pages (Accueil, Capteurs, Historique, Alertes) and the card fragments /capteurs fetches."""
+"""The HTML pages (Accueil, Aide, Capteurs, Historique, Alertes) and the card fragments /capteurs fetches."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from sensorhub.db import alerts, alertviews, history, queries
 from sensorhub.errors import DatabaseError
 from sensorhub.protocol import MAX_NAME, QOS, Kind, Topic, browser_data
 from sensorhub.timestamps import format_micros
-from sensorhub.web import vendor
-from sensorhub.web.auth import visitor
+from sensorhub.web import overview, vendor
+from sensorhub.web.auth import template_visitor, visitor
 from sensorhub.web.conditional import conditional
 from sensorhub.web.present import stored_iso
 from sensorhub.web.state import web_state
@@ -45,10 +45,37 @@ def _page_host() -> str:
 @bp.get("/")
 @bp.get("/accueil")
 def accueil() -> str:
+    """How the fleet is doing: presence, traffic, database, health, joins and leaves, alerts (works without a
+    database)."""
+    found = overview.gather(template_visitor().sees_private)  # no database: no accounts
+    database = found["database"]
+    return render_template("accueil.html", page="accueil", overview=found, database=database,
+                           chart=_traffic_chart(database["readings_per_minute"]) if database else None,
+                           size_text=_size_text(database["db_bytes"]) if database else "")
+
+
+#: The traffic chart's drawing box (an inline SVG: no script, the CSP allows no inline style).
+CHART_WIDTH, CHART_HEIGHT = 600, 80
+
+
+def _traffic_chart(minutes: list[dict[str, Any]]) -> dict[str, Any]:
+    """One bar per minute, scaled to the busiest minute: x, y, width, height in the chart's box."""
+    peak = max((m["count"] for m in minutes), default=0)
+    width = CHART_WIDTH / max(len(minutes), 1)
+    bars = []
+    for i, minute in enumerate(minutes):
+        height = round(minute["count"] / peak * CHART_HEIGHT, 1) if peak else 0.0
+        bars.append({"x": round(i * width, 1), "y": round(CHART_HEIGHT - height, 1), "width": round(width * 0.8, 1),
+                     "height": height, "count": minute["count"], "start": minute["start"]})
+    return {"bars": bars, "peak": peak, "width": CHART_WIDTH, "height": CHART_HEIGHT}
+
+
+@bp.get("/aide")
+def aide() -> str:
     """What the system does and how to connect an ESP32 (works without a database)."""
     settings = web_state().settings
     return render_template(
-        "accueil.html", page="accueil", broker_host=_page_host(), mqtt_port=settings.mqtt_port,
+        "aide.html", page="aide", broker_host=_page_host(), mqtt_port=settings.mqtt_port,
         mqtt_ws_port=settings.mqtt_ws_port, qos=QOS, Topic=Topic, max_name=MAX_NAME, database=_database_facts(),
     )
 
@@ -69,7 +96,7 @@ def _database_facts() -> dict[str, Any] | None:
             size = history.database_bytes(state.database.engine(), conn)
             oldest = history.oldest(conn)
     except (DatabaseError, SQLAlchemyError) as err:
-        logger.debug("no database facts on /accueil: %s", err)
+        logger.debug("no database facts on /aide: %s", err)
         return None
     days = state.settings.retention_days
     return {"bytes": size, "size_text": _size_text(size), "oldest": oldest,
