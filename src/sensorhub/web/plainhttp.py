@@ -124,9 +124,9 @@ def answer(sock: socket.socket, configured_host: str) -> None:
     sock.sendall(redirect_response(method, location))
     # Closing with unread bytes (a POST's body) would send a reset that can destroy the answer before the client
     # reads it: say we are done, then take what still comes for a moment.
-    sock.shutdown(socket.SHUT_WR)
-    sock.settimeout(LINGER_SECONDS)
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # the client may be gone already: nothing more to do
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(LINGER_SECONDS)
         for _ in range(16):
             if not sock.recv(4096):
                 break
