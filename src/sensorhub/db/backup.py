@@ -35,7 +35,7 @@ def backup(url: str, target: Path, *, overwrite: bool = False) -> BackupResult:
     source = sqlite_path(url)
     if source is None:
         raise DatabaseError("only a SQLite database file can be backed up this way: back up PostgreSQL with its own "
-                            "tools (pg_dump -Fc, or continuous archiving), README \"PostgreSQL\"")
+                            "tools (pg_dump -Fc, or continuous archiving), docs/install.md, \"PostgreSQL\"")
     if not source.exists():
         raise DatabaseError(f"no database at {source}: nothing to back up")
     if target.exists() and target.resolve() == source.resolve():
