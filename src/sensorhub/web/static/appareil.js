@@ -63,7 +63,7 @@ function lightDatasets(series) {
     {label: MINIMUM, data: line('min'), borderWidth: 0, pointRadius: 0, fill: false, borderColor: 'transparent'},
     {label: t('device.minmax'), data: line('max'), borderWidth: 0, pointRadius: 0, fill: '-1', borderColor: 'transparent',
       backgroundColor: COLORS.band},
-    {label: 'Moyenne', data: line('avg'), borderColor: COLORS.light, backgroundColor: COLORS.light, borderWidth: 2,
+    {label: t('device.avg'), data: line('avg'), borderColor: COLORS.light, backgroundColor: COLORS.light, borderWidth: 2,
       pointRadius: 0},
   ];
 }
