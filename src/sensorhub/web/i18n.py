@@ -106,8 +106,9 @@ def _template_data() -> dict[str, Any]:
 
 
 def _vary(response: Response) -> Response:
-    """Caches keep one answer per language: it depends on these headers."""
-    response.vary.update(("Accept-Language", "Cookie"))
+    """Caches keep one answer per language: it depends on these headers (static files do not)."""
+    if request.endpoint != "static":
+        response.vary.update(("Accept-Language", "Cookie"))
     return response
 
 

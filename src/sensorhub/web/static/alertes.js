@@ -1,6 +1,6 @@
 // /alertes: acknowledge and snooze active alerts, add, edit, enable, disable and delete rules, through the JSON
 // API (CSRF header as every command); the page is reloaded once the server took a change, so what is shown is
-// always what the database holds. Errors (the server's French message) are shown next to what caused them.
+// always what the database holds. Errors (the server's message, in the page's language) are shown next to what caused them.
 import {sendJSON, t} from './common.js';
 
 const send = sendJSON;

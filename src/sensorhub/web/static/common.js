@@ -30,7 +30,7 @@ export function pageLocale() {
   return own || language;
 }
 
-// The server's protocol module as data (channels, QoS, the name rule and its French messages), rendered into
+// The server's protocol module as data (channels, QoS, the name rule and its messages in the page's language), rendered into
 // every page by base.html: nothing of it is copied here. Read on first use (the module also loads without a page).
 let protocolData = null;
 export function protocol() {
@@ -184,7 +184,7 @@ export function initFilter(container) {
   return apply;
 }
 
-// A text rule of the server (rules.TextRule.browser_data): the French message of the first part of it that
+// A text rule of the server (rules.TextRule.browser_data): the message of the first part of it that
 // `text` breaks, or null. The parts, their order and their patterns are the server's, as data.
 export function ruleProblem(rule, text) {
   for (const [code, pattern] of rule.checks) {
