@@ -34,8 +34,9 @@ FRENCH_ONLY = re.compile(r"[éèêàâçùûîôœ«»]")
 
 #: Every page, with a few of its strings in French and in English.
 PAGES = {
-    "/accueil": (["Vue d'ensemble", "Santé du système", "Arrivées et départs"],
-                 ["Overview", "System health", "Joins and leaves"]),
+    "/accueil": (["Vue d'ensemble", "Santé du système", "Arrivées et départs", "(déclenchée, depuis",
+                  "(avertissement)"],
+                 ["Overview", "System health", "Joins and leaves", "(firing, since", "(warning)"]),
     "/capteurs": (["Capteurs connectés", "Connexion au broker MQTT…", "Renommer"],
                   ["Connected sensors", "Connecting to the MQTT broker…", "Rename"]),
     "/historique": (["Rechercher dans toute la base", "Vu pour la dernière fois", "Photorésistance"],
