@@ -43,6 +43,26 @@ def value_labels() -> dict[Kind, list[str]]:
     return found
 
 
+_CARD_LABELS: dict[str, dict[str, Any]] = {}
+
+
+def card_labels() -> dict[str, Any]:
+    """What every card says, in the current request's language, made once per language: a /capteurs fragment
+    holds up to thousands of cards (`…_named`: `%(name)s` left for the template's `%`)."""
+    found = _CARD_LABELS.get(language())
+    if found is None:
+        values = value_labels()
+        found = _CARD_LABELS[language()] = {
+            "rename": _("Renommer"), "rename_named": _("Renommer %(name)s"),
+            "curves": _("Courbes, export et sessions"), "led_named": _("Allumer ou éteindre la LED de %(name)s"),
+            "sending": _("envoi…"), "login": _("Se connecter"), "button": _("Bouton"), "light": _("Lumière"),
+            "light_named": _("Lumière de %(name)s : 10 dernières mesures (%%)"),
+            "led_values": values[Kind.LED], "led_unknown": _("inconnue"), "button_values": values[Kind.BUTTON],
+            "light_values": values[Kind.LIGHT],
+        }
+    return found
+
+
 def kind_titles() -> dict[Kind, str]:
     """Each kind's title on the pages, in the current request's language."""
     found = _KIND_TITLES.get(language())
@@ -140,4 +160,5 @@ def register_filters(app: Flask) -> None:
         utc=utc_text, utc_pair=utc_pair, iso=iso, led_label=led_label, button_label=button_label,
         light_label=light_label, chart_points=chart_points,
     )
-    app.jinja_env.globals.update(Kind=Kind, kind_titles=kind_titles, value_labels=value_labels)
+    app.jinja_env.globals.update(Kind=Kind, kind_titles=kind_titles, value_labels=value_labels,
+                                 card_labels=card_labels)
