@@ -83,6 +83,8 @@ def _database_error(err: SQLAlchemyError) -> ResponseTuple:
 def _http(err: HTTPException) -> ResponseTuple | HTTPException:
     status = err.code or 500
     message = _HTTP_MESSAGES.get(status, err.name.lower())
+    if err.description and err.description != type(err).description:  # a view's own reason: `abort(400, why)`
+        message = f"{message} : {err.description}"
     if wants_json():
         return json_error(message, status)
     if _is_fragment():
