@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    true,
     type_coerce,
 )
 
@@ -225,8 +226,21 @@ def histories(
     result: dict[int, dict[Kind, list[Value]]] = {i: {kind: [] for kind in Kind} for i in device_ids}
     if not device_ids:
         return result
+    lateral = conn.dialect.name == "postgresql"
     for kind in kinds:
         model = READING_MODELS[kind]
+        if lateral:
+            # PostgreSQL ran the correlated `IN` below as a filter over every reading of the table for each device
+            # (13 s for a page of 50 among 100,000 devices, 300,000 readings); LATERAL takes each device's last
+            # `limit` through the (device_id, at) index: 6 ms. SQLite has no LATERAL, and plans the `IN` well.
+            last = (select(model.id, model.at, model.value).where(model.device_id == Device.id)
+                    .order_by(model.at.desc(), model.id.desc()).limit(limit).lateral("newest"))
+            rows = conn.execute(select(Device.id, last.c.at, last.c.value).join(last, true())
+                                .where(Device.id.in_(list(device_ids)))
+                                .order_by(Device.id, last.c.at.desc(), last.c.id.desc()))
+            for device_id, at, value in rows:
+                result[device_id][kind].append(Value(at, value))
+            continue
         newest = (
             select(model.id)
             .where(model.device_id == Device.id)
