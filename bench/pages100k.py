@@ -278,17 +278,29 @@ def browser_figures(stack: Stack, base: str, sizes: PagesSizes) -> dict[str, dic
                 return found
             publisher = Publisher(stack.settings.mqtt_port, sizes, sessions)
             try:
-                publisher.probe = page.evaluate(WATCH)
+                probe = page.evaluate(WATCH)
+                stored_before = _stored(stack, probe)
+                publisher.probe = probe
                 time.sleep(sizes.live_seconds)
                 publisher.probe = None
                 time.sleep(1.0)
                 updates = page.evaluate("window.__updates")
+                # Whether the ingest client kept up: the probe's readings it stored by the end of the window.
+                stored = _stored(stack, probe) - stored_before
             finally:
                 publisher.close()
-            found["live"] = _live(publisher.sent, updates)
+            found["live"] = {**_live(publisher.sent, updates), "stored": stored}
         finally:
             browser.close()
     return found
+
+
+def _stored(stack: Stack, name: str) -> int:
+    """How many light readings of the device called `name` the database holds."""
+    query = "SELECT count(*) FROM light_reading r JOIN device d ON d.id = r.device_id WHERE d.session_name = ?"
+    if stack.postgresql:
+        query = query.replace("?", "%s")
+    return int(stack.db.execute(query, (name,)).fetchone()[0])
 
 
 def _live(sent: list[tuple[int, float]], updates: list[tuple[str, float]]) -> dict[str, Any]:
