@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ SORTS: Final[dict[str, tuple[tuple[Any, bool], ...]]] = {
     "name": ((Device.name, False),),  # names are unique
     "id": ((Device.id, False),),  # oldest device first; new devices come last
 }
+_MAC_PART: Final = re.compile(r"[0-9A-Fa-f:]+")
 #: State filters of /capteurs (a device's latest values, kept in its row; its last message).
 STATES: Final = ("led-on", "led-off", "pressed", "recent", "silent", "alerts")
 RECENT_SECONDS: Final = 10
@@ -61,10 +63,12 @@ class Filter:
         rows."""
         by_name = contains(Device.name, self.query, dialect)
         by_mac = contains(Device.mac, self.query, dialect)
+        # Text that no MAC contains (anything but hex digits and colons) spares the MACs' scan.
+        macs = self.by_mac and _MAC_PART.fullmatch(self.query) is not None
         if not few:
-            return or_(by_name, by_mac) if self.by_mac else by_name
+            return or_(by_name, by_mac) if macs else by_name
         ids = select(Device.id).where(by_name)
-        if self.by_mac:
+        if macs:
             ids = ids.union(select(Device.id).where(by_mac))  # type: ignore[assignment]
         return Device.id.in_(ids)
 
