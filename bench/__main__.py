@@ -27,7 +27,7 @@ SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devic
 #: What `--postgresql` measures: the writer's rates (the other scenarios read the SQLite file directly).
 POSTGRESQL_SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1")
 #: Scenarios that run on their own, with their own stacks and references.
-ALONE = ("scale-out",)
+ALONE = ("scale-out", "pages-100k")
 
 
 @contextmanager
@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgresql", action="store_true",
                         help=f"on PostgreSQL (a throwaway cluster): {', '.join(POSTGRESQL_SCENARIOS)}")
     args = parser.parse_args(argv)
+    if args.only and "pages-100k" in args.only:
+        if len(args.only) > 1:
+            parser.error("pages-100k runs on its own")
+        from bench.pages100k import main as pages_100k
+
+        return pages_100k(args.quick, args.postgresql)
     if args.only and "scale-out" in args.only:
         if len(args.only) > 1:
             parser.error("scale-out runs on its own")

@@ -72,6 +72,10 @@ class Device(Base):
         CheckConstraint("joined_at <= last_seen", name="seen_after_joined"),
         Index("ix_device_last_seen", "last_seen", "id"),
         Index("ix_device_online", "online"),
+        # A page of /capteurs among 100,000 (db/listing.py): online (or not) devices by name, or by last message,
+        # and their counts, read from the index alone (migration 0009).
+        Index("ix_device_online_name", "online", "name"),
+        Index("ix_device_online_seen", "online", "last_seen", "id"),
         # The few devices marked offline during a broker outage, read by every worker before each batch.
         Index("ix_device_lost", "id", sqlite_where=text("lost"), postgresql_where=text("lost")),
         # AUTOINCREMENT: an id, hence a default name capteurNN, is never handed out twice.

@@ -18,6 +18,12 @@ _SPECIAL = set(".^$*+?()[]{}|\\")
 #: The stored time stamp form, compared as text (fixed width: text order is time order).
 _NOW_PLUS_1S = "to_char(clock_timestamp() AT TIME ZONE 'UTC' + interval '1 second', 'YYYY-MM-DD HH24:MI:SS.US')"
 #: The next device id is one past the last one ever handed out, as SQLite's AUTOINCREMENT keeps it.
+#: Trigram indexes for searching a name or MAC (`lower(x) LIKE '%…%'`, db/listing.py), PostgreSQL only (migration
+#: 0009): by name, their CREATE statement. Not in the models: SQLite has no such index (nor can it reflect one).
+SEARCH_INDEXES = {
+    "ix_device_name_trgm": "CREATE INDEX ix_device_name_trgm ON device USING gin (lower(name) gin_trgm_ops)",
+    "ix_device_mac_trgm": "CREATE INDEX ix_device_mac_trgm ON device USING gin (lower(mac) gin_trgm_ops)",
+}
 LAST_DEVICE_ID = "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('device', 'id')::regclass), 0)"
 
 

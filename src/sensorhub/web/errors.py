@@ -92,6 +92,8 @@ def _http(err: HTTPException) -> ResponseTuple | HTTPException:
     status = err.code or 500
     known = _HTTP_MESSAGES.get(status)
     message = _(known) if known is not None else err.name.lower()
+    if err.description and err.description != type(err).description:  # a view's own reason: `abort(400, why)`
+        message = _("%(message)s : %(reason)s", message=message, reason=err.description)
     if wants_json():
         return json_error(message, status)
     if _is_fragment():

@@ -17,9 +17,11 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, redirect, request, url_for
 from flask_babel import Babel, get_locale
+from flask_babel import gettext as _
 from flask_babel import format_decimal as babel_format_decimal
 from werkzeug.wrappers import Response as BaseResponse
 
+from sensorhub.db.listing import BadCursor
 from sensorhub.rules import Message
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,13 @@ def N_(message: str) -> str:
 def pick(message: Message) -> str:
     """A message of `rules` (which holds both languages) in the current request's language."""
     return message.en if language() == "en" else message.fr
+
+
+def cursor_problem(err: BadCursor, sort: str) -> str:
+    """What is wrong with a page cursor, in the request's language."""
+    if err.given_for is None:
+        return _("curseur de page invalide")
+    return _("ce curseur est celui du tri « %(given)s », pas « %(sort)s »", given=err.given_for, sort=sort)
 
 
 def format_number(value: float, digits: int = 1) -> str:

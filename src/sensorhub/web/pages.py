@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sensorhub import buckets, livetoken
 from sensorhub.alertedit import rule_fields
 from sensorhub.alerting import OPERATORS, Metric, Severity
-from sensorhub.db import alerts, alertviews, history, queries
+from sensorhub.db import alerts, alertviews, history, listing, queries
 from sensorhub.errors import DatabaseError
 from sensorhub.protocol import MAX_NAME, QOS, Kind, Topic, browser_data
 from sensorhub.rules import NAME_RULE
@@ -23,7 +23,7 @@ from sensorhub.timestamps import format_micros
 from sensorhub.web import overview, vendor
 from sensorhub.web.auth import template_visitor, visitor
 from sensorhub.web.conditional import conditional
-from sensorhub.web.i18n import format_number, pick
+from sensorhub.web.i18n import cursor_problem, format_number, pick
 from sensorhub.web.present import stored_iso
 from sensorhub.web.state import web_state
 
@@ -132,36 +132,118 @@ def active_alert_count() -> int | None:
         return None
 
 
+#: Above this many online devices, /capteurs shows a page of them at a time, filtered, sorted and cut in the
+#: database (`?q=`, `?presence=`, `?etat=`, `?tri=`, `?limit=`, `?cursor=`); up to it, every card, as always.
+PAGED_FLEET = 2_000
+#: Cards per page of a paged /capteurs (`?limit=` 1 to MAX_CARDS_PAGE).
+CARDS_PAGE = 100
+MAX_CARDS_PAGE = 500
+#: /capteurs's orders (`?tri=`) and presence filters (`?presence=`) in the database.
+CARD_SORTS = {"name": "name", "seen": "seen"}
+PRESENCE = {"en-ligne": True, "hors-ligne": False, "tous": None}
+
+
+class CardPage(NamedTuple):
+    """A paged /capteurs: its cards, what it was asked (the form's values), the next page's arguments, the total."""
+
+    cards: list[queries.DeviceHistory]
+    alerts: dict[int, alertviews.DeviceAlerts]
+    asked: dict[str, str]
+    first_args: dict[str, str]
+    next_args: dict[str, str] | None
+    total: int
+
+
+def _card_page(online_count: int | None = None) -> CardPage | None:
+    """The page of cards the request asks for when /capteurs is paged (more than PAGED_FLEET online devices, or a
+    `?limit=`), else None; a BadRequest (400) for a bad limit, order, filter or cursor."""
+    args = request.args
+    limit_text = args.get("limit")
+    if online_count is not None and online_count <= PAGED_FLEET and limit_text is None:
+        return None
+    limit = CARDS_PAGE if limit_text is None else int(limit_text) if limit_text.isdigit() else 0
+    sort = args.get("tri", "name")
+    presence = args.get("presence", "en-ligne")
+    state = args.get("etat", "")
+    problem = ("limit" if not 1 <= limit <= MAX_CARDS_PAGE else "tri" if sort not in CARD_SORTS
+               else "presence" if presence not in PRESENCE else "etat" if state and state not in listing.STATES
+               else None)
+    if problem is not None:
+        abort(400, _("paramètre %(name)s invalide", name=problem))
+    query = args.get("q", "").strip()[:MAX_QUERY]
+    cursor = None
+    if args.get("cursor"):
+        try:
+            cursor = listing.PageCursor.decode(args["cursor"], CARD_SORTS[sort])
+        except listing.BadCursor as err:
+            abort(400, cursor_problem(err, CARD_SORTS[sort]))
+    where = listing.Filter(online=PRESENCE[presence], query=query, by_mac=visitor().sees_private, state=state)
+    with web_state().database.connect() as conn:
+        devices, found = queries.device_page(conn, sort=CARD_SORTS[sort], where=where, cursor=cursor, limit=limit)
+        cards = queries.with_histories(conn, devices, kinds=CARD_HISTORY)
+        device_alerts = alertviews.active_by_device(conn, [d.id for d in devices])
+    asked = {"q": query, "tri": sort, "presence": presence, "etat": state, "limit": str(limit)}
+    if limit_text is None:
+        del asked["limit"]
+    if cursor is not None:
+        asked["cursor"] = args["cursor"]
+    first_args = {key: value for key, value in asked.items() if value and key != "cursor"}
+    next_args = None if found.next is None else {**first_args, "cursor": found.next.encode()}
+    return CardPage(cards, device_alerts, asked, first_args, next_args, found.total or 0)
+
+
+def _online_count() -> int:
+    with web_state().database.connect() as conn:
+        return queries.online_count(conn)
+
+
 @bp.get("/capteurs")
 def capteurs() -> str:
-    """The devices online now; the page's script keeps it live through MQTT over WebSockets."""
+    """The devices online now; the page's script keeps it live through MQTT over WebSockets. Above PAGED_FLEET
+    online devices, a page of them at a time (filtered, sorted and cut in the database), the cards in view live."""
     settings = web_state().settings
-    cards, device_alerts = _online_cards()
+    paged = _card_page(_online_count())
+    if paged is None:
+        cards, device_alerts = _online_cards()
+    else:
+        cards, device_alerts = paged.cards, paged.alerts
     return render_template(
         "capteurs.html", page="capteurs", cards=cards, alerts=device_alerts, mqtt_ws_port=settings.mqtt_ws_port,
-        mqtt_wss_port=settings.mqtt_wss_port,
+        mqtt_wss_port=settings.mqtt_wss_port, paged=paged, paged_fleet=PAGED_FLEET,
         # Private mode: the broker's WebSockets guard lets a page in only with a token it got from us.
         live_token=livetoken.issue(current_app.config["SECRET_KEY"]) if settings.web_private else "",
         keepalive=settings.keepalive, vendor_missing=vendor.missing(), max_name=MAX_NAME,
     )
 
 
+#: Devices per /historique page at most (`?limit=`; 50 by default).
+MAX_HISTORY_LIMIT = 200
+
+
 @bp.get("/historique")
 def historique() -> str:
-    """Every device, most recently seen first, with its last 10 values of each kind; keyset-paginated."""
+    """Every device, most recently seen first, with its last 10 values of each kind; keyset-paginated (`?limit=`,
+    `?cursor=`)."""
     query = request.args.get("q", "").strip()[:MAX_QUERY]
-    before_text = request.args.get("avant", "")
+    limit_text = request.args.get("limit", str(queries.PAGE_SIZE))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_HISTORY_LIMIT:
+        abort(400, _("le paramètre limit est un entier de 1 à %(maximum)s", maximum=MAX_HISTORY_LIMIT))
+    cursor_text = request.args.get("cursor", "")
     before = None
-    if before_text:
-        try:
-            before = queries.Cursor.decode(before_text)
-        except ValueError:
-            abort(400)
+    try:
+        if cursor_text:
+            before = listing.PageCursor.decode(cursor_text, "recent")
+        elif request.args.get("avant"):  # a link of the page before its opaque cursor
+            before = queries.Cursor.decode(request.args["avant"]).page_cursor()
+    except ValueError as err:
+        abort(400, _("lien de page invalide (%(reason)s) : reprenez à la première page",
+                      reason=cursor_problem(err, "recent") if isinstance(err, listing.BadCursor) else err))
     with web_state().database.connect() as conn:
-        page = queries.history_page(conn, before=before, query=query, by_mac=visitor().sees_private)
+        page = queries.history_page(conn, before=before, query=query, by_mac=visitor().sees_private,
+                                    size=int(limit_text))
     return render_template(
         "historique.html", page="historique", result=page, query=query, first_page=before is None,
-        max_name=MAX_NAME,
+        max_name=MAX_NAME, limit=None if int(limit_text) == queries.PAGE_SIZE else int(limit_text),
     )
 
 
@@ -208,6 +290,15 @@ def online_fragment() -> Response:
         return conditional(render_template("_sensor_stubs.html", devices=devices))
     cards, device_alerts = _online_cards()
     return conditional(render_template("_sensor_cards.html", cards=cards, alerts=device_alerts, max_name=MAX_NAME))
+
+
+@bp.get("/sensor/page")
+def page_fragment() -> Response:
+    """The cards of one page of a paged /capteurs (the same arguments): its script reconciles its cards with them."""
+    paged = _card_page()
+    assert paged is not None
+    return conditional(render_template("_sensor_cards.html", cards=paged.cards, alerts=paged.alerts,
+                                       max_name=MAX_NAME))
 
 
 @bp.get("/sensor/<id:device_id>")

@@ -33,12 +33,16 @@ function setLiveStatus(state, text) {
   liveStatus.textContent = text;
 }
 
+// More than a few thousand devices: the server sent one page of them (filtered and sorted there); the cards of
+// that page are reconciled and kept live, the others cost nothing.
+const paged = container.dataset.paged !== undefined;
 let view = null;
 const leds = new LedControl(container);
 const cards = new LiveCards(container, {
   onFrame: () => view.update(), onLed: (record, on) => leds.show(record.card, on), everyChartUpTo: LARGE_FLEET,
 });
 const reconciler = new Reconciler(container, cards, {
+  pageUrl: paged ? container.dataset.pageUrl : '',
   onDropped: (card) => leds.forget(card),
   onListFailed: (err) => showBanner(
     t('list.unavailable', {error: err.message})),
@@ -86,7 +90,7 @@ function onLost({url, everConnected, sessionEnded}) {
 }
 
 const layout = initLayoutToggle();
-view = new FleetView(container, cards, layout);
+view = new FleetView(container, cards, layout, {paged});
 initRename(container, () => reconciler.afterChange());
 for (const card of container.querySelectorAll(':scope > [data-card]')) reconciler.adopt(card);
 cards.flush(); // at once: the server's order, the layout and the charts before the first paint

@@ -36,13 +36,18 @@ const STATES = {
   pressed: (record) => record.button,
   recent: (record, now) => now - record.lastSeen <= RECENT_MS,
   silent: (record, now) => now - record.lastSeen > SILENT_MS,
+  alerts: (record) => Boolean(record.card.querySelector('[data-alert-marker]')),
 };
 
 export class FleetView {
-  constructor(container, cards, layout) {
+  // `paged`: the server filtered, sorted and cut the list (a very large fleet): the form asks it for another
+  // page; the page's cards stay in the server's order.
+  constructor(container, cards, layout, {paged = false} = {}) {
     this.container = container;
     this.cards = cards; // LiveCards
     this.layout = layout; // from initLayoutToggle()
+    this.paged = paged;
+    this.form = document.querySelector('[data-fleet-form]');
     this.input = document.querySelector('[data-filter]');
     this.count = document.querySelector('[data-filter-count]');
     this.noMatch = document.querySelector('[data-no-match]');
@@ -50,6 +55,17 @@ export class FleetView {
     this.controls = document.querySelector('[data-fleet-controls]');
     this.sortSelect = document.querySelector('[data-sort]');
     this.stateSelect = document.querySelector('[data-state-filter]');
+    if (this.form) {
+      this.form.addEventListener('submit', (event) => {
+        if (!this.paged) event.preventDefault(); // the filter is applied as one types
+      });
+    }
+    if (paged) {
+      for (const select of this.form ? this.form.querySelectorAll('select') : []) {
+        select.addEventListener('change', () => this.form.requestSubmit());
+      }
+      return;
+    }
     const again = () => this.update();
     if (this.input) this.input.addEventListener('input', again);
     if (this.sortSelect) this.sortSelect.addEventListener('change', again);
@@ -69,6 +85,11 @@ export class FleetView {
 
   // Order, filter and count the cards; only the cards out of place move and only changed flags are written.
   update() {
+    if (this.paged) {
+      this.container.classList.add('is-large');
+      this.layout.suggest('list');
+      return;
+    }
     const total = this.cards.size;
     const large = total > LARGE_FLEET;
     this.container.classList.toggle('is-large', large);

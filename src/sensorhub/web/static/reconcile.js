@@ -30,8 +30,12 @@ const sessionUnknown = (card) => card.dataset.session === undefined;
 export class Reconciler {
   // `cards`: the page's LiveCards. `onDropped(card)` when a card leaves the page or is replaced;
   // `onListFailed(err)` when the server's list cannot be read (tried again 3 s later), `onListRead()` when it was.
-  constructor(container, cards, {onDropped = () => {}, onListFailed = () => {}, onListRead = () => {}} = {}) {
+  // `pageUrl`: a paged page's fragment of its own cards (its filter, order and page), read instead of every
+  // online device; a join of a device that is not on the page is then none of its business.
+  constructor(container, cards, {onDropped = () => {}, onListFailed = () => {}, onListRead = () => {},
+    pageUrl = ''} = {}) {
     this.container = container;
+    this.pageUrl = pageUrl;
     this.cards = cards;
     this.onDropped = onDropped;
     this.onListFailed = onListFailed;
@@ -132,10 +136,11 @@ export class Reconciler {
     const since = this.clock;
     // A large fleet is reconciled against a brief list (no chart data, no controls: parsing 2,000 whole cards
     // again would hold the page for a long moment); the cards it lacks are then fetched one by one.
-    const brief = this.cards.size > LARGE_FLEET;
+    const brief = !this.pageUrl && this.cards.size > LARGE_FLEET;
+    const url = this.pageUrl || (brief ? '/sensor/online?brief=1' : '/sensor/online');
     let fresh;
     try {
-      const response = await fetch(brief ? '/sensor/online?brief=1' : '/sensor/online', {headers: {Accept: 'text/html'}});
+      const response = await fetch(url, {headers: {Accept: 'text/html'}});
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       fresh = parseCards(await response.text());
     } catch (err) {
@@ -225,7 +230,7 @@ export class Reconciler {
       card.classList.remove('is-renewing');
       return;
     }
-    this.fetchJoined(name, session);
+    if (!this.pageUrl) this.fetchJoined(name, session);
   }
 
   // A leave: `name;session` (a device's Will, or its goodbye).
