@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, redirect, request, url_for
 from flask_babel import Babel, get_locale
-from flask_babel import gettext as _
 from flask_babel import format_decimal as babel_format_decimal
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response as BaseResponse
 
 from sensorhub.db.listing import BadCursor
@@ -71,8 +71,8 @@ def pick(message: Message) -> str:
 def cursor_problem(err: BadCursor, sort: str) -> str:
     """What is wrong with a page cursor, in the request's language."""
     if err.given_for is None:
-        return _("curseur de page invalide")
-    return _("ce curseur est celui du tri « %(given)s », pas « %(sort)s »", given=err.given_for, sort=sort)
+        return str(_("curseur de page invalide"))
+    return str(_("ce curseur est celui du tri « %(given)s », pas « %(sort)s »", given=err.given_for, sort=sort))
 
 
 def format_number(value: float, digits: int = 1) -> str:
