@@ -20,7 +20,10 @@ help: ## List the targets
 	@echo "sensorhub: make <target>"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: $(PY_STAMP) $(JS_STAMP) ## Set up .venv/ (Python packages) and node_modules/ (browser libraries)
+CLI_MO := $(patsubst %.po,%.mo,$(wildcard src/sensorhub/translations/*/LC_MESSAGES/cli.po))
+install: $(PY_STAMP) $(JS_STAMP) $(CLI_MO) ## Set up .venv/ (Python packages) and node_modules/ (browser libraries)
+%/LC_MESSAGES/cli.mo: %/LC_MESSAGES/cli.po $(PY_STAMP) # the command line's messages (docs/development.md)
+	$(BIN)/pybabel compile -D cli -i $< -o $@ --statistics
 
 $(PY_STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sensorhub.errors import ConfigError
+from sensorhub.i18n import N_, parse_choice
 
 ENV_PREFIX = "SENSORHUB_"
 
@@ -407,6 +408,12 @@ class Settings:
     log_format: str = setting(
         "text", "Log lines as `text` (for people) or `json` (one object a line, for log collectors).", _log_format
     )
+    cli_language: str = setting(
+        "auto",
+        "Language of the command line's messages: `fr`, `en`, or `auto` (the locale's: LANGUAGE, LC_ALL, "
+        "LC_MESSAGES, LANG; English when it is C, unset or neither French nor English). Log lines stay in English.",
+        parse_choice,
+    )
     summary_every: float = setting(
         "10",
         "Seconds between the ingest client's summary line (joins, leaves, devices online, readings/s); "
@@ -587,11 +594,12 @@ class Settings:
                 values[spec.name] = spec.parse(str(raw))
             except ValueError as err:
                 shown = "(hidden)" if spec.name in SECRET_SETTINGS else repr(_without_password(str(raw)))
-                raise ConfigError(f"{source}={shown} is invalid: {err}") from None
+                raise ConfigError(N_("{source}={value} is invalid: {reason}"), source=source, value=shown,
+                                  reason=err) from None
         settings = cls(**values)
         settings = settings.anchored(project_home(settings.home))
         if bool(settings.tls_cert) != bool(settings.tls_key):
-            raise ConfigError("SENSORHUB_TLS_CERT and SENSORHUB_TLS_KEY go together: set both or neither")
+            raise ConfigError(N_("SENSORHUB_TLS_CERT and SENSORHUB_TLS_KEY go together: set both or neither"))
         if settings.web_state_url and settings.web_state_url == settings.database_url:
             raise ConfigError("SENSORHUB_WEB_STATE_URL must not be the sensor database (SENSORHUB_DATABASE_URL): "
                               "the web servers only read that one; give them a database of their own")

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from sensorhub.cli import lang
 from sensorhub.config import SETTINGS, Settings
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def cli(ctx: click.Context, /, **overrides: str | None) -> None:
     Every setting comes from its SENSORHUB_* environment variable or the flag of the same name.
     """
     settings = Settings.load(overrides=overrides)
+    lang.apply(settings.cli_language)
     configure_logging(settings)
     ctx.obj = settings
 

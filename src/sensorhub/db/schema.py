@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub.db.engine import make_engine, sqlite_path
 from sensorhub.errors import DatabaseError, reason
+from sensorhub.i18n import N_
 
 logger = logging.getLogger(__name__)
 
@@ -162,20 +163,22 @@ def check_schema(database: Engine | str) -> None:
         case State.CURRENT:
             return
         case State.MISSING:
-            raise DatabaseError(f"no database at {where}: create it with `make db` (sensorhub db init)")
+            raise DatabaseError(N_("no database at {where}: create it with `make db` (sensorhub db init)"), where=where)
         case State.EMPTY:
-            raise DatabaseError(f"the database {where} is empty: create its schema with `make db` "
-                                "(sensorhub db init)")
+            raise DatabaseError(N_("the database {where} is empty: create its schema with `make db` "
+                                   "(sensorhub db init)"), where=where)
         case State.LEGACY | State.OLDER:
-            raise DatabaseError(f"the database {where} has an older schema ({found.revision or 'first release'}, "
-                                f"this sensorhub needs {head()}): upgrade it with `make db` (sensorhub db upgrade)")
+            raise DatabaseError(N_("the database {where} has an older schema ({found}, this sensorhub needs {head}): "
+                                   "upgrade it with `make db` (sensorhub db upgrade)"), where=where,
+                                found=found.revision or "first release", head=head())
         case State.NEWER:
-            raise DatabaseError(f"the database {where} was made by a newer sensorhub (schema {found.revision}; "
-                                f"this one knows up to {head()}): upgrade sensorhub")
+            raise DatabaseError(N_("the database {where} was made by a newer sensorhub (schema {found}; this one "
+                                   "knows up to {head}): upgrade sensorhub"), where=where, found=found.revision,
+                                head=head())
         case State.FOREIGN:
             shown = ", ".join(sorted(found.tables)[:5]) + ("…" if len(found.tables) > 5 else "")
-            raise DatabaseError(f"{where} is not a sensorhub database (its tables: {shown}): point "
-                                "SENSORHUB_DATABASE_URL at another file")
+            raise DatabaseError(N_("{where} is not a sensorhub database (its tables: {shown}): point "
+                                   "SENSORHUB_DATABASE_URL at another file"), where=where, shown=shown)
 
 
 def upgrade(url: str) -> tuple[str | None, str]:
