@@ -113,7 +113,8 @@ def test_an_error_in_both_languages(home: Path) -> None:
     missing = _cli(home / "elsewhere", "token", "list", LANG="fr_FR.UTF-8")
     assert missing.returncode == 2 and missing.stderr.startswith("sensorhub : erreur : pas de base de données à ")
     invalid = _cli(home, "db", "init", LANG="fr_FR.UTF-8", SENSORHUB_MQTT_PORT="nope")
-    assert invalid.stderr.strip() == "sensorhub : erreur : SENSORHUB_MQTT_PORT='nope' est invalide : not a whole number"
+    assert invalid.stderr.strip() == ("sensorhub : erreur : SENSORHUB_MQTT_PORT='nope' est invalide : ce n'est pas un "
+                                      "nombre entier")
 
 
 def test_the_setting_wins_over_lang(home: Path) -> None:
@@ -139,6 +140,9 @@ def test_clicks_messages_and_the_help_follow(home: Path) -> None:
     assert "Affiche ce message et quitte." in help_fr
     help_en = _cli(home, "token", "add", "--help", LANG="C").stdout
     assert "Make the token NAME and print it" in help_en and "Show this message and exit." in help_en
+    extra = {lang: _cli(home, "token", "list", "a", "b", LANG=lang).stderr for lang in ("C", "fr_FR.UTF-8")}
+    assert "Error: Got unexpected extra arguments (a b)" in extra["C"]  # plurals, in both
+    assert "Erreur : Arguments supplémentaires inattendus (a b)" in extra["fr_FR.UTF-8"]
     missing = _cli(home, "alert", "snooze", "3", LANG="fr_FR.UTF-8")
     assert "Erreur : Option manquante '--minutes'." in missing.stderr
 

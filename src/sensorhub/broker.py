@@ -30,6 +30,7 @@ from sensorhub.credentials import (
     write_broker_passwd,
 )
 from sensorhub.errors import BrokerError
+from sensorhub.i18n import N_, Msg
 from sensorhub.ports import ensure_free
 from sensorhub.process import NOTIFY_ENV, NotifySocket
 from sensorhub.protocol import HA_MAX_PACKET, MAX_PACKET
@@ -45,14 +46,14 @@ DEVICE_ACL = PROJECT_ROOT / "mqtt" / "acl.devices"
 _DEFAULTS = Settings()
 # Debian puts mosquitto in /usr/sbin, which is not on an ordinary user's PATH.
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"])
-INSTALL_HINT = "install it with `sudo apt-get install mosquitto` (Debian, Ubuntu, Raspberry Pi OS)"
+INSTALL_HINT = N_("install it with `sudo apt-get install mosquitto` (Debian, Ubuntu, Raspberry Pi OS)")
 
 
 def find_mosquitto() -> str:
     """Path of the mosquitto program, or BrokerError saying how to install it."""
     path = shutil.which("mosquitto", path=_SEARCH_PATH)
     if path is None:
-        raise BrokerError(f"mosquitto is not installed: {INSTALL_HINT}")
+        raise BrokerError(N_("mosquitto is not installed: {hint}"), hint=Msg(INSTALL_HINT))
     return path
 
 

@@ -35,6 +35,10 @@ def N_(message: str) -> str:
     return message
 
 
+class Msg(str):
+    """A value of an error's template that is itself a msgid (marked with N_): translated when the error is shown."""
+
+
 def locale_language(environ: Mapping[str, str] | None = None) -> str:
     """The language the locale asks for, as gettext reads it: `fr_FR.UTF-8` is `fr`; C, POSIX, unset or a
     language without a catalog is English."""
@@ -54,7 +58,7 @@ def parse_choice(value: str) -> str:
     """SENSORHUB_CLI_LANGUAGE checked: auto, fr or en (ValueError otherwise)."""
     choice = value.strip().lower()
     if choice not in CHOICES:
-        raise ValueError("use auto (from the locale: LANGUAGE, LC_ALL, LC_MESSAGES, LANG), fr or en")
+        raise ValueError(N_("use auto (from the locale: LANGUAGE, LC_ALL, LC_MESSAGES, LANG), fr or en"))
     return choice
 
 

@@ -30,7 +30,7 @@ from typing import IO
 from sensorhub.broker import INSTALL_HINT, find_mosquitto
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError, ConfigError, DatabaseError, SensorhubError
-from sensorhub.i18n import N_, tr
+from sensorhub.i18n import N_, Msg, tr
 from sensorhub.pipe import ensure_fifo
 from sensorhub.ports import ensure_free, wait_free
 from sensorhub.process import READY_TIMEOUT, STOP_TIMEOUT, Child, ComponentError, notify
@@ -251,7 +251,7 @@ def _offer_to_install_mosquitto(say: Callable[[str], None]) -> bool:
     apt = shutil.which("apt-get") or "apt-get"
     for command in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "mosquitto"]):
         if subprocess.run(command, check=False).returncode != 0:
-            raise BrokerError(N_("installing mosquitto failed: {hint}"), hint=INSTALL_HINT)
+            raise BrokerError(N_("installing mosquitto failed: {hint}"), hint=Msg(INSTALL_HINT))
     say(tr("mosquitto installed"))
     return True
 
