@@ -102,6 +102,15 @@ def test_the_same_commands_in_french_and_english(home: Path) -> None:
         assert listed in _cli(home, "user", "list", **env).stdout
 
 
+def test_service_install_in_both_languages(tmp_path: Path) -> None:
+    english = _cli(tmp_path, "service", "install", "--root", str(tmp_path / "en"), LANG="C").stdout.splitlines()
+    french = _cli(tmp_path, "service", "install", "--root", str(tmp_path / "fr"), LANG="fr_FR.UTF-8").stdout
+    assert f"wrote {tmp_path}/en/etc/sensorhub/sensorhub.env" in english
+    assert f"{tmp_path}/fr/etc/sensorhub/sensorhub.env écrit" in french.splitlines()
+    assert english[-1].startswith("start them with: sudo systemctl enable --now sensorhub-broker.service")
+    assert french.splitlines()[-1].startswith("démarrez-les avec : sudo systemctl enable --now sensorhub-broker")
+
+
 def test_an_error_in_both_languages(home: Path) -> None:
     english = _cli(home, "user", "passwd", "nobody", "--password-stdin", LANG="C")
     french = _cli(home, "user", "passwd", "nobody", "--password-stdin", LANG="fr_FR.UTF-8")
@@ -143,6 +152,10 @@ def test_clicks_messages_and_the_help_follow(home: Path) -> None:
     extra = {lang: _cli(home, "token", "list", "a", "b", LANG=lang).stderr for lang in ("C", "fr_FR.UTF-8")}
     assert "Error: Got unexpected extra arguments (a b)" in extra["C"]  # plurals, in both
     assert "Erreur : Arguments supplémentaires inattendus (a b)" in extra["fr_FR.UTF-8"]
+    settings_fr = " ".join(_cli(home, "--help", LANG="fr_FR.UTF-8").stdout.split())
+    assert ("Niveau des journaux : DEBUG, INFO, WARNING, ERROR ou CRITICAL. [variable SENSORHUB_LOG_LEVEL ; par "
+            "défaut INFO]") in settings_fr
+    assert "--secret-key VALUE Clé qui signe les sessions web" in settings_fr and "par défaut (vide)]" in settings_fr
     missing = _cli(home, "alert", "snooze", "3", LANG="fr_FR.UTF-8")
     assert "Erreur : Option manquante '--minutes'." in missing.stderr
 

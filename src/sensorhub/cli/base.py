@@ -19,8 +19,8 @@ def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one CLI flag per row of the settings table."""
     for spec in reversed(SETTINGS):
         command = click.option(
-            spec.flag, spec.name, default=None, metavar="VALUE",
-            help=f"{spec.help} [env {spec.env}; default {spec.default or '(empty)'}]",
+            spec.flag, spec.name, default=None, metavar="VALUE", cls=lang.SettingOption, spec=spec,
+            help=lang.setting_help(spec),
         )(command)
     return command
 

@@ -4,7 +4,8 @@
 - sensorhub's code: the calls `tr(...)`, `trn(singular, plural, ...)` and `N_(...)` (sensorhub.i18n) anywhere in
   the package (error templates are raised far from the command line);
 - the commands' help: docstrings of the functions made commands, and the `help=` texts of their options
-  (sensorhub.cli.lang translates them by their cleaned text);
+  (sensorhub.cli.lang translates them by their cleaned text), and the settings table's help texts (config.py's
+  `setting(default, help, parse)`: the help of the settings' flags);
 - click's own messages (`_`, `ngettext` in its source), which sensorhub.cli.lang routes to our catalog.
 Not run by the command line itself: a developer's tool, and the catalog completeness test's.
 """
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 PACKAGE = Path(__file__).resolve().parents[1]
 #: Our translation functions and their arguments that are msgids (Babel's keyword specs).
 KEYWORDS: dict[str, Any] = {"tr": None, "trn": (1, 2), "N_": None}
+#: The settings table's help texts (config.py's `setting(default, help, parse)`): the help of their flags.
+SETTING_KEYWORDS: dict[str, Any] = {"setting": (2,)}
 CLICK_KEYWORDS: dict[str, Any] = {"_": None, "ngettext": (1, 2)}
 #: The click decorators whose `help=` is a help text, and those that make a command of a function.
 _HELP_CALLS = {"option", "argument", "command", "group", "version_option", "password_option", "confirmation_option"}
@@ -78,6 +81,8 @@ def build() -> Catalog:
     for path in sorted(PACKAGE.rglob("*.py")):
         where = path.relative_to(PACKAGE.parent).as_posix()
         found = list(_python_messages(path, KEYWORDS))
+        if path.name == "config.py" and path.parent == PACKAGE:
+            found += list(_python_messages(path, SETTING_KEYWORDS))
         if path.parent.name == "cli":
             found += list(_help_texts(path))
         for lineno, message in found:

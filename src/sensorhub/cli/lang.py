@@ -6,10 +6,13 @@ import inspect
 import logging
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import click
 
 from sensorhub import i18n
+from sensorhub.config import SettingSpec
+from sensorhub.i18n import N_, gettext, tr
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +21,24 @@ _CLICK_MODULES = ("core", "decorators", "exceptions", "formatting", "parser", "t
                   "shell_completion", "_termui_impl")
 #: The English help texts, by command or parameter, so that a second `apply` translates from them again.
 _ENGLISH: dict[int, str] = {}
+
+
+#: A setting's flag's help: its help text from the settings table, then where else it comes from.
+SETTING_HELP = N_("{help} [env {env}; default {default}]")
+EMPTY = N_("(empty)")
+
+
+def setting_help(spec: SettingSpec) -> str:
+    """The help of a setting's flag, in the command line's language."""
+    return tr(SETTING_HELP, help=gettext(spec.help), env=spec.env, default=spec.default or tr(EMPTY))
+
+
+class SettingOption(click.Option):
+    """The flag of one setting; knows its row of the table, for its help in another language."""
+
+    def __init__(self, *args: Any, spec: SettingSpec, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spec = spec
 
 
 def language(setting: str | None = None, environ: Mapping[str, str] | None = None) -> str:
@@ -71,7 +92,9 @@ def _translate_help(command: click.Command) -> None:
     `help=` texts, extracted by sensorhub.cli.catalog)."""
     command.help = _translated(command, command.help)
     for param in command.params:
-        if isinstance(param, click.Option):
+        if isinstance(param, SettingOption):
+            param.help = setting_help(param.spec)
+        elif isinstance(param, click.Option):
             param.help = _translated(param, param.help)
     if isinstance(command, click.Group):
         for sub in command.commands.values():
