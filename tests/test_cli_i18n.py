@@ -16,6 +16,7 @@ from babel.messages.pofile import read_po
 from sensorhub import i18n
 from sensorhub.config import Settings
 from sensorhub.errors import ConfigError, DatabaseError
+from sensorhub.process import Child, ComponentError
 from sensorhub.supervisor import tls_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,6 +178,18 @@ def test_the_start_up_lines_of_run(french: None) -> None:
     assert tls_ports(settings) == (", ou en TLS au port 8883 (mises à jour en direct des navigateurs : WebSockets "
                                    "sécurisés sur le port 9443)")
     assert i18n.tr("starting {name}", name="broker") == "démarrage de broker"
+
+
+def test_a_components_death_in_both_languages(french: None) -> None:
+    child = Child("client", [sys.executable, "-c", "pass"], on_line=lambda line: None)
+    child.start()
+    child.process.wait(10)  # type: ignore[union-attr]
+    template, params = child.death_template(i18n.Msg(i18n.N_(" before it was ready")))
+    assert i18n.tr(template, **params) == "client a terminé avec le code 0 avant d’être prêt (aucune sortie)"
+    assert ComponentError(template, [], **params).translated() == i18n.tr(template, **params)
+    assert child.death("before it was ready") == "client exited with status 0 before it was ready (no output)"
+    assert str(ComponentError(template, [], **params)) == child.death("before it was ready")
+    child.stop(1)
 
 
 # -- the catalogs ------------------------------------------------------------------------------------------------

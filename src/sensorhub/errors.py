@@ -19,13 +19,12 @@ class SensorhubError(Exception):
 
     def translated(self) -> str:
         """The message in the current language of sensorhub.i18n (English when the catalog lacks it)."""
-        from sensorhub.i18n import Msg, gettext, tr
+        from sensorhub.i18n import tr
 
         if not isinstance(self.template, str) or not self.template or not self.args \
                 or self.args[0] is not self._english:
             return str(self)  # not a template, or its args were rewritten since it was made
-        return tr(self.template, **{key: gettext(value) if isinstance(value, Msg) else value
-                                    for key, value in self.params.items()})
+        return tr(self.template, **self.params)
 
 
 class ConfigError(SensorhubError):

@@ -98,11 +98,16 @@ def ngettext(singular: str, plural: str, count: int) -> str:
 
 
 def tr(message: str, /, **params: Any) -> str:
-    """`message` translated, then formatted with `params` (str.format: the placeholders stay in the catalog)."""
+    """`message` translated, then formatted with `params` (str.format: the placeholders stay in the catalog);
+    a value that is a `Msg` is translated too."""
     text = gettext(message)
-    return text.format(**params) if params else text
+    return text.format(**_translated(params)) if params else text
+
+
+def _translated(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: gettext(value) if isinstance(value, Msg) else value for key, value in params.items()}
 
 
 def trn(singular: str, plural: str, count: int, /, **params: Any) -> str:
     """The singular or plural of a message translated, formatted with `count` and `params`."""
-    return ngettext(singular, plural, count).format(count=count, **params)
+    return ngettext(singular, plural, count).format(count=count, **_translated(params))

@@ -188,7 +188,8 @@ class Supervisor:
             for component in self.components:
                 if component.running:
                     continue
-                reason = component.death()
+                template, params = component.death_template()
+                reason = tr(template, **params)
                 restarts = self._restarts[component.name]
                 now = time.monotonic()
                 while restarts and now - restarts[0] > RESTART_WINDOW:
