@@ -1,4 +1,4 @@
-"""The README's screenshots: one scenario, run by the browser tests into a temporary directory and by
+"""The screenshots of the README and docs/: one scenario, run by the browser tests into a temporary directory and by
 `make screenshots` (`python -m tests.screenshots [DIR]`) into docs/screenshots.
 
 Each screenshot is taken once its page shows what it should (every device's card, a switched-on LED, full

@@ -28,7 +28,7 @@ def markdown_files() -> list[Path]:
 
 def slug(heading: str) -> str:
     """The anchor GitHub gives a Markdown heading."""
-    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    text = re.sub(r"[`*]|(?<!\w)_|_(?!\w)", "", heading.strip().lower())  # SENSORHUB_X keeps its underscore
     text = re.sub(r"[^\w\- ]", "", text)
     return text.replace(" ", "-")
 
@@ -50,6 +50,35 @@ def test_no_tracked_file_points_outside_the_repository() -> None:
             if OUTSIDE in line:
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == [], "a clone has no " + OUTSIDE + "; point to docs/protocol.md:\n" + "\n".join(offenders)
+
+
+#: Most lines of the README: one screen, the details being in docs/.
+README_LINES = 80
+
+
+def test_the_readme_is_a_one_screen_quick_start() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= README_LINES, "move the details to a page of docs/ (docs/README.md lists them)"
+    # The two commands; CI (.ci/run) runs the README's test command, which is `make test`.
+    assert re.search(r"^```sh\nmake run +#.*\nmake test +#.*\n```$", readme, flags=re.M)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    for page in ("/accueil", "/capteurs", "/historique", "/appareil/", "/alertes"):
+        assert f"`{page}" in readme, page
+    assert re.search(r"!\[[^\]]+\]\(docs/screenshots/\w+\.png\)", readme)
+
+
+def docs_pages() -> list[str]:
+    """The pages of docs/ that a table of contents lists (all but docs/README.md, the table itself)."""
+    return sorted(path.name for path in (ROOT / "docs").glob("*.md") if path.name != "README.md")
+
+
+@pytest.mark.parametrize(("toc", "prefix"), [("docs/README.md", ""), ("README.md", "docs/")])
+def test_every_docs_page_is_in_the_tables_of_contents(toc: str, prefix: str) -> None:
+    """docs/README.md and the README's "Where to go next" list every page, one line each, and nothing else."""
+    rows = re.findall(rf"^\| \[{re.escape(prefix)}([\w-]+\.md)\]\({re.escape(prefix)}\1\) \| .+ \|$",
+                      (ROOT / toc).read_text(), flags=re.M)
+    assert sorted(rows) == docs_pages(), f"{toc}: list each page of docs/ once"
+    assert len(rows) == len(set(rows))
 
 
 def test_the_readme_links_the_protocol_and_the_api() -> None:

@@ -310,7 +310,7 @@ def test_the_backup_command_and_the_restore_recipe(settings: Settings, engine: E
     again = subprocess.run([sys.executable, "-m", "sensorhub", "db", "backup", str(target)], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "already exists" in again.stderr
-    # Restore as the README says: the copy replaces the database (its -wal and -shm removed), then `db upgrade`.
+    # Restore as docs/operations.md says: the copy replaces the database (its -wal and -shm removed), then `db upgrade`.
     path = Path(settings.database_url.removeprefix("sqlite:///"))
     engine.dispose()
     for suffix in ("", "-wal", "-shm"):

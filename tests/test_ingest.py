@@ -398,7 +398,7 @@ def test_sigkill_while_a_device_publishes_qos1_loses_nothing(settings: Settings,
             device.reading(Topic.PHOTORESISTOR_STATUS, 42, qos=1).wait_for_publish(5)
             wait_for(lambda: values(engine, "light_reading", name) == [42], 10, what="the sentinel stored")
             # Stored twice at most: what was committed but not yet acknowledged, within the broker's in-flight
-            # window for the client (20, README "Reliability").
+            # window for the client (20, docs/operations.md, "Reliability").
             assert count(engine, "led_reading", name) <= 2 * half + 20
     finally:
         device.close()

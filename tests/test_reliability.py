@@ -1,5 +1,5 @@
-"""Faults an operator meets (README, "Reliability"): the processes and files behind sensorhub fail, nothing is lost and
-nothing false is shown."""
+"""Faults an operator meets (docs/operations.md, "Reliability"): the processes and files behind sensorhub fail,
+nothing is lost and nothing false is shown."""
 
 from __future__ import annotations
 

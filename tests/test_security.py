@@ -751,14 +751,77 @@ def test_tls_listeners_accept_a_trusting_client_and_refuse_plain_ones(certificat
 def test_the_web_server_speaks_https_with_secure_cookies(certificate: Settings, engine: Engine) -> None:
     settings = certificate
     context = ssl.create_default_context(cafile=settings.tls_cert)
+    url = f"https://127.0.0.1:{settings.web_port}/capteurs"
+    with web_server_tls(settings), urllib.request.urlopen(url, context=context, timeout=5) as answer:
+        assert answer.status == 200
+        assert "Secure" in answer.headers["Set-Cookie"] and "HttpOnly" in answer.headers["Set-Cookie"]
+        assert f'data-wss-port="{settings.mqtt_wss_port}"' in answer.read().decode()
+
+
+def plain_request(port: int, head: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `head` over plain TCP; the status, headers and body answered (0 and nothing for an empty reply)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    if not received:
+        return 0, {}, b""
+    top, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = top.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def test_plain_http_on_the_https_port_is_redirected_to_https(certificate: Settings, engine: Engine) -> None:
+    """`http://` on the HTTPS port gets a redirect to the same path over https://, not an empty reply (issue 27)."""
+    settings = certificate
+    port = settings.web_port
+    context = ssl.create_default_context(cafile=settings.tls_cert)
     with web_server_tls(settings):
-        with urllib.request.urlopen(f"https://127.0.0.1:{settings.web_port}/capteurs", context=context,
-                                    timeout=5) as answer:
+        status, headers, body = plain_request(
+            port, f"GET /historique?limit=5 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        assert status == 308, (status, headers)
+        location = headers["Location"]
+        assert location == f"https://127.0.0.1:{port}/historique?limit=5"
+        assert headers["Connection"] == "close" and location.encode() in body
+        with urllib.request.urlopen(location, context=context, timeout=5) as answer:
+            assert answer.status == 200  # the redirect leads to the page, over TLS
+        # What a browser or curl does with `http://`: the redirect, followed.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/capteurs", context=context, timeout=5) as answer:
+            assert answer.status == 200 and answer.url == f"https://127.0.0.1:{port}/capteurs"
+        # The name the client used is kept (a name in the certificate, say), a form too (308 keeps the method).
+        status, headers, _ = plain_request(
+            port, f"POST /login HTTP/1.1\r\nHost: sensorhub.local:{port}\r\nContent-Length: 3\r\n\r\na=b".encode())
+        assert (status, headers["Location"]) == (308, f"https://sensorhub.local:{port}/login")
+        # A Host that is not one, two of them, none, or a target naming another site: this server, never elsewhere.
+        for head in (b"GET /capteurs HTTP/1.1\r\nHost: evil.example:666@127.0.0.1\r\n\r\n",
+                     b"GET /capteurs HTTP/1.1\r\nHost: evil.example/x\r\n\r\n",
+                     b"GET /capteurs HTTP/1.1\r\nHost: evil.example:99999\r\n\r\n",
+                     b"GET /capteurs HTTP/1.1\r\nHost: a.lan\r\nHost: evil.example\r\n\r\n",
+                     b"GET /capteurs HTTP/1.0\r\n\r\n"):
+            status, headers, _ = plain_request(port, head)
+            assert (status, headers["Location"]) == (308, f"https://127.0.0.1:{port}/capteurs"), head
+        status, headers, _ = plain_request(port, b"GET http://evil.example/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert (status, headers["Location"]) == (308, "https://127.0.0.1/")
+        # Neither TLS nor HTTP: closed, as before.
+        assert plain_request(port, b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x05\r\n\r\n")[0] == 0
+        # TLS clients are served as before.
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/capteurs", context=context, timeout=5) as answer:
             assert answer.status == 200
-            assert "Secure" in answer.headers["Set-Cookie"] and "HttpOnly" in answer.headers["Set-Cookie"]
-            assert f'data-wss-port="{settings.mqtt_wss_port}"' in answer.read().decode()
-        with pytest.raises((urllib.error.URLError, ConnectionError)):
-            urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/capteurs", timeout=5)
+
+
+@pytest.mark.parametrize(("host", "shown"), [
+    ("pi.local:8000", "pi.local:8000"), ("192.168.1.20:8443", "192.168.1.20:8443"),
+    ("[fe80::1]:8000", "[fe80::1]:8000"),
+    ("sensorhub.example.org", "sensorhub.example.org"), (None, "fallback:1"), ("", "fallback:1"),
+    ("evil.example:1@good", "fallback:1"), ("[::g]:8000", "fallback:1"), ("a b", "fallback:1"),
+    ("-bad-.lan", "fallback:1"), ("x" * 300, "fallback:1"), ("good.lan:0", "fallback:1"), ("good.lan:", "fallback:1"),
+])
+def test_the_redirect_takes_a_host_header_only_if_it_is_one(host: str | None, shown: str) -> None:
+    from sensorhub.web.plainhttp import authority
+
+    assert authority(host, "fallback:1") == shown
 
 
 def web_server_tls(settings: Settings) -> Any:
@@ -829,17 +892,19 @@ def test_slow_http_clients_leave_the_pages_answering(stack: Stack) -> None:
             sock.close()
 
 
-def test_half_tls_handshakes_leave_the_pages_answering(certificate: Settings, engine: Engine) -> None:
-    """The same under TLS, with connections stopping in the middle of their ClientHello."""
+@pytest.mark.parametrize("payload", [HALF_HANDSHAKE, HALF_REQUEST], ids=["half-handshakes", "half-plain-requests"])
+def test_half_tls_handshakes_leave_the_pages_answering(certificate: Settings, engine: Engine, payload: bytes) -> None:
+    """The same under TLS, with connections stopping in the middle of their ClientHello (or of a plain request,
+    which the HTTPS port reads to redirect it)."""
     settings = certificate
     context = ssl.create_default_context(cafile=settings.tls_cert)
     url = f"https://127.0.0.1:{settings.web_port}/capteurs"
     with web_server_tls(settings):
         assert answer_time(url, context) < 1
-        held = hold_slow_clients(settings.web_port, HALF_HANDSHAKE)
+        held = hold_slow_clients(settings.web_port, payload)
         try:
             waited = [answer_time(url, context) for _ in range(3)]
-            assert max(waited) < 1, f"/capteurs answered in {waited} s with {SLOW_CLIENTS} half handshakes"
+            assert max(waited) < 1, f"/capteurs answered in {waited} s with {SLOW_CLIENTS} slow clients"
         finally:
             for sock in held:
                 sock.close()

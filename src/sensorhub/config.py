@@ -679,7 +679,7 @@ def configured(settings: Settings) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SettingSpec:
-    """One row of the settings table, as shown by --help and the README."""
+    """One row of the settings table, as shown by --help and docs/settings.md."""
 
     name: str
     default: str
@@ -735,7 +735,7 @@ SETTINGS: tuple[SettingSpec, ...] = tuple(
 
 
 def settings_table_markdown() -> str:
-    """The settings table in Markdown, as embedded in the README (a test keeps them equal)."""
+    """The settings table in Markdown, as embedded in docs/settings.md (a test keeps them equal)."""
     lines = ["| Environment variable | CLI flag | Default | Meaning |", "|---|---|---|---|"]
     for spec in SETTINGS:
         default = f"`{spec.default}`" if spec.default else "(empty)"

@@ -55,7 +55,7 @@ def default_executable() -> Path:
 def environment_file() -> str:
     """The settings file the three units read; written once, then yours to edit."""
     return f"""\
-# sensorhub's settings for its systemd services (docs/deploy.md). Every SENSORHUB_* variable of the README's
+# sensorhub's settings for its systemd services (docs/deploy.md). Every SENSORHUB_* variable of docs/settings.md's
 # settings table may be set here; then `sudo systemctl restart sensorhub-broker sensorhub-client sensorhub-web`.
 SENSORHUB_DATABASE_URL=sqlite:///{STATE}/db.sqlite3
 SENSORHUB_STATE_DIR={STATE}/state

@@ -36,7 +36,7 @@ def backup(url: str, target: Path, *, overwrite: bool = False) -> BackupResult:
     source = sqlite_path(url)
     if source is None:
         raise DatabaseError(N_("only a SQLite database file can be backed up this way: back up PostgreSQL with its "
-                               "own tools (pg_dump -Fc, or continuous archiving), README \"PostgreSQL\""))
+                               "own tools (pg_dump -Fc, or continuous archiving), docs/install.md, \"PostgreSQL\""))
     if not source.exists():
         raise DatabaseError(N_("no database at {path}: nothing to back up"), path=source)
     if target.exists() and target.resolve() == source.resolve():

@@ -214,7 +214,7 @@ def _warn_about_collation(conn: Connection) -> None:
     collation = conn.exec_driver_sql("SELECT datcollate FROM pg_database WHERE datname = current_database()").scalar()
     if collation not in ("C", "POSIX", "C.UTF-8", "C.utf8"):
         logger.warning("the PostgreSQL database uses the collation %s: lists sorted by name may differ from "
-                       "SQLite's order; create it with LC_COLLATE 'C' (README, \"PostgreSQL\")", collation)
+                       "SQLite's order; create it with LC_COLLATE 'C' (docs/install.md, \"PostgreSQL\")", collation)
 
 
 def migrated_engine(url: str) -> Engine:

@@ -20,7 +20,7 @@ from sensorhub.logs import formatter
 from sensorhub.ports import ensure_free
 from sensorhub.process import notify
 from sensorhub.tls import check_tls_files
-from sensorhub.web import create_app, vendor
+from sensorhub.web import create_app, plainhttp, vendor
 from sensorhub.web.database import ReadOnlyDatabase
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,9 @@ def gunicorn_options(settings: Settings, workers: int, fd: int | None = None) ->
         "when_ready": when_ready,
     }
     if settings.tls:
-        options.update(certfile=settings.tls_cert, keyfile=settings.tls_key)
+        # Our context answers a plain-HTTP request on this port with a redirect to https:// (web/plainhttp.py).
+        options.update(certfile=settings.tls_cert, keyfile=settings.tls_key,
+                       ssl_context=plainhttp.ssl_context_hook(settings.web_host))
     return options
 
 

@@ -108,5 +108,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """sensorhub does not downgrade: restore a backup instead (README, "Backups")."""
+    """sensorhub does not downgrade: restore a backup instead (docs/operations.md, "Backups and restore")."""
     raise NotImplementedError("restore a backup taken before the upgrade")
