@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import signal
 import string
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from babel.messages.catalog import Catalog
 from babel.messages.pofile import read_po
@@ -18,6 +20,8 @@ from sensorhub.config import Settings
 from sensorhub.errors import ConfigError, DatabaseError
 from sensorhub.process import Child, ComponentError
 from sensorhub.supervisor import tls_ports
+from tests.stack import sensorhub
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGS = ROOT / "src" / "sensorhub" / "translations"
@@ -112,6 +116,22 @@ def test_service_install_in_both_languages(tmp_path: Path) -> None:
     assert french.splitlines()[-1].startswith("démarrez-les avec : sudo systemctl enable --now sensorhub-broker")
 
 
+def test_status_in_both_languages(home: Path) -> None:
+    port = str(free_port())  # nothing listens there: the broker's check fails
+    english = _cli(home, "status", LANG="C", SENSORHUB_MQTT_PORT=port).stdout.splitlines()
+    french = _cli(home, "status", LANG="fr_FR.UTF-8", SENSORHUB_MQTT_PORT=port).stdout.splitlines()
+    assert english[:2] == ["database  ok      answers",
+                           "client    FAILED  no heartbeat: the ingest client is not running"]
+    assert french[:2] == ["database  ok      répond",
+                          "client    ÉCHEC   pas de battement de cœur : le client d'ingestion ne tourne pas"]
+    assert english[-1].startswith("unhealthy: client: no heartbeat") and f"127.0.0.1:{port}" in english[-1]
+    assert french[-1].startswith("en mauvaise santé : client: pas de battement de cœur")
+    assert f"impossible de l'atteindre à 127.0.0.1:{port} : " in french[2]
+    # /healthz's words (the JSON) stay English.
+    assert '"client: no heartbeat: the ingest client is not running"' in _cli(
+        home, "status", "--json", LANG="fr_FR.UTF-8", SENSORHUB_MQTT_PORT=port).stdout
+
+
 def test_an_error_in_both_languages(home: Path) -> None:
     english = _cli(home, "user", "passwd", "nobody", "--password-stdin", LANG="C")
     french = _cli(home, "user", "passwd", "nobody", "--password-stdin", LANG="fr_FR.UTF-8")
@@ -178,6 +198,24 @@ def test_the_start_up_lines_of_run(french: None) -> None:
     assert tls_ports(settings) == (", ou en TLS au port 8883 (mises à jour en direct des navigateurs : WebSockets "
                                    "sécurisés sur le port 9443)")
     assert i18n.tr("starting {name}", name="broker") == "démarrage de broker"
+
+
+@pytest.mark.integration
+def test_make_runs_lines_in_french(settings: Settings, tmp_path: Path) -> None:
+    """`sensorhub run` with SENSORHUB_CLI_LANGUAGE=fr: its own lines in French, the programs' log lines as they are."""
+    child = sensorhub("run", ["run"], settings.replace(cli_language="fr"))
+    child.cwd = tmp_path
+    child.start()
+    try:
+        child.wait_ready(90)
+        wait_for(lambda: "tout est en marche : ouvrez" in child.output(), 10, what="the start-up line")
+        assert "    run | démarrage de broker" in child.output()
+        client = next(c for c in psutil.Process(child.pid).children() if " client" in " ".join(c.cmdline()))
+        client.send_signal(signal.SIGKILL)
+        wait_for(lambda: "client a été tué par SIGKILL ; redémarrage" in child.output(), 15, what="the restart")
+    finally:
+        child.stop(60)
+    assert child.output().splitlines()[-1] == "    run | arrêté", child.output()[-2000:]
 
 
 def test_a_components_death_in_both_languages(french: None) -> None:

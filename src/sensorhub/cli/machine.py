@@ -86,9 +86,9 @@ def status(settings: Settings, as_json: bool) -> None:
     else:
         for check in found.checks:
             verdict = tr("ok") if check.ok else tr("FAILED")
-            click.echo(f"{check.name:<9} {verdict:<7} {check.detail}")
-        # The checks' details are /healthz's words (English), as the log lines are.
-        click.echo(tr("healthy") if found.ok else tr("unhealthy: {problems}", problems="; ".join(found.problems())))
+            click.echo(f"{check.name:<9} {verdict:<7} {check.translated()}")
+        problems = "; ".join(f"{check.name}: {check.translated()}" for check in found.checks if not check.ok)
+        click.echo(tr("healthy") if found.ok else tr("unhealthy: {problems}", problems=problems))
     sys.exit(0 if found.ok else 1)
 
 
