@@ -142,6 +142,11 @@ def test_an_error_in_both_languages(home: Path) -> None:
     # An error raised outside the command line (the schema's check), and a setting's.
     missing = _cli(home / "elsewhere", "token", "list", LANG="fr_FR.UTF-8")
     assert missing.returncode == 2 and missing.stderr.startswith("sensorhub : erreur : pas de base de données à ")
+    nowhere = {"SENSORHUB_DATABASE_URL": "sqlite:////etc/passwd/x/db.sqlite3"}  # under a file: no directory there
+    assert _cli(home, "db", "init", LANG="C", **nowhere).stderr.startswith(
+        "sensorhub: error: cannot create the database directory /etc/passwd/x: ")
+    assert _cli(home, "db", "init", LANG="fr_FR.UTF-8", **nowhere).stderr.startswith(
+        "sensorhub : erreur : impossible de créer le répertoire de la base de données /etc/passwd/x : ")
     invalid = _cli(home, "db", "init", LANG="fr_FR.UTF-8", SENSORHUB_MQTT_PORT="nope")
     assert invalid.stderr.strip() == ("sensorhub : erreur : SENSORHUB_MQTT_PORT='nope' est invalide : ce n'est pas un "
                                       "nombre entier")

@@ -166,7 +166,8 @@ def _prepare_log_file(log_file: Path) -> None:
         if account is not None:
             os.chown(log_file, account.pw_uid, account.pw_gid)
     except OSError as err:
-        raise BrokerError(f"cannot create the broker log file {log_file}: {err.strerror}") from err
+        raise BrokerError(N_("cannot create the broker log file {path}: {reason}"), path=log_file,
+                          reason=err.strerror) from err
 
 
 def _user_line(paths: list[Path]) -> str | None:
@@ -271,8 +272,8 @@ class Broker:
                             self.ws_upstream)
                 self.stop()
                 if attempt == _UPSTREAM_ATTEMPTS - 1:
-                    raise BrokerError(f"mosquitto could not listen: loopback port {self.ws_upstream} behind the "
-                                      "WebSockets guard is in use") from None
+                    raise BrokerError(N_("mosquitto could not listen: loopback port {port} behind the WebSockets "
+                                         "guard is in use"), port=self.ws_upstream) from None
         self._start_guard()
         tls = (f", TLS on port {self.settings.mqtt_tls_port}, secure WebSockets on port "
                f"{self.settings.mqtt_wss_port}" if self.settings.tls else "")
@@ -304,7 +305,8 @@ class Broker:
                     raise BrokerError(self._failure())
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise BrokerError(f"mosquitto did not start within {timeout:.0f} s (see {log})")
+                    raise BrokerError(N_("mosquitto did not start within {seconds:.0f} s (see {log})"), seconds=timeout,
+                                      log=log)
         finally:
             if notify is not None:
                 notify.close()
@@ -326,7 +328,8 @@ class Broker:
             self.guard.start()
         except OSError as err:
             self.stop()
-            raise BrokerError(f"cannot open the WebSockets port {self.settings.mqtt_ws_port}: {err.strerror}") from err
+            raise BrokerError(N_("cannot open the WebSockets port {port}: {reason}"), port=self.settings.mqtt_ws_port,
+                              reason=err.strerror) from err
 
     def _ready(self, notify: NotifySocket | None, log: Path, offset: int) -> bool:
         if notify is None:

@@ -601,8 +601,8 @@ class Settings:
         if bool(settings.tls_cert) != bool(settings.tls_key):
             raise ConfigError(N_("SENSORHUB_TLS_CERT and SENSORHUB_TLS_KEY go together: set both or neither"))
         if settings.web_state_url and settings.web_state_url == settings.database_url:
-            raise ConfigError("SENSORHUB_WEB_STATE_URL must not be the sensor database (SENSORHUB_DATABASE_URL): "
-                              "the web servers only read that one; give them a database of their own")
+            raise ConfigError(N_("SENSORHUB_WEB_STATE_URL must not be the sensor database (SENSORHUB_DATABASE_URL): "
+                                 "the web servers only read that one; give them a database of their own"))
         _check_smtp(settings)
         return settings
 
@@ -661,13 +661,14 @@ def _check_smtp(settings: Settings) -> None:
         return
     for name in ("notify_smtp_from", "notify_smtp_to"):
         if not getattr(settings, name):
-            raise ConfigError(f"SENSORHUB_NOTIFY_SMTP_HOST is set: {ENV_PREFIX}{name.upper()} must be set too")
+            raise ConfigError(N_("SENSORHUB_NOTIFY_SMTP_HOST is set: {setting} must be set too"),
+                              setting=f"{ENV_PREFIX}{name.upper()}")
     if bool(settings.notify_smtp_user) != bool(settings.notify_smtp_password):
-        raise ConfigError("SENSORHUB_NOTIFY_SMTP_USER and SENSORHUB_NOTIFY_SMTP_PASSWORD go together: set both or "
-                          "neither")
+        raise ConfigError(N_("SENSORHUB_NOTIFY_SMTP_USER and SENSORHUB_NOTIFY_SMTP_PASSWORD go together: set both "
+                             "or neither"))
     if settings.notify_smtp_password and settings.notify_smtp_security == "none":
-        raise ConfigError("SENSORHUB_NOTIFY_SMTP_SECURITY=none would send SENSORHUB_NOTIFY_SMTP_PASSWORD in clear: "
-                          "use starttls or tls")
+        raise ConfigError(N_("SENSORHUB_NOTIFY_SMTP_SECURITY=none would send SENSORHUB_NOTIFY_SMTP_PASSWORD in "
+                             "clear: use starttls or tls"))
 
 
 def configured(settings: Settings) -> tuple[str, ...]:

@@ -110,7 +110,7 @@ def _look_sqlite(path: Path) -> Found:
     try:
         conn = sqlite3.connect(f"file:{pathname2url(str(path.resolve()))}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as err:
-        raise DatabaseError(f"cannot open the database {path}: {err}") from err
+        raise DatabaseError(N_("cannot open the database {where}: {reason}"), where=path, reason=err) from err
     try:
         tables = frozenset(row[0] for row in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
@@ -120,8 +120,8 @@ def _look_sqlite(path: Path) -> Found:
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
             revision = None if row is None else str(row[0])
     except sqlite3.DatabaseError as err:
-        raise DatabaseError(f"{path} is not a SQLite database ({err}): point SENSORHUB_DATABASE_URL at "
-                            "sensorhub's database") from None
+        raise DatabaseError(N_("{path} is not a SQLite database ({reason}): point SENSORHUB_DATABASE_URL at "
+                               "sensorhub's database"), path=path, reason=err) from None
     finally:
         conn.close()
     return _classify(tables, revision, user_version)
@@ -136,7 +136,8 @@ def _look_engine(url: str) -> Found:
             if "alembic_version" in tables:
                 revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as err:
-        raise DatabaseError(f"cannot open the database {engine.url!r}: {reason(err)}") from err
+        raise DatabaseError(N_("cannot open the database {where}: {reason}"), where=repr(engine.url),
+                            reason=reason(err)) from err
     finally:
         engine.dispose()
     return _classify(tables, revision, None)
@@ -197,7 +198,8 @@ def upgrade(url: str) -> tuple[str | None, str]:
                 command.stamp(config, BASELINE)
             command.upgrade(config, "head")
     except SQLAlchemyError as err:
-        raise DatabaseError(f"cannot upgrade the database {engine.url!r}: {reason(err)}") from err
+        raise DatabaseError(N_("cannot upgrade the database {where}: {reason}"), where=repr(engine.url),
+                            reason=reason(err)) from err
     finally:
         engine.dispose()
     after = head()
