@@ -14,16 +14,18 @@ JS_STAMP := node_modules/.installed
 DB_FILE := db/db.sqlite3
 
 .DEFAULT_GOAL := help
-.PHONY: help install clean db data broker client prod debug run test lint simulate bench screenshots
+.PHONY: help install clean db data broker client prod debug run test lint simulate bench screenshots translations
 
 help: ## List the targets
 	@echo "sensorhub: make <target>"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-CLI_MO := $(patsubst %.po,%.mo,$(wildcard src/sensorhub/translations/*/LC_MESSAGES/cli.po))
-install: $(PY_STAMP) $(JS_STAMP) $(CLI_MO) ## Set up .venv/ (Python packages) and node_modules/ (browser libraries)
-%/LC_MESSAGES/cli.mo: %/LC_MESSAGES/cli.po $(PY_STAMP) # the command line's messages (docs/development.md)
-	$(BIN)/pybabel compile -D cli -i $< -o $@ --statistics
+# The message catalogs (src/sensorhub/translations/<lang>/LC_MESSAGES/<domain>.po: the web server's `messages`, the
+# command line's `cli`), each compiled next to itself by `make install` (the .mo files are not committed).
+PO_FILES := $(wildcard src/sensorhub/translations/*/LC_MESSAGES/*.po)
+MO_FILES := $(PO_FILES:.po=.mo)
+
+install: $(PY_STAMP) $(JS_STAMP) $(MO_FILES) ## Set up .venv/ (Python packages), node_modules/ (browser libraries), catalogs
 
 $(PY_STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -41,6 +43,18 @@ $(JS_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error $(if $(filter 0,$(DEV)),--omit=dev)
 	$(BIN)/python -m sensorhub.web.vendor
 	@touch $@
+
+%.mo: %.po | $(PY_STAMP)
+	$(BIN)/pybabel compile --statistics -i $< -o $@
+
+# The web server's strings: extracted from its code and templates (babel.cfg), merged into each language's catalog;
+# translate what is new (an empty msgstr, or `#, fuzzy`), then `make install` compiles (docs/development.md).
+translations: $(PY_STAMP) ## Extract the web server's strings and update their catalogs (then translate them)
+	@mkdir -p var
+	$(BIN)/pybabel extract -F babel.cfg -k N_ --no-location --sort-output --project=sensorhub \
+	  --copyright-holder="sensorhub's authors" -o var/messages.pot src/sensorhub/web
+	$(BIN)/pybabel update -i var/messages.pot -d src/sensorhub/translations -D messages -w 120 \
+	  --ignore-pot-creation-date
 
 clean: ## Remove the SQLite database, keeping a copy in db/backups/ first (accounts and readings included)
 	@if [ -f $(DB_FILE) ]; then \

@@ -1,8 +1,9 @@
 """The screenshots of the README and docs/: one scenario, run by the browser tests into a temporary directory and by
 `make screenshots` (`python -m tests.screenshots [DIR]`) into docs/screenshots.
 
-Each screenshot is taken once its page shows what it should (every device's card, a switched-on LED, full
-charts, the channels table), so a test that runs the scenario checks the pages as well as the pictures.
+Every page (PAGES), at 1280 and 375 px, in French and in English: `<page>-<language>-<width>.png`. Each is taken
+once its page shows what it should (every device's card, a switched-on LED, full charts, the channels table) in
+its language (`<html lang>`), so a test that runs the scenario checks the pages as well as the pictures.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from typing import Any
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy import text
 
+from sensorhub.alerting import Metric, Rule
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
+from sensorhub.db import alerts
 from sensorhub.db.engine import make_engine
 from sensorhub.db.schema import init_db
 from sensorhub.ports import PortError, ensure_free
@@ -31,9 +34,14 @@ from tests.support import CHROMIUM, CHROMIUM_ARGS, free_port
 
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 812}
+#: The browser's locale for each language of the pages (its Accept-Language, navigator.language).
+LANGUAGES = {"fr": "fr-FR", "en": "en-US"}
+VIEWPORTS = (DESKTOP, PHONE)
+#: Every page: the navigation's four, a device's, help, the login form and an error page.
+PAGES = ("accueil", "capteurs", "historique", "appareil", "alertes", "aide", "connexion", "erreur")
 #: File name -> viewport.
-SHOTS = {"capteurs.png": DESKTOP, "historique.png": DESKTOP, "appareil.png": DESKTOP, "accueil.png": DESKTOP,
-         "aide.png": DESKTOP, "capteurs-mobile.png": PHONE}
+SHOTS = {f"{page}-{language}-{viewport['width']}.png": viewport
+         for language in LANGUAGES for viewport in VIEWPORTS for page in PAGES}
 DEFAULT_DIR = ROOT / "docs" / "screenshots"
 #: The virtual devices of `make screenshots` (the same MAC addresses and light levels every time).
 SEED = 7
@@ -59,6 +67,7 @@ def _wait_for_charts(page: Page, points: int) -> None:
 
 def _open_capteurs(page: Page, url: Callable[[str], str], devices: int) -> None:
     page.goto(url("/capteurs"))
+    expect(page.locator("[data-card]").first).to_be_attached(timeout=10_000)
     expect(page.locator('[data-live-status][data-state="live"]')).to_be_visible(timeout=10_000)
     expect(page.locator("[data-card]")).to_have_count(devices)
 
@@ -94,14 +103,14 @@ def demo_week(engine: Any) -> int:
 
 def take(browser: Browser, url: Callable[[str], str], fleet: Fleet, out: Path,
          history_device: int | None = None) -> list[Path]:
-    """Screenshot /capteurs (desktop and 375 px), /historique, a device's page, /accueil and /aide into `out`.
+    """Screenshot every page (PAGES) at 1280 and 375 px in French and English into `out` (SHOTS's names).
 
     The device page is `history_device`'s over 7 days if given, else the first live device's last hour.
     """
     out.mkdir(parents=True, exist_ok=True)
     names = [device.name for device in fleet.devices]
     errors: list[str] = []
-    context = browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
+    context = browser.new_context(viewport=DESKTOP, locale=LANGUAGES["fr"])  # type: ignore[arg-type]
     try:
         page = context.new_page()
         page.on("pageerror", lambda err: errors.append(str(err)))
@@ -109,39 +118,56 @@ def take(browser: Browser, url: Callable[[str], str], fleet: Fleet, out: Path,
         first = page.locator(f'[data-card][data-session-name="{names[0]}"]')
         first.locator("[data-led-toggle]").click()
         expect(first.locator("[data-led-state]")).to_have_text("allumée", timeout=5_000)
-        _wait_for_charts(page, 10)
-        page.screenshot(path=out / "capteurs.png", full_page=True)
-        page.goto(url("/historique"))
-        expect(page.locator("[data-card]")).to_have_count(len(names) + (history_device is not None))
-        expect(page.locator('[data-card] [data-kind="led"] .value').first).to_be_visible()
-        page.screenshot(path=out / "historique.png", full_page=True)
-        if history_device is None:
-            page.locator(f'[data-card][data-name="{names[0]}"] a[data-device-name]').click()
-            page.locator('[data-range="1h"]').click()
-        else:
-            page.goto(url(f"/appareil/{history_device}?periode=7j"))
-        expect(page.locator('[data-device-page][data-state="ready"]')).to_be_visible(timeout=10_000)
-        page.screenshot(path=out / "appareil.png", full_page=True)
-        page.goto(url("/accueil"))
-        expect(page.locator('[data-count="online"]')).to_have_text(str(len(names)))
-        page.screenshot(path=out / "accueil.png", full_page=True)
-        page.goto(url("/aide"))
-        expect(page.locator(".channels tbody tr")).to_have_count(7)
-        page.screenshot(path=out / "aide.png", full_page=True)
+        device = history_device if history_device is not None else int(first.get_attribute("data-id") or 0)
     finally:
         context.close()
-    phone = browser.new_context(viewport=PHONE)  # type: ignore[arg-type]
-    try:
-        page = phone.new_page()
-        page.on("pageerror", lambda err: errors.append(str(err)))
-        _open_capteurs(page, url, len(names))
-        _wait_for_charts(page, 3)
-        page.screenshot(path=out / "capteurs-mobile.png", full_page=True)
-    finally:
-        phone.close()
+    for language, locale in LANGUAGES.items():
+        for viewport in VIEWPORTS:
+            context = browser.new_context(viewport=viewport, locale=locale)  # type: ignore[arg-type]
+            try:
+                page = context.new_page()
+                page.on("pageerror", lambda err: errors.append(str(err)))
+                for name in PAGES:
+                    _show(page, name, url, len(names), len(names) + (history_device is not None), device,
+                          history_device is not None)
+                    assert page.locator("html").get_attribute("lang") == language, (name, language)
+                    page.screenshot(path=out / f"{name}-{language}-{viewport['width']}.png", full_page=True)
+            finally:
+                context.close()
     if errors:
         raise AssertionError(f"JavaScript errors on the pages: {errors}")
     return [out / name for name in SHOTS]
+
+
+def _show(page: Page, name: str, url: Callable[[str], str], live: int, recorded: int, device: int,
+          week: bool) -> None:
+    """Open page `name` and wait until it shows what it should (`live` devices online, `recorded` in all)."""
+    if name == "capteurs":
+        _open_capteurs(page, url, live)
+        expect(page.locator('[data-led-state][data-value="1"]')).to_have_count(1, timeout=5_000)
+        _wait_for_charts(page, 10 if page.viewport_size == DESKTOP else 3)
+    elif name == "historique":
+        page.goto(url("/historique"))
+        expect(page.locator("[data-card]")).to_have_count(recorded)
+        expect(page.locator('[data-card] [data-kind="led"] .value').first).to_be_visible()
+    elif name == "appareil":
+        page.goto(url(f"/appareil/{device}?periode={'7j' if week else '1h'}"))
+        expect(page.locator('[data-device-page][data-state="ready"]')).to_be_visible(timeout=10_000)
+    elif name == "accueil":
+        page.goto(url("/accueil"))
+        expect(page.locator('[data-count="online"]')).not_to_have_text("0")
+    elif name == "alertes":
+        page.goto(url("/alertes"))
+        expect(page.locator("[data-rules]")).to_be_visible()
+    elif name == "aide":
+        page.goto(url("/aide"))
+        expect(page.locator(".channels tbody tr")).to_have_count(7)
+    elif name == "connexion":
+        page.goto(url("/login"))
+        expect(page.locator(".login-form")).to_be_visible()
+    else:
+        response = page.goto(url("/appareil/999999"))
+        assert response is not None and response.status == 404
 
 
 def _port(default: int) -> int:
@@ -169,6 +195,9 @@ def main(argv: list[str]) -> int:
         engine = make_engine(settings.database_url, create_dir=True)
         init_db(engine)
         history_device = demo_week(engine)
+        with engine.begin() as conn:  # a rule, for /alertes (it fires when a demo device's light is low)
+            alerts.add_rule(conn, Rule(id=0, name="sombre", metric=Metric.LIGHT, operator="<", trigger=20, clear=30),
+                            int(time.time() * 1e6))
         engine.dispose()
         broker = Broker(settings, stderr=subprocess.DEVNULL)  # its log file is enough
         broker.start()

@@ -22,10 +22,12 @@ T = TypeVar("T")
 #: Run a test on SQLite and on PostgreSQL (the `backend` fixture; the `settings` fixture follows it).
 both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
-#: Debian's Chromium (never a downloaded browser), with the flags that keep it off the network.
+#: Debian's Chromium (never a downloaded browser), with the flags that keep it off the network; a French browser
+#: (`Accept-Language: fr-FR`, `navigator.language`), as the specification's pages are: a context made with
+#: `locale="en-US"` is an English one (tests/test_i18n.py).
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+                 "--disable-sync", "--no-first-run", "--accept-lang=fr-FR,fr"]
 #: For `add_init_script`: counts /capteurs's reconciliations with the server's list (the `sensorhub:reconciled`
 #: events of static/reconcile.js) in `window.__reconciliations`, from before the page's own scripts run.
 COUNT_RECONCILIATIONS = """

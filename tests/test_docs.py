@@ -64,7 +64,8 @@ def test_the_readme_is_a_one_screen_quick_start() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     for page in ("/accueil", "/capteurs", "/historique", "/appareil/", "/alertes"):
         assert f"`{page}" in readme, page
-    assert re.search(r"!\[[^\]]+\]\(docs/screenshots/\w+\.png\)", readme)
+    picture = re.search(r"!\[[^\]]+\]\((docs/screenshots/[\w-]+\.png)\)", readme)
+    assert picture and (ROOT / picture[1]).is_file()
 
 
 def docs_pages() -> list[str]:

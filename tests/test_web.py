@@ -174,8 +174,9 @@ def test_no_external_url_and_no_inline_script(client: FlaskClient, engine: Engin
         assert not re.search(r"(?:src|href)=\"(?:https?:)?//", html), path
         assert "http://" not in html and "https://" not in html, path
         for tag in re.findall(r"<script\b[^>]*>", html):
-            if tag == '<script type="application/json" id="sensorhub-protocol">':
-                continue  # data for the scripts, never executed
+            if tag in ('<script type="application/json" id="sensorhub-protocol">',
+                       '<script type="application/json" id="sensorhub-strings">'):
+                continue  # data for the scripts (the protocol, the page's strings), never executed
             assert "src=" in tag, f"inline script on {path}: {tag}"
     for static in STATIC.glob("*.*"):
         content = static.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")  # a name, not a fetch
@@ -214,30 +215,52 @@ def test_static_files_are_served(client: FlaskClient) -> None:
         response.close()
 
 
-def run_js(tmp_path: Path, module: str, script: str) -> Any:
-    """Import a static ES module in Node and print `script`'s value as JSON."""
+def page_strings(client: FlaskClient, language: str = "fr") -> dict[str, str]:
+    """The scripts' strings a page carries (base.html) for a browser asking for `language`."""
+    html = client.get("/aide", headers={"Accept-Language": language}).get_data(as_text=True)
+    found = re.search(r'<script type="application/json" id="sensorhub-strings">(.*?)</script>', html, re.S)
+    assert found
+    return dict(json.loads(found[1]))
+
+
+def run_js(tmp_path: Path, module: str, script: str, strings: dict[str, str] | None = None,
+           language: str = "fr") -> Any:
+    """Import a static ES module in Node and print `script`'s value as JSON; with `strings`, as in a page in
+    `language` carrying them (the little of `document` that common.js's `t` reads)."""
     if shutil.which("node") is None:
         pytest.fail("node is missing: sudo apt-get install nodejs (make install needs it too)")
     copy = tmp_path / f"{module}.mjs"  # .mjs: Node loads it as the ES module it is, without a warning
     copy.write_text((STATIC / f"{module}.js").read_text())
-    program = f"import * as m from {json.dumps(copy.as_uri())};\nconsole.log(JSON.stringify({script}));"
+    page = ""
+    if strings is not None:
+        text = json.dumps(json.dumps(strings))
+        page = (f"globalThis.document = {{documentElement: {{lang: {json.dumps(language)}}}, getElementById: "
+                f"(id) => (id === 'sensorhub-strings' ? {{textContent: {text}}} : null)}};\n")
+    program = f"import * as m from {json.dumps(copy.as_uri())};\n{page}console.log(JSON.stringify({script}));"
     ran = subprocess.run(["node", "--input-type=module", "-e", program], capture_output=True, text=True, timeout=30)
     assert ran.returncode == 0 and ran.stderr == "", ran.stderr
     return json.loads(ran.stdout)
 
 
-def test_the_filter_count_speaks_french(tmp_path: Path) -> None:
-    labels = run_js(tmp_path, "common", "[0, 1, 2, 3].map((n) => m.countLabel(n, 3)).concat(m.countLabel(1, 1))")
+def test_the_filter_count_speaks_french_and_english(tmp_path: Path, client: FlaskClient) -> None:
+    count = "[0, 1, 2, 3].map((n) => m.countLabel(n, 3)).concat(m.countLabel(1, 1))"
+    labels = run_js(tmp_path, "common", count, page_strings(client))
     assert labels == ["0 appareil affiché sur 3", "1 appareil affiché sur 3", "2 appareils affichés sur 3",
                       "3 appareils affichés sur 3", "1 appareil affiché sur 1"]
+    labels = run_js(tmp_path, "common", count, page_strings(client, "en"), "en")
+    assert labels == ["0 devices shown of 3", "1 device shown of 3", "2 devices shown of 3", "3 devices shown of 3",
+                      "1 device shown of 1"]
 
 
-def test_the_device_page_counts_its_points_in_french(tmp_path: Path) -> None:
+def test_the_device_page_counts_its_points_in_french_and_english(tmp_path: Path, client: FlaskClient) -> None:
     # "1 mesures" was shown under a chart of one reading.
-    labels = run_js(tmp_path, "common", "[[0, 'raw'], [1, 'raw'], [2, 'raw'], [1, '1h'], [5, '1m']]"
-                    ".map(([n, b]) => m.seriesLabel(n, b))")
+    points = "[[0, 'raw'], [1, 'raw'], [2, 'raw'], [1, '1h'], [5, '1m']].map(([n, b]) => m.seriesLabel(n, b))"
+    labels = run_js(tmp_path, "common", points, page_strings(client))
     assert labels == ["aucune mesure", "1 mesure", "2 mesures", "1 heure (min, moyenne, max)",
                       "5 minutes (min, moyenne, max)"]
+    labels = run_js(tmp_path, "common", points, page_strings(client, "en"), "en")
+    assert labels == ["no reading", "1 reading", "2 readings", "1 hour (min, average, max)",
+                      "5 minutes (min, average, max)"]
 
 
 def test_the_pages_check_a_name_with_the_servers_rule(tmp_path: Path) -> None:

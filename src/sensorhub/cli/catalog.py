@@ -2,7 +2,8 @@
 
 `python -m sensorhub.cli.catalog FILE.pot` writes it, from three sources:
 - sensorhub's code: the calls `tr(...)`, `trn(singular, plural, ...)` and `N_(...)` (sensorhub.i18n) anywhere in
-  the package (error templates are raised far from the command line);
+  the package (error templates are raised far from the command line) but the web server (`web/`: its strings are
+  the `messages` domain's, extracted by `make translations`);
 - the commands' help: docstrings of the functions made commands, and the `help=` texts of their options
   (sensorhub.cli.lang translates them by their cleaned text), and the settings table's help texts (config.py's
   `setting(default, help, parse)`: the help of the settings' flags);
@@ -29,6 +30,7 @@ from babel.messages.pofile import write_po
 logger = logging.getLogger(__name__)
 
 PACKAGE = Path(__file__).resolve().parents[1]
+WEB = PACKAGE / "web"
 #: Our translation functions and their arguments that are msgids (Babel's keyword specs).
 KEYWORDS: dict[str, Any] = {"tr": None, "trn": (1, 2), "N_": None}
 #: The settings table's help texts (config.py's `setting(default, help, parse)`): the help of their flags.
@@ -79,6 +81,8 @@ def build() -> Catalog:
     """The template of the `cli` domain, every msgid with where it comes from."""
     catalog = Catalog(project="sensorhub", domain="cli", charset="utf-8", fuzzy=False)
     for path in sorted(PACKAGE.rglob("*.py")):
+        if WEB in path.parents:
+            continue  # the web server's strings: the `messages` domain's (web/i18n.py, its own N_)
         where = path.relative_to(PACKAGE.parent).as_posix()
         found = list(_python_messages(path, KEYWORDS))
         if path.name == "config.py" and path.parent == PACKAGE:

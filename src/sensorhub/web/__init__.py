@@ -15,6 +15,7 @@ from werkzeug.routing import IntegerConverter
 
 from sensorhub.config import Settings
 from sensorhub.credentials import state_dir, web_secret_key
+from sensorhub.web import i18n
 from sensorhub.web.database import DecisionDatabase, ReadOnlyDatabase
 from sensorhub.web.errors import register_error_handlers
 from sensorhub.web.present import register_filters
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.before_request(auth.check_bearer)
     app.before_request(check_csrf)
+    i18n.init_app(app)
     register_filters(app)
     register_error_handlers(app)
     monitoring.init_app(app)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, jsonify, request
+from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 
 from sensorhub.alertedit import edited, field_of, rule_fields
@@ -66,22 +67,22 @@ def decisions() -> DecisionDatabase:
     """The writable engine for people's alert decisions."""
     found = web_state().decisions
     if found is None:
-        raise ApiError("ce serveur web n'écrit pas les décisions d'alerte", 503)
+        raise ApiError(_("ce serveur web n'écrit pas les décisions d'alerte"), 503)
     return found
 
 
 
 
 def _refused(err: RuleError) -> ApiError:
-    return ApiError(f"règle refusée : {err}", 400, field_of(err))
+    return ApiError(_("règle refusée : %(error)s", error=err), 400, field_of(err))
 
 
 def _unknown_rule(rule_id: int) -> ApiError:
-    return ApiError(f"aucune règle n'a l'identifiant {rule_id}", 404)
+    return ApiError(_("aucune règle n'a l'identifiant %(id)s", id=rule_id), 404)
 
 
 def _name_taken(name: str) -> ApiError:
-    return ApiError(f"une règle s'appelle déjà « {name} »", 409, "name")
+    return ApiError(_("une règle s'appelle déjà « %(name)s »", name=name), 409, "name")
 
 
 @bp.get("/alerts")
@@ -92,10 +93,11 @@ def alerts_index() -> Response:
     """
     limit = request.args.get("limit", str(alertviews.HISTORY_LENGTH))
     if not limit.isdigit() or not 0 <= int(limit) <= alertviews.HISTORY_LENGTH:
-        raise ApiError(f"le paramètre limit est un nombre de 0 à {alertviews.HISTORY_LENGTH}", parameter="limit")
+        raise ApiError(_("le paramètre limit est un nombre de 0 à %(max)s", max=alertviews.HISTORY_LENGTH),
+                       parameter="limit")
     offset = request.args.get("offset", "0")
     if not offset.isdigit() or int(offset) > MAX_OFFSET:
-        raise ApiError(f"le paramètre offset est un nombre de 0 à {MAX_OFFSET}", parameter="offset")
+        raise ApiError(_("le paramètre offset est un nombre de 0 à %(max)s", max=MAX_OFFSET), parameter="offset")
     private = visitor().sees_private
     with web_state().database.connect() as conn:
         active = alertviews.active(conn)
@@ -184,9 +186,9 @@ def _active_alert(alert_id: int) -> alertviews.AlertRow:
     with web_state().database.connect() as conn:
         found = alertviews.get_alert(conn, alert_id)
     if found is None:
-        raise ApiError(f"aucune alerte n'a l'identifiant {alert_id}", 404)
+        raise ApiError(_("aucune alerte n'a l'identifiant %(id)s", id=alert_id), 404)
     if found.state == "resolved":
-        raise ApiError(f"l'alerte {alert_id} est déjà résolue", 409)
+        raise ApiError(_("l'alerte %(id)s est déjà résolue", id=alert_id), 409)
     return found
 
 
@@ -194,7 +196,7 @@ def _answer(alert_id: int) -> Answer:
     with web_state().database.connect() as conn:
         found = alertviews.get_alert(conn, alert_id)
     if found is None:  # its rule was deleted meanwhile
-        raise ApiError(f"aucune alerte n'a l'identifiant {alert_id}", 404)
+        raise ApiError(_("aucune alerte n'a l'identifiant %(id)s", id=alert_id), 404)
     return jsonify(alert_json(found, visitor().sees_private)), 200
 
 
@@ -205,14 +207,14 @@ def alert_ack(alert_id: int) -> Answer:
     if request.content_length:
         body = json_body()
         if body:
-            raise ApiError(f"champ inconnu : {sorted(body)[0][:30]!r}")
+            raise ApiError(_("champ inconnu : %(field)s", field=repr(sorted(body)[0][:30])))
     found = _active_alert(alert_id)
     current = visitor()
     who = current.user or (f"token {current.token}" if current.token is not None else ANONYMOUS)
     with decisions().begin() as conn:
         changed = alerts.acknowledge(conn, alert_id, who, now_us())
     if not changed:
-        raise ApiError(f"l'alerte {alert_id} est déjà résolue", 409)
+        raise ApiError(_("l'alerte %(id)s est déjà résolue", id=alert_id), 409)
     logger.info("alert %d (%s on %s) acknowledged by %s from %s", alert_id, found.rule_name, found.device_name, who,
                 request.remote_addr)
     return _answer(alert_id)
@@ -221,12 +223,13 @@ def alert_ack(alert_id: int) -> Answer:
 def snooze_until(body: dict[str, Any], now: int) -> int:
     """µs since the epoch of `{"until": ISO time}` or `{"minutes": n}`; ApiError if it is neither or not ahead."""
     if set(body) not in ({"until"}, {"minutes"}):
-        raise ApiError('envoyez {"until": "heure ISO 8601"} ou {"minutes": n}')
+        raise ApiError(_('envoyez {"until": "heure ISO 8601"} ou {"minutes": n}'))
     limit = now + MAX_SNOOZE_MINUTES * 60_000_000
     if "minutes" in body:
         minutes = body["minutes"]
         if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 1 <= minutes <= MAX_SNOOZE_MINUTES:
-            raise ApiError(f"le champ 'minutes' est un nombre de 1 à {MAX_SNOOZE_MINUTES}", parameter="minutes")
+            raise ApiError(_("le champ 'minutes' est un nombre de 1 à %(max)s", max=MAX_SNOOZE_MINUTES),
+                           parameter="minutes")
         return now + round(minutes * 60_000_000)
     text = body["until"]
     try:
@@ -234,11 +237,12 @@ def snooze_until(body: dict[str, Any], now: int) -> int:
             raise ValueError(text)
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ApiError("le champ 'until' est une heure ISO 8601 (2026-12-04T18:00:00+01:00)",
+        raise ApiError(_("le champ 'until' est une heure ISO 8601 (2026-12-04T18:00:00+01:00)"),
                        parameter="until") from None
     until = to_micros(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
     if not now < until <= limit:
-        raise ApiError(f"le champ 'until' est une heure à venir, dans {MAX_SNOOZE_MINUTES // 1440} jours au plus",
+        raise ApiError(_("le champ 'until' est une heure à venir, dans %(days)s jours au plus",
+                         days=MAX_SNOOZE_MINUTES // 1440),
                        parameter="until")
     return until
 
@@ -253,7 +257,7 @@ def alert_snooze(alert_id: int) -> Answer:
     with decisions().begin() as conn:
         changed = alerts.snooze(conn, alert_id, until)
     if not changed:
-        raise ApiError(f"l'alerte {alert_id} est déjà résolue", 409)
+        raise ApiError(_("l'alerte %(id)s est déjà résolue", id=alert_id), 409)
     logger.info("alert %d (%s on %s) snoozed until %s UTC by %s from %s", alert_id, found.rule_name,
                 found.device_name, format_micros(until)[:19], visitor().label, request.remote_addr)
     return _answer(alert_id)

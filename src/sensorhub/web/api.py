@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask_babel import gettext as _
 
 from sensorhub import livetoken
 from sensorhub.commands import LedRequest, Outcome, RenameRequest
@@ -25,6 +26,7 @@ from sensorhub.rules import NAME_RULE
 from sensorhub.web import overview
 from sensorhub.web.auth import control_required, template_visitor, visitor
 from sensorhub.web.conditional import conditional
+from sensorhub.web.i18n import N_, pick
 from sensorhub.web.present import device_history_json, device_json, device_records_json, iso
 from sensorhub.web.relay import REPLY_WAIT
 from sensorhub.web.state import web_state
@@ -37,15 +39,15 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 RENAME_WAIT = 2.0
 _RENAME_POLL = 0.05
 
-CLIENT_NOT_RUNNING = "le client d'ingestion ne tourne pas : commande non transmise (lancez `make client`)"
-NO_REPLY = ("aucun client d'ingestion n'a pris la commande dans les {wait:.0f} s (tous arrêtés, ou débordés) : "
-            "elle est abandonnée et ne sera pas exécutée")
+CLIENT_NOT_RUNNING = N_("le client d'ingestion ne tourne pas : commande non transmise (lancez `make client`)")
+NO_REPLY = N_("aucun client d'ingestion n'a pris la commande dans les %(wait)s s (tous arrêtés, ou débordés) : "
+              "elle est abandonnée et ne sera pas exécutée")
 
 Answer = tuple[Response, int]
 
 
 class ApiError(Exception):
-    """A request the API refuses: `status` and a French message for `{"error": …}`."""
+    """A request the API refuses: `status` and a message for `{"error": …}` in the request's language."""
 
     def __init__(self, message: str, status: int = 400, parameter: str | None = None) -> None:
         super().__init__(message)
@@ -64,12 +66,12 @@ def _api_error(err: ApiError) -> Answer:
 def json_body() -> dict[str, Any]:
     """The request's JSON object (any fields: the caller checks them); ApiError (400) if it is not one."""
     if not request.is_json:
-        raise ApiError("envoyez un objet JSON avec l'en-tête Content-Type: application/json")
+        raise ApiError(_("envoyez un objet JSON avec l'en-tête Content-Type: application/json"))
     body = request.get_json(silent=True)
     if body is None:
-        raise ApiError("le corps de la requête n'est pas du JSON valide")
+        raise ApiError(_("le corps de la requête n'est pas du JSON valide"))
     if not isinstance(body, dict):
-        raise ApiError("le corps de la requête doit être un objet JSON")
+        raise ApiError(_("le corps de la requête doit être un objet JSON"))
     return body
 
 
@@ -78,10 +80,10 @@ def _json_object(fields: set[str]) -> dict[str, Any]:
     body = json_body()
     unknown = sorted(set(body) - fields)
     if unknown:
-        raise ApiError(f"champ inconnu : {unknown[0][:30]!r}")
+        raise ApiError(_("champ inconnu : %(field)s", field=repr(unknown[0][:30])))
     missing = sorted(fields - set(body))
     if missing:
-        raise ApiError(f"champ manquant : {missing[0]!r}")
+        raise ApiError(_("champ manquant : %(field)s", field=repr(missing[0])))
     return body
 
 
@@ -93,11 +95,11 @@ def _online_flag() -> bool | None:
         return True
     if text.lower() in ("0", "false", "non"):
         return False
-    raise ApiError("le paramètre online vaut 1 ou 0")
+    raise ApiError(_("le paramètre online vaut 1 ou 0"))
 
 
 def _unknown(device_id: int) -> ApiError:
-    return ApiError(f"aucun appareil n'a l'identifiant {device_id}", 404)
+    return ApiError(_("aucun appareil n'a l'identifiant %(id)s", id=device_id), 404)
 
 
 def _relay(command: LedRequest | RenameRequest) -> Outcome | None:
@@ -106,25 +108,27 @@ def _relay(command: LedRequest | RenameRequest) -> Outcome | None:
         return web_state().relay.send(command)
     except ClientNotRunning as err:
         logger.warning("command not relayed: %s", err)
-        raise ApiError(CLIENT_NOT_RUNNING, 503) from err
+        raise ApiError(_(CLIENT_NOT_RUNNING), 503) from err
     except NoReply as err:
         logger.warning("command not carried out: %s", err)
-        raise ApiError(NO_REPLY.format(wait=REPLY_WAIT), 503) from err
+        raise ApiError(_(NO_REPLY, wait=f"{REPLY_WAIT:.0f}"), 503) from err
     except CommandError as err:
         logger.warning("command not relayed: %s", err)
-        raise ApiError(f"commande non transmise au client d'ingestion : {err}", 503) from err
+        raise ApiError(_("commande non transmise au client d'ingestion : %(error)s", error=err), 503) from err
 
 
 def _refused(outcome: Outcome, name: str, new_name: str = "") -> ApiError:
     """The API's answer to a worker that did not carry a command out."""
     if outcome is Outcome.OFFLINE:
-        return ApiError(f"l'appareil « {name} » n'est plus en ligne pour le client d'ingestion (parti, ou revenu "
-                        f"dans une nouvelle session) : commande non envoyée", 409)
+        return ApiError(_("l'appareil « %(name)s » n'est plus en ligne pour le client d'ingestion (parti, ou revenu "
+                          "dans une nouvelle session) : commande non envoyée", name=name), 409)
     if outcome is Outcome.UNKNOWN:
-        return ApiError(f"le client d'ingestion ne connaît pas l'appareil « {name} » : commande non envoyée", 409)
+        return ApiError(_("le client d'ingestion ne connaît pas l'appareil « %(name)s » : commande non envoyée",
+                          name=name), 409)
     if outcome is Outcome.TAKEN:
-        return ApiError(f"le nom « {new_name} » est déjà utilisé par un autre appareil", 409)
-    return ApiError(f"réponse inattendue du client d'ingestion ({outcome.value}) : commande non exécutée", 503)
+        return ApiError(_("le nom « %(name)s » est déjà utilisé par un autre appareil", name=new_name), 409)
+    return ApiError(_("réponse inattendue du client d'ingestion (%(outcome)s) : commande non exécutée",
+                      outcome=outcome.value), 503)
 
 
 _PLACEHOLDER = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
@@ -233,13 +237,13 @@ def led(device_id: int) -> Answer:
     """
     on = _json_object({"on"})["on"]
     if not isinstance(on, bool):
-        raise ApiError("le champ 'on' vaut true ou false")
+        raise ApiError(_("le champ 'on' vaut true ou false"))
     with web_state().database.connect() as conn:
         found = queries.get_device(conn, device_id)
     if found is None:
         raise _unknown(device_id)
     if not found.online:
-        raise ApiError(f"l'appareil « {found.name} » est hors ligne", 409)
+        raise ApiError(_("l'appareil « %(name)s » est hors ligne", name=found.name), 409)
     outcome = _relay(LedRequest(found.id, found.session_id, on))
     if outcome is not None and outcome is not Outcome.SENT:
         logger.info("LED %s for %s (device %d, session %s) not sent: %s (for %s from %s)", "on" if on else "off",
@@ -261,10 +265,10 @@ def rename(device_id: int) -> Answer:
     """
     name = _json_object({"name"})["name"]
     if not isinstance(name, str):
-        raise ApiError("le champ 'name' est une chaîne de caractères")
+        raise ApiError(_("le champ 'name' est une chaîne de caractères"))
     problem = NAME_RULE.problem(name)
     if problem is not None:
-        raise ApiError(NAME_RULE.messages[problem].fr)
+        raise ApiError(pick(NAME_RULE.messages[problem]))
     database = web_state().database
     with database.connect() as conn:
         current = queries.device_name(conn, device_id)
@@ -272,7 +276,7 @@ def rename(device_id: int) -> Answer:
             raise _unknown(device_id)
         taken = current != name and queries.name_taken(conn, name, device_id)
     if taken:
-        raise ApiError(f"le nom « {name} » est déjà utilisé par un autre appareil", 409)
+        raise ApiError(_("le nom « %(name)s » est déjà utilisé par un autre appareil", name=name), 409)
     if current != name:
         outcome = _relay(RenameRequest(device_id, name))
         if outcome is not None and outcome is not Outcome.RENAMED:

@@ -19,11 +19,13 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, g, jsonify, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from werkzeug.wrappers import Response
 
 from sensorhub import accounts, tokens
 from sensorhub.errors import DatabaseError
+from sensorhub.web.i18n import N_
 from sensorhub.web.state import web_state
 from sensorhub.webstate import LoginSessions, LoginThrottle
 
@@ -34,12 +36,12 @@ bp = Blueprint("auth", __name__)
 #: Reachable without a login even when the site is private.
 #: /healthz and /metrics too: monitoring logs in nowhere, and they show no device, name nor address.
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.login_post", "auth.logout", "static", "monitoring.healthz",
-                              "monitoring.metrics"})
+                              "monitoring.metrics", "i18n.switch"})
 #: Their bearer token is SENSORHUB_METRICS_TOKEN (web/monitoring.py), not an API token.
 MONITORING_ENDPOINTS = frozenset({"monitoring.healthz", "monitoring.metrics"})
-LOGIN_REQUIRED = "connectez-vous pour piloter les appareils (/login)"
-READ_ONLY_TOKEN = "jeton d'API en lecture seule : il ne peut pas piloter les appareils"
-BAD_TOKEN = "jeton d'API inconnu ou révoqué (sensorhub token list)"
+LOGIN_REQUIRED = N_("connectez-vous pour piloter les appareils (/login)")
+READ_ONLY_TOKEN = N_("jeton d'API en lecture seule : il ne peut pas piloter les appareils")
+BAD_TOKEN = N_("jeton d'API inconnu ou révoqué (sensorhub token list)")
 BEARER = "Bearer "
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -136,8 +138,8 @@ def control_required(view: F) -> F:
         current = visitor()
         if not current.may_control:
             if current.token is not None:
-                return jsonify(error=READ_ONLY_TOKEN), 403
-            return jsonify(error=LOGIN_REQUIRED), 401
+                return jsonify(error=_(READ_ONLY_TOKEN)), 403
+            return jsonify(error=_(LOGIN_REQUIRED)), 401
         return view(*args, **kwargs)
 
     return cast(F, wrapper)
@@ -157,7 +159,7 @@ def check_bearer() -> tuple[Response, int] | None:
         known = False  # a database made before tokens existed: `make db` adds the table
     if not known:
         logger.warning("request with an unknown API token from %s", request.remote_addr or "?")
-        response = jsonify(error=BAD_TOKEN)
+        response = jsonify(error=_(BAD_TOKEN))
         response.headers["WWW-Authenticate"] = 'Bearer realm="sensorhub", error="invalid_token"'
         return response, 401
     return None
@@ -171,7 +173,7 @@ def guard_private_site() -> Response | tuple[Response, int] | None:
     if not current.accounts or current.signed_in:
         return None
     if request.path.startswith("/api/") or request.path.startswith("/sensor/"):
-        return jsonify(error="connectez-vous pour consulter ce site (/login)"), 401
+        return jsonify(error=_("connectez-vous pour consulter ce site (/login)")), 401
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
 
 
@@ -199,7 +201,7 @@ def login_post() -> Response | tuple[str, int]:
         waited = throttle.blocked_for(address)
         logger.warning("login refused for %s: too many failed attempts", address)
         page = render_template("login.html", page="login", next=target,
-                               error=f"Trop d'essais : réessayez dans {int(waited) + 1} s.")
+                               error=_("Trop d'essais : réessayez dans %(seconds)s s.", seconds=int(waited) + 1))
         response = Response(page, 429)
         response.headers["Retry-After"] = str(int(waited) + 1)
         return response
@@ -210,7 +212,7 @@ def login_post() -> Response | tuple[str, int]:
     if stamp is None:
         logger.warning("failed login for %r from %s", name, address)
         return render_template("login.html", page="login", next=target,
-                               error="Nom ou mot de passe incorrect."), 401
+                               error=_("Nom ou mot de passe incorrect.")), 401
     throttle.succeeded(attempt)
     token = _sessions().open(name)
     session.clear()  # a fresh session: no fixation

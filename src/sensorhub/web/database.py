@@ -10,14 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from flask_babel import gettext as _
 from sqlalchemy import Connection, Engine, event
 
 from sensorhub.db.engine import make_engine, sqlite_path
 from sensorhub.errors import DatabaseError
+from sensorhub.web.i18n import N_
 
 logger = logging.getLogger(__name__)
 
-MISSING_MESSAGE = "base de données absente : lancez `make db`"
+MISSING_MESSAGE = N_("base de données absente : lancez `make db`")
 
 
 #: The tables the web server's decisions may write (`alert_outbox`: a deleted rule's alerts leave their
@@ -59,7 +61,8 @@ class ReadOnlyDatabase:
                 if self._engine is None:
                     path = sqlite_path(self.url)
                     if path is not None and not path.exists():
-                        raise DatabaseMissing(f"{MISSING_MESSAGE} (aucun fichier {path})")
+                        raise DatabaseMissing(_("base de données absente : lancez `make db` (aucun fichier %(path)s)",
+                                                path=path))
                     engine = make_engine(self.url, read_only=self.read_only, pool_size=self.pool_size)
                     self._prepare(engine)
                     self._engine = engine

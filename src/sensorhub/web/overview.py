@@ -32,7 +32,7 @@ def current_health(settings: Settings) -> health.Health:
         try:
             with web_state().database.connect() as conn:
                 conn.exec_driver_sql("SELECT 1 FROM device LIMIT 1").all()
-        except DatabaseMissing:  # its message is for the pages, in French
+        except DatabaseMissing:  # its message is for the pages, in their language
             raise DatabaseError("no database yet: create it with `make db` (sensorhub db init)") from None
 
     return health.check(settings, ping)

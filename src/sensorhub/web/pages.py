@@ -8,6 +8,8 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask_babel import gettext as _
+from flask_babel import ngettext
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub import buckets, livetoken
@@ -16,10 +18,12 @@ from sensorhub.alerting import OPERATORS, Metric, Severity
 from sensorhub.db import alerts, alertviews, history, queries
 from sensorhub.errors import DatabaseError
 from sensorhub.protocol import MAX_NAME, QOS, Kind, Topic, browser_data
+from sensorhub.rules import NAME_RULE
 from sensorhub.timestamps import format_micros
 from sensorhub.web import overview, vendor
 from sensorhub.web.auth import template_visitor, visitor
 from sensorhub.web.conditional import conditional
+from sensorhub.web.i18n import format_number, pick
 from sensorhub.web.present import stored_iso
 from sensorhub.web.state import web_state
 
@@ -33,8 +37,11 @@ _PROTOCOL_DATA = browser_data()
 
 @bp.app_context_processor
 def _protocol() -> dict[str, object]:
-    """Every page carries the protocol's channels, QoS and name rule for its scripts (see base.html)."""
-    return {"protocol_data": _PROTOCOL_DATA}
+    """Every page carries the protocol's channels, QoS and name rule for its scripts (see base.html), the rule's
+    messages in the page's language."""
+    name_rule = dict(_PROTOCOL_DATA["name"])  # type: ignore[call-overload]
+    name_rule["messages"] = {code: pick(message) for code, message in NAME_RULE.messages.items()}
+    return {"protocol_data": {**_PROTOCOL_DATA, "name": name_rule}}
 
 
 def _page_host() -> str:
@@ -81,11 +88,11 @@ def aide() -> str:
 
 
 def _size_text(size: int) -> str:
-    """`12,3 Mo`: French decimal comma, powers of 1,000 as disks count."""
-    for unit, scale in (("Go", 1e9), ("Mo", 1e6), ("ko", 1e3)):
+    """`12,3 Mo` / `12.3 MB`: in the page's language, powers of 1,000 as disks count."""
+    for unit, scale in ((_("Go"), 1e9), (_("Mo"), 1e6), (_("ko"), 1e3)):
         if size >= scale:
-            return f"{size / scale:.1f} {unit}".replace(".", ",")
-    return f"{size} octets"
+            return f"{format_number(size / scale)} {unit}"
+    return str(ngettext("%(num)d octet", "%(num)d octets", size))
 
 
 def _database_facts() -> dict[str, Any] | None:
@@ -100,7 +107,7 @@ def _database_facts() -> dict[str, Any] | None:
         return None
     days = state.settings.retention_days
     return {"bytes": size, "size_text": _size_text(size), "oldest": oldest,
-            "retention": f"{days} jour{'s' if days > 1 else ''}" if days else "illimitée"}
+            "retention": ngettext("%(num)d jour", "%(num)d jours", days) if days else _("illimitée")}
 
 
 #: What a live card shows of the past: its light chart (LED and button show their latest value only).
@@ -230,20 +237,34 @@ def sensor_by_session() -> Response:
     return conditional(render_template("_sensor_card.html", card=found, alerts=device_alerts, max_name=MAX_NAME))
 
 
-#: The /alertes page's labels (French) for the states, severities and metrics the database stores.
-STATE_LABELS = {"firing": "déclenchée", "clearing": "en voie de retour", "pending": "en attente", "resolved": "résolue"}
-SEVERITY_LABELS = {Severity.INFO.value: "info", Severity.WARNING.value: "avertissement",
-                   Severity.CRITICAL.value: "critique"}
-METRIC_LABELS = {Metric.LIGHT.value: "lumière (%)", Metric.LED.value: "LED (0 / 1)",
-                 Metric.BUTTON.value: "bouton (0 / 1)", Metric.PRESENCE.value: "présence (1 en ligne, 0 hors ligne)",
-                 Metric.SILENCE.value: "silence (secondes sans mesure)"}
-SELECTOR_LABELS = {"all": "tous les appareils", "list": "liste d'identifiants", "pattern": "motif sur le nom"}
+def state_labels() -> dict[str, str]:
+    """The /alertes page's labels for the states the database stores, in the page's language."""
+    return {"firing": _("déclenchée"), "clearing": _("en voie de retour"), "pending": _("en attente"),
+            "resolved": _("résolue")}
+
+
+def severity_labels() -> dict[str, str]:
+    """The severities' labels, in the page's language."""
+    return {Severity.INFO.value: _("info"), Severity.WARNING.value: _("avertissement"),
+            Severity.CRITICAL.value: _("critique")}
+
+
+def metric_labels() -> dict[str, str]:
+    """The metrics' labels in the rule form, in the page's language."""
+    return {Metric.LIGHT.value: _("lumière (%)"), Metric.LED.value: _("LED (0 / 1)"),
+            Metric.BUTTON.value: _("bouton (0 / 1)"), Metric.PRESENCE.value: _("présence (1 en ligne, 0 hors ligne)"),
+            Metric.SILENCE.value: _("silence (secondes sans mesure)")}
+
+
+def selector_labels() -> dict[str, str]:
+    """Which devices a rule watches, in the rule form, in the page's language."""
+    return {"all": _("tous les appareils"), "list": _("liste d'identifiants"), "pattern": _("motif sur le nom")}
 
 
 @bp.app_context_processor
 def _alert_labels() -> dict[str, object]:
-    """The alerts' French labels, for /alertes and the device page."""
-    return {"STATE_LABELS": STATE_LABELS, "SEVERITY_LABELS": SEVERITY_LABELS}
+    """The alerts' labels, for /alertes and the device page."""
+    return {"STATE_LABELS": state_labels(), "SEVERITY_LABELS": severity_labels()}
 
 
 @bp.app_template_filter("stored_iso")
@@ -281,5 +302,5 @@ def alertes() -> str:
         "alertes.html", page="alertes", active=active, resolved=resolved[:size], history_page=int(number),
         more_history=len(resolved) > size, channels=channels,
         rules=[rule_fields(rule) for rule in rules], now=format_micros(time.time_ns() // 1000),
-        operators=OPERATORS, metrics=METRIC_LABELS, severities=SEVERITY_LABELS, selectors=SELECTOR_LABELS,
+        operators=OPERATORS, metrics=metric_labels(), severities=severity_labels(), selectors=selector_labels(),
     )

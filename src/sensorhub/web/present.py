@@ -1,4 +1,4 @@
-"""How values look on the pages (French labels, UTC text) and in the JSON API."""
+"""How values look on the pages (labels in the request's language, UTC text) and in the JSON API."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
+from flask_babel import gettext as _
 
 from sensorhub.db.queries import DeviceHistory, DeviceRow, Value
 from sensorhub.protocol import Kind
-
-KIND_TITLES = {Kind.LED: "LED", Kind.BUTTON: "Bouton poussoir", Kind.LIGHT: "Photorésistance"}
+from sensorhub.web.i18n import language
 
 
 def utc_text(moment: datetime) -> str:
@@ -25,12 +25,51 @@ def utc_pair(moment: datetime) -> tuple[str, str]:
     return text, f"{text[:10]} {text[11:23]} UTC"
 
 
-#: The label of every possible value of each kind, looked up rather than computed for each value shown.
-VALUE_LABELS: dict[Kind, list[str]] = {
-    Kind.LED: ["éteinte", "allumée"],
-    Kind.BUTTON: ["relâché", "appuyé"],
-    Kind.LIGHT: [f"{percent} %" for percent in range(101)],
-}
+#: The label of every possible value of each kind, by language: looked up rather than computed for each value
+#: shown (/historique shows thousands), made from the catalog once per language.
+_VALUE_LABELS: dict[str, dict[Kind, list[str]]] = {}
+_KIND_TITLES: dict[str, dict[Kind, str]] = {}
+
+
+def value_labels() -> dict[Kind, list[str]]:
+    """The label of every possible value of each kind, in the current request's language."""
+    found = _VALUE_LABELS.get(language())
+    if found is None:
+        found = _VALUE_LABELS[language()] = {
+            Kind.LED: [_("éteinte"), _("allumée")],
+            Kind.BUTTON: [_("relâché"), _("appuyé")],
+            Kind.LIGHT: [_("%(value)s %%", value=percent) for percent in range(101)],
+        }
+    return found
+
+
+_CARD_LABELS: dict[str, dict[str, Any]] = {}
+
+
+def card_labels() -> dict[str, Any]:
+    """What every card says, in the current request's language, made once per language: a /capteurs fragment
+    holds up to thousands of cards (`…_named`: `%(name)s` left for the template's `%`)."""
+    found = _CARD_LABELS.get(language())
+    if found is None:
+        values = value_labels()
+        found = _CARD_LABELS[language()] = {
+            "rename": _("Renommer"), "rename_named": _("Renommer %(name)s"),
+            "curves": _("Courbes, export et sessions"), "led_named": _("Allumer ou éteindre la LED de %(name)s"),
+            "sending": _("envoi…"), "login": _("Se connecter"), "button": _("Bouton"), "light": _("Lumière"),
+            "light_named": _("Lumière de %(name)s : 10 dernières mesures (%%)"),
+            "led_values": values[Kind.LED], "led_unknown": _("inconnue"), "button_values": values[Kind.BUTTON],
+            "light_values": values[Kind.LIGHT],
+        }
+    return found
+
+
+def kind_titles() -> dict[Kind, str]:
+    """Each kind's title on the pages, in the current request's language."""
+    found = _KIND_TITLES.get(language())
+    if found is None:
+        found = _KIND_TITLES[language()] = {Kind.LED: _("LED"), Kind.BUTTON: _("Bouton poussoir"),
+                                            Kind.LIGHT: _("Photorésistance")}
+    return found
 
 
 def iso(moment: datetime) -> str:
@@ -40,17 +79,17 @@ def iso(moment: datetime) -> str:
 
 def led_label(value: int | None) -> str:
     """allumée / éteinte / inconnue."""
-    return "inconnue" if value is None else VALUE_LABELS[Kind.LED][value]
+    return _("inconnue") if value is None else value_labels()[Kind.LED][value]
 
 
 def button_label(value: int | None) -> str:
     """appuyé / relâché (a button nobody pressed yet is released)."""
-    return VALUE_LABELS[Kind.BUTTON][value or 0]
+    return value_labels()[Kind.BUTTON][value or 0]
 
 
 def light_label(value: int | None) -> str:
     """`58 %`, or a dash when nothing was measured yet."""
-    return "—" if value is None else VALUE_LABELS[Kind.LIGHT][value]
+    return "—" if value is None else value_labels()[Kind.LIGHT][value]
 
 
 #: What anonymous visitors do not see once accounts exist: enough to hijack a board's name and session.
@@ -121,4 +160,5 @@ def register_filters(app: Flask) -> None:
         utc=utc_text, utc_pair=utc_pair, iso=iso, led_label=led_label, button_label=button_label,
         light_label=light_label, chart_points=chart_points,
     )
-    app.jinja_env.globals.update(Kind=Kind, KIND_TITLES=KIND_TITLES, VALUE_LABELS=VALUE_LABELS)
+    app.jinja_env.globals.update(Kind=Kind, kind_titles=kind_titles, value_labels=value_labels,
+                                 card_labels=card_labels)

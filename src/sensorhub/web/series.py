@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Response, jsonify, request
+from flask_babel import gettext as _
 
 from sensorhub.db import history, queries
 from sensorhub.protocol import Kind
@@ -36,13 +37,13 @@ def parse_time(name: str, text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(cleaned)
     except ValueError:
-        raise ApiError(f"paramètre {name} : date et heure ISO 8601 attendues, par exemple "
-                       "2026-11-29T08:00:00+01:00 ou 2026-11-29T07:00:00Z", parameter=name) from None
+        raise ApiError(_("paramètre %(name)s : date et heure ISO 8601 attendues, par exemple "
+                         "2026-11-29T08:00:00+01:00 ou 2026-11-29T07:00:00Z", name=name), parameter=name) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     moment = moment.astimezone(UTC)
     if not _EARLIEST <= moment < _LATEST:
-        raise ApiError(f"paramètre {name} : date hors de la plage 1970–9998", parameter=name)
+        raise ApiError(_("paramètre %(name)s : date hors de la plage 1970–9998", name=name), parameter=name)
     return moment
 
 
@@ -52,7 +53,7 @@ def time_range() -> tuple[datetime, datetime]:
     end = parse_time("to", to_text) if to_text else datetime.now(UTC)
     start = parse_time("from", from_text) if from_text else end - DEFAULT_SPAN
     if start >= end:
-        raise ApiError("paramètre from : le début doit précéder la fin (to)", parameter="from")
+        raise ApiError(_("paramètre from : le début doit précéder la fin (to)"), parameter="from")
     return start, end
 
 
@@ -64,14 +65,14 @@ def kind_arg(default: Kind | None = Kind.LIGHT) -> Kind | None:
     try:
         return Kind(text)
     except ValueError:
-        raise ApiError(f"paramètre kind : {_KINDS}", parameter="kind") from None
+        raise ApiError(_("paramètre kind : %(kinds)s", kinds=_KINDS), parameter="kind") from None
 
 
 def bucket_arg() -> str:
     """`bucket` of the request: raw, 1m, 1h or auto (the default)."""
     text = request.args.get("bucket") or "auto"
     if text not in (*history.BUCKETS, "auto"):
-        raise ApiError("paramètre bucket : raw, 1m, 1h ou auto", parameter="bucket")
+        raise ApiError(_("paramètre bucket : raw, 1m, 1h ou auto"), parameter="bucket")
     return text
 
 
@@ -81,14 +82,14 @@ def device_arg() -> int | None:
     if text is None or text == "":
         return None
     if not text.isdigit() or not 1 <= int(text) < 2**63:
-        raise ApiError("paramètre device : identifiant d'appareil (nombre entier positif)", parameter="device")
+        raise ApiError(_("paramètre device : identifiant d'appareil (nombre entier positif)"), parameter="device")
     return int(text)
 
 
 def _existing(device_id: int) -> None:
     with web_state().database.connect() as conn:
         if queries.device_name(conn, device_id) is None:
-            raise ApiError(f"aucun appareil n'a l'identifiant {device_id}", 404)
+            raise ApiError(_("aucun appareil n'a l'identifiant %(id)s", id=device_id), 404)
 
 
 def series_json(found: history.Series) -> dict[str, Any]:
@@ -125,8 +126,9 @@ def readings(device_id: int) -> Response:
         try:
             found = history.series(conn, device_id, kind, start, end, bucket)
         except history.TooManyPoints:
-            raise ApiError(f"paramètre bucket : plus de {history.RAW_LIMIT} mesures brutes sur cette période ; "
-                           "choisissez bucket=1m, 1h ou auto, ou le CSV", parameter="bucket") from None
+            raise ApiError(_("paramètre bucket : plus de %(limit)s mesures brutes sur cette période ; "
+                             "choisissez bucket=1m, 1h ou auto, ou le CSV", limit=history.RAW_LIMIT),
+                           parameter="bucket") from None
     return jsonify(series_json(found))
 
 

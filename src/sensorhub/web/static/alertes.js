@@ -1,7 +1,7 @@
 // /alertes: acknowledge and snooze active alerts, add, edit, enable, disable and delete rules, through the JSON
 // API (CSRF header as every command); the page is reloaded once the server took a change, so what is shown is
-// always what the database holds. Errors (the server's French message) are shown next to what caused them.
-import {sendJSON} from './common.js';
+// always what the database holds. Errors (the server's message, in the page's language) are shown next to what caused them.
+import {sendJSON, t} from './common.js';
 
 const send = sendJSON;
 
@@ -25,7 +25,7 @@ async function alertAction(item, path, payload) {
     return;
   }
   for (const button of item.querySelectorAll('button')) button.disabled = false;
-  showError(box, body.error || `erreur HTTP ${status}`);
+  showError(box, body.error || t('http.error', {status}));
 }
 
 function initAlerts(section) {
@@ -89,8 +89,8 @@ function fillForm(form, rule) {
     form.elements[name].value = rule[name] === null || rule[name] === undefined ? '' : String(rule[name]);
   }
   form.elements.enabled.checked = rule.enabled;
-  form.querySelector('[data-rule-form-title]').textContent = `Modifier la règle « ${rule.name} »`;
-  form.querySelector('[data-rule-submit]').textContent = 'Enregistrer la règle';
+  form.querySelector('[data-rule-form-title]').textContent = t('rule.edit', {name: rule.name});
+  form.querySelector('[data-rule-submit]').textContent = t('rule.save');
   form.querySelector('[data-rule-cancel]').hidden = false;
   form.scrollIntoView({block: 'start'});
   form.elements.name.focus();
@@ -115,7 +115,7 @@ async function submitRule(form) {
     return;
   }
   submit.disabled = false;
-  showError(box, body.error || `erreur HTTP ${status}`);
+  showError(box, body.error || t('http.error', {status}));
   const field = body.parameter && form.elements[body.parameter];
   if (field) {
     field.setAttribute('aria-invalid', 'true');
@@ -129,7 +129,7 @@ async function ruleAction(item, method, payload) {
     window.location.reload();
     return;
   }
-  window.alert(body.error || `erreur HTTP ${status}`);
+  window.alert(body.error || t('http.error', {status}));
 }
 
 function initRules(section) {
@@ -142,7 +142,7 @@ function initRules(section) {
       fillForm(form, rule);
     } else if (event.target.closest('[data-rule-toggle]')) {
       ruleAction(item, 'PUT', {enabled: !rule.enabled});
-    } else if (event.target.closest('[data-rule-delete]') && window.confirm(`Supprimer la règle « ${rule.name} » et ses alertes ?`)) {
+    } else if (event.target.closest('[data-rule-delete]') && window.confirm(t('rule.delete', {name: rule.name}))) {
       ruleAction(item, 'DELETE');
     }
   });
@@ -156,8 +156,8 @@ function initRules(section) {
     form.elements.id.value = '';
     clearInvalid(form);
     showError(form.querySelector('[data-rule-error]'), '');
-    form.querySelector('[data-rule-form-title]').textContent = 'Ajouter une règle';
-    form.querySelector('[data-rule-submit]').textContent = 'Ajouter la règle';
+    form.querySelector('[data-rule-form-title]').textContent = t('rule.add');
+    form.querySelector('[data-rule-submit]').textContent = t('rule.addsubmit');
     form.querySelector('[data-rule-cancel]').hidden = true;
   });
 }

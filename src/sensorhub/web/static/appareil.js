@@ -4,13 +4,17 @@
 // than 1,000 points. A preset range starts at the device's first reading when that is later (a new device's
 // readings would otherwise be a sliver at the right edge), and the time axis has as many labels as fit.
 // Times on the axis are the browser's; the tooltip gives the UTC time too.
-import {formatLocal, formatUtc, seriesLabel} from './common.js';
+import {formatLocal, formatUtc, pageLocale, seriesLabel, t} from './common.js';
 
 const root = document.querySelector('[data-device-page]');
 const deviceId = root.dataset.deviceId;
 // The width of each aggregated bucket, as the server rolls them up (sensorhub.buckets): name -> milliseconds.
 const BUCKET_MS = JSON.parse(root.dataset.bucketMs);
-const KIND_LABELS = {led: 'LED allumée', button: 'Bouton appuyé'};
+const KIND_LABELS = {led: t('device.led'), button: t('device.button')};
+const MINIMUM = t('device.min');
+// The axis's day labels in the page's language: day then month (05/04) or month then day (04/05).
+const DAY_FORMAT = new Intl.DateTimeFormat(pageLocale(), {day: '2-digit', month: '2-digit'}).formatToParts(new Date())
+  .filter((part) => part.type !== 'literal').map((part) => (part.type === 'day' ? 'dd' : 'MM')).join('/');
 const COLORS = {light: '#0f766e', band: 'rgba(15, 118, 110, 0.18)', led: '#a16207', button: '#4338ca'};
 const summary = document.querySelector('[data-summary]');
 const errorBox = document.querySelector('[data-chart-error]');
@@ -41,7 +45,7 @@ async function fetchSeries(kind, from, to) {
   const params = new URLSearchParams({kind, from: from.toISOString(), to: to.toISOString(), bucket: 'auto'});
   const response = await fetch(`/api/devices/${deviceId}/readings?${params}`, {headers: {Accept: 'application/json'}});
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.error || `erreur HTTP ${response.status}`);
+  if (!response.ok) throw new Error(body.error || t('http.error', {status: response.status}));
   return body;
 }
 
@@ -50,23 +54,24 @@ const at = (point) => Date.parse(point.at);
 function lightDatasets(series) {
   if (series.bucket === 'raw') {
     return [{
-      label: 'Lumière', data: series.points.map((p) => ({x: at(p), y: p.value})), borderColor: COLORS.light,
+      label: t('device.light'), data: series.points.map((p) => ({x: at(p), y: p.value})), borderColor: COLORS.light,
       backgroundColor: COLORS.light, borderWidth: 2, pointRadius: series.points.length > 150 ? 0 : 2, tension: 0,
     }];
   }
   const line = (key) => series.points.map((p) => ({x: at(p), y: p[key]}));
   return [
-    {label: 'Minimum', data: line('min'), borderWidth: 0, pointRadius: 0, fill: false, borderColor: 'transparent'},
-    {label: 'Min – max', data: line('max'), borderWidth: 0, pointRadius: 0, fill: '-1', borderColor: 'transparent',
+    {label: MINIMUM, data: line('min'), borderWidth: 0, pointRadius: 0, fill: false, borderColor: 'transparent'},
+    {label: t('device.minmax'), data: line('max'), borderWidth: 0, pointRadius: 0, fill: '-1', borderColor: 'transparent',
       backgroundColor: COLORS.band},
-    {label: 'Moyenne', data: line('avg'), borderColor: COLORS.light, backgroundColor: COLORS.light, borderWidth: 2,
+    {label: t('device.avg'), data: line('avg'), borderColor: COLORS.light, backgroundColor: COLORS.light, borderWidth: 2,
       pointRadius: 0},
   ];
 }
 
 // Raw states are drawn as bands on a 0–100 scale: the LED's between 55 (off) and 95 (on), the button's between 5
 // and 45, each filled down to its own off line.
-const BANDS = {led: {off: 55, on: 95, middle: 75, name: 'LED'}, button: {off: 5, on: 45, middle: 25, name: 'bouton'}};
+const BANDS = {led: {off: 55, on: 95, middle: 75, name: t('device.bandled')},
+  button: {off: 5, on: 45, middle: 25, name: t('device.bandbutton')}};
 
 // A step series: each value holds until the next one; the last one until the end of the range (or now).
 function stateDataset(series, until) {
@@ -129,13 +134,13 @@ function chartOptions(from, to, yTitle, legendFilter, name, bands = false) {
         type: 'time', min: from.getTime(), max: to.getTime(),
         // Beyond a day and a half, one tick a day (at midnight, browser time) rather than every 21 hours.
         time: {unit: to - from > 36 * 3600e3 ? 'day' : undefined, displayFormats: {millisecond: 'HH:mm:ss.SSS', second: 'HH:mm:ss', minute: 'HH:mm', hour: 'HH:mm',
-          day: 'dd/MM', week: 'dd/MM', month: 'MM/yyyy', quarter: 'MM/yyyy', year: 'yyyy'}},
+          day: DAY_FORMAT, week: DAY_FORMAT, month: 'MM/yyyy', quarter: 'MM/yyyy', year: 'yyyy'}},
         ticks: {maxRotation: 0, autoSkip: true, autoSkipPadding: 12, maxTicksLimit: tickLimit(name)},
       },
       y: bands
         ? {min: 0, max: 100, title: {display: true, text: yTitle}, ticks: {stepSize: 25, callback: bandTick},
           grid: {display: false}}
-        : {min: 0, max: 100, title: {display: true, text: yTitle}, ticks: {callback: (value) => `${value} %`}},
+        : {min: 0, max: 100, title: {display: true, text: yTitle}, ticks: {callback: (value) => t('percent', {value})}},
     },
     plugins: {
       legend: {labels: {filter: legendFilter}},
@@ -146,8 +151,8 @@ function chartOptions(from, to, yTitle, legendFilter, name, bands = false) {
             return [formatLocal(date), formatUtc(date)];
           },
           label: (item) => (item.dataset.sensorhubBand
-            ? `${item.dataset.label} : ${item.parsed.y === BANDS[item.dataset.sensorhubBand].on ? 'oui' : 'non'}`
-            : `${item.dataset.label} : ${item.parsed.y} %`),
+            ? `${item.dataset.label}${t(' : ')}${t(item.parsed.y === BANDS[item.dataset.sensorhubBand].on ? 'device.yes' : 'device.no')}`
+            : `${item.dataset.label}${t(' : ')}${t('percent', {value: item.parsed.y})}`),
         },
       },
     },
@@ -169,7 +174,7 @@ async function load(from, to, key) {
   current = {from, to, key};
   pressRange(key);
   root.dataset.state = 'loading';
-  summary.textContent = 'Chargement…';
+  summary.textContent = t('device.loading');
   errorBox.hidden = true;
   const params = new URLSearchParams({device: deviceId, from: from.toISOString(), to: to.toISOString()});
   csvLink.href = `/api/export.csv?${params}`;
@@ -185,7 +190,7 @@ async function load(from, to, key) {
     [light, led, button] = await Promise.all(['light', 'led', 'button'].map((kind) => fetchSeries(kind, from, to)));
   } catch (err) {
     if (mine !== generation) return;
-    errorBox.textContent = `Mesures indisponibles : ${err.message}`;
+    errorBox.textContent = t('device.unavailable', {error: err.message});
     errorBox.hidden = false;
     summary.textContent = '';
     root.dataset.state = 'error';
@@ -193,7 +198,7 @@ async function load(from, to, key) {
   }
   if (mine !== generation) return;
   if (!window.Chart || !window.Chart._adapters?._date?.prototype?.formats) {
-    errorBox.textContent = 'Bibliothèque de graphiques absente : lancez « make install » sur le serveur.';
+    errorBox.textContent = t('device.nolibrary');
     errorBox.hidden = false;
     root.dataset.state = 'error';
     return;
@@ -203,15 +208,16 @@ async function load(from, to, key) {
   const until = Math.min(to.getTime(), heard);
   const start = axisStart(from, key, [light, led, button]);
   const raw = led.bucket === 'raw' && button.bucket === 'raw';
-  draw('light', lightDatasets(light), chartOptions(start, to, 'lumière', (item) => item.text !== 'Minimum', 'light'));
+  draw('light', lightDatasets(light), chartOptions(start, to, t('device.axislight'), (item) => item.text !== MINIMUM, 'light'));
   draw('state', [stateDataset(led, until), stateDataset(button, until)],
-    chartOptions(start, to, raw ? 'allumée / appuyé' : 'part du temps', () => true, 'state', raw));
-  notes.light.textContent = light.bucket === 'raw' ? '' : 'La bande montre le minimum et le maximum de chaque période.';
+    chartOptions(start, to, raw ? t('device.axisraw') : t('device.axisshare'), () => true, 'state', raw));
+  notes.light.textContent = light.bucket === 'raw' ? '' : t('device.band');
   notes.state.textContent = raw
-    ? 'Bande pleine : LED allumée, bouton appuyé ; trait bas : éteinte, relâché.'
-    : 'Part de chaque période passée LED allumée, bouton appuyé.';
-  const text = `Du ${formatLocal(from)} au ${formatLocal(to)} (heure de votre navigateur). Lumière : ${describe(light)} ;`
-    + ` LED : ${describe(led)} ; bouton : ${describe(button)}.`;
+    ? t('device.rawnote')
+    : t('device.sharenote');
+  const text = t('device.range', {
+    from: formatLocal(from), to: formatLocal(to), light: describe(light), led: describe(led), button: describe(button),
+  });
   summary.textContent = text;
   for (const canvas of document.querySelectorAll('[data-chart]')) canvas.dataset.bucket = light.bucket;
   root.dataset.bucket = light.bucket;
@@ -246,7 +252,7 @@ customForm.addEventListener('submit', (event) => {
   const from = new Date(customForm.elements.from.value);
   const to = new Date(customForm.elements.to.value);
   if (Number.isNaN(from.getTime()) || Number.isNaN(to.getTime()) || from >= to) {
-    errorBox.textContent = 'Choisissez un début antérieur à la fin.';
+    errorBox.textContent = t('device.order');
     errorBox.hidden = false;
     return;
   }

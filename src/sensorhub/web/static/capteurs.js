@@ -11,7 +11,7 @@ import {LedControl} from './ledcontrol.js';
 import {connectLive} from './live.js';
 import {LiveCards} from './livecards.js';
 import {Reconciler} from './reconcile.js';
-import {initLayoutToggle, initRename, protocol} from './common.js';
+import {initLayoutToggle, initRename, protocol, t} from './common.js';
 
 const {topics: TOPIC, separator: SEPARATOR, live: LIVE} = protocol();
 
@@ -41,7 +41,7 @@ const cards = new LiveCards(container, {
 const reconciler = new Reconciler(container, cards, {
   onDropped: (card) => leds.forget(card),
   onListFailed: (err) => showBanner(
-    `Liste des capteurs indisponible (${err.message}) : nouvel essai dans quelques secondes.`),
+    t('list.unavailable', {error: err.message})),
   onListRead: () => {
     if (liveStatus.dataset.state === 'live') hideBanner();
   },
@@ -69,20 +69,20 @@ function onMessage(topic, text) {
 }
 
 function onReady() {
-  setLiveStatus('live', 'En direct');
+  setLiveStatus('live', t('live.on'));
   hideBanner();
   reconciler.start();
 }
 
 function onLost({url, everConnected, sessionEnded}) {
-  setLiveStatus('lost', 'Connexion au broker perdue');
+  setLiveStatus('lost', t('live.lost'));
   if (sessionEnded) {
-    showBanner('Votre session a pris fin : reconnectez-vous (/login) pour suivre les capteurs en direct.');
+    showBanner(t('live.session'));
     return;
   }
   showBanner(everConnected
-    ? `Connexion au broker MQTT perdue (${url}) : reconnexion en cours, les données affichées ne sont plus à jour.`
-    : `Impossible de joindre le broker MQTT (${url}) : nouvel essai toutes les 2 secondes.`);
+    ? t('live.reconnecting', {url})
+    : t('live.unreachable', {url}));
 }
 
 const layout = initLayoutToggle();
@@ -91,6 +91,6 @@ initRename(container, () => reconciler.afterChange());
 for (const card of container.querySelectorAll(':scope > [data-card]')) reconciler.adopt(card);
 cards.flush(); // at once: the server's order, the layout and the charts before the first paint
 if (!connectLive(container, {onReady, onLost, onMessage})) {
-  setLiveStatus('lost', 'Hors ligne');
-  showBanner('Bibliothèque MQTT.js absente : lancez « make install » sur le serveur, puis rechargez la page.');
+  setLiveStatus('lost', t('live.offline'));
+  showBanner(t('live.nolibrary'));
 }

@@ -2,10 +2,35 @@
 // Device data only ever reaches the page as server-escaped HTML or through textContent / dataset.
 
 const LAYOUT_KEY = 'sensorhub.layout';
-// What the layout button says: the layout a click switches to.
-const SWITCH_LABELS = {list: 'Afficher en liste', grid: 'Afficher en grille'};
 
-// The server's protocol module as data (channels, QoS, the name rule and its French messages), rendered into
+// The page's strings in its language, from the server's catalog (web/scriptstrings.py, rendered by base.html):
+// `t('live.lost')`, `t('http.error', {status: 404})` (`%(name)s` placeholders and `%%`, as in Python). Read on
+// first use, like the protocol below.
+let strings = null;
+export function t(key, values) {
+  if (strings === null) {
+    const element = document.getElementById('sensorhub-strings');
+    strings = element ? JSON.parse(element.textContent) : {};
+  }
+  const text = strings[key] ?? key;
+  if (values === undefined) return text;
+  return text.replace(/%\((\w+)\)s|%%/g, (match, name) => (name === undefined ? '%' : String(values[name])));
+}
+
+// The page's language (<html lang>, the server's choice), and the locale its dates and numbers are written in:
+// the browser's own variant of that language when it has one (en-GB or en-US, as its date inputs show them).
+export function pageLanguage() {
+  return document.documentElement.lang || 'fr';
+}
+
+export function pageLocale() {
+  const language = pageLanguage();
+  const tags = typeof navigator === 'undefined' ? [] : navigator.languages || [navigator.language];
+  const own = tags.find((tag) => tag && tag.split('-')[0] === language);
+  return own || language;
+}
+
+// The server's protocol module as data (channels, QoS, the name rule and its messages in the page's language), rendered into
 // every page by base.html: nothing of it is copied here. Read on first use (the module also loads without a page).
 let protocolData = null;
 export function protocol() {
@@ -32,13 +57,13 @@ export async function sendJSON(method, url, payload) {
       body: payload === undefined ? undefined : JSON.stringify(payload),
     });
   } catch {
-    return {status: 0, body: {error: 'le serveur web ne répond pas'}};
+    return {status: 0, body: {error: t('server.silent')}};
   }
   let body;
   try {
     body = await response.json();
   } catch {
-    body = {error: `réponse inattendue du serveur web (HTTP ${response.status})`};
+    body = {error: t('server.unexpected', {status: response.status})};
   }
   return {status: response.status, body};
 }
@@ -85,7 +110,7 @@ export function initLayoutToggle() {
     for (const button of buttons) {
       button.setAttribute('aria-pressed', String(layout === 'list'));
       const label = button.querySelector('[data-layout-label]');
-      if (label) label.textContent = SWITCH_LABELS[target];
+      if (label) label.textContent = t(`layout.${target}`);
       // An <svg> has no `hidden` property: set the attribute.
       for (const icon of button.querySelectorAll('[data-layout-icon]')) {
         icon.toggleAttribute('hidden', icon.dataset.layoutIcon !== target);
@@ -113,24 +138,21 @@ export function initLayoutToggle() {
   };
 }
 
-// "2 appareils affichés sur 3"; French keeps the singular for 0 and 1 ("0 appareil affiché sur 3").
-export function countLabel(shown, total) {
-  const plural = shown >= 2 ? 's' : '';
-  return `${shown} appareil${plural} affiché${plural} sur ${total}`;
+// The plural category of `count` in the page's language: 'one' or 'many' (French keeps the singular for 0 and 1,
+// English for 1 only).
+function plural(count) {
+  return new Intl.PluralRules(pageLanguage()).select(count) === 'one' ? 'one' : 'many';
 }
 
-// [one, several] per bucket width: "1 mesure", "12 mesures", "1 heure (min, moyenne, max)".
-const BUCKET_LABELS = {
-  raw: ['mesure', 'mesures'],
-  '1m': ['minute (min, moyenne, max)', 'minutes (min, moyenne, max)'],
-  '1h': ['heure (min, moyenne, max)', 'heures (min, moyenne, max)'],
-};
+// "2 appareils affichés sur 3", "0 appareil affiché sur 3"; "2 devices shown of 3".
+export function countLabel(shown, total) {
+  return t(`count.${plural(shown)}`, {shown, total});
+}
 
-// How many points a chart shows, in words ("aucune mesure" for none).
+// How many points a chart shows, in words ("aucune mesure" for none): "1 mesure", "1 heure (min, moyenne, max)".
 export function seriesLabel(count, bucket) {
-  if (!count) return 'aucune mesure';
-  const [one, several] = BUCKET_LABELS[bucket];
-  return `${count} ${count === 1 ? one : several}`;
+  if (!count) return t('series.none');
+  return t(`series.${bucket}.${count === 1 ? 'one' : 'many'}`, {count});
 }
 
 export function cardMatches(card, text) {
@@ -162,7 +184,7 @@ export function initFilter(container) {
   return apply;
 }
 
-// A text rule of the server (rules.TextRule.browser_data): the French message of the first part of it that
+// A text rule of the server (rules.TextRule.browser_data): the message of the first part of it that
 // `text` breaks, or null. The parts, their order and their patterns are the server's, as data.
 export function ruleProblem(rule, text) {
   for (const [code, pattern] of rule.checks) {
@@ -184,9 +206,9 @@ export function showName(card, name) {
   card.dataset.name = name;
   for (const el of card.querySelectorAll('[data-device-name]')) el.textContent = name;
   const open = card.querySelector('[data-rename-open]');
-  if (open) open.setAttribute('aria-label', `Renommer ${name}`);
+  if (open) open.setAttribute('aria-label', t('rename.label', {name}));
   const toggle = card.querySelector('[data-led-toggle]');
-  if (toggle) toggle.setAttribute('aria-label', `Allumer ou éteindre la LED de ${name}`);
+  if (toggle) toggle.setAttribute('aria-label', t('led.label', {name}));
 }
 
 async function waitForName(card, form, name) {
@@ -206,7 +228,7 @@ async function waitForName(card, form, name) {
       // keep trying
     }
   }
-  setStatus(form, "Le client d'ingestion n'a pas encore enregistré le nouveau nom ; rechargez la page plus tard.", true);
+  setStatus(form, t('rename.late'), true);
 }
 
 // A card's rename form: the page's one template, copied under the card's header the first time it opens.
@@ -253,7 +275,7 @@ export function initRename(container, onRenamed = () => {}) {
     }
     const submit = form.querySelector('button[type="submit"]');
     submit.disabled = true;
-    setStatus(form, 'Envoi…');
+    setStatus(form, t('rename.sending'));
     const {status, body} = await postJSON(`/api/devices/${card.dataset.id}/name`, {name});
     submit.disabled = false;
     if (status === 200) {
@@ -262,21 +284,36 @@ export function initRename(container, onRenamed = () => {}) {
       form.hidden = true;
       onRenamed(card);
     } else if (status === 202) {
-      setStatus(form, "Demande transmise : le nom s'affichera dès que le client d'ingestion l'aura enregistré.");
+      setStatus(form, t('rename.pending'));
       waitForName(card, form, name).then(() => onRenamed(card));
     } else {
-      setStatus(form, body.error || `erreur HTTP ${status}`, true);
+      setStatus(form, body.error || t('http.error', {status}), true);
     }
   });
 }
 
-const two = (n) => String(n).padStart(2, '0');
+// Intl's formats, made once per precision (a /historique page formats thousands of times).
+const localFormats = {};
 
-// "05/04/2026 09:07:19" (",603" with milliseconds) in the browser's time zone.
+// "05/04/2026 09:07:19" (",603" with milliseconds) in French, "04/05/2026, 09:07:19 AM" in American English: the
+// page's language (pageLocale), in the browser's time zone.
 export function formatLocal(date, withMs = false) {
-  const text = `${two(date.getDate())}/${two(date.getMonth() + 1)}/${date.getFullYear()} `
-    + `${two(date.getHours())}:${two(date.getMinutes())}:${two(date.getSeconds())}`;
-  return withMs ? `${text},${String(date.getMilliseconds()).padStart(3, '0')}` : text;
+  const key = withMs ? 'ms' : 's';
+  if (!localFormats[key]) {
+    localFormats[key] = new Intl.DateTimeFormat(pageLocale(), {
+      year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit',
+      ...(withMs ? {fractionalSecondDigits: 3} : {}),
+    });
+  }
+  return localFormats[key].format(date);
+}
+
+// "09:07:19": a time of day in the page's language (a live card's chart labels).
+export function formatTime(date) {
+  if (!localFormats.time) {
+    localFormats.time = new Intl.DateTimeFormat(pageLocale(), {hour: '2-digit', minute: '2-digit', second: '2-digit'});
+  }
+  return localFormats.time.format(date);
 }
 
 // "2026-04-05 08:07:19 UTC" (".603" with milliseconds).

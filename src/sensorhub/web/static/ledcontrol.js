@@ -1,6 +1,6 @@
 // The LED switch of /capteurs's cards: a POST to the web server, then the card waits (5 s at most) for the
 // device's own report of its LED, which the live feed brings (LiveCards' onLed); the switch never pretends.
-import {postJSON} from './common.js';
+import {postJSON, t} from './common.js';
 
 const LED_CONFIRM_MS = 5000;
 
@@ -15,7 +15,7 @@ export class LedControl {
   show(card, on) {
     const state = card.querySelector('[data-led-state]');
     state.dataset.value = on ? '1' : '0';
-    state.textContent = on ? 'allumée' : 'éteinte';
+    state.textContent = on ? t('led.on') : t('led.off');
     this.setPending(card, false);
     card.querySelector('[data-led-toggle]').checked = on;
   }
@@ -50,13 +50,13 @@ export class LedControl {
         if (!card.dataset.ledPending) return;
         this.setPending(card, false);
         revertToggle(card);
-        showCardError(card, "l'appareil n'a pas confirmé le changement de sa LED");
+        showCardError(card, t('led.unconfirmed'));
       }, LED_CONFIRM_MS));
       return;
     }
     this.setPending(card, false);
     revertToggle(card);
-    showCardError(card, body.error || `erreur HTTP ${status}`);
+    showCardError(card, body.error || t('http.error', {status}));
   }
 }
 

@@ -4,6 +4,8 @@
 // comes into view and drops them when it leaves, so 2,000 cards do not hold 2,000 charts); a small fleet has
 // all its charts drawn, as it always had.
 
+import {formatTime, t} from './common.js';
+
 const CHART_POINTS = 10;
 // A chart is redrawn at most this often (a device at 20 readings/s would otherwise cost a redraw per frame);
 // the value next to it changes at every frame.
@@ -18,7 +20,7 @@ const CHART_MARGIN = '300px 0px';
 
 // The browser's own time zone, in the page's language.
 export function timeLabel(date) {
-  return date.toLocaleTimeString('fr-FR', {hour: '2-digit', minute: '2-digit', second: '2-digit'});
+  return formatTime(date);
 }
 
 function readPoints(card) {
@@ -36,7 +38,7 @@ function chartConfig(points) {
     data: {
       labels: points.map((point) => timeLabel(new Date(point.at))),
       datasets: [{
-        label: 'Lumière (%)',
+        label: t('chart.light'),
         data: points.map((point) => point.value),
         borderColor: '#0f766e',
         backgroundColor: 'rgba(15, 118, 110, 0.12)',
@@ -50,12 +52,12 @@ function chartConfig(points) {
       responsive: true,
       maintainAspectRatio: false,
       scales: {
-        y: {min: 0, max: 100, ticks: {stepSize: 25, callback: (value) => `${value} %`}},
+        y: {min: 0, max: 100, ticks: {stepSize: 25, callback: (value) => t('percent', {value})}},
         x: {ticks: {maxRotation: 0, autoSkip: true, maxTicksLimit: 4}},
       },
       plugins: {
         legend: {display: false},
-        tooltip: {callbacks: {label: (context) => `${context.parsed.y} %`}},
+        tooltip: {callbacks: {label: (context) => t('percent', {value: context.parsed.y})}},
       },
     },
   };
@@ -236,11 +238,11 @@ export class LiveCards {
       if (record.dirty.has('button')) {
         const state = card.querySelector('[data-button-state]');
         state.dataset.value = record.button ? '1' : '0';
-        state.textContent = record.button ? 'appuyé' : 'relâché';
+        state.textContent = record.button ? t('button.pressed') : t('button.released');
       }
       if (record.dirty.has('light') && record.points.length) {
         const last = record.points[record.points.length - 1];
-        card.querySelector('[data-light-value]').textContent = `${last.value} %`;
+        card.querySelector('[data-light-value]').textContent = t('percent', {value: last.value});
       }
       record.dirty.clear();
       if (!record.chartStale) this.dirty.delete(record);
