@@ -7,6 +7,7 @@ database of its own in one throwaway cluster per test session.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,9 @@ from tests.pgcluster import Cluster, binaries
 from tests.stack import ROOT
 from tests.support import CHROMIUM, CHROMIUM_ARGS, digests, settings_for, tracked_files
 
+# The tests read the command line's English messages: a developer's French locale must not translate them (the
+# language tests, tests/test_cli_i18n.py, choose theirs). Inherited by the programs the tests start.
+os.environ["SENSORHUB_CLI_LANGUAGE"] = "en"
 _DATABASES = itertools.count(1)
 # Playwright's assertions wait 5 s by default: a 2-core machine running the suite on 4 processes can take
 # longer to render a page. A waiting assertion returns as soon as it holds, so this only matters on failure.

@@ -51,6 +51,7 @@ def settings_for(directory: Path) -> Settings:
         log_level="DEBUG",
         mqtt_tls_port=free_port(),
         mqtt_wss_port=free_port(),
+        cli_language="en",  # the tests read English messages, whatever the developer's locale (conftest.py)
     )
 
 

@@ -14,6 +14,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from sensorhub.db.models import WebUser
 from sensorhub.errors import SensorhubError
+from sensorhub.i18n import N_
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,14 @@ class Account:
 def check_name(name: str) -> str:
     """Return `name` if it can be an account name, else raise AccountError."""
     if not _NAME_RE.fullmatch(name):
-        raise AccountError("an account name has 1 to 64 letters, digits or . _ @ - (no spaces)")
+        raise AccountError(N_("an account name has 1 to 64 letters, digits or . _ @ - (no spaces)"))
     return name
 
 
 def check_password(password: str) -> str:
     """Return `password` if it is acceptable, else raise AccountError."""
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-        raise AccountError(f"a password has at least {MIN_PASSWORD} characters")
+        raise AccountError(N_("a password has at least {count} characters"), count=MIN_PASSWORD)
     return password
 
 
@@ -60,8 +61,8 @@ def add(engine: Engine, name: str, password: str) -> None:
         with engine.begin() as conn:
             conn.execute(insert(WebUser).values(name=name, password_hash=digest, created_at=now, changed_at=now))
     except IntegrityError:
-        raise AccountError(f"the account {name!r} already exists (`sensorhub user passwd {name}` changes its "
-                           "password)") from None
+        raise AccountError(N_("the account {name!r} already exists (`sensorhub user passwd {name}` changes its "
+                              "password)"), name=name) from None
 
 
 def set_password(engine: Engine, name: str, password: str) -> None:
@@ -71,7 +72,7 @@ def set_password(engine: Engine, name: str, password: str) -> None:
         done = conn.execute(update(WebUser).where(WebUser.name == name)
                             .values(password_hash=digest, changed_at=datetime.now(UTC))).rowcount
     if not done:
-        raise AccountError(f"no account is called {name!r} (`sensorhub user list`)")
+        raise AccountError(N_("no account is called {name!r} (`sensorhub user list`)"), name=name)
 
 
 def remove(engine: Engine, name: str) -> None:
@@ -79,7 +80,7 @@ def remove(engine: Engine, name: str) -> None:
     with engine.begin() as conn:
         done = conn.execute(delete(WebUser).where(WebUser.name == name)).rowcount
     if not done:
-        raise AccountError(f"no account is called {name!r} (`sensorhub user list`)")
+        raise AccountError(N_("no account is called {name!r} (`sensorhub user list`)"), name=name)
 
 
 def list_accounts(engine: Engine) -> list[Account]:

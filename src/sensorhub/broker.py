@@ -30,6 +30,7 @@ from sensorhub.credentials import (
     write_broker_passwd,
 )
 from sensorhub.errors import BrokerError
+from sensorhub.i18n import N_, Msg
 from sensorhub.ports import ensure_free
 from sensorhub.process import NOTIFY_ENV, NotifySocket
 from sensorhub.protocol import HA_MAX_PACKET, MAX_PACKET
@@ -45,14 +46,14 @@ DEVICE_ACL = PROJECT_ROOT / "mqtt" / "acl.devices"
 _DEFAULTS = Settings()
 # Debian puts mosquitto in /usr/sbin, which is not on an ordinary user's PATH.
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"])
-INSTALL_HINT = "install it with `sudo apt-get install mosquitto` (Debian, Ubuntu, Raspberry Pi OS)"
+INSTALL_HINT = N_("install it with `sudo apt-get install mosquitto` (Debian, Ubuntu, Raspberry Pi OS)")
 
 
 def find_mosquitto() -> str:
     """Path of the mosquitto program, or BrokerError saying how to install it."""
     path = shutil.which("mosquitto", path=_SEARCH_PATH)
     if path is None:
-        raise BrokerError(f"mosquitto is not installed: {INSTALL_HINT}")
+        raise BrokerError(N_("mosquitto is not installed: {hint}"), hint=Msg(INSTALL_HINT))
     return path
 
 
@@ -165,7 +166,8 @@ def _prepare_log_file(log_file: Path) -> None:
         if account is not None:
             os.chown(log_file, account.pw_uid, account.pw_gid)
     except OSError as err:
-        raise BrokerError(f"cannot create the broker log file {log_file}: {err.strerror}") from err
+        raise BrokerError(N_("cannot create the broker log file {path}: {reason}"), path=log_file,
+                          reason=err.strerror) from err
 
 
 def _user_line(paths: list[Path]) -> str | None:
@@ -270,8 +272,8 @@ class Broker:
                             self.ws_upstream)
                 self.stop()
                 if attempt == _UPSTREAM_ATTEMPTS - 1:
-                    raise BrokerError(f"mosquitto could not listen: loopback port {self.ws_upstream} behind the "
-                                      "WebSockets guard is in use") from None
+                    raise BrokerError(N_("mosquitto could not listen: loopback port {port} behind the WebSockets "
+                                         "guard is in use"), port=self.ws_upstream) from None
         self._start_guard()
         tls = (f", TLS on port {self.settings.mqtt_tls_port}, secure WebSockets on port "
                f"{self.settings.mqtt_wss_port}" if self.settings.tls else "")
@@ -303,7 +305,8 @@ class Broker:
                     raise BrokerError(self._failure())
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise BrokerError(f"mosquitto did not start within {timeout:.0f} s (see {log})")
+                    raise BrokerError(N_("mosquitto did not start within {seconds:.0f} s (see {log})"), seconds=timeout,
+                                      log=log)
         finally:
             if notify is not None:
                 notify.close()
@@ -325,7 +328,8 @@ class Broker:
             self.guard.start()
         except OSError as err:
             self.stop()
-            raise BrokerError(f"cannot open the WebSockets port {self.settings.mqtt_ws_port}: {err.strerror}") from err
+            raise BrokerError(N_("cannot open the WebSockets port {port}: {reason}"), port=self.settings.mqtt_ws_port,
+                              reason=err.strerror) from err
 
     def _ready(self, notify: NotifySocket | None, log: Path, offset: int) -> bool:
         if notify is None:

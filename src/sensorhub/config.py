@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sensorhub.errors import ConfigError
+from sensorhub.i18n import N_, Msg, parse_choice
 
 ENV_PREFIX = "SENSORHUB_"
 
@@ -22,7 +23,7 @@ ENV_PREFIX = "SENSORHUB_"
 def _port(value: str) -> int:
     port = _int(value)
     if not 1 <= port <= 65535:
-        raise ValueError("a port number is between 1 and 65535")
+        raise ValueError(N_("a port number is between 1 and 65535"))
     return port
 
 
@@ -30,13 +31,13 @@ def _int(value: str) -> int:
     try:
         return int(value.strip())
     except ValueError:
-        raise ValueError("not a whole number") from None
+        raise ValueError(N_("not a whole number")) from None
 
 
 def _max_connections(value: str) -> int:
     number = _int(value)
     if number == 0 or number < -1:
-        raise ValueError("use a positive number, or -1 for no limit")
+        raise ValueError(N_("use a positive number, or -1 for no limit"))
     return number
 
 
@@ -44,28 +45,28 @@ def _keepalive(value: str) -> int:
     seconds = _int(value)
     # The broker's max_keepalive is 12 and the specification wants it strictly lower.
     if not 1 <= seconds <= 11:
-        raise ValueError("the keepalive must be between 1 and 11 seconds (the broker allows at most 12)")
+        raise ValueError(N_("the keepalive must be between 1 and 11 seconds (the broker allows at most 12)"))
     return seconds
 
 
 def _worker(value: str) -> int:
     number = _int(value)
     if not 0 <= number <= 64:
-        raise ValueError("a worker number is between 0 (the only worker) and 64")
+        raise ValueError(N_("a worker number is between 0 (the only worker) and 64"))
     return number
 
 
 def _days(value: str) -> int:
     days = _int(value)
     if not 0 <= days <= 100_000:
-        raise ValueError("a number of days between 0 (keep everything) and 100000")
+        raise ValueError(N_("a number of days between 0 (keep everything) and 100000"))
     return days
 
 
 def _session_days(value: str) -> int:
     days = _int(value)
     if not 1 <= days <= 365:
-        raise ValueError("a number of days between 1 and 365")
+        raise ValueError(N_("a number of days between 1 and 365"))
     return days
 
 
@@ -73,30 +74,30 @@ def _number(value: str) -> float:
     try:
         number = float(value.strip())
     except ValueError:
-        raise ValueError("not a number") from None
+        raise ValueError(N_("not a number")) from None
     if not 0 <= number <= 1_000_000:  # also refuses nan and inf
-        raise ValueError("a number between 0 (off) and 1000000")
+        raise ValueError(N_("a number between 0 (off) and 1000000"))
     return number
 
 
 def _burst(value: str) -> int:
     number = _int(value)
     if not 1 <= number <= 1_000_000:
-        raise ValueError("a number of readings between 1 and 1000000")
+        raise ValueError(N_("a number of readings between 1 and 1000000"))
     return number
 
 
 def _per_minute(value: str) -> int:
     number = _int(value)
     if not 0 <= number <= 1_000_000:
-        raise ValueError("a number between 0 (no limit) and 1000000")
+        raise ValueError(N_("a number between 0 (no limit) and 1000000"))
     return number
 
 
 def _megabytes(value: str) -> int:
     size = _int(value)
     if not 0 <= size <= 10_000_000:
-        raise ValueError("a number of MiB between 0 (never warn) and 10000000")
+        raise ValueError(N_("a number of MiB between 0 (never warn) and 10000000"))
     return size
 
 
@@ -104,51 +105,51 @@ def _interval(value: str) -> float:
     try:
         seconds = float(value.strip())
     except ValueError:
-        raise ValueError("not a number of seconds") from None
+        raise ValueError(N_("not a number of seconds")) from None
     if not (seconds == 0 or 1 <= seconds <= 86_400):
-        raise ValueError("use 0 (never) or a number of seconds between 1 and 86400")
+        raise ValueError(N_("use 0 (never) or a number of seconds between 1 and 86400"))
     return seconds
 
 
 def _silent(value: str) -> int:
     seconds = _int(value)
     if not 1 <= seconds <= 86_400:
-        raise ValueError("use a number of seconds between 1 and 86400")
+        raise ValueError(N_("use a number of seconds between 1 and 86400"))
     return seconds
 
 
 def _count(value: str) -> int:
     number = _int(value)
     if not 0 <= number <= 64:
-        raise ValueError("use 0 (chosen from the CPU count and memory) or a number from 1 to 64")
+        raise ValueError(N_("use 0 (chosen from the CPU count and memory) or a number from 1 to 64"))
     return number
 
 
 def _connections(value: str) -> int:
     number = _int(value)
     if not 10 <= number <= 100_000:
-        raise ValueError("use a number of connections from 10 to 100000")
+        raise ValueError(N_("use a number of connections from 10 to 100000"))
     return number
 
 
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ValueError("use one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        raise ValueError(N_("use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"))
     return level
 
 
 def _log_format(value: str) -> str:
     text = value.strip().lower()
     if text not in ("text", "json"):
-        raise ValueError("use text or json")
+        raise ValueError(N_("use text or json"))
     return text
 
 
 def _commands(value: str) -> str:
     text = value.strip().lower()
     if text not in ("pipe", "broker"):
-        raise ValueError("use pipe or broker")
+        raise ValueError(N_("use pipe or broker"))
     return text
 
 
@@ -158,12 +159,12 @@ def _database_url(value: str) -> str:
     # make_engine parses the whole URL when the database is opened.
     scheme = re.match(r"([A-Za-z][\w+.-]*)://", value.strip())
     if scheme is None:
-        raise ValueError("not a SQLAlchemy database URL (e.g. sqlite:///db/db.sqlite3)")
+        raise ValueError(N_("not a SQLAlchemy database URL (e.g. sqlite:///db/db.sqlite3)"))
     backend, _, driver = scheme[1].lower().partition("+")
     if backend == "postgresql" and driver not in ("", "psycopg"):
-        raise ValueError("PostgreSQL goes through psycopg 3: postgresql+psycopg://user:password@host:5432/database")
+        raise ValueError(N_("PostgreSQL goes through psycopg 3: postgresql+psycopg://user:password@host:5432/database"))
     if backend not in ("sqlite", "postgresql"):
-        raise ValueError("use SQLite (sqlite:///path) or PostgreSQL (postgresql+psycopg://user:password@host/db)")
+        raise ValueError(N_("use SQLite (sqlite:///path) or PostgreSQL (postgresql+psycopg://user:password@host/db)"))
     return value.strip()
 
 
@@ -179,7 +180,7 @@ def _optional_database_url(value: str) -> str:
 def _host(value: str) -> str:
     host = value.strip()
     if not host or not re.fullmatch(r"[A-Za-z0-9.:\-\[\]%]+", host):
-        raise ValueError("not a host name or IP address")
+        raise ValueError(N_("not a host name or IP address"))
     return host
 
 
@@ -189,7 +190,7 @@ def _optional_host(value: str) -> str:
 def _path(value: str) -> str:
     path = value.strip()
     if not path or "\0" in path:
-        raise ValueError("not a file path")
+        raise ValueError(N_("not a file path"))
     return path
 
 
@@ -203,14 +204,14 @@ def _text(value: str) -> str:
 
 def _password(value: str) -> str:
     if value and (len(value) < 8 or not value.isprintable()):
-        raise ValueError("use at least 8 printable characters")
+        raise ValueError(N_("use at least 8 printable characters"))
     return value
 
 
 def _token(value: str) -> str:
     token = value.strip()
     if token and (len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token):
-        raise ValueError("use at least 16 printable ASCII characters without spaces (e.g. `openssl rand -hex 16`)")
+        raise ValueError(N_("use at least 16 printable ASCII characters without spaces (e.g. `openssl rand -hex 16`)"))
     return token
 
 
@@ -241,7 +242,7 @@ WEBHOOK_PLACEHOLDERS = ("id", "event", "severity", "priority", "title", "text", 
 def _template(value: str) -> str:
     template = string.Template(value)
     if not template.is_valid():
-        raise ValueError("a `$` not followed by a placeholder name (write `$$` for a dollar sign)")
+        raise ValueError(N_("a `$` not followed by a placeholder name (write `$$` for a dollar sign)"))
     unknown = sorted(set(template.get_identifiers()) - set(WEBHOOK_PLACEHOLDERS))
     if unknown:
         known = ", ".join("$" + name for name in WEBHOOK_PLACEHOLDERS)
@@ -255,14 +256,14 @@ def _webhook_url(value: str) -> str:
         return ""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError("use an http:// or https:// URL (e.g. https://ntfy.sh/my-topic)")
+        raise ValueError(N_("use an http:// or https:// URL (e.g. https://ntfy.sh/my-topic)"))
     return url
 
 
 def _content_type(value: str) -> str:
     text = value.strip()
     if not re.fullmatch(r"[\w.+-]+/[\w.+-]+(\s*;\s*[\w-]+=[\w.\-\"]+)*", text):
-        raise ValueError("not a media type (e.g. application/json or text/plain; charset=utf-8)")
+        raise ValueError(N_("not a media type (e.g. application/json or text/plain; charset=utf-8)"))
     return text
 
 
@@ -284,7 +285,7 @@ def _smtp_port(value: str) -> int:
 def _smtp_security(value: str) -> str:
     text = value.strip().lower()
     if text not in ("starttls", "tls", "none"):
-        raise ValueError("use starttls, tls or none")
+        raise ValueError(N_("use starttls, tls or none"))
     return text
 
 
@@ -299,7 +300,7 @@ def _addresses(value: str) -> str:
 def _address(value: str) -> str:
     address = _addresses(value)
     if "," in address:
-        raise ValueError("one address")
+        raise ValueError(N_("one address"))
     return address
 
 
@@ -307,9 +308,9 @@ def _retry_max(value: str) -> float:
     try:
         seconds = float(value.strip())
     except ValueError:
-        raise ValueError("not a number of seconds") from None
+        raise ValueError(N_("not a number of seconds")) from None
     if not 1 <= seconds <= 86_400:
-        raise ValueError("a number of seconds between 1 and 86400")
+        raise ValueError(N_("a number of seconds between 1 and 86400"))
     return seconds
 
 
@@ -319,7 +320,7 @@ def _mqtt_url(value: str) -> str:
         return ""
     match = re.fullmatch(r"mqtt://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.%\w]+\])(?::(\d{1,5}))?/?", text)
     if match is None or (match[2] is not None and not 1 <= int(match[2]) <= 65535):
-        raise ValueError("use mqtt://host:port (e.g. mqtt://homeassistant.local:1883)")
+        raise ValueError(N_("use mqtt://host:port (e.g. mqtt://homeassistant.local:1883)"))
     return text
 
 
@@ -329,7 +330,7 @@ def _flag(value: str) -> bool:
         return True
     if text in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError("use 1 or 0")
+    raise ValueError(N_("use 1 or 0"))
 
 
 def setting(default: str, help: str, parse: Callable[[str], Any]) -> Any:
@@ -406,6 +407,12 @@ class Settings:
     log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL.", _log_level)
     log_format: str = setting(
         "text", "Log lines as `text` (for people) or `json` (one object a line, for log collectors).", _log_format
+    )
+    cli_language: str = setting(
+        "auto",
+        "Language of the command line's messages: `fr`, `en`, or `auto` (the locale's: LANGUAGE, LC_ALL, "
+        "LC_MESSAGES, LANG; English when it is C, unset or neither French nor English). Log lines stay in English.",
+        parse_choice,
     )
     summary_every: float = setting(
         "10",
@@ -587,14 +594,15 @@ class Settings:
                 values[spec.name] = spec.parse(str(raw))
             except ValueError as err:
                 shown = "(hidden)" if spec.name in SECRET_SETTINGS else repr(_without_password(str(raw)))
-                raise ConfigError(f"{source}={shown} is invalid: {err}") from None
+                raise ConfigError(N_("{source}={value} is invalid: {reason}"), source=source, value=shown,
+                                  reason=Msg(str(err))) from None
         settings = cls(**values)
         settings = settings.anchored(project_home(settings.home))
         if bool(settings.tls_cert) != bool(settings.tls_key):
-            raise ConfigError("SENSORHUB_TLS_CERT and SENSORHUB_TLS_KEY go together: set both or neither")
+            raise ConfigError(N_("SENSORHUB_TLS_CERT and SENSORHUB_TLS_KEY go together: set both or neither"))
         if settings.web_state_url and settings.web_state_url == settings.database_url:
-            raise ConfigError("SENSORHUB_WEB_STATE_URL must not be the sensor database (SENSORHUB_DATABASE_URL): "
-                              "the web servers only read that one; give them a database of their own")
+            raise ConfigError(N_("SENSORHUB_WEB_STATE_URL must not be the sensor database (SENSORHUB_DATABASE_URL): "
+                                 "the web servers only read that one; give them a database of their own"))
         _check_smtp(settings)
         return settings
 
@@ -653,13 +661,14 @@ def _check_smtp(settings: Settings) -> None:
         return
     for name in ("notify_smtp_from", "notify_smtp_to"):
         if not getattr(settings, name):
-            raise ConfigError(f"SENSORHUB_NOTIFY_SMTP_HOST is set: {ENV_PREFIX}{name.upper()} must be set too")
+            raise ConfigError(N_("SENSORHUB_NOTIFY_SMTP_HOST is set: {setting} must be set too"),
+                              setting=f"{ENV_PREFIX}{name.upper()}")
     if bool(settings.notify_smtp_user) != bool(settings.notify_smtp_password):
-        raise ConfigError("SENSORHUB_NOTIFY_SMTP_USER and SENSORHUB_NOTIFY_SMTP_PASSWORD go together: set both or "
-                          "neither")
+        raise ConfigError(N_("SENSORHUB_NOTIFY_SMTP_USER and SENSORHUB_NOTIFY_SMTP_PASSWORD go together: set both "
+                             "or neither"))
     if settings.notify_smtp_password and settings.notify_smtp_security == "none":
-        raise ConfigError("SENSORHUB_NOTIFY_SMTP_SECURITY=none would send SENSORHUB_NOTIFY_SMTP_PASSWORD in clear: "
-                          "use starttls or tls")
+        raise ConfigError(N_("SENSORHUB_NOTIFY_SMTP_SECURITY=none would send SENSORHUB_NOTIFY_SMTP_PASSWORD in "
+                             "clear: use starttls or tls"))
 
 
 def configured(settings: Settings) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError, ConfigError
+from sensorhub.i18n import N_
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ def state_dir(settings: Settings) -> Path:
         path.mkdir(mode=0o755, parents=True, exist_ok=True)
         info = path.stat()
     except OSError as err:
-        raise ConfigError(f"cannot create the state directory {path}: {err.strerror} (set SENSORHUB_STATE_DIR)") \
-            from err
+        raise ConfigError(N_("cannot create the state directory {path}: {reason} (set SENSORHUB_STATE_DIR)"),
+                          path=path, reason=err.strerror) from err
     check_private_dir(path, info, "SENSORHUB_STATE_DIR")
     return path
 
@@ -65,11 +66,11 @@ def state_dir(settings: Settings) -> Path:
 def check_private_dir(path: Path, info: os.stat_result, setting: str) -> None:
     """Refuse a directory that another user owns or may write into (they could plant files there)."""
     if info.st_uid not in (os.geteuid(), 0):
-        raise ConfigError(f"{path} belongs to another user (uid {info.st_uid}): choose a directory of yours "
-                          f"with {setting}")
+        raise ConfigError(N_("{path} belongs to another user (uid {uid}): choose a directory of yours with "
+                             "{setting}"), path=path, uid=info.st_uid, setting=setting)
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(f"{path} is writable by other users: `chmod go-w {path}` or choose another directory "
-                          f"with {setting}")
+        raise ConfigError(N_("{path} is writable by other users: `chmod go-w {path}` or choose another directory "
+                             "with {setting}"), path=path, setting=setting)
 
 
 def read_or_create_secret(path: Path) -> str:
@@ -79,7 +80,7 @@ def read_or_create_secret(path: Path) -> str:
     except FileExistsError:
         return _read_secret(path)
     except OSError as err:
-        raise ConfigError(f"cannot create the secret file {path}: {err.strerror}") from err
+        raise ConfigError(N_("cannot create the secret file {path}: {reason}"), path=path, reason=err.strerror) from err
     value = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as handle:
         handle.write(value + "\n")
@@ -95,9 +96,10 @@ def _read_secret(path: Path) -> str:
             logger.warning("%s was readable by other users: made it private (mode 0600)", path)
         value = path.read_text().strip()
     except OSError as err:
-        raise ConfigError(f"cannot read the secret file {path}: {err.strerror}") from err
+        raise ConfigError(N_("cannot read the secret file {path}: {reason}"), path=path, reason=err.strerror) from err
     if not value:
-        raise ConfigError(f"the secret file {path} is empty: delete it, a new one is made at the next start")
+        raise ConfigError(N_("the secret file {path} is empty: delete it, a new one is made at the next start"),
+                          path=path)
     return value
 
 
@@ -165,7 +167,8 @@ def broker_dir(settings: Settings) -> Path:
             os.chown(path, account.pw_uid, account.pw_gid)
         os.chmod(path, 0o700)
     except OSError as err:
-        raise BrokerError(f"cannot prepare the broker directory {path}: {err.strerror}") from err
+        raise BrokerError(N_("cannot prepare the broker directory {path}: {reason}"), path=path,
+                          reason=err.strerror) from err
     return path
 
 
@@ -173,8 +176,8 @@ def find_mosquitto_passwd() -> str:
     """Path of mosquitto_passwd (installed with mosquitto), or BrokerError saying how to get it."""
     path = shutil.which("mosquitto_passwd", path=_SEARCH_PATH)
     if path is None:
-        raise BrokerError("mosquitto_passwd is not installed: it comes with mosquitto "
-                          "(`sudo apt-get install mosquitto`)")
+        raise BrokerError(N_("mosquitto_passwd is not installed: it comes with mosquitto "
+                             "(`sudo apt-get install mosquitto`)"))
     return path
 
 

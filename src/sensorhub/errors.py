@@ -4,7 +4,27 @@ from __future__ import annotations
 
 
 class SensorhubError(Exception):
-    """Base class; the CLI prints the message as one line and exits with status 2."""
+    """Base class; the CLI prints the message as one line and exits with status 2.
+
+    The message may be a template with `str.format` placeholders and their values as keywords
+    (`AccountError(N_("no account is called {name!r}"), name=name)`): `str(err)` is the English text, and
+    `translated()` the text in the command line's language (sensorhub.i18n), the template being a msgid.
+    """
+
+    def __init__(self, message: str = "", /, *args: object, **params: object) -> None:
+        self._english = message.format(**params) if params and isinstance(message, str) else message
+        super().__init__(self._english, *args)
+        self.template = message
+        self.params = params
+
+    def translated(self) -> str:
+        """The message in the current language of sensorhub.i18n (English when the catalog lacks it)."""
+        from sensorhub.i18n import tr
+
+        if not isinstance(self.template, str) or not self.template or not self.args \
+                or self.args[0] is not self._english:
+            return str(self)  # not a template, or its args were rewritten since it was made
+        return tr(self.template, **self.params)
 
 
 class ConfigError(SensorhubError):
@@ -50,8 +70,8 @@ class UnknownDevice(SensorhubError, LookupError):
 class PayloadError(SensorhubError, ValueError):
     """An MQTT payload or pipe command does not follow the protocol; `reason` is a short counter key."""
 
-    def __init__(self, message: str, reason: str = "invalid") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, reason: str = "invalid", **params: object) -> None:
+        super().__init__(message, **params)
         self.reason = reason
 
 

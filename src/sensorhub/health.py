@@ -12,11 +12,12 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sensorhub.config import Settings
+from sensorhub.i18n import N_, Msg, tr
 from sensorhub.telemetry import STALE_AFTER, heartbeat_path
 
 BROKER_PROBE_TIMEOUT = 2.0
@@ -47,11 +48,23 @@ def read_heartbeat(path: Path) -> dict[str, Any] | None:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One part of the answer: its name, whether it is fine, and what was found."""
+    """One part of the answer: its name, whether it is fine, and what was found (`detail`, English; `template`
+    and `params` make it again in the command line's language: `translated`)."""
 
     name: str
     ok: bool
     detail: str
+    template: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def said(cls, name: str, ok: bool, template: str, **params: Any) -> Check:
+        """A check whose detail is the msgid `template` (marked with N_) formatted with `params`."""
+        return cls(name, ok, template.format(**params), template, params)
+
+    def translated(self) -> str:
+        """The detail in the command line's language (sensorhub.i18n)."""
+        return tr(self.template, **self.params) if self.template else self.detail
 
 
 @dataclass(frozen=True)
@@ -90,20 +103,21 @@ def check(settings: Settings, ping_database: Callable[[], object], now: float | 
     age = None if beat is None else now - float(beat.get("at", 0))
     fresh = beat is not None and age is not None and age <= STALE_AFTER
     if beat is None or age is None:
-        client = Check("client", False, "no heartbeat: the ingest client is not running")
+        client = Check.said("client", False, N_("no heartbeat: the ingest client is not running"))
     elif not fresh:
-        client = Check("client", False, f"the ingest client was last seen {age:.0f} s ago")
+        client = Check.said("client", False, N_("the ingest client was last seen {age:.0f} s ago"), age=age)
     elif not beat.get("writer", False):
-        client = Check("client", False, "the ingest client runs but its database writer stopped")
+        client = Check.said("client", False, N_("the ingest client runs but its database writer stopped"))
     else:
-        client = Check("client", True, f"seen {max(age, 0):.1f} s ago, {int(beat.get('queued', 0))} message(s) "
-                                       "queued")
+        client = Check.said("client", True, N_("seen {age:.1f} s ago, {queued} message(s) queued"), age=max(age, 0),
+                            queued=int(beat.get("queued", 0)))
     if fresh and beat is not None and not beat.get("connecting", False):
         connected = bool(beat.get("broker", False))
-        broker = Check("broker", connected, "the ingest client is connected to it" if connected else
-                       f"the ingest client cannot reach it at {settings.mqtt_host}:{settings.mqtt_port}")
+        broker = Check.said("broker", True, N_("the ingest client is connected to it")) if connected else \
+            Check.said("broker", False, N_("the ingest client cannot reach it at {where}"),
+                       where=f"{settings.mqtt_host}:{settings.mqtt_port}")
     elif fresh:
-        broker = probe_broker(settings, "the ingest client is connecting to it")
+        broker = probe_broker(settings, Msg(N_("the ingest client is connecting to it")))
     else:
         broker = probe_broker(settings)
     return Health((_database(ping_database), client, broker))
@@ -115,10 +129,10 @@ def _database(ping: Callable[[], object]) -> Check:
     except Exception as err:  # whatever the database (or its driver) says is the answer
         text = str(getattr(err, "orig", None) or err)
         return Check("database", False, text.splitlines()[0] if text else type(err).__name__)
-    return Check("database", True, "answers")
+    return Check.said("database", True, N_("answers"))
 
 
-def probe_broker(settings: Settings, why: str = "the ingest client is not running") -> Check:
+def probe_broker(settings: Settings, why: str = Msg(N_("the ingest client is not running"))) -> Check:
     """Connect to the broker's device port as a board would, and disconnect at once (`why`: why we ask it)."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -136,12 +150,13 @@ def probe_broker(settings: Settings, why: str = "the ingest client is not runnin
         while not answered and time.monotonic() < deadline:
             client.loop(timeout=0.05)
     except OSError as err:
-        return Check("broker", False, f"cannot reach it at {where}: {err.strerror or err}")
+        return Check.said("broker", False, N_("cannot reach it at {where}: {reason}"), where=where,
+                          reason=err.strerror or err)
     finally:
         _close(client)
     if not answered:
-        return Check("broker", False, f"{where} accepts connections but does not answer MQTT")
-    return Check("broker", True, f"answers at {where} (asked directly: {why})")
+        return Check.said("broker", False, N_("{where} accepts connections but does not answer MQTT"), where=where)
+    return Check.said("broker", True, N_("answers at {where} (asked directly: {why})"), where=where, why=why)
 
 
 def _close(client: Any) -> None:

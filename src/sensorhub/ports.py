@@ -7,6 +7,7 @@ import socket
 import time
 
 from sensorhub.errors import SensorhubError
+from sensorhub.i18n import N_, tr
 
 
 class PortError(SensorhubError):
@@ -24,7 +25,7 @@ def ensure_free(port: int, setting: str, what: str, host: str = "", remedy: str 
 
     With no `host`, the port must be free on every IPv4 and IPv6 address, as the broker listens on all.
     """
-    remedy = remedy or f"free it or choose another port with {setting}"
+    remedy = remedy or tr("free it or choose another port with {setting}", setting=setting)
     if host:
         targets = [(socket.AF_INET6 if ":" in host else socket.AF_INET, host.strip("[]"))]
     else:
@@ -40,13 +41,15 @@ def ensure_free(port: int, setting: str, what: str, host: str = "", remedy: str 
                 sock.bind((address, port))
             except OSError as err:
                 if err.errno == errno.EADDRINUSE:
-                    raise PortError(f"port {port} ({what}) is already in use{_hint(port)}: {remedy}") from None
+                    raise PortError(N_("port {port} ({what}) is already in use{hint}: {remedy}"), port=port, what=what,
+                                    hint=_hint(port), remedy=remedy) from None
                 if err.errno == errno.EACCES:
-                    raise PortError(f"port {port} ({what}) needs administrator rights: choose a port above 1023 "
-                                    f"with {setting}") from None
+                    raise PortError(N_("port {port} ({what}) needs administrator rights: choose a port above 1023 "
+                                       "with {setting}"), port=port, what=what, setting=setting) from None
                 if family == socket.AF_INET6 and not host and err.errno == errno.EADDRNOTAVAIL:
                     continue  # no IPv6 on this machine: nothing can be listening there
-                raise PortError(f"cannot listen on {address}:{port} ({what}): {err.strerror}") from None
+                raise PortError(N_("cannot listen on {address}:{port} ({what}): {reason}"), address=address, port=port,
+                                what=what, reason=err.strerror) from None
 
 
 def wait_free(port: int, timeout: float, host: str = "") -> bool:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from sensorhub.errors import SensorhubError
+from sensorhub.i18n import N_, Msg
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ _PR_SET_PDEATHSIG = 1
 class ComponentError(SensorhubError):
     """A component died or did not become ready; `output` holds its last lines."""
 
-    def __init__(self, message: str, output: Sequence[str] = ()) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, output: Sequence[str] = (), **params: object) -> None:
+        super().__init__(message, **params)
         self.output = list(output)
 
 
@@ -196,11 +197,13 @@ class Child:
             if self.ready:
                 break
             if self.process.poll() is not None:
-                raise ComponentError(self.death("before it was ready"), self.lines)
+                template, params = self.death_template(Msg(N_(" before it was ready")))
+                raise ComponentError(template, self.lines, **params)
             if cancel is not None and cancel.is_set():
                 return False
             if time.monotonic() > deadline:
-                raise ComponentError(f"{self.name} was not ready within {timeout:g} s{self._last_line()}", self.lines)
+                raise ComponentError(N_("{name} was not ready within {timeout:g} s{last}"), self.lines, name=self.name,
+                                     timeout=timeout, last=self._last_line())
         return True
 
     def _ours(self, pid: int) -> bool:
@@ -214,15 +217,19 @@ class Child:
 
     def _last_line(self) -> str:
         last = next((line for line in reversed(self.lines) if line.strip()), "")
-        return f": {last}" if last else " (no output)"
+        return f": {last}" if last else Msg(N_(" (no output)"))
 
     def death(self, when: str = "") -> str:
-        """One line: how the process ended and its last line of output."""
+        """One line: how the process ended and its last line of output (English; `death_template` translates)."""
+        template, params = self.death_template(f" {when}" if when else "")
+        return template.format(**params)
+
+    def death_template(self, when: str = "") -> tuple[str, dict[str, object]]:
+        """How the process ended, as a msgid and its values (for sensorhub.i18n.tr, or a SensorhubError)."""
         assert self.process is not None
         if self._reader is not None:
             self._reader.join(2)  # every line it wrote, up to its end
         status = self.process.poll()
-        when = f" {when}" if when else ""
         if status is not None and status < 0:
             # Killed by a signal: it had no last words, and its last line (a periodic summary, say) would read as
             # the reason.
@@ -230,9 +237,11 @@ class Child:
                 name = signal.Signals(-status).name
             except ValueError:
                 name = f"signal {-status}"
-            return f"{self.name} was killed by {name}{when}"
-        how = f"exited with status {status}" if status is not None else "is still running"
-        return f"{self.name} {how}{when}{self._last_line()}"
+            return N_("{name} was killed by {signal}{when}"), {"name": self.name, "signal": name, "when": when}
+        params: dict[str, object] = {"name": self.name, "when": when, "last": self._last_line()}
+        if status is None:
+            return N_("{name} is still running{when}{last}"), params
+        return N_("{name} exited with status {status}{when}{last}"), {**params, "status": status}
 
     def output(self) -> str:
         """The last output lines kept."""

@@ -30,6 +30,7 @@ from typing import IO
 from sensorhub.broker import INSTALL_HINT, find_mosquitto
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError, ConfigError, DatabaseError, SensorhubError
+from sensorhub.i18n import N_, Msg, tr
 from sensorhub.pipe import ensure_fifo
 from sensorhub.ports import ensure_free, wait_free
 from sensorhub.process import READY_TIMEOUT, STOP_TIMEOUT, Child, ComponentError, notify
@@ -132,7 +133,7 @@ class Supervisor:
                                          "MQTT over secure WebSockets")):
                 ensure_free(port, setting, what)
         if len(set(ports)) != len(ports):
-            raise ConfigError(f"the MQTT, WebSockets and web ports must differ (got {ports})")
+            raise ConfigError(N_("the MQTT, WebSockets and web ports must differ (got {ports})"), ports=ports)
         self._init_db()
         ensure_fifo(self.settings.fifo_path)
 
@@ -143,8 +144,10 @@ class Supervisor:
         done = subprocess.run([sys.executable, "-m", "sensorhub", "db", "init"], env=env, capture_output=True,
                               text=True, stdin=subprocess.DEVNULL, check=False)
         if done.returncode != 0:
-            lines = done.stderr.strip().splitlines() or [f"exited with status {done.returncode}"]
-            raise DatabaseError(lines[-1].removeprefix("sensorhub: error: "))
+            lines = done.stderr.strip().splitlines() or [tr("exited with status {status}", status=done.returncode)]
+            # The child speaks the same language (its settings are ours): its error line without the prefix.
+            prefix = tr("sensorhub: error: {message}", message="")
+            raise DatabaseError(lines[-1].removeprefix(prefix).removeprefix("sensorhub: error: "))
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -155,19 +158,21 @@ class Supervisor:
     def start(self) -> None:
         """Start every component in order, each once the previous one is ready."""
         for component in self.components:
-            self.say(f"starting {component.name}")
+            self.say(tr("starting {name}", name=component.name))
             self._start(component)
             if self._stop.is_set():
                 return
-        self.say(f"everything is running: open {self.url()} (Ctrl-C stops everything)")
+        self.say(tr("everything is running: open {url} (Ctrl-C stops everything)", url=self.url()))
         if self.settings.summary_every:
-            self.say(f"the broker's connection messages go to {self.settings.broker_log} only; the client sums "
-                     f"them up every {self.settings.summary_every:g} s")
+            self.say(tr("the broker's connection messages go to {log} only; the client sums them up every "
+                        "{seconds:g} s", log=self.settings.broker_log, seconds=self.settings.summary_every))
         if self.settings.web_host in ("0.0.0.0", "::"):
-            self.say(f"from other computers on the network: {self.url(_lan_address())}; ESP32s connect to "
-                     f"{_lan_address()} port {self.settings.mqtt_port}{tls_ports(self.settings)}")
+            self.say(tr("from other computers on the network: {url}; ESP32s connect to {address} port {port}{tls}",
+                        url=self.url(_lan_address()), address=_lan_address(), port=self.settings.mqtt_port,
+                        tls=tls_ports(self.settings)))
         elif self.settings.tls:
-            self.say(f"ESP32s connect to port {self.settings.mqtt_port}{tls_ports(self.settings)}")
+            self.say(tr("ESP32s connect to port {port}{tls}", port=self.settings.mqtt_port,
+                        tls=tls_ports(self.settings)))
         notify("READY=1")
 
     def url(self, host: str | None = None) -> str:
@@ -183,23 +188,24 @@ class Supervisor:
             for component in self.components:
                 if component.running:
                     continue
-                reason = component.death()
+                template, params = component.death_template()
+                reason = tr(template, **params)
                 restarts = self._restarts[component.name]
                 now = time.monotonic()
                 while restarts and now - restarts[0] > RESTART_WINDOW:
                     restarts.popleft()
                 if len(restarts) >= MAX_RESTARTS:
-                    self.say(f"{reason}; it died {MAX_RESTARTS + 1} times in {RESTART_WINDOW:.0f} s, "
-                             "stopping everything")
+                    self.say(tr("{reason}; it died {count} times in {seconds:.0f} s, stopping everything",
+                                reason=reason, count=MAX_RESTARTS + 1, seconds=RESTART_WINDOW))
                     self.stop()
                     return 1
                 restarts.append(now)
-                self.say(f"{reason}; restarting it")
+                self.say(tr("{reason}; restarting it", reason=reason))
                 self._clean_up(component)
                 try:
                     self._start(component)
                 except ComponentError as err:
-                    self.say(f"could not restart {component.name}: {err}")
+                    self.say(tr("could not restart {name}: {reason}", name=component.name, reason=err.translated()))
         return 0
 
     def _ports(self, name: str) -> list[int]:
@@ -217,8 +223,8 @@ class Supervisor:
         component.stop(0)  # it has exited: this kills what is left of its process group
         for port in self._ports(component.name):
             if not wait_free(port, PORT_WAIT):
-                self.say(f"port {port} is still taken {PORT_WAIT:.0f} s after {component.name} died; "
-                         "restarting it anyway", component.name)
+                self.say(tr("port {port} is still taken {seconds:.0f} s after {name} died; restarting it anyway",
+                            port=port, seconds=PORT_WAIT, name=component.name), component.name)
 
     def request_stop(self) -> None:
         """Ask `watch` to return (from a signal handler)."""
@@ -231,23 +237,23 @@ class Supervisor:
             if component.process is None:
                 continue
             if component.running:
-                self.say(f"stopping {component.name}")
+                self.say(tr("stopping {name}", name=component.name))
             component.stop(STOP_TIMEOUT)
-        self.say("stopped")
+        self.say(tr("stopped"))
 
 
 def _offer_to_install_mosquitto(say: Callable[[str], None]) -> bool:
     """On Debian, as root, at a terminal: offer to install mosquitto. True if it is installed now."""
     if os.geteuid() != 0 or not Path("/etc/debian_version").exists() or not sys.stdin.isatty():
         return False
-    answer = input("mosquitto is not installed. Install it now with apt-get? [y/N] ").strip().lower()
+    answer = input(tr("mosquitto is not installed. Install it now with apt-get? [y/N] ")).strip().lower()
     if answer not in ("y", "yes", "o", "oui"):
         return False
     apt = shutil.which("apt-get") or "apt-get"
     for command in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "mosquitto"]):
         if subprocess.run(command, check=False).returncode != 0:
-            raise BrokerError(f"installing mosquitto failed: {INSTALL_HINT}")
-    say("mosquitto installed")
+            raise BrokerError(N_("installing mosquitto failed: {hint}"), hint=Msg(INSTALL_HINT))
+    say(tr("mosquitto installed"))
     return True
 
 
@@ -266,8 +272,8 @@ def tls_ports(settings: Settings) -> str:
     them ("" without TLS)."""
     if not settings.tls:
         return ""
-    return (f", or over TLS to port {settings.mqtt_tls_port} (browsers' live updates: secure WebSockets on port "
-            f"{settings.mqtt_wss_port})")
+    return tr(", or over TLS to port {port} (browsers' live updates: secure WebSockets on port {wss_port})",
+              port=settings.mqtt_tls_port, wss_port=settings.mqtt_wss_port)
 
 
 def run_all(settings: Settings, demo: int = 0, workers: int = 1) -> int:
@@ -276,7 +282,7 @@ def run_all(settings: Settings, demo: int = 0, workers: int = 1) -> int:
     supervisor.preflight()
 
     def _signal(signum: int, _frame: FrameType | None) -> None:
-        supervisor.say(f"received {signal.Signals(signum).name}")
+        supervisor.say(tr("received {signal}", signal=signal.Signals(signum).name))
         supervisor.request_stop()
 
     signal.signal(signal.SIGTERM, _signal)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sensorhub.errors import SensorhubError
+from sensorhub.i18n import N_, tr
 
 logger = logging.getLogger(__name__)
 
@@ -216,10 +217,10 @@ def install(executable: Path, root: Path = Path("/"), *, dry_run: bool = False, 
             echo: Echo = print) -> list[Path]:
     """Write the units (and the settings file if missing); on the real root, make the user and reload systemd."""
     if not executable.is_file():
-        raise ServiceError(f"no sensorhub program at {executable}: run `make install` first")
+        raise ServiceError(N_("no sensorhub program at {path}: run `make install` first"), path=executable)
     system = root == Path("/")
     if system and not dry_run and os.geteuid() != 0:
-        raise ServiceError("installing systemd units needs root: sudo .venv/bin/sensorhub service install")
+        raise ServiceError(N_("installing systemd units needs root: sudo .venv/bin/sensorhub service install"))
     files, env = plan(executable, root)
     if not env.path.exists():
         files.append(env)
@@ -232,12 +233,12 @@ def install(executable: Path, root: Path = Path("/"), *, dry_run: bool = False, 
                            needed)
     for file in files:
         if dry_run:
-            echo(f"--- {file.path} (mode {file.mode:04o})\n{file.text}")
+            echo(tr("--- {path} (mode {mode:04o})", path=file.path, mode=file.mode) + f"\n{file.text}")
             continue
         file.path.parent.mkdir(parents=True, exist_ok=True)
         file.path.write_text(file.text)
         os.chmod(file.path, file.mode)
-        echo(f"wrote {file.path}")
+        echo(tr("wrote {path}", path=file.path))
     if system:
         _run(["systemd-sysusers", str(Path("/") / SYSUSERS_FILE)], dry_run, echo)
         _run(["chgrp", USER, str(Path("/") / ENV_FILE)], dry_run, echo)
@@ -245,8 +246,8 @@ def install(executable: Path, root: Path = Path("/"), *, dry_run: bool = False, 
         if start:
             _run(["systemctl", "enable", "--now", *UNITS], dry_run, echo)
         if not systemd_running():
-            echo("note: systemd is not running on this machine (no /run/systemd/system): the units take effect on a "
-                 "machine booted with it")
+            echo(tr("note: systemd is not running on this machine (no /run/systemd/system): the units take effect "
+                    "on a machine booted with it"))
         elif _active("mosquitto.service"):
             logger.warning("Debian's own mosquitto service runs and holds port 1883: "
                            "`sudo systemctl disable --now mosquitto`")
@@ -267,7 +268,7 @@ def uninstall(root: Path = Path("/"), *, dry_run: bool = False, echo: Echo = pri
     """Stop and remove the units; keep the settings file, the data and the user (they own the data)."""
     system = root == Path("/")
     if system and not dry_run and os.geteuid() != 0:
-        raise ServiceError("removing systemd units needs root: sudo .venv/bin/sensorhub service uninstall")
+        raise ServiceError(N_("removing systemd units needs root: sudo .venv/bin/sensorhub service uninstall"))
     if system:
         _run(["systemctl", "disable", "--now", *UNITS], dry_run, echo, check=False)
     removed = []
@@ -275,7 +276,7 @@ def uninstall(root: Path = Path("/"), *, dry_run: bool = False, echo: Echo = pri
         if path.exists():
             if not dry_run:
                 path.unlink()
-            echo(f"removed {path}")
+            echo(tr("removed {path}", path=path))
             removed.append(path)
     if system:
         _run(["systemctl", "daemon-reload"], dry_run, echo)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sensorhub.config import Settings
 from sensorhub.errors import ConfigError
+from sensorhub.i18n import N_
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +26,15 @@ def check_tls_files(settings: Settings) -> None:
             with open(value, "rb") as handle:
                 handle.read(1)
         except OSError as err:
-            raise ConfigError(f"{setting}={value}: cannot read it ({err.strerror})") from None
+            raise ConfigError(N_("{setting}={value}: cannot read it ({reason})"), setting=setting, value=value,
+                              reason=err.strerror) from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
     except ssl.SSLError as err:
-        raise ConfigError(f"SENSORHUB_TLS_CERT={settings.tls_cert} and SENSORHUB_TLS_KEY={settings.tls_key} "
-                          f"are not a PEM certificate and its private key ({err.reason or err})") from None
+        raise ConfigError(N_("SENSORHUB_TLS_CERT={cert} and SENSORHUB_TLS_KEY={key} are not a PEM certificate and "
+                             "its private key ({reason})"), cert=settings.tls_cert, key=settings.tls_key,
+                          reason=err.reason or err) from None
 
 
 def machine_names() -> tuple[list[str], list[str]]:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sensorhub.accounts import check_name
 from sensorhub.db.models import ApiToken
 from sensorhub.errors import SensorhubError
+from sensorhub.i18n import N_
 
 PREFIX = "shk_"
 #: Characters of the token shown by `token list` (the prefix and 4 random ones).
@@ -49,14 +50,14 @@ def add(engine: Engine, name: str, read_only: bool = False) -> str:
     try:
         check_name(name)
     except SensorhubError:
-        raise TokenError("a token name has 1 to 64 letters, digits or . _ @ - (no spaces)") from None
+        raise TokenError(N_("a token name has 1 to 64 letters, digits or . _ @ - (no spaces)")) from None
     secret = PREFIX + secrets.token_urlsafe(32)
     try:
         with engine.begin() as conn:
             conn.execute(insert(ApiToken).values(name=name, digest=digest(secret), prefix=secret[:SHOWN],
                                                  read_only=read_only, created_at=datetime.now(UTC)))
     except IntegrityError:
-        raise TokenError(f"a token is already called {name!r} (`sensorhub token list`)") from None
+        raise TokenError(N_("a token is already called {name!r} (`sensorhub token list`)"), name=name) from None
     return secret
 
 
@@ -72,7 +73,7 @@ def revoke(engine: Engine, name: str) -> None:
     """Delete the token `name`: requests carrying it are refused from now on."""
     with engine.begin() as conn:
         if conn.execute(delete(ApiToken).where(ApiToken.name == name)).rowcount == 0:
-            raise TokenError(f"no token is called {name!r} (`sensorhub token list`)")
+            raise TokenError(N_("no token is called {name!r} (`sensorhub token list`)"), name=name)
 
 
 def verify(conn: Connection, secret: str) -> Token | None:

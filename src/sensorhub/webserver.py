@@ -23,6 +23,7 @@ from typing import NoReturn
 
 from sensorhub.config import Settings
 from sensorhub.errors import SensorhubError
+from sensorhub.i18n import tr
 from sensorhub.ports import ensure_free
 from sensorhub.telemetry import prepare_web_metrics
 from sensorhub.tls import check_tls_files
@@ -105,7 +106,7 @@ def _run_master(settings: Settings, workers: int | None, sock: socket.socket) ->
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     except SensorhubError as err:
-        print(f"sensorhub: error: {err}", file=sys.stderr, flush=True)
+        print(tr("sensorhub: error: {message}", message=err.translated()), file=sys.stderr, flush=True)
         code = 2
     except BaseException:
         logger.exception("the web server failed")

@@ -10,24 +10,28 @@ import sys
 
 import click
 
-from sensorhub.cli import accounts, alerts, database, machine, programs, tokens
+from sensorhub.cli import accounts, alerts, database, lang, machine, programs, tokens
 from sensorhub.cli.base import cli
 from sensorhub.errors import SensorhubError
+from sensorhub.i18n import tr
 from sensorhub.process import die_with_parent
 
-__all__ = ["accounts", "alerts", "cli", "database", "machine", "main", "programs", "tokens"]
+__all__ = ["accounts", "alerts", "cli", "database", "lang", "machine", "main", "programs", "tokens"]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning sensorhub errors into one line and exit status 2."""
     die_with_parent()
+    # The help texts and click's messages are translated before the arguments are parsed: from
+    # SENSORHUB_CLI_LANGUAGE or the locale (the --cli-language flag only takes effect once parsed).
+    lang.apply(command=cli)
     try:
         cli.main(args=argv, prog_name="sensorhub", standalone_mode=False)
     except SensorhubError as err:
-        click.echo(f"sensorhub: error: {err}", err=True)
+        click.echo(tr("sensorhub: error: {message}", message=err.translated()), err=True)
         sys.exit(2)
     except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+        click.echo(tr("Aborted."), err=True)
         sys.exit(1)
     except click.ClickException as err:
         err.show()

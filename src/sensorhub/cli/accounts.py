@@ -10,6 +10,7 @@ import click
 from sensorhub.cli.base import cli, pass_settings
 from sensorhub.config import Settings
 from sensorhub.errors import SensorhubError
+from sensorhub.i18n import N_, tr
 
 
 @cli.group()
@@ -33,9 +34,9 @@ def _new_password(name: str, from_stdin: bool) -> str:
     if from_stdin:
         line = sys.stdin.readline()
         if not line:
-            raise click.UsageError("--password-stdin: nothing on standard input (give the password on one line)")
+            raise click.UsageError(tr("--password-stdin: nothing on standard input (give the password on one line)"))
         return check_password(line.rstrip("\r\n"))
-    password: str = click.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True,
+    password: str = click.prompt(tr("Password for {name}", name=name), hide_input=True, confirmation_prompt=True,
                                  err=True)
     return check_password(password)
 
@@ -55,10 +56,10 @@ def user_add(settings: Settings, name: str, password_stdin: bool) -> None:
     accounts.check_name(name)
     engine = accounts_engine(settings)
     if name in {account.name for account in accounts.list_accounts(engine)}:
-        raise accounts.AccountError(f"account {name!r} already exists (change its password with "
-                                    f"`sensorhub user passwd {name}`)")
+        raise accounts.AccountError(N_("account {name!r} already exists (change its password with "
+                                       "`sensorhub user passwd {name}`)"), name=name)
     accounts.add(engine, name, _new_password(name, password_stdin))
-    click.echo(f"account {name} added: the LED and rename controls now need a login")
+    click.echo(tr("account {name} added: the LED and rename controls now need a login", name=name))
 
 
 @user.command("passwd")
@@ -71,9 +72,9 @@ def user_passwd(settings: Settings, name: str, password_stdin: bool) -> None:
 
     engine = accounts_engine(settings)
     if name not in {account.name for account in accounts.list_accounts(engine)}:
-        raise accounts.AccountError(f"no account is called {name!r} (`sensorhub user list`)")
+        raise accounts.AccountError(N_("no account is called {name!r} (`sensorhub user list`)"), name=name)
     accounts.set_password(engine, name, _new_password(name, password_stdin))
-    click.echo(f"password of {name} changed; {_end_sessions(settings, name)}")
+    click.echo(tr("password of {name} changed; {sessions}", name=name, sessions=_end_sessions(settings, name)))
 
 
 @user.command("remove")
@@ -86,8 +87,12 @@ def user_remove(settings: Settings, name: str) -> None:
     engine = accounts_engine(settings)
     accounts.remove(engine, name)
     left = len(accounts.list_accounts(engine))
-    click.echo(f"account {name} removed; {_end_sessions(settings, name)}"
-               + ("" if left else "; no account left: the controls are open to everyone"))
+    sessions = _end_sessions(settings, name)
+    if left:
+        click.echo(tr("account {name} removed; {sessions}", name=name, sessions=sessions))
+    else:
+        click.echo(tr("account {name} removed; {sessions}; no account left: the controls are open to everyone",
+                      name=name, sessions=sessions))
 
 
 def _end_sessions(settings: Settings, name: str) -> str:
@@ -100,10 +105,10 @@ def _end_sessions(settings: Settings, name: str) -> str:
         ended = end_account_sessions(settings, name)
     except (SQLAlchemyError, SensorhubError, OSError) as err:
         # The sessions still end: each one remembers the password it was opened with (the sensor database's word).
-        click.echo(f"sensorhub: warning: cannot reach the web state to delete the login sessions of {name} "
-                   f"({str(err).splitlines()[0]}); they are refused anyway", err=True)
-        return "its login sessions are refused"
-    return f"{ended} login session(s) ended"
+        click.echo(tr("sensorhub: warning: cannot reach the web state to delete the login sessions of {name} "
+                      "({reason}); they are refused anyway", name=name, reason=str(err).splitlines()[0]), err=True)
+        return tr("its login sessions are refused")
+    return tr("{count} login session(s) ended", count=ended)
 
 
 @user.command("list")
@@ -114,7 +119,7 @@ def user_list(settings: Settings) -> None:
 
     found = accounts.list_accounts(accounts_engine(settings))
     if not found:
-        click.echo("no account: the LED and rename controls are open to everyone (`sensorhub user add NAME`)")
+        click.echo(tr("no account: the LED and rename controls are open to everyone (`sensorhub user add NAME`)"))
     for account in found:
-        click.echo(f"{account.name}\tcreated {account.created_at:%Y-%m-%d %H:%M} UTC"
-                   f"\tpassword changed {account.changed_at:%Y-%m-%d %H:%M} UTC")
+        click.echo(tr("{name}\tcreated {created:%Y-%m-%d %H:%M} UTC\tpassword changed {changed:%Y-%m-%d %H:%M} UTC",
+                      name=account.name, created=account.created_at, changed=account.changed_at))

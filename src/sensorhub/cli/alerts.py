@@ -16,6 +16,7 @@ import click
 from sensorhub.cli.base import cli, pass_settings
 from sensorhub.config import Settings
 from sensorhub.errors import AlertError
+from sensorhub.i18n import N_, tr
 
 #: The rule options of `add` and `edit`: (option, field of alertedit, type, help).
 _RULE_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
@@ -61,7 +62,7 @@ def _changes(options: dict[str, Any]) -> dict[str, Any]:
         changes["repeat"] = None
     chosen = [name for name in ("devices", "device_ids", "all_devices") if options[name]]
     if len(chosen) > 1:
-        raise AlertError("choose one of --devices, --device-ids and --all-devices")
+        raise AlertError(N_("choose one of --devices, --device-ids and --all-devices"))
     if options["devices"] is not None:
         changes.update(selector="pattern", devices=options["devices"])
     elif options["device_ids"] is not None:
@@ -80,7 +81,7 @@ def _edited(base: Any, changes: dict[str, Any]) -> Any:
     try:
         return edited(base, changes)
     except RuleError as err:
-        raise AlertError(f"rule refused: {str(err).replace('operator:', '--op:')}") from err
+        raise AlertError(N_("rule refused: {reason}"), reason=str(err).replace("operator:", "--op:")) from err
 
 
 def _find(conn: Any, key: str) -> Any:
@@ -88,14 +89,14 @@ def _find(conn: Any, key: str) -> Any:
 
     rule = find_rule(conn, key)
     if rule is None:
-        raise AlertError(f"no alert rule has the id or name {key!r} (`sensorhub alert list`)")
+        raise AlertError(N_("no alert rule has the id or name {key!r} (`sensorhub alert list`)"), key=key)
     return rule
 
 
 def _store_error(err: Exception, name: str) -> AlertError:
     if "unique" in str(getattr(err, "orig", err)).lower():
-        return AlertError(f"an alert rule is already called {name!r}")
-    return AlertError(f"cannot store the rule: {str(err).splitlines()[0]}")
+        return AlertError(N_("an alert rule is already called {name!r}"), name=name)
+    return AlertError(N_("cannot store the rule: {reason}"), reason=str(err).splitlines()[0])
 
 
 @cli.group()
@@ -112,12 +113,14 @@ def alert_list(settings: Settings) -> None:
     with _engine(settings).connect() as conn:
         rules = load_rules(conn)
     if not rules:
-        click.echo("no alert rule (`sensorhub alert add NAME --metric light --op '<' --trigger 10`)")
+        click.echo(tr("no alert rule (`sensorhub alert add NAME --metric light --op '<' --trigger 10`)"))
     for rule in rules:
-        scope = {"all": "all devices", "list": f"devices {rule.devices}", "pattern": f"devices {rule.devices!r}"}
-        repeat = f", remind every {rule.repeat_seconds:g} s" if rule.repeat_seconds else ""
-        click.echo(f"{rule.id}\t{rule.name}\t{'enabled' if rule.enabled else 'disabled'}\t{rule.severity.value}\t"
-                   f"{scope[rule.selector]}\t{rule.describe()}{repeat}")
+        scope = {"all": tr("all devices"), "list": tr("devices {devices}", devices=rule.devices),
+                 "pattern": tr("devices {devices!r}", devices=rule.devices)}
+        repeat = tr(", remind every {seconds:g} s", seconds=rule.repeat_seconds) if rule.repeat_seconds else ""
+        state = tr("enabled") if rule.enabled else tr("disabled")
+        click.echo(f"{rule.id}\t{rule.name}\t{state}\t{rule.severity.value}\t{scope[rule.selector]}\t"
+                   f"{rule.describe()}{repeat}")
 
 
 @alert.command("add")
@@ -136,7 +139,10 @@ def alert_add(settings: Settings, /, name: str, **options: Any) -> None:
             rule_id = add_rule(conn, rule, _now_us())
     except IntegrityError as err:
         raise _store_error(err, name) from err
-    click.echo(f"alert rule {rule_id} {name} added: {rule.describe()}{'' if rule.enabled else ' (disabled)'}")
+    if rule.enabled:
+        click.echo(tr("alert rule {id} {name} added: {rule}", id=rule_id, name=name, rule=rule.describe()))
+    else:
+        click.echo(tr("alert rule {id} {name} added: {rule} (disabled)", id=rule_id, name=name, rule=rule.describe()))
 
 
 @alert.command("edit")
@@ -156,7 +162,7 @@ def alert_edit(settings: Settings, /, rule: str, new_name: str | None, **options
     if new_name is not None:
         changes["name"] = new_name
     if not changes:
-        raise AlertError("nothing to change: give at least one option (`sensorhub alert edit --help`)")
+        raise AlertError(N_("nothing to change: give at least one option (`sensorhub alert edit --help`)"))
     try:
         with _engine(settings).begin() as conn:
             current = _find(conn, rule)
@@ -164,8 +170,12 @@ def alert_edit(settings: Settings, /, rule: str, new_name: str | None, **options
             update_rule(conn, changed, _now_us())
     except IntegrityError as err:
         raise _store_error(err, changes.get("name", rule)) from err
-    click.echo(f"alert rule {changed.id} {changed.name} changed: {changed.describe()}"
-               f"{'' if changed.enabled else ' (disabled)'}")
+    if changed.enabled:
+        click.echo(tr("alert rule {id} {name} changed: {rule}", id=changed.id, name=changed.name,
+                      rule=changed.describe()))
+    else:
+        click.echo(tr("alert rule {id} {name} changed: {rule} (disabled)", id=changed.id, name=changed.name,
+                      rule=changed.describe()))
 
 
 def _set_enabled(settings: Settings, key: str, enabled: bool) -> None:
@@ -176,7 +186,10 @@ def _set_enabled(settings: Settings, key: str, enabled: bool) -> None:
     with _engine(settings).begin() as conn:
         current = _find(conn, key)
         update_rule(conn, replace(current, enabled=enabled), _now_us())
-    click.echo(f"alert rule {current.id} {current.name} {'enabled' if enabled else 'disabled'}")
+    if enabled:
+        click.echo(tr("alert rule {id} {name} enabled", id=current.id, name=current.name))
+    else:
+        click.echo(tr("alert rule {id} {name} disabled", id=current.id, name=current.name))
 
 
 @alert.command("enable")
@@ -205,7 +218,7 @@ def alert_rm(settings: Settings, rule: str) -> None:
     with _engine(settings).begin() as conn:
         current = _find(conn, rule)
         delete_rule(conn, current.id)
-    click.echo(f"alert rule {current.id} {current.name} deleted, with its alerts")
+    click.echo(tr("alert rule {id} {name} deleted, with its alerts", id=current.id, name=current.name))
 
 
 @alert.command("active")
@@ -217,14 +230,16 @@ def alert_active(settings: Settings) -> None:
     with _engine(settings).connect() as conn:
         found = alertviews.active(conn)
     if not found:
-        click.echo("no active alert")
+        click.echo(tr("no active alert"))
     now = _stamp(_now_us())
     for row in found:
         value = "" if row.last_value is None or row.metric == "silence" else f"\t{row.metric} {row.last_value:g}"
-        acked = f"\tacknowledged by {row.acked_by}" if row.acked_at else ""
-        snoozed = f"\tsnoozed until {(row.snoozed_until or '')[:19]} UTC" if row.snoozed(now) else ""
-        click.echo(f"{row.id}\t{row.state}\t{row.severity}\t{row.rule_name}\t{row.device_name} (device "
-                   f"{row.device_id})\tsince {(row.fired_at or row.since)[:19]} UTC{value}{acked}{snoozed}")
+        acked = "\t" + tr("acknowledged by {who}", who=row.acked_by) if row.acked_at else ""
+        snoozed = "\t" + tr("snoozed until {until} UTC", until=(row.snoozed_until or "")[:19]) if row.snoozed(now) \
+            else ""
+        click.echo(tr("{id}\t{state}\t{severity}\t{rule}\t{device} (device {device_id})\tsince {since} UTC",
+                      id=row.id, state=row.state, severity=row.severity, rule=row.rule_name, device=row.device_name,
+                      device_id=row.device_id, since=(row.fired_at or row.since)[:19]) + f"{value}{acked}{snoozed}")
 
 
 def _stamp(micros: int) -> str:
@@ -238,9 +253,9 @@ def _active_alert(conn: Any, alert_id: int) -> Any:
 
     found = alertviews.get_alert(conn, alert_id)
     if found is None:
-        raise AlertError(f"no alert has the id {alert_id} (`sensorhub alert active`)")
+        raise AlertError(N_("no alert has the id {id} (`sensorhub alert active`)"), id=alert_id)
     if found.state == "resolved":
-        raise AlertError(f"alert {alert_id} is already resolved")
+        raise AlertError(N_("alert {id} is already resolved"), id=alert_id)
     return found
 
 
@@ -254,11 +269,12 @@ def alert_ack(settings: Settings, alert_id: int, who: str | None) -> None:
 
     who = (who or getpass.getuser()).strip()
     if not who:
-        raise AlertError("--by: a name")
+        raise AlertError(N_("--by: a name"))
     with _engine(settings).begin() as conn:
         found = _active_alert(conn, alert_id)
         acknowledge(conn, alert_id, who, _now_us())
-    click.echo(f"alert {alert_id} ({found.rule_name} on {found.device_name}) acknowledged by {who[:64]}")
+    click.echo(tr("alert {id} ({rule} on {device}) acknowledged by {who}", id=alert_id, rule=found.rule_name,
+                  device=found.device_name, who=who[:64]))
 
 
 @alert.command("snooze")
@@ -274,4 +290,5 @@ def alert_snooze(settings: Settings, alert_id: int, minutes: float) -> None:
     with _engine(settings).begin() as conn:
         found = _active_alert(conn, alert_id)
         snooze(conn, alert_id, until)
-    click.echo(f"alert {alert_id} ({found.rule_name} on {found.device_name}) snoozed until {_stamp(until)[:19]} UTC")
+    click.echo(tr("alert {id} ({rule} on {device}) snoozed until {until} UTC", id=alert_id, rule=found.rule_name,
+                  device=found.device_name, until=_stamp(until)[:19]))

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from sensorhub.cli import lang
 from sensorhub.config import SETTINGS, Settings
 
 logger = logging.getLogger(__name__)
@@ -18,8 +19,8 @@ def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one CLI flag per row of the settings table."""
     for spec in reversed(SETTINGS):
         command = click.option(
-            spec.flag, spec.name, default=None, metavar="VALUE",
-            help=f"{spec.help} [env {spec.env}; default {spec.default or '(empty)'}]",
+            spec.flag, spec.name, default=None, metavar="VALUE", cls=lang.SettingOption, spec=spec,
+            help=lang.setting_help(spec),
         )(command)
     return command
 
@@ -45,6 +46,7 @@ def cli(ctx: click.Context, /, **overrides: str | None) -> None:
     Every setting comes from its SENSORHUB_* environment variable or the flag of the same name.
     """
     settings = Settings.load(overrides=overrides)
+    lang.apply(settings.cli_language)
     configure_logging(settings)
     ctx.obj = settings
 

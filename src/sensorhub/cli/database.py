@@ -10,6 +10,7 @@ import click
 
 from sensorhub.cli.base import cli, pass_settings
 from sensorhub.config import Settings
+from sensorhub.i18n import tr
 
 
 @cli.group()
@@ -26,7 +27,7 @@ def db_init(settings: Settings) -> None:
 
     engine = make_engine(settings.database_url, create_dir=True)
     init_db(engine)
-    click.echo(f"database ready: {display_url(settings.database_url)}")
+    click.echo(tr("database ready: {url}", url=display_url(settings.database_url)))
 
 
 @db.command("seed")
@@ -41,7 +42,7 @@ def db_seed(settings: Settings, devices: int) -> None:
     engine = make_engine(settings.database_url)
     check_schema(engine)
     added = seed(engine, devices=devices)
-    click.echo(f"added {added} demo devices with a day of readings")
+    click.echo(tr("added {count} demo devices with a day of readings", count=added))
 
 
 @db.command("upgrade")
@@ -51,7 +52,12 @@ def db_upgrade(settings: Settings) -> None:
     from sensorhub.db.schema import upgrade
 
     before, after = upgrade(settings.database_url)
-    click.echo(f"database at schema {after}" + (f" (was {before or 'empty'})" if before != after else ""))
+    if before == after:
+        click.echo(tr("database at schema {after}", after=after))
+    elif before:
+        click.echo(tr("database at schema {after} (was {before})", after=after, before=before))
+    else:
+        click.echo(tr("database at schema {after} (was empty)", after=after))
 
 
 @db.command("backup")
@@ -65,7 +71,8 @@ def db_backup(settings: Settings, file: Path, force: bool) -> None:
 
     check_schema(settings.database_url)
     result = backup(settings.database_url, file, overwrite=force)
-    click.echo(f"backup written to {result.path} ({result.size:,} bytes in {result.seconds:.1f} s, integrity ok)")
+    click.echo(tr("backup written to {path} ({size:,} bytes in {seconds:.1f} s, integrity ok)", path=result.path,
+                  size=result.size, seconds=result.seconds))
 
 
 @db.command("reset")
@@ -76,9 +83,10 @@ def db_reset(settings: Settings, yes: bool) -> None:
     from sensorhub.db.schema import display_url, reset
 
     if not yes:
-        click.confirm(f"Delete ALL devices and readings in {display_url(settings.database_url)}?", abort=True)
+        click.confirm(tr("Delete ALL devices and readings in {url}?", url=display_url(settings.database_url)),
+                      abort=True)
     kept = reset(settings.database_url)
-    click.echo(f"database reset ({kept} web account(s) kept)")
+    click.echo(tr("database reset ({count} web account(s) kept)", count=kept))
 
 
 def _moment(value: str | None, option: str) -> datetime | None:
@@ -87,8 +95,8 @@ def _moment(value: str | None, option: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 date and time (2026-11-29T08:00:00+01:00)",
-                                 param_hint=option) from None
+        raise click.BadParameter(tr("{value!r} is not an ISO 8601 date and time (2026-11-29T08:00:00+01:00)",
+                                    value=value), param_hint=option) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
@@ -113,7 +121,7 @@ def export(settings: Settings, start_text: str | None, end_text: str | None, dev
     end = _moment(end_text, "--to") or datetime.now(UTC)
     start = _moment(start_text, "--from") or end - timedelta(hours=24)
     if start >= end:
-        raise click.BadParameter("must come before --to", param_hint="--from")
+        raise click.BadParameter(tr("must come before --to"), param_hint="--from")
     check_schema(settings.database_url)
     engine = make_engine(settings.database_url, read_only=True)
     kinds = list(Kind) if kind is None else [Kind(kind)]
@@ -122,10 +130,10 @@ def export(settings: Settings, start_text: str | None, end_text: str | None, dev
         with engine.connect() as conn:
             rows = history.write_export(conn, out, start, end, kinds, device)
     except UnknownDevice as err:
-        raise click.BadParameter(str(err), param_hint="--device") from None
+        raise click.BadParameter(err.translated(), param_hint="--device") from None
     finally:
         if output is not None:
             out.close()
         engine.dispose()
     if output is not None:
-        click.echo(f"{rows:,} readings written to {output}", err=True)
+        click.echo(tr("{count:,} readings written to {path}", count=rows, path=output), err=True)

@@ -9,6 +9,7 @@ import click
 
 from sensorhub.cli.base import cli, pass_settings
 from sensorhub.config import Settings
+from sensorhub.i18n import N_, tr
 
 
 @cli.group()
@@ -40,8 +41,11 @@ def tls_self_signed(settings: Settings, cert: str | None, key: str | None, names
     existing = [str(path) for path in (cert_path, key_path) if path.exists()]
     if existing and not force:
         # As `db backup`: boards and browsers may trust this certificate already; replacing it is a choice.
-        raise ConfigError(f"{' and '.join(existing)} already exist(s): pass --force to replace them, or choose "
-                       "other files with --cert and --key")
+        if len(existing) == 2:
+            raise ConfigError(N_("{cert} and {key} already exist: pass --force to replace them, or choose other "
+                                 "files with --cert and --key"), cert=existing[0], key=existing[1])
+        raise ConfigError(N_("{file} already exists: pass --force to replace it, or choose other files with --cert "
+                             "and --key"), file=existing[0])
     dns, addresses = machine_names()
     for extra in names:
         try:
@@ -49,11 +53,12 @@ def tls_self_signed(settings: Settings, cert: str | None, key: str | None, names
         except ValueError:
             dns.append(extra)
     make_self_signed(cert_path, key_path, dns, addresses)
-    click.echo(f"certificate {cert_path} (for {', '.join(dns + addresses)}), key {key_path} (mode 0600)")
-    click.echo("use them with:")
+    click.echo(tr("certificate {cert} (for {names}), key {key} (mode 0600)", cert=cert_path,
+                  names=", ".join(dns + addresses), key=key_path))
+    click.echo(tr("use them with:"))
     click.echo(f"  export SENSORHUB_TLS_CERT={cert_path.resolve()} SENSORHUB_TLS_KEY={key_path.resolve()}")
-    click.echo("browsers will warn that it is self-signed; boards and scripts must be given the certificate to "
-               "trust it")
+    click.echo(tr("browsers will warn that it is self-signed; boards and scripts must be given the certificate "
+                  "to trust it"))
 
 
 @cli.command()
@@ -80,8 +85,10 @@ def status(settings: Settings, as_json: bool) -> None:
         click.echo(json.dumps(found.as_json(), indent=2, ensure_ascii=False))
     else:
         for check in found.checks:
-            click.echo(f"{check.name:<9} {'ok' if check.ok else 'FAILED':<7} {check.detail}")
-        click.echo(found.summary())
+            verdict = tr("ok") if check.ok else tr("FAILED")
+            click.echo(f"{check.name:<9} {verdict:<7} {check.translated()}")
+        problems = "; ".join(f"{check.name}: {check.translated()}" for check in found.checks if not check.ok)
+        click.echo(tr("healthy") if found.ok else tr("unhealthy: {problems}", problems=problems))
     sys.exit(0 if found.ok else 1)
 
 
@@ -106,7 +113,7 @@ def service_install(root: Path, dry_run: bool, start: bool) -> None:
 
     systemd.install(systemd.default_executable(), root, dry_run=dry_run, start=start, echo=click.echo)
     if not start and not dry_run:
-        click.echo("start them with: sudo systemctl enable --now " + " ".join(systemd.UNITS))
+        click.echo(tr("start them with: {command}", command="sudo systemctl enable --now " + " ".join(systemd.UNITS)))
 
 
 @service.command("uninstall")
@@ -117,4 +124,5 @@ def service_uninstall(root: Path, dry_run: bool) -> None:
     from sensorhub import systemd
 
     systemd.uninstall(root, dry_run=dry_run, echo=click.echo)
-    click.echo(f"kept {systemd.ENV_FILE.as_posix()} and {systemd.STATE} (remove them yourself if you want)")
+    click.echo(tr("kept {env_file} and {state} (remove them yourself if you want)",
+                  env_file=systemd.ENV_FILE.as_posix(), state=systemd.STATE))

@@ -10,6 +10,7 @@ import click
 
 from sensorhub.cli.base import cli, pass_settings
 from sensorhub.config import Settings
+from sensorhub.i18n import tr
 from sensorhub.process import notify
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def broker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with broker as running:
         notify("READY=1")
-        click.echo(f"broker running (config {running.config_path}); Ctrl-C stops it", err=True)
+        click.echo(tr("broker running (config {path}); Ctrl-C stops it", path=running.config_path), err=True)
         try:
             status = running.wait()
         except KeyboardInterrupt:

@@ -7,6 +7,7 @@ import click
 from sensorhub.cli.accounts import accounts_engine
 from sensorhub.cli.base import cli, pass_settings
 from sensorhub.config import Settings
+from sensorhub.i18n import tr
 
 
 @cli.group()
@@ -23,8 +24,10 @@ def token_add(settings: Settings, name: str, read_only: bool) -> None:
     from sensorhub import tokens
 
     secret = tokens.add(accounts_engine(settings), name, read_only)
-    click.echo(f"token {name} added{' (read-only)' if read_only else ''}; it is shown this once, keep it now:",
-               err=True)
+    if read_only:
+        click.echo(tr("token {name} added (read-only); it is shown this once, keep it now:", name=name), err=True)
+    else:
+        click.echo(tr("token {name} added; it is shown this once, keep it now:", name=name), err=True)
     click.echo(secret)
 
 
@@ -36,10 +39,11 @@ def token_list(settings: Settings) -> None:
 
     found = tokens.list_tokens(accounts_engine(settings))
     if not found:
-        click.echo("no token (`sensorhub token add NAME`)")
+        click.echo(tr("no token (`sensorhub token add NAME`)"))
     for item in found:
-        click.echo(f"{item.name}\t{item.prefix}…\t{'read-only' if item.read_only else 'read-write'}"
-                   f"\tcreated {item.created_at:%Y-%m-%d %H:%M} UTC")
+        access = tr("read-only") if item.read_only else tr("read-write")
+        click.echo(tr("{name}\t{prefix}…\t{access}\tcreated {created:%Y-%m-%d %H:%M} UTC", name=item.name,
+                      prefix=item.prefix, access=access, created=item.created_at))
 
 
 @token.command("revoke")
@@ -50,4 +54,4 @@ def token_revoke(settings: Settings, name: str) -> None:
     from sensorhub import tokens
 
     tokens.revoke(accounts_engine(settings), name)
-    click.echo(f"token {name} revoked")
+    click.echo(tr("token {name} revoked", name=name))

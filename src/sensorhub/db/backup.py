@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sensorhub.db.engine import BUSY_TIMEOUT_MS, sqlite_path
 from sensorhub.errors import DatabaseError
+from sensorhub.i18n import N_
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +35,16 @@ def backup(url: str, target: Path, *, overwrite: bool = False) -> BackupResult:
     """Copy the SQLite database of `url` to `target` (mode 0600); DatabaseError in one line if it cannot."""
     source = sqlite_path(url)
     if source is None:
-        raise DatabaseError("only a SQLite database file can be backed up this way: back up PostgreSQL with its own "
-                            "tools (pg_dump -Fc, or continuous archiving), docs/install.md, \"PostgreSQL\"")
+        raise DatabaseError(N_("only a SQLite database file can be backed up this way: back up PostgreSQL with its "
+                               "own tools (pg_dump -Fc, or continuous archiving), docs/install.md, \"PostgreSQL\""))
     if not source.exists():
-        raise DatabaseError(f"no database at {source}: nothing to back up")
+        raise DatabaseError(N_("no database at {path}: nothing to back up"), path=source)
     if target.exists() and target.resolve() == source.resolve():
-        raise DatabaseError("the backup cannot overwrite the database itself: choose another file")
+        raise DatabaseError(N_("the backup cannot overwrite the database itself: choose another file"))
     if target.exists() and not overwrite:
-        raise DatabaseError(f"{target} already exists: choose another file or pass --force")
+        raise DatabaseError(N_("{path} already exists: choose another file or pass --force"), path=target)
     if not target.parent.is_dir():
-        raise DatabaseError(f"no directory {target.parent} for the backup")
+        raise DatabaseError(N_("no directory {path} for the backup"), path=target.parent)
     partial = target.with_name(f".{target.name}.partial")
     partial.unlink(missing_ok=True)
     started = time.monotonic()
@@ -67,7 +68,7 @@ def backup(url: str, target: Path, *, overwrite: bool = False) -> BackupResult:
     except sqlite3.Error as err:
         raise DatabaseError(f"cannot back up {source} to {target}: {err}") from err
     except OSError as err:
-        raise DatabaseError(f"cannot write the backup {target}: {err.strerror}") from err
+        raise DatabaseError(N_("cannot write the backup {path}: {reason}"), path=target, reason=err.strerror) from err
     finally:
         partial.unlink(missing_ok=True)
     result = BackupResult(target, target.stat().st_size, time.monotonic() - started)

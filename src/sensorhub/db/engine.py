@@ -11,6 +11,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from sensorhub.errors import DatabaseError
+from sensorhub.i18n import N_
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +66,16 @@ def make_engine(url: str, *, read_only: bool = False, create_dir: bool = False,
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise DatabaseError(f"cannot create the database directory {path.parent}: {err}") from err
+                raise DatabaseError(N_("cannot create the database directory {path}: {reason}"), path=path.parent,
+                                    reason=err) from err
             try:
                 # Readable by its owner only (SQLite gives its -wal and -shm files the same mode).
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             except OSError as err:
-                raise DatabaseError(f"cannot create the database {path}: {err.strerror}") from err
+                raise DatabaseError(N_("cannot create the database {path}: {reason}"), path=path,
+                                    reason=err.strerror) from err
         elif not path.exists():
-            raise DatabaseError(f"no database at {path}: create it with `make db` (sensorhub db init)")
+            raise DatabaseError(N_("no database at {where}: create it with `make db` (sensorhub db init)"), where=path)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, **pool)
     event.listen(engine, "connect", lambda c, r: _set_pragmas(c, r, read_only=read_only))
     return engine
@@ -85,4 +88,5 @@ def _postgresql_engine(url: str, *, read_only: bool, pool: dict[str, int]) -> En
         return create_engine(url, pool_pre_ping=True, connect_args={
             "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "sensorhub", "options": options}, **pool)
     except ImportError as err:
-        raise DatabaseError(f"the PostgreSQL driver is missing ({err}): run `make install` (psycopg)") from err
+        raise DatabaseError(N_("the PostgreSQL driver is missing ({reason}): run `make install` (psycopg)"),
+                            reason=err) from err

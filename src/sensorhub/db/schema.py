@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub.db.engine import make_engine, sqlite_path
 from sensorhub.errors import DatabaseError, reason
+from sensorhub.i18n import N_
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def _look_sqlite(path: Path) -> Found:
     try:
         conn = sqlite3.connect(f"file:{pathname2url(str(path.resolve()))}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as err:
-        raise DatabaseError(f"cannot open the database {path}: {err}") from err
+        raise DatabaseError(N_("cannot open the database {where}: {reason}"), where=path, reason=err) from err
     try:
         tables = frozenset(row[0] for row in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
@@ -119,8 +120,8 @@ def _look_sqlite(path: Path) -> Found:
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
             revision = None if row is None else str(row[0])
     except sqlite3.DatabaseError as err:
-        raise DatabaseError(f"{path} is not a SQLite database ({err}): point SENSORHUB_DATABASE_URL at "
-                            "sensorhub's database") from None
+        raise DatabaseError(N_("{path} is not a SQLite database ({reason}): point SENSORHUB_DATABASE_URL at "
+                               "sensorhub's database"), path=path, reason=err) from None
     finally:
         conn.close()
     return _classify(tables, revision, user_version)
@@ -135,7 +136,8 @@ def _look_engine(url: str) -> Found:
             if "alembic_version" in tables:
                 revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as err:
-        raise DatabaseError(f"cannot open the database {engine.url!r}: {reason(err)}") from err
+        raise DatabaseError(N_("cannot open the database {where}: {reason}"), where=repr(engine.url),
+                            reason=reason(err)) from err
     finally:
         engine.dispose()
     return _classify(tables, revision, None)
@@ -162,20 +164,22 @@ def check_schema(database: Engine | str) -> None:
         case State.CURRENT:
             return
         case State.MISSING:
-            raise DatabaseError(f"no database at {where}: create it with `make db` (sensorhub db init)")
+            raise DatabaseError(N_("no database at {where}: create it with `make db` (sensorhub db init)"), where=where)
         case State.EMPTY:
-            raise DatabaseError(f"the database {where} is empty: create its schema with `make db` "
-                                "(sensorhub db init)")
+            raise DatabaseError(N_("the database {where} is empty: create its schema with `make db` "
+                                   "(sensorhub db init)"), where=where)
         case State.LEGACY | State.OLDER:
-            raise DatabaseError(f"the database {where} has an older schema ({found.revision or 'first release'}, "
-                                f"this sensorhub needs {head()}): upgrade it with `make db` (sensorhub db upgrade)")
+            raise DatabaseError(N_("the database {where} has an older schema ({found}, this sensorhub needs {head}): "
+                                   "upgrade it with `make db` (sensorhub db upgrade)"), where=where,
+                                found=found.revision or "first release", head=head())
         case State.NEWER:
-            raise DatabaseError(f"the database {where} was made by a newer sensorhub (schema {found.revision}; "
-                                f"this one knows up to {head()}): upgrade sensorhub")
+            raise DatabaseError(N_("the database {where} was made by a newer sensorhub (schema {found}; this one "
+                                   "knows up to {head}): upgrade sensorhub"), where=where, found=found.revision,
+                                head=head())
         case State.FOREIGN:
             shown = ", ".join(sorted(found.tables)[:5]) + ("…" if len(found.tables) > 5 else "")
-            raise DatabaseError(f"{where} is not a sensorhub database (its tables: {shown}): point "
-                                "SENSORHUB_DATABASE_URL at another file")
+            raise DatabaseError(N_("{where} is not a sensorhub database (its tables: {shown}): point "
+                                   "SENSORHUB_DATABASE_URL at another file"), where=where, shown=shown)
 
 
 def upgrade(url: str) -> tuple[str | None, str]:
@@ -194,7 +198,8 @@ def upgrade(url: str) -> tuple[str | None, str]:
                 command.stamp(config, BASELINE)
             command.upgrade(config, "head")
     except SQLAlchemyError as err:
-        raise DatabaseError(f"cannot upgrade the database {engine.url!r}: {reason(err)}") from err
+        raise DatabaseError(N_("cannot upgrade the database {where}: {reason}"), where=repr(engine.url),
+                            reason=reason(err)) from err
     finally:
         engine.dispose()
     after = head()
