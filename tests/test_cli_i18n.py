@@ -17,6 +17,7 @@ from babel.messages.pofile import read_po
 
 from sensorhub import i18n
 from sensorhub.config import Settings
+from sensorhub.db import schema
 from sensorhub.errors import ConfigError, DatabaseError
 from sensorhub.process import Child, ComponentError
 from sensorhub.supervisor import tls_ports
@@ -89,7 +90,7 @@ def test_the_same_commands_in_french_and_english(home: Path) -> None:
                            "(`sensorhub user add NOM`)"),
         ("token", "list"): ("no token (`sensorhub token add NAME`)", "aucun jeton (`sensorhub token add NOM`)"),
         ("alert", "active"): ("no active alert", "aucune alerte active"),
-        ("db", "upgrade"): ("database at schema 0008", "base de données au schéma 0008"),
+        ("db", "upgrade"): (f"database at schema {schema.head()}", f"base de données au schéma {schema.head()}"),
     }
     for args, (english, french) in expected.items():
         for env, text in (({"LANG": "C"}, english), ({"LANG": "en_US.UTF-8"}, english), ({}, english),
