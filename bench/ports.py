@@ -7,20 +7,11 @@ import os
 import random
 import socket
 from collections.abc import Iterator
-from pathlib import Path
+
+from sensorhub.ports import LOOPBACK_FLOOR, ephemeral_range
 
 #: The lowest port handed out: above the well-known and most registered services' ports.
-FLOOR = 10000
-_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-
-
-def ephemeral_range() -> tuple[int, int]:
-    """The kernel's range of source ports for outgoing connections (Linux's default when it cannot be read)."""
-    try:
-        low, high = (int(part) for part in _RANGE_FILE.read_text().split())
-    except (OSError, ValueError):
-        return 32768, 60999
-    return low, high
+FLOOR = LOOPBACK_FLOOR
 
 
 def _candidates() -> Iterator[int]:

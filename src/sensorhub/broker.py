@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -31,7 +30,7 @@ from sensorhub.credentials import (
 )
 from sensorhub.errors import BrokerError
 from sensorhub.i18n import N_, Msg
-from sensorhub.ports import ensure_free
+from sensorhub.ports import ensure_free, loopback_port
 from sensorhub.process import NOTIFY_ENV, NotifySocket
 from sensorhub.protocol import HA_MAX_PACKET, MAX_PACKET
 from sensorhub.tls import check_tls_files
@@ -237,7 +236,7 @@ class Broker:
         reserved_ids = reserve.build(passwd.parent)
         tls = _copy_tls_files(self.settings, passwd.parent) if self.settings.tls else None
         self._tls = tls
-        self.ws_upstream = _loopback_port()
+        self.ws_upstream = loopback_port()
         user_line = _user_line([log_file, passwd, BASE_CONFIG])
         # Always a copy: the WebSockets listener moves to the loopback interface, behind the guard.
         self._tmpdir = tempfile.TemporaryDirectory(prefix="sensorhub-broker-")
@@ -400,13 +399,6 @@ def _taken_port(log: Path, offset: int) -> int | None:
     found = (re.search(rb"listen socket on port (\d+)\.\s*\n[^\n]*Error: Address already in use", text)
              or re.search(rb"Error: Unable to create websockets listener on port (\d+)", text))
     return int(found.group(1)) if found else None
-
-
-def _loopback_port() -> int:
-    """A free TCP port on 127.0.0.1, for mosquitto's WebSockets listener behind the guard."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _running_line(log: Path, offset: int) -> bool:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import random
 import socket
 import time
+from pathlib import Path
 
 from sensorhub.errors import SensorhubError
 from sensorhub.i18n import N_, tr
@@ -64,3 +66,37 @@ def wait_free(port: int, timeout: float, host: str = "") -> bool:
             time.sleep(0.1)
         else:
             return True
+
+
+#: The lowest port `loopback_port` hands out: above the well-known and most registered services' ports.
+LOOPBACK_FLOOR = 10000
+_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (Linux's default when it cannot be read)."""
+    try:
+        low, high = (int(part) for part in _RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def loopback_port(tries: int = 50) -> int:
+    """A free TCP port on 127.0.0.1 for a listener of our own, below the ephemeral range when there is room.
+
+    A port the kernel picks (bind to port 0) comes from the range it also gives outgoing connections: on a busy
+    machine one of those can take it between this probe and the listener's own bind.
+    """
+    low, _high = ephemeral_range()
+    for _ in range(tries if low - LOOPBACK_FLOOR >= 1000 else 0):
+        port = random.randrange(LOOPBACK_FLOOR, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
