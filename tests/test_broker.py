@@ -296,7 +296,7 @@ def test_a_loopback_port_taken_behind_the_guard_is_replaced(settings: Settings, 
         squatter.listen()
         taken = squatter.getsockname()[1]
         choices = iter([taken, free_port()])
-        monkeypatch.setattr(broker_module, "_loopback_port", lambda: next(choices))
+        monkeypatch.setattr(broker_module, "loopback_port", lambda: next(choices))
         with caplog.at_level(logging.INFO, logger="sensorhub.broker"), Broker(settings) as running:
             assert running.ws_upstream != taken
             assert connects(settings.mqtt_ws_port, transport="websockets")
