@@ -47,9 +47,10 @@ MIGRATED = "sensorhub_migrated"
 #: `--dist loadfile --no-loadscope-reorder`), so these start first and the short ones fill in around them. By
 #: default xdist would order modules by their number of tests: the one-test benchmark smoke runs, the longest of all,
 #: started last and the whole run waited for them. A module missing here only starts later.
-LONGEST_FIRST = ("test_bench_scale.py", "test_bench_scale_postgresql.py", "test_bench.py", "test_browser.py",
-                 "test_reliability.py", "test_security.py", "test_web.py", "test_alerts_web.py",
-                 "test_homeassistant.py", "test_bench_postgresql.py", "test_bench_fleet.py", "test_bench_alerts.py")
+LONGEST_FIRST = ("test_bench_pages.py", "test_bench_faults.py", "test_bench_scale.py", "test_bench_scale_postgresql.py",
+                 "test_bench.py", "test_browser.py", "test_reliability.py", "test_security.py", "test_web.py",
+                 "test_alerts_web.py", "test_homeassistant.py", "test_bench_postgresql.py", "test_bench_fleet.py",
+                 "test_bench_alerts.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
