@@ -458,10 +458,9 @@ def test_a_375px_phone_needs_no_horizontal_scrolling(browser: Browser, stack: St
 
 
 @pytest.fixture
-def site(settings: Settings, engine: Any) -> Iterator[Callable[[str], str]]:
-    """The web server alone (enough for /aide): a function giving a path's URL."""
-    with web_server(settings, workers=1):
-        yield lambda path: web_url(settings, path)
+def site(stack: Stack) -> Callable[[str], str]:
+    """A function giving a path's URL on the module's web server (/aide needs nothing else)."""
+    return stack.url
 
 
 #: For every element of the channels table: its right edge beyond the box's, and its text nodes that take more
