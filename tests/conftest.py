@@ -42,7 +42,7 @@ hypothesis_profile.load_profile("sensorhub")
 MIGRATED = "sensorhub_migrated"
 
 
-#: The longest modules, longest first (each alone with `pytest -n 0`, 2026-12-04, at a load average of 5 to 15 on the
+#: The longest modules, longest first (each alone with `pytest -n 0`, 2026-12-04, at a load average of 5 to 24 on the
 #: 2-core machine): `make test` hands out whole modules to its workers in collection order (pytest-xdist's
 #: `--dist loadfile --no-loadscope-reorder`), so these start first and the short ones fill in around them. By
 #: default xdist would order modules by their number of tests: the one-test benchmark smoke runs, the longest of all,
