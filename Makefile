@@ -97,10 +97,11 @@ lint: $(PY_STAMP) $(JS_STAMP) ## Check style (ruff, ESLint), types (mypy) and wh
 
 # Tests run in TEST_WORKERS processes (pytest-xdist), a test module per process at a time: most of their time is
 # spent waiting on real services, so 4 keep a 2-core machine busy (5 min 30 s; 3: 6 min; 1: 9 min 30 s).
+# The longest modules start first (tests/conftest.py, LONGEST_FIRST), not xdist's default order by test count.
 # TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 4
 test: install lint ## Run every test (unit, integration, browser) and a quick benchmark smoke run
-	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 # One scenario (or a few): `make bench BENCH_ARGS="--scenario alerts"` (`--quick`: small numbers; see docs/performance.md).
 bench: install ## Measure throughput, loss and latency (prints a table and a JSON line)

@@ -1,5 +1,9 @@
 """Fixtures that start real services (Mosquitto, SQLite files, PostgreSQL, FIFOs) on free ports and clean up after.
 
+A module's end-to-end tests share one running stack (`stack`: broker, ingest client, gunicorn), started once for
+the module; a module that needs other settings for it overrides `stack_settings`, a test that needs a fresh
+database is marked `own_stack`.
+
 Every test runs on SQLite; a test marked `@both_databases` (tests.support) runs on PostgreSQL too, in a
 database of its own in one throwaway cluster per test session.
 """
@@ -26,7 +30,7 @@ from sensorhub.db.schema import init_db, upgrade
 from sensorhub.web import create_app
 from sensorhub.web.state import web_state
 from tests.pgcluster import Cluster, binaries
-from tests.stack import ROOT
+from tests.stack import ROOT, Stack, running_stack
 from tests.support import CHROMIUM, CHROMIUM_ARGS, digests, settings_for, tracked_files
 
 # The tests read the command line's English messages: a developer's French locale must not translate them (the
@@ -40,6 +44,28 @@ expect.set_options(timeout=15_000)
 hypothesis_profile.register_profile("sensorhub", deadline=None)
 hypothesis_profile.load_profile("sensorhub")
 MIGRATED = "sensorhub_migrated"
+
+
+#: The longest modules, longest first (each alone with `pytest -n 0`, 2026-12-04, at a load average of 5 to 24 on the
+#: 2-core machine): `make test` hands out whole modules to its workers in collection order (pytest-xdist's
+#: `--dist loadfile --no-loadscope-reorder`), so these start first and the short ones fill in around them. By
+#: default xdist would order modules by their number of tests: the one-test benchmark smoke runs, the longest of all,
+#: started last and the whole run waited for them. A module missing here only starts later.
+LONGEST_FIRST = ("test_bench_pages.py", "test_bench_faults.py", "test_bench_scale.py", "test_bench_scale_postgresql.py",
+                 "test_bench.py", "test_browser.py", "test_reliability.py", "test_security.py", "test_web.py",
+                 "test_alerts_web.py", "test_homeassistant.py", "test_bench_postgresql.py", "test_bench_fleet.py",
+                 "test_bench_alerts.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules of LONGEST_FIRST first, in that order; the others after them, in their usual order."""
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's tests keep their order
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The markers the fixtures below read."""
+    config.addinivalue_line("markers", "own_stack: the test gets a `stack` of its own, not its module's shared one")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -132,3 +158,31 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="module")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Settings:
+    """The settings `stack` runs with (a module that needs others, such as JSON logs, overrides this fixture)."""
+    return settings_for(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]))
+
+
+@pytest.fixture(scope="module")
+def shared_stack(stack_settings: Settings) -> Iterator[Stack]:
+    """The stack a module's tests share (`stack`), started at the first test that asks for it."""
+    with running_stack(stack_settings) as running:
+        yield running
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """Broker, `sensorhub client` and `sensorhub web` (2 gunicorn workers) on a database of their own, shared by a
+    module's tests (`shared_stack`): a test may stop or restart a component but must leave it running
+    (tests.stack.running_stack).
+
+    A test marked `own_stack` gets one of its own instead, with the default settings, for what holds on a fresh
+    database only (every device listed is the test's)."""
+    if request.node.get_closest_marker("own_stack") is None:
+        yield request.getfixturevalue("shared_stack")
+        return
+    with running_stack(settings_for(tmp_path)) as own:
+        yield own

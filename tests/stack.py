@@ -108,18 +108,43 @@ class Stack:
         with urllib.request.urlopen(self.url(path), timeout=5) as response:
             return json.load(response)
 
+    def restart_stopped(self) -> None:
+        """Start again what a test stopped on purpose (broker, ingest client, web server), for the module's next
+        test; one that died unasked fails it with its output."""
+        if self.broker.process is None or self.broker.process.poll() is not None:
+            self.broker.start()
+        for child in (self.client, self.web):
+            check_not_died(child)
+            if not child.running:
+                start(child)
+
 
 @contextmanager
 def running_stack(settings: Settings, *, workers: int = 2,
                   prepare: Callable[[Engine], object] | None = None) -> Iterator[Stack]:
     """The database (created, then `prepare`d: accounts, rows), the broker, `sensorhub client` and `sensorhub web`
-    with `workers` gunicorn workers, all of `settings`; stopped in the reverse order."""
+    with `workers` gunicorn workers, all of `settings`; stopped in the reverse order.
+
+    A test may stop, kill or restart a component, or put a new `Broker` in `stack.broker`: what the stack holds on
+    the way out is stopped (a component that died without being asked to fails the test with its output)."""
     engine = make_engine(settings.database_url, create_dir=True)
+    stack: Stack | None = None
     try:
         init_db(engine)
         if prepare is not None:
             prepare(engine)
-        with Broker(settings) as broker, ingest_client(settings) as client, web_server(settings, workers) as web:
-            yield Stack(settings, engine, broker, client, web)
+        broker = Broker(settings)
+        stack = Stack(settings, engine, broker, sensorhub("client", ["client"], settings),
+                      sensorhub("web", ["web", "--workers", str(workers)], settings))
+        broker.start()
+        start(stack.client)
+        start(stack.web)
+        yield stack
+        check_not_died(stack.client)
+        check_not_died(stack.web)
     finally:
+        if stack is not None:
+            stack.web.stop()
+            stack.client.stop()
+            stack.broker.stop()
         engine.dispose()

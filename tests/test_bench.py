@@ -1,35 +1,31 @@
 """A smoke run of the benchmark (`python -m bench --quick`) so that it cannot rot. Nothing here is timed.
 
 The scenarios are split over tests/test_bench*.py so that the parallel run (pytest-xdist, a module per worker)
-spreads them: here the ingest scenarios; test_bench_pages.py the pages and the history; test_bench_faults.py
-broker restarts, commands, worker kills and the footprint; test_bench_scale.py the scale-out comparison.
+spreads them: here the streams of readings; test_bench_fleet.py the many devices and the web server under them;
+test_bench_postgresql.py the streams on PostgreSQL; test_bench_alerts.py the alert rules' cost;
+test_bench_pages.py the pages and the history; test_bench_faults.py broker restarts, commands, worker kills and
+the footprint; test_bench_scale.py the scale-out comparison.
 """
 
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from bench.scenarios import PROBE_WINDOW_US, match_probes
 from tests.support import quick_bench
 
-ROOT = Path(__file__).resolve().parents[1]
-#: The ingest scenarios, smoke-run here; the others in tests/test_bench_pages.py and tests/test_bench_faults.py.
-INGEST = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devices", "web", "memory")
-#: The alert rules' cost (bench/alerts.py), smoke-run on its own.
-ALERTS = ("alerts",)
+#: The streams of readings, smoke-run here; the other scenarios in the other tests/test_bench*.py.
+STREAMS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "memory")
 
 
 def test_the_smoke_runs_cover_every_scenario() -> None:
     from bench.__main__ import SCENARIOS
+    from tests.test_bench_alerts import ALERTS
     from tests.test_bench_faults import FAULTS
+    from tests.test_bench_fleet import FLEET
     from tests.test_bench_pages import PAGES
 
-    assert sorted(INGEST + ALERTS + PAGES + FAULTS) == sorted(SCENARIOS)
+    assert sorted(STREAMS + FLEET + ALERTS + PAGES + FAULTS) == sorted(SCENARIOS)
 
 
 
@@ -49,47 +45,14 @@ def test_each_latency_probe_is_matched_to_its_own_row() -> None:
 
 
 @pytest.mark.integration
-def test_the_alerts_scenario_loses_nothing_and_fires_each_alert_once() -> None:
-    figures = quick_bench(*ALERTS)["figures"]
-    assert set(figures) == {"alerts_ingest", "alerts_writer", "alerts_silence"}
-    ingest = figures["alerts_ingest"]
-    assert ingest["lost"] == 0 and ingest["duplicated"] == 0, ingest
-    assert len(ingest["without_per_s"]) == len(ingest["with_per_s"]) >= 1
-    assert ingest["fired"] > 0 and ingest["doubled"] == 0, ingest  # some rules fired, never twice at once
-    silence = figures["alerts_silence"]
-    # every silent device's alert fired once, none before its silence was due, each with its notification
-    assert silence["fired"] == silence["devices"] == silence["outbox"] > 0 and silence["early"] == 0, silence
-
-
-@pytest.mark.integration
-def test_the_ingest_scenarios_lose_nothing() -> None:
-    report = quick_bench(*INGEST)
+def test_the_streams_of_readings_lose_nothing() -> None:
+    report = quick_bench(*STREAMS)
     assert report["quick"] is True and report["machine"]["cores"] >= 1
     figures = report["figures"]
-    assert set(figures) == {"sustained_qos0", "sustained_qos1", "burst_qos1", "latency_p99_ms", "devices_2000",
-                            "web_p99_ms", "client_memory"}
+    assert set(figures) == {"sustained_qos0", "sustained_qos1", "burst_qos1", "latency_p99_ms", "client_memory"}
     # correctness, not speed: nothing may be lost even in a smoke run
-    for key in ("sustained_qos0", "sustained_qos1", "devices_2000"):
+    for key in ("sustained_qos0", "sustained_qos1"):
         assert figures[key]["lost"] == 0, figures[key]
     assert figures["sustained_qos0"]["duplicated"] == 0
     assert figures["burst_qos1"]["stored"] == figures["burst_qos1"]["sent"]
     assert figures["client_memory"]["stored"] == figures["client_memory"]["sent"]
-    assert figures["web_p99_ms"]["full_scans"] == []
-
-
-@pytest.mark.integration
-def test_the_ingest_scenarios_on_postgresql_lose_nothing() -> None:
-    from tests.pgcluster import binaries
-
-    if binaries() is None:
-        pytest.skip("PostgreSQL's server binaries are not installed: sudo apt-get install postgresql")
-    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--postgresql"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["postgresql"] is True and report["machine"]["database"].startswith("PostgreSQL ")
-    figures = report["figures"]
-    assert set(figures) == {"sustained_qos0", "sustained_qos1", "burst_qos1"}
-    assert figures["sustained_qos0"]["lost"] == figures["sustained_qos1"]["lost"] == 0
-    assert figures["sustained_qos0"]["duplicated"] == 0
-    assert figures["burst_qos1"]["stored"] == figures["burst_qos1"]["sent"]

@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Locator, Page, Route, expect
 
-from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.simulator import Fleet
 from tests import screenshots
 from tests.screenshots import DESKTOP, PHONE
-from tests.stack import Stack, ingest_client, web_server, web_url
+from tests.stack import Stack, web_server, web_url
 from tests.support import COUNT_RECONCILIATIONS, wait_for
 
 pytestmark = pytest.mark.browser
@@ -27,14 +26,10 @@ _seeds = itertools.count(101)
 
 
 @pytest.fixture
-def stack(settings: Settings, broker: Broker, engine: Any) -> Iterator[Stack]:
-    with ingest_client(settings) as client, web_server(settings, workers=2) as web:
-        yield Stack(settings, engine, broker, client, web)
-
-
-@pytest.fixture
 def fleets(stack: Stack) -> Iterator[Callable[..., Fleet]]:
-    """Start fleets of virtual devices; they all leave (gracefully) before the stack stops."""
+    """Start fleets of virtual devices. The module's tests share conftest's `stack`: afterwards a component the
+    test stopped runs again, the fleets leave (gracefully) and the database has them offline, so that the next
+    test starts with no device online."""
     started: list[Fleet] = []
 
     def start(count: int = 1, interval: float = 0.5, wait: bool = True) -> Fleet:
@@ -46,8 +41,10 @@ def fleets(stack: Stack) -> Iterator[Callable[..., Fleet]]:
         return fleet
 
     yield start
+    stack.restart_stopped()
     for fleet in started:
         fleet.stop()
+    wait_for(lambda: not stack.api("/api/devices?online=1"), 15, what="every device of the test offline")
 
 
 def new_page(browser: Browser, viewport: dict[str, int] | None = None,
@@ -310,22 +307,23 @@ def test_a_device_joining_right_after_navigation_is_shown(page: Page, stack: Sta
     expect(page.locator('[data-live-status][data-state="live"]')).to_be_visible()
 
 
-def test_losing_the_broker_shows_a_banner_and_reconnects(page: Page, stack: Stack, broker: Broker,
+def test_losing_the_broker_shows_a_banner_and_reconnects(page: Page, stack: Stack,
                                                          fleets: Callable[..., Fleet]) -> None:
     open_capteurs(page, stack)
     banner = page.locator("[data-broker-banner]")
     expect(banner).to_be_hidden()
-    broker.stop()
+    stack.broker.stop()
     expect(banner).to_be_visible(timeout=10_000)
     expect(banner).to_contain_text("Connexion au broker MQTT perdue")
     expect(page.locator('[data-live-status][data-state="lost"]')).to_be_visible()
-    broker.start()
+    stack.broker.start()
     expect(page.locator('[data-live-status][data-state="live"]')).to_be_visible(timeout=10_000)
     expect(banner).to_be_hidden()
     fleet = fleets(1, interval=1.0)  # subscribed again: a new device shows up
     expect(card(page, name_of(fleet, 0))).to_be_visible(timeout=5_000)
 
 
+@pytest.mark.own_stack  # /historique lists every device: this one alone
 def test_renaming_from_the_page_keeps_the_live_session(page: Page, stack: Stack,
                                                        fleets: Callable[..., Fleet]) -> None:
     fleet = fleets(1, interval=1.0)
@@ -460,10 +458,9 @@ def test_a_375px_phone_needs_no_horizontal_scrolling(browser: Browser, stack: St
 
 
 @pytest.fixture
-def site(settings: Settings, engine: Any) -> Iterator[Callable[[str], str]]:
-    """The web server alone (enough for /aide): a function giving a path's URL."""
-    with web_server(settings, workers=1):
-        yield lambda path: web_url(settings, path)
+def site(stack: Stack) -> Callable[[str], str]:
+    """A function giving a path's URL on the module's web server (/aide needs nothing else)."""
+    return stack.url
 
 
 #: For every element of the channels table: its right edge beyond the box's, and its text nodes that take more
@@ -515,6 +512,7 @@ def test_the_channels_table_fits_its_box_or_scrolls_and_breaks_no_word(browser: 
     assert errors == []
 
 
+@pytest.mark.own_stack  # every device listed, as `make screenshots` on a fresh database
 def test_the_screenshot_scenario_checks_every_page(browser: Browser, stack: Stack, fleets: Callable[..., Fleet],
                                                    tmp_path: Path) -> None:
     """What `make screenshots` does, into a temporary directory: never into docs/screenshots."""

@@ -14,7 +14,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,6 @@ from sensorhub import accounts, health
 from sensorhub.broker import Broker
 from sensorhub.commands import LedRequest
 from sensorhub.config import Settings
-from sensorhub.db.engine import make_engine
-from sensorhub.db.schema import init_db
 from sensorhub.errors import ConfigError
 from sensorhub.health import write_heartbeat
 from sensorhub.pipe import send_command
@@ -36,7 +33,7 @@ from sensorhub.protocol import Topic
 from sensorhub.telemetry import heartbeat_path
 from sensorhub.web import create_app
 from tests.devices import RawDevice
-from tests.stack import ROOT, Stack, check_not_died, sensorhub, start, web_server, web_url
+from tests.stack import ROOT, Stack, start, web_server, web_url
 from tests.support import settings_for, wait_for
 
 pytestmark = pytest.mark.integration
@@ -49,26 +46,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Broker, ingest client and web server, logging JSON at INFO, their heartbeat and metrics in a runtime
-    directory of their own; a test may stop one and must leave it running again."""
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The module's stack (conftest's `stack`) logs JSON at INFO, its heartbeat and metrics in a runtime directory of
+    its own; a test may stop one of its components and must leave it running again."""
     directory = tmp_path_factory.mktemp("monitoring")
-    settings = settings_for(directory).replace(log_format="json", log_level="INFO", runtime_dir=str(directory / "run"))
-    engine = make_engine(settings.database_url, create_dir=True)
-    init_db(engine)
-    broker = Broker(settings)
-    broker.start()
-    client = start(sensorhub("client", ["client"], settings))
-    web = start(sensorhub("web", ["web", "--workers", "2"], settings))
-    running = Stack(settings, engine, broker, client, web)
-    try:
-        yield running
-        check_not_died(running.web)
-    finally:
-        running.web.stop()
-        running.client.stop()
-        running.broker.stop()
-        engine.dispose()
+    return settings_for(directory).replace(log_format="json", log_level="INFO", runtime_dir=str(directory / "run"))
 
 
 def healthz(settings: Settings) -> tuple[int, dict[str, Any]]:

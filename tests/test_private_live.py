@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -17,10 +16,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from sensorhub import accounts, livetoken
 from sensorhub.broker import Broker
+from sensorhub.config import Settings
 from sensorhub.credentials import web_secret_key
 from sensorhub.protocol import LIVE_TOPIC, Topic
 from tests.devices import RawDevice
-from tests.stack import Stack, running_stack
+from tests.stack import Stack
 from tests.support import connects, settings_for, wait_for
 from tests.visitor import Browser
 
@@ -31,11 +31,17 @@ ACCOUNT = "carol"
 
 
 @pytest.fixture(scope="module")
-def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Broker, client and web server with SENSORHUB_WEB_PRIVATE=1 and one account."""
-    settings = settings_for(tmp_path_factory.mktemp("private")).replace(web_private=True)
-    with running_stack(settings, workers=1, prepare=lambda engine: accounts.add(engine, ACCOUNT, PASSWORD)) as running:
-        yield running
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The module's stack (conftest's) runs with SENSORHUB_WEB_PRIVATE=1."""
+    return settings_for(tmp_path_factory.mktemp("private")).replace(web_private=True)
+
+
+@pytest.fixture(scope="module")
+def private(shared_stack: Stack) -> Stack:
+    """Broker, client and web server with SENSORHUB_WEB_PRIVATE=1 and one account (the web server reads the
+    accounts at each request)."""
+    accounts.add(shared_stack.engine, ACCOUNT, PASSWORD)
+    return shared_stack
 
 
 def live_client(port: int, token: str | None) -> tuple[mqtt.Client, list[bytes]]:

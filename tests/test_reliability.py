@@ -226,9 +226,10 @@ def test_two_workers_one_killed_mid_stream_lose_nothing_and_the_restarted_one_ta
           f"{run.duplicates} duplicate(s), {run.across_kill} across the kill, publisher connected "
           f"{run.publisher_connects} time(s)")
     assert run.stored == run.sent == 20_000  # nothing lost
-    # QoS 1 is at least once: the kill duplicates what was committed and not acknowledged. The killed worker's
-    # own share is bounded by the broker's in-flight window (20), but up to 262 were measured across the kill
-    # (docs/performance.md, "One of two workers killed"): bounded here at 5 %, which a runaway would exceed.
+    # QoS 1 is at least once: the kill duplicates what the killed worker had committed and not acknowledged yet.
+    # Not bounded by the broker's in-flight window of 20 (test below: Mosquitto 2.0.11 sends 20 more for each
+    # acknowledgement, hundreds were in flight at the kill): up to 262 were measured across the kill
+    # (docs/performance.md, "One of two workers killed"); bounded here at 5 %, which a runaway would exceed.
     assert run.across_kill <= run.sent // 20
     if run.publisher_connects == 1:  # a publisher that reconnects sends its own unacknowledged messages again
         assert run.duplicates == run.across_kill
@@ -237,11 +238,15 @@ def test_two_workers_one_killed_mid_stream_lose_nothing_and_the_restarted_one_ta
     assert "'light': 0}" not in stopped  # it took its share
 
 
-def test_the_broker_sends_a_worker_at_most_20_messages_it_has_not_acknowledged(
+def test_the_broker_window_of_20_unacknowledged_messages_holds_only_until_the_first_acknowledgement(
         broker: Broker, settings: Settings) -> None:
-    """The bound on what a killed worker duplicates: a connection made as the ingest client makes it (MQTT 5, no
-    Receive Maximum, acknowledging by hand once committed) gets 20 QoS 1 messages and no more until it acknowledges
-    one: Mosquitto's max_inflight_messages. A worker killed holds at most 20 committed and unacknowledged."""
+    """A connection made as the ingest client makes it (MQTT 5, no Receive Maximum, acknowledging by hand once
+    committed) gets 20 QoS 1 messages and no more until it acknowledges one (Mosquitto's max_inflight_messages);
+    but one acknowledgement of the oldest lets 20 more out, not one: Mosquitto 2.0.11's db__message_delete_outgoing
+    fills the window counting only the messages in flight before the acknowledged one. With acknowledgements
+    flowing, a worker has hundreds of messages in flight (up to 1,148 in the worker-kill test's runs, 119 to 582
+    at the kill): the window does not bound what a killed worker duplicates (docs/performance.md). Should a
+    Mosquitto release fix this, the last wait fails: the window bounds them again and the docs should say so."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -283,6 +288,7 @@ def test_the_broker_sends_a_worker_at_most_20_messages_it_has_not_acknowledged(
         assert len(received) == 20
         worker.ack(received[0], 1)
         wait_for(lambda: len(received) >= 21, 5, what=f"one more once one is acknowledged ({received})")
+        wait_for(lambda: len(received) >= 40, 5, what=f"20 more for that one acknowledgement ({len(received)})")
     finally:
         for client in (worker, board):
             client.disconnect()

@@ -63,22 +63,13 @@ from sensorhub.protocol import (
 )
 from sensorhub.simulator import Fleet
 from tests.devices import RawDevice
-from tests.stack import ROOT, Stack, running_stack, web_server
-from tests.support import connects, log_in_as_server, settings_for, wait_for
+from tests.stack import ROOT, Stack, web_server
+from tests.support import connects, log_in_as_server, wait_for
 from tests.visitor import Browser
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "correct horse battery"
-
-
-# -- the shared stack --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(settings_for(tmp_path_factory.mktemp("security"))) as running:
-        yield running
 
 
 _macs = iter(range(1, 10_000))
