@@ -24,3 +24,26 @@ def test_quick_scale_out_bench_compares_with_the_bare_subscribers() -> None:
         assert figure["lost"] == 0, (key, figure)
         assert figure["paho_received"] == figure["mosquitto_sub_received"] == figure["sent"], (key, figure)
         assert figure["fraction_of_paho"] > 0 and figure["fraction_of_mosquitto_sub"] > 0
+
+
+@pytest.mark.integration
+def test_quick_100k_bench_loses_nothing_and_brings_every_board_back() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench", "--scenario", "100k", "--quick"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["scenario"] == "100k" and report["machine"]["open_files"] > 0
+    figures = report["figures"]
+    assert set(figures) == {"hk_register", "hk_steady", "hk_cpu", "hk_memory", "hk_presence_silent",
+                            "hk_presence_closed", "hk_restart", "hk_storm"}
+    boards = report["sizes"]["boards"]
+    assert figures["hk_register"]["online"] == boards
+    assert figures["hk_steady"]["lost"] == 0 and figures["hk_steady"]["sent"] > 0
+    assert set(figures["hk_cpu"]["cpu_percent"]) == set(figures["hk_memory"]["rss_mib"]) == {
+        "broker", "client", "simulator"}
+    for key in ("hk_presence_silent", "hk_presence_closed", "hk_restart", "hk_storm"):
+        assert figures[key]["seconds"] is not None, (key, figures[key])
+    restart = figures["hk_restart"]
+    assert restart["online"] == restart["boards"] and restart["stored_led"] >= restart["acked_led"] > boards
+    storm = figures["hk_storm"]
+    assert storm["online"] == storm["boards"] and storm["assigns_received"] >= storm["boards"]
