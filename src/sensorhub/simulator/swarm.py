@@ -273,8 +273,10 @@ class Swarm:
     def _release_gate(self, board: Board) -> None:
         if board.state == NAMING:
             self._naming -= 1
-            while self._queue and (not self.gate or self._naming < self.gate):
-                self._start_join(self.boards[self._queue.pop(0)])
+            # The next waiting board starts in the loop's next step, not here: a refused connection would fail it
+            # at once, which would start the next one, and so on down the stack.
+            if self._queue:
+                self._after(0.0, self.boards[self._queue.pop(0)], self._START)
 
     def _fail(self, board: Board) -> None:
         self._release_gate(board)
