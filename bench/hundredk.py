@@ -16,6 +16,7 @@ import os
 import resource
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -138,21 +139,29 @@ def _stable(read: Callable[[], int], quiet: float = 5.0, cap: float = 120.0) -> 
 
 
 class Parts:
-    """The processes of each part, for their CPU time and memory."""
+    """The processes of each part, for their CPU time and memory (looked up again each time: a part restarted by
+    the supervisor has a new process)."""
 
-    def __init__(self, parts: dict[str, list[int]]) -> None:
-        self.procs = {name: [psutil.Process(pid) for pid in pids] for name, pids in parts.items()}
+    def __init__(self, parts: dict[str, Callable[[], list[int]]]) -> None:
+        self.parts = parts
+        self._known: dict[int, psutil.Process] = {}
 
     def _each(self, name: str) -> list[psutil.Process]:
-        procs = list(self.procs[name])
+        procs = []
+        for pid in self.parts[name]():
+            if pid not in self._known:  # psutil's CPU times are per Process object: keep each one
+                with suppress(psutil.Error):
+                    self._known[pid] = psutil.Process(pid)
+            if pid in self._known:
+                procs.append(self._known[pid])
         if name == "postgresql":  # the postmaster's children come and go
-            procs += [child for proc in self.procs[name] for child in proc.children()]
+            procs += [child for proc in list(procs) for child in proc.children()]
         return procs
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) of each part so far."""
         out: dict[str, float] = {}
-        for name in self.procs:
+        for name in self.parts:
             total = 0.0
             for proc in self._each(name):
                 try:
@@ -166,7 +175,7 @@ class Parts:
     def rss(self) -> dict[str, int]:
         """Resident memory (bytes) of each part now."""
         out: dict[str, int] = {}
-        for name in self.procs:
+        for name in self.parts:
             total = 0
             for proc in self._each(name):
                 with suppress(psutil.Error):
@@ -211,16 +220,21 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
         supervisor = Supervisor(settings, out=(Path(tmp) / "client.log").open("w"), components=("client",))
         supervisor.start()
         stack.callback(supervisor.stop)
+        # As `sensorhub run` does: a client that exits (its watchdog: status 3) is restarted, and said in its log.
+        threading.Thread(target=supervisor.watch, daemon=True).start()
         macs = unique_macs(28, n)
         fleet = stack.enter_context(SwarmFleet("127.0.0.1", settings.mqtt_port, macs, interval=sizes.interval,
                                                keepalive=settings.keepalive, gate=sizes.gate,
                                                per_process=sizes.per_process))
         fleet.stats()  # every process is up
         assert broker.process is not None
-        parts = {"broker": [broker.process.pid], "client": [supervisor.component("client").pid],
-                 "simulator": fleet.pids}
+        brokers = [broker]
+        client = supervisor.component("client")
+        parts: dict[str, Callable[[], list[int]]] = {
+            "broker": lambda: [brokers[-1].process.pid] if brokers[-1].process else [],
+            "client": lambda: [client.process.pid] if client.process else [], "simulator": lambda: fleet.pids}
         if pg_pids:
-            parts["postgresql"] = pg_pids
+            parts["postgresql"] = lambda: pg_pids
         procs = Parts(parts)
         base_rss = procs.rss()
         say(f"{n:,} boards in {len(fleet.pids)} simulator process(es); load {_load()}")
@@ -302,6 +316,7 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
         broker.stop()
         broker = Broker(settings, stderr=subprocess.DEVNULL)
         broker.start()
+        brokers.append(broker)
         back = time.monotonic()
         took = _until(_all_back(fleet, counter, alive), sizes.restart_cap, poll=1.0)
         online = len(fleet.sessions() & counter.sessions())
@@ -320,7 +335,9 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
             {"boards": alive, "seconds": took, "online": online, "acked_led": acked, "stored_led": stored_led,
              "load": _load()}))
         say(f"  {figures[-1].label}: {figures[-1].value}")
-        procs.procs["broker"] = [psutil.Process(broker.process.pid)] if broker.process else []
+        restarts = (Path(tmp) / "client.log").read_text(errors="replace").count("restarting it")
+        figures.append(Figure("hk_client_restarts", "ingest client restarted by the supervisor (its watchdog)",
+                              f"{restarts} time(s)", "0", restarts == 0, {"restarts": restarts}))
 
         # 5. The power cut: every board reboots and joins at once, as the firmware does (no gate).
         seen0 = fleet.stats()["counters"].assigns_seen

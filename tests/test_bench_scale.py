@@ -35,10 +35,11 @@ def test_quick_100k_bench_loses_nothing_and_brings_every_board_back() -> None:
     assert report["scenario"] == "100k" and report["machine"]["open_files"] > 0
     figures = report["figures"]
     assert set(figures) == {"hk_register", "hk_steady", "hk_cpu", "hk_memory", "hk_presence_silent",
-                            "hk_presence_closed", "hk_restart", "hk_storm"}
+                            "hk_presence_closed", "hk_restart", "hk_client_restarts", "hk_storm"}
     boards = report["sizes"]["boards"]
     assert figures["hk_register"]["online"] == boards
     assert figures["hk_steady"]["lost"] == 0 and figures["hk_steady"]["sent"] > 0
+    assert figures["hk_client_restarts"]["restarts"] == 0
     assert set(figures["hk_cpu"]["cpu_percent"]) == set(figures["hk_memory"]["rss_mib"]) == {
         "broker", "client", "simulator"}
     for key in ("hk_presence_silent", "hk_presence_closed", "hk_restart", "hk_storm"):
