@@ -3,7 +3,9 @@ issues, print a table and one JSON line. `--quick` runs each scenario with small
 suite does). `--postgresql` measures the writer's figures on PostgreSQL instead of SQLite: a cluster of Debian's
 `postgresql` package, started in a temporary directory with PostgreSQL's default durability (fsync on), one
 database per scenario. `--scenario scale-out` runs on its own: sensorhub against a bare paho subscriber and
-mosquitto_sub, on SQLite and PostgreSQL (bench/scaleout.py). `--scenario alerts` measures what 100 alert rules over
+mosquitto_sub, on SQLite and PostgreSQL (bench/scaleout.py). `--scenario 100k [--boards N] [--minutes M]` runs on
+its own too: a fleet of simulated boards following the firmware's protocol on one broker (bench/hundredk.py), on
+SQLite or, with `--postgresql`, on PostgreSQL. `--scenario alerts` measures what 100 alert rules over
 1,000 devices cost ingest and how soon a silence rule fires for 10,000 devices (bench/alerts.py)."""
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1", "latency", "devic
 #: What `--postgresql` measures: the writer's rates (the other scenarios read the SQLite file directly).
 POSTGRESQL_SCENARIOS = ("sustained_qos0", "sustained_qos1", "burst_qos1")
 #: Scenarios that run on their own, with their own stacks and references.
-ALONE = ("scale-out", "pages-100k")
+ALONE = ("scale-out", "pages-100k", "100k")
 
 
 @contextmanager
@@ -160,6 +162,34 @@ def _scale_out(quick: bool) -> int:
     return 0
 
 
+def _hundred_k(quick: bool, postgresql: bool, boards: int | None, minutes: float | None) -> int:
+    """The 100k scenario: one table, one JSON line."""
+    import dataclasses
+
+    from bench.hundredk import HundredK, hundred_k, most_boards
+    from bench.hundredk import quick as quick_sizes
+
+    sizes = quick_sizes() if quick else HundredK(boards=most_boards())
+    if boards is not None:
+        sizes = dataclasses.replace(sizes, boards=boards)
+    if minutes is not None:
+        sizes = dataclasses.replace(sizes, steady_minutes=minutes)
+    host = machine.describe()
+    host["database"] = ("PostgreSQL " + machine.postgresql_version()) if postgresql else f"SQLite {host['sqlite']}"
+    host["open_files"] = most_boards() + 100
+    print(f"sensorhub 100k benchmark ({'quick smoke run' if quick else 'full'}) on {host['cpu']}, {host['cores']} "
+          f"cores, {host['memory_gib']} GiB, {host['os']}, Python {host['python']}, mosquitto {host['mosquitto']}, "
+          f"{host['database']}; {sizes.boards:,} boards (the most one broker process may hold here: "
+          f"{most_boards():,}, its open-file limit less {100})", flush=True)
+    figures = hundred_k(sizes, postgresql, lambda text: print(text, file=sys.stderr, flush=True))
+    print(table(figures))
+    print(json.dumps({"quick": quick, "scenario": "100k", "postgresql": postgresql, "machine": host,
+                      "sizes": dataclasses.asdict(sizes),
+                      "figures": {f.key: {"value": f.value, "target": f.target, "ok": f.ok, **f.data}
+                                  for f in figures}}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 0 when every figure was measured (met or not)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -168,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these scenarios (default: all but scale-out, which runs on its own)")
     parser.add_argument("--postgresql", action="store_true",
                         help=f"on PostgreSQL (a throwaway cluster): {', '.join(POSTGRESQL_SCENARIOS)}")
+    parser.add_argument("--boards", type=int, default=None,
+                        help="100k: how many boards (default: the most one broker process may hold here)")
+    parser.add_argument("--minutes", type=float, default=None, help="100k: minutes of steady state (default 3)")
     args = parser.parse_args(argv)
     if args.only and "pages-100k" in args.only:
         if len(args.only) > 1:
@@ -175,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.pages100k import main as pages_100k
 
         return pages_100k(args.quick, args.postgresql)
+    if args.only and "100k" in args.only:
+        if len(args.only) > 1:
+            parser.error("100k runs on its own")
+        return _hundred_k(args.quick, args.postgresql, args.boards, args.minutes)
     if args.only and "scale-out" in args.only:
         if len(args.only) > 1:
             parser.error("scale-out runs on its own")

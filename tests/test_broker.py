@@ -389,3 +389,33 @@ def test_without_the_plugin_the_broker_starts_on_the_acl_file_and_says_the_share
         assert not granted[0][0].is_failure  # type: ignore[attr-defined]  # what the plugin closes
         anonymous.loop_stop()
         anonymous.disconnect()
+
+
+@pytest.mark.parametrize("command", ["broker", "run"])
+def test_a_connection_limit_above_the_open_file_limit_is_refused_in_one_line(tmp_path: Path, command: str) -> None:
+    env = {**os.environ, "SENSORHUB_MQTT_PORT": str(free_port()), "SENSORHUB_MQTT_WS_PORT": str(free_port()),
+           "SENSORHUB_WEB_PORT": str(free_port()), "SENSORHUB_BROKER_MAX_CONNECTIONS": "1000",
+           "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log"), "SENSORHUB_STATE_DIR": str(tmp_path / "var"),
+           "SENSORHUB_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "SENSORHUB_FIFO": str(tmp_path / "fifo")}
+    # `ulimit -n` sets the soft and the hard limit: the program cannot raise it back.
+    result = subprocess.run(["sh", "-c", f'ulimit -n 256 && exec "$0" -m sensorhub {command}', sys.executable],
+                            env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("sensorhub: error: SENSORHUB_BROKER_MAX_CONNECTIONS=1000 needs 2050 open files but the "
+                           "broker may open 256"), line
+    assert "`ulimit -n 2050`" in line and "LimitNOFILE=2050" in line
+    assert not (tmp_path / "b.log").exists() or "running" not in (tmp_path / "b.log").read_text()
+
+
+def test_the_open_file_check_raises_the_soft_limit_when_the_hard_one_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (1024, 524288))
+    monkeypatch.setattr(resource, "setrlimit", lambda _which, limits: calls.append(limits))
+    settings = Settings().replace(broker_max_connections=100_000)
+    assert broker_module.check_open_files(settings) == 200_050
+    assert calls == [(200_050, 524288)]
+    assert broker_module.open_files_needed(settings.replace(broker_max_connections=-1)) is None
+    assert broker_module.open_files_needed(Settings()) == 90

@@ -34,6 +34,7 @@ def test_install_writes_units_systemd_accepts_and_uninstall_removes_them(tmp_pat
         assert f"ExecStart={systemd.default_executable()} {command}" in text
     assert "After=network-online.target sensorhub-broker.service" in units[1].read_text()
     assert "NotifyAccess=all" in units[2].read_text()  # gunicorn's master, not the main process, says READY=1
+    assert f"LimitNOFILE={systemd.BROKER_OPEN_FILES}" in units[0].read_text().splitlines()  # a file per board
     assert (root / "etc/sysusers.d/sensorhub.conf").read_text().startswith("u sensorhub ")
     assert "/var/log/sensorhub/mosquitto.log {" in (root / "etc/logrotate.d/sensorhub").read_text()
     env = root / "etc/sensorhub/sensorhub.env"

@@ -48,6 +48,52 @@ _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/l
 INSTALL_HINT = N_("install it with `sudo apt-get install mosquitto` (Debian, Ubuntu, Raspberry Pi OS)")
 
 
+#: Files mosquitto holds besides its clients' sockets: listeners, log, persistence, epoll, plugins, with room to spare.
+SPARE_FILES = 50
+
+
+def open_files_needed(settings: Settings) -> int | None:
+    """Open files mosquitto needs for SENSORHUB_BROKER_MAX_CONNECTIONS on each listener (None: no limit set)."""
+    limit = settings.broker_max_connections
+    if limit == -1:
+        return None
+    listeners = 4 if settings.tls else 2  # max_connections applies to each listener
+    return limit * listeners + SPARE_FILES
+
+
+def check_open_files(settings: Settings) -> int:
+    """Raise this process's open-file limit (mosquitto inherits it) as far as allowed; BrokerError in one line
+    saying what to raise when it is below what SENSORHUB_BROKER_MAX_CONNECTIONS needs. Returns the limit."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = open_files_needed(settings)
+    wanted = hard if needed is None else min(needed, hard) if hard != resource.RLIM_INFINITY else needed
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (OSError, ValueError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return -1
+    if needed is None:
+        if soft < 100_000:
+            logger.info("the broker accepts any number of connections (SENSORHUB_BROKER_MAX_CONNECTIONS=-1) but may "
+                        "open %d files: at most about %d clients at once (raise `ulimit -n`, or LimitNOFILE= in "
+                        "sensorhub-broker.service)", soft, soft - SPARE_FILES)
+        return soft
+    if soft < needed:
+        raise BrokerError(
+            f"SENSORHUB_BROKER_MAX_CONNECTIONS={settings.broker_max_connections} needs {needed} open files but the "
+            f"broker may open {soft} (hard limit {'unlimited' if hard == resource.RLIM_INFINITY else hard}): raise "
+            f"it with `ulimit -n {needed}` (as root above the hard limit), LimitNOFILE={needed} in "
+            "sensorhub-broker.service, or lower SENSORHUB_BROKER_MAX_CONNECTIONS")
+    return soft
+
+
 def find_mosquitto() -> str:
     """Path of the mosquitto program, or BrokerError saying how to install it."""
     path = shutil.which("mosquitto", path=_SEARCH_PATH)
@@ -260,6 +306,7 @@ class Broker:
 
     def start(self, timeout: float = 10.0) -> None:
         """Start mosquitto and return once it listens on both ports."""
+        check_open_files(self.settings)
         program = self._check_ports()
         for attempt in range(_UPSTREAM_ATTEMPTS):
             try:

@@ -395,7 +395,8 @@ class Settings:
         _optional_path,
     )
     broker_max_connections: int = setting(
-        "20", "Broker connection limit (the specification's value; -1 = unlimited).", _max_connections
+        "20", "Broker connection limit on each listener (the specification's value; -1 = unlimited). Each connection "
+        "is an open file: the broker checks its open-file limit (`ulimit -n`) against it at start.", _max_connections
     )
     broker_log: str = setting("mqtt/mosquitto.log", "Broker log file.", _path)
     keepalive: int = setting(

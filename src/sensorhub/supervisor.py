@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from sensorhub.broker import INSTALL_HINT, find_mosquitto
+from sensorhub.broker import INSTALL_HINT, check_open_files, find_mosquitto
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError, ConfigError, DatabaseError, SensorhubError
 from sensorhub.i18n import N_, Msg, tr
@@ -118,6 +118,8 @@ class Supervisor:
         except BrokerError:
             if not _offer_to_install_mosquitto(self.say):
                 raise
+        if any(child.name == "broker" for child in self.components):
+            check_open_files(self.settings)  # mosquitto inherits this process's limit: said before anything starts
         for port, setting, what in (
             (self.settings.mqtt_port, "SENSORHUB_MQTT_PORT", "MQTT"),
             (self.settings.mqtt_ws_port, "SENSORHUB_MQTT_WS_PORT", "MQTT over WebSockets"),

@@ -119,6 +119,10 @@ SystemCallArchitectures=native
 UMask=0077"""
 
 
+#: The broker unit's open-file limit (systemd's usual hard limit; the default soft limit, 1024, holds ~500 boards).
+BROKER_OPEN_FILES = 524288
+
+
 def unit(name: str, executable: Path, env_file: Path) -> str:
     """The text of one of UNITS."""
     command = {"sensorhub-broker.service": "broker", "sensorhub-client.service": "client",
@@ -134,7 +138,10 @@ def unit(name: str, executable: Path, env_file: Path) -> str:
     extra = ""
     if command == "broker":
         extra = ("LogsDirectory=sensorhub\n# mosquitto saves its persistence file on SIGTERM, sent by "
-                 "`sensorhub broker`.\nKillMode=mixed\n")
+                 "`sensorhub broker`.\nKillMode=mixed\n"
+                 "# Each board's connection is an open file: room for SENSORHUB_BROKER_MAX_CONNECTIONS up to 262,000 "
+                 "on\n# each of the two listeners (`sensorhub broker` says in one line when it is short).\n"
+                 f"LimitNOFILE={BROKER_OPEN_FILES}\n")
     elif command == "client":
         extra = (f"ExecStartPre={executable} db init\n"
                  "# Exits 3 when its database writer fails: restarted, the broker delivers again what it had not "
