@@ -177,8 +177,10 @@ def test_a_database_that_cannot_be_written_is_retried_and_nothing_acknowledged_m
     path = sqlite_path(str(engine.url))
     assert path is not None
     blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("PRAGMA busy_timeout = 0")
-    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: "database is locked" after 5 s
+    # Waits for a transaction the writer may be finishing (its alert clock runs between batches), then holds the
+    # lock as another writer would: the writer's own attempts then fail ("database is locked").
+    blocker.execute("PRAGMA busy_timeout = 5000")
+    blocker.execute("BEGIN IMMEDIATE")
     try:
         with monkeypatch.context() as patched:
             patched.setattr(writer_module.Writer, "_transaction", _locked_once(writer_module.Writer._transaction))

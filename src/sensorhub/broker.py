@@ -87,10 +87,11 @@ def check_open_files(settings: Settings) -> int:
         return soft
     if soft < needed:
         raise BrokerError(
-            f"SENSORHUB_BROKER_MAX_CONNECTIONS={settings.broker_max_connections} needs {needed} open files but the "
-            f"broker may open {soft} (hard limit {'unlimited' if hard == resource.RLIM_INFINITY else hard}): raise "
-            f"it with `ulimit -n {needed}` (as root above the hard limit), LimitNOFILE={needed} in "
-            "sensorhub-broker.service, or lower SENSORHUB_BROKER_MAX_CONNECTIONS")
+            N_("SENSORHUB_BROKER_MAX_CONNECTIONS={limit} needs {needed} open files but the broker may open {soft} "
+               "(hard limit {hard}): raise it with `ulimit -n {needed}` (as root above the hard limit), "
+               "LimitNOFILE={needed} in sensorhub-broker.service, or lower SENSORHUB_BROKER_MAX_CONNECTIONS"),
+            limit=settings.broker_max_connections, needed=needed, soft=soft,
+            hard="unlimited" if hard == resource.RLIM_INFINITY else hard)
     return soft
 
 
