@@ -172,7 +172,10 @@ def test_the_alertes_page_shows_active_alerts_first_then_channels_history_and_ru
     history = html[html.index("data-alert-history"):]
     assert f'data-resolved-alert="{scene["old"]}"' in history and "trop clair" in history
     rules = html[html.index("data-rules"):html.index("data-alert-history")]
-    assert "light &lt; 10, clears at 20" in rules and "light &lt; 10, for 300 s" in rules
+    assert "lumière &lt; 10, repasse à 20" in rules and "lumière &lt; 10, pendant 300 s" in rules
+    english = client.get("/alertes", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    english_rules = english[english.index("data-rules"):english.index("data-alert-history")]
+    assert "light &lt; 10, clears at 20" in english_rules and "light &lt; 10, for 300 s" in english_rules
     assert "rappel toutes les 600 s" in rules and "data-rule-form" in rules
     for field in ("name", "metric", "operator", "trigger", "clear", "for", "clear_for", "severity", "repeat",
                   "selector", "devices", "enabled"):
@@ -555,7 +558,7 @@ def test_adding_a_rule_and_acknowledging_an_alert_in_the_page(settings: Settings
         form.locator('[name="for"]').fill("300")
         form.locator("[data-rule-submit]").click()
         rule = page.locator('[data-rule]', has_text="sombre")
-        expect(rule.locator("[data-rule-description]")).to_have_text("light < 10, clears at 20, for 300 s")
+        expect(rule.locator("[data-rule-description]")).to_have_text("lumière < 10, repasse à 20, pendant 300 s")
         with engine.connect() as conn:
             stored = alerts.find_rule(conn, "sombre")
         assert stored is not None and (stored.trigger, stored.clear, stored.for_seconds) == (10, 20, 300)

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub import buckets, livetoken
 from sensorhub.alertedit import rule_fields
-from sensorhub.alerting import OPERATORS, Metric, Severity
+from sensorhub.alerting import OPERATORS, Metric, Rule, Severity
 from sensorhub.db import alerts, alertviews, history, listing, queries
 from sensorhub.errors import DatabaseError
 from sensorhub.protocol import MAX_NAME, QOS, Kind, Topic, browser_data
@@ -347,6 +347,23 @@ def metric_labels() -> dict[str, str]:
             Metric.SILENCE.value: _("silence (secondes sans mesure)")}
 
 
+def rule_line(rule: Rule) -> str:
+    """The rule in one line, as `Rule.describe` writes it (the API's and the command line's), in the page's language."""
+    if rule.metric is Metric.SILENCE:
+        text = _("silence ≥ %(seconds)s s", seconds=alert_number(rule.trigger))
+    else:
+        words = {Metric.LIGHT: _("lumière"), Metric.LED: _("LED"), Metric.BUTTON: _("bouton"),
+                 Metric.PRESENCE: _("présence")}
+        text = f"{words.get(rule.metric, rule.metric.value)} {rule.operator} {alert_number(rule.trigger)}"
+        if rule.clear is not None and rule.clear != rule.trigger:
+            text += _(", repasse à %(value)s", value=alert_number(rule.clear))
+    if rule.for_seconds:
+        text += _(", pendant %(seconds)s s", seconds=alert_number(rule.for_seconds))
+    if rule.clear_for_seconds:
+        text += _(", fin après %(seconds)s s", seconds=alert_number(rule.clear_for_seconds))
+    return str(text)
+
+
 def selector_labels() -> dict[str, str]:
     """Which devices a rule watches, in the rule form, in the page's language."""
     return {"all": _("tous les appareils"), "list": _("liste d'identifiants"), "pattern": _("motif sur le nom")}
@@ -392,6 +409,7 @@ def alertes() -> str:
     return render_template(
         "alertes.html", page="alertes", active=active, resolved=resolved[:size], history_page=int(number),
         more_history=len(resolved) > size, channels=channels,
-        rules=[rule_fields(rule) for rule in rules], now=format_micros(time.time_ns() // 1000),
+        rules=[{**rule_fields(rule), "description": rule_line(rule)} for rule in rules],
+        now=format_micros(time.time_ns() // 1000),
         operators=OPERATORS, metrics=metric_labels(), severities=severity_labels(), selectors=selector_labels(),
     )
