@@ -54,7 +54,7 @@ MIGRATED = "sensorhub_migrated"
 LONGEST_FIRST = ("test_bench_pages.py", "test_bench_faults.py", "test_bench_scale.py", "test_bench_scale_postgresql.py",
                  "test_bench.py", "test_browser.py", "test_reliability.py", "test_security.py", "test_web.py",
                  "test_alerts_web.py", "test_homeassistant.py", "test_bench_postgresql.py", "test_bench_fleet.py",
-                 "test_bench_alerts.py")
+                 "test_bench_alerts.py", "test_bench_hundredk.py", "test_cli_i18n.py", "test_notify.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
