@@ -27,6 +27,7 @@ from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import make_engine
 from sensorhub.db.schema import init_db, upgrade
+from sensorhub.ingest.service import IngestClient
 from sensorhub.web import create_app
 from sensorhub.web.state import web_state
 from tests.pgcluster import Cluster, binaries
@@ -128,6 +129,15 @@ def broker(settings: Settings) -> Iterator[Broker]:
     running.start()
     yield running
     running.stop()
+
+
+@pytest.fixture
+def ingest(settings: Settings, engine: Engine, broker: Broker) -> Iterator[IngestClient]:
+    """The ingest client, in-process, connected to the test's broker and ready."""
+    client = IngestClient(settings)
+    client.start(wait_ready=10)
+    yield client
+    client.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,13 +46,6 @@ from tests.support import both_databases, wait_for
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def ingest(settings: Settings, engine: Engine, broker: Broker) -> Iterator[IngestClient]:
-    client = IngestClient(settings)
-    client.start(wait_ready=10)
-    yield client
-    client.stop()
 
 
 def web(settings: Settings) -> FlaskClient:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,6 @@ from tests.support import both_databases, wait_for
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def ingest(settings: Settings, engine: Engine, broker: Broker) -> Iterator[IngestClient]:
-    """The ingest client, in-process, ready."""
-    client = IngestClient(settings)
-    client.start(wait_ready=10)
-    yield client
-    client.stop()
 
 
 def row(engine: Engine, name: str) -> dict[str, Any] | None:

@@ -4,12 +4,11 @@ firmware's join, readings, and presence when boards die silently or with their s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import Engine, func, select
 
-from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.models import Device, LightReading
 from sensorhub.ingest.service import IngestClient
@@ -18,14 +17,6 @@ from sensorhub.simulator.swarm import Swarm
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def ingest(settings: Settings, engine: Engine, broker: Broker) -> Iterator[IngestClient]:
-    """The ingest client, connected."""
-    client = IngestClient(settings)
-    client.start(wait_ready=10)
-    yield client
-    client.stop()
 
 
 def spin(swarm: Swarm, condition: Callable[[], bool], timeout: float) -> float:
