@@ -70,7 +70,7 @@ class Message:
 
 
 def _describe(code: ReasonCode | MQTTErrorCode | int) -> str:
-    """A reason code or paho error as aiomqtt wrote them: "[code:135] Not authorized"."""
+    """A reason code or paho error as one short text: "[code:135] Not authorized"."""
     if isinstance(code, ReasonCode):
         return f"[code:{code.value}] {code}"
     return f"[code:{int(code)}] {mqtt.error_string(code)}"
