@@ -1,4 +1,4 @@
-"""One virtual ESP32 speaking the device side of the protocol, on one aiomqtt client per connection."""
+"""One virtual ESP32 speaking the device side of the protocol, on one DeviceClient per connection."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import socket
 import time
 from typing import Final, Literal
 
-import aiomqtt
+from paho.mqtt.enums import MQTTProtocolVersion
 
 from sensorhub.config import Settings
 from sensorhub.credentials import DEVICE_USER
@@ -28,7 +28,7 @@ from sensorhub.protocol import (
     parse_led_command,
     parse_name_assign,
 )
-from sensorhub.simulator.client import DeviceClient
+from sensorhub.simulator.client import DeviceClient, MqttError, Will
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ BACKOFF_MAX: Final = 5.0
 #: A shorter one counts as a failure, so that devices kicked out at once (say, two simulators with the same seed
 #: taking over each other's client ids) slow down instead of reconnecting twice a second.
 BACKOFF_RESET: Final = 10.0
-#: How long aiomqtt waits for one answer of the broker (CONNACK, SUBACK, PUBACK, PUBCOMP).
+#: How long a DeviceClient waits for one answer of the broker (CONNACK, SUBACK, PUBACK, PUBCOMP).
 CALL_TIMEOUT: Final = 10.0
 
 StopMode = Literal["leave", "crash"]
@@ -108,7 +108,7 @@ class ProblemLog:
 
 
 def _describe(err: BaseException) -> str:
-    """An aiomqtt error with its cause: "Disconnected during message iteration" alone says little."""
+    """An MQTT error with its cause: "Disconnected during message iteration" alone says little."""
     text = str(err) or type(err).__name__
     cause = err.__cause__
     return f"{text}: {cause}" if cause is not None and str(cause) else text
@@ -118,8 +118,8 @@ async def _cancel(*tasks: asyncio.Task[object]) -> None:
     """Cancel tasks and wait for them, swallowing whatever they end with (it has been handled or logged)."""
     pending = {task for task in tasks if not task.done()}
     while pending:
-        # Cancel again until they end: Python 3.11's asyncio.wait_for (inside aiomqtt's publish) swallows a
-        # cancellation that arrives just as the awaited future completes, and the task would carry on.
+        # Cancel again until they end: a cancellation that arrives just as an awaited future completes may be
+        # swallowed (Python 3.11's asyncio.wait_for does), and the task would carry on.
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=0.5)
@@ -183,12 +183,12 @@ class VirtualDevice:
         self._problems = problems if problems is not None else ProblemLog()
         # MQTT 3.1.1 mode behaves like the real firmware, which publishes its joins at QoS 0.
         self._join_qos = 0 if mqtt_version == "3.1.1" else QOS[Topic.JOIN]
-        self._protocol = aiomqtt.ProtocolVersion.V311 if mqtt_version == "3.1.1" else aiomqtt.ProtocolVersion.V5
+        self._protocol = MQTTProtocolVersion.MQTTv311 if mqtt_version == "3.1.1" else MQTTProtocolVersion.MQTTv5
         self._stop = asyncio.Event()
         self._stop_mode: StopMode = "leave"
         self._finished = asyncio.Event()
         self._button_lock = asyncio.Lock()
-        self._client: aiomqtt.Client | None = None
+        self._client: DeviceClient | None = None
         self._silenced = False
         self._running = False
         self._session_started: float | None = None
@@ -225,7 +225,7 @@ class VirtualDevice:
                     problem = str(err)
                 except NoNameAssigned as err:
                     problem = f"{self.label}: {err}"
-                except (aiomqtt.MqttError, SimulatorError, OSError) as err:
+                except (MqttError, SimulatorError, OSError) as err:
                     problem = f"{self.label}: connection lost ({_describe(err)})"
                 except Exception:
                     # A bug must not take the other devices of the fleet down with it: log loudly, retry.
@@ -270,7 +270,7 @@ class VirtualDevice:
         if assign is not None:
             await self._hold_session(assign)
 
-    async def _connect(self, stack: contextlib.AsyncExitStack, will: aiomqtt.Will | None) -> DeviceClient:
+    async def _connect(self, stack: contextlib.AsyncExitStack, will: Will | None) -> DeviceClient:
         client = DeviceClient(
             self.settings.mqtt_host,
             self.settings.mqtt_port,
@@ -287,12 +287,12 @@ class VirtualDevice:
         where = f"{self.settings.mqtt_host}:{self.settings.mqtt_port}"
         try:
             return await stack.enter_async_context(client)
-        except aiomqtt.MqttError as err:
+        except MqttError as err:
             client.discard()
             hint = ""
             if "refused" in str(err):
                 hint = " (is it running? `sensorhub broker` starts it)"
-            elif "timed out" in str(err):
+            elif "timed out" in str(err) or "before CONNACK" in str(err):
                 hint = " (no CONNACK: has the broker reached its connection limit, SENSORHUB_BROKER_MAX_CONNECTIONS?)"
             raise BrokerUnreachable(f"cannot connect to the MQTT broker at {where}: {err}{hint}") from None
 
@@ -317,13 +317,13 @@ class VirtualDevice:
             finally:
                 await _cancel(listener)
 
-    async def _await_name(self, client: aiomqtt.Client) -> NameAssign:
+    async def _await_name(self, client: DeviceClient) -> NameAssign:
         own = self.mac.encode("ascii")
         try:
             async with asyncio.timeout(self.name_timeout):
                 async for message in client.messages:
                     payload = message.payload
-                    if not isinstance(payload, bytes) or payload[:17].upper() != own:
+                    if payload[:17].upper() != own:
                         continue  # another device's name
                     try:
                         assign = parse_name_assign(payload)
@@ -336,13 +336,13 @@ class VirtualDevice:
             raise NoNameAssigned(
                 f"no state/nameAssign within {self.name_timeout:g} s (is the ingest client running?)"
             ) from None
-        raise aiomqtt.MqttError("the message stream ended")
+        raise MqttError("the message stream ended")
 
     async def _hold_session(self, assign: NameAssign) -> None:
         """Steps 3-4: reconnect with the Will, join with name;session, then report and obey until stopped."""
         self.name, self.session = assign.name, assign.session
         ref = format_session_ref(assign.name, assign.session)
-        will = aiomqtt.Will(str(Topic.LEAVE), ref, qos=QOS[Topic.LEAVE])
+        will = Will(str(Topic.LEAVE), ref, qos=QOS[Topic.LEAVE])
         async with contextlib.AsyncExitStack() as stack:
             client = await self._connect(stack, will)
             # Listening from the start: crash() relies on it to see the dropped connection.
@@ -365,7 +365,7 @@ class VirtualDevice:
                         error = task.exception() if task.done() and not task.cancelled() else None
                         if error is not None:
                             raise error
-                    raise aiomqtt.MqttError("the session ended")
+                    raise MqttError("the session ended")
                 await self._interrupt(client, workers, listener, ref)
             finally:
                 self.joined, self._client = False, None
@@ -388,7 +388,7 @@ class VirtualDevice:
             if listener.done():
                 return  # the connection is already gone
             client.drop()
-            # The listener sees the connection close: aiomqtt then knows it is disconnected.
+            # The listener sees the connection close: the client then knows it is disconnected.
             await asyncio.wait((listener,), timeout=CALL_TIMEOUT)
             logger.info("device %d crashed (dropped its connection without DISCONNECT)", self.index)
             return
@@ -401,9 +401,9 @@ class VirtualDevice:
 
     # -- behaviour --------------------------------------------------------------------------------------------
 
-    async def _obey(self, client: aiomqtt.Client) -> None:
+    async def _obey(self, client: DeviceClient) -> None:
         async for message in client.messages:
-            if not message.topic.matches(str(Topic.LED_COMMAND)) or not isinstance(message.payload, bytes):
+            if not message.matches(str(Topic.LED_COMMAND)):
                 continue
             try:
                 command = parse_led_command(message.payload)
@@ -416,9 +416,9 @@ class VirtualDevice:
             self.led = command.on
             # Confirmed even when the LED was already in that state, so that every web UI shows the truth.
             await self._publish(client, Topic.LED_STATUS, self._reading(int(self.led)), QOS[Topic.LED_STATUS])
-        raise aiomqtt.MqttError("the message stream ended")
+        raise MqttError("the message stream ended")
 
-    async def _report_light(self, client: aiomqtt.Client) -> None:
+    async def _report_light(self, client: DeviceClient) -> None:
         loop = asyncio.get_running_loop()
         # The first reading comes within one interval, at a random phase: a fleet's readings spread over time,
         # and the server sees the QoS 2 join (delivered on PUBREL) before this device's first QoS 0 reading.
@@ -433,13 +433,13 @@ class VirtualDevice:
                                 QOS[Topic.PHOTORESISTOR_STATUS])
             due += self.interval
 
-    async def _press_now_and_then(self, client: aiomqtt.Client) -> None:
+    async def _press_now_and_then(self, client: DeviceClient) -> None:
         assert self.button_every is not None
         while True:
             await asyncio.sleep(self._rng.uniform(*self.button_every))
             await self._press(client)
 
-    async def _press(self, client: aiomqtt.Client) -> None:
+    async def _press(self, client: DeviceClient) -> None:
         async with self._button_lock:
             if self._silenced or client is not self._client:
                 raise DeviceNotReady(f"device {self.label} has no session")
@@ -461,7 +461,7 @@ class VirtualDevice:
         assert self.name is not None and self.session is not None
         return format_reading(self.name, self.session, value)
 
-    async def _publish(self, client: aiomqtt.Client, topic: Topic, payload: bytes, qos: int) -> None:
+    async def _publish(self, client: DeviceClient, topic: Topic, payload: bytes, qos: int) -> None:
         if self._silenced:
             raise DeviceNotReady(f"device {self.label} has left")
         # Counted as soon as paho has it (the coroutine's first step, before any await): a publish that is
@@ -475,7 +475,7 @@ class VirtualDevice:
             self.sent[str(topic)] -= 1
             raise
 
-    def _session_client(self) -> aiomqtt.Client:
+    def _session_client(self) -> DeviceClient:
         client = self._client
         if client is None or not self.joined or self._stop.is_set():
             raise DeviceNotReady(f"device {self.label} has no session right now")
