@@ -21,12 +21,13 @@ from sensorhub.commands import LedRequest, Outcome, RenameRequest
 from sensorhub.db import history, listing, queries
 from sensorhub.db.space import database_space
 from sensorhub.errors import ClientNotRunning, CommandError, NoReply
+from sensorhub.i18n import N_
 from sensorhub.protocol import Kind
 from sensorhub.rules import NAME_RULE
 from sensorhub.web import overview
 from sensorhub.web.auth import control_required, template_visitor, visitor
 from sensorhub.web.conditional import conditional
-from sensorhub.web.i18n import N_, cursor_problem, pick
+from sensorhub.web.i18n import cursor_problem, pick
 from sensorhub.web.present import device_history_json, device_json, device_records_json, iso
 from sensorhub.web.relay import REPLY_WAIT
 from sensorhub.web.state import web_state

@@ -25,7 +25,7 @@ from werkzeug.wrappers import Response
 
 from sensorhub import accounts, tokens
 from sensorhub.errors import DatabaseError
-from sensorhub.web.i18n import N_
+from sensorhub.i18n import N_
 from sensorhub.web.state import web_state
 from sensorhub.webstate import LoginSessions, LoginThrottle
 

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine, event
 
 from sensorhub.db.engine import make_engine, sqlite_path
 from sensorhub.errors import DatabaseError
-from sensorhub.web.i18n import N_
+from sensorhub.i18n import N_
 
 logger = logging.getLogger(__name__)
 

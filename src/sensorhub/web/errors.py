@@ -10,8 +10,8 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from sensorhub.i18n import N_
 from sensorhub.web.database import MISSING_MESSAGE, DatabaseMissing
-from sensorhub.web.i18n import N_
 
 logger = logging.getLogger(__name__)
 

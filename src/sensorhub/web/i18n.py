@@ -11,7 +11,6 @@ to add a string.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +21,9 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response as BaseResponse
 
 from sensorhub.db.listing import BadCursor
+from sensorhub.i18n import LOCALE_DIR
 from sensorhub.rules import Message
+from sensorhub.web.scriptstrings import script_strings
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ DEFAULT = LANGUAGES[0]
 COOKIE = "lang"
 COOKIE_DAYS = 365
 #: src/sensorhub/translations: this domain (`messages`) and the command line's (`cli`) side by side.
-TRANSLATIONS = Path(__file__).resolve().parent.parent / "translations"
+TRANSLATIONS = LOCALE_DIR
 DOMAIN = "messages"
 #: Names of the languages in the switch, each in its own language.
 LANGUAGE_NAMES = {"fr": "Français", "en": "English"}
@@ -56,11 +57,6 @@ def language() -> str:
     except RuntimeError:  # outside an application context
         return DEFAULT
     return locale.language if locale is not None and locale.language in LANGUAGES else DEFAULT
-
-
-def N_(message: str) -> str:
-    """Mark `message` for the catalog where it cannot be translated yet (a constant): `_(CONSTANT)` later."""
-    return message
 
 
 def pick(message: Message) -> str:
@@ -108,8 +104,6 @@ def _switch_url(to: str) -> str:
 
 def _template_data() -> dict[str, Any]:
     """What every template gets: the page's language, the switch's links and the scripts' strings."""
-    from sensorhub.web.scriptstrings import script_strings
-
     return {"lang": language(), "LANGUAGE_NAMES": LANGUAGE_NAMES, "switch_url": _switch_url,
             "script_strings": script_strings, "format_number": format_number}
 
