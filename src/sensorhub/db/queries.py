@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Integer,
     Row,
@@ -84,19 +83,15 @@ _CURSOR_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6})Z~(\d{1,18})")
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """Keyset position in the (last_seen DESC, id DESC) order: the last device of a page."""
+    """/historique's `?avant=` of the release before the opaque cursor (a link kept in a bookmark): its last
+    device's (last_seen, id), read only to be turned into a `listing.PageCursor`."""
 
     last_seen: datetime
     id: int
 
-    def encode(self) -> str:
-        """The cursor as URL-safe text."""
-        return f"{self.last_seen.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')}Z~{self.id}"
-
     @classmethod
     def decode(cls, text: str) -> Cursor:
-        """Parse the text of `encode` (/historique's `?avant=` before its opaque cursor); raise ValueError if it is
-        not one."""
+        """Parse an old `?avant=` (`YYYY-MM-DDTHH:MM:SS.ffffffZ~id`); raise ValueError if it is not one."""
         match = _CURSOR_RE.fullmatch(text)
         if match is None:
             raise ValueError(f"not a page cursor: {text[:40]!r}")
@@ -146,24 +141,15 @@ def _row(row: Any) -> DeviceRow:
     )
 
 
-def _matches(query: str, by_mac: bool) -> ColumnElement[bool]:
-    """Devices whose name (and, with `by_mac`, whose MAC address) contains `query`, ignoring case."""
-    by_name = Device.name.icontains(query, autoescape=True)
-    return or_(by_name, Device.mac.icontains(query, autoescape=True)) if by_mac else by_name
-
-
 _NEWEST_FIRST = (Device.last_seen.desc(), Device.id.desc())
 
 
-def list_devices(conn: Connection, *, online: bool | None = None, query: str = "",
-                 by_mac: bool = True) -> list[DeviceRow]:
-    """Devices, most recently seen first, with their latest values; optionally only (not) online ones, only those
-    whose name (or, with `by_mac`, MAC address) contains `query`."""
+def list_devices(conn: Connection, *, online: bool | None = None) -> list[DeviceRow]:
+    """Devices, most recently seen first, with their latest values; optionally only (not) online ones (a search,
+    a filter or a page: `listing.page`)."""
     stmt = _device_select().order_by(*_NEWEST_FIRST)
     if online is not None:
         stmt = stmt.where(Device.online == online)
-    if query:
-        stmt = stmt.where(_matches(query, by_mac))
     return [_row(row) for row in conn.execute(stmt)]
 
 
@@ -181,16 +167,12 @@ def record_columns(latest: bool = True) -> list[Any]:
     return columns + _latest_columns() if latest else columns
 
 
-def device_records(conn: Connection, *, online: bool | None = None, query: str = "", by_mac: bool = True,
-                   latest: bool = True) -> Sequence[Row[Any]]:
+def device_records(conn: Connection, *, online: bool | None = None, latest: bool = True) -> Sequence[Row[Any]]:
     """What `list_devices` finds, as plain rows for a large list: the same columns and order, but `joined_at`
     and `last_seen` as their stored UTC text; without `latest`, no led/button/light columns (no reading is read)."""
-    columns = record_columns(latest)
-    stmt = select(*columns).order_by(*_NEWEST_FIRST)
+    stmt = select(*record_columns(latest)).order_by(*_NEWEST_FIRST)
     if online is not None:
         stmt = stmt.where(Device.online == online)
-    if query:
-        stmt = stmt.where(_matches(query, by_mac))
     return conn.execute(stmt).all()  # one fetchall, not a fetch per row
 
 
