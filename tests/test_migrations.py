@@ -186,6 +186,10 @@ def _check_history_rows(conn: Any) -> None:
                             "ORDER BY device_id").fetchall()
     devices = conn.execute("SELECT id, session_id, online, last_seen FROM device ORDER BY id").fetchall()
     assert stored and stored == brute_force(events)
+    # Migration 0011 filled the fleet's readings per minute with the sums of every device's minutes.
+    fleet = conn.execute("SELECT start, sum(count) FROM rollup_fleet_minute GROUP BY start ORDER BY start").fetchall()
+    assert fleet and [tuple(row) for row in fleet] == [tuple(row) for row in conn.execute(
+        "SELECT start, sum(count) FROM rollup_minute GROUP BY start HAVING sum(count) > 0 ORDER BY start")]
     assert [(d, s) for d, s, *_ in sessions] == [(d, s) for d, s, *_ in devices]
     for (_, _, _started, online_at, ended_at), (_, _, online, last_seen) in zip(sessions, devices, strict=True):
         assert (online_at is not None) == bool(online)
