@@ -17,6 +17,7 @@ from sqlalchemy import Engine, delete, select, update
 from sensorhub.db import listing, sqlite
 from sensorhub.db.engine import make_engine
 from sensorhub.db.models import Device
+from sensorhub.db.schema import upgrade
 from sensorhub.web import api, pages
 from tests.factories import device_row, insert_devices, mac_of
 from tests.support import both_databases
@@ -232,6 +233,17 @@ def test_without_the_search_index_sqlite_searches_as_before_and_says_so(
         fresh.dispose()
     warned = [r.getMessage() for r in caplog.records if r.name == "sensorhub.db.sqlite"]
     assert len(warned) == 1 and "without their index" in warned[0] and "db upgrade" in warned[0]
+    with engine.begin() as conn:  # a device renamed meanwhile
+        conn.execute(update(Device).where(Device.id == 14).values(name="renomme"))
+    upgrade(engine.url.render_as_string(hide_password=False))  # `sensorhub db upgrade` makes the index again
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER device_search_update")  # as a migration copying `device` would
+        conn.execute(update(Device).where(Device.id == 15).values(name="renomme-aussi"))
+    upgrade(engine.url.render_as_string(hide_password=False))  # and puts the trigger back, indexing again
+    with engine.connect() as conn:
+        assert sqlite.searchable(conn)
+        assert _searched(conn, "RENOMME", True) == ([14, 15], 2)
+        _search_index_sound(conn, absent=("capteur0014", "capteur0015"))
 
 
 @both_databases

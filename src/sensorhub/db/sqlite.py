@@ -8,7 +8,9 @@ three triggers on `device` keep it in step in the transaction that changes a dev
 updates, retention deletes stray devices). PostgreSQL has its pg_trgm indexes instead (db/postgres.py).
 
 A migration that rebuilds the `device` table (Alembic's batch mode copies it, and dropping a table drops its
-triggers) must create TRIGGERS again and rebuild the index (REBUILD), as it must the table's other triggers.
+triggers) must create TRIGGERS again and rebuild the index (REBUILD), as it must the table's other triggers;
+`ensure_search`, run by every `sensorhub db upgrade`, puts back what is missing (and creates it all on a database
+upgraded while SQLite had no trigram tokenizer, once it has).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ REBUILD: Final = f"INSERT INTO {SEARCH_TABLE} ({SEARCH_TABLE}) VALUES ('rebuild'
 DROP: Final = (*(f"DROP TRIGGER IF EXISTS {name}" for name in TRIGGER_NAMES), f"DROP TABLE IF EXISTS {SEARCH_TABLE}")
 
 _warned: set[str] = set()
+_ALL: Final = (SEARCH_TABLE, *TRIGGER_NAMES)
 
 
 @functools.cache
@@ -62,6 +65,26 @@ def trigram_available() -> bool:
             probe.execute("CREATE VIRTUAL TABLE probe USING fts5(x, tokenize='trigram')")
     except sqlite3.Error:
         return False
+    return True
+
+
+def ensure_search(conn: Connection) -> bool:
+    """Create what the database lacks of `device_search` (the table, a trigger) and index every device again, if
+    this SQLite has FTS5's trigram tokenizer; whether anything was missing (not committed)."""
+    if conn.dialect.name != "sqlite" or not trigram_available():
+        return False
+    found = {row[0] for row in conn.exec_driver_sql(
+        f"SELECT name FROM sqlite_master WHERE name IN ({', '.join('?' * len(_ALL))})", _ALL)}
+    if found >= set(_ALL):
+        return False
+    if SEARCH_TABLE not in found:
+        conn.exec_driver_sql(CREATE)
+    for name, statement in zip(TRIGGER_NAMES, TRIGGERS, strict=True):
+        if name not in found:
+            conn.exec_driver_sql(statement)
+    conn.exec_driver_sql(REBUILD)  # what changed while a trigger was missing
+    logger.info("every device's name and MAC indexed for the search (created: %s)",
+                ", ".join(sorted(set(_ALL) - found)))
     return True
 
 

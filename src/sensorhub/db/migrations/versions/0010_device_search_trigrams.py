@@ -4,7 +4,8 @@ Migration 0009 left SQLite scanning the unique indexes of name and MAC for `?q=`
 devices, 170–200 ms p99 through gunicorn on a loaded machine). `device_search` (db/sqlite.py) is an FTS5 table
 with the `trigram` tokenizer over each device's name and MAC, external content (it reads `device`, stores only the
 index), kept in step by three triggers on `device`; existing devices are indexed here. A SQLite without FTS5's
-trigram tokenizer (before 3.34) gets nothing and keeps searching as before (one warning line says so).
+trigram tokenizer (before 3.34) gets nothing and keeps searching as before (one warning line says so), until a
+`sensorhub db upgrade` with a SQLite that has it (db/sqlite.py's `ensure_search`).
 PostgreSQL has its pg_trgm indexes (0009): nothing to do there.
 
 Revision ID: 0010
@@ -37,10 +38,7 @@ def upgrade() -> None:
         logger.warning("SQLite %s lacks FTS5's trigram tokenizer (3.34 or later): names and MACs are searched "
                        "without an index", sqlite3.sqlite_version)
         return
-    op.execute(sqlite.CREATE)
-    for statement in sqlite.TRIGGERS:
-        op.execute(statement)
-    op.execute(sqlite.REBUILD)
+    sqlite.ensure_search(op.get_bind())
 
 
 def downgrade() -> None:
