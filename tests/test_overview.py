@@ -6,6 +6,7 @@ import random
 import re
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import Connection, Engine, text
 
@@ -17,6 +18,7 @@ from sensorhub.db.models import LightReading
 from sensorhub.ingest.bookkeeping import History
 from sensorhub.protocol import Kind
 from sensorhub.timestamps import format_timestamp, parse_timestamp, to_micros
+from sensorhub.web import database
 from tests.factories import add_device, add_readings, mac_of
 from tests.support import both_databases
 
@@ -135,6 +137,19 @@ def test_the_fleet_readings_per_minute_are_the_sums_of_every_device_roll_ups(eng
     with engine.connect() as conn:
         assert overview.traffic(conn, now) == shown == _by_device(conn, now)
         assert {row[0] for row in conn.execute(text("SELECT DISTINCT worker FROM rollup_fleet_minute"))} == {0}
+
+
+def test_the_oldest_reading_is_kept_a_minute_once_there_is_one(client: FlaskClient, engine: Engine,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    now = datetime.now(UTC).replace(microsecond=123)
+    device = add_device(engine, "capteur", 1, joined=now - timedelta(hours=3), last_seen=now)
+    assert client.get("/api/overview").get_json()["database"]["oldest"] is None
+    first = add_readings(engine, LightReading, device, [5], now - timedelta(hours=1))[0]
+    assert client.get("/api/overview").get_json()["database"]["oldest"] == first.isoformat()  # none was kept
+    older = add_readings(engine, LightReading, device, [6], now - timedelta(hours=2))[0]  # as an import might
+    assert client.get("/api/overview").get_json()["database"]["oldest"] == first.isoformat()  # kept a minute
+    monkeypatch.setattr(database, "OLDEST_SECONDS", 0.0)
+    assert client.get("/api/overview").get_json()["database"]["oldest"] == older.isoformat()
 
 
 def test_the_page_draws_the_last_hour_and_the_rate(client: FlaskClient, engine: Engine) -> None:
