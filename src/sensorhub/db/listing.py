@@ -4,7 +4,9 @@ A page is `limit` devices after a cursor, in one of SORTS; the cursor holds the 
 the next page starts right after it through an index (ix_device_last_seen, the unique name, the primary key),
 never an OFFSET: the cost stays that of a page however deep. In `id` order a walk through every page returns every
 device that existed when it started exactly once, however many join or report meanwhile (new devices come last);
-in `recent` order a device that reports while one walks moves to the front (docs/api.md, "Pages").
+in `recent` order a device that reports while one walks moves to the front (docs/api.md, "Pages"). A search (a
+name or MAC substring) finds its devices through a trigram index on either database (PostgreSQL's pg_trgm,
+SQLite's FTS5 table of db/sqlite.py) when the text has 3 characters or more.
 """
 
 from __future__ import annotations
@@ -75,9 +77,9 @@ class Filter:
         """Devices whose name (or MAC) contains the query, ignoring case. With `few` (the matches are rare), as
         ids found by scanning the narrow unique indexes of name and MAC (a substring can use no B-tree, but a scan
         of one is a tenth of the table's): the page then reads only the matching rows (20 ms rather than 760 ms
-        for one name among 100,000 on SQLite; PostgreSQL answers from its trigram indexes, migration 0009; SQLite's
-        own trigram index is `indexed`'s). With many matches the order's own index is walked, testing each row,
-        and a page is found in its first rows."""
+        for one name among 100,000 on SQLite; PostgreSQL answers from its trigram indexes, migration 0009; where
+        SQLite has its own, `indexed` finds them instead). With many matches the order's own index is walked,
+        testing each row, and a page is found in its first rows."""
         if "\x00" in self.query:
             # No name nor MAC holds a NUL; SQLite's LIKE would read the pattern only up to it (and match everything),
             # PostgreSQL refuses it.
