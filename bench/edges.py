@@ -3,8 +3,8 @@
 Every process on this machine may open at most 20,000 files, soft and hard, and a Mosquitto process holds one
 a connection (docs/scaling.md). Beyond that the 100k bench spreads its boards over edge Mosquitto processes, each
 bridged to the broker sensorhub uses (the central one) with Mosquitto's own bridge: the device channels out,
-`state/nameAssign` and `led/command` in, at the specification's QoS. A deployment whose open-file limit can be
-raised does not need them (`LimitNOFILE`); the figures say when they were used.
+`state/nameAssign` and `led/command` in, at the specification's QoS but at most 1 (BRIDGE_QOS). A deployment
+whose open-file limit can be raised does not need them (`LimitNOFILE`); the figures say when they were used.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from sensorhub.protocol import MAX_PACKET, QOS, Topic
 OUT: tuple[Topic, ...] = (Topic.JOIN, Topic.LEAVE, Topic.LED_STATUS, Topic.BUTTON_STATUS,
                           Topic.PHOTORESISTOR_STATUS)
 IN: tuple[Topic, ...] = (Topic.NAME_ASSIGN, Topic.LED_COMMAND)
-#: The highest QoS of the central broker -> edge leg. At QoS 2, after a restart of the central broker the edges
-#: dropped name assignments (Mosquitto 2.0.11; measured with 60 boards on 2 edges: 1 to 16 of 72 lost, the
-#: boards waiting for their name timeout and joining again); at QoS 1 none was lost, and a duplicate assignment
-#: is harmless (the board keeps its own MAC's line once). The boards then receive `state/nameAssign` at QoS 1.
-IN_QOS = 1
+#: The highest QoS of the bridge, both ways (Mosquitto 2.0.11's bridge at QoS 2, measured: 1,000 Wills of boards
+#: that died at once crossed it 60 at a time and then not at all within 60 s, at QoS 1 all in 0.5 s; after a
+#: restart of the central broker the edges dropped 1 to 16 of 72 name assignments, at QoS 1 none). A duplicate
+#: leave is out of band, a duplicate assignment ignored by the board (it keeps its own MAC's line once); the
+#: firmware's joins are QoS 0 anyway. Boards then receive `state/nameAssign` at QoS 1.
+BRIDGE_QOS = 1
 
 
 def edge_config(number: int, port: int, central_port: int, workdir: Path) -> str:
@@ -59,8 +60,8 @@ def edge_config(number: int, port: int, central_port: int, workdir: Path) -> str
         "notifications false",
         "keepalive_interval 10",  # the central broker's max_keepalive is 12
         "restart_timeout 1 5",
-        *(f"topic {topic} out {QOS[topic]}" for topic in OUT),
-        *(f"topic {topic} in {min(QOS[topic], IN_QOS)}" for topic in IN),
+        *(f"topic {topic} out {min(QOS[topic], BRIDGE_QOS)}" for topic in OUT),
+        *(f"topic {topic} in {min(QOS[topic], BRIDGE_QOS)}" for topic in IN),
     ]
     return "\n".join(lines) + "\n"
 
