@@ -3,10 +3,12 @@ issues, print a table and one JSON line. `--quick` runs each scenario with small
 suite does). `--postgresql` measures the writer's figures on PostgreSQL instead of SQLite: a cluster of Debian's
 `postgresql` package, started in a temporary directory with PostgreSQL's default durability (fsync on), one
 database per scenario. `--scenario scale-out` runs on its own: sensorhub against a bare paho subscriber and
-mosquitto_sub, on SQLite and PostgreSQL (bench/scaleout.py). `--scenario 100k [--boards N] [--minutes M]` runs on
-its own too: a fleet of simulated boards following the firmware's protocol on one broker (bench/hundredk.py), on
-SQLite or, with `--postgresql`, on PostgreSQL. `--scenario alerts` measures what 100 alert rules over
-1,000 devices cost ingest and how soon a silence rule fires for 10,000 devices (bench/alerts.py)."""
+mosquitto_sub, on SQLite and PostgreSQL (bench/scaleout.py).
+`--scenario 100k [--boards N] [--minutes M] [--edges E]` runs on its own too: a fleet of simulated boards
+following the firmware's protocol on one broker, or over edge brokers bridged to it past one broker process's
+open-file limit (bench/hundredk.py, bench/edges.py), on SQLite or, with `--postgresql`, on PostgreSQL.
+`--scenario alerts` measures what 100 alert rules over 1,000 devices cost ingest and how soon a silence rule fires
+for 10,000 devices (bench/alerts.py)."""
 
 from __future__ import annotations
 
