@@ -189,6 +189,11 @@ def test_retention_removes_exactly_the_rows_older_than_the_limit_and_keeps_the_r
             purger.run(conn, busy=False)
     limit = format_micros(to_micros(now - timedelta(days=5)))
     assert rollups(engine) == {key: value for key, value in before.items() if key[3] >= limit}
+    with engine.connect() as conn:  # the fleet's readings per minute go with them
+        fleet = [tuple(row) for row in conn.execute(text(
+            "SELECT start, count FROM rollup_fleet_minute ORDER BY start"))]
+        assert fleet and fleet[0][0] >= limit and fleet == [tuple(row) for row in conn.execute(text(
+            "SELECT start, sum(count) FROM rollup_minute GROUP BY start ORDER BY start"))]
 
 
 def test_the_file_stops_growing_once_retention_is_reached(engine: Engine, settings: Settings) -> None:

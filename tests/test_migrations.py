@@ -17,10 +17,11 @@ import pytest
 from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
 from sensorhub.config import Settings
-from sensorhub.db import postgres
+from sensorhub.db import postgres, sqlite
 from sensorhub.db.engine import make_engine
 from sensorhub.db.models import Base
 from sensorhub.db.schema import BASELINE, State, alembic_config, check_schema, head, look, revisions, upgrade
@@ -79,6 +80,12 @@ def test_a_release_1_database_upgrades_in_place_keeping_every_row(tmp_path: Path
     _check_history_tables(path)
     with sqlite3.connect(path) as conn:
         _check_latest_rows(conn)
+        # The devices already there are in the search's trigram index (migration 0010), and the index is sound.
+        assert conn.execute(f"SELECT rowid FROM {sqlite.SEARCH_TABLE} WHERE {sqlite.SEARCH_TABLE} MATCH ?",
+                            ('"APTEUR03"',)).fetchall() == [(3,)]
+        assert conn.execute(f"SELECT rowid FROM {sqlite.SEARCH_TABLE} WHERE {sqlite.SEARCH_TABLE} MATCH ?",
+                            ('"0:00:0"',)).fetchall() == [(1,), (2,), (3,), (4,)]
+        conn.execute(f"INSERT INTO {sqlite.SEARCH_TABLE} ({sqlite.SEARCH_TABLE}) VALUES ('integrity-check')")
     with sqlite3.connect(path) as conn:  # the rules of the first release still hold
         with pytest.raises(sqlite3.IntegrityError, match="light_value"):
             conn.execute("INSERT INTO light_reading (device_id, at, value) "
@@ -102,7 +109,11 @@ def test_a_new_database_gets_every_revision_and_matches_the_models(tmp_path: Pat
     assert revisions()[0] == BASELINE and revisions()[-1] == head()
     engine = make_engine(url(path))
     with engine.connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        # The search's FTS5 table is SQLite's own, not in the models (db/sqlite.py, migration 0010).
+        assert sqlite.SEARCH_TABLES & set(inspect(conn).get_table_names()) >= {sqlite.SEARCH_TABLE}
+        context = MigrationContext.configure(conn, opts={"include_object": lambda _o, name, kind, *_: not (
+            kind == "table" and name in sqlite.SEARCH_TABLES)})
+        differences = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert differences == [], "the models and the migrations disagree: write a migration"
     assert path.stat().st_mode & 0o077 == 0
@@ -175,6 +186,10 @@ def _check_history_rows(conn: Any) -> None:
                             "ORDER BY device_id").fetchall()
     devices = conn.execute("SELECT id, session_id, online, last_seen FROM device ORDER BY id").fetchall()
     assert stored and stored == brute_force(events)
+    # Migration 0011 filled the fleet's readings per minute with the sums of every device's minutes.
+    fleet = conn.execute("SELECT start, sum(count) FROM rollup_fleet_minute GROUP BY start ORDER BY start").fetchall()
+    assert fleet and [tuple(row) for row in fleet] == [tuple(row) for row in conn.execute(
+        "SELECT start, sum(count) FROM rollup_minute GROUP BY start HAVING sum(count) > 0 ORDER BY start")]
     assert [(d, s) for d, s, *_ in sessions] == [(d, s) for d, s, *_ in devices]
     for (_, _, _started, online_at, ended_at), (_, _, online, last_seen) in zip(sessions, devices, strict=True):
         assert (online_at is not None) == bool(online)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import random
 import re
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from sensorhub import accounts
 from sensorhub.alerting import Metric, Rule
 from sensorhub.config import Settings
 from sensorhub.db import alerts, overview, rollups
 from sensorhub.db.models import LightReading
-from sensorhub.timestamps import format_timestamp, to_micros
+from sensorhub.ingest.bookkeeping import History
+from sensorhub.protocol import Kind
+from sensorhub.timestamps import format_timestamp, parse_timestamp, to_micros
+from sensorhub.web import database
 from tests.factories import add_device, add_readings, mac_of
 from tests.support import both_databases
 
@@ -76,13 +81,75 @@ def test_readings_per_minute_come_from_the_rollups(engine: Engine) -> None:
         if conn.dialect.name == "sqlite":  # through the primary key, never a scan of the roll-ups
             plan = " ".join(str(row[-1]) for row in conn.execute(
                 text("EXPLAIN QUERY PLAN " + overview.TRAFFIC_SQL), {"first": "2026-12-04 11:31:00.000000"}).all())
-            assert "SCAN r" not in plan and "SEARCH r USING PRIMARY KEY" in plan, plan
+            assert "SEARCH rollup_fleet_minute USING PRIMARY KEY" in plan, plan
     assert len(minutes) == overview.TRAFFIC_MINUTES
     assert minutes[-1].start == datetime(2026, 12, 4, 12, 30, tzinfo=UTC)
     assert minutes[0].start == datetime(2026, 12, 4, 11, 31, tzinfo=UTC)
     by_start = {m.start.strftime("%H:%M"): m.count for m in minutes}
     assert by_start["12:29"] == 60 and by_start["12:27"] == 30 and by_start["12:30"] == 0
     assert sum(by_start.values()) == 90
+
+
+#: What the chart showed before the fleet's roll-up: every device's 1-minute roll-ups of each minute, summed.
+BY_DEVICE_SQL = ("SELECT r.start, sum(r.count) FROM device d CROSS JOIN rollup_minute r WHERE r.device_id = d.id "
+                 "AND r.start >= :first GROUP BY r.start")
+
+
+def _by_device(conn: Connection, now: datetime) -> list[overview.Minute]:
+    """The chart's minutes as the sums of every device's roll-ups (what `traffic` read before the fleet's table)."""
+    first = now.replace(second=0, microsecond=0) - timedelta(minutes=overview.TRAFFIC_MINUTES - 1)
+    counts = {parse_timestamp(str(start)): int(count) for start, count in conn.execute(
+        text(BY_DEVICE_SQL), {"first": format_timestamp(first)})}
+    return [overview.Minute(first + timedelta(minutes=i), counts.get(first + timedelta(minutes=i), 0))
+            for i in range(overview.TRAFFIC_MINUTES)]
+
+
+@both_databases
+def test_the_fleet_readings_per_minute_are_the_sums_of_every_device_roll_ups(engine: Engine) -> None:
+    now = datetime.now(UTC).replace(second=30, microsecond=0)
+    start = now - timedelta(minutes=75)  # from before the chart's hour to its last minute
+    devices = [add_device(engine, f"capteur{i:02d}", i, joined=start - timedelta(hours=1), last_seen=now)
+               for i in range(1, 13)]
+    rng = random.Random(28)
+    writers = {worker: History(worker=worker) for worker in (0, 1, 2)}  # the only worker, or two
+    for _batch in range(60):
+        readings: dict[Kind, list[tuple[int, str, int]]] = {kind: [] for kind in Kind}
+        moment = start + timedelta(seconds=rng.randrange(75 * 60))
+        for device in rng.sample(devices, rng.randint(1, len(devices))):
+            kind = rng.choice(list(Kind))
+            for step in range(rng.randint(1, 4)):  # a device's readings in time order, across minute boundaries
+                at = format_timestamp(moment + timedelta(seconds=25 * step, microseconds=device))
+                readings[kind].append((device, at, rng.randrange(101) if kind is Kind.LIGHT else rng.randrange(2)))
+        with engine.begin() as conn:
+            for kind, rows in readings.items():
+                if rows:
+                    conn.execute(text(f"INSERT INTO {kind.value}_reading (device_id, at, value) VALUES (:d, :at, :v)"),
+                                 [{"d": d, "at": at, "v": v} for d, at, v in rows])
+            writers[rng.choice([0, 1, 2])].stage(conn, readings, [])
+    with engine.connect() as conn:
+        shown = overview.traffic(conn, now)
+        assert shown == _by_device(conn, now)
+        assert sum(m.count for m in shown) > 500 and sum(1 for m in shown if m.count) > 40
+        workers = {row[0] for row in conn.execute(text("SELECT DISTINCT worker FROM rollup_fleet_minute"))}
+        assert workers == {0, 1, 2}  # each worker its own rows: none waits on another's
+    with engine.begin() as conn:  # a rebuild (sensorhub db seed) sums them again, as worker 0
+        rollups.rebuild(conn)
+    with engine.connect() as conn:
+        assert overview.traffic(conn, now) == shown == _by_device(conn, now)
+        assert {row[0] for row in conn.execute(text("SELECT DISTINCT worker FROM rollup_fleet_minute"))} == {0}
+
+
+def test_the_oldest_reading_is_kept_a_minute_once_there_is_one(client: FlaskClient, engine: Engine,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    now = datetime.now(UTC).replace(microsecond=123)
+    device = add_device(engine, "capteur", 1, joined=now - timedelta(hours=3), last_seen=now)
+    assert client.get("/api/overview").get_json()["database"]["oldest"] is None
+    first = add_readings(engine, LightReading, device, [5], now - timedelta(hours=1))[0]
+    assert client.get("/api/overview").get_json()["database"]["oldest"] == first.isoformat()  # none was kept
+    older = add_readings(engine, LightReading, device, [6], now - timedelta(hours=2))[0]  # as an import might
+    assert client.get("/api/overview").get_json()["database"]["oldest"] == first.isoformat()  # kept a minute
+    monkeypatch.setattr(database, "OLDEST_SECONDS", 0.0)
+    assert client.get("/api/overview").get_json()["database"]["oldest"] == older.isoformat()
 
 
 def test_the_page_draws_the_last_hour_and_the_rate(client: FlaskClient, engine: Engine) -> None:

@@ -4,6 +4,7 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -11,10 +12,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, delete, select, update
 
-from sensorhub.db import listing
+from sensorhub.db import listing, sqlite
+from sensorhub.db.engine import make_engine
 from sensorhub.db.models import Device
+from sensorhub.db.schema import upgrade
 from sensorhub.web import api, pages
 from tests.factories import device_row, insert_devices, mac_of
 from tests.support import both_databases
@@ -136,6 +139,111 @@ def test_search_finds_a_name_or_a_mac_among_many_and_counts_them(client: FlaskCl
     seen, _ = walk(client, "/api/devices?q=capteur01&limit=30&sort=name")
     assert sorted(seen) == list(range(100, 200))
     assert client.get("/api/devices?q=%25").get_json() == []  # LIKE's wildcards are plain characters
+
+
+#: Names a substring search must take literally: LIKE's wildcards and escape, FTS5's syntax, quotes, spaces.
+ODD_NAMES = ("salle_%42", "salle 42", "salleX42", 'dit "ok"', "a/b*c", "NEAR(x y)", "col:name", "x^y-z", "l'ete")
+QUERIES = ("c", "C", "ca", "02", "2:", ":", "%", "_", "/", '"', "'", "*", "00:0", "0:00:", "capteur", "CAPTEUR0012",
+           "apteur001", "salle_%", "salle_", "LE_%4", "lle 4", "e%4", 'dit "OK', 'T "', "a/b", "/b*", "NEAR(",
+           "col:", "L:N", "x^y", "ZZZ", "ét", "été", "\\", "%%%", "___", "\x00ab")
+
+
+def _searched(conn: Any, query: str, by_mac: bool, online: bool | None = None) -> tuple[list[int], int | None]:
+    found = listing.page(conn, [Device.id], sort="id", where=listing.Filter(online=online, query=query,
+                                                                           by_mac=by_mac), limit=500)
+    return [row.id for row in found.rows], found.total
+
+
+@both_databases
+def test_search_is_a_substring_of_the_name_or_mac_ignoring_ascii_case_whatever_the_query(engine: Engine) -> None:
+    seed(engine, 30)
+    seed(engine, 6, 31, online=False)
+    with engine.begin() as conn:
+        for number, name in enumerate(ODD_NAMES, 40):
+            insert_devices(conn, [device_row(number, joined_us=NOW_US - 10**10, name=name)])
+        devices = conn.execute(select(Device.id, Device.name, Device.mac, Device.online)).all()
+    macs = [mac_of(12)[-8:].lower(), mac_of(12)[3:11], mac_of(40)[-5:]]
+    for query in (*QUERIES, *macs):
+        for by_mac in (True, False):
+            expected = sorted(d.id for d in devices if query.lower() in d.name.lower()
+                              or (by_mac and query.lower() in d.mac.lower()))
+            with engine.connect() as conn:
+                assert _searched(conn, query, by_mac) == (expected, len(expected)), (query, by_mac)
+                online = [i for i in expected if next(d for d in devices if d.id == i).online]
+                assert _searched(conn, query, by_mac, online=True) == (online, len(online)), (query, by_mac)
+
+
+def _search_index_sound(conn: Any, absent: tuple[str, ...] = ()) -> None:
+    """SQLite's FTS5 `integrity-check` passes, and the index itself finds none of `absent` (a search would still
+    be right, each match being tested again, but an index that kept old names would only grow)."""
+    conn.exec_driver_sql(f"INSERT INTO {sqlite.SEARCH_TABLE} ({sqlite.SEARCH_TABLE}) VALUES ('integrity-check')")
+    for text in absent:
+        assert conn.exec_driver_sql(f"SELECT rowid FROM {sqlite.SEARCH_TABLE} WHERE {sqlite.SEARCH_TABLE} MATCH ?",
+                                    (sqlite.phrase(text),)).all() == [], text
+
+
+@both_databases
+def test_the_search_index_follows_joins_renames_and_deletes(engine: Engine) -> None:
+    seed(engine, 50)
+    with engine.connect() as conn:
+        assert sqlite.searchable(conn) is (engine.dialect.name == "sqlite")
+        if engine.dialect.name == "sqlite":  # the search reads the trigram index, not a scan
+            ids = listing.Filter(query="capteur0012").indexed(datetime.now(UTC))
+            assert ids is not None
+            plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + str(ids.compile(conn, compile_kwargs={"literal_binds": True}))))
+            assert "VIRTUAL TABLE INDEX" in plan and sqlite.SEARCH_TABLE in plan, plan
+    with engine.begin() as conn:
+        insert_devices(conn, [device_row(60, joined_us=NOW_US - 10**10, name="serre-nord")])  # a join
+        conn.execute(update(Device).where(Device.id == 5).values(name="atelier-sud"))  # a rename
+        conn.execute(update(Device).where(Device.id == 6).values(mac="0A:0B:0C:0D:0E:0F"))
+        conn.execute(delete(Device).where(Device.id == 7))
+    with engine.connect() as conn:
+        assert _searched(conn, "SERRE-N", True) == ([60], 1)
+        assert _searched(conn, "lier-s", True) == ([5], 1)
+        assert _searched(conn, "capteur0005", True) == ([], 0)
+        assert _searched(conn, "0c:0d", True) == ([6], 1)
+        assert _searched(conn, mac_of(6)[-8:], True) == ([], 0)
+        assert _searched(conn, "capteur0007", True) == ([], 0)
+        assert _searched(conn, "capteur000", True) == ([1, 2, 3, 4, 6, 8, 9], 7)
+        if engine.dialect.name == "sqlite":
+            _search_index_sound(conn, absent=("capteur0005", "capteur0007", mac_of(6), mac_of(7)))
+    with engine.begin() as conn:  # renamed back, and the device that left joins again under its old name
+        conn.execute(update(Device).where(Device.id == 5).values(name="capteur0005"))
+        insert_devices(conn, [device_row(61, joined_us=NOW_US - 10**10, name="capteur0007")])
+    with engine.connect() as conn:
+        assert _searched(conn, "capteur000", True) == ([1, 2, 3, 4, 5, 6, 8, 9, 61], 9)
+        assert _searched(conn, "atelier", True) == ([], 0)
+        if engine.dialect.name == "sqlite":
+            _search_index_sound(conn, absent=("atelier-sud",))
+
+
+def test_without_the_search_index_sqlite_searches_as_before_and_says_so(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    seed(engine, 30)
+    with engine.begin() as conn:
+        for statement in sqlite.DROP:
+            conn.exec_driver_sql(statement)
+    fresh = make_engine(engine.url.render_as_string(hide_password=False))  # no connection that saw the table
+    try:
+        with caplog.at_level(logging.WARNING, logger="sensorhub.db.sqlite"), fresh.connect() as conn:
+            assert _searched(conn, "capteur0012", True) == ([12], 1)
+            assert _searched(conn, mac_of(13)[-8:], True) == ([13], 1)
+    finally:
+        fresh.dispose()
+    warned = [r.getMessage() for r in caplog.records if r.name == "sensorhub.db.sqlite"]
+    assert len(warned) == 1 and "without their index" in warned[0] and "db upgrade" in warned[0]
+    with engine.begin() as conn:  # a device renamed meanwhile
+        conn.execute(update(Device).where(Device.id == 14).values(name="renomme"))
+    upgrade(engine.url.render_as_string(hide_password=False))  # `sensorhub db upgrade` makes the index again
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER device_search_update")  # as a migration copying `device` would
+        conn.execute(update(Device).where(Device.id == 15).values(name="renomme-aussi"))
+    upgrade(engine.url.render_as_string(hide_password=False))  # and puts the trigger back, indexing again
+    with engine.connect() as conn:
+        assert sqlite.searchable(conn)
+        assert _searched(conn, "RENOMME", True) == ([14, 15], 2)
+        _search_index_sound(conn, absent=("capteur0014", "capteur0015"))
 
 
 @both_databases

@@ -247,6 +247,25 @@ class RollupHour(_Rollup, Base):
     __table_args__ = _rollup_args("rollup_hour")
 
 
+class RollupFleetMinute(Base):
+    """Readings of the whole fleet per minute (every kind), as each ingest worker (`worker`: its number, 0 for the
+    only one) added them in the transaction that added them to `rollup_minute`: the overview's traffic chart reads
+    60 rows or so, not every device's roll-ups. One row per worker, so that several workers never wait on each
+    other's row; `rollups.rebuild` writes its sums as worker 0."""
+
+    __tablename__ = "rollup_fleet_minute"
+    __table_args__ = (
+        PrimaryKeyConstraint("start", "worker", name="pk_rollup_fleet_minute"),
+        CheckConstraint("count >= 0", name="rollup_fleet_minute_count"),
+        _timestamp_check("start"),
+        {"sqlite_with_rowid": False},
+    )
+
+    start: Mapped[datetime] = mapped_column(UtcDateTime())
+    worker: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
 class DeviceSession(Base):
     """One session of a device: when the server named it, when it came online, when it left (NULL: not yet)."""
 

@@ -1,7 +1,7 @@
 """What the overview (`/accueil`, `GET /api/overview`) reads: presence counts, traffic, joins and leaves, the worst.
 
-Every query is cheap whatever the history's size: the device table (one row per board), the 1-minute roll-ups of
-the last hour through their primary key (device, kind, start), and the newest sessions through their id; never
+Every query is cheap whatever the history's size: the device table (one row per board), the fleet's 1-minute
+roll-up of the last hour through its primary key (start, worker), and the newest sessions through their id; never
 the reading tables.
 """
 
@@ -13,19 +13,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, func, select, text, true
 
 from sensorhub.db.models import Device, DeviceSession
-from sensorhub.protocol import Kind
 from sensorhub.timestamps import format_timestamp, parse_timestamp
 
 #: How many joins and leaves, and how many silent devices, the overview lists at most.
 LIST_LENGTH = 10
 #: The traffic chart's span, in 1-minute buckets.
 TRAFFIC_MINUTES = 60
-#: Readings per minute since `:first`: for each device (CROSS JOIN keeps SQLite's planner from scanning the
-#: roll-ups), its three kinds' rows from `:first` on, through the primary key (device_id, kind, start).
-TRAFFIC_SQL = ("SELECT r.start, sum(r.count) FROM device d CROSS JOIN rollup_minute r "
-               "WHERE r.device_id = d.id AND r.kind IN ({kinds}) AND r.start >= :first GROUP BY r.start"
-               .format(kinds=", ".join(f"'{kind.value}'" for kind in Kind)))
-
+#: Readings per minute since `:first`: the fleet's roll-up (`rollup_fleet_minute`, one row a minute and a worker,
+#: kept by the ingest client with the devices' `rollup_minute`), through its primary key (start, worker). Summing
+#: every device's roll-ups instead took 0.3–1 s at 100,000 devices.
+TRAFFIC_SQL = "SELECT start, sum(count) FROM rollup_fleet_minute WHERE start >= :first GROUP BY start"
 
 @dataclass(frozen=True, slots=True)
 class Presence:

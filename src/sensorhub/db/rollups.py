@@ -1,8 +1,10 @@
 """Roll-up tables on disk: the upsert the writer runs in its transaction, and a bulk rebuild from the readings.
 
-The upsert is plain `INSERT … ON CONFLICT … DO UPDATE`, which SQLite and PostgreSQL both accept. The rebuild
-(migration 0004, `sensorhub db seed`, the benchmark's builder) aggregates counts in SQL and computes the LED
-and button on-time with the same pure code as the writer (`sensorhub.buckets`).
+The upsert is plain `INSERT … ON CONFLICT … DO UPDATE`, which SQLite and PostgreSQL both accept; it adds each
+minute's readings of the whole fleet to `rollup_fleet_minute` in the same transaction, so that the overview's
+chart reads one row a minute and a worker rather than every device's. The rebuild (migration 0004, `sensorhub db
+seed`, the benchmark's builder) aggregates counts in SQL and computes the LED and button on-time with the same
+pure code as the writer (`sensorhub.buckets`), then sums the fleet's minutes again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from sensorhub.buckets import STATEFUL, Bucket, Key, Last, Row, roll
 logger = logging.getLogger(__name__)
 
 TABLES = {"1m": "rollup_minute", "1h": "rollup_hour"}
+#: Readings per minute of the whole fleet, kept by `upsert` with `rollup_minute` (the overview's traffic chart).
+FLEET = "rollup_fleet_minute"
 KINDS = ("led", "button", "light")
 
 def _upsert_sql(table: str, marker: str) -> str:
@@ -38,8 +42,15 @@ _UPSERT = {(size, style): _upsert_sql(table, "?" if style == "qmark" else "%s")
            for size, table in TABLES.items() for style in ("qmark", "format")}
 
 
-def upsert(conn: Connection, buckets: Mapping[str, Mapping[Key, Bucket]]) -> int:
-    """Add bucket changes to the roll-up tables; return how many rows were written."""
+#: The fleet's readings per minute (`rollup_fleet_minute`), per parameter style.
+_FLEET_UPSERT = {style: f"INSERT INTO {FLEET} AS f (start, worker, count) VALUES ({', '.join([marker] * 3)}) "
+                        "ON CONFLICT (start, worker) DO UPDATE SET count = f.count + excluded.count"
+                 for style, marker in (("qmark", "?"), ("format", "%s"))}
+
+
+def upsert(conn: Connection, buckets: Mapping[str, Mapping[Key, Bucket]], worker: int = 0) -> int:
+    """Add bucket changes to the roll-up tables, and their readings per minute to the fleet's (as `worker`); return
+    how many device roll-up rows were written."""
     style = "qmark" if conn.dialect.paramstyle == "qmark" else "format"
     written = 0
     for size, changes in buckets.items():
@@ -49,7 +60,20 @@ def upsert(conn: Connection, buckets: Mapping[str, Mapping[Key, Bucket]]) -> int
             (key[0], key[1], key[2], b.count, b.low, b.high, b.total, b.on_us) for key, b in changes.items()
         ])
         written += len(changes)
+    fleet: dict[str, int] = {}
+    for key, bucket in buckets.get("1m", {}).items():
+        if bucket.count:
+            fleet[key[2]] = fleet.get(key[2], 0) + bucket.count
+    if fleet:  # in time order: two transactions of one worker's rows lock them in the same order
+        conn.exec_driver_sql(_FLEET_UPSERT[style], [(start, worker, count) for start, count in sorted(fleet.items())])
     return written
+
+
+def rebuild_fleet(conn: Connection) -> None:
+    """Recompute the fleet's readings per minute from every device's 1-minute roll-ups (not committed)."""
+    conn.execute(text(f"DELETE FROM {FLEET}"))
+    conn.execute(text(f"INSERT INTO {FLEET} (start, worker, count) SELECT start, 0, sum(count) FROM rollup_minute "
+                      "GROUP BY start HAVING sum(count) > 0"))
 
 
 def _where_devices(device_ids: Sequence[int] | None, column: str = "device_id") -> str:
@@ -58,8 +82,10 @@ def _where_devices(device_ids: Sequence[int] | None, column: str = "device_id") 
     return f" WHERE {column} IN ({', '.join(str(int(i)) for i in device_ids) or 'NULL'})"
 
 
-def rebuild(conn: Connection, device_ids: Sequence[int] | None = None, chunk: int = 50_000) -> None:
-    """Recompute the roll-ups of `device_ids` (None: every device) from their readings (not committed)."""
+def rebuild(conn: Connection, device_ids: Sequence[int] | None = None, chunk: int = 50_000, *,
+            fleet: bool = True) -> None:
+    """Recompute the roll-ups of `device_ids` (None: every device) from their readings, then (with `fleet`) the
+    fleet's readings per minute (not committed)."""
     where = _where_devices(device_ids)
     for table in TABLES.values():
         conn.execute(text(f"DELETE FROM {table}{where}"))
@@ -96,6 +122,8 @@ def rebuild(conn: Connection, device_ids: Sequence[int] | None = None, chunk: in
         "SELECT device_id, kind, substr(start, 1, 14) || '00:00.000000', sum(count), min(low), max(high), "
         f"sum(total), sum(on_us) FROM rollup_minute{where} GROUP BY device_id, kind, substr(start, 1, 14)"
     ))
+    if fleet:
+        rebuild_fleet(conn)
     logger.info("roll-ups rebuilt for %s", "every device" if device_ids is None else f"{len(device_ids)} device(s)")
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensorhub.db.engine import make_engine, sqlite_path
+from sensorhub.db.sqlite import ensure_search
 from sensorhub.errors import DatabaseError, reason
 from sensorhub.i18n import N_
 
@@ -197,6 +198,7 @@ def upgrade(url: str) -> tuple[str | None, str]:
                 logger.info("database made before migrations: marking it as revision %s", BASELINE)
                 command.stamp(config, BASELINE)
             command.upgrade(config, "head")
+            ensure_search(conn)  # SQLite's search index, if it could not be made before or lost a trigger
     except SQLAlchemyError as err:
         raise DatabaseError(N_("cannot upgrade the database {where}: {reason}"), where=repr(engine.url),
                             reason=reason(err)) from err

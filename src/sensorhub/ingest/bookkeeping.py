@@ -46,8 +46,10 @@ _LAST_STATES = text("SELECT id, " + ", ".join(f"last_{kind}_at, last_{kind}" for
 class History:
     """Roll-ups and sessions, staged in the writer's transaction; the LED and button states between batches."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, worker: int = 0) -> None:
         self.enabled = enabled
+        #: This worker's number (SENSORHUB_WORKER): its own rows of the fleet's readings per minute.
+        self.worker = worker
         self.states: dict[tuple[int, str], Last] = {}
         self._staged: dict[tuple[int, str], Last] | None = None
         #: Roll-up rows written since start (benchmarks).
@@ -81,7 +83,7 @@ class History:
         if not self.enabled:
             return
         rolled = roll({kind.value: rows for kind, rows in readings.items() if rows}, self.states, ends)
-        self.rollup_rows += upsert(conn, rolled.buckets)
+        self.rollup_rows += upsert(conn, rolled.buckets, self.worker)
         self._staged = rolled.states
 
     def committed(self) -> None:

@@ -76,6 +76,11 @@ def _latest_refresh(table: str) -> TextClause:
     return text(f"{refresh_sql([kind])} WHERE id = :device AND {at} < :cutoff")
 
 
+#: The fleet's readings per minute older than the cut-off, STEP_ROWS minutes at a time (its primary key).
+_FLEET_DELETE = text("DELETE FROM rollup_fleet_minute WHERE start IN (SELECT start FROM rollup_fleet_minute "
+                     f"WHERE start < :cutoff ORDER BY start LIMIT {STEP_ROWS})")
+
+
 def _rollup_delete(table: str) -> TextClause:
     return text(f"DELETE FROM {table} WHERE device_id = :device AND kind = :kind AND start IN (SELECT start FROM "
                 f"{table} WHERE device_id = :device AND kind = :kind AND start < :cutoff ORDER BY start "
@@ -139,6 +144,7 @@ class Purger:
                 statement = _rollup_delete(table)
                 tasks += [(statement, {"device": d, "kind": kind, "cutoff": cutoff}, "rollups")
                           for d in devices for kind in ("light", "led", "button")]
+            tasks.append((_FLEET_DELETE, {"cutoff": cutoff}, "rollups"))
         self._tasks = tasks
         self._pass_started = time.monotonic()
         self._deleted_in_pass = 0

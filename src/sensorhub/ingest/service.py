@@ -35,6 +35,7 @@ from sensorhub.db.space import warn_if_low
 from sensorhub.errors import IngestError, PayloadError
 from sensorhub.ingest.alerts import Alerts
 from sensorhub.ingest.beacon import Beacon
+from sensorhub.ingest.bookkeeping import History
 from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.habroker import HaBroker
 from sensorhub.ingest.homeassistant import BIRTH_TOPIC, COMMAND_FILTER, ROOT, HomeAssistant
@@ -133,7 +134,7 @@ class IngestClient:
         if self.dispatcher is not None:
             self.metrics.registry.register(NotifyCollector(self.dispatcher))
         self.writer = Writer(self.engine, self._publish, self.mqtt.ack, self.drops,
-                             presence_timeout=3 * settings.keepalive,
+                             presence_timeout=3 * settings.keepalive, history=History(worker=settings.worker),
                              purger=Purger(settings.retention_days, settings.rollup_retention_days,
                                            stray_hours=settings.stray_device_hours),
                              metrics=self.metrics, shared=bool(settings.worker), answer=self._answer,

@@ -48,7 +48,7 @@ def _database_part(now: datetime, silent_seconds: int, private: bool) -> dict[st
             events = overview.joins_and_leaves(conn) if private else []
             silent = overview.silent_devices(conn, now, silent_seconds)
             size = history.database_bytes(state.database.engine(), conn)
-            first = history.oldest(conn)
+            first = state.database.oldest(conn)
             try:
                 alarming = alertviews.active_count(conn)
                 active = alertviews.active(conn)

@@ -101,7 +101,7 @@ def _database_facts() -> dict[str, Any] | None:
     try:
         with state.database.connect() as conn:
             size = history.database_bytes(state.database.engine(), conn)
-            oldest = history.oldest(conn)
+            oldest = state.database.oldest(conn)
     except (DatabaseError, SQLAlchemyError) as err:
         logger.debug("no database facts on /aide: %s", err)
         return None

@@ -91,7 +91,7 @@ def upgrade() -> None:
                              "VALUES (:device_id, :session_id, :started_at, :online_at, :ended_at)"), sessions)
     from sensorhub.db.rollups import rebuild
 
-    rebuild(conn)
+    rebuild(conn, fleet=False)  # the fleet's table comes with 0011, which fills it
 
 
 def downgrade() -> None:
