@@ -369,6 +369,23 @@ def test_cli_reports_a_busy_port_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1].startswith(f"sensorhub: error: port {port} (MQTT)")
 
 
+def test_a_start_interrupted_once_mosquitto_listens_leaves_no_mosquitto_behind(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or SIGTERM, a KeyboardInterrupt in `sensorhub broker`) between mosquitto's READY and the guard's start:
+    the full suite's SIGINT test sent it there once, and mosquitto outlived `sensorhub broker`."""
+    broker = Broker(settings)
+
+    def interrupted() -> None:
+        assert _try_connect(settings.mqtt_port) is not None  # mosquitto already listens
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(broker, "_start_guard", interrupted)
+    with pytest.raises(KeyboardInterrupt), broker:
+        pytest.fail("the block ran")
+    assert broker.process is not None and broker.process.poll() is not None, "mosquitto still runs"
+    assert _try_connect(settings.mqtt_port) is None
+
+
 def _try_connect(port: int) -> mqtt.Client | None:
     try:
         return connect(port)

@@ -27,13 +27,13 @@ def broker(settings: Settings) -> None:
     # applies max_packet_size there, and says READY=1 once both are up.
     # SIGTERM (from `sensorhub run`, systemd, kill) stops mosquitto too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with broker as running:
-        notify("READY=1")
-        click.echo(tr("broker running (config {path}); Ctrl-C stops it", path=running.config_path), err=True)
-        try:
+    try:
+        with broker as running:
+            notify("READY=1")
+            click.echo(tr("broker running (config {path}); Ctrl-C stops it", path=running.config_path), err=True)
             status = running.wait()
-        except KeyboardInterrupt:
-            status = 0
+    except KeyboardInterrupt:  # stopped as asked, also while it was starting (Broker.start stops what it started)
+        status = 0
     sys.exit(status)
 
 
