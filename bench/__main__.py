@@ -3,10 +3,12 @@ issues, print a table and one JSON line. `--quick` runs each scenario with small
 suite does). `--postgresql` measures the writer's figures on PostgreSQL instead of SQLite: a cluster of Debian's
 `postgresql` package, started in a temporary directory with PostgreSQL's default durability (fsync on), one
 database per scenario. `--scenario scale-out` runs on its own: sensorhub against a bare paho subscriber and
-mosquitto_sub, on SQLite and PostgreSQL (bench/scaleout.py). `--scenario 100k [--boards N] [--minutes M]` runs on
-its own too: a fleet of simulated boards following the firmware's protocol on one broker (bench/hundredk.py), on
-SQLite or, with `--postgresql`, on PostgreSQL. `--scenario alerts` measures what 100 alert rules over
-1,000 devices cost ingest and how soon a silence rule fires for 10,000 devices (bench/alerts.py)."""
+mosquitto_sub, on SQLite and PostgreSQL (bench/scaleout.py).
+`--scenario 100k [--boards N] [--minutes M] [--edges E]` runs on its own too: a fleet of simulated boards
+following the firmware's protocol on one broker, or over edge brokers bridged to it past one broker process's
+open-file limit (bench/hundredk.py, bench/edges.py), on SQLite or, with `--postgresql`, on PostgreSQL.
+`--scenario alerts` measures what 100 alert rules over 1,000 devices cost ingest and how soon a silence rule fires
+for 10,000 devices (bench/alerts.py)."""
 
 from __future__ import annotations
 
@@ -162,7 +164,8 @@ def _scale_out(quick: bool) -> int:
     return 0
 
 
-def _hundred_k(quick: bool, postgresql: bool, boards: int | None, minutes: float | None) -> int:
+def _hundred_k(quick: bool, postgresql: bool, boards: int | None, minutes: float | None,
+               edges: int | None = None) -> int:
     """The 100k scenario: one table, one JSON line."""
     import dataclasses
 
@@ -174,13 +177,17 @@ def _hundred_k(quick: bool, postgresql: bool, boards: int | None, minutes: float
         sizes = dataclasses.replace(sizes, boards=boards)
     if minutes is not None:
         sizes = dataclasses.replace(sizes, steady_minutes=minutes)
+    if edges is not None:
+        sizes = dataclasses.replace(sizes, edges=edges)
     host = machine.describe()
     host["database"] = ("PostgreSQL " + machine.postgresql_version()) if postgresql else f"SQLite {host['sqlite']}"
     host["open_files"] = most_boards() + 100
     print(f"sensorhub 100k benchmark ({'quick smoke run' if quick else 'full'}) on {host['cpu']}, {host['cores']} "
           f"cores, {host['memory_gib']} GiB, {host['os']}, Python {host['python']}, mosquitto {host['mosquitto']}, "
           f"{host['database']}; {sizes.boards:,} boards (the most one broker process may hold here: "
-          f"{most_boards():,}, its open-file limit less {100})", flush=True)
+          f"{most_boards():,}, its open-file limit less {100})"
+          + (f", over {sizes.edge_count()} edge brokers bridged to the central one" if sizes.edge_count() else ""),
+          flush=True)
     figures = hundred_k(sizes, postgresql, lambda text: print(text, file=sys.stderr, flush=True))
     print(table(figures))
     print(json.dumps({"quick": quick, "scenario": "100k", "postgresql": postgresql, "machine": host,
@@ -201,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boards", type=int, default=None,
                         help="100k: how many boards (default: the most one broker process may hold here)")
     parser.add_argument("--minutes", type=float, default=None, help="100k: minutes of steady state (default 3)")
+    parser.add_argument("--edges", type=int, default=None,
+                        help="100k: edge brokers bridged to the central one (default: as many as the boards need "
+                             "beyond one broker process's open-file limit; 0 when one holds them all)")
     args = parser.parse_args(argv)
     if args.only and "pages-100k" in args.only:
         if len(args.only) > 1:
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only and "100k" in args.only:
         if len(args.only) > 1:
             parser.error("100k runs on its own")
-        return _hundred_k(args.quick, args.postgresql, args.boards, args.minutes)
+        return _hundred_k(args.quick, args.postgresql, args.boards, args.minutes, args.edges)
     if args.only and "scale-out" in args.only:
         if len(args.only) > 1:
             parser.error("scale-out runs on its own")

@@ -29,7 +29,6 @@ from bench.loadgen import Share, publish, split
 from bench.scenarios import Figure, total, wait_stable
 from bench.stack import Stack
 from sensorhub.alerting import Metric, Rule
-from sensorhub.buckets import micros_of
 from sensorhub.db import alerts as db
 from sensorhub.db.engine import make_engine
 from sensorhub.db.schema import init_db, migrated_engine
@@ -38,7 +37,7 @@ from sensorhub.ingest.drops import Drops
 from sensorhub.ingest.sessions import Inbound
 from sensorhub.ingest.writer import Writer
 from sensorhub.protocol import Kind, Reading, Topic
-from sensorhub.timestamps import format_micros
+from sensorhub.timestamps import format_micros, micros_of
 from tests.factories import device_row, insert_devices
 
 DAY_US = 86_400 * 1_000_000

@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 from sqlalchemy import Engine, func, select
 
+from bench.edges import EdgeBrokers
 from bench.scenarios import Figure, percentile
 from bench.stack import scratch_settings
 from sensorhub.broker import Broker
@@ -34,9 +35,11 @@ from sensorhub.config import Settings
 from sensorhub.db.engine import make_engine
 from sensorhub.db.models import Device, LedReading, LightReading
 from sensorhub.db.schema import init_db
+from sensorhub.health import read_heartbeat
 from sensorhub.simulator.fleet import unique_macs
 from sensorhub.simulator.swarmfleet import SwarmFleet
 from sensorhub.supervisor import Supervisor
+from sensorhub.telemetry import heartbeat_path
 
 #: Sockets the broker keeps besides the boards' (listeners, the ingest client, log, persistence, spare).
 BROKER_SPARE = 100
@@ -61,6 +64,20 @@ class HundredK:
     storm_cap: float = 120.0
     restart_cap: float = 300.0
     per_process: int = 7_000
+    #: Edge brokers bridged to the central one (bench/edges.py); None: as many as the boards need here (none when
+    #: one broker process may hold them all).
+    edges: int | None = None
+
+    def edge_count(self) -> int:
+        """How many edge brokers the boards are spread over (0: all on the central broker)."""
+        if self.edges is not None:
+            return self.edges
+        most = most_boards()
+        if self.boards <= most:
+            return 0
+        processes = -(-self.boards // self.per_process)
+        per_edge = max(1, most // self.per_process)  # whole simulator processes an edge broker may hold
+        return -(-processes // per_edge)
 
 
 def quick() -> HundredK:
@@ -124,6 +141,15 @@ def _all_back(fleet: SwarmFleet, counter: Counter, alive: int) -> Callable[[], b
     def check() -> bool:
         boards = fleet.sessions()
         return len(boards) >= alive and len(boards & counter.sessions()) >= alive
+    return check
+
+
+def _client_back(settings: Settings, since: float) -> Callable[[], bool]:
+    """Whether the ingest client says (its heartbeat, written each second) it is connected again since `since`
+    (time.time()): until then a board's QoS 0 join is dropped by the broker, not queued for it."""
+    def check() -> bool:
+        beat = read_heartbeat(heartbeat_path(settings))
+        return bool(beat and beat.get("broker") and float(beat.get("at", 0)) > since)
     return check
 
 
@@ -223,7 +249,11 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
         # As `sensorhub run` does: a client that exits (its watchdog: status 3) is restarted, and said in its log.
         threading.Thread(target=supervisor.watch, daemon=True).start()
         macs = unique_macs(28, n)
-        fleet = stack.enter_context(SwarmFleet("127.0.0.1", settings.mqtt_port, macs, interval=sizes.interval,
+        edges = (stack.enter_context(EdgeBrokers(sizes.edge_count(), settings.mqtt_port, Path(settings.broker_log),
+                                                 Path(tmp) / "edges"))
+                 if sizes.edge_count() else None)
+        ports: int | list[int] = edges.ports if edges is not None else settings.mqtt_port
+        fleet = stack.enter_context(SwarmFleet("127.0.0.1", ports, macs, interval=sizes.interval,
                                                keepalive=settings.keepalive, gate=sizes.gate,
                                                per_process=sizes.per_process))
         fleet.stats()  # every process is up
@@ -233,11 +263,15 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
         parts: dict[str, Callable[[], list[int]]] = {
             "broker": lambda: [brokers[-1].process.pid] if brokers[-1].process else [],
             "client": lambda: [client.process.pid] if client.process else [], "simulator": lambda: fleet.pids}
+        if edges is not None:
+            parts["edge brokers"] = edges.pids
         if pg_pids:
             parts["postgresql"] = lambda: pg_pids
         procs = Parts(parts)
         base_rss = procs.rss()
-        say(f"{n:,} boards in {len(fleet.pids)} simulator process(es); load {_load()}")
+        say(f"{n:,} boards in {len(fleet.pids)} simulator process(es)"
+            + (f", over {len(edges.ports)} edge brokers bridged to the central one" if edges is not None else "")
+            + f"; load {_load()}")
 
         # 1. The first registration: every board is new.
         started = time.monotonic()
@@ -317,8 +351,10 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
         broker = Broker(settings, stderr=subprocess.DEVNULL)
         broker.start()
         brokers.append(broker)
-        back = time.monotonic()
-        took = _until(_all_back(fleet, counter, alive), sizes.restart_cap, poll=1.0)
+        back, restarted = time.monotonic(), time.time()
+        # Back: the ingest client connected to the new broker, and every board online in the session it holds.
+        reconnected, all_back = _client_back(settings, restarted), _all_back(fleet, counter, alive)
+        took = _until(lambda: reconnected() and all_back(), sizes.restart_cap, poll=1.0)
         online = len(fleet.sessions() & counter.sessions())
         fleet.pause(True)
         time.sleep(1)
@@ -326,7 +362,9 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
         stored_led = _stable(counter.led)
         fleet.pause(False)
         figures.append(Figure(
-            "hk_restart", f"broker restart with {alive:,} boards ({sizes.gate} a process waiting for a name)",
+            "hk_restart", (f"central broker restart with {alive:,} boards (they stay on their edge brokers)"
+                           if edges is not None else
+                           f"broker restart with {alive:,} boards ({sizes.gate} a process waiting for a name)"),
             (f"all back online, each in the session it holds, in {took:.0f} s" if took is not None else
              f"{online:,} of {alive:,} online after {time.monotonic() - back:.0f} s")
             + f"; QoS 1 led/status acknowledged {acked:,} (before the restart {acked_before:,}), stored "

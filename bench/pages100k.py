@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine
+from bench.fleet_browser import CpuWatch
+from bench.processes import Subscriber
 from bench.scenarios import Figure, percentile
 from bench.stack import Stack
 from sensorhub import supervisor
@@ -277,19 +279,36 @@ def browser_figures(stack: Stack, base: str, sizes: PagesSizes) -> dict[str, dic
                 found["capteurs_open"] = {"s": None, "error": str(err).splitlines()[0][:200]}
                 return found
             publisher = Publisher(stack.settings.mqtt_port, sizes, sessions)
+            probe = page.evaluate(WATCH)
+            # The reference: a bare paho subscriber to the live feed in its own process, as the page is
+            # subscribed (what the ingest client, the broker and the machine add before the page).
+            subscriber = Subscriber(stack.settings, _device_id(stack, probe))
             try:
-                probe = page.evaluate(WATCH)
+                subscriber.start()
                 stored_before = _stored(stack, probe)
+                watch = CpuWatch(os.getpid(), subscriber.process.pid or 0)
+                subscriber.mark()
                 publisher.probe = probe
                 time.sleep(sizes.live_seconds)
                 publisher.probe = None
                 time.sleep(1.0)
-                updates = page.evaluate("window.__updates")
+                cpu = watch.read()
+                messages, readings = subscriber.rates()
+                updates = [(_shown_value(text), at) for text, at in page.evaluate("window.__updates")]
+                arrivals = subscriber.drain()
                 # Whether the ingest client kept up: the probe's readings it stored by the end of the window.
                 stored = _stored(stack, probe) - stored_before
             finally:
                 publisher.close()
-            found["live"] = {**_live(publisher.sent, updates), "stored": stored}
+                subscriber.close()
+            page_delays, reference = _live(publisher.sent, updates), _live(publisher.sent, arrivals)
+            found["live"] = {**page_delays, "stored": stored,
+                             "to_subscriber_p50_ms": reference.get("p50_ms"),
+                             "to_subscriber_p99_ms": reference.get("p99_ms"),
+                             "page_over_subscriber_p99": (round(page_delays["p99_ms"] / reference["p99_ms"], 2)
+                                                          if page_delays.get("p99_ms") and reference.get("p99_ms")
+                                                          else None),
+                             "messages_per_s": round(messages), "readings_per_s": round(readings), **cpu}
         finally:
             browser.close()
     return found
@@ -303,11 +322,25 @@ def _stored(stack: Stack, name: str) -> int:
     return int(stack.db.execute(query, (name,)).fetchone()[0])
 
 
-def _live(sent: list[tuple[int, float]], updates: list[tuple[str, float]]) -> dict[str, Any]:
-    """Publish -> DOM per probe reading: each update matched to the latest publish of its value before it."""
+def _device_id(stack: Stack, name: str) -> int:
+    """The id of the device called `name`."""
+    query = "SELECT id FROM device WHERE session_name = ?"
+    if stack.postgresql:
+        query = query.replace("?", "%s")
+    return int(stack.db.execute(query, (name,)).fetchone()[0])
+
+
+def _shown_value(text: str) -> int | None:
+    """The number a card's light value shows ("42 %"), None if none."""
+    first = text.split()[0] if text.split() else ""
+    return int(first) if first.isdigit() else None
+
+
+def _live(sent: list[tuple[int, float]], seen: list[tuple[int | None, float]]) -> dict[str, Any]:
+    """Publish -> arrival per probe reading (at the page or at the reference subscriber): each arrival matched to
+    the latest publish of its value before it."""
     delays = []
-    for text, at in updates:
-        value = int(text.split()[0]) if text.split() and text.split()[0].isdigit() else None
+    for value, at in seen:
         earlier = [moment for sent_value, moment in sent if sent_value == value and moment <= at]
         if earlier:
             delays.append(at - earlier[-1])
@@ -394,6 +427,12 @@ def heard(stack: Stack, sizes: PagesSizes, ready: float) -> int:
 def _ms(found: dict[str, Any], target: float, label: str, key: str) -> Figure:
     value = found.get("p99_ms")
     text = "n/a" if value is None else f"p50 {found.get('p50_ms')} ms, p99 {value} ms"
+    if value is not None and "to_subscriber_p99_ms" in found:
+        text += (f"; to a paho subscriber (own process) p50 {found['to_subscriber_p50_ms']}, p99 "
+                 f"{found['to_subscriber_p99_ms']} ms; page/subscriber p99 {found['page_over_subscriber_p99']}; "
+                 f"the page received {found['readings_per_s']:,} readings/s in {found['messages_per_s']:,} "
+                 f"messages/s; machine {found['machine_busy']:.0%} busy; share of a core: "
+                 + ", ".join(f"{part} {share:.0%}" for part, share in found["parts"].items()))
     return Figure(key, label, text, f"<= {target:.0f} ms", None if value is None else value <= target, found)
 
 

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
-from sensorhub.buckets import SIZES, Bucket, Last, micros_of, roll
+from sensorhub.buckets import SIZES, Bucket, Last, roll
 from sensorhub.db.rollups import rebuild, upsert
-from sensorhub.timestamps import format_micros
+from sensorhub.timestamps import format_micros, micros_of
 from tests.support import both_databases
 
 T0 = int(datetime(2026, 11, 28, 22, 58, tzinfo=UTC).timestamp()) * 1_000_000
@@ -177,3 +177,34 @@ def _stored(engine: Engine) -> Expected:
             for row in conn.execute(text(query)):
                 found[(size, row[0], row[1], row[2])] = (row[3], row[4], row[5], row[6], row[7])
     return found
+
+
+@both_databases
+def test_a_restarted_writer_reads_each_online_device_s_led_and_button_state_as_the_readings_say(
+        engine: Engine) -> None:
+    from sensorhub.db.latest import refresh_latest
+    from sensorhub.ingest.bookkeeping import History
+    from tests.factories import add_device
+
+    joined = datetime.fromtimestamp(T0 / 1e6 - 3600, UTC)
+    online = [add_device(engine, f"capteur{i}", i, joined=joined) for i in (1, 2, 3)]
+    offline = add_device(engine, "capteur4", 4, joined=joined, online=False)
+    rows = {  # per kind: (device, µs, value) inserted in this order; the newest by (at, id) is the state
+        "led": [(online[0], T0 + 5, 1), (online[0], T0 + 9, 0), (online[0], T0 + 7, 1),  # a late, older one
+                (online[1], T0 + 3, 0), (online[1], T0 + 3, 1),  # a tie: the later row wins
+                (offline, T0 + 1, 1)],
+        "button": [(online[0], T0 + 2, 1), (online[2], T0 + 4, 1), (online[2], T0 + 6, 0)],
+    }
+    with engine.begin() as conn:
+        for kind, readings in rows.items():
+            for device, at, value in readings:
+                conn.execute(text(f"INSERT INTO {kind}_reading (device_id, at, value) VALUES (:d, :at, :v)"),
+                             {"d": device, "at": format_micros(at), "v": value})
+        refresh_latest(conn, [*online, offline])
+    history = History()
+    with engine.connect() as conn:
+        history.load(conn)
+    assert history.states == {
+        (online[0], "led"): Last(T0 + 9, 0), (online[1], "led"): Last(T0 + 3, 1),
+        (online[0], "button"): Last(T0 + 2, 1), (online[2], "button"): Last(T0 + 6, 0),
+    }  # nothing for the offline device, nor for a kind a device never reported

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from sensorhub.timestamps import format_micros
+from sensorhub.timestamps import format_micros, micros_of
 
 #: Bucket sizes, in microseconds, by the name the API uses.
 SIZES: dict[str, int] = {"1m": 60_000_000, "1h": 3_600_000_000}
 #: Kinds that have a state in time (on / pressed), as opposed to the light, a measurement.
 STATEFUL = ("led", "button")
 _MINUTE = SIZES["1m"]
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: A reading as the writer inserts it: (device id, stored time text, value).
 Row = tuple[int, str, int]
@@ -78,14 +76,6 @@ class Rolled:
 
     buckets: dict[str, dict[Key, Bucket]]
     states: States
-
-
-def micros_of(text: str) -> int:
-    """µs since the epoch of a stored time text (`YYYY-MM-DD HH:MM:SS.ffffff`, UTC)."""
-    moment = datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
-                      int(text[17:19]), int(text[20:26]), tzinfo=UTC)
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def minute_of(text: str) -> str:

@@ -18,9 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from sensorhub.alerting import Metric, Rule, Severity, State
-from sensorhub.buckets import micros_of
 from sensorhub.db.dialect import execute
-from sensorhub.timestamps import format_micros
+from sensorhub.timestamps import format_micros, micros_of
 
 #: The channels a notification can go through (alert_outbox.channel).
 CHANNELS = ("webhook", "email", "mqtt")

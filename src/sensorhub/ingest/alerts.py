@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from sensorhub.alerting import Active, Metric, Rule, State, Step, Tracker
-from sensorhub.buckets import micros_of
 from sensorhub.db import alerts as db
+from sensorhub.timestamps import micros_of
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ from enum import IntEnum
 
 from sqlalchemy import Connection, text
 
-from sensorhub.buckets import STATEFUL, Last, Row, micros_of, roll
+from sensorhub.buckets import STATEFUL, Last, Row, roll
 from sensorhub.db.rollups import upsert
 from sensorhub.protocol import Kind
+from sensorhub.timestamps import micros_of
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +36,11 @@ _END_OPEN = text("UPDATE device_session SET ended_at = :at WHERE device_id = :de
 _START = text("INSERT INTO device_session (device_id, session_id, started_at) VALUES (:device, :session, :at)")
 _ONLINE = text("UPDATE device_session SET online_at = :at WHERE device_id = :device AND session_id = :session "
                "AND online_at IS NULL AND ended_at IS NULL")
-_LAST_STATE = {
-    kind: text(f"SELECT at, value FROM {kind}_reading WHERE device_id = :device ORDER BY at DESC, id DESC LIMIT 1")
-    for kind in STATEFUL
-}
+#: The LED and button state of every online device, from the latest values its row keeps (db/latest.py: the newest
+#: reading by (at, id), what a look-up in each reading table finds). One statement: a look-up per device and
+#: kind took 39 s for 100,000 online devices on PostgreSQL (4.8 s on SQLite), every start of the ingest client.
+_LAST_STATES = text("SELECT id, " + ", ".join(f"last_{kind}_at, last_{kind}" for kind in STATEFUL)
+                    + " FROM device WHERE online")
 
 
 class History:
@@ -52,14 +54,14 @@ class History:
         self.rollup_rows = 0
 
     def load(self, conn: Connection) -> None:
-        """Read the LED and button state of each online device (one indexed look-up each)."""
+        """Read the LED and button state of each online device (from its row's latest values)."""
         self._staged = None
         states: dict[tuple[int, str], Last] = {}
-        for (device_id,) in conn.execute(text("SELECT id FROM device WHERE online")):
-            for kind, query in _LAST_STATE.items():
-                row = conn.execute(query, {"device": device_id}).first()
-                if row is not None:
-                    states[(int(device_id), kind)] = Last(micros_of(str(row[0])), int(row[1]))
+        for row in conn.execute(_LAST_STATES):
+            for n, kind in enumerate(STATEFUL):
+                at, value = row[1 + 2 * n], row[2 + 2 * n]
+                if at is not None and value is not None:
+                    states[(int(row[0]), kind)] = Last(micros_of(str(at)), int(value))
         self.states = states
 
     def stage(self, conn: Connection, readings: Mapping[Kind, Sequence[Row]], events: Sequence[SessionEvent]) -> None:

@@ -15,7 +15,7 @@ from sensorhub.db.presence import lost_devices
 from sensorhub.ingest.limits import Limits
 from sensorhub.ingest.sessions import Device, Inbound, Sessions, default_name
 from sensorhub.protocol import Leave, MacJoin, Reading, SessionRef
-from sensorhub.timestamps import parse_timestamp, to_micros
+from sensorhub.timestamps import micros_of
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,8 @@ def load_sessions(conn: Connection, presence_timeout_us: int, *, exact: bool = T
 
 def device_of(row: Any) -> Device:
     """A row of writes.DEVICE_ROWS as the engine holds it."""
-    return Device(row[0], row[1], row[2], row[3], row[4], bool(row[5]), to_micros(parse_timestamp(row[6])),
-                  to_micros(parse_timestamp(row[7])), bool(row[8]),
-                  to_micros(parse_timestamp(row[9])) if row[9] else 0)
+    return Device(row[0], row[1], row[2], row[3], row[4], bool(row[5]), micros_of(row[6]), micros_of(row[7]),
+                  bool(row[8]), micros_of(row[9]) if row[9] else 0)
 
 
 def reread(conn: Connection, sessions: Sessions, ids: set[int]) -> None:

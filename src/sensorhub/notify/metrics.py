@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sensorhub.buckets import micros_of
 from sensorhub.notify.dispatcher import Dispatcher
+from sensorhub.timestamps import micros_of
 
 
 class NotifyCollector(Collector):

@@ -73,10 +73,12 @@ def _child(conn: Connection, host: str, port: int, macs: list[str], options: dic
 
 
 class SwarmFleet:
-    """`boards` MACs spread over processes of at most `per_process` boards each; a context manager."""
+    """`boards` MACs spread over processes of at most `per_process` boards each; a context manager. With several
+    `port`s, process n connects to the n-th (round robin): brokers bridged together (bench/edges.py)."""
 
-    def __init__(self, host: str, port: int, macs: Sequence[str], *, per_process: int = PER_PROCESS,
+    def __init__(self, host: str, port: int | Sequence[int], macs: Sequence[str], *, per_process: int = PER_PROCESS,
                  sources: int = 8, **options: Any) -> None:
+        ports = [port] if isinstance(port, int) else list(port)
         per_process = max(1, min(per_process, resource.getrlimit(resource.RLIMIT_NOFILE)[1] // 2 - SPARE_FILES))
         options.setdefault("bind_addresses", loopback_sources(sources) if host.startswith("127.") else ())
         chunks = [list(macs[i:i + per_process]) for i in range(0, len(macs), per_process)]
@@ -85,9 +87,10 @@ class SwarmFleet:
         self.sizes = [len(chunk) for chunk in chunks]
         self.conns: list[Connection] = []
         self.processes: list[Any] = []
-        for chunk in chunks:
+        for n, chunk in enumerate(chunks):
             parent, child = context.Pipe()
-            process = context.Process(target=_child, args=(child, host, port, chunk, options), daemon=True)
+            process = context.Process(target=_child, args=(child, host, ports[n % len(ports)], chunk, options),
+                                      daemon=True)
             process.start()
             self.conns.append(parent)
             self.processes.append(process)
