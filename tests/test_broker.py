@@ -342,14 +342,23 @@ def test_cli_broker_runs_in_the_foreground_and_stops_on_sigint(tmp_path: Path) -
     port, ws_port = free_port(), free_port()
     env = {**os.environ, "SENSORHUB_MQTT_PORT": str(port), "SENSORHUB_MQTT_WS_PORT": str(ws_port),
            "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log"), "SENSORHUB_STATE_DIR": str(tmp_path / "var")}
-    process = subprocess.Popen([sys.executable, "-m", "sensorhub", "broker"], env=env,
-                               stderr=subprocess.PIPE, text=True)
+    output = tmp_path / "stderr.txt"
+    with output.open("w") as stderr:  # a file, not a pipe nobody reads while it runs
+        process = subprocess.Popen([sys.executable, "-m", "sensorhub", "broker"], stderr=stderr, text=True,
+                                   env={**env, "PYTHONFAULTHANDLER": "1"})
     try:
         client = wait_for(lambda: _try_connect(port), 10, what="the broker started by the CLI")
         client.loop_stop()
         client.disconnect()
         process.send_signal(signal.SIGINT)
-        assert process.wait(10) == 0
+        try:
+            status = process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)  # faulthandler writes where each thread stands
+            process.wait(5)
+            said = output.read_text()[-6000:]
+            raise AssertionError(f"`sensorhub broker` still ran 10 s after SIGINT:\n{said}") from None
+        assert status == 0, output.read_text()[-3000:]
     finally:
         process.kill()
         process.wait()
