@@ -344,8 +344,11 @@ def test_cli_broker_runs_in_the_foreground_and_stops_on_sigint(tmp_path: Path) -
            "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log"), "SENSORHUB_STATE_DIR": str(tmp_path / "var")}
     output = tmp_path / "stderr.txt"
     with output.open("w") as stderr:  # a file, not a pipe nobody reads while it runs
+        # Started with SIGINT ignored, as a shell starts a background job (and as the full suite's workers once
+        # did, by something an earlier module ran): Python then leaves SIGINT ignored unless the program sets it.
         process = subprocess.Popen([sys.executable, "-m", "sensorhub", "broker"], stderr=stderr, text=True,
-                                   env={**env, "PYTHONFAULTHANDLER": "1"})
+                                   env={**env, "PYTHONFAULTHANDLER": "1"},
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         client = wait_for(lambda: _try_connect(port), 10, what="the broker started by the CLI")
         client.loop_stop()
