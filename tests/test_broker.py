@@ -342,14 +342,26 @@ def test_cli_broker_runs_in_the_foreground_and_stops_on_sigint(tmp_path: Path) -
     port, ws_port = free_port(), free_port()
     env = {**os.environ, "SENSORHUB_MQTT_PORT": str(port), "SENSORHUB_MQTT_WS_PORT": str(ws_port),
            "SENSORHUB_BROKER_LOG": str(tmp_path / "b.log"), "SENSORHUB_STATE_DIR": str(tmp_path / "var")}
-    process = subprocess.Popen([sys.executable, "-m", "sensorhub", "broker"], env=env,
-                               stderr=subprocess.PIPE, text=True)
+    output = tmp_path / "stderr.txt"
+    with output.open("w") as stderr:  # a file, not a pipe nobody reads while it runs
+        # Started with SIGINT ignored, as a shell starts a background job (and as the full suite's workers once
+        # did, by something an earlier module ran): Python then leaves SIGINT ignored unless the program sets it.
+        process = subprocess.Popen([sys.executable, "-m", "sensorhub", "broker"], stderr=stderr, text=True,
+                                   env={**env, "PYTHONFAULTHANDLER": "1"},
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         client = wait_for(lambda: _try_connect(port), 10, what="the broker started by the CLI")
         client.loop_stop()
         client.disconnect()
         process.send_signal(signal.SIGINT)
-        assert process.wait(10) == 0
+        try:
+            status = process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)  # faulthandler writes where each thread stands
+            process.wait(5)
+            said = output.read_text()[-6000:]
+            raise AssertionError(f"`sensorhub broker` still ran 10 s after SIGINT:\n{said}") from None
+        assert status == 0, output.read_text()[-3000:]
     finally:
         process.kill()
         process.wait()
@@ -367,6 +379,23 @@ def test_cli_reports_a_busy_port_in_one_line(tmp_path: Path) -> None:
                                 text=True, timeout=20, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"sensorhub: error: port {port} (MQTT)")
+
+
+def test_a_start_interrupted_once_mosquitto_listens_leaves_no_mosquitto_behind(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or SIGTERM, a KeyboardInterrupt in `sensorhub broker`) between mosquitto's READY and the guard's start:
+    the full suite's SIGINT test sent it there once, and mosquitto outlived `sensorhub broker`."""
+    broker = Broker(settings)
+
+    def interrupted() -> None:
+        assert _try_connect(settings.mqtt_port) is not None  # mosquitto already listens
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(broker, "_start_guard", interrupted)
+    with pytest.raises(KeyboardInterrupt), broker:
+        pytest.fail("the block ran")
+    assert broker.process is not None and broker.process.poll() is not None, "mosquitto still runs"
+    assert _try_connect(settings.mqtt_port) is None
 
 
 def _try_connect(port: int) -> mqtt.Client | None:

@@ -74,7 +74,10 @@ def test_3000_devices_show_a_page_filtered_in_the_database_with_a_card_in_view_l
             expect(cards).to_have_count(pages.CARDS_PAGE)
 
             # The next page.
-            page.locator('a[rel="next"]').click()
+            # A navigation to the next page (paged in the database), waited for as one: a loaded machine took longer
+            # than an assertion's 15 s to serve it (its first card still capteur0001 then).
+            with page.expect_navigation(url=lambda url: "cursor=" in url, timeout=60_000):
+                page.locator('a[rel="next"]').click()
             expect(cards.first).to_have_attribute("data-session-name", f"capteur{pages.CARDS_PAGE + 1:04d}")
 
             # A search among all of them, in the database.

@@ -591,6 +591,20 @@ def test_a_private_site_needs_a_login_for_everything(settings: Settings, engine:
     assert client.get("/historique").status_code == 200 and client.get("/api/devices").status_code == 200
 
 
+def test_an_unknown_name_is_checked_against_a_hash_as_costly_as_a_real_one(engine: Engine) -> None:
+    from werkzeug.security import check_password_hash, generate_password_hash
+
+    from sensorhub import accounts
+
+    # The written-out dummy hash has the parameters (method, N, r, p) a real account's hash gets today.
+    assert accounts.DUMMY_HASH.split("$")[0] == generate_password_hash("x", method="scrypt").split("$")[0]
+    assert check_password_hash(accounts.DUMMY_HASH, "sensorhub-no-such-user")
+    accounts.add(engine, "bob", PASSWORD)
+    with engine.connect() as conn:
+        assert accounts.verify(conn, "nobody", PASSWORD) is None and accounts.verify(conn, "bob", "wrong!") is None
+        assert accounts.verify(conn, "bob", PASSWORD) is not None
+
+
 # -- a logged-in user --------------------------------------------------------------------------------------------
 
 
@@ -859,28 +873,52 @@ def hold_slow_clients(port: int, payload: bytes, count: int = SLOW_CLIENTS) -> l
     return held
 
 
-def answer_time(url: str, context: ssl.SSLContext | None = None, timeout: float = 5.0) -> float:
-    """Seconds until GET `url` is answered 200 (`timeout` if it is not answered by then)."""
-    started = time.monotonic()
+#: Seconds a page has to answer beside the slow clients: well under what the server gives a slow client before
+#: closing it (gunicorn's worker timeout, 30 s; plainhttp.HEAD_SECONDS, 10 s, for plain requests on the HTTPS port).
+ANSWER_SECONDS = 8.0
+
+
+def answered(url: str, context: ssl.SSLContext | None = None, timeout: float = ANSWER_SECONDS) -> bool:
+    """Whether GET `url` is answered 200 within `timeout` seconds."""
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as answer:
             answer.read()
-            assert answer.status == 200
+            return bool(answer.status == 200)
     except (TimeoutError, urllib.error.URLError, OSError):
-        return timeout
-    return time.monotonic() - started
+        return False
+
+
+def still_held(sock: socket.socket) -> bool:
+    """Whether the server still holds this slow client's connection open (neither closed nor answered)."""
+    sock.setblocking(False)
+    try:
+        return not sock.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: answered
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def answers_beside_slow_clients(url: str, port: int, payload: bytes, context: ssl.SSLContext | None = None) -> None:
+    """`url` answers while SLOW_CLIENTS connections that sent `payload` are all still held open by the server.
+
+    If they held the server's workers, the pages could only answer once the server dropped them (after its own
+    timeout) or not at all: how fast it answers is the bench's business, not a wall-clock limit here."""
+    assert answered(url, context)
+    held = hold_slow_clients(port, payload)
+    try:
+        for _ in range(3):
+            assert answered(url, context), f"{url} unanswered in {ANSWER_SECONDS} s with {SLOW_CLIENTS} slow clients"
+        dropped = sum(not still_held(sock) for sock in held)
+        assert dropped == 0, f"{dropped} of the {SLOW_CLIENTS} slow clients were dropped before the pages answered"
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_slow_http_clients_leave_the_pages_answering(stack: Stack) -> None:
     """200 connections sending half a request (slowloris) do not hold the web server's workers."""
-    assert answer_time(stack.url("/capteurs")) < 1
-    held = hold_slow_clients(stack.settings.web_port, HALF_REQUEST)
-    try:
-        waited = [answer_time(stack.url("/capteurs")) for _ in range(3)]
-        assert max(waited) < 1, f"/capteurs answered in {waited} s with {SLOW_CLIENTS} slow clients"
-    finally:
-        for sock in held:
-            sock.close()
+    answers_beside_slow_clients(stack.url("/capteurs"), stack.settings.web_port, HALF_REQUEST)
 
 
 @pytest.mark.parametrize("payload", [HALF_HANDSHAKE, HALF_REQUEST], ids=["half-handshakes", "half-plain-requests"])
@@ -889,16 +927,9 @@ def test_half_tls_handshakes_leave_the_pages_answering(certificate: Settings, en
     which the HTTPS port reads to redirect it)."""
     settings = certificate
     context = ssl.create_default_context(cafile=settings.tls_cert)
-    url = f"https://127.0.0.1:{settings.web_port}/capteurs"
     with web_server_tls(settings):
-        assert answer_time(url, context) < 1
-        held = hold_slow_clients(settings.web_port, payload)
-        try:
-            waited = [answer_time(url, context) for _ in range(3)]
-            assert max(waited) < 1, f"/capteurs answered in {waited} s with {SLOW_CLIENTS} slow clients"
-        finally:
-            for sock in held:
-                sock.close()
+        answers_beside_slow_clients(f"https://127.0.0.1:{settings.web_port}/capteurs", settings.web_port, payload,
+                                    context)
 
 
 def test_http_answers_name_no_server_and_send_no_hsts(stack: Stack) -> None:

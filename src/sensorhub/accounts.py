@@ -21,8 +21,12 @@ logger = logging.getLogger(__name__)
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 _NAME_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")
-#: Checked against when the name is unknown, so that a wrong name takes as long as a wrong password.
-_DUMMY_HASH = generate_password_hash("sensorhub-no-such-user", method="scrypt")
+#: Checked against when the name is unknown, so that a wrong name takes as long as a wrong password: a fixed
+#: scrypt hash of "sensorhub-no-such-user" with the parameters `generate_password_hash(method="scrypt")` uses
+#: (tests/test_security.py checks they agree), written out rather than made at import, where it cost every process
+#: that imports this module (each command line, each gunicorn worker) 0.1 s of CPU.
+DUMMY_HASH = ("scrypt:32768:8:1$DGY6LwtOrwno8kp6$7eed1d58fb402f8a8bbb46e0e2f420d0d56e4ccbe075ca23beebe647aa0a6179ce99"
+              "76701403b34278c1bbcb5b431adf0e5bc7cbf9273d7ab458917ffa70e6af")
 
 
 class AccountError(SensorhubError):
@@ -99,7 +103,7 @@ def verify(conn: Connection, name: str, password: str) -> str | None:
     """The session stamp of the account if `password` is right, else None (in constant time for unknown names)."""
     row = conn.execute(select(WebUser.password_hash).where(WebUser.name == name)).first()
     if row is None:
-        check_password_hash(_DUMMY_HASH, password)
+        check_password_hash(DUMMY_HASH, password)
         return None
     return stamp(row[0]) if check_password_hash(row[0], password) else None
 

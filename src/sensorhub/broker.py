@@ -309,19 +309,25 @@ class Broker:
         """Start mosquitto and return once it listens on both ports."""
         check_open_files(self.settings)
         program = self._check_ports()
-        for attempt in range(_UPSTREAM_ATTEMPTS):
-            try:
-                self._launch(program, timeout)
-                break
-            except _UpstreamTaken:
-                # The loopback port was free when chosen; another program's connection took it since.
-                logger.info("the loopback port %d behind the WebSockets guard was taken meanwhile: another one",
-                            self.ws_upstream)
-                self.stop()
-                if attempt == _UPSTREAM_ATTEMPTS - 1:
-                    raise BrokerError(N_("mosquitto could not listen: loopback port {port} behind the WebSockets "
-                                         "guard is in use"), port=self.ws_upstream) from None
-        self._start_guard()
+        try:
+            for attempt in range(_UPSTREAM_ATTEMPTS):
+                try:
+                    self._launch(program, timeout)
+                    break
+                except _UpstreamTaken:
+                    # The loopback port was free when chosen; another program's connection took it since.
+                    logger.info("the loopback port %d behind the WebSockets guard was taken meanwhile: another one",
+                                self.ws_upstream)
+                    self.stop()
+                    if attempt == _UPSTREAM_ATTEMPTS - 1:
+                        raise BrokerError(N_("mosquitto could not listen: loopback port {port} behind the WebSockets "
+                                             "guard is in use"), port=self.ws_upstream) from None
+            self._start_guard()
+        except BaseException:
+            # Whatever stopped the start half-way, an error or Ctrl-C / SIGTERM (a KeyboardInterrupt in `sensorhub
+            # broker`) while mosquitto already listened: what was started stops, no mosquitto is left behind.
+            self.stop()
+            raise
         tls = (f", TLS on port {self.settings.mqtt_tls_port}, secure WebSockets on port "
                f"{self.settings.mqtt_wss_port}" if self.settings.tls else "")
         access = "boards log in as `device`" if self.settings.device_password else "boards connect anonymously"

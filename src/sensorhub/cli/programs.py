@@ -25,15 +25,18 @@ def broker(settings: Settings) -> None:
     broker = Broker(settings)
     # This process stays beside mosquitto: it runs the guard of the WebSockets port (sensorhub.wsguard), which
     # applies max_packet_size there, and says READY=1 once both are up.
-    # SIGTERM (from `sensorhub run`, systemd, kill) stops mosquitto too, as Ctrl-C does.
+    # SIGTERM (from `sensorhub run`, systemd, kill) stops mosquitto too, as Ctrl-C does. SIGINT is set as well:
+    # Python leaves it ignored when the parent ignored it (a shell's background job, a test runner's worker), and
+    # Ctrl-C or `kill -INT` then did nothing; mosquitto itself handles SIGINT whatever it inherited.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with broker as running:
-        notify("READY=1")
-        click.echo(tr("broker running (config {path}); Ctrl-C stops it", path=running.config_path), err=True)
-        try:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with broker as running:
+            notify("READY=1")
+            click.echo(tr("broker running (config {path}); Ctrl-C stops it", path=running.config_path), err=True)
             status = running.wait()
-        except KeyboardInterrupt:
-            status = 0
+    except KeyboardInterrupt:  # stopped as asked, also while it was starting (Broker.start stops what it started)
+        status = 0
     sys.exit(status)
 
 
