@@ -184,30 +184,24 @@ class Parts:
             procs += [child for proc in list(procs) for child in proc.children()]
         return procs
 
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds (user + system) of each part so far."""
+    def _sum(self, measure: Callable[[psutil.Process], float]) -> dict[str, float]:
+        """`measure` summed over each part's processes (one that ended meanwhile counts nothing)."""
         out: dict[str, float] = {}
         for name in self.parts:
             total = 0.0
             for proc in self._each(name):
-                try:
-                    times = proc.cpu_times()
-                    total += times.user + times.system
-                except psutil.Error:
-                    pass
+                with suppress(psutil.Error):
+                    total += measure(proc)
             out[name] = total
         return out
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) of each part so far."""
+        return self._sum(lambda proc: sum(proc.cpu_times()[:2]))
+
     def rss(self) -> dict[str, int]:
         """Resident memory (bytes) of each part now."""
-        out: dict[str, int] = {}
-        for name in self.parts:
-            total = 0
-            for proc in self._each(name):
-                with suppress(psutil.Error):
-                    total += proc.memory_info().rss
-            out[name] = total
-        return out
+        return {name: int(total) for name, total in self._sum(lambda proc: proc.memory_info().rss).items()}
 
 
 @contextmanager

@@ -316,20 +316,22 @@ def browser_figures(stack: Stack, base: str, sizes: PagesSizes) -> dict[str, dic
     return found
 
 
-def _stored(stack: Stack, name: str) -> int:
-    """How many light readings of the device called `name` the database holds."""
-    query = "SELECT count(*) FROM light_reading r JOIN device d ON d.id = r.device_id WHERE d.session_name = ?"
+def _of_device(stack: Stack, query: str, name: str) -> int:
+    """The integer `query` answers for the device called `name` (its `?`, in the database's own paramstyle)."""
     if stack.postgresql:
         query = query.replace("?", "%s")
     return int(stack.db.execute(query, (name,)).fetchone()[0])
+
+
+def _stored(stack: Stack, name: str) -> int:
+    """How many light readings of the device called `name` the database holds."""
+    return _of_device(stack, "SELECT count(*) FROM light_reading r JOIN device d ON d.id = r.device_id "
+                             "WHERE d.session_name = ?", name)
 
 
 def _device_id(stack: Stack, name: str) -> int:
     """The id of the device called `name`."""
-    query = "SELECT id FROM device WHERE session_name = ?"
-    if stack.postgresql:
-        query = query.replace("?", "%s")
-    return int(stack.db.execute(query, (name,)).fetchone()[0])
+    return _of_device(stack, "SELECT id FROM device WHERE session_name = ?", name)
 
 
 def _shown_value(text: str) -> int | None:
