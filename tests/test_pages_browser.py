@@ -86,10 +86,14 @@ def test_3000_devices_show_a_page_filtered_in_the_database_with_a_card_in_view_l
             expect(cards).to_have_count(1)
             expect(cards.first).to_have_attribute("data-session-name", "capteur2999")
             assert "q=capteur2999" in page.url
+            # The new page's script is running (it sends the form when a select changes): the cards are in the
+            # HTML before it runs, and a select changed earlier sends nothing (the CI run of 849e114 did that).
+            expect(page.locator('[data-live-status][data-state="live"]')).to_be_visible(timeout=20_000)
 
             # A state filter changes the page at once (the form is sent).
             page.locator("[data-filter]").fill("")
-            page.locator("[data-presence]").select_option("hors-ligne")
+            with page.expect_navigation(url=lambda url: "presence=hors-ligne" in url, timeout=60_000):
+                page.locator("[data-presence]").select_option("hors-ligne")
             expect(page.locator("[data-no-match]")).to_be_visible()
             expect(cards).to_have_count(0)
             assert "presence=hors-ligne" in page.url
