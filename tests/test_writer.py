@@ -560,3 +560,54 @@ def test_commands_are_answered_after_commit_and_dropped_once_their_web_server_st
         assert drops.snapshot() == {"pipe-offline": 1, "command-late": 1}
     finally:
         started.stop(10)
+
+
+def test_after_an_outage_the_wal_is_given_back_at_each_idle_moment_until_the_backlog_is_in(tmp_path: Any) -> None:
+    """The broker hands a backlog over in bursts: an idle moment between two bursts truncates the WAL, and the next
+    idle moment after the next burst does again; the first idle moment with nothing written since ends it, and so
+    does the window. (It ended at the first idle moment before: on a busy machine, mid-backlog.)"""
+    from sensorhub.db.engine import make_engine
+    from sensorhub.ingest.outage import QUIET, TRUNCATE_WINDOW, Outage
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    engine = make_engine(url, create_dir=True)
+    wal = tmp_path / "db.sqlite3-wal"
+    now = [0.0]
+    outage = Outage(url, lambda: 0, clock=lambda: now[0])
+
+    def burst(conn: Any) -> None:
+        conn.execute(text("INSERT INTO t (v) VALUES (:v)"), [{"v": "x" * 200} for _ in range(50)])
+        conn.commit()
+        assert wal.stat().st_size > 0
+
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("CREATE TABLE t (v TEXT)"))
+            conn.commit()
+            outage.since = 0.0  # the disk was full
+            burst(conn)
+            outage.written(conn)  # writing again: truncated at once
+            assert wal.stat().st_size == 0 and outage.since is None
+            for _ in range(3):  # the backlog in bursts, idle moments in between, the first before any burst
+                now[0] += 1.0
+                outage.idle(conn)
+                burst(conn)
+                outage.written(conn)
+                now[0] += 1.0
+                outage.idle(conn)
+                assert wal.stat().st_size == 0 and outage.truncate_until is not None
+            now[0] += QUIET
+            outage.idle(conn)  # nothing written for a while: the backlog is in
+            assert outage.truncate_until is None
+            burst(conn)
+            outage.written(conn)
+            outage.idle(conn)  # no outage: the WAL is SQLite's to manage
+            assert wal.stat().st_size > 0
+            outage.since = now[0]  # another outage, and a backlog longer than the window
+            outage.written(conn)
+            burst(conn)
+            now[0] += TRUNCATE_WINDOW + 1
+            outage.idle(conn)
+            assert wal.stat().st_size > 0 and outage.truncate_until is None
+    finally:
+        engine.dispose()

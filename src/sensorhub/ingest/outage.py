@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
+from sensorhub.db.engine import sqlite_path
 from sensorhub.db.space import MIB, database_dir, database_space
 from sensorhub.errors import reason
 
@@ -16,6 +18,11 @@ logger = logging.getLogger(__name__)
 
 #: While the database cannot be written, one line about it at most this often (seconds).
 OUTAGE_LOG_EVERY = 60.0
+#: After an outage, for this long (seconds) at most, the WAL is truncated whenever the writer is idle and the WAL
+#: has grown since: the broker hands the backlog over in bursts, with idle moments in between on a busy machine.
+TRUNCATE_WINDOW = 300.0
+#: ... and it ends sooner once nothing has been written for this long (seconds) and the WAL is empty.
+QUIET = 5.0
 
 
 def is_full(err: BaseException) -> bool:
@@ -39,8 +46,9 @@ class Outage:
         #: Since when (clock) the database cannot be written, and when that was last said.
         self.since: float | None = None
         self._said = 0.0
-        #: Give the WAL's space back once the backlog is written (after the disk was full).
-        self.truncate_when_idle = False
+        #: Until when (clock) to give the WAL's space back at idle moments, after an outage (None: not now).
+        self.truncate_until: float | None = None
+        self._last_write = clock()
 
     def blocked(self, conn: Connection, err: OperationalError, retry_in: float) -> None:
         """A batch could not be written: say why (the first time, then once a minute); make room in the WAL."""
@@ -67,21 +75,39 @@ class Outage:
 
     def written(self, conn: Connection) -> None:
         """A batch was written: if the database could not be written before, say it can again."""
+        self._last_write = self._clock()
         if self.since is None:
             return
         logger.warning("writing to the database again after %.0f s", self._clock() - self.since)
         self.since = None
         self.truncate_wal(conn)
-        self.truncate_when_idle = True  # and again once the backlog is in
+        self.truncate_until = self._clock() + TRUNCATE_WINDOW  # and again while the backlog comes in
 
     def idle(self, conn: Connection) -> None:
-        """Nothing waits: the moment to give the WAL's space back after an outage, until it is given back (a reader
-        of another thread or process, such as the notification dispatcher, may hold it at one moment)."""
-        if self.truncate_when_idle and self.truncate_wal(conn):
-            self.truncate_when_idle = False
+        """Nothing waits: after an outage, the moment to give the WAL's space back, at each idle moment the WAL has
+        grown since the last, until nothing has been written for QUIET seconds or the window ends (a reader of
+        another thread or process, such as the notification dispatcher, may hold the WAL at one moment)."""
+        if self.truncate_until is None:
+            return
+        now = self._clock()
+        if now > self.truncate_until:
+            self.truncate_until = None
+        elif self._wal_size() > 0:
+            self.truncate_wal(conn)
+        elif now - self._last_write >= QUIET:
+            self.truncate_until = None  # the backlog is in, and its space given back
+
+    def _wal_size(self) -> int:
+        """The WAL file's size in bytes (0 without one)."""
+        path = sqlite_path(self.url)
+        try:
+            return 0 if path is None else Path(f"{path}-wal").stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def truncate_wal(self, conn: Connection) -> bool:
-        """Give the WAL file's space back to the file system; False if a reader held it (try again later)."""
+        """Give the WAL file's space back to the file system; False if a reader held it or the checkpoint failed
+        (try again later)."""
         if self.db_dir is None:
             return True
         try:
@@ -92,4 +118,7 @@ class Outage:
             logger.debug("WAL checkpoint failed: %s", reason(err))
             return False
         # (busy, pages in the WAL, pages checkpointed): busy 1 means a reader kept it from finishing.
-        return row is None or int(row[0]) == 0
+        if row is not None and int(row[0]) != 0:
+            logger.debug("the WAL could not be truncated yet (a reader holds it: %s)", tuple(row))
+            return False
+        return True
