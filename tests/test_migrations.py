@@ -103,6 +103,16 @@ def test_the_cli_upgrades_and_says_what_it_did(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"database at schema {head()} (was {BASELINE})"
 
 
+def test_the_revisions_read_from_the_file_names_are_alembic_s_chain() -> None:
+    """schema.revisions() reads the migrations' file names (no Alembic import to check a database): the same
+    revisions, in the same order, as Alembic's own walk from the head down."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    chain = [rev.revision for rev in reversed(list(script.walk_revisions()))]
+    assert revisions() == chain and head() == script.get_current_head() and len(chain) >= 11
+
+
 def test_a_new_database_gets_every_revision_and_matches_the_models(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite3"
     assert upgrade(url(path)) == (None, head())

@@ -14,11 +14,9 @@ import sqlite3
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.request import pathname2url
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, MetaData, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +25,9 @@ from sensorhub.db.engine import make_engine, sqlite_path
 from sensorhub.db.sqlite import ensure_search
 from sensorhub.errors import DatabaseError, reason
 from sensorhub.i18n import N_
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -60,22 +61,23 @@ class Found:
 
 def alembic_config() -> Config:
     """Alembic's configuration: sensorhub's migrations, run on the connection put in `attributes`."""
+    from alembic.config import Config  # only to migrate: a command that reads the database spares its import
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
 
 
 def revisions() -> list[str]:
-    """Every revision, oldest first."""
-    script = ScriptDirectory.from_config(alembic_config())
-    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+    """Every revision, oldest first: the migrations' file names start with their revision, in order (a test checks
+    it against Alembic's own chain), so that checking a database's revision does not import Alembic and every
+    migration (0.1 s for each command line)."""
+    return sorted(path.name.split("_", 1)[0] for path in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
 
 
 def head() -> str:
     """The newest revision this sensorhub knows."""
-    found = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert found is not None
-    return found
+    return revisions()[-1]
 
 
 def look(url: str) -> Found:
@@ -188,6 +190,8 @@ def upgrade(url: str) -> tuple[str | None, str]:
     found = look(url)
     if found.state in (State.NEWER, State.FOREIGN):
         check_schema(url)  # raises the one-line explanation
+    from alembic import command
+
     engine = make_engine(url, create_dir=True)
     try:
         config = alembic_config()
