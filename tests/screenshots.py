@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +102,9 @@ def demo_week(engine: Any) -> int:
 
 
 def take(browser: Browser, url: Callable[[str], str], fleet: Fleet, out: Path,
-         history_device: int | None = None) -> list[Path]:
-    """Screenshot every page (PAGES) at 1280 and 375 px in French and English into `out` (SHOTS's names).
+         history_device: int | None = None, viewports: Sequence[dict[str, int]] = VIEWPORTS) -> list[Path]:
+    """Screenshot every page (PAGES) at 1280 and 375 px (`viewports`) in French and English into `out` (SHOTS's
+    names), returning the files in SHOTS's order.
 
     The device page is `history_device`'s over 7 days if given, else the first live device's last hour.
     """
@@ -122,7 +123,7 @@ def take(browser: Browser, url: Callable[[str], str], fleet: Fleet, out: Path,
     finally:
         context.close()
     for language, locale in LANGUAGES.items():
-        for viewport in VIEWPORTS:
+        for viewport in viewports:
             context = browser.new_context(viewport=viewport, locale=locale)  # type: ignore[arg-type]
             try:
                 page = context.new_page()
@@ -136,7 +137,8 @@ def take(browser: Browser, url: Callable[[str], str], fleet: Fleet, out: Path,
                 context.close()
     if errors:
         raise AssertionError(f"JavaScript errors on the pages: {errors}")
-    return [out / name for name in SHOTS]
+    widths = {viewport["width"] for viewport in viewports}
+    return [out / name for name, viewport in SHOTS.items() if viewport["width"] in widths]
 
 
 def _show(page: Page, name: str, url: Callable[[str], str], live: int, recorded: int, device: int,

@@ -515,12 +515,15 @@ def test_the_channels_table_fits_its_box_or_scrolls_and_breaks_no_word(browser: 
 @pytest.mark.own_stack  # every device listed, as `make screenshots` on a fresh database
 def test_the_screenshot_scenario_checks_every_page(browser: Browser, stack: Stack, fleets: Callable[..., Fleet],
                                                    tmp_path: Path) -> None:
-    """What `make screenshots` does, into a temporary directory: never into docs/screenshots."""
+    """What `make screenshots` does, into a temporary directory: never into docs/screenshots. Every page in both
+    languages, at the phone's width only (the desktop's is the same code with another viewport, twice the CPU)."""
     fleet = fleets(screenshots.DEVICES, interval=0.5)
     wait_for(lambda: all(recorded(stack, name_of(fleet, i)) for i in range(screenshots.DEVICES)), 5,
              what="the joins")
-    taken = screenshots.take(browser, stack.url, fleet, tmp_path / "shots")
-    assert [path.name for path in taken] == list(screenshots.SHOTS)
+    taken = screenshots.take(browser, stack.url, fleet, tmp_path / "shots", viewports=(screenshots.PHONE,))
+    assert [path.name for path in taken] == [name for name in screenshots.SHOTS if name.endswith("-375.png")]
+    assert len(taken) == len(screenshots.PAGES) * len(screenshots.LANGUAGES)
+    assert sorted(path.name for path in (tmp_path / "shots").iterdir()) == sorted(path.name for path in taken)
     for path in taken:
         assert path.parent == tmp_path / "shots"
         width, height = screenshots.png_size(path)
