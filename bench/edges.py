@@ -42,7 +42,7 @@ def filter_lines(plugin: Path) -> list[str]:
     # As root, Mosquitto drops to its own user before it loads plugins, and the bench's directory is its owner's
     # only: the edge keeps root then, as `sensorhub broker` does in that case (broker.py).
     return [*(["user root"] if os.geteuid() == 0 else []),
-            f"plugin {plugin}", reserve.OWN_ASSIGNMENT, "plugin_opt_otherwise allow"]
+            f"plugin {plugin}", *reserve.FILTER_LINES, "plugin_opt_otherwise allow"]
 
 
 def edge_config(number: int, port: int, central_port: int, workdir: Path, plugin: Path | None = None) -> str:

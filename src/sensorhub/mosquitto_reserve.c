@@ -26,6 +26,8 @@
  *   - the entry is forgotten when the client disconnects (MOSQ_EVT_DISCONNECT) and, should the broker ever
  *     free a client without that event and reuse its memory for a new one, when that new client's CONNECT is
  *     checked (MOSQ_EVT_BASIC_AUTH): a new connection always starts unfiltered.
+ * A board still hears the lines published between its SUBACK and its join (the firmware subscribes first, and
+ * until it joins nothing tells it from mosquitto_sub): a few per board, not one per waiting board.
  * Writes are never refused here and every other check is deferred at once (one strcmp): the next plugin (the
  * dynamic security plugin) decides as before. As a side effect a board no longer hears the other boards' MACs,
  * names and sessions (docs/security.md).
@@ -43,6 +45,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
@@ -55,11 +58,17 @@
 struct reserved { char *prefix; char *user; };
 
 enum slot_state { SLOT_EMPTY = 0, SLOT_USED, SLOT_GONE };
-enum heard { ONE_MAC = 0, SEVERAL_MACS };
-/* A client that published a MAC join on its connection: its MAC, upper case (not NUL-terminated). */
+enum heard {
+	ONE_MAC = 0,   /* joined with `mac`: hears its own lines only */
+	SEVERAL_MACS,  /* joined for several boards (a bridge), or a listener: hears every line */
+	NOT_YET,       /* subscribed to the assignment topic, not joined yet: hears nothing until `since` + grace,
+	                  then it is forgotten (a listener: it hears every line) */
+};
+/* A client that subscribed to the assignment topic or published a MAC join on its connection. */
 struct slot {
 	const struct mosquitto *client;
-	char mac[MAC_LENGTH];
+	long long since;        /* NOT_YET: when it subscribed (CLOCK_MONOTONIC, ms) */
+	char mac[MAC_LENGTH];   /* ONE_MAC: its MAC, upper case (not NUL-terminated) */
 	unsigned char state;
 	unsigned char heard;
 };
@@ -79,6 +88,7 @@ struct instance {
 	char *join_topic;    /* NULL: no filter on this listener */
 	char *assign_topic;
 	int otherwise;       /* what this plugin answers when it has nothing to say: DEFER, or SUCCESS */
+	long long grace;     /* ms a subscriber that has not joined yet hears no assignment (0: it hears all) */
 	struct table joined;
 };
 
@@ -156,23 +166,42 @@ static int is_mac(const char *payload, uint32_t length)
 	return 1;
 }
 
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void joined(struct instance *self, const struct mosquitto *client, const char *mac)
 {
 	struct slot *slot = find(&self->joined, client);
 	int i;
-	if(slot == NULL){
-		slot = add(&self->joined, client);
+	if(slot == NULL || slot->heard == NOT_YET){
+		if(slot == NULL) slot = add(&self->joined, client);
 		if(slot == NULL) return;
 		for(i = 0; i < MAC_LENGTH; i++) slot->mac[i] = (char)toupper((unsigned char)mac[i]);
 		slot->heard = ONE_MAC;
 		return;
 	}
+	if(slot->heard != ONE_MAC) return;
 	for(i = 0; i < MAC_LENGTH; i++){
 		if(slot->mac[i] != (char)toupper((unsigned char)mac[i])){
 			slot->heard = SEVERAL_MACS;  /* joins for others (a bridge): it hears every assignment */
 			return;
 		}
 	}
+}
+
+/* A client subscribing to the assignment topic: until it joins, or for `grace` at most, it hears no line. */
+static void subscribed(struct instance *self, const struct mosquitto *client)
+{
+	struct slot *slot;
+	if(self->grace <= 0 || find(&self->joined, client) != NULL) return;
+	slot = add(&self->joined, client);
+	if(slot == NULL) return;
+	slot->heard = NOT_YET;
+	slot->since = now_ms();
 }
 
 /* Whether an assignment (MAC;name;session) is for `mac`: its text up to the first `;` is that MAC, in any case. */
@@ -195,14 +224,22 @@ static int acl_check(int event, void *event_data, void *userdata)
 	if(ed->access == MOSQ_ACL_READ){
 		if(strcmp(ed->topic, self->assign_topic) != 0) return self->otherwise;
 		slot = find(&self->joined, ed->client);
-		if(slot != NULL && slot->heard == ONE_MAC && !is_for(slot->mac, ed->payload, ed->payloadlen)){
+		if(slot == NULL) return self->otherwise;
+		if(slot->heard == ONE_MAC && !is_for(slot->mac, ed->payload, ed->payloadlen)){
 			return MOSQ_ERR_ACL_DENIED;  /* another board's name: not delivered to this one */
+		}
+		if(slot->heard == NOT_YET){
+			if(now_ms() - slot->since < self->grace) return MOSQ_ERR_ACL_DENIED;  /* its join is on its way */
+			forget(&self->joined, ed->client);  /* no join within the grace: a listener, it hears every line */
 		}
 		return self->otherwise;
 	}
-	if(ed->access == MOSQ_ACL_WRITE && strcmp(ed->topic, self->join_topic) == 0
-			&& is_mac(ed->payload, ed->payloadlen)){
-		joined(self, ed->client, ed->payload);
+	if(ed->access == MOSQ_ACL_WRITE){
+		if(strcmp(ed->topic, self->join_topic) == 0 && is_mac(ed->payload, ed->payloadlen)){
+			joined(self, ed->client, ed->payload);
+		}
+	}else if(ed->access == MOSQ_ACL_SUBSCRIBE && strcmp(ed->topic, self->assign_topic) == 0){
+		subscribed(self, ed->client);
 	}
 	return self->otherwise;
 }
@@ -277,6 +314,11 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 			self->join_topic = strndup(options[i].value, (size_t)(space - options[i].value));
 			self->assign_topic = strdup(space + 1);
 			if(self->join_topic == NULL || self->assign_topic == NULL) return MOSQ_ERR_NOMEM;
+			continue;
+		}
+		if(strcmp(options[i].key, "join_grace") == 0){
+			self->grace = strtoll(options[i].value, &space, 10) * 1000;
+			if(*space != '\0' || self->grace < 0) return MOSQ_ERR_INVAL;
 			continue;
 		}
 		if(strcmp(options[i].key, "otherwise") == 0){
