@@ -19,15 +19,19 @@
  *     `struct mosquitto *`, open addressing: O(1));
  *   - such a client is then denied every message of the assignment topic whose MAC (before the first `;`) is
  *     not its own: one delivery a join instead of one per waiting board;
- *   - a client that never published a MAC join on this connection (mosquitto_sub, the ingest client, a bridge
- *     before its first forwarded join) hears every assignment as before, and so does one that published two
- *     different MACs on one connection (a bridge forwarding its edge's boards' joins: it becomes unfiltered on
- *     its second MAC, before the server can have answered that join, so none of its boards' answers is lost);
- *   - the entry is forgotten when the client disconnects (MOSQ_EVT_DISCONNECT) and, should the broker ever
- *     free a client without that event and reuse its memory for a new one, when that new client's CONNECT is
- *     checked (MOSQ_EVT_BASIC_AUTH): a new connection always starts unfiltered.
- * A board still hears the lines published between its SUBACK and its join (the firmware subscribes first, and
- * until it joins nothing tells it from mosquitto_sub): a few per board, not one per waiting board.
+ *   - a client that subscribes to the assignment topic hears none of it until it joins, for the join grace at
+ *     most (plugin_opt_join_grace, seconds; 0: no grace). A board subscribes, waits for its SUBACK and joins at
+ *     once; until it joins nothing tells it from mosquitto_sub, and without the grace the lines published in
+ *     that window reached every board in it (measured: 28 a board, 17,900 boards joining at once);
+ *   - a client that never published a MAC join on this connection (mosquitto_sub once its grace is over, the
+ *     ingest client, a bridge before its first forwarded join) hears every assignment as before, and so does one
+ *     that published two different MACs on one connection (a bridge forwarding its edge's boards' joins: it
+ *     becomes unfiltered on its second MAC, before the server can have answered that join, so none of its
+ *     boards' answers is lost);
+ *   - the entry is forgotten when the client disconnects (MOSQ_EVT_DISCONNECT: Mosquitto 2.0.11 sent it for a
+ *     DISCONNECT, a closed socket, a keepalive timeout and a client id takeover, checked) and, should the broker
+ *     ever free a client without that event and reuse its memory for a new one, when that new client's CONNECT is
+ *     checked (MOSQ_EVT_BASIC_AUTH, asked of every client): a new connection always starts unfiltered.
  * Writes are never refused here and every other check is deferred at once (one strcmp): the next plugin (the
  * dynamic security plugin) decides as before. As a side effect a board no longer hears the other boards' MACs,
  * names and sessions (docs/security.md).
@@ -35,6 +39,7 @@
  *   plugin /path/to/sensorhub_reserve.so
  *   plugin_opt_reserve1 sensorhub-ingest- sensorhub      (prefix, space, user; any option named reserve*)
  *   plugin_opt_own_assignment state/join state/nameAssign (join topic, space, assignment topic)
+ *   plugin_opt_join_grace 5                               (seconds a subscriber hears nothing until it joins)
  *   plugin_opt_otherwise allow                            (allow what this plugin would defer: for a broker with
  *                                                          no other access control, such as the bench's edges)
  *
