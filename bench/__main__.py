@@ -4,9 +4,10 @@ suite does). `--postgresql` measures the writer's figures on PostgreSQL instead 
 `postgresql` package, started in a temporary directory with PostgreSQL's default durability (fsync on), one
 database per scenario. `--scenario scale-out` runs on its own: sensorhub against a bare paho subscriber and
 mosquitto_sub, on SQLite and PostgreSQL (bench/scaleout.py).
-`--scenario 100k [--boards N] [--minutes M] [--edges E]` runs on its own too: a fleet of simulated boards
-following the firmware's protocol on one broker, or over edge brokers bridged to it past one broker process's
-open-file limit (bench/hundredk.py, bench/edges.py), on SQLite or, with `--postgresql`, on PostgreSQL.
+`--scenario 100k [--boards N] [--minutes M] [--edges E] [--storm-only] [--no-name-filter]` runs on its own too: a
+fleet of simulated boards following the firmware's protocol on one broker, or over edge brokers bridged to it past
+one broker process's open-file limit (bench/hundredk.py, bench/edges.py), on SQLite or, with `--postgresql`, on
+PostgreSQL.
 `--scenario alerts` measures what 100 alert rules over 1,000 devices cost ingest and how soon a silence rule fires
 for 10,000 devices (bench/alerts.py)."""
 
@@ -165,7 +166,7 @@ def _scale_out(quick: bool) -> int:
 
 
 def _hundred_k(quick: bool, postgresql: bool, boards: int | None, minutes: float | None,
-               edges: int | None = None) -> int:
+               edges: int | None = None, storm_only: bool = False, name_filter: bool = True) -> int:
     """The 100k scenario: one table, one JSON line."""
     import dataclasses
 
@@ -179,6 +180,7 @@ def _hundred_k(quick: bool, postgresql: bool, boards: int | None, minutes: float
         sizes = dataclasses.replace(sizes, steady_minutes=minutes)
     if edges is not None:
         sizes = dataclasses.replace(sizes, edges=edges)
+    sizes = dataclasses.replace(sizes, storm_only=storm_only, name_filter=name_filter)
     host = machine.describe()
     host["database"] = ("PostgreSQL " + machine.postgresql_version()) if postgresql else f"SQLite {host['sqlite']}"
     host["open_files"] = most_boards() + 100
@@ -186,7 +188,9 @@ def _hundred_k(quick: bool, postgresql: bool, boards: int | None, minutes: float
           f"cores, {host['memory_gib']} GiB, {host['os']}, Python {host['python']}, mosquitto {host['mosquitto']}, "
           f"{host['database']}; {sizes.boards:,} boards (the most one broker process may hold here: "
           f"{most_boards():,}, its open-file limit less {100})"
-          + (f", over {sizes.edge_count()} edge brokers bridged to the central one" if sizes.edge_count() else ""),
+          + (f", over {sizes.edge_count()} edge brokers bridged to the central one" if sizes.edge_count() else "")
+          + ("; the power cut only" if storm_only else "")
+          + ("; without the broker's name-assignment filter" if not name_filter else ""),
           flush=True)
     figures = hundred_k(sizes, postgresql, lambda text: print(text, file=sys.stderr, flush=True))
     print(table(figures))
@@ -211,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edges", type=int, default=None,
                         help="100k: edge brokers bridged to the central one (default: as many as the boards need "
                              "beyond one broker process's open-file limit; 0 when one holds them all)")
+    parser.add_argument("--storm-only", action="store_true",
+                        help="100k: the power cut only (the boards known to the database, all starting at once)")
+    parser.add_argument("--no-name-filter", action="store_false", dest="name_filter",
+                        help="100k: the brokers without their name-assignment filter (every waiting board hears "
+                             "every assignment, as before it)")
     args = parser.parse_args(argv)
     if args.only and "pages-100k" in args.only:
         if len(args.only) > 1:
@@ -221,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only and "100k" in args.only:
         if len(args.only) > 1:
             parser.error("100k runs on its own")
-        return _hundred_k(args.quick, args.postgresql, args.boards, args.minutes, args.edges)
+        return _hundred_k(args.quick, args.postgresql, args.boards, args.minutes, args.edges, args.storm_only,
+                          args.name_filter)
     if args.only and "scale-out" in args.only:
         if len(args.only) > 1:
             parser.error("scale-out runs on its own")

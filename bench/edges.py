@@ -9,6 +9,7 @@ whose open-file limit can be raised does not need them (`LimitNOFILE`); the figu
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from bench.ports import free_port
+from sensorhub import reserve
 from sensorhub.broker import find_mosquitto
 from sensorhub.protocol import MAX_PACKET, QOS, Topic
 
@@ -31,9 +33,23 @@ IN: tuple[Topic, ...] = (Topic.NAME_ASSIGN, Topic.LED_COMMAND)
 BRIDGE_QOS = 1
 
 
-def edge_config(number: int, port: int, central_port: int, workdir: Path) -> str:
-    """Mosquitto's configuration of edge broker `number`: boards on `port`, bridged to `central_port`."""
+def filter_lines(plugin: Path) -> list[str]:
+    """An edge's lines loading sensorhub's plugin with its name-assignment filter: the boards connect to the edge, so
+    the filter must be there (a board hears its own assignment only). The edge has no other access control: the
+    plugin allows what it does not deny (Mosquitto 2.0.11 refuses whatever every plugin deferred). Its bridge
+    forwards many boards' MAC joins to the central broker, where it therefore hears every assignment
+    (mosquitto_reserve.c)."""
+    # As root, Mosquitto drops to its own user before it loads plugins, and the bench's directory is its owner's
+    # only: the edge keeps root then, as `sensorhub broker` does in that case (broker.py).
+    return [*(["user root"] if os.geteuid() == 0 else []),
+            f"plugin {plugin}", *reserve.FILTER_LINES, "plugin_opt_otherwise allow"]
+
+
+def edge_config(number: int, port: int, central_port: int, workdir: Path, plugin: Path | None = None) -> str:
+    """Mosquitto's configuration of edge broker `number`: boards on `port`, bridged to `central_port`; with
+    sensorhub's compiled `plugin`, the name-assignment filter on."""
     lines = [
+        *(filter_lines(plugin) if plugin is not None else []),
         f"listener {port} 127.0.0.1",
         "max_connections -1",
         "allow_anonymous true",
@@ -67,10 +83,13 @@ def edge_config(number: int, port: int, central_port: int, workdir: Path) -> str
 
 
 class EdgeBrokers:
-    """`count` edge Mosquitto processes bridged to the central broker on `central_port`; a context manager."""
+    """`count` edge Mosquitto processes bridged to the central broker on `central_port` (with sensorhub's `plugin`
+    filtering the name assignments); a context manager."""
 
-    def __init__(self, count: int, central_port: int, central_log: Path, workdir: Path) -> None:
+    def __init__(self, count: int, central_port: int, central_log: Path, workdir: Path,
+                 plugin: Path | None = None) -> None:
         self.count = count
+        self.plugin = plugin
         self.central_port = central_port
         self.central_log = central_log
         self.workdir = workdir
@@ -85,7 +104,7 @@ class EdgeBrokers:
             for number in range(self.count):
                 port = free_port()
                 conf = self.workdir / f"edge{number}.conf"
-                conf.write_text(edge_config(number, port, self.central_port, self.workdir))
+                conf.write_text(edge_config(number, port, self.central_port, self.workdir, self.plugin))
                 self.processes.append(subprocess.Popen([mosquitto, "-c", str(conf)], stderr=subprocess.DEVNULL))
                 self.ports.append(port)
             for number, port in enumerate(self.ports):

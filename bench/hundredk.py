@@ -8,6 +8,10 @@ of each simulator process wait for their name at once), the steady state (readin
 memory of each part), presence (boards killed silently and with their sockets closed: how soon they are offline),
 a broker restart (how soon every board is back, QoS 1 led/status acknowledged by the broker against stored) and
 the power cut (every board reboots and joins at once, as the firmware does, without any gate).
+
+`--storm-only` measures the power cut alone: the boards are known to the database (rows inserted, offline, as
+after a power cut) and all start at once. `--no-name-filter` runs the broker without its name-assignment filter
+(every waiting board then receives every assignment, as before the filter: the "before" of docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from sqlalchemy import Engine, func, select
 from bench.edges import EdgeBrokers
 from bench.scenarios import Figure, percentile
 from bench.stack import scratch_settings
-from sensorhub.broker import Broker
+from sensorhub import reserve
+from sensorhub.broker import BASE_CONFIG, Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import make_engine
 from sensorhub.db.models import Device, LedReading, LightReading
@@ -40,6 +45,7 @@ from sensorhub.simulator.fleet import unique_macs
 from sensorhub.simulator.swarmfleet import SwarmFleet
 from sensorhub.supervisor import Supervisor
 from sensorhub.telemetry import heartbeat_path
+from tests.factories import device_row, insert_devices
 
 #: Sockets the broker keeps besides the boards' (listeners, the ingest client, log, persistence, spare).
 BROKER_SPARE = 100
@@ -67,6 +73,10 @@ class HundredK:
     #: Edge brokers bridged to the central one (bench/edges.py); None: as many as the boards need here (none when
     #: one broker process may hold them all).
     edges: int | None = None
+    #: Only the power cut: known boards (rows inserted, offline) all starting at once, no step before it.
+    storm_only: bool = False
+    #: The brokers' name-assignment filter (mosquitto_reserve.c); off: every waiting board hears every assignment.
+    name_filter: bool = True
 
     def edge_count(self) -> int:
         """How many edge brokers the boards are spread over (0: all on the central broker)."""
@@ -84,6 +94,22 @@ def quick() -> HundredK:
     """A few seconds' smoke run."""
     return HundredK(boards=60, interval=2.0, steady_minutes=0.1, gate=10, killed=5, storm_cap=30.0,
                     restart_cap=60.0)
+
+
+def base_config(name_filter: bool) -> str | None:
+    """The central broker's configuration: mqtt/mosquitto.conf's (None), or without the name-assignment filter."""
+    if name_filter:
+        return None
+    return "".join(line for line in BASE_CONFIG.read_text().splitlines(keepends=True)
+                   if not line.startswith(("plugin_opt_own_assignment", "plugin_opt_join_grace")))
+
+
+def _known(engine: Engine, macs: list[str]) -> None:
+    """The boards as the database knows them after a power cut: named, offline."""
+    now_us = time.time_ns() // 1000
+    with engine.begin() as conn:
+        insert_devices(conn, [device_row(i + 1, joined_us=now_us - 3_600_000_000, online=False, mac=mac)
+                              for i, mac in enumerate(macs)])
 
 
 def _load() -> str:
@@ -234,7 +260,11 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
         engine = make_engine(settings.database_url, create_dir=True)
         init_db(engine)
         counter = Counter(engine)
-        broker = Broker(settings, stderr=subprocess.DEVNULL)  # its log file has it all
+        macs = unique_macs(28, n)
+        if sizes.storm_only:
+            _known(engine, macs)  # before the ingest client starts and loads the device table
+        base = base_config(sizes.name_filter)
+        broker = Broker(settings, stderr=subprocess.DEVNULL, base=base)  # its log file has it all
         broker.start()
         stack.callback(lambda: broker.stop())
         supervisor = Supervisor(settings, out=(Path(tmp) / "client.log").open("w"), components=("client",))
@@ -242,9 +272,9 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
         stack.callback(supervisor.stop)
         # As `sensorhub run` does: a client that exits (its watchdog: status 3) is restarted, and said in its log.
         threading.Thread(target=supervisor.watch, daemon=True).start()
-        macs = unique_macs(28, n)
+        edge_plugin = reserve.build(Path(tmp)) if sizes.name_filter and sizes.edge_count() else None
         edges = (stack.enter_context(EdgeBrokers(sizes.edge_count(), settings.mqtt_port, Path(settings.broker_log),
-                                                 Path(tmp) / "edges"))
+                                                 Path(tmp) / "edges", edge_plugin))
                  if sizes.edge_count() else None)
         ports: int | list[int] = edges.ports if edges is not None else settings.mqtt_port
         fleet = stack.enter_context(SwarmFleet("127.0.0.1", ports, macs, interval=sizes.interval,
@@ -265,7 +295,12 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
         base_rss = procs.rss()
         say(f"{n:,} boards in {len(fleet.pids)} simulator process(es)"
             + (f", over {len(edges.ports)} edge brokers bridged to the central one" if edges is not None else "")
-            + f"; load {_load()}")
+            + f"; name-assignment filter {'on' if sizes.name_filter else 'off'}; load {_load()}")
+        if sizes.storm_only:
+            figures.append(_storm(fleet, counter, procs, n, sizes, lambda: fleet.start(spread=0.0, gate=0)))
+            say(f"  {figures[-1].label}: {figures[-1].value}")
+            engine.dispose()
+            return figures
 
         # 1. The first registration: every board is new.
         started = time.monotonic()
@@ -342,7 +377,7 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
         # 4. A broker restart (SIGTERM: its persistence saved), the boards back with the registration's gate.
         acked_before = fleet.stats()["counters"].acked_led
         broker.stop()
-        broker = Broker(settings, stderr=subprocess.DEVNULL)
+        broker = Broker(settings, stderr=subprocess.DEVNULL, base=base)
         broker.start()
         brokers.append(broker)
         back, restarted = time.monotonic(), time.time()
@@ -372,28 +407,35 @@ def hundred_k(sizes: HundredK, postgresql: bool, say: Callable[[str], None]) -> 
                               f"{restarts} time(s)", "0", restarts == 0, {"restarts": restarts}))
 
         # 5. The power cut: every board reboots and joins at once, as the firmware does (no gate).
-        seen0 = fleet.stats()["counters"].assigns_seen
-        cpu0 = procs.cpu()
-        fleet.power_cut(gate=0)
-        cut = time.monotonic()
-        took = _until(_all_back(fleet, counter, alive), sizes.storm_cap, poll=1.0)
-        cpu1 = procs.cpu()
-        storm_cpu = {name: 100 * (cpu1[name] - cpu0[name]) / (time.monotonic() - cut) for name in cpu1}
-        online = len(fleet.sessions() & counter.sessions())
-        stats = fleet.stats()
-        seen = stats["counters"].assigns_seen - seen0
-        figures.append(Figure(
-            "hk_storm", f"power cut: {alive:,} known boards joining at once (firmware: every waiting board "
-                        "receives every name assignment)",
-            (f"all online in {took:.0f} s" if took is not None else
-             f"{online:,} of {alive:,} online after {time.monotonic() - cut:.0f} s")
-            + f"; {seen:,} name assignments received by the boards ({stats['counters'].name_timeouts:,} "
-              f"name timeouts in all); CPU " + ", ".join(f"{k} {v:.0f} %" for k, v in storm_cpu.items())
-            + f"; load {_load()}",
-            "<= 60 s", took is not None and took <= 60,
-            {"boards": alive, "seconds": took, "online": online, "assigns_received": seen,
-             "quadratic": alive * (alive + 1) // 2, "cpu_percent": {k: round(v) for k, v in storm_cpu.items()},
-             "load": _load()}))
+        figures.append(_storm(fleet, counter, procs, alive, sizes, lambda: fleet.power_cut(gate=0)))
         say(f"  {figures[-1].label}: {figures[-1].value}")
         engine.dispose()
     return figures
+
+
+def _storm(fleet: SwarmFleet, counter: Counter, procs: Parts, alive: int, sizes: HundredK,
+           cut: Callable[[], None]) -> Figure:
+    """The power cut's figure: `cut()` makes every living board join at once; how soon all are online again."""
+    seen0 = fleet.stats()["counters"].assigns_seen
+    cpu0 = procs.cpu()
+    cut()
+    started = time.monotonic()
+    took = _until(_all_back(fleet, counter, alive), sizes.storm_cap, poll=1.0)
+    cpu1 = procs.cpu()
+    storm_cpu = {name: 100 * (cpu1[name] - cpu0[name]) / (time.monotonic() - started) for name in cpu1}
+    online = len(fleet.sessions() & counter.sessions())
+    stats = fleet.stats()
+    seen = stats["counters"].assigns_seen - seen0
+    hears = "its own name assignment only" if sizes.name_filter else "every name assignment"
+    return Figure(
+        "hk_storm", f"power cut: {alive:,} known boards joining at once (firmware: every waiting board subscribed "
+                    f"to state/nameAssign; the broker delivers it {hears})",
+        (f"all online in {took:.0f} s" if took is not None else
+         f"{online:,} of {alive:,} online after {time.monotonic() - started:.0f} s")
+        + f"; {seen:,} name assignments received by the boards ({stats['counters'].name_timeouts:,} "
+          f"name timeouts in all); CPU " + ", ".join(f"{k} {v:.0f} %" for k, v in storm_cpu.items())
+        + f"; load {_load()}",
+        "<= 60 s", took is not None and took <= 60,
+        {"boards": alive, "seconds": took, "online": online, "assigns_received": seen,
+         "quadratic": alive * (alive + 1) // 2, "name_filter": sizes.name_filter, "storm_only": sizes.storm_only,
+         "cpu_percent": {k: round(v) for k, v in storm_cpu.items()}, "load": _load()})

@@ -186,7 +186,7 @@ def _render_line(line: str, settings: Settings, log_file: Path, passwd: Path | N
         return [f"persistence_location {passwd.parent}/"]
     if re.fullmatch(rf"plugin\s+\S*{re.escape(reserve.NAME)}", line):
         return [f"plugin {reserved_ids}"] if reserved_ids is not None else []
-    if line.startswith("plugin_opt_reserve"):
+    if line.startswith(reserve.OPTIONS):
         return [line] if reserved_ids is not None else []
     if re.fullmatch(rf"plugin\s+{re.escape(dynsec.PLUGIN)}", line):
         if plugin is not None:
@@ -252,9 +252,11 @@ def _copy_tls_files(settings: Settings, directory: Path) -> tuple[Path, Path]:
 class Broker:
     """A Mosquitto process configured for sensorhub."""
 
-    def __init__(self, settings: Settings, stderr: IO[bytes] | int | None = None) -> None:
+    def __init__(self, settings: Settings, stderr: IO[bytes] | int | None = None, base: str | None = None) -> None:
         self.settings = settings
         self.stderr = stderr
+        #: The configuration rendered instead of mqtt/mosquitto.conf's (a benchmark's variant of it), or None.
+        self.base = base
         self.process: subprocess.Popen[bytes] | None = None
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self.config_path = BASE_CONFIG
@@ -289,8 +291,8 @@ class Broker:
         self._tmpdir = tempfile.TemporaryDirectory(prefix="sensorhub-broker-")
         path = Path(self._tmpdir.name) / "mosquitto.conf"
         os.chmod(self._tmpdir.name, 0o755)
-        text = render_config(self.settings, log_file, passwd=passwd, tls=tls, plugin=plugin, reserved_ids=reserved_ids,
-                             ws_upstream=self.ws_upstream)
+        text = render_config(self.settings, log_file, self.base, passwd=passwd, tls=tls, plugin=plugin,
+                             reserved_ids=reserved_ids, ws_upstream=self.ws_upstream)
         if user_line:
             text = f"{user_line}\n{text}"
         path.write_text(text)

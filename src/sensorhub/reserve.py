@@ -5,6 +5,8 @@ that is: its dynamic security plugin can bind a user to a client id (`clientid`)
 and `clientid_prefixes` would refuse every board whose id lacks the prefix (docs/security.md). The plugin,
 compiled here with the system's C compiler against Mosquitto's own headers (mosquitto-dev) into the broker's
 directory, refuses a CONNECT whose client id starts with `sensorhub-ingest-` unless it logs in as user `sensorhub`.
+On the device listeners it also delivers to a board that published its MAC join only its own name assignment
+(`OWN_ASSIGNMENT`): without it, a join storm costs N²/2 deliveries (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 from sensorhub.credentials import CLIENT_USER
+from sensorhub.protocol import Topic
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +28,16 @@ SOURCE = Path(__file__).with_name("mosquitto_reserve.c")
 INGEST_PREFIX = "sensorhub-ingest-"
 #: (prefix, user) pairs given to the plugin.
 RESERVED = ((INGEST_PREFIX, CLIENT_USER),)
+#: The plugin's option turning on the name-assignment filter: a client that published a MAC on the join topic is
+#: delivered only its own line of the assignment topic (mosquitto_reserve.c, docs/scaling.md).
+OWN_ASSIGNMENT = f"plugin_opt_own_assignment {Topic.JOIN} {Topic.NAME_ASSIGN}"
+#: Seconds a client that subscribed to the assignment topic hears none of it unless it joins with a MAC meanwhile
+#: (a board joins right after its SUBACK; a listener that never joins hears every line after that).
+JOIN_GRACE = 5
+#: The filter's lines, as mqtt/mosquitto.conf gives them to the device listeners.
+FILTER_LINES = (OWN_ASSIGNMENT, f"plugin_opt_join_grace {JOIN_GRACE}")
+#: The configuration lines of the plugin's options (left out with the plugin when it could not be built).
+OPTIONS = ("plugin_opt_reserve", "plugin_opt_own_assignment", "plugin_opt_join_grace", "plugin_opt_otherwise")
 #: What building the plugin needs on Debian: a C compiler and the installed Mosquitto's plugin headers.
 BUILD_PACKAGES = "gcc mosquitto-dev libmosquitto-dev"
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/local/bin"])
@@ -55,7 +68,9 @@ def build(directory: Path) -> Path | None:
     compiler = find_compiler()
     if compiler is None:
         logger.warning("no C compiler (sudo apt-get install %s): the broker cannot reserve the ingest client's "
-                       "client id to its user, any client could connect with it (docs/security.md)", BUILD_PACKAGES)
+                       "client id to its user, any client could connect with it (docs/security.md), and every "
+                       "name assignment goes to every waiting board: a join storm is quadratic (docs/scaling.md)",
+                       BUILD_PACKAGES)
         return None
     temporary = directory / f".{NAME}.tmp"
     result = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(temporary), str(SOURCE)],
@@ -64,8 +79,8 @@ def build(directory: Path) -> Path | None:
         lines = (result.stderr or result.stdout).strip().splitlines()
         errors = [line for line in lines if "error" in line] or lines or ["failed"]
         logger.warning("could not build the broker plugin %s (%s; it needs sudo apt-get install %s): any client "
-                       "could connect with the ingest client's id (docs/security.md)", SOURCE.name, errors[0],
-                       BUILD_PACKAGES)
+                       "could connect with the ingest client's id (docs/security.md), and a join storm is "
+                       "quadratic (docs/scaling.md)", SOURCE.name, errors[0], BUILD_PACKAGES)
         temporary.unlink(missing_ok=True)
         return None
     os.chmod(temporary, 0o644)
@@ -74,7 +89,9 @@ def build(directory: Path) -> Path | None:
     return target
 
 
-def config_lines(plugin: Path) -> list[str]:
-    """The listener lines loading the plugin with the reserved prefixes."""
+def config_lines(plugin: Path, *, own_assignment: bool = False) -> list[str]:
+    """The listener lines loading the plugin with the reserved prefixes (and the name-assignment filter, for a
+    listener of boards)."""
     return [f"plugin {plugin}",
-            *(f"plugin_opt_reserve{number} {prefix} {user}" for number, (prefix, user) in enumerate(RESERVED, 1))]
+            *(f"plugin_opt_reserve{number} {prefix} {user}" for number, (prefix, user) in enumerate(RESERVED, 1)),
+            *(FILTER_LINES if own_assignment else ())]
