@@ -74,7 +74,9 @@ class Stack:
                                          workers=self.workers)
             self.supervisor.preflight()
             self.supervisor.start()
-            if self.postgresql:
+            if self.components == ("broker",):
+                pass  # a broker alone: no database (the supervisor makes none)
+            elif self.postgresql:
                 import psycopg
 
                 self.db = psycopg.connect(self.postgresql.replace("postgresql+psycopg://", "postgresql://"),

@@ -136,7 +136,8 @@ class Supervisor:
                 ensure_free(port, setting, what)
         if len(set(ports)) != len(ports):
             raise ConfigError(N_("the MQTT, WebSockets and web ports must differ (got {ports})"), ports=ports)
-        self._init_db()
+        if any(child.name != "broker" for child in self.components):  # a broker alone (the bench's) has none
+            self._init_db()
         ensure_fifo(self.settings.fifo_path)
 
     def _init_db(self) -> None:
