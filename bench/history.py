@@ -55,8 +55,8 @@ class HistorySizes:
 
 
 HISTORY_FULL = HistorySizes()
-HISTORY_QUICK = HistorySizes(devices=20, readings=30_000, requests=10, export_rows=5_000, rollup_batches=5,
-                             purge_rows=50_000)
+HISTORY_QUICK = HistorySizes(devices=20, readings=10_000, requests=10, export_rows=2_000, rollup_batches=5,
+                             purge_rows=10_000)
 
 
 def build_month(path: Path, devices: int, readings: int, rng: random.Random) -> None:
