@@ -92,51 +92,55 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None],
         attempt("latency", loaded(latency))
         attempt("memory", loaded(memory))  # last: it locks the database and floods the client
 
-    def devices() -> Figure:
-        with Stack(components=("broker", "client")) as stack:
-            return many_devices(stack, sizes)
+        def devices() -> Figure:
+            with Stack(components=("broker", "client")) as stack:
+                return many_devices(stack, sizes)
 
-    attempt("devices", devices)
-    if "browser" in only:
-        from bench.browser import browser_latency
+        attempt("devices", devices)
+        if only & {"browser", "fleet-browser"} and sizes is QUICK:
+            from bench.browser import close_kept
 
-        def browser() -> Figure:
-            with Stack(components=("broker", "client", "web")) as stack:
-                return browser_latency(stack, sizes)
+            shared.callback(close_kept)  # the Chromium a quick run's scenarios shared (bench/browser.py)
+        if "browser" in only:
+            from bench.browser import browser_latency
 
-        attempt("browser", browser)
-    if "footprint" in only:
-        from bench.footprint import footprint
+            def browser() -> Figure:
+                with Stack(components=("broker", "client", "web")) as stack:
+                    return browser_latency(stack, sizes)
 
-        attempt("footprint", lambda: footprint(sizes, say))
-    if "fleet-browser" in only:
-        from bench.fleet_browser import fleet_browser
+            attempt("browser", browser)
+        if "footprint" in only:
+            from bench.footprint import footprint
 
-        attempt("fleet-browser", lambda: fleet_browser(sizes))
-    if "web" in only:
-        from bench.web import web_latency
+            attempt("footprint", lambda: footprint(sizes, say))
+        if "fleet-browser" in only:
+            from bench.fleet_browser import fleet_browser
 
-        attempt("web", lambda: web_latency(sizes))
-    if "broker_restart" in only:
-        from bench.restart import broker_restart
+            attempt("fleet-browser", lambda: fleet_browser(sizes))
+        if "web" in only:
+            from bench.web import web_latency
 
-        attempt("broker_restart", lambda: broker_restart(sizes))
-    if "commands" in only:
-        from bench.commands import led_commands
+            attempt("web", lambda: web_latency(sizes))
+        if "broker_restart" in only:
+            from bench.restart import broker_restart
 
-        attempt("commands", lambda: led_commands(sizes))
-    if "worker_kill" in only:
-        from bench.workerkill import worker_kill
+            attempt("broker_restart", lambda: broker_restart(sizes))
+        if "commands" in only:
+            from bench.commands import led_commands
 
-        attempt("worker_kill", lambda: worker_kill(sizes))
-    if "alerts" in only:
-        from bench.alerts import run_alerts
+            attempt("commands", lambda: led_commands(sizes))
+        if "worker_kill" in only:
+            from bench.workerkill import worker_kill
 
-        attempt("alerts", lambda: run_alerts(quick=sizes is QUICK))
-    if only & {"history", "export", "rollups", "retention"}:
-        from bench.history import HISTORY_FULL, HISTORY_QUICK, run_history
+            attempt("worker_kill", lambda: worker_kill(sizes))
+        if "alerts" in only:
+            from bench.alerts import run_alerts
 
-        run_history(sizes, HISTORY_QUICK if sizes is QUICK else HISTORY_FULL, only, attempt)
+            attempt("alerts", lambda: run_alerts(quick=sizes is QUICK))
+        if only & {"history", "export", "rollups", "retention"}:
+            from bench.history import HISTORY_FULL, HISTORY_QUICK, run_history
+
+            run_history(sizes, HISTORY_QUICK if sizes is QUICK else HISTORY_FULL, only, attempt)
     return figures
 
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
+from bench.browser import chromium
 from bench.processes import FleetProcess, Subscriber
 from bench.scenarios import QUICK, Figure, Sizes, percentile
 from bench.stack import Stack
 from sensorhub.simulator import Fleet
-from tests.support import CHROMIUM, CHROMIUM_ARGS, COUNT_RECONCILIATIONS
+from tests.support import COUNT_RECONCILIATIONS
 
 #: The viewport of the measured page (a laptop).
 VIEWPORT = {"width": 1280, "height": 800}
@@ -236,8 +237,7 @@ def _measure(stack: Stack, load: Load, sizes: Sizes, *, full: bool) -> dict[str,
         probe.wait_joined(60)
         online = len(sessions) + 1
         time.sleep(2)  # the ingest client records the last joins
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        with chromium(keep=sizes is QUICK) as browser:
             page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
             page.add_init_script(COUNT_RECONCILIATIONS)
             errors: list[str] = []
@@ -279,7 +279,6 @@ def _measure(stack: Stack, load: Load, sizes: Sizes, *, full: bool) -> dict[str,
                 out["server"] = _server(stack, sessions, sizes.web_requests)
             if errors:
                 raise RuntimeError(f"JavaScript errors on the page: {errors}")
-            browser.close()
     finally:
         probe.stop()
         fleet.stop()
