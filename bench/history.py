@@ -308,7 +308,7 @@ def _writer_batches(engine: Engine, sizes: HistorySizes, history: History) -> fl
 
 def retention(sizes: Sizes, history_sizes: HistorySizes) -> Figure:
     """Purge purge_rows old readings while the latency scenario publishes at its rate: publish -> commit p99."""
-    stack = Stack()
+    stack = Stack(components=("broker", "client"))  # the latency scenario's stack: no web server, idle there
     stack.settings = stack.settings.replace(retention_days=1)
     _old_readings(stack.dir / "db.sqlite3", history_sizes.purge_rows)
     with stack, Load(stack, sizes.devices) as load:
