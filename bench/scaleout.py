@@ -39,7 +39,7 @@ class ScaleSizes:
 
 
 SCALE_FULL = ScaleSizes()
-SCALE_QUICK = ScaleSizes(readings=2_000, devices=10, publishers=2, timeout=60.0, workers=(2,))
+SCALE_QUICK = ScaleSizes(readings=2_000, devices=10, publishers=1, timeout=60.0, workers=(2,))
 #: Load devices for the bare subscribers: any name and session do, nobody checks them.
 _FAKE = [(f"bench{i:03d}", f"1700000000.{i:06d}") for i in range(1000)]
 
