@@ -97,14 +97,28 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None],
                 return many_devices(stack, sizes)
 
         attempt("devices", devices)
+        # A quick run's browser scenarios share one stack with the web server (1.7 s of CPU to start) and one
+        # Chromium (bench/browser.py), closed after them: what the smoke run proves is that they measure every figure.
+        web = shared.enter_context(ExitStack())
         if only & {"browser", "fleet-browser"} and sizes is QUICK:
             from bench.browser import close_kept
 
-            shared.callback(close_kept)  # the Chromium a quick run's scenarios shared (bench/browser.py)
+            web.callback(close_kept)
+
+        web_stacks: list[Stack] = []
+
+        def web_stack() -> Stack:
+            """The quick run's stack with the web server, started once."""
+            if not web_stacks:
+                web_stacks.append(web.enter_context(Stack(components=("broker", "client", "web"))))
+            return web_stacks[0]
+
         if "browser" in only:
             from bench.browser import browser_latency
 
             def browser() -> Figure:
+                if sizes is QUICK:
+                    return browser_latency(web_stack(), sizes)
                 with Stack(components=("broker", "client", "web")) as stack:
                     return browser_latency(stack, sizes)
 
@@ -116,7 +130,8 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None],
         if "fleet-browser" in only:
             from bench.fleet_browser import fleet_browser
 
-            attempt("fleet-browser", lambda: fleet_browser(sizes))
+            attempt("fleet-browser", lambda: fleet_browser(sizes, web_stack() if sizes is QUICK else None))
+        web.close()
         if "web" in only:
             from bench.web import web_latency
 

@@ -295,15 +295,15 @@ def _dom_text(dom: dict[str, Any]) -> str:
             + ", ".join(f"{part} {share:.0%}" for part, share in dom["parts"].items()))
 
 
-def fleet_browser(sizes: Sizes) -> list[Figure]:
+def fleet_browser(sizes: Sizes, shared: Stack | None = None) -> list[Figure]:
     """Issue 14's table, one line per figure: a big fleet at 1/s (every figure), then a small fast one, each on a
-    stack of its own (in a quick run, the smoke run, on the same one: a stack with the web server is 1.7 s of
-    CPU, and what is proven there is that every figure is measured)."""
-    with Stack(components=("broker", "client", "web")) as stack:
-        big = _measure(stack, Load(sizes.fleet, 1.0), sizes, full=True)
-        if sizes is QUICK:
-            fast = _measure(stack, Load(sizes.fast_fleet, 1 / sizes.fast_rate), sizes, full=False)
-    if sizes is not QUICK:
+    stack of its own, or both on `shared` (a quick run's: what it proves is that every figure is measured)."""
+    if shared is not None:
+        big = _measure(shared, Load(sizes.fleet, 1.0), sizes, full=True)
+        fast = _measure(shared, Load(sizes.fast_fleet, 1 / sizes.fast_rate), sizes, full=False)
+    else:
+        with Stack(components=("broker", "client", "web")) as stack:
+            big = _measure(stack, Load(sizes.fleet, 1.0), sizes, full=True)
         with Stack(components=("broker", "client", "web")) as stack:
             fast = _measure(stack, Load(sizes.fast_fleet, 1 / sizes.fast_rate), sizes, full=False)
     n, m, rate = f"{sizes.fleet:,}", sizes.fast_fleet, sizes.fast_rate
