@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from bench import machine
 from bench.scenarios import FULL, QUICK, Figure, Load, Sizes, burst, latency, many_devices, memory, sustained
@@ -50,8 +50,8 @@ def postgresql_databases() -> Iterator[Callable[[], str]]:
 def run(sizes: Sizes, only: set[str], say: Callable[[str], None],
         new_database: Callable[[], str | None] = lambda: None) -> list[Figure]:
     """Run the selected scenarios, each on a stack and a database of its own (what one leaves behind, a
-    backlog, a locked database, cannot flatter or spoil the next); a scenario that fails is reported as
-    such, the others still run."""
+    backlog, a locked database, cannot flatter or spoil the next; in a quick run the streams of readings share
+    one); a scenario that fails is reported as such, the others still run."""
     figures: list[Figure] = []
 
     def attempt(key: str, measure: Callable[[], Figure | list[Figure]]) -> None:
@@ -68,64 +68,95 @@ def run(sizes: Sizes, only: set[str], say: Callable[[str], None],
             say(f"  {figure.label}: {figure.value} ({time.monotonic() - started:.0f} s)")
             figures.append(figure)
 
-    def loaded(measure: Callable[[Stack, Load, Sizes], Figure]) -> Callable[[], Figure]:
-        def fresh() -> Figure:
-            with Stack(components=("broker", "client"), database_url=new_database()) as stack, \
-                    Load(stack, sizes.devices) as load:
-                return measure(stack, load, sizes)
-        return fresh
+    with ExitStack() as shared:
+        streams: list[tuple[Stack, Load]] = []
 
-    attempt("sustained_qos0", loaded(lambda stack, load, sizes: sustained(stack, load, sizes, 0)))
-    attempt("sustained_qos1", loaded(lambda stack, load, sizes: sustained(stack, load, sizes, 1)))
-    attempt("burst_qos1", loaded(burst))
-    attempt("latency", loaded(latency))
-    attempt("memory", loaded(memory))
+        def loaded(measure: Callable[[Stack, Load, Sizes], Figure]) -> Callable[[], Figure]:
+            def fresh() -> Figure:
+                with Stack(components=("broker", "client"), database_url=new_database()) as stack, \
+                        Load(stack, sizes.devices) as load:
+                    return measure(stack, load, sizes)
 
-    def devices() -> Figure:
-        with Stack(components=("broker", "client")) as stack:
-            return many_devices(stack, sizes)
+            def again() -> Figure:
+                # The smoke run proves that each stream runs and loses nothing, not its figure: one stack for all
+                # (each counts from where the last one left off), not five starts of three Python processes each.
+                if not streams:
+                    stack = shared.enter_context(Stack(components=("broker", "client"),
+                                                       database_url=new_database()))
+                    streams.append((stack, shared.enter_context(Load(stack, sizes.devices))))
+                return measure(*streams[0], sizes)
+            return again if sizes is QUICK else fresh
 
-    attempt("devices", devices)
-    if "browser" in only:
-        from bench.browser import browser_latency
+        attempt("sustained_qos0", loaded(lambda stack, load, sizes: sustained(stack, load, sizes, 0)))
+        attempt("sustained_qos1", loaded(lambda stack, load, sizes: sustained(stack, load, sizes, 1)))
+        attempt("burst_qos1", loaded(burst))
+        attempt("latency", loaded(latency))
+        attempt("memory", loaded(memory))  # last: it locks the database and floods the client
 
-        def browser() -> Figure:
-            with Stack(components=("broker", "client", "web")) as stack:
-                return browser_latency(stack, sizes)
+        def devices() -> Figure:
+            with Stack(components=("broker", "client")) as stack:
+                return many_devices(stack, sizes)
 
-        attempt("browser", browser)
-    if "footprint" in only:
-        from bench.footprint import footprint
+        attempt("devices", devices)
+        # A quick run's browser scenarios share one stack with the web server (1.7 s of CPU to start) and one
+        # Chromium (bench/browser.py), closed after them: what the smoke run proves is that they measure every figure.
+        web = shared.enter_context(ExitStack())
+        if only & {"browser", "fleet-browser"} and sizes is QUICK:
+            from bench.browser import close_kept
 
-        attempt("footprint", lambda: footprint(sizes, say))
-    if "fleet-browser" in only:
-        from bench.fleet_browser import fleet_browser
+            web.callback(close_kept)
 
-        attempt("fleet-browser", lambda: fleet_browser(sizes))
-    if "web" in only:
-        from bench.web import web_latency
+        web_stacks: list[Stack] = []
 
-        attempt("web", lambda: web_latency(sizes))
-    if "broker_restart" in only:
-        from bench.restart import broker_restart
+        def web_stack() -> Stack:
+            """The quick run's stack with the web server, started once."""
+            if not web_stacks:
+                web_stacks.append(web.enter_context(Stack(components=("broker", "client", "web"))))
+            return web_stacks[0]
 
-        attempt("broker_restart", lambda: broker_restart(sizes))
-    if "commands" in only:
-        from bench.commands import led_commands
+        if "browser" in only:
+            from bench.browser import browser_latency
 
-        attempt("commands", lambda: led_commands(sizes))
-    if "worker_kill" in only:
-        from bench.workerkill import worker_kill
+            def browser() -> Figure:
+                if sizes is QUICK:
+                    return browser_latency(web_stack(), sizes)
+                with Stack(components=("broker", "client", "web")) as stack:
+                    return browser_latency(stack, sizes)
 
-        attempt("worker_kill", lambda: worker_kill(sizes))
-    if "alerts" in only:
-        from bench.alerts import run_alerts
+            attempt("browser", browser)
+        if "footprint" in only:
+            from bench.footprint import footprint
 
-        attempt("alerts", lambda: run_alerts(quick=sizes is QUICK))
-    if only & {"history", "export", "rollups", "retention"}:
-        from bench.history import HISTORY_FULL, HISTORY_QUICK, run_history
+            attempt("footprint", lambda: footprint(sizes, say))
+        if "fleet-browser" in only:
+            from bench.fleet_browser import fleet_browser
 
-        run_history(sizes, HISTORY_QUICK if sizes is QUICK else HISTORY_FULL, only, attempt)
+            attempt("fleet-browser", lambda: fleet_browser(sizes, web_stack() if sizes is QUICK else None))
+        web.close()
+        if "web" in only:
+            from bench.web import web_latency
+
+            attempt("web", lambda: web_latency(sizes))
+        if "broker_restart" in only:
+            from bench.restart import broker_restart
+
+            attempt("broker_restart", lambda: broker_restart(sizes))
+        if "commands" in only:
+            from bench.commands import led_commands
+
+            attempt("commands", lambda: led_commands(sizes))
+        if "worker_kill" in only:
+            from bench.workerkill import worker_kill
+
+            attempt("worker_kill", lambda: worker_kill(sizes))
+        if "alerts" in only:
+            from bench.alerts import run_alerts
+
+            attempt("alerts", lambda: run_alerts(quick=sizes is QUICK))
+        if only & {"history", "export", "rollups", "retention"}:
+            from bench.history import HISTORY_FULL, HISTORY_QUICK, run_history
+
+            run_history(sizes, HISTORY_QUICK if sizes is QUICK else HISTORY_FULL, only, attempt)
     return figures
 
 
@@ -141,8 +172,6 @@ def table(figures: list[Figure]) -> str:
 
 def _scale_out(quick: bool) -> int:
     """The scale-out scenario: one table, one JSON line."""
-    from contextlib import ExitStack
-
     from bench.scaleout import SCALE_FULL, SCALE_QUICK, scale_out
     from tests.pgcluster import binaries
 

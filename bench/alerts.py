@@ -59,7 +59,7 @@ class AlertSizes:
 
 
 ALERTS_FULL = AlertSizes()
-ALERTS_QUICK = AlertSizes(devices=40, rules=10, rate=400, seconds=5, rounds=1, publishers=2, silent_devices=200,
+ALERTS_QUICK = AlertSizes(devices=40, rules=10, rate=400, seconds=5, rounds=1, publishers=1, silent_devices=200,
                           silence_seconds=5, lead_seconds=2)
 
 #: Light values: most devices wander in a calm band; one in 25 makes an excursion each cycle (≈ 20 s at 11 readings

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Browser, Playwright, sync_playwright
 
-from bench.scenarios import Figure, Sizes, percentile
+from bench.scenarios import QUICK, Figure, Sizes, percentile
 from bench.stack import Stack
 from sensorhub.simulator import Fleet
 from tests.support import CHROMIUM, CHROMIUM_ARGS, COUNT_RECONCILIATIONS
@@ -21,6 +23,49 @@ WATCH = """() => {
 }"""
 
 
+#: The Chromium a quick run's scenarios share (`chromium(keep=True)`), until `close_kept()`.
+_KEPT: list[tuple[Playwright, Browser]] = []
+
+
+@contextmanager
+def chromium(keep: bool = False) -> Iterator[Browser]:
+    """A headless Chromium of its own, closed on the way out; with `keep` (a quick run, the smoke run) the same one
+    for every scenario until `close_kept()`, each scenario's pages closed on the way out: Playwright's driver and a
+    Chromium launch are 1.5 s of CPU, and the smoke run measures no figure against a target."""
+    if not keep:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                yield browser
+            finally:
+                browser.close()
+        return
+    if not _KEPT:
+        playwright = sync_playwright().start()
+        try:
+            _KEPT.append((playwright, playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                                 args=CHROMIUM_ARGS)))
+        except BaseException:
+            playwright.stop()
+            raise
+    browser = _KEPT[0][1]
+    try:
+        yield browser
+    finally:
+        for context in browser.contexts:
+            context.close()
+
+
+def close_kept() -> None:
+    """Close the Chromium a quick run's scenarios shared, if any."""
+    while _KEPT:
+        playwright, browser = _KEPT.pop()
+        try:
+            browser.close()
+        finally:
+            playwright.stop()
+
+
 def browser_latency(stack: Stack, sizes: Sizes, devices: int = 10) -> Figure:
     """Light readings published by simulated devices, watched in /capteurs with a MutationObserver."""
     fleet = Fleet(stack.settings, count=devices, interval=86_400, button_every=None, seed=23)
@@ -28,8 +73,7 @@ def browser_latency(stack: Stack, sizes: Sizes, devices: int = 10) -> Figure:
     delays: list[float] = []
     try:
         fleet.wait_joined(30)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        with chromium(keep=sizes is QUICK) as browser:
             page = browser.new_page()
             page.add_init_script(COUNT_RECONCILIATIONS)
             page.goto(f"http://127.0.0.1:{stack.settings.web_port}/capteurs")
@@ -57,7 +101,6 @@ def browser_latency(stack: Stack, sizes: Sizes, devices: int = 10) -> Figure:
                 delays.append(float(shown) - published)
                 page.evaluate("window.__updates.length = 0")
                 time.sleep(0.02)
-            browser.close()
     finally:
         fleet.stop()
     p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
+from bench.browser import chromium
 from bench.processes import FleetProcess, Subscriber
-from bench.scenarios import Figure, Sizes, percentile
+from bench.scenarios import QUICK, Figure, Sizes, percentile
 from bench.stack import Stack
 from sensorhub.simulator import Fleet
-from tests.support import CHROMIUM, CHROMIUM_ARGS, COUNT_RECONCILIATIONS
+from tests.support import COUNT_RECONCILIATIONS
 
 #: The viewport of the measured page (a laptop).
 VIEWPORT = {"width": 1280, "height": 800}
@@ -236,8 +237,7 @@ def _measure(stack: Stack, load: Load, sizes: Sizes, *, full: bool) -> dict[str,
         probe.wait_joined(60)
         online = len(sessions) + 1
         time.sleep(2)  # the ingest client records the last joins
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        with chromium(keep=sizes is QUICK) as browser:
             page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
             page.add_init_script(COUNT_RECONCILIATIONS)
             errors: list[str] = []
@@ -279,7 +279,6 @@ def _measure(stack: Stack, load: Load, sizes: Sizes, *, full: bool) -> dict[str,
                 out["server"] = _server(stack, sessions, sizes.web_requests)
             if errors:
                 raise RuntimeError(f"JavaScript errors on the page: {errors}")
-            browser.close()
     finally:
         probe.stop()
         fleet.stop()
@@ -296,12 +295,17 @@ def _dom_text(dom: dict[str, Any]) -> str:
             + ", ".join(f"{part} {share:.0%}" for part, share in dom["parts"].items()))
 
 
-def fleet_browser(sizes: Sizes) -> list[Figure]:
-    """Issue 14's table, one line per figure: a big fleet at 1/s (every figure), then a small fast one."""
-    with Stack(components=("broker", "client", "web")) as stack:
-        big = _measure(stack, Load(sizes.fleet, 1.0), sizes, full=True)
-    with Stack(components=("broker", "client", "web")) as stack:
-        fast = _measure(stack, Load(sizes.fast_fleet, 1 / sizes.fast_rate), sizes, full=False)
+def fleet_browser(sizes: Sizes, shared: Stack | None = None) -> list[Figure]:
+    """Issue 14's table, one line per figure: a big fleet at 1/s (every figure), then a small fast one, each on a
+    stack of its own, or both on `shared` (a quick run's: what it proves is that every figure is measured)."""
+    if shared is not None:
+        big = _measure(shared, Load(sizes.fleet, 1.0), sizes, full=True)
+        fast = _measure(shared, Load(sizes.fast_fleet, 1 / sizes.fast_rate), sizes, full=False)
+    else:
+        with Stack(components=("broker", "client", "web")) as stack:
+            big = _measure(stack, Load(sizes.fleet, 1.0), sizes, full=True)
+        with Stack(components=("broker", "client", "web")) as stack:
+            fast = _measure(stack, Load(sizes.fast_fleet, 1 / sizes.fast_rate), sizes, full=False)
     n, m, rate = f"{sizes.fleet:,}", sizes.fast_fleet, sizes.fast_rate
     slow_dom, fast_dom, tasks = big["publish_to_dom"], fast["publish_to_dom"], big["long_tasks"]
     server, nav = big["server"], big["navigation_ms"]

@@ -55,8 +55,8 @@ class HistorySizes:
 
 
 HISTORY_FULL = HistorySizes()
-HISTORY_QUICK = HistorySizes(devices=20, readings=30_000, requests=10, export_rows=5_000, rollup_batches=5,
-                             purge_rows=50_000)
+HISTORY_QUICK = HistorySizes(devices=20, readings=10_000, requests=10, export_rows=2_000, rollup_batches=5,
+                             purge_rows=10_000)
 
 
 def build_month(path: Path, devices: int, readings: int, rng: random.Random) -> None:
@@ -308,7 +308,7 @@ def _writer_batches(engine: Engine, sizes: HistorySizes, history: History) -> fl
 
 def retention(sizes: Sizes, history_sizes: HistorySizes) -> Figure:
     """Purge purge_rows old readings while the latency scenario publishes at its rate: publish -> commit p99."""
-    stack = Stack()
+    stack = Stack(components=("broker", "client"))  # the latency scenario's stack: no web server, idle there
     stack.settings = stack.settings.replace(retention_days=1)
     _old_readings(stack.dir / "db.sqlite3", history_sizes.purge_rows)
     with stack, Load(stack, sizes.devices) as load:

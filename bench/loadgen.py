@@ -103,3 +103,37 @@ def split(port: int, devices: list[tuple[str, str]], per_device: int, rate: floa
     return [Share(port, group, per_device, rate * len(group) / len(devices), qos, topic,
                   tuple(values[name] for name, _session in group) if values is not None else ())
             for group in groups if group]
+
+
+def count_readings(port: int, user: str, password: str, qos: int, expected: int, idle: float,
+                   out: mp.Queue[tuple[str, float]]) -> None:
+    """A paho subscriber that only counts light readings (the target of a process of its own, as a worker would
+    be: here, so that the process imports paho and not the bench's stack, SQLAlchemy and all).
+
+    Puts ("ready", 0) once subscribed, then ("done", received) and ("last", when the last one arrived) once it
+    received `expected`, or nothing more for `idle` seconds after the first.
+    """
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set(user, password)
+    received = 0
+    last = 0.0
+
+    def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
+        nonlocal received, last
+        received += 1
+        last = time.time()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *_args: out.put(("ready", 0.0))
+    client.on_connect = lambda c, *_args: c.subscribe(Topic.PHOTORESISTOR_STATUS, qos)
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    deadline = time.monotonic() + 600
+    while received < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if received and time.time() - last > idle:
+            break  # nothing more for `idle` seconds: the rest was lost
+    client.disconnect()
+    client.loop_stop()
+    out.put(("done", float(received)))
+    out.put(("last", last))

@@ -69,7 +69,7 @@ class PagesSizes:
 
 
 PAGES_FULL = PagesSizes()
-PAGES_QUICK = PagesSizes(devices=3_000, readings=2, requests=4, rate=200, live_seconds=3.0)
+PAGES_QUICK = PagesSizes(devices=3_000, readings=2, requests=4, rate=100, live_seconds=2.0)
 
 
 def sizes_from_environment(base: PagesSizes) -> PagesSizes:

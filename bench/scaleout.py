@@ -5,7 +5,9 @@ machine in the same run: a bare paho subscriber that only counts, then `mosquitt
 own receiving the same burst of readings; then sensorhub (broker and one ingest client) storing it. Each rate
 is readings over the time from the first publish to the last one received (stored); sensorhub's is printed
 as a fraction of both. Sensorhub runs with one ingest worker (plain subscriptions) and with two (MQTT 5
-shared subscriptions `$share/sensorhub/…`, `sensorhub run --workers 2`), each on a database of its own.
+shared subscriptions `$share/sensorhub/…`, `sensorhub run --workers 2`), each on a database of its own; the quick
+run (the test suite's smoke run) with two only: one worker's path is what every other ingest scenario's smoke run
+proves loses nothing, on both databases.
 """
 
 from __future__ import annotations
@@ -15,12 +17,10 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-from bench.loadgen import publish, split
+from bench.loadgen import count_readings, publish, split
 from bench.scenarios import Figure, Load, total, wait_stable
 from bench.stack import Stack
 from sensorhub.credentials import CLIENT_USER, client_password
@@ -35,42 +35,18 @@ class ScaleSizes:
     devices: int = 100
     publishers: int = 4
     timeout: float = 300.0
+    #: Ingest workers sensorhub runs with, each configuration on a stack and a database of its own.
+    workers: tuple[int, ...] = (1, 2)
+    #: Both QoS on one stack per configuration, the second counting from where the first left off (the smoke run:
+    #: it proves each runs and loses nothing; a stack with two workers is 2 s of CPU).
+    one_stack: bool = False
 
 
 SCALE_FULL = ScaleSizes()
-SCALE_QUICK = ScaleSizes(readings=2_000, devices=10, publishers=2, timeout=60.0)
+SCALE_QUICK = ScaleSizes(readings=2_000, devices=10, publishers=1, timeout=60.0, workers=(2,),
+                         one_stack=True)
 #: Load devices for the bare subscribers: any name and session do, nobody checks them.
 _FAKE = [(f"bench{i:03d}", f"1700000000.{i:06d}") for i in range(1000)]
-
-
-def _count(port: int, password: str, qos: int, expected: int, idle: float,
-           out: mp.Queue[tuple[str, float]]) -> None:
-    """A paho subscriber that only counts (in a process of its own, as a worker would be)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.username_pw_set(CLIENT_USER, password)
-    received = 0
-    last = 0.0
-
-    def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
-        nonlocal received, last
-        received += 1
-        last = time.time()
-
-    client.on_message = on_message
-    client.on_subscribe = lambda *_args: out.put(("ready", 0.0))
-    client.on_connect = lambda c, *_args: c.subscribe(Topic.PHOTORESISTOR_STATUS, qos)
-    client.connect("127.0.0.1", port, keepalive=30)
-    client.loop_start()
-    deadline = time.monotonic() + 600
-    while received < expected and time.monotonic() < deadline:
-        seen = received
-        time.sleep(idle)
-        if received == seen and received:
-            break  # nothing more for `idle` seconds: the rest was lost
-    client.disconnect()
-    client.loop_stop()
-    out.put(("done", float(received)))
-    out.put(("last", last))
 
 
 def bare_paho(sizes: ScaleSizes, qos: int) -> tuple[int, float]:
@@ -78,8 +54,9 @@ def bare_paho(sizes: ScaleSizes, qos: int) -> tuple[int, float]:
     with Stack(components=("broker",)) as stack:
         context = mp.get_context("spawn")
         out: mp.Queue[tuple[str, float]] = context.Queue()
-        counter = context.Process(target=_count, args=(stack.settings.mqtt_port, client_password(stack.settings),
-                                                       qos, sizes.readings, 5.0, out))
+        counter = context.Process(target=count_readings, args=(stack.settings.mqtt_port, CLIENT_USER,
+                                                               client_password(stack.settings), qos,
+                                                               sizes.readings, 5.0, out))
         counter.start()
         try:
             if out.get(timeout=30)[0] != "ready":
@@ -144,10 +121,16 @@ def _send(stack: Stack, sizes: ScaleSizes, qos: int, devices: list[tuple[str, st
 
 
 def sensorhub_stored(sizes: ScaleSizes, qos: int, database_url: str | None, workers: int = 1,
-                     ) -> tuple[int, float, int]:
-    """(stored, seconds, sent) for sensorhub: the broker and `workers` ingest clients storing the burst."""
-    with Stack(components=("broker", "client"), database_url=database_url, workers=workers) as stack, \
-            Load(stack, sizes.devices) as load:
+                     on: tuple[Stack, Load] | None = None) -> tuple[int, float, int]:
+    """(stored, seconds, sent) for sensorhub: the broker and `workers` ingest clients storing the burst, on a
+    stack of its own (or `on` a running one, counting from where it is)."""
+    with ExitStack() as scope:
+        if on is None:
+            stack = scope.enter_context(Stack(components=("broker", "client"), database_url=database_url,
+                                              workers=workers))
+            load = scope.enter_context(Load(stack, sizes.devices))
+        else:
+            stack, load = on
         before = stack.exact_total()
         fast_before = total(stack)
         start = time.monotonic()
@@ -162,35 +145,50 @@ def scale_out(sizes: ScaleSizes, databases: list[tuple[str, Callable[[], str | N
     """One figure per database and QoS."""
     figures = []
     for label, new_database in databases:
-        for qos in (0, 1):
-            say(f"scale-out on {label}, QoS {qos}: bare paho subscriber ...")
-            paho_received, paho_s = bare_paho(sizes, qos)
-            say(f"  {paho_received:,} in {paho_s:.1f} s; mosquitto_sub ...")
-            sub_received, sub_s = bare_mosquitto_sub(sizes, qos)
-            paho_rate, sub_rate = paho_received / paho_s, sub_received / sub_s
-            say(f"  {sub_received:,} in {sub_s:.1f} s")
-            for workers in (1, 2):
-                say(f"  sensorhub, {workers} worker(s) ...")
-                stored, seconds, sent = sensorhub_stored(sizes, qos, new_database(), workers)
-                rate = stored / seconds
-                lost = max(0, sent - stored)
-                if workers == 1:
-                    target, ok = (">= 0.8 of paho (SQLite)", rate >= 0.8 * paho_rate) if label == "SQLite" else \
-                        (">= 10,000/s, 0 lost", rate >= 10_000 and lost == 0)
-                else:
-                    target, ok = "0 lost", lost == 0
-                figures.append(Figure(
-                    f"scale_out_{label.lower()}_{workers}w_qos{qos}",
-                    f"scale-out, {label}, {workers} worker{'s' if workers > 1 else ''}, {sent:,} readings, QoS {qos}",
-                    f"{rate:,.0f}/s stored, {lost} lost = {rate / paho_rate:.2f} of paho ({paho_rate:,.0f}/s), "
-                    f"{rate / sub_rate:.2f} of mosquitto_sub ({sub_rate:,.0f}/s)",
-                    target, ok,
-                    {"workers": workers, "stored_per_s": round(rate), "lost": lost, "sent": sent,
-                     "paho_per_s": round(paho_rate), "paho_received": paho_received,
-                     "mosquitto_sub_per_s": round(sub_rate), "mosquitto_sub_received": sub_received,
-                     "fraction_of_paho": round(rate / paho_rate, 3),
-                     "fraction_of_mosquitto_sub": round(rate / sub_rate, 3)},
-                ))
-                say(f"  {figures[-1].value}")
+        with ExitStack() as kept:
+            figures += _scale_out_on(sizes, label, new_database, say, kept)
+    return figures
+
+
+def _scale_out_on(sizes: ScaleSizes, label: str, new_database: Callable[[], str | None],
+                  say: Callable[[str], None], kept: ExitStack) -> list[Figure]:
+    """The figures of one database; with `sizes.one_stack`, each configuration's stack kept in `kept`."""
+    figures = []
+    stacks: dict[int, tuple[Stack, Load]] = {}
+    for qos in (0, 1):
+        say(f"scale-out on {label}, QoS {qos}: bare paho subscriber ...")
+        paho_received, paho_s = bare_paho(sizes, qos)
+        say(f"  {paho_received:,} in {paho_s:.1f} s; mosquitto_sub ...")
+        sub_received, sub_s = bare_mosquitto_sub(sizes, qos)
+        paho_rate, sub_rate = paho_received / paho_s, sub_received / sub_s
+        say(f"  {sub_received:,} in {sub_s:.1f} s")
+        for workers in sizes.workers:
+            say(f"  sensorhub, {workers} worker(s) ...")
+            if sizes.one_stack and workers not in stacks:
+                stack = kept.enter_context(Stack(components=("broker", "client"), database_url=new_database(),
+                                                 workers=workers))
+                stacks[workers] = (stack, kept.enter_context(Load(stack, sizes.devices)))
+            stored, seconds, sent = sensorhub_stored(sizes, qos, None if sizes.one_stack else new_database(),
+                                                     workers, stacks.get(workers))
+            rate = stored / seconds
+            lost = max(0, sent - stored)
+            if workers == 1:
+                target, ok = (">= 0.8 of paho (SQLite)", rate >= 0.8 * paho_rate) if label == "SQLite" else \
+                    (">= 10,000/s, 0 lost", rate >= 10_000 and lost == 0)
+            else:
+                target, ok = "0 lost", lost == 0
+            figures.append(Figure(
+                f"scale_out_{label.lower()}_{workers}w_qos{qos}",
+                f"scale-out, {label}, {workers} worker{'s' if workers > 1 else ''}, {sent:,} readings, QoS {qos}",
+                f"{rate:,.0f}/s stored, {lost} lost = {rate / paho_rate:.2f} of paho ({paho_rate:,.0f}/s), "
+                f"{rate / sub_rate:.2f} of mosquitto_sub ({sub_rate:,.0f}/s)",
+                target, ok,
+                {"workers": workers, "stored_per_s": round(rate), "lost": lost, "sent": sent,
+                 "paho_per_s": round(paho_rate), "paho_received": paho_received,
+                 "mosquitto_sub_per_s": round(sub_rate), "mosquitto_sub_received": sub_received,
+                 "fraction_of_paho": round(rate / paho_rate, 3),
+                 "fraction_of_mosquitto_sub": round(rate / sub_rate, 3)},
+            ))
+            say(f"  {figures[-1].value}")
     return figures
 

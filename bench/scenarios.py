@@ -58,9 +58,9 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(devices=10, sustained_rate=1_000, sustained_seconds=2, burst=2_000, latency_rate=500,
-              latency_seconds=2, fleet=30, fleet_seconds=3, web_devices=20, web_readings=20_000, web_requests=20,
-              flood=5_000, browser_events=10, publishers=2, fast_fleet=5, fast_rate=5, fleet_browser_window=2,
+QUICK = Sizes(devices=10, sustained_rate=1_000, sustained_seconds=1, burst=2_000, latency_rate=500,
+              latency_seconds=1, fleet=30, fleet_seconds=3, web_devices=20, web_readings=20_000, web_requests=20,
+              flood=5_000, browser_events=10, publishers=1, fast_fleet=5, fast_rate=5, fleet_browser_window=2,
               footprint_seconds=2, footprint_settle=1)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.loadgen import split
 from bench.scenarios import PROBE_WINDOW_US, match_probes
 from tests.support import quick_bench
 
@@ -42,6 +43,20 @@ def test_each_latency_probe_is_matched_to_its_own_row() -> None:
     assert all(abs(delay - 4.0) < 0.01 for delay in delays), "a probe was paired with another probe's row"
     late = {0: (t0 + 5, int((t0 + PROBE_WINDOW_US / 1e6 + 0.5) * 1e6), 0)}  # outside the probe's window
     assert match_probes(probes[:1], late) == ([], 1)
+
+
+def test_the_load_is_shared_between_the_publisher_processes() -> None:
+    """What the smoke runs, with one publisher process each (QUICK), no longer show: every device published by
+    exactly one of `make bench`'s publishers, the rate shared in proportion, each device's own values with it."""
+    devices = [(f"capteur{k:02d}", f"1.{k:06d}") for k in range(10)]
+    values = {name: (k, k + 1) for k, (name, _session) in enumerate(devices)}
+    shares = split(1883, devices, 7, 1_000, 1, 4, values)
+    assert sorted(device for share in shares for device in share.devices) == devices
+    assert [len(share.devices) for share in shares] == [3, 3, 2, 2]
+    assert [share.rate for share in shares] == pytest.approx([300, 300, 200, 200])
+    assert {(share.port, share.per_device, share.qos) for share in shares} == {(1883, 7, 1)}
+    assert all(share.values == tuple(values[name] for name, _session in share.devices) for share in shares)
+    assert len(split(1883, devices[:2], 7, 0, 0, 4)) == 2  # no publisher without devices
 
 
 @pytest.mark.integration

@@ -111,8 +111,9 @@ class Supervisor:
 
     # -- checks before anything starts -----------------------------------------------------------
 
-    def preflight(self) -> None:
-        """Fail early, with one line saying what to do, on what would make a component fail later."""
+    def preflight(self, init_db: bool = True) -> None:
+        """Fail early, with one line saying what to do, on what would make a component fail later; `init_db`:
+        make the database (False: the caller made it)."""
         try:
             find_mosquitto()
         except BrokerError:
@@ -136,7 +137,8 @@ class Supervisor:
                 ensure_free(port, setting, what)
         if len(set(ports)) != len(ports):
             raise ConfigError(N_("the MQTT, WebSockets and web ports must differ (got {ports})"), ports=ports)
-        self._init_db()
+        if init_db and any(child.name != "broker" for child in self.components):  # a broker alone has none
+            self._init_db()
         ensure_fifo(self.settings.fifo_path)
 
     def _init_db(self) -> None:
