@@ -563,6 +563,9 @@ def test_adding_a_rule_and_acknowledging_an_alert_in_the_page(settings: Settings
             stored = alerts.find_rule(conn, "sombre")
         assert stored is not None and (stored.trigger, stored.clear, stored.for_seconds) == (10, 20, 300)
 
+        # The rule is shown by the page reloaded after it was taken: its HTML is there before its script attached
+        # the click listener (module scripts run before DOMContentLoaded), and a click before that sends nothing.
+        page.wait_for_load_state("domcontentloaded")
         item = page.locator(f'[data-alert-id="{alert_id}"]')
         item.locator("[data-ack]").click()
         expect(page.locator(f'[data-alert-id="{alert_id}"] [data-acked]')).to_contain_text("anonyme")
