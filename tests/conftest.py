@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import tracemalloc  # noqa: F401  whole before any thread (pytest's unraisable hook imports it: see below)
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,9 @@ from sensorhub.web.state import web_state
 from tests.pgcluster import Cluster, binaries
 from tests.stack import ROOT, Stack, running_stack
 from tests.support import CHROMIUM, CHROMIUM_ARGS, digests, settings_for, tracked_files
+
+# tracemalloc is imported above, not used: pytest's unraisable-exception hook imports it when an object is
+# collected, and two threads doing that at once met a half-imported module (a CI run failed so).
 
 # The tests read the command line's English messages: a developer's French locale must not translate them (the
 # language tests, tests/test_cli_i18n.py, choose theirs). Inherited by the programs the tests start.

@@ -139,7 +139,7 @@ class Child:
         self.cwd = cwd
         self.on_line = on_line
         self.stop_signal = stop_signal
-        self.lines: deque[str] = deque(maxlen=keep)
+        self._lines: deque[str] = deque(maxlen=keep)
         self.process: subprocess.Popen[str] | None = None
         self.ready = False
         #: Whether `stop` was called since the last start (a test tells a crash from a stop by it).
@@ -147,6 +147,12 @@ class Child:
         self.status: str = ""
         self._notify: NotifySocket | None = None
         self._reader: threading.Thread | None = None
+
+    @property
+    def lines(self) -> list[str]:
+        """The last output lines kept, as a copy: the reader thread appends while a caller looks (iterating the
+        deque itself then raises "deque mutated during iteration"; copying it is one step under the GIL)."""
+        return list(self._lines)
 
     @property
     def pid(self) -> int:
@@ -164,7 +170,7 @@ class Child:
         self._close_notify()
         self._notify = NotifySocket()
         self.ready = self.stopped = False
-        self.lines.clear()
+        self._lines.clear()
         env = {**self.env, NOTIFY_ENV: self._notify.address, PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
         # Its own process group: Ctrl-C in a terminal reaches the parent only (which stops the children in
         # order), and whatever the component starts is stopped with it (os.killpg in `stop`).
@@ -179,7 +185,7 @@ class Child:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             line = line.rstrip("\n")
-            self.lines.append(line)
+            self._lines.append(line)
             if self.on_line is not None:
                 self.on_line(line)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,21 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
+def _to_wal(cursor: Any) -> None:
+    """Switch the database to WAL, retrying while another connection holds the lock that takes: SQLite answers
+    "database is locked" at once there, without its busy handler (several processes opening a new file at once,
+    such as gunicorn's workers and their web-state database)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _set_pragmas(dbapi_connection: Any, _record: Any, *, read_only: bool) -> None:
     cursor = dbapi_connection.cursor()
     try:
@@ -42,7 +59,7 @@ def _set_pragmas(dbapi_connection: Any, _record: Any, *, read_only: bool) -> Non
         if read_only:
             cursor.execute("PRAGMA query_only = ON")
         else:
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _to_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             # A small WAL: checkpointed every WAL_PAGES pages, and shrunk back to JOURNAL_SIZE_LIMIT bytes after,
             # so that a nearly full disk never holds a WAL too big to be checkpointed (the checkpoint needs room
