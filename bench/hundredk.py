@@ -101,7 +101,7 @@ def base_config(name_filter: bool) -> str | None:
     if name_filter:
         return None
     return "".join(line for line in BASE_CONFIG.read_text().splitlines(keepends=True)
-                   if not line.startswith(("plugin_opt_own_assignment", "plugin_opt_join_grace")))
+                   if not line.startswith(reserve.FILTER_OPTIONS))
 
 
 def _known(engine: Engine, macs: list[str]) -> None:

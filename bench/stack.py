@@ -74,7 +74,8 @@ class Stack:
             self._log = self.log_path.open("w")
             self.supervisor = Supervisor(self.settings, out=self._log, components=self.components,
                                          workers=self.workers)
-            if self.components != ("broker",):
+            database = self.components != ("broker",)  # a broker alone has none
+            if database:
                 # The database made here, not by the supervisor's `sensorhub db init` in a process of its own (which
                 # keeps `sensorhub run` small without SQLAlchemy): this process has it loaded, so 0.04 s instead of
                 # a process's 0.5 s of CPU, and start-up is no figure.
@@ -85,14 +86,12 @@ class Stack:
                     engine.dispose()
             self.supervisor.preflight(init_db=False)
             self.supervisor.start()
-            if self.components == ("broker",):
-                pass  # a broker alone: no database (the supervisor makes none)
-            elif self.postgresql:
+            if database and self.postgresql:
                 import psycopg
 
                 self.db = psycopg.connect(self.postgresql.replace("postgresql+psycopg://", "postgresql://"),
                                           autocommit=True)
-            else:
+            elif database:
                 self.db = sqlite3.connect(f"file:{self.dir / 'db.sqlite3'}?mode=ro", uri=True,
                                           check_same_thread=False)
         except BaseException:

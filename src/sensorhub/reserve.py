@@ -34,10 +34,11 @@ OWN_ASSIGNMENT = f"plugin_opt_own_assignment {Topic.JOIN} {Topic.NAME_ASSIGN}"
 #: Seconds a client that subscribed to the assignment topic hears none of it unless it joins with a MAC meanwhile
 #: (a board joins right after its SUBACK; a listener that never joins hears every line after that).
 JOIN_GRACE = 5
-#: The filter's lines, as mqtt/mosquitto.conf gives them to the device listeners.
+#: The filter's lines, as mqtt/mosquitto.conf gives them to the device listeners, and what they start with.
 FILTER_LINES = (OWN_ASSIGNMENT, f"plugin_opt_join_grace {JOIN_GRACE}")
+FILTER_OPTIONS = ("plugin_opt_own_assignment", "plugin_opt_join_grace")
 #: The configuration lines of the plugin's options (left out with the plugin when it could not be built).
-OPTIONS = ("plugin_opt_reserve", "plugin_opt_own_assignment", "plugin_opt_join_grace", "plugin_opt_otherwise")
+OPTIONS = ("plugin_opt_reserve", *FILTER_OPTIONS, "plugin_opt_otherwise")
 #: What building the plugin needs on Debian: a C compiler and the installed Mosquitto's plugin headers.
 BUILD_PACKAGES = "gcc mosquitto-dev libmosquitto-dev"
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/local/bin"])

@@ -41,6 +41,9 @@ class Outage:
         self.url = url
         #: Where the SQLite file lives (None on a server database: no WAL to truncate, no disk of ours).
         self.db_dir = database_dir(url)
+        path = sqlite_path(url)
+        #: The SQLite database's WAL file (None on a server database).
+        self._wal = None if path is None else Path(f"{path}-wal")
         self._waiting = waiting
         self._clock = clock
         #: Since when (clock) the database cannot be written, and when that was last said.
@@ -99,9 +102,8 @@ class Outage:
 
     def _wal_size(self) -> int:
         """The WAL file's size in bytes (0 without one)."""
-        path = sqlite_path(self.url)
         try:
-            return 0 if path is None else Path(f"{path}-wal").stat().st_size
+            return 0 if self._wal is None else self._wal.stat().st_size
         except FileNotFoundError:
             return 0
 
