@@ -26,14 +26,13 @@ from sqlalchemy import Engine
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
-from sensorhub.db.engine import make_engine
-from sensorhub.db.schema import init_db, upgrade
+from sensorhub.db.schema import upgrade
 from sensorhub.ingest.service import IngestClient
 from sensorhub.web import create_app
 from sensorhub.web.state import web_state
 from tests.pgcluster import Cluster, binaries
 from tests.stack import ROOT, Stack, running_stack
-from tests.support import CHROMIUM, CHROMIUM_ARGS, digests, settings_for, tracked_files
+from tests.support import CHROMIUM, CHROMIUM_ARGS, digests, fresh_database, settings_for, tracked_files
 
 # tracemalloc is imported above, not used: pytest's unraisable-exception hook imports it when an object is
 # collected, and two threads doing that at once met a half-imported module (a CI run failed so).
@@ -118,8 +117,7 @@ def settings(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> It
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
     """A fresh database with sensorhub's schema."""
-    engine = make_engine(settings.database_url, create_dir=True)
-    init_db(engine)
+    engine = fresh_database(settings.database_url)
     yield engine
     engine.dispose()
 

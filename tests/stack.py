@@ -22,9 +22,8 @@ from sqlalchemy import Engine
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
-from sensorhub.db.engine import make_engine
-from sensorhub.db.schema import init_db
 from sensorhub.process import Child, ComponentError
+from tests.support import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,10 +126,9 @@ def running_stack(settings: Settings, *, workers: int = 2,
 
     A test may stop, kill or restart a component, or put a new `Broker` in `stack.broker`: what the stack holds on
     the way out is stopped (a component that died without being asked to fails the test with its output)."""
-    engine = make_engine(settings.database_url, create_dir=True)
+    engine = fresh_database(settings.database_url)
     stack: Stack | None = None
     try:
-        init_db(engine)
         if prepare is not None:
             prepare(engine)
         broker = Broker(settings)

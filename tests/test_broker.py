@@ -18,7 +18,7 @@ import pytest
 
 from bench import wsflood
 from sensorhub import broker as broker_module
-from sensorhub import dynsec
+from sensorhub import dynsec, reserve
 from sensorhub.broker import BASE_CONFIG, DEVICE_ACL, Broker, find_mosquitto, render_config, speaks_notify
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
@@ -142,6 +142,46 @@ def test_every_listener_loads_the_plugin_reserving_the_ingest_client_s_ids(tmp_p
     # Without it (no C compiler), the lines are left out rather than make the broker fail to start.
     without = render_config(Settings(), tmp_path / "b.log", plugin=None)
     assert not [line for line in without.splitlines() if "reserve" in line and not line.startswith("#")]
+
+
+def test_the_plugin_is_compiled_once_and_copied_to_each_broker_directory(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "one").mkdir()
+    first = reserve.build(tmp_path / "one")
+    assert first is not None and first.parent.name == "one"
+    kept = list((tmp_path / "cache" / "sensorhub").iterdir())
+    assert [path.suffix for path in kept] == [".so"] and kept[0].read_bytes() == first.read_bytes()
+    # Another directory gets a copy, compiler or not; the stamp says which source and headers it was built from.
+    monkeypatch.setattr(reserve, "find_compiler", lambda: None)
+    (tmp_path / "two").mkdir()
+    second = reserve.build(tmp_path / "two")
+    assert second is not None and second.read_bytes() == first.read_bytes()
+    assert (tmp_path / "two" / f"{reserve.NAME}.sha256").read_text() == (tmp_path / "one" / f"{reserve.NAME}.sha256"
+                                                                          ).read_text()
+    # A changed source is built again: without a compiler, no plugin, and the warning says what is lost.
+    changed = tmp_path / "changed.c"
+    changed.write_text(reserve.SOURCE.read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(reserve, "SOURCE", changed)
+    with caplog.at_level(logging.WARNING, logger="sensorhub.reserve"):
+        assert reserve.build(tmp_path / "two") is None
+    assert "no C compiler (sudo apt-get install gcc mosquitto-dev libmosquitto-dev)" in caplog.text
+    assert "join storm is quadratic" in caplog.text
+
+
+def test_a_plugin_that_does_not_compile_says_why_and_the_broker_goes_without(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    broken = tmp_path / "broken.c"
+    broken.write_text("int broken( {\n")
+    monkeypatch.setattr(reserve, "SOURCE", broken)
+    with caplog.at_level(logging.WARNING, logger="sensorhub.reserve"):
+        assert reserve.build(tmp_path) is None
+    assert "could not build the broker plugin broken.c (" in caplog.text and "error" in caplog.text
+    assert not (tmp_path / reserve.NAME).exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not (tmp_path / "cache" / "sensorhub").exists()
 
 
 def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings: Settings) -> None:
