@@ -67,7 +67,7 @@ def _migrated_sqlite() -> Path:
     """A SQLite file with sensorhub's schema, migrated once per test process (removed at its exit)."""
     directory = Path(tempfile.mkdtemp(prefix="sensorhub-template-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    engine = make_engine(f"sqlite:///{directory / 'db.sqlite3'}")
+    engine = make_engine(f"sqlite:///{directory / 'db.sqlite3'}", create_dir=True)
     init_db(engine)
     engine.dispose()  # the last connection checkpoints and removes the WAL: the file alone is the database
     return directory / "db.sqlite3"
