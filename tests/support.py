@@ -77,12 +77,12 @@ def fresh_database(url: str) -> Engine:
     """An engine on the database at `url`, brought to sensorhub's schema. A new SQLite file is a copy of one migrated
     once per test process: running the migrations takes 60 ms of CPU, for each of the suite's ~500 databases."""
     path = sqlite_path(url)
-    if path is not None and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_migrated_sqlite(), path)
-        return make_engine(url)
-    engine = make_engine(url, create_dir=True)
-    init_db(engine)
+    new = path is not None and not path.exists()
+    engine = make_engine(url, create_dir=True)  # creates the file as sensorhub does: readable by its owner only
+    if new and path is not None:
+        shutil.copyfile(_migrated_sqlite(), path)  # into the empty file: its mode stays
+    else:
+        init_db(engine)
     return engine
 
 
