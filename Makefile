@@ -12,6 +12,10 @@ LOCK := $(if $(filter 0,$(DEV)),requirements.lock,requirements-dev.lock)
 PY_STAMP := $(VENV)/.installed-$(basename $(LOCK))
 JS_STAMP := node_modules/.installed
 DB_FILE := db/db.sqlite3
+# Python keeps its bytecode caches (__pycache__/, git-ignored) whatever the shell says: with PYTHONDONTWRITEBYTECODE
+# set (some images set it), each of the ~450 Python processes of `make test` compiled sensorhub's modules again, and
+# each test worker pytest's rewritten test modules.
+unexport PYTHONDONTWRITEBYTECODE
 
 .DEFAULT_GOAL := help
 .PHONY: help install clean db data broker client prod debug run test lint simulate bench screenshots translations

@@ -50,15 +50,19 @@ hypothesis_profile.load_profile("sensorhub")
 MIGRATED = "sensorhub_migrated"
 
 
-#: The longest modules, longest first (each alone with `pytest -n 0`, 2026-12-04, at a load average of 5 to 24 on the
-#: 2-core machine): `make test` hands out whole modules to its workers in collection order (pytest-xdist's
-#: `--dist loadfile --no-loadscope-reorder`), so these start first and the short ones fill in around them. By
-#: default xdist would order modules by their number of tests: the one-test benchmark smoke runs, the longest of all,
-#: started last and the whole run waited for them. A module missing here only starts later.
-LONGEST_FIRST = ("test_bench_pages.py", "test_bench_faults.py", "test_bench_scale.py", "test_bench_scale_postgresql.py",
-                 "test_bench.py", "test_browser.py", "test_reliability.py", "test_security.py", "test_web.py",
-                 "test_alerts_web.py", "test_homeassistant.py", "test_bench_postgresql.py", "test_bench_fleet.py",
-                 "test_bench_alerts.py", "test_bench_hundredk.py", "test_cli_i18n.py", "test_notify.py")
+#: The longest modules, longest first (their wall time in `make test`, 2026-12-05, 5 workers on the 2-core machine):
+#: `make test` hands out whole modules to its workers in collection order (pytest-xdist's `--dist loadfile
+#: --no-loadscope-reorder`), so these start first and the short ones fill in around them. By default xdist would
+#: order modules by their number of tests: the one-test benchmark smoke runs, the longest of all, started last and
+#: the whole run waited for them. Some of the longest mostly wait (test_notify's receiver down for 60 s, 1 s of
+#: CPU): started first, they overlap the others. A module missing here only starts later.
+LONGEST_FIRST = ("test_security.py", "test_notify.py", "test_bench_hundredk.py", "test_bench_pages.py",
+                 "test_browser.py", "test_ingest.py", "test_alerts_web.py", "test_cli_i18n.py", "test_db.py",
+                 "test_reliability.py", "test_homeassistant.py", "test_floods.py", "test_web.py",
+                 "test_bench_faults.py", "test_presence.py", "test_commands.py", "test_pages_browser.py",
+                 "test_i18n.py", "test_bench_alerts.py", "test_monitoring.py", "test_history.py", "test_broker.py",
+                 "test_tokens.py", "test_alerts_stack.py", "test_bench_scale_postgresql.py", "test_alerts.py",
+                 "test_name_filter.py", "test_webstate.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
