@@ -99,11 +99,11 @@ lint: $(PY_STAMP) $(JS_STAMP) ## Check style (ruff, ESLint), types (mypy) and wh
 	$(BIN)/lint-imports --no-cache
 	npx --no-install eslint .
 
-# Tests run in TEST_WORKERS processes (pytest-xdist), a test module per process at a time: most of their time is
-# spent waiting on real services, so 4 keep a 2-core machine busy (5 min 30 s; 3: 6 min; 1: 9 min 30 s).
-# The longest modules start first (tests/conftest.py, LONGEST_FIRST), not xdist's default order by test count.
-# TEST_WORKERS=0 runs them in this process.
-TEST_WORKERS ?= 4
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test module per process at a time: many of them wait on real
+# services (test_notify's receiver is down for 60 s), so 6 keep a 2-core machine busy (docs/development.md: 3 min
+# 40 s to 4 min; 5: about 3 min 55 s; 4: 4 min 30 s to 4 min 47 s). The longest modules start first (tests/conftest.py,
+# LONGEST_FIRST), not xdist's default order by test count. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 6
 test: install lint ## Run every test (unit, integration, browser) and a quick benchmark smoke run
 	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
