@@ -8,10 +8,11 @@ import random
 import socket
 from collections.abc import Iterator
 
-from sensorhub.ports import LOOPBACK_FLOOR, ephemeral_range
+from sensorhub.ports import LOOPBACK_CEILING, ephemeral_range
 
-#: The lowest port handed out: above the well-known and most registered services' ports.
-FLOOR = LOOPBACK_FLOOR
+#: The lowest port handed out: above the ports a broker draws at random for its guard's loopback listener
+#: (sensorhub.ports.loopback_port), which could otherwise pick one chosen here before its service binds it.
+FLOOR = LOOPBACK_CEILING
 
 
 def _candidates() -> Iterator[int]:

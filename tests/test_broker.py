@@ -23,7 +23,7 @@ from sensorhub.broker import BASE_CONFIG, DEVICE_ACL, Broker, find_mosquitto, re
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
 from sensorhub.ingest.service import ha_subscriptions, subscriptions
-from sensorhub.ports import PortError
+from sensorhub.ports import LOOPBACK_CEILING, LOOPBACK_FLOOR, PortError, ephemeral_range, loopback_port
 from sensorhub.protocol import LIVE_PAYLOAD_MAX, LIVE_TOPIC, MAX_PACKET
 from tests.support import connects, free_port, log_in_as_server, wait_for
 
@@ -326,6 +326,17 @@ def test_busy_port_names_the_port_and_the_setting(settings: Settings) -> None:
         squatter.listen()
         with pytest.raises(PortError, match=f"port {settings.mqtt_ws_port} .*SENSORHUB_MQTT_WS_PORT"):
             Broker(settings).start()
+
+
+def test_a_guard_s_loopback_port_is_never_one_the_tests_chose_for_a_service() -> None:
+    """A broker draws its guard's port at random; a test or a benchmark chooses its services' ports before starting
+    them: from two ranges, so the draw cannot take a port chosen and not yet bound (a benchmark's broker met its
+    port in use so, with 6 test workers)."""
+    low = ephemeral_range()[0]
+    drawn = {loopback_port() for _ in range(200)}
+    chosen = {free_port() for _ in range(200)}
+    assert all(LOOPBACK_FLOOR <= port < LOOPBACK_CEILING for port in drawn), sorted(drawn)[-3:]
+    assert all(LOOPBACK_CEILING <= port < low for port in chosen), sorted(chosen)[:3]
 
 
 def test_a_loopback_port_taken_behind_the_guard_is_replaced(settings: Settings, monkeypatch: pytest.MonkeyPatch,

@@ -70,6 +70,10 @@ def wait_free(port: int, timeout: float, host: str = "") -> bool:
 
 #: The lowest port `loopback_port` hands out: above the well-known and most registered services' ports.
 LOOPBACK_FLOOR = 10000
+#: `loopback_port` hands out ports below this one: those above it, up to the ephemeral range, are left to listeners
+#: whose port was chosen beforehand (the test suite's and the benchmarks' services, bench/ports.py), so that a
+#: guard's random pick is never a port another process chose and has not bound yet.
+LOOPBACK_CEILING = 20000
 _RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
@@ -83,14 +87,15 @@ def ephemeral_range() -> tuple[int, int]:
 
 
 def loopback_port(tries: int = 50) -> int:
-    """A free TCP port on 127.0.0.1 for a listener of our own, below the ephemeral range when there is room.
+    """A free TCP port on 127.0.0.1 for a listener of our own, from LOOPBACK_FLOOR to LOOPBACK_CEILING (below the
+    ephemeral range) when there is room.
 
     A port the kernel picks (bind to port 0) comes from the range it also gives outgoing connections: on a busy
     machine one of those can take it between this probe and the listener's own bind.
     """
-    low, _high = ephemeral_range()
-    for _ in range(tries if low - LOOPBACK_FLOOR >= 1000 else 0):
-        port = random.randrange(LOOPBACK_FLOOR, low)
+    ceiling = min(ephemeral_range()[0], LOOPBACK_CEILING)
+    for _ in range(tries if ceiling - LOOPBACK_FLOOR >= 1000 else 0):
+        port = random.randrange(LOOPBACK_FLOOR, ceiling)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
