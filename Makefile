@@ -104,8 +104,9 @@ lint: $(PY_STAMP) $(JS_STAMP) ## Check style (ruff, ESLint), types (mypy) and wh
 
 # Tests run in TEST_WORKERS processes (pytest-xdist), a test module per process at a time: many of them wait on real
 # services (test_notify's receiver is down for 60 s), so 6 keep a 2-core machine busy (docs/development.md: 3 min
-# 32 s to 3 min 54 s, 4 min 07 s the first run in a clone; 5: 3 min 54 s to 4 min 14 s; 4: 4 min 47 s). The longest modules start first (tests/conftest.py,
-# LONGEST_FIRST), not xdist's default order by test count. TEST_WORKERS=0 runs them in this process.
+# 32 s to 3 min 54 s, 4 min 07 s the first run in a clone; 5: 3 min 54 s to 4 min 14 s; 4: 4 min 47 s). The
+# longest modules start first (tests/conftest.py, LONGEST_FIRST), not xdist's default order by test count.
+# TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 6
 test: install lint ## Run every test (unit, integration, browser) and a quick benchmark smoke run
 	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
