@@ -170,6 +170,24 @@ def test_the_plugin_is_compiled_once_and_copied_to_each_broker_directory(tmp_pat
     assert "join storm is quadratic" in caplog.text
 
 
+def test_without_a_usable_cache_the_plugin_is_built_for_its_directory(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service's home may be hidden or read-only (ProtectHome, ProtectSystem), or missing: the broker still gets
+    its plugin."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))
+    built = reserve.build(tmp_path)
+    assert built is not None and built.stat().st_size > 1000
+    (tmp_path / reserve.NAME).unlink()
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(reserve, "cache_directory", no_home)
+    assert reserve.build(tmp_path) == tmp_path / reserve.NAME
+
+
 def test_a_plugin_that_does_not_compile_says_why_and_the_broker_goes_without(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch,
                                                                             caplog: pytest.LogCaptureFixture) -> None:

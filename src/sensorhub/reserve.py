@@ -74,6 +74,31 @@ def _build_key() -> str:
     return key.hexdigest()
 
 
+def _cache_entry(digest: str) -> Path:
+    """Where the build of `digest` is kept (RuntimeError without a home directory)."""
+    return cache_directory() / f"{NAME.removesuffix('.so')}-{digest[:32]}.so"
+
+
+def _cached(digest: str) -> Path | None:
+    """The kept build of `digest`, if there is one that can be read (a service's home may be hidden from it)."""
+    try:
+        entry = _cache_entry(digest)
+        return entry if entry.is_file() and os.access(entry, os.R_OK) else None
+    except (OSError, RuntimeError) as err:
+        logger.debug("no kept broker plugin: %s", err)
+        return None
+
+
+def _keep(built: Path, digest: str) -> None:
+    """Keep a copy of `built` for the next broker directory, if the cache can be written (else say so in debug)."""
+    try:
+        entry = _cache_entry(digest)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        _install(built, entry)
+    except (OSError, RuntimeError) as err:  # no home, a read-only one: the build still serves its directory
+        logger.debug("could not keep the broker plugin for the next broker directory: %s", err)
+
+
 def _install(built: Path, target: Path) -> None:
     """Copy `built` to `target` atomically (a broker reading `target` never sees half of it)."""
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -111,10 +136,8 @@ def build(directory: Path) -> Path | None:
     stamp = directory / f"{NAME}.sha256"
     if target.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
         return target
-    cached = cache_directory() / f"{NAME.removesuffix('.so')}-{digest[:32]}.so"
-    if cached.is_file():
-        _install(cached, target)
-    else:
+    cached = _cached(digest)
+    if cached is None:
         compiler = find_compiler()
         if compiler is None:
             logger.warning("no C compiler (sudo apt-get install %s): the broker cannot reserve the ingest client's "
@@ -124,11 +147,9 @@ def build(directory: Path) -> Path | None:
             return None
         if not _compile(compiler, target):
             return None
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            _install(target, cached)
-        except OSError as err:  # a read-only home: the build still serves this directory
-            logger.debug("could not keep the broker plugin in %s: %s", cached.parent, err)
+        _keep(target, digest)
+    else:
+        _install(cached, target)
     stamp.write_text(digest + "\n")
     return target
 
