@@ -79,14 +79,15 @@ def _cache_entry(digest: str) -> Path:
     return cache_directory() / f"{NAME.removesuffix('.so')}-{digest[:32]}.so"
 
 
-def _cached(digest: str) -> Path | None:
-    """The kept build of `digest`, if there is one that can be read (a service's home may be hidden from it)."""
+def _from_cache(digest: str, target: Path) -> bool:
+    """Copy the kept build of `digest` to `target`; False if there is none that can be read (none yet, or a
+    service's home hidden from it)."""
     try:
-        entry = _cache_entry(digest)
-        return entry if entry.is_file() and os.access(entry, os.R_OK) else None
+        _install(_cache_entry(digest), target)
     except (OSError, RuntimeError) as err:
         logger.debug("no kept broker plugin: %s", err)
-        return None
+        return False
+    return True
 
 
 def _keep(built: Path, digest: str) -> None:
@@ -99,17 +100,30 @@ def _keep(built: Path, digest: str) -> None:
         logger.debug("could not keep the broker plugin for the next broker directory: %s", err)
 
 
-def _install(built: Path, target: Path) -> None:
-    """Copy `built` to `target` atomically (a broker reading `target` never sees half of it)."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.copyfile(built, temporary)
+def _temporary(target: Path) -> Path:
+    """Where `target` is written before it replaces the old one (a broker reading it never sees half of it)."""
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
+
+
+def _publish(temporary: Path, target: Path) -> None:
+    """Put a finished `temporary` in `target`'s place, readable by the broker's user."""
     os.chmod(temporary, 0o644)
     os.replace(temporary, target)
 
 
+def _install(built: Path, target: Path) -> None:
+    """Copy `built` to `target` atomically."""
+    temporary = _temporary(target)
+    try:
+        shutil.copyfile(built, temporary)
+        _publish(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def _compile(compiler: str, target: Path) -> bool:
     """Compile the plugin to `target`; False, with a warning saying what the broker then cannot do, if it fails."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary = _temporary(target)
     result = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(temporary), str(SOURCE)],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -120,8 +134,7 @@ def _compile(compiler: str, target: Path) -> bool:
                        "quadratic (docs/scaling.md)", SOURCE.name, errors[0], BUILD_PACKAGES)
         temporary.unlink(missing_ok=True)
         return False
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, target)
+    _publish(temporary, target)
     return True
 
 
@@ -136,8 +149,7 @@ def build(directory: Path) -> Path | None:
     stamp = directory / f"{NAME}.sha256"
     if target.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
         return target
-    cached = _cached(digest)
-    if cached is None:
+    if not _from_cache(digest, target):
         compiler = find_compiler()
         if compiler is None:
             logger.warning("no C compiler (sudo apt-get install %s): the broker cannot reserve the ingest client's "
@@ -148,8 +160,6 @@ def build(directory: Path) -> Path | None:
         if not _compile(compiler, target):
             return None
         _keep(target, digest)
-    else:
-        _install(cached, target)
     stamp.write_text(digest + "\n")
     return target
 
