@@ -28,6 +28,7 @@ from bench.ports import free_port
 from sensorhub import dynsec, reserve
 from sensorhub.broker import DEVICE_ACL, PROJECT_ROOT, find_mosquitto
 from sensorhub.credentials import CLIENT_USER, WEB_USER
+from sensorhub.mqttclient import stop_loop
 
 ID = "sensorhub-ingest-0123456789abcdef"
 PASSWORDS = {CLIENT_USER: "bench-client-password", WEB_USER: "bench-web-password"}
@@ -61,7 +62,7 @@ class Client:
         self.answered.set()
 
     def close(self) -> None:
-        self.mqtt.loop_stop()
+        stop_loop(self.mqtt)
         self.mqtt.disconnect()
 
 
@@ -109,7 +110,7 @@ def run(variant: str) -> dict[str, object]:
                 impostor = Client(port, ID, transport, user)
                 time.sleep(0.3)
                 result[label] = f"{impostor.connack}, real client kicked: {real.disconnects > kicked}"
-                impostor.mqtt.loop_stop()  # no automatic reconnect: one attempt each
+                stop_loop(impostor.mqtt)  # no automatic reconnect: one attempt each
                 impostor.mqtt.disconnect()
                 if real.disconnects > kicked:
                     real.close()

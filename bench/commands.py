@@ -23,6 +23,7 @@ from sensorhub.credentials import CLIENT_USER, client_password
 from sensorhub.db.engine import make_engine
 from sensorhub.db.schema import init_db
 from sensorhub.ingest.service import IngestClient
+from sensorhub.mqttclient import stop_loop
 from sensorhub.pipe import send_command
 from sensorhub.protocol import Topic, format_led_command, format_session_ref, parse_name_assign
 from sensorhub.web.relay import BrokerRelay
@@ -45,7 +46,7 @@ class Board:
         if not self.named.wait(10):
             raise RuntimeError("the board was not named")
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
         self.client = self._connect(format_session_ref(self.name, self.session))
         self.client.subscribe(Topic.LED_COMMAND, 1)
         time.sleep(0.2)
@@ -74,7 +75,7 @@ class Board:
     def close(self) -> None:
         """Disconnect."""
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
 
 def _timed(board: Board, send: Callable[[int], None], count: int) -> list[float]:
@@ -144,7 +145,7 @@ def led_commands(sizes: Sizes) -> Figure:
                     closing.close()
             if direct is not None:
                 direct.disconnect()
-                direct.loop_stop()
+                stop_loop(direct)
             for worker in workers:
                 worker.stop()
             broker.stop()

@@ -12,6 +12,7 @@ from multiprocessing.process import BaseProcess
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import Topic
 
 
@@ -61,7 +62,7 @@ def _publish(share: Share, results: mp.Queue[tuple[int, float, float]]) -> None:
             time.sleep(0.01)
     acknowledged = time.perf_counter()
     client.disconnect()
-    client.loop_stop()
+    stop_loop(client)
     results.put((sent, published - start, acknowledged - start))
 
 
@@ -134,6 +135,6 @@ def count_readings(port: int, user: str, password: str, qos: int, expected: int,
         if received and time.time() - last > idle:
             break  # nothing more for `idle` seconds: the rest was lost
     client.disconnect()
-    client.loop_stop()
+    stop_loop(client)
     out.put(("done", float(received)))
     out.put(("last", last))

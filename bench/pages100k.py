@@ -44,6 +44,7 @@ from sensorhub.db.engine import make_engine
 from sensorhub.db.latest import refresh_sql
 from sensorhub.db.overview import presence
 from sensorhub.db.schema import init_db
+from sensorhub.mqttclient import stop_loop
 from sensorhub.timestamps import format_micros
 from tests.factories import DEVICE_COLUMNS, device_row
 
@@ -254,7 +255,7 @@ class Publisher:
         """Stop publishing and disconnect."""
         self.stop.set()
         self.thread.join(5)
-        self.client.loop_stop()
+        stop_loop(self.client)
         self.client.disconnect()
 
 
@@ -416,7 +417,7 @@ def heard(stack: Stack, sizes: PagesSizes, ready: float) -> int:
             if number % 1000 == 999:
                 time.sleep(max(0.0, started + (number + 1) / 10_000 - time.monotonic()))
     finally:
-        client.loop_stop()
+        stop_loop(client)
         client.disconnect()
     wanted = sizes.devices * (sizes.readings + 1)
     deadline = ready + 3 * stack.settings.keepalive

@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sensorhub.config import Settings
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import LIVE_CODES, LIVE_TOPIC, Kind
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def _subscriber_main(port: int, prefix: bytes, arrivals: Any, counts: Any, ready
     client.subscribe(LIVE_TOPIC, 0)
     client.loop_start()
     stop.wait()
-    client.loop_stop()
+    stop_loop(client)
     client.disconnect()
 
 

@@ -22,6 +22,7 @@ from sensorhub.db.engine import make_engine
 from sensorhub.db.schema import init_db
 from sensorhub.ingest import service
 from sensorhub.ingest.service import IngestClient
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import Topic, format_reading, format_session_ref, parse_name_assign
 
 BEFORE = (1.0, 10.0)
@@ -100,7 +101,7 @@ def one_restart(delays: tuple[float, float], how: signal.Signals, readings: int)
         finally:
             if board is not None:
                 board.disconnect()
-                board.loop_stop()
+                stop_loop(board)
             client.stop()
             broker.stop()
             engine.dispose()

@@ -15,6 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.loadgen import publish, split
 from bench.stack import Stack
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import Topic, format_reading
 from sensorhub.simulator import Fleet
 from sensorhub.timestamps import parse_timestamp, to_micros
@@ -240,7 +241,7 @@ def latency(stack: Stack, load: Load, sizes: Sizes) -> Figure:
         if background.is_alive():
             background.join()
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
         db.close()
     delays, unmatched = match_probes(probes, seen)
     missing = len(probes) - len(delays)

@@ -27,6 +27,7 @@ from bench.ports import free_port
 from sensorhub import dynsec
 from sensorhub.broker import DEVICE_ACL, find_mosquitto
 from sensorhub.credentials import CLIENT_USER, find_mosquitto_passwd
+from sensorhub.mqttclient import stop_loop
 
 TOPIC = "photoresistor/status"
 SHARED = f"$share/sensorhub/{TOPIC}"
@@ -69,7 +70,7 @@ class Client:
 
     def close(self) -> None:
         self.mqtt.disconnect()
-        self.mqtt.loop_stop()
+        stop_loop(self.mqtt)
 
 
 def configuration(rules: str, directory: Path, port: int) -> str:

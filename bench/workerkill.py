@@ -23,6 +23,7 @@ from sensorhub.config import Settings
 from sensorhub.db.engine import make_engine
 from sensorhub.db.schema import init_db
 from sensorhub.db.seed import seed
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import Topic
 from tests.stack import sensorhub, start
 
@@ -122,7 +123,7 @@ def kill_one_of_two(settings: Settings, engine: Engine, devices: int) -> Killed:
                 {"base": base, "kill": last_before_kill}).scalar_one())
     finally:
         publisher.disconnect()
-        publisher.loop_stop()
+        stop_loop(publisher)
         for worker in workers.values():
             worker.stop()
         broker.stop()

@@ -8,6 +8,7 @@ import threading
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import Topic, format_reading, format_session_ref, parse_name_assign
 from tests.support import wait_for
 
@@ -103,7 +104,7 @@ class RawDevice:
     def crash(self) -> None:
         """Drop the TCP connection without DISCONNECT: the broker publishes the Will."""
         assert self.client is not None
-        self.client.loop_stop()
+        stop_loop(self.client)
         sock = self.client.socket()
         if sock is not None:
             sock.close()
@@ -113,5 +114,5 @@ class RawDevice:
         """Disconnect cleanly if connected."""
         if self.client is not None:
             self.client.disconnect()
-            self.client.loop_stop()
+            stop_loop(self.client)
             self.client = None

@@ -23,6 +23,7 @@ from sensorhub.config import Settings
 from sensorhub.credentials import CLIENT_USER, client_password
 from sensorhub.db.engine import make_engine, sqlite_path
 from sensorhub.db.schema import init_db
+from sensorhub.mqttclient import stop_loop
 
 T = TypeVar("T")
 
@@ -162,7 +163,7 @@ def connects(port: int, transport: str = "tcp", ca: str | None = None, client: A
         return False
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
 
 
 def finishes(action: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:

@@ -23,6 +23,7 @@ from sensorhub.broker import BASE_CONFIG, DEVICE_ACL, Broker, find_mosquitto, re
 from sensorhub.config import Settings
 from sensorhub.errors import BrokerError
 from sensorhub.ingest.service import ha_subscriptions, subscriptions
+from sensorhub.mqttclient import stop_loop
 from sensorhub.ports import LOOPBACK_CEILING, LOOPBACK_FLOOR, PortError, ephemeral_range, loopback_port
 from sensorhub.protocol import LIVE_PAYLOAD_MAX, LIVE_TOPIC, MAX_PACKET
 from tests.support import connects, free_port, log_in_as_server, wait_for
@@ -213,7 +214,7 @@ def test_tcp_and_websocket_clients_connect_and_exchange(broker: Broker, settings
                     "61:EC:ED:3B:25:B1"], check=True, timeout=10)
     wait_for(lambda: received, 5, what="the message over WebSockets")
     assert received == [b"61:EC:ED:3B:25:B1"]
-    ws.loop_stop()
+    stop_loop(ws)
     ws.disconnect()
     log = Path(settings.broker_log).read_text()
     assert "New client connected" in log
@@ -244,7 +245,7 @@ def test_packet_size_limit_is_enforced(broker: Broker, settings: Settings) -> No
     wait_for(lambda: received, 5)
     assert received == [b"small"]
     for client in (sub, oversize, small):
-        client.loop_stop()
+        stop_loop(client)
         client.disconnect()
 
 
@@ -273,8 +274,8 @@ def test_the_live_feeds_longest_payload_is_the_longest_the_broker_takes(broker: 
     wait_for(lambda: received[-1:] == [b"sentinel"], 5, what="the sentinel over WebSockets")
     assert received == [longest, b"sentinel"]
     for client in (page, server, later):
-        client.disconnect()  # first: it wakes the network loop, which loop_stop then joins at once
-        client.loop_stop()
+        client.disconnect()  # first: it wakes the network loop, which stop_loop then joins at once
+        stop_loop(client)
 
 
 def test_an_oversized_packet_over_websockets_is_refused_before_the_broker_buffers_it(broker: Broker,
@@ -298,7 +299,7 @@ def test_an_oversized_packet_over_websockets_is_refused_before_the_broker_buffer
     server.publish(LIVE_TOPIC, b"7;p;42").wait_for_publish(5)
     wait_for(lambda: received == [b"7;p;42"], 5, what="the live feed over WebSockets after the flood")
     for client in (page, server):
-        client.loop_stop()
+        stop_loop(client)
         client.disconnect()
 
 
@@ -314,15 +315,15 @@ def test_connection_limit(settings: Settings) -> None:
         third.connect("127.0.0.1", limited.mqtt_port, keepalive=5)
         third.loop_start()
         assert closed.wait(5), "the third connection was neither accepted nor closed"
-        third.loop_stop()
+        stop_loop(third)
         assert connacks == [] and not third.is_connected()
         wait_for(lambda: "denied: max_connections exceeded" in Path(limited.broker_log).read_text(), 5)
         # The limit is the reason: once a place is free, another client gets in.
         first.disconnect()
-        first.loop_stop()
+        stop_loop(first)
         fourth = wait_for(lambda: _try_connect(limited.mqtt_port), 5, what="a connection once a place is free")
         for client in (second, fourth):
-            client.loop_stop()
+            stop_loop(client)
             client.disconnect()
 
 
@@ -402,7 +403,7 @@ def test_as_root_the_log_file_is_handed_to_the_mosquitto_user(settings: Settings
     os.chmod(tmp_path, 0o755)
     with Broker(settings.replace(broker_log=str(log))):
         client = connect(settings.mqtt_port)
-        client.loop_stop()
+        stop_loop(client)
         client.disconnect()
     assert "mosquitto version" in log.read_text()
 
@@ -420,7 +421,7 @@ def test_cli_broker_runs_in_the_foreground_and_stops_on_sigint(tmp_path: Path) -
                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         client = wait_for(lambda: _try_connect(port), 10, what="the broker started by the CLI")
-        client.loop_stop()
+        stop_loop(client)
         client.disconnect()
         process.send_signal(signal.SIGINT)
         try:
@@ -485,7 +486,7 @@ def test_without_the_plugin_the_broker_starts_on_the_acl_file_and_says_the_share
         anonymous.subscribe("$share/sensorhub/photoresistor/status", qos=1)
         wait_for(lambda: granted, 5, what="the SUBACK")
         assert not granted[0][0].is_failure  # type: ignore[attr-defined]  # what the plugin closes
-        anonymous.loop_stop()
+        stop_loop(anonymous)
         anonymous.disconnect()
 
 
@@ -517,3 +518,48 @@ def test_the_open_file_check_raises_the_soft_limit_when_the_hard_one_allows(monk
     assert calls == [(200_050, 524288)]
     assert broker_module.open_files_needed(settings.replace(broker_max_connections=-1)) is None
     assert broker_module.open_files_needed(Settings()) == 90
+
+
+class _LateJoiner(mqtt.Client):
+    """A client whose `loop_stop` loses paho's race every time: when told to terminate, it first lets its network
+    thread (ending after a DISCONNECT) finish and clear its handle, which `loop_stop` is about to join."""
+
+    @property
+    def _thread_terminate(self) -> bool:
+        return self.__terminate
+
+    @_thread_terminate.setter
+    def _thread_terminate(self, value: bool) -> None:
+        self.__terminate = value
+        thread = getattr(self, "_thread", None)
+        if value and thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+
+
+@pytest.mark.parametrize("stop", ["paho", "sensorhub"])
+def test_stopping_a_disconnected_client_survives_paho_thread_race(broker: Broker, settings: Settings,
+                                                                   stop: str) -> None:
+    """paho 2.1's `loop_stop` can find the network thread's handle cleared between its check and its join
+    (eclipse-paho/paho.mqtt.python#872): a benchmark's publisher died of it in CI. `stop_loop` is the way out."""
+    client = _LateJoiner(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", settings.mqtt_port, keepalive=5)
+    client.loop_start()
+    wait_for(client.is_connected, 5, what="a connection")
+    client.disconnect()
+    if stop == "paho":  # the race, as paho has it
+        with pytest.raises(AttributeError, match="join"):
+            client.loop_stop()  # paho's own, on purpose
+    else:
+        stop_loop(client)
+    assert client._thread is None
+    assert not client.is_connected()
+
+
+def test_every_client_stops_its_loop_through_stop_loop() -> None:
+    """No sensorhub, test or benchmark code calls paho's `loop_stop` itself (the race above)."""
+    root = Path(__file__).resolve().parent.parent
+    calls = [f"{path.relative_to(root)}:{number}"
+             for folder in ("src", "bench", "tests") for path in sorted((root / folder).rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if ".loop_stop()" in line and "on purpose" not in line and path.name != "mqttclient.py"]
+    assert calls == []

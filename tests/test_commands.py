@@ -36,6 +36,7 @@ from sensorhub.config import Settings
 from sensorhub.credentials import WEB_MQTT_SECRET, WEB_USER, web_mqtt_password
 from sensorhub.errors import BrokerRelayError, ClientNotRunning
 from sensorhub.ingest.service import IngestClient, subscriptions
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import Topic
 from sensorhub.web import create_app
 from sensorhub.web.relay import BrokerRelay
@@ -221,7 +222,7 @@ def test_only_the_web_server_may_publish_commands_and_it_may_publish_nothing_els
     finally:
         for client in (anonymous, web):
             client.disconnect()
-            client.loop_stop()
+            stop_loop(client)
         board.close()
         worker.stop()
 
@@ -302,7 +303,7 @@ def test_a_command_travels_as_the_documented_line_with_its_expiry(settings: Sett
         relay.close()
     finally:
         reader.disconnect()
-        reader.loop_stop()
+        stop_loop(reader)
 
 
 # -- the workers' share group is theirs alone ----------------------------------------------------------------------
@@ -383,7 +384,7 @@ def test_anonymous_clients_cannot_take_a_share_of_the_workers_readings_joins_or_
             board.close()
         for intruder in intruders:
             intruder.disconnect()
-            intruder.loop_stop()
+            stop_loop(intruder)
 
 
 def light_readings(engine: Engine) -> int:
@@ -515,6 +516,6 @@ def test_only_the_workers_answer_and_only_under_the_reply_topics(
         relay.close()
         for client in (anonymous, web):
             client.disconnect()
-            client.loop_stop()
+            stop_loop(client)
         board.close()
         worker.stop()

@@ -26,6 +26,7 @@ from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.db.engine import make_engine
 from sensorhub.db.schema import init_db
+from sensorhub.mqttclient import stop_loop
 from sensorhub.process import Child
 from sensorhub.protocol import Topic, format_reading
 from tests.devices import RawDevice
@@ -160,7 +161,7 @@ def test_random_mac_joins_create_at_most_the_bound_a_minute(tmp_path: Path) -> N
         newcomer.close()
         known.close()
         flood.disconnect()
-        flood.loop_stop()
+        stop_loop(flood)
 
 
 def test_a_device_that_never_came_online_is_purged_and_one_that_sent_readings_stays(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from sensorhub.errors import PayloadError
 from sensorhub.ingest.homeassistant import Board, config_topic, configs, parse_led_set
 from sensorhub.ingest.service import IngestClient
 from sensorhub.ingest.sessions import Inbound
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import HA_MAX_PACKET, MAX_PACKET, Topic
 from tests import hass
 from tests.devices import RawDevice
@@ -88,7 +89,7 @@ class HaClient:
     def close(self) -> None:
         """Disconnect."""
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
 
 @pytest.fixture
@@ -288,7 +289,7 @@ def test_without_the_setting_there_is_no_homeassistant_user(tmp_path: Path) -> N
         assert not (tmp_path / "var" / "mqtt-homeassistant.secret").exists()
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
         broker.stop()
 
 

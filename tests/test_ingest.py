@@ -27,6 +27,7 @@ from sensorhub.db.engine import sqlite_path
 from sensorhub.errors import ClientNotRunning
 from sensorhub.ingest.service import WRITER_FAILED, IngestClient
 from sensorhub.ingest.sessions import Decisions, Inbound, Sessions
+from sensorhub.mqttclient import stop_loop
 from sensorhub.pipe import send_command
 from sensorhub.protocol import LIVE_PAYLOAD_MAX, LIVE_TOPIC, Reading, Topic
 from tests.devices import RawDevice
@@ -267,7 +268,7 @@ def test_garbage_flood_leaves_the_client_running_and_correct(
         flood.publish(rng.choice(topics), payload, qos=rng.choice([0, 1, 2]))
         sent += 1
     wait_for(lambda: sum(ingest.drops.snapshot().values()) >= sent * 0.9, 30, what="the flood to be counted")
-    flood.loop_stop()
+    stop_loop(flood)
     flood.disconnect()
     device = RawDevice(settings.mqtt_port, "02:00:00:00:00:70")
     name, _ = device.join()
@@ -667,7 +668,7 @@ def test_the_live_feed_carries_what_was_stored_and_nothing_else(
         assert count(engine, "light_reading", name) == 100  # the out-of-band reading was not stored...
     finally:
         device.close()
-        page.loop_stop()
+        stop_loop(page)
         page.disconnect()
     # ...nor shown. Each kind in its order (a batch's readings go kind by kind: no kind depends on another).
     by_kind = {code: [line for line in lines() if line.split(";")[1] == code] for code in "lbp"}

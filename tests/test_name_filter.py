@@ -23,6 +23,7 @@ from sensorhub.db.engine import make_engine
 from sensorhub.db.models import Device
 from sensorhub.db.schema import init_db
 from sensorhub.ingest.service import IngestClient
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import Topic, format_name_assign, parse_name_assign
 from sensorhub.simulator import Fleet
 from tests.support import free_port, log_in_as_server, settings_for, wait_for
@@ -75,7 +76,7 @@ class Listener:
     def close(self) -> None:
         """Disconnect cleanly."""
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
 
 class Server:
@@ -100,7 +101,7 @@ class Server:
     def close(self) -> None:
         """Disconnect cleanly."""
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
 
 @pytest.fixture

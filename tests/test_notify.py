@@ -28,6 +28,7 @@ from sensorhub.config import Settings, configured
 from sensorhub.db import alerts as db
 from sensorhub.errors import ConfigError
 from sensorhub.ingest.service import IngestClient
+from sensorhub.mqttclient import stop_loop
 from sensorhub.notify.channel import SAMPLE, DeliveryError
 from sensorhub.notify.dispatcher import Dispatcher, backoff
 from sensorhub.notify.email import Email
@@ -414,10 +415,10 @@ def test_mqtt_notifications_reach_a_subscriber_and_cannot_be_forged(settings: Se
     finally:
         board.close()
         forger.disconnect()
-        forger.loop_stop()
+        stop_loop(forger)
         client.stop()
         watcher.disconnect()
-        watcher.loop_stop()
+        stop_loop(watcher)
     assert [message.topic for message in received] == [alert_topic(name)]
     payload = json.loads(received[0].payload)
     ((notification, delivered),) = [(key, row[0]) for key, row in outbox_rows(engine).items()]
@@ -441,7 +442,7 @@ def test_a_notification_the_broker_refuses_is_a_failure(settings: Settings, brok
             channel.send(SAMPLE)
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
     with pytest.raises(DeliveryError, match="not connected to the broker"):
         channel.send(SAMPLE)
 
@@ -551,7 +552,7 @@ def test_a_stuck_webhook_slows_neither_ingest_nor_the_mqtt_channel(settings: Set
         board.close()
         client.stop()
         watcher.disconnect()
-        watcher.loop_stop()
+        stop_loop(watcher)
     assert len(receiver.requests) == 1 and len(received) == 1
 
 

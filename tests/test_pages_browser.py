@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, expect
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
+from sensorhub.mqttclient import stop_loop
 from sensorhub.web import pages
 from tests.factories import device_row, insert_devices
 from tests.screenshots import DESKTOP
@@ -34,7 +35,7 @@ def publish(settings: Settings, topic: str, payloads: list[str]) -> None:
         for message in sent:
             message.wait_for_publish(10)
     finally:
-        client.loop_stop()
+        stop_loop(client)
         client.disconnect()
 
 

@@ -18,6 +18,7 @@ from sensorhub import accounts, livetoken
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.credentials import web_secret_key
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import LIVE_TOPIC, Topic
 from tests.devices import RawDevice
 from tests.stack import Stack
@@ -100,7 +101,7 @@ def test_a_logged_in_visitor_gets_a_token_that_opens_the_live_stream(private: St
     finally:
         board.close()
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
 
 
 def test_a_token_expires(private: Stack, monkeypatch: pytest.MonkeyPatch) -> None:

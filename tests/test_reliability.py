@@ -22,6 +22,7 @@ from sensorhub.config import Settings
 from sensorhub.db.engine import make_engine
 from sensorhub.db.schema import init_db
 from sensorhub.ingest.service import IngestClient
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import Topic
 from sensorhub.web import create_app
 from tests.devices import RawDevice
@@ -292,7 +293,7 @@ def test_the_broker_window_of_20_unacknowledged_messages_holds_only_until_the_fi
     finally:
         for client in (worker, board):
             client.disconnect()
-            client.loop_stop()
+            stop_loop(client)
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)

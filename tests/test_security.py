@@ -55,6 +55,7 @@ from sensorhub.credentials import (
 from sensorhub.db import history
 from sensorhub.db.models import Device, LightReading
 from sensorhub.ingest.service import IngestClient
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import (
     LIVE_TOPIC,
     Topic,
@@ -148,7 +149,7 @@ def subscribe(client: mqtt.Client, topics: list[tuple[str, int]]) -> None:
 def close(*clients: mqtt.Client) -> None:
     for client in clients:
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
 
 
 def relay_led(stack: Stack, board: RawDevice, visitor: Browser | None = None) -> None:
@@ -289,7 +290,7 @@ def impostor(port: int, identifier: str, transport: str = "tcp", user: tuple[str
     except AssertionError:
         pass
     finally:
-        client.loop_stop()
+        stop_loop(client)
         client.disconnect()
     return answers[0] if answers else "no answer"
 

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
+from sensorhub.mqttclient import stop_loop
 from sensorhub.protocol import (
     Kind,
     MacJoin,
@@ -90,7 +91,7 @@ class ScriptedServer:
 
     def stop(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         seen = Seen(time.monotonic(), message.topic, bytes(message.payload), message.qos)
@@ -182,7 +183,7 @@ def sentinel(server: ScriptedServer, settings: Settings) -> None:
         server.wait_seen("photoresistor/status", payload)
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
 
 
 def connections(settings: Settings, client_id: str) -> list[str]:

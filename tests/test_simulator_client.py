@@ -14,6 +14,7 @@ from bench.ports import free_port
 from sensorhub.broker import Broker
 from sensorhub.config import Settings
 from sensorhub.credentials import CLIENT_USER, client_password
+from sensorhub.mqttclient import stop_loop
 from sensorhub.simulator.client import DeviceClient, MqttError, Will
 from tests.support import log_in_as_server, wait_for
 
@@ -44,7 +45,7 @@ class Wills:
     def close(self) -> None:
         """Disconnect and stop the network thread."""
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
 
 def client(settings: Settings, name: str, will: bytes | None = None) -> DeviceClient:

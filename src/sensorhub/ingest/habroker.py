@@ -14,7 +14,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from sensorhub.config import Settings
 from sensorhub.ingest.homeassistant import BIRTH_TOPIC, COMMAND_FILTER
-from sensorhub.mqttclient import no_delay
+from sensorhub.mqttclient import no_delay, stop_loop
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class HaBroker:
     def stop(self) -> None:
         """Disconnect."""
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
     def publish(self, topic: str, payload: bytes, qos: int) -> None:
         """Publish on Home Assistant's broker (queued by paho while it is out of reach)."""

@@ -47,7 +47,7 @@ from sensorhub.ingest.sessions import BrokerOutage, BrokerSessionLost, Inbound, 
 from sensorhub.ingest.summary import Summary
 from sensorhub.ingest.watchdog import Watchdog
 from sensorhub.ingest.writer import QUEUE_MAX, Writer
-from sensorhub.mqttclient import REFUSED_LOGIN, no_delay
+from sensorhub.mqttclient import REFUSED_LOGIN, no_delay, stop_loop
 from sensorhub.notify.channels import make_channels
 from sensorhub.notify.dispatcher import Dispatcher
 from sensorhub.notify.metrics import NotifyCollector
@@ -211,7 +211,7 @@ class IngestClient:
             if not self._flushed.wait(5):
                 logger.warning("the broker did not confirm it read our last acknowledgements")
         self.mqtt.disconnect()
-        self.mqtt.loop_stop()
+        stop_loop(self.mqtt)
         self.engine.dispose()
         if not self.writer.failed.is_set():  # after a writer failure, its CRITICAL line stays the last word
             logger.info("ingest client stopped; stored %s; discarded %s", self.writer.stats.stored,
@@ -423,7 +423,7 @@ class IngestClient:
         self.mqtt.disconnect()
         if not self._disconnected.wait(5):
             logger.warning("the broker did not confirm the disconnection")
-        self.mqtt.loop_stop()
+        stop_loop(self.mqtt)
         if self._on_fatal is not None:
             self._on_fatal(WRITER_FAILED)
 

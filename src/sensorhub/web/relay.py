@@ -35,7 +35,7 @@ from sensorhub.commands import COMMAND_EXPIRY, COMMAND_TOPIC, REPLY_PREFIX, Comm
 from sensorhub.config import Settings
 from sensorhub.credentials import WEB_USER, web_mqtt_password, web_mqtt_secret_path
 from sensorhub.errors import BrokerRelayError, ClientNotRunning, NoReply
-from sensorhub.mqttclient import REFUSED_LOGIN, no_delay
+from sensorhub.mqttclient import REFUSED_LOGIN, no_delay, stop_loop
 from sensorhub.pipe import send_command
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class BrokerRelay:
         with self._lock:
             if self._client is not None and self._pid == os.getpid():
                 self._client.disconnect()
-                self._client.loop_stop()
+                stop_loop(self._client)
             self._client = None
 
 
