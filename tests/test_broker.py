@@ -521,8 +521,14 @@ def test_the_open_file_check_raises_the_soft_limit_when_the_hard_one_allows(monk
 
 
 class _LateJoiner(mqtt.Client):
-    """A client whose `loop_stop` loses paho's race every time: when told to terminate, it first lets its network
-    thread (ending after a DISCONNECT) finish and clear its handle, which `loop_stop` is about to join."""
+    """A client whose `loop_stop` loses paho's race every time: its network thread, ending after a DISCONNECT,
+    waits in `on_disconnect` until `loop_stop` has checked the thread's handle, then finishes and clears that
+    handle before `loop_stop` joins it."""
+
+    def __init__(self) -> None:
+        self.__checked = threading.Event()
+        super().__init__(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.on_disconnect = lambda *_args: self.__checked.wait(5)
 
     @property
     def _thread_terminate(self) -> bool:
@@ -533,7 +539,8 @@ class _LateJoiner(mqtt.Client):
         self.__terminate = value
         thread = getattr(self, "_thread", None)
         if value and thread is not None and thread is not threading.current_thread():
-            thread.join(5)
+            self.__checked.set()  # loop_stop has checked the handle: let the network thread end...
+            thread.join(5)  # ...and clear it
 
 
 @pytest.mark.parametrize("stop", ["paho", "sensorhub"])
@@ -541,7 +548,7 @@ def test_stopping_a_disconnected_client_survives_paho_thread_race(broker: Broker
                                                                    stop: str) -> None:
     """paho 2.1's `loop_stop` can find the network thread's handle cleared between its check and its join
     (eclipse-paho/paho.mqtt.python#872): a benchmark's publisher died of it in CI. `stop_loop` is the way out."""
-    client = _LateJoiner(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = _LateJoiner()
     client.connect("127.0.0.1", settings.mqtt_port, keepalive=5)
     client.loop_start()
     wait_for(client.is_connected, 5, what="a connection")
